@@ -1,0 +1,166 @@
+//! The engine's JSON API (the storefront paths the proxy forwards here).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Json;
+use flashmall_mesh::ApiError;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::identity;
+use crate::ledger::ReservationRecord;
+use crate::sale::{NewSale, rfc3339};
+use crate::{Engine, SaleView, reconcile, reserve};
+
+/// The JSON routes.
+pub fn router(engine: Arc<Engine>) -> Router {
+    Router::new()
+        .route("/api/v1/sales", post(create_sale))
+        .route("/api/v1/sales/{id}", get(get_sale))
+        .route("/api/v1/sales/{id}/purchase", post(purchase))
+        .route("/api/v1/reservations/{id}", get(get_reservation))
+        .route("/api/v1/admin/reconcile", post(reconcile_sales))
+        .with_state(engine)
+}
+
+/// Reads a JSON body of at most `limit` bytes into `T`, with clear errors.
+async fn json_body<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ApiError> {
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            flashmall_mesh::ErrorCode::PayloadTooLarge,
+            format!("the request body is larger than {limit} bytes"),
+        )
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("the request body is not valid: {e}")))
+}
+
+pub(crate) fn sale_json(view: &SaleView) -> serde_json::Value {
+    let s = &view.sale;
+    json!({
+        "id": s.id.to_string(),
+        "product_id": s.product_id,
+        "price": s.price,
+        "stock": s.stock,
+        "per_user_limit": s.per_user_limit,
+        "starts_at": rfc3339(s.starts_at),
+        "ends_at": rfc3339(s.ends_at),
+        "created_at": rfc3339(s.created_at),
+        "status": view.status.as_str(),
+        "remaining": view.remaining,
+        "pending": view.pending,
+        "settled": view.counts.settled,
+        "released": view.counts.released,
+    })
+}
+
+pub(crate) fn reservation_json(r: &ReservationRecord) -> serde_json::Value {
+    json!({
+        "id": r.id.to_string(),
+        "sale_id": r.sale_id.to_string(),
+        "user_id": r.user_id,
+        "quantity": r.quantity,
+        "order_id": r.order_id().to_string(),
+        "status": r.status.as_str(),
+        "settled_at": rfc3339(r.settled_at),
+    })
+}
+
+async fn create_sale(State(engine): State<Arc<Engine>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    identity::caller(&headers)?.require_admin()?;
+    let new: NewSale = json_body(body, engine.config.max_body_bytes).await?;
+    let view = engine.create_sale(new).await?;
+    Ok((StatusCode::CREATED, Json(sale_json(&view))).into_response())
+}
+
+async fn get_sale(State(engine): State<Arc<Engine>>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let not_found = || ApiError::new(flashmall_mesh::ErrorCode::SaleNotFound, "no such sale");
+    let id = crate::sale::parse_sale_id(&id).ok_or_else(not_found)?;
+    let live = engine.live_sale(id).await?.ok_or_else(not_found)?;
+    Ok(Json(sale_json(&engine.view(&live).await?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurchaseBody {
+    quantity: i64,
+}
+
+async fn purchase(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let caller = identity::caller(&headers)?;
+    let key = reserve::check_idempotency_key(headers.get("idempotency-key").and_then(|v| v.to_str().ok()))?;
+    let body: PurchaseBody = json_body(body, engine.config.max_body_bytes).await?;
+    let p = reserve::purchase(&engine, &caller, &id, body.quantity, key).await?;
+    let mut response = (
+        StatusCode::CREATED,
+        Json(json!({
+            "reservation_id": p.reservation_id.to_string(),
+            "order_id": p.order_id.to_string(),
+            "sale_id": p.sale_id.to_string(),
+            "quantity": p.quantity,
+            "status": "reserved",
+        })),
+    )
+        .into_response();
+    if p.replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", axum::http::HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+async fn get_reservation(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let caller = identity::caller(&headers)?;
+    let not_found = || ApiError::new(flashmall_mesh::ErrorCode::NotFound, "no such reservation");
+    let id = uuid::Uuid::try_parse(&id).map_err(|_| not_found())?;
+    let record = engine.ledger.reservation(id).await?.ok_or_else(not_found)?;
+    // Another user's reservation looks exactly like a missing one.
+    if record.user_id != caller.user_id && !caller.is_admin() {
+        return Err(not_found());
+    }
+    Ok(Json(reservation_json(&record)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReconcileBody {
+    #[serde(default)]
+    sale_id: Option<String>,
+}
+
+async fn reconcile_sales(
+    State(engine): State<Arc<Engine>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    identity::caller(&headers)?.require_admin()?;
+    let bytes = axum::body::to_bytes(body, engine.config.max_body_bytes)
+        .await
+        .map_err(|_| ApiError::new(flashmall_mesh::ErrorCode::PayloadTooLarge, "the request body is too large"))?;
+    let request: ReconcileBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        ReconcileBody::default()
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("the request body is not valid: {e}")))?
+    };
+    let reports = match request.sale_id {
+        Some(id) => vec![reconcile::reconcile_one(&engine, &id).await?],
+        None => reconcile::reconcile_all(&engine).await?,
+    };
+    Ok(Json(json!({ "sales": reports })))
+}

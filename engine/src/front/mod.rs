@@ -1,0 +1,202 @@
+//! The stock front: the fast, rebuildable copy of each sale's stock, buyers
+//! and idempotency records that the purchase path decides on, and the stream
+//! of reservations that settlement drains into the ledger.
+//!
+//! Two implementations pass one conformance suite (`tests/front_conformance.rs`):
+//! Redis (`redis.rs`, Lua scripts, Redis Cluster-safe) and an in-process one
+//! (`local.rs`, same semantics, for a single process without Redis).
+//! The front never decides anything the ledger cannot rebuild.
+
+mod breaker;
+mod local;
+mod redis;
+
+pub use breaker::Breaker;
+pub use local::LocalFront;
+pub use redis::RedisFront;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+/// A stock-front failure: the store is unreachable, timed out, or answered
+/// something unexpected. Purchase outcomes are never errors.
+#[derive(Debug, thiserror::Error)]
+pub enum FrontError {
+    #[error("stock front unavailable: {0}")]
+    Unavailable(String),
+    #[error("stock front protocol error: {0}")]
+    Protocol(String),
+}
+
+/// One purchase attempt as the front sees it.
+#[derive(Debug, Clone)]
+pub struct ReserveCall<'a> {
+    pub sale_id: Uuid,
+    pub user_id: &'a str,
+    pub idempotency_key: &'a str,
+    pub quantity: i64,
+    pub per_user_limit: i64,
+    /// The id the reservation gets if this call makes one.
+    pub reservation_id: Uuid,
+    pub now_ms: u64,
+}
+
+/// What the front decided. Rejections are values, not errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReserveOutcome {
+    /// Units reserved; `remaining` is the stock left after this call.
+    Reserved { remaining: i64 },
+    /// The idempotency key was seen before: the original reservation.
+    Replayed(IdemRecord),
+    /// The buyer already holds `held` units; this call would pass the limit.
+    LimitExceeded { held: i64 },
+    /// Fewer than the asked units are left. `idempotency_records` counts the
+    /// sale's idempotency records (for the local sold-out snapshot).
+    SoldOut { remaining: i64, idempotency_records: i64 },
+    /// The sale's stock is not in the front (never warmed, flushed, or being
+    /// rebuilt): reconcile must run before it can sell.
+    NotReady,
+}
+
+/// A successful purchase's idempotency record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdemRecord {
+    pub reservation_id: Uuid,
+    pub quantity: i64,
+}
+
+impl IdemRecord {
+    pub fn encode(&self) -> String {
+        format!("{}|{}", self.reservation_id, self.quantity)
+    }
+
+    pub fn decode(raw: &str) -> Option<IdemRecord> {
+        let (id, qty) = raw.split_once('|')?;
+        Some(IdemRecord {
+            reservation_id: Uuid::try_parse(id).ok()?,
+            quantity: qty.parse().ok()?,
+        })
+    }
+}
+
+/// The field an idempotency record is stored under: the key is scoped to
+/// its user, and the user's length prefix keeps `(a:b, c)` and `(a, b:c)` apart.
+pub fn idempotency_field(user_id: &str, key: &str) -> String {
+    format!("{}:{}:{}", user_id.len(), user_id, key)
+}
+
+/// A reservation read from the sale's stream, not yet settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamEntry {
+    /// The stream entry id (acknowledged after settlement).
+    pub entry_id: String,
+    pub reservation_id: Uuid,
+    pub sale_id: Uuid,
+    pub user_id: String,
+    pub quantity: i64,
+    pub idempotency_key: String,
+    pub created_at_ms: u64,
+}
+
+/// What giving units back did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReturnOutcome {
+    Returned,
+    /// An earlier call already returned this reservation's units.
+    AlreadyReturned,
+    /// The sale's stock is not in the front; reconcile will count the units.
+    NotReady,
+}
+
+/// The front's live counts of one sale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FrontCounts {
+    pub remaining: i64,
+    /// Units reserved and not yet acknowledged by settlement.
+    pub pending: i64,
+}
+
+/// The state a rebuild writes, computed from the ledger.
+#[derive(Debug, Clone, Default)]
+pub struct Rebuild {
+    pub remaining: i64,
+    /// Units held per buyer.
+    pub buyers: Vec<(String, i64)>,
+    /// Idempotency records of the sale's reservations, by field.
+    pub idempotency: Vec<(String, IdemRecord)>,
+}
+
+/// The stock-front boundary. Every implementation runs the conformance suite.
+#[async_trait]
+pub trait StockFront: Send + Sync + 'static {
+    /// A short name for logs and metrics (`redis`, `local`).
+    fn kind(&self) -> &'static str;
+
+    /// Loads scripts so the first purchase does no cold work.
+    async fn warm_up(&self) -> Result<(), FrontError>;
+
+    /// Checks the store answers.
+    async fn ping(&self) -> Result<(), FrontError>;
+
+    /// The purchase decision, atomically: idempotency, limit, stock,
+    /// decrement, buyer record, stream append.
+    async fn reserve(&self, call: &ReserveCall<'_>) -> Result<ReserveOutcome, FrontError>;
+
+    /// Returns a released reservation's units to the sale; idempotent by
+    /// reservation id.
+    async fn give_back(
+        &self,
+        sale_id: Uuid,
+        reservation_id: Uuid,
+        user_id: &str,
+        quantity: i64,
+    ) -> Result<ReturnOutcome, FrontError>;
+
+    /// Live counts; `None` when the sale's stock is not in the front.
+    async fn counts(&self, sale_id: Uuid) -> Result<Option<FrontCounts>, FrontError>;
+
+    /// Every idempotency record of a sale, by field.
+    async fn idempotency_records(&self, sale_id: Uuid) -> Result<HashMap<String, IdemRecord>, FrontError>;
+
+    /// Creates the sale's stream and settlement consumer group if missing.
+    async fn ensure_stream(&self, sale_id: Uuid) -> Result<(), FrontError>;
+
+    /// Reads up to `count` entries never delivered to any consumer.
+    async fn read_new(&self, sale_id: Uuid, consumer: &str, count: usize) -> Result<Vec<StreamEntry>, FrontError>;
+
+    /// Re-reads entries delivered to `consumer` and not acknowledged (after a restart).
+    async fn read_own_pending(
+        &self,
+        sale_id: Uuid,
+        consumer: &str,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, FrontError>;
+
+    /// Claims for `consumer` up to `count` entries idle at least `min_idle`
+    /// in other consumers (a crashed replica's).
+    async fn claim_idle(
+        &self,
+        sale_id: Uuid,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, FrontError>;
+
+    /// Acknowledges settled entries and drops them from the stream; each
+    /// entry's units leave `pending` exactly once.
+    async fn ack(&self, sale_id: Uuid, entries: &[StreamEntry]) -> Result<(), FrontError>;
+
+    /// Entries in the stream (the settlement backlog).
+    async fn backlog(&self, sale_id: Uuid) -> Result<u64, FrontError>;
+
+    /// Takes the sale's stock out of the front: purchases answer `NotReady`
+    /// until `rebuild` puts it back.
+    async fn suspend(&self, sale_id: Uuid) -> Result<(), FrontError>;
+
+    /// Writes buyers, idempotency records and zero pending, then the stock
+    /// (last, so purchases resume only on a complete state).
+    async fn rebuild(&self, sale_id: Uuid, state: &Rebuild) -> Result<(), FrontError>;
+}

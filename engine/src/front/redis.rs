@@ -1,0 +1,478 @@
+//! The Redis stock front (`fred`). Each sale's keys share one `{hash tag}`
+//! (the sale id), so every script runs on Redis Cluster. Scripts are loaded
+//! with SCRIPT LOAD at warm-up and called with EVALSHA; a `NOSCRIPT` reply
+//! (failover, SCRIPT FLUSH) falls back to EVAL, which also reloads the cache.
+//!
+//! Hot path: `reserve` is one EVALSHA round trip; no allocation beyond the
+//! command's arguments, no logging above debug.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fred::prelude::*;
+use fred::types::{ClusterHash, CustomCommand};
+use uuid::Uuid;
+
+use super::{
+    FrontCounts, FrontError, IdemRecord, Rebuild, ReserveCall, ReserveOutcome, ReturnOutcome, StockFront,
+    StreamEntry, idempotency_field,
+};
+use crate::config::RedisConfig;
+
+const RESERVE: &str = include_str!("scripts/reserve.lua");
+const GIVE_BACK: &str = include_str!("scripts/give_back.lua");
+const ACK: &str = include_str!("scripts/ack.lua");
+
+/// The settlement consumer group of every sale stream.
+pub const GROUP: &str = "settle";
+
+/// A Lua script and its SHA1 (what SCRIPT LOAD returns).
+struct Script {
+    body: &'static str,
+    sha: String,
+}
+
+impl Script {
+    fn new(body: &'static str) -> Self {
+        Script {
+            body,
+            sha: sha1_hex(body),
+        }
+    }
+}
+
+/// The keys of one sale, all under the sale's hash tag.
+struct SaleKeys {
+    stock: String,
+    buyers: String,
+    idempotency: String,
+    stream: String,
+    pending: String,
+    returned: String,
+}
+
+impl SaleKeys {
+    fn new(prefix: &str, sale: Uuid) -> Self {
+        let tag = format!("{prefix}:{{{sale}}}");
+        SaleKeys {
+            stock: format!("{tag}:stock"),
+            buyers: format!("{tag}:buyers"),
+            idempotency: format!("{tag}:idem"),
+            stream: format!("{tag}:stream"),
+            pending: format!("{tag}:pending"),
+            returned: format!("{tag}:returned"),
+        }
+    }
+}
+
+/// The Redis stock front.
+pub struct RedisFront {
+    pool: Pool,
+    options: Options,
+    prefix: String,
+    reserve: Script,
+    give_back: Script,
+    ack: Script,
+}
+
+fn unavailable(e: Error) -> FrontError {
+    FrontError::Unavailable(e.to_string())
+}
+
+fn reply_error(e: Error) -> FrontError {
+    match e.kind() {
+        ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Timeout | ErrorKind::Backpressure => unavailable(e),
+        _ if e.details().starts_with("Client is not initialized")
+            || e.details().starts_with("Failed to send command") =>
+        {
+            unavailable(e)
+        }
+        _ => FrontError::Protocol(e.to_string()),
+    }
+}
+
+impl RedisFront {
+    /// Connects a pool to `config.url` and waits for the first connection.
+    pub async fn connect(config: &RedisConfig) -> Result<Self, FrontError> {
+        let redis_config =
+            Config::from_url(&config.url).map_err(|e| FrontError::Unavailable(format!("bad redis url: {e}")))?;
+        let mut builder = Builder::from_config(redis_config);
+        let connect_timeout = config.connect_timeout;
+        let command_timeout = config.command_timeout;
+        builder
+            .with_config(|c| c.fail_fast = true)
+            .with_connection_config(|c| {
+                c.connection_timeout = connect_timeout;
+                c.internal_command_timeout = connect_timeout;
+                // A command whose connection dropped is failed, not replayed:
+                // the caller decides (a purchase retries with its own key).
+                c.max_command_attempts = 1;
+            })
+            .with_performance_config(|p| p.default_command_timeout = command_timeout)
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
+        let pool = builder.build_pool(config.pool_size).map_err(unavailable)?;
+        tokio::time::timeout(connect_timeout, pool.init())
+            .await
+            .map_err(|_| FrontError::Unavailable(format!("no connection to {} within {connect_timeout:?}", config.url)))?
+            .map_err(unavailable)?;
+        Ok(RedisFront {
+            pool,
+            options: Options {
+                fail_fast: true,
+                timeout: Some(command_timeout),
+                ..Default::default()
+            },
+            prefix: config.key_prefix.clone(),
+            reserve: Script::new(RESERVE),
+            give_back: Script::new(GIVE_BACK),
+            ack: Script::new(ACK),
+        })
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        let _ = self.pool.quit().await;
+    }
+
+    fn keys(&self, sale: Uuid) -> SaleKeys {
+        SaleKeys::new(&self.prefix, sale)
+    }
+
+    fn client(&self) -> fred::clients::WithOptions<Client> {
+        self.pool.next().with_options(&self.options)
+    }
+
+    /// EVALSHA, falling back to EVAL on NOSCRIPT (which caches the script again).
+    async fn run(&self, script: &Script, keys: &[&str], args: Vec<Value>) -> Result<Value, FrontError> {
+        let mut call: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
+        call.push(Value::from(script.sha.as_str()));
+        call.push(Value::from(keys.len() as i64));
+        call.extend(keys.iter().map(|k| Value::from(*k)));
+        call.extend(args);
+        // Route by the first key (argument 2), which carries the sale's hash tag.
+        let evalsha = CustomCommand::new("EVALSHA", ClusterHash::Offset(2), false);
+        match self.client().custom::<Value, Value>(evalsha, call.clone()).await {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                tracing::debug!(sha = %script.sha, "script not cached, falling back to eval");
+                call[0] = Value::from(script.body);
+                let eval = CustomCommand::new("EVAL", ClusterHash::Offset(2), false);
+                self.client().custom(eval, call).await.map_err(reply_error)
+            }
+            result => result.map_err(reply_error),
+        }
+    }
+
+    fn entries(raw: Value, sale: Uuid) -> Result<Vec<StreamEntry>, FrontError> {
+        // [[id, [field, value, ...]], ...]; a deleted pending entry is [id, nil].
+        let mut out = Vec::new();
+        for item in raw.into_array() {
+            let mut parts = item.into_array().into_iter();
+            let (Some(id), Some(fields)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let Some(entry_id) = id.as_string() else { continue };
+            if fields.is_null() {
+                continue;
+            }
+            let fields = fields.into_array();
+            let mut map: HashMap<String, String> = HashMap::with_capacity(5);
+            for pair in fields.chunks(2) {
+                if let [k, v] = pair
+                    && let (Some(k), Some(v)) = (k.as_string(), v.as_string())
+                {
+                    map.insert(k, v);
+                }
+            }
+            let parse = || -> Option<StreamEntry> {
+                Some(StreamEntry {
+                    entry_id: entry_id.clone(),
+                    reservation_id: Uuid::try_parse(map.get("r")?).ok()?,
+                    sale_id: sale,
+                    user_id: map.get("u")?.clone(),
+                    quantity: map.get("q")?.parse().ok()?,
+                    idempotency_key: map.get("k")?.clone(),
+                    created_at_ms: map.get("t")?.parse().ok()?,
+                })
+            };
+            out.push(parse().ok_or_else(|| FrontError::Protocol(format!("malformed stream entry {entry_id}")))?);
+        }
+        Ok(out)
+    }
+
+    fn read_reply(raw: Value, sale: Uuid) -> Result<Vec<StreamEntry>, FrontError> {
+        // XREADGROUP: nil, or [[stream key, entries]].
+        let mut out = Vec::new();
+        for stream in raw.into_array() {
+            if stream.is_null() {
+                continue;
+            }
+            let mut parts = stream.into_array().into_iter();
+            let _key = parts.next();
+            if let Some(entries) = parts.next() {
+                out.extend(Self::entries(entries, sale)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ensure_group(&self, keys: &SaleKeys) -> Result<(), FrontError> {
+        match self
+            .client()
+            .xgroup_create::<Value, _, _, _>(keys.stream.as_str(), GROUP, "0", true)
+            .await
+        {
+            Err(e) if e.details().starts_with("BUSYGROUP") => Ok(()),
+            Err(e) => Err(reply_error(e)),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    /// XREADGROUP, recreating the group once when Redis lost it (flush).
+    async fn read_group(&self, sale: Uuid, consumer: &str, count: usize, id: &str) -> Result<Vec<StreamEntry>, FrontError> {
+        let keys = self.keys(sale);
+        for attempt in 0..2 {
+            let result = self
+                .client()
+                .xreadgroup::<Value, _, _, _, _>(GROUP, consumer, Some(count as u64), None, false, keys.stream.as_str(), id)
+                .await;
+            match result {
+                Err(e) if e.details().starts_with("NOGROUP") && attempt == 0 => self.ensure_group(&keys).await?,
+                Err(e) => return Err(reply_error(e)),
+                Ok(raw) => return Self::read_reply(raw, sale),
+            }
+        }
+        Ok(Vec::new())
+    }
+}
+
+fn int(v: Option<&Value>) -> Result<i64, FrontError> {
+    v.and_then(Value::as_i64)
+        .ok_or_else(|| FrontError::Protocol("script returned a non-integer".into()))
+}
+
+#[async_trait]
+impl StockFront for RedisFront {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn warm_up(&self) -> Result<(), FrontError> {
+        for script in [&self.reserve, &self.give_back, &self.ack] {
+            // Load on every pooled connection's node (one node unless clustered).
+            for client in self.pool.clients() {
+                let sha: String = client.script_load(script.body).await.map_err(reply_error)?;
+                if sha != script.sha {
+                    return Err(FrontError::Protocol(format!("script sha mismatch: {sha} != {}", script.sha)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), FrontError> {
+        self.client().ping::<()>(None).await.map_err(reply_error)
+    }
+
+    async fn reserve(&self, call: &ReserveCall<'_>) -> Result<ReserveOutcome, FrontError> {
+        let keys = self.keys(call.sale_id);
+        let field = idempotency_field(call.user_id, call.idempotency_key);
+        let args = vec![
+            Value::from(call.user_id),
+            Value::from(field),
+            Value::from(call.quantity),
+            Value::from(call.per_user_limit),
+            Value::from(call.reservation_id.to_string()),
+            Value::from(call.now_ms as i64),
+            Value::from(call.idempotency_key),
+        ];
+        let key_list = [
+            keys.stock.as_str(),
+            keys.buyers.as_str(),
+            keys.idempotency.as_str(),
+            keys.stream.as_str(),
+            keys.pending.as_str(),
+        ];
+        let reply = self.run(&self.reserve, &key_list, args).await?.into_array();
+        match int(reply.first())? {
+            0 => Ok(ReserveOutcome::Reserved {
+                remaining: int(reply.get(1))?,
+            }),
+            1 => reply
+                .get(1)
+                .and_then(Value::as_string)
+                .and_then(|raw| IdemRecord::decode(&raw))
+                .map(ReserveOutcome::Replayed)
+                .ok_or_else(|| FrontError::Protocol("malformed idempotency record".into())),
+            2 => Ok(ReserveOutcome::LimitExceeded { held: int(reply.get(1))? }),
+            3 => Ok(ReserveOutcome::SoldOut {
+                remaining: int(reply.get(1))?,
+                idempotency_records: int(reply.get(2))?,
+            }),
+            4 => Ok(ReserveOutcome::NotReady),
+            other => Err(FrontError::Protocol(format!("reserve script returned {other}"))),
+        }
+    }
+
+    async fn give_back(
+        &self,
+        sale_id: Uuid,
+        reservation_id: Uuid,
+        user_id: &str,
+        quantity: i64,
+    ) -> Result<ReturnOutcome, FrontError> {
+        let keys = self.keys(sale_id);
+        let args = vec![
+            Value::from(reservation_id.to_string()),
+            Value::from(user_id),
+            Value::from(quantity),
+        ];
+        let key_list = [keys.stock.as_str(), keys.buyers.as_str(), keys.returned.as_str()];
+        match self.run(&self.give_back, &key_list, args).await?.as_i64() {
+            Some(0) => Ok(ReturnOutcome::Returned),
+            Some(1) => Ok(ReturnOutcome::AlreadyReturned),
+            Some(2) => Ok(ReturnOutcome::NotReady),
+            other => Err(FrontError::Protocol(format!("give-back script returned {other:?}"))),
+        }
+    }
+
+    async fn counts(&self, sale_id: Uuid) -> Result<Option<FrontCounts>, FrontError> {
+        let keys = self.keys(sale_id);
+        let values: Vec<Option<i64>> = self
+            .client()
+            .mget(vec![keys.stock.as_str(), keys.pending.as_str()])
+            .await
+            .map_err(reply_error)?;
+        Ok(values.first().copied().flatten().map(|remaining| FrontCounts {
+            remaining,
+            pending: values.get(1).copied().flatten().unwrap_or(0),
+        }))
+    }
+
+    async fn idempotency_records(&self, sale_id: Uuid) -> Result<HashMap<String, IdemRecord>, FrontError> {
+        let keys = self.keys(sale_id);
+        let raw: HashMap<String, String> = self
+            .client()
+            .hgetall(keys.idempotency.as_str())
+            .await
+            .map_err(reply_error)?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|(field, value)| IdemRecord::decode(&value).map(|r| (field, r)))
+            .collect())
+    }
+
+    async fn ensure_stream(&self, sale_id: Uuid) -> Result<(), FrontError> {
+        self.ensure_group(&self.keys(sale_id)).await
+    }
+
+    async fn read_new(&self, sale_id: Uuid, consumer: &str, count: usize) -> Result<Vec<StreamEntry>, FrontError> {
+        self.read_group(sale_id, consumer, count, ">").await
+    }
+
+    async fn read_own_pending(
+        &self,
+        sale_id: Uuid,
+        consumer: &str,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, FrontError> {
+        self.read_group(sale_id, consumer, count, "0").await
+    }
+
+    async fn claim_idle(
+        &self,
+        sale_id: Uuid,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, FrontError> {
+        let keys = self.keys(sale_id);
+        let result = self
+            .client()
+            .xautoclaim::<Value, _, _, _, _>(
+                keys.stream.as_str(),
+                GROUP,
+                consumer,
+                min_idle.as_millis() as u64,
+                "0-0",
+                Some(count as u64),
+                false,
+            )
+            .await;
+        let raw = match result {
+            Err(e) if e.details().starts_with("NOGROUP") => {
+                self.ensure_group(&keys).await?;
+                return Ok(Vec::new());
+            }
+            other => other.map_err(reply_error)?,
+        };
+        // [next start id, [entries], [deleted ids]]
+        let mut parts = raw.into_array().into_iter();
+        let _next = parts.next();
+        match parts.next() {
+            Some(entries) => Self::entries(entries, sale_id),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    async fn ack(&self, sale_id: Uuid, entries: &[StreamEntry]) -> Result<(), FrontError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let keys = self.keys(sale_id);
+        let mut args = Vec::with_capacity(1 + 2 * entries.len());
+        args.push(Value::from(GROUP));
+        for e in entries {
+            args.push(Value::from(e.entry_id.as_str()));
+            args.push(Value::from(e.quantity));
+        }
+        self.run(&self.ack, &[keys.stream.as_str(), keys.pending.as_str()], args)
+            .await
+            .map(|_| ())
+    }
+
+    async fn backlog(&self, sale_id: Uuid) -> Result<u64, FrontError> {
+        let keys = self.keys(sale_id);
+        self.client().xlen(keys.stream.as_str()).await.map_err(reply_error)
+    }
+
+    async fn suspend(&self, sale_id: Uuid) -> Result<(), FrontError> {
+        let keys = self.keys(sale_id);
+        self.client().del::<i64, _>(keys.stock.as_str()).await.map_err(reply_error)?;
+        Ok(())
+    }
+
+    async fn rebuild(&self, sale_id: Uuid, state: &Rebuild) -> Result<(), FrontError> {
+        let keys = self.keys(sale_id);
+        let client = self.client();
+        // Purchases answer NotReady until the stock key is back, so these
+        // writes need not be atomic; the stock goes last.
+        client
+            .del::<i64, _>(vec![keys.buyers.as_str(), keys.idempotency.as_str(), keys.returned.as_str()])
+            .await
+            .map_err(reply_error)?;
+        for chunk in state.buyers.chunks(1000) {
+            let pairs: Vec<(&str, i64)> = chunk.iter().map(|(u, n)| (u.as_str(), *n)).collect();
+            client.hset::<i64, _, _>(keys.buyers.as_str(), pairs).await.map_err(reply_error)?;
+        }
+        for chunk in state.idempotency.chunks(1000) {
+            let pairs: Vec<(&str, String)> = chunk.iter().map(|(f, r)| (f.as_str(), r.encode())).collect();
+            client.hset::<i64, _, _>(keys.idempotency.as_str(), pairs).await.map_err(reply_error)?;
+        }
+        client
+            .set::<(), _, _>(keys.pending.as_str(), 0, None, None, false)
+            .await
+            .map_err(reply_error)?;
+        self.ensure_group(&keys).await?;
+        client
+            .set::<(), _, _>(keys.stock.as_str(), state.remaining, None, None, false)
+            .await
+            .map_err(reply_error)?;
+        Ok(())
+    }
+}
+
+/// SHA1 of a script, as Redis names it.
+fn sha1_hex(body: &str) -> String {
+    sha1_smol::Sha1::from(body).digest().to_string()
+}

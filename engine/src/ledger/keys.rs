@@ -1,0 +1,82 @@
+//! The ledger's key layout. Keys are readable byte strings:
+//!
+//! - `s/{sale}` → sale; `c/{sale}` → its counts (written once per batch)
+//! - `r/{reservation}` → reservation record
+//! - `x/{sale}/{reservation}` → empty, to list a sale's reservations
+//! - `u/{sale}/{user}` → units the user holds in the sale
+
+use uuid::Uuid;
+
+use super::Key;
+
+pub const SALE_PREFIX: &[u8] = b"s/";
+
+pub fn sale(id: Uuid) -> Key {
+    format!("s/{id}").into_bytes()
+}
+
+pub fn counts(id: Uuid) -> Key {
+    format!("c/{id}").into_bytes()
+}
+
+pub fn reservation(id: Uuid) -> Key {
+    format!("r/{id}").into_bytes()
+}
+
+pub fn sale_reservation(sale: Uuid, id: Uuid) -> Key {
+    format!("x/{sale}/{id}").into_bytes()
+}
+
+pub fn sale_reservation_prefix(sale: Uuid) -> Key {
+    format!("x/{sale}/").into_bytes()
+}
+
+pub fn reservation_of(prefix: &[u8], key: &[u8]) -> Option<Uuid> {
+    let tail = key.strip_prefix(prefix)?;
+    Uuid::try_parse_ascii(tail).ok()
+}
+
+pub fn buyer(sale: Uuid, user: &str) -> Key {
+    format!("u/{sale}/{user}").into_bytes()
+}
+
+pub fn buyer_prefix(sale: Uuid) -> Key {
+    format!("u/{sale}/").into_bytes()
+}
+
+pub fn buyer_of(prefix: &[u8], key: &[u8]) -> String {
+    String::from_utf8_lossy(key.strip_prefix(prefix).unwrap_or(key)).into_owned()
+}
+
+/// The smallest key above every key that starts with `prefix` (`None`: no
+/// such key, the prefix is all 0xff).
+pub fn prefix_end(prefix: &[u8]) -> Option<Key> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_bounds_the_prefix() {
+        assert_eq!(prefix_end(b"x/"), Some(b"x0".to_vec()));
+        assert_eq!(prefix_end(&[0x61, 0xff]), Some(vec![0x62]));
+        assert_eq!(prefix_end(&[0xff]), None);
+    }
+
+    #[test]
+    fn buyer_and_reservation_keys_round_trip() {
+        let sale = Uuid::now_v7();
+        let id = Uuid::now_v7();
+        assert_eq!(reservation_of(&sale_reservation_prefix(sale), &sale_reservation(sale, id)), Some(id));
+        assert_eq!(buyer_of(&buyer_prefix(sale), &buyer(sale, "u-7")), "u-7");
+    }
+}

@@ -1,0 +1,496 @@
+//! The ledger: the durable source of truth for sales, reservations, the
+//! units they hold and each buyer's count. Redis is rebuilt from it.
+//!
+//! The boundary (`LedgerStore`) is a small transactional key-value store:
+//! read a set of keys, compute writes, commit atomically, retried on
+//! conflict. The domain logic (`Ledger`) is written once on top of it, as
+//! idempotent plans, so a replayed or retried transaction changes nothing
+//! twice. Implementations: `embedded` (redb, the default) and `tikv`
+//! (tikv-client). Both run `tests/ledger_conformance.rs`.
+
+mod embedded;
+mod keys;
+mod tikv;
+
+pub use embedded::EmbeddedLedger;
+pub use tikv::TikvLedger;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::front::StreamEntry;
+use crate::sale::Sale;
+
+pub type Key = Vec<u8>;
+
+/// A ledger failure.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("ledger unavailable: {0}")]
+    Unavailable(String),
+    #[error("ledger transaction kept conflicting after {attempts} attempts")]
+    Contended { attempts: u32 },
+    #[error("ledger record {key} is corrupt: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("ledger i/o: {0}")]
+    Io(String),
+}
+
+/// Values read by a transaction, by key (`None`: absent).
+#[derive(Debug, Default)]
+pub struct Reads(pub HashMap<Key, Option<Vec<u8>>>);
+
+impl Reads {
+    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.0.get(key).and_then(|v| v.as_deref())
+    }
+}
+
+/// One write of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    Put(Key, Vec<u8>),
+    Delete(Key),
+}
+
+/// Computes a transaction's writes from its reads. It may run more than once
+/// (conflict retries, undetermined commits), so it must be idempotent: given
+/// state it already changed, it returns writes that change nothing more.
+pub type Plan = Box<dyn FnMut(&Reads) -> Result<Vec<Write>, LedgerError> + Send>;
+
+/// The ledger's store boundary.
+#[async_trait]
+pub trait LedgerStore: Send + Sync + 'static {
+    /// A short name for logs and metrics (`embedded`, `tikv`).
+    fn kind(&self) -> &'static str;
+
+    /// Reads `keys`, runs `plan`, and commits its writes atomically, retrying
+    /// on conflict. An error from `plan` aborts with nothing written.
+    async fn transact(&self, keys: Vec<Key>, plan: Plan) -> Result<(), LedgerError>;
+
+    /// Reads `keys` from one consistent snapshot.
+    async fn get_many(&self, keys: Vec<Key>) -> Result<Reads, LedgerError>;
+
+    /// Up to `limit` pairs whose key starts with `prefix` and sorts after
+    /// `after` (when given), in key order.
+    async fn scan(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize)
+    -> Result<Vec<(Key, Vec<u8>)>, LedgerError>;
+}
+
+/// Settled counts of one sale, written once per settlement batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaleCounts {
+    /// Units held by settled, unreleased reservations.
+    pub settled: i64,
+    /// Units released since the sale started (returned or returning).
+    pub released: i64,
+    /// Units released in the ledger but not yet back in the stock front.
+    pub returning: i64,
+    /// Reservations settled.
+    pub reservations: i64,
+}
+
+/// Where a settled reservation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReservationStatus {
+    /// The units are the buyer's.
+    Held,
+    /// Released in the ledger; the units are on their way back to the front.
+    Releasing,
+    /// Released; the units are back on sale.
+    Released,
+}
+
+impl ReservationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReservationStatus::Held => "held",
+            ReservationStatus::Releasing => "releasing",
+            ReservationStatus::Released => "released",
+        }
+    }
+}
+
+/// A settled reservation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationRecord {
+    pub id: Uuid,
+    pub sale_id: Uuid,
+    pub user_id: String,
+    pub quantity: i64,
+    pub idempotency_key: String,
+    pub status: ReservationStatus,
+    pub created_at_ms: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub settled_at: OffsetDateTime,
+}
+
+impl ReservationRecord {
+    /// The order this reservation becomes: derived from the reservation id,
+    /// so creating it again is idempotent.
+    pub fn order_id(&self) -> Uuid {
+        order_id_for(self.id)
+    }
+}
+
+/// The order id of a reservation (UUIDv5 over the reservation id).
+pub fn order_id_for(reservation_id: Uuid) -> Uuid {
+    const NAMESPACE: Uuid = Uuid::from_u128(0x6f72_6465_7273_2e66_6c61_7368_6d61_6c6c);
+    Uuid::new_v5(&NAMESPACE, reservation_id.as_bytes())
+}
+
+/// What one settlement transaction did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Settled {
+    /// Reservations written by this transaction.
+    pub new: usize,
+    /// Units they hold.
+    pub units: i64,
+    /// Entries already in the ledger (replays after a crash or a claim).
+    pub replayed: usize,
+}
+
+/// What releasing in the ledger found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReleaseStep {
+    /// Now releasing (or still, after an interrupted release): return the
+    /// units to the front, then `finish_release`.
+    Releasing(ReservationRecord),
+    /// Released earlier; nothing to do.
+    AlreadyReleased(ReservationRecord),
+    NotFound,
+}
+
+/// Everything reconcile needs of one sale.
+#[derive(Debug, Clone)]
+pub struct SaleSnapshot {
+    pub sale: Sale,
+    pub counts: SaleCounts,
+    /// Units held per buyer (non-zero only).
+    pub buyers: Vec<(String, i64)>,
+    pub reservations: Vec<ReservationRecord>,
+}
+
+/// The ledger's domain operations over any `LedgerStore`.
+#[derive(Clone)]
+pub struct Ledger {
+    store: Arc<dyn LedgerStore>,
+}
+
+const SCAN_PAGE: usize = 1024;
+
+fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], raw: &[u8]) -> Result<T, LedgerError> {
+    serde_json::from_slice(raw).map_err(|e| LedgerError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing plain structs of strings and integers cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn read<T: for<'de> Deserialize<'de>>(reads: &Reads, key: &[u8]) -> Result<Option<T>, LedgerError> {
+    reads.get(key).map(|raw| decode(key, raw)).transpose()
+}
+
+fn read_i64(reads: &Reads, key: &[u8]) -> Result<i64, LedgerError> {
+    Ok(read::<i64>(reads, key)?.unwrap_or(0))
+}
+
+/// Runs a plan that also produces a value, returned after the commit.
+async fn transact_with<T: Send + 'static>(
+    store: &dyn LedgerStore,
+    keys: Vec<Key>,
+    mut plan: impl FnMut(&Reads) -> Result<(Vec<Write>, T), LedgerError> + Send + 'static,
+) -> Result<T, LedgerError> {
+    let slot = Arc::new(Mutex::new(None));
+    let out = Arc::clone(&slot);
+    store
+        .transact(
+            keys,
+            Box::new(move |reads| {
+                let (writes, value) = plan(reads)?;
+                *out.lock().unwrap_or_else(|p| p.into_inner()) = Some(value);
+                Ok(writes)
+            }),
+        )
+        .await?;
+    let value = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+    value.ok_or_else(|| LedgerError::Io("transaction committed without running its plan".into()))
+}
+
+impl Ledger {
+    pub fn new(store: Arc<dyn LedgerStore>) -> Self {
+        Ledger { store }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        self.store.kind()
+    }
+
+    pub fn store(&self) -> &Arc<dyn LedgerStore> {
+        &self.store
+    }
+
+    /// Records a new sale with zero counts; fails if the id exists.
+    pub async fn create_sale(&self, sale: &Sale) -> Result<(), LedgerError> {
+        let sale_key = keys::sale(sale.id);
+        let counts_key = keys::counts(sale.id);
+        let value = encode(sale);
+        let id = sale.id;
+        let existing_same = encode(sale);
+        transact_with(&*self.store, vec![sale_key.clone()], move |reads| match reads.get(&sale_key) {
+            // A retried commit of this very sale is not a conflict.
+            Some(raw) if raw == existing_same.as_slice() => Ok((Vec::new(), ())),
+            Some(_) => Err(LedgerError::AlreadyExists(format!("sale {id}"))),
+            None => Ok((
+                vec![
+                    Write::Put(sale_key.clone(), value.clone()),
+                    Write::Put(counts_key.clone(), encode(&SaleCounts::default())),
+                ],
+                (),
+            )),
+        })
+        .await
+    }
+
+    /// A sale and its settled counts.
+    pub async fn sale(&self, id: Uuid) -> Result<Option<(Sale, SaleCounts)>, LedgerError> {
+        let (sale_key, counts_key) = (keys::sale(id), keys::counts(id));
+        let reads = self.store.get_many(vec![sale_key.clone(), counts_key.clone()]).await?;
+        let Some(sale) = read::<Sale>(&reads, &sale_key)? else {
+            return Ok(None);
+        };
+        let counts = read::<SaleCounts>(&reads, &counts_key)?.unwrap_or_default();
+        Ok(Some((sale, counts)))
+    }
+
+    /// Every sale, oldest id first.
+    pub async fn sales(&self) -> Result<Vec<Sale>, LedgerError> {
+        let mut out = Vec::new();
+        self.scan_all(keys::SALE_PREFIX, |k, v| {
+            out.push(decode::<Sale>(k, v)?);
+            Ok(())
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Settles a batch of one sale's reservations in one transaction:
+    /// reservation records (skipping ids already present), per-buyer counts,
+    /// and the sale's counts written once.
+    pub async fn settle(&self, sale_id: Uuid, batch: &[StreamEntry]) -> Result<Settled, LedgerError> {
+        let mut entries: Vec<StreamEntry> = Vec::with_capacity(batch.len());
+        for e in batch {
+            if e.sale_id == sale_id && !entries.iter().any(|x| x.reservation_id == e.reservation_id) {
+                entries.push(e.clone());
+            }
+        }
+        let counts_key = keys::counts(sale_id);
+        let mut read_keys = vec![counts_key.clone()];
+        read_keys.extend(entries.iter().map(|e| keys::reservation(e.reservation_id)));
+        let mut users: Vec<&str> = entries.iter().map(|e| e.user_id.as_str()).collect();
+        users.sort_unstable();
+        users.dedup();
+        read_keys.extend(users.iter().map(|u| keys::buyer(sale_id, u)));
+        let replays_in_batch = batch.len() - entries.len();
+        transact_with(&*self.store, read_keys, move |reads| {
+            let mut counts = read::<SaleCounts>(reads, &counts_key)?.unwrap_or_default();
+            let mut held: HashMap<&str, i64> = HashMap::new();
+            let mut writes = Vec::new();
+            let mut settled = Settled {
+                replayed: replays_in_batch,
+                ..Settled::default()
+            };
+            let now = OffsetDateTime::now_utc();
+            for e in &entries {
+                let rkey = keys::reservation(e.reservation_id);
+                if reads.get(&rkey).is_some() {
+                    settled.replayed += 1;
+                    continue;
+                }
+                let record = ReservationRecord {
+                    id: e.reservation_id,
+                    sale_id,
+                    user_id: e.user_id.clone(),
+                    quantity: e.quantity,
+                    idempotency_key: e.idempotency_key.clone(),
+                    status: ReservationStatus::Held,
+                    created_at_ms: e.created_at_ms,
+                    settled_at: now,
+                };
+                writes.push(Write::Put(rkey, encode(&record)));
+                writes.push(Write::Put(keys::sale_reservation(sale_id, e.reservation_id), Vec::new()));
+                let user_held = match held.get(e.user_id.as_str()) {
+                    Some(h) => *h,
+                    None => read_i64(reads, &keys::buyer(sale_id, &e.user_id))?,
+                };
+                held.insert(e.user_id.as_str(), user_held + e.quantity);
+                settled.new += 1;
+                settled.units += e.quantity;
+            }
+            if settled.new > 0 {
+                for (user, units) in &held {
+                    writes.push(Write::Put(keys::buyer(sale_id, user), encode(units)));
+                }
+                counts.settled += settled.units;
+                counts.reservations += settled.new as i64;
+                writes.push(Write::Put(counts_key.clone(), encode(&counts)));
+            }
+            Ok((writes, settled))
+        })
+        .await
+    }
+
+    pub async fn reservation(&self, id: Uuid) -> Result<Option<ReservationRecord>, LedgerError> {
+        let key = keys::reservation(id);
+        let reads = self.store.get_many(vec![key.clone()]).await?;
+        read(&reads, &key)
+    }
+
+    /// First step of a release: marks a held reservation releasing and moves
+    /// its units out of the buyer's and the sale's held counts.
+    pub async fn begin_release(&self, id: Uuid) -> Result<ReleaseStep, LedgerError> {
+        let Some(found) = self.reservation(id).await? else {
+            return Ok(ReleaseStep::NotFound);
+        };
+        let rkey = keys::reservation(id);
+        let counts_key = keys::counts(found.sale_id);
+        let buyer_key = keys::buyer(found.sale_id, &found.user_id);
+        let read_keys = vec![rkey.clone(), counts_key.clone(), buyer_key.clone()];
+        transact_with(&*self.store, read_keys, move |reads| {
+            let Some(mut record) = read::<ReservationRecord>(reads, &rkey)? else {
+                return Ok((Vec::new(), ReleaseStep::NotFound));
+            };
+            match record.status {
+                ReservationStatus::Released => Ok((Vec::new(), ReleaseStep::AlreadyReleased(record))),
+                ReservationStatus::Releasing => Ok((Vec::new(), ReleaseStep::Releasing(record))),
+                ReservationStatus::Held => {
+                    let mut counts = read::<SaleCounts>(reads, &counts_key)?.unwrap_or_default();
+                    let held = read_i64(reads, &buyer_key)? - record.quantity;
+                    counts.settled -= record.quantity;
+                    counts.released += record.quantity;
+                    counts.returning += record.quantity;
+                    record.status = ReservationStatus::Releasing;
+                    let buyer_write = if held > 0 {
+                        Write::Put(buyer_key.clone(), encode(&held))
+                    } else {
+                        Write::Delete(buyer_key.clone())
+                    };
+                    let writes = vec![
+                        Write::Put(rkey.clone(), encode(&record)),
+                        Write::Put(counts_key.clone(), encode(&counts)),
+                        buyer_write,
+                    ];
+                    Ok((writes, ReleaseStep::Releasing(record)))
+                }
+            }
+        })
+        .await
+    }
+
+    /// Last step of a release, once the units are back in the front.
+    pub async fn finish_release(&self, id: Uuid, sale_id: Uuid) -> Result<(), LedgerError> {
+        self.finish_releases(sale_id, vec![id]).await
+    }
+
+    /// Marks releasing reservations released (their units are back on sale).
+    pub async fn finish_releases(&self, sale_id: Uuid, ids: Vec<Uuid>) -> Result<(), LedgerError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let counts_key = keys::counts(sale_id);
+        let mut read_keys = vec![counts_key.clone()];
+        read_keys.extend(ids.iter().map(|id| keys::reservation(*id)));
+        transact_with(&*self.store, read_keys, move |reads| {
+            let mut counts = read::<SaleCounts>(reads, &counts_key)?.unwrap_or_default();
+            let mut writes = Vec::new();
+            for id in &ids {
+                let rkey = keys::reservation(*id);
+                if let Some(mut record) = read::<ReservationRecord>(reads, &rkey)?
+                    && record.status == ReservationStatus::Releasing
+                    && record.sale_id == sale_id
+                {
+                    record.status = ReservationStatus::Released;
+                    counts.returning -= record.quantity;
+                    writes.push(Write::Put(rkey, encode(&record)));
+                }
+            }
+            if !writes.is_empty() {
+                writes.push(Write::Put(counts_key.clone(), encode(&counts)));
+            }
+            Ok((writes, ()))
+        })
+        .await
+    }
+
+    /// Everything reconcile rebuilds the front from.
+    pub async fn snapshot(&self, sale_id: Uuid) -> Result<Option<SaleSnapshot>, LedgerError> {
+        let Some((sale, counts)) = self.sale(sale_id).await? else {
+            return Ok(None);
+        };
+        let mut buyers = Vec::new();
+        let buyer_prefix = keys::buyer_prefix(sale_id);
+        self.scan_all(&buyer_prefix, |k, v| {
+            let units: i64 = decode(k, v)?;
+            if units > 0 {
+                buyers.push((keys::buyer_of(&buyer_prefix, k), units));
+            }
+            Ok(())
+        })
+        .await?;
+        let mut ids = Vec::new();
+        let index_prefix = keys::sale_reservation_prefix(sale_id);
+        self.scan_all(&index_prefix, |k, _| {
+            if let Some(id) = keys::reservation_of(&index_prefix, k) {
+                ids.push(id);
+            }
+            Ok(())
+        })
+        .await?;
+        let mut reservations = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(SCAN_PAGE) {
+            let chunk_keys: Vec<Key> = chunk.iter().map(|id| keys::reservation(*id)).collect();
+            let reads = self.store.get_many(chunk_keys.clone()).await?;
+            for key in &chunk_keys {
+                if let Some(r) = read::<ReservationRecord>(&reads, key)? {
+                    reservations.push(r);
+                }
+            }
+        }
+        Ok(Some(SaleSnapshot {
+            sale,
+            counts,
+            buyers,
+            reservations,
+        }))
+    }
+
+    async fn scan_all(
+        &self,
+        prefix: &[u8],
+        mut each: impl FnMut(&[u8], &[u8]) -> Result<(), LedgerError>,
+    ) -> Result<(), LedgerError> {
+        let mut after: Option<Key> = None;
+        loop {
+            let page = self.store.scan(prefix, after.as_deref(), SCAN_PAGE).await?;
+            for (k, v) in &page {
+                each(k, v)?;
+            }
+            if page.len() < SCAN_PAGE {
+                return Ok(());
+            }
+            after = page.last().map(|(k, _)| k.clone());
+        }
+    }
+}

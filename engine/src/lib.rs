@@ -1,0 +1,303 @@
+//! flashmall's inventory engine: decides who gets a unit of a flash sale.
+//!
+//! The purchase path, in the order a request meets it:
+//! - `reserve/`: the hot path: sale window, quantity, local sold-out flag,
+//!   then one stock-front script; by default the answer waits until
+//!   settlement made the reservation durable.
+//! - `settle/`: per-sale workers drain the reservation stream into the
+//!   ledger in batches, one transaction per batch, then acknowledge.
+//! - `release/`: gives a reservation's units back: ledger first, then front.
+//! - `reconcile/`: rebuilds the front from the ledger and checks
+//!   conservation for every sale.
+//!
+//! Store boundaries: `front/` (Redis or in-process) and `ledger/` (redb or
+//! TiKV), each a trait with one conformance suite. `api/` serves JSON and
+//! gRPC on one port. Depends on `flashmall-proto` and `flashmall-mesh` only.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod front;
+pub mod identity;
+pub mod ledger;
+pub mod reconcile;
+pub mod release;
+pub mod reserve;
+pub mod sale;
+pub mod settle;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use flashmall_mesh::{ApiError, ErrorCode, Shutdown};
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use uuid::Uuid;
+
+use config::{EngineConfig, LedgerBackend, LedgerConfig, RedisConfig};
+use front::{Breaker, FrontError, LocalFront, RedisFront, StockFront};
+use ledger::{EmbeddedLedger, Ledger, LedgerError, LedgerStore, SaleCounts, TikvLedger};
+use sale::{LiveSale, Sale, SaleRegistry, SaleStatus};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl From<LedgerError> for ApiError {
+    fn from(e: LedgerError) -> Self {
+        match e {
+            LedgerError::AlreadyExists(what) => ApiError::new(ErrorCode::Conflict, format!("{what} already exists")),
+            LedgerError::Corrupt { .. } => {
+                tracing::error!(error = %e, "ledger record corrupt");
+                ApiError::internal("the ledger holds a record it cannot read")
+            }
+            other => {
+                tracing::warn!(error = %other, "ledger call failed");
+                ApiError::unavailable("the ledger is unavailable, retry shortly")
+            }
+        }
+    }
+}
+
+impl From<FrontError> for ApiError {
+    fn from(e: FrontError) -> Self {
+        tracing::warn!(error = %e, "stock front call failed");
+        ApiError::unavailable("the stock front is unavailable, retry shortly")
+    }
+}
+
+/// A sale with its live counts, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaleView {
+    pub sale: Sale,
+    pub status: SaleStatus,
+    pub remaining: i64,
+    pub pending: i64,
+    pub counts: SaleCounts,
+}
+
+/// The running engine: its stores, the sales it serves, and its workers.
+pub struct Engine {
+    pub config: EngineConfig,
+    pub front: Arc<dyn StockFront>,
+    pub ledger: Ledger,
+    pub sales: SaleRegistry,
+    pub breaker: Breaker,
+    pub waiters: settle::Waiters,
+    /// Deadline of one stock-front call on the purchase path.
+    pub front_timeout: Duration,
+    /// This replica's settlement consumer name.
+    pub consumer: String,
+    pub shutdown: Shutdown,
+}
+
+impl Engine {
+    /// Starts the engine on the given stores: loads every sale, reconciles
+    /// them (when configured) and starts their settlement workers.
+    pub async fn start(
+        config: EngineConfig,
+        redis: &RedisConfig,
+        front: Arc<dyn StockFront>,
+        ledger: Ledger,
+        shutdown: Shutdown,
+    ) -> Result<Arc<Engine>, String> {
+        let consumer = if config.instance_id.is_empty() {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "engine".to_owned());
+            format!("{host}-{}", std::process::id())
+        } else {
+            config.instance_id.clone()
+        };
+        front.warm_up().await.map_err(|e| format!("stock front warm-up failed: {e}"))?;
+        let engine = Arc::new(Engine {
+            breaker: Breaker::new(redis.breaker_failures, redis.breaker_cooldown),
+            front_timeout: redis.command_timeout.max(Duration::from_millis(50)),
+            config,
+            front,
+            ledger,
+            sales: SaleRegistry::default(),
+            waiters: settle::Waiters::default(),
+            consumer,
+            shutdown,
+        });
+        let sales = engine.ledger.sales().await.map_err(|e| format!("cannot list sales: {e}"))?;
+        for sale in sales {
+            let (live, _) = engine.sales.insert(sale);
+            if engine.config.reconcile_on_start {
+                reconcile::reconcile_sale(&engine, &live)
+                    .await
+                    .map_err(|e| format!("start-up reconcile of sale {} failed: {}", live.sale.id, e.message))?;
+            }
+            settle::spawn_worker(Arc::clone(&engine), live);
+        }
+        tracing::info!(
+            front = engine.front.kind(),
+            ledger = engine.ledger.kind(),
+            consumer = %engine.consumer,
+            durable_ack = engine.config.durable_ack,
+            "engine started"
+        );
+        Ok(engine)
+    }
+
+    /// The live state of a sale, loading it from the ledger on first sight
+    /// (a sale created by another replica).
+    pub async fn live_sale(self: &Arc<Self>, id: Uuid) -> Result<Option<Arc<LiveSale>>, ApiError> {
+        if let Some(live) = self.sales.get(&id) {
+            return Ok(Some(live));
+        }
+        let Some((sale, _)) = self.ledger.sale(id).await? else {
+            return Ok(None);
+        };
+        let (live, new) = self.sales.insert(sale);
+        if new {
+            self.front.ensure_stream(id).await?;
+            settle::spawn_worker(Arc::clone(self), Arc::clone(&live));
+        }
+        Ok(Some(live))
+    }
+
+    /// Creates a sale: ledger first, then the front is warmed from it, so
+    /// the sale's first second does no cold work.
+    pub async fn create_sale(self: &Arc<Self>, new: sale::NewSale) -> Result<SaleView, ApiError> {
+        let sale = new.into_sale(OffsetDateTime::now_utc())?;
+        self.ledger.create_sale(&sale).await?;
+        let (live, _) = self.sales.insert(sale);
+        reconcile::warm_up(self, &live).await?;
+        settle::spawn_worker(Arc::clone(self), Arc::clone(&live));
+        metrics::counter!("flashmall_engine_sales_created_total").increment(1);
+        tracing::info!(sale_id = %live.sale.id, stock = live.sale.stock, "sale created");
+        self.view(&live).await
+    }
+
+    /// A sale with live counts from the front and the ledger.
+    pub async fn view(&self, live: &LiveSale) -> Result<SaleView, ApiError> {
+        let (sale, counts) = self
+            .ledger
+            .sale(live.sale.id)
+            .await?
+            .ok_or_else(|| ApiError::new(ErrorCode::SaleNotFound, "no such sale"))?;
+        let front = tokio::time::timeout(self.front_timeout, self.front.counts(sale.id))
+            .await
+            .map_err(|_| ApiError::unavailable("the stock front timed out"))??;
+        // Without the front (flushed, being rebuilt) the ledger's view stands.
+        let (remaining, pending) = match front {
+            Some(c) => (c.remaining, c.pending),
+            None => (sale.stock - counts.settled - counts.returning, 0),
+        };
+        let status = sale.status(OffsetDateTime::now_utc(), remaining);
+        Ok(SaleView {
+            sale,
+            status,
+            remaining,
+            pending,
+            counts,
+        })
+    }
+
+    /// Checks both stores answer (for `/readyz`).
+    pub async fn ready(&self) -> Result<(), String> {
+        tokio::time::timeout(Duration::from_secs(1), self.front.ping())
+            .await
+            .map_err(|_| "stock front timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        tokio::time::timeout(Duration::from_secs(2), self.ledger.store().get_many(vec![b"ready".to_vec()]))
+            .await
+            .map_err(|_| "ledger timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
+/// Opens the configured stock front: Redis when `redis.url` is set,
+/// otherwise the in-process front.
+pub async fn open_front(redis: &RedisConfig) -> Result<Arc<dyn StockFront>, String> {
+    if redis.url.is_empty() {
+        return Ok(Arc::new(LocalFront::new()));
+    }
+    let front = RedisFront::connect(redis)
+        .await
+        .map_err(|e| format!("cannot connect to redis at {}: {e}", redis.url))?;
+    Ok(Arc::new(front))
+}
+
+/// Opens the configured ledger; `data_dir` anchors a relative embedded path.
+pub async fn open_ledger(config: &LedgerConfig, data_dir: &Path) -> Result<Ledger, String> {
+    let store: Arc<dyn LedgerStore> = match config.backend {
+        LedgerBackend::Embedded => {
+            let path = if config.path.is_absolute() {
+                config.path.clone()
+            } else {
+                data_dir.join(&config.path)
+            };
+            Arc::new(EmbeddedLedger::open(&path).map_err(|e| e.to_string())?)
+        }
+        LedgerBackend::Tikv => Arc::new(TikvLedger::connect(config).await.map_err(|e| e.to_string())?),
+    };
+    Ok(Ledger::new(store))
+}
+
+/// Everything `run` needs.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub engine: EngineConfig,
+    pub redis: RedisConfig,
+    pub ledger: LedgerConfig,
+    pub data_dir: std::path::PathBuf,
+}
+
+/// A started engine: its address and its state.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub engine: Arc<Engine>,
+    pub served: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Opens the stores, starts the engine and serves it on `listener` until
+/// `shutdown` triggers.
+pub async fn launch(settings: &Settings, listener: TcpListener, shutdown: Shutdown) -> Result<Running, String> {
+    let front = open_front(&settings.redis).await?;
+    let ledger = open_ledger(&settings.ledger, &settings.data_dir).await?;
+    let engine = Engine::start(settings.engine.clone(), &settings.redis, front, ledger, shutdown.clone()).await?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let served = tokio::spawn(api::serve(Arc::clone(&engine), listener, shutdown));
+    Ok(Running { addr, engine, served })
+}
+
+/// Runs the engine component until SIGTERM or `shutdown`.
+pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), String> {
+    let listener = TcpListener::bind(settings.engine.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", settings.engine.listen))?;
+    let running = launch(&settings, listener, shutdown.clone()).await?;
+    match running.served.await {
+        Ok(Ok(())) => {
+            settle::drain_on_shutdown(&running.engine).await;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(format!("engine server failed: {e}")),
+        Err(e) => Err(format!("engine server task failed: {e}")),
+    }
+}
+
+/// `flashmall engine reconcile`: opens the stores, rebuilds the front of
+/// every sale from the ledger, and returns the reports (no server runs).
+pub async fn reconcile_offline(settings: &Settings) -> Result<Vec<reconcile::SaleReport>, String> {
+    let shutdown = Shutdown::new();
+    let front = open_front(&settings.redis).await?;
+    let ledger = open_ledger(&settings.ledger, &settings.data_dir).await?;
+    let mut engine_config = settings.engine.clone();
+    engine_config.reconcile_on_start = false;
+    let engine = Engine::start(engine_config, &settings.redis, front, ledger, shutdown.clone()).await?;
+    let reports = reconcile::reconcile_all(&engine).await.map_err(|e| e.message);
+    shutdown.trigger();
+    reports
+}

@@ -1,0 +1,207 @@
+//! Reconcile: rebuilds a sale's stock front from the ledger and checks
+//! conservation (stock = remaining + pending + settled + returning).
+//!
+//! Order matters: the front's stock is taken away first (purchases answer
+//! 503 for the few milliseconds a rebuild takes), then every reservation
+//! still in the stream is settled (including entries pending in other
+//! consumers), then the front is rebuilt from one ledger snapshot, stock
+//! last. With no purchase running and the stream drained, the snapshot is
+//! the whole truth. Runs at start-up, on the admin API, on
+//! `flashmall engine reconcile`, and by itself when a purchase finds the
+//! sale missing from the front (a flush, a failover to an empty replica).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use flashmall_mesh::{ApiError, ErrorCode};
+use uuid::Uuid;
+
+use crate::front::{IdemRecord, Rebuild, idempotency_field};
+use crate::ledger::ReservationStatus;
+use crate::sale::LiveSale;
+use crate::{Engine, now_ms, settle};
+
+/// What reconcile found and did for one sale.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SaleReport {
+    pub sale_id: Uuid,
+    pub stock: i64,
+    /// False when the front had lost the sale (flushed, never warmed).
+    pub front_present: bool,
+    pub remaining_before: i64,
+    pub pending_before: i64,
+    /// stock − (remaining + pending + settled + returning) before the
+    /// rebuild; non-zero means the front had drifted from the ledger.
+    pub drift: i64,
+    /// Reservations the drain settled (they were still in the stream).
+    pub settled_during_reconcile: usize,
+    pub remaining: i64,
+    pub settled: i64,
+    pub released: i64,
+    /// Conservation holds after the rebuild.
+    pub conserved: bool,
+}
+
+/// Reconciles every sale the ledger knows.
+pub async fn reconcile_all(engine: &Arc<Engine>) -> Result<Vec<SaleReport>, ApiError> {
+    let mut reports = Vec::new();
+    for sale in engine.ledger.sales().await? {
+        if let Some(live) = engine.live_sale(sale.id).await? {
+            reports.push(reconcile_sale(engine, &live).await?);
+        }
+    }
+    Ok(reports)
+}
+
+/// Reconciles one sale by id.
+pub async fn reconcile_one(engine: &Arc<Engine>, raw_id: &str) -> Result<SaleReport, ApiError> {
+    let id = Uuid::try_parse(raw_id).map_err(|_| ApiError::new(ErrorCode::SaleNotFound, "no such sale"))?;
+    let live = engine
+        .live_sale(id)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::SaleNotFound, "no such sale"))?;
+    reconcile_sale(engine, &live).await
+}
+
+/// Starts a reconcile of `live` in the background unless one runs.
+pub fn spawn(engine: &Arc<Engine>, live: &Arc<LiveSale>) {
+    if live.reconciling.load(Ordering::Acquire) {
+        return;
+    }
+    let engine = Arc::clone(engine);
+    let live = Arc::clone(live);
+    tokio::spawn(async move {
+        match reconcile_sale(&engine, &live).await {
+            Ok(report) => tracing::info!(sale_id = %report.sale_id, drift = report.drift, "sale reconciled"),
+            Err(e) => tracing::warn!(sale_id = %live.sale.id, error = %e, "background reconcile failed"),
+        }
+    });
+}
+
+/// Clears the `reconciling` flag however the rebuild ends.
+struct Running<'a>(&'a LiveSale);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.reconciling.store(false, Ordering::Release);
+    }
+}
+
+/// Rebuilds one sale's front from the ledger and reports drift.
+pub async fn reconcile_sale(engine: &Arc<Engine>, live: &LiveSale) -> Result<SaleReport, ApiError> {
+    rebuild(engine, live, false).await
+}
+
+/// Writes a new sale's front from the ledger before it opens (a reconcile
+/// whose empty front is expected, not drift).
+pub async fn warm_up(engine: &Arc<Engine>, live: &LiveSale) -> Result<SaleReport, ApiError> {
+    rebuild(engine, live, true).await
+}
+
+async fn rebuild(engine: &Arc<Engine>, live: &LiveSale, new_sale: bool) -> Result<SaleReport, ApiError> {
+    // One rebuild per sale at a time here; this process's settlement waits.
+    let _settling = live.settle_lock.lock().await;
+    live.reconciling.store(true, Ordering::Release);
+    let _running = Running(live);
+    let sale_id = live.sale.id;
+    let front = &engine.front;
+
+    let before = front.counts(sale_id).await?;
+    let (_, counts_before) = engine
+        .ledger
+        .sale(sale_id)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::SaleNotFound, "no such sale"))?;
+    let (remaining_before, pending_before) = before.map(|c| (c.remaining, c.pending)).unwrap_or((0, 0));
+    let drift = live.sale.stock - (remaining_before + pending_before + counts_before.settled + counts_before.returning);
+
+    // 1. No purchase may run while the front is rebuilt.
+    front.suspend(sale_id).await?;
+    front.ensure_stream(sale_id).await?;
+    // 2. Settle everything still in the stream, whoever it was delivered to.
+    let mut drained = 0usize;
+    let batch_size = engine.config.settle_batch_size;
+    loop {
+        let mut batch = front.claim_idle(sale_id, &engine.consumer, Duration::ZERO, batch_size).await?;
+        if batch.is_empty() {
+            batch = front.read_new(sale_id, &engine.consumer, batch_size).await?;
+        }
+        if batch.is_empty() {
+            break;
+        }
+        let settled = settle::settle_batch(engine, sale_id, &batch)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("reconcile could not settle the stream: {e}")))?;
+        drained += settled.new;
+    }
+    // 3. Rebuild from the ledger, stock last.
+    let snapshot = engine
+        .ledger
+        .snapshot(sale_id)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::SaleNotFound, "no such sale"))?;
+    let remaining = live.sale.stock - snapshot.counts.settled;
+    let mut releasing = Vec::new();
+    let idempotency = snapshot
+        .reservations
+        .iter()
+        .inspect(|r| {
+            if r.status == ReservationStatus::Releasing {
+                releasing.push(r.id);
+            }
+        })
+        .map(|r| {
+            (
+                idempotency_field(&r.user_id, &r.idempotency_key),
+                IdemRecord {
+                    reservation_id: r.id,
+                    quantity: r.quantity,
+                },
+            )
+        })
+        .collect();
+    let rebuild = Rebuild {
+        remaining,
+        buyers: snapshot.buyers.clone(),
+        idempotency,
+    };
+    front.rebuild(sale_id, &rebuild).await?;
+    // Units of interrupted releases are in `remaining` now: record them returned.
+    engine.ledger.finish_releases(sale_id, releasing).await?;
+
+    let after = front.counts(sale_id).await?.unwrap_or_default();
+    let (_, counts) = engine
+        .ledger
+        .sale(sale_id)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::SaleNotFound, "no such sale"))?;
+    let conserved = live.sale.stock == after.remaining + after.pending + counts.settled + counts.returning;
+    if remaining > 0 {
+        live.clear_sold_out();
+    } else {
+        live.mark_sold_out(now_ms(), engine.config.sold_out_recheck);
+        live.finish_refresh(Some(
+            rebuild.idempotency.iter().map(|(f, r)| (f.clone(), *r)).collect(),
+        ));
+    }
+    if !new_sale && (drift != 0 || before.is_none()) {
+        tracing::warn!(sale_id = %sale_id, drift, front_present = before.is_some(), drained, "reconcile rebuilt a drifted front");
+    }
+    if !new_sale {
+        metrics::counter!("flashmall_engine_reconciles_total").increment(1);
+    }
+    Ok(SaleReport {
+        sale_id,
+        stock: live.sale.stock,
+        front_present: before.is_some(),
+        remaining_before,
+        pending_before,
+        drift,
+        settled_during_reconcile: drained,
+        remaining: after.remaining,
+        settled: counts.settled,
+        released: counts.released,
+        conserved,
+    })
+}

@@ -1,0 +1,65 @@
+//! Release (step 13 of the purchase path): gives a reservation's units back
+//! to its sale. The ledger moves first (held → releasing), then the stock
+//! front gets the units (idempotent by reservation id), then the ledger
+//! records the return (releasing → released). A crash between steps is
+//! finished by the next release call or by reconcile.
+
+use std::sync::Arc;
+
+use flashmall_mesh::{ApiError, ErrorCode};
+use uuid::Uuid;
+
+use crate::front::ReturnOutcome;
+use crate::identity::Caller;
+use crate::ledger::ReleaseStep;
+use crate::{Engine, reconcile};
+
+/// What a release call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Released {
+    /// This call released the units.
+    Released { quantity: i64 },
+    /// An earlier call did.
+    AlreadyReleased { quantity: i64 },
+}
+
+/// Releases a reservation for `caller` (its owner or an admin).
+pub async fn release(engine: &Arc<Engine>, caller: &Caller, raw_id: &str) -> Result<Released, ApiError> {
+    let id = Uuid::try_parse(raw_id).map_err(|_| ApiError::new(ErrorCode::NotFound, "no such reservation"))?;
+    let record = engine
+        .ledger
+        .reservation(id)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such settled reservation"))?;
+    if record.user_id != caller.user_id && !caller.is_admin() {
+        // Same answer as a missing one: ids of others' reservations leak nothing.
+        return Err(ApiError::new(ErrorCode::NotFound, "no such settled reservation"));
+    }
+    let outcome = match engine.ledger.begin_release(id).await? {
+        ReleaseStep::NotFound => return Err(ApiError::new(ErrorCode::NotFound, "no such settled reservation")),
+        ReleaseStep::AlreadyReleased(r) => Released::AlreadyReleased { quantity: r.quantity },
+        ReleaseStep::Releasing(r) => {
+            let back = engine.front.give_back(r.sale_id, r.id, &r.user_id, r.quantity).await?;
+            match back {
+                ReturnOutcome::Returned | ReturnOutcome::AlreadyReturned => {
+                    engine.ledger.finish_release(r.id, r.sale_id).await?;
+                    if let Some(live) = engine.sales.get(&r.sale_id) {
+                        live.clear_sold_out();
+                        live.settle_wake.notify_one();
+                    }
+                }
+                ReturnOutcome::NotReady => {
+                    // The front lost the sale: reconcile counts these units
+                    // back from the ledger and finishes the release.
+                    if let Some(live) = engine.live_sale(r.sale_id).await? {
+                        reconcile::spawn(engine, &live);
+                    }
+                }
+            }
+            metrics::counter!("flashmall_engine_released_units_total").increment(r.quantity as u64);
+            tracing::info!(reservation_id = %r.id, sale_id = %r.sale_id, quantity = r.quantity, "reservation released");
+            Released::Released { quantity: r.quantity }
+        }
+    };
+    Ok(outcome)
+}

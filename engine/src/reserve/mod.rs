@@ -1,0 +1,264 @@
+//! The purchase hot path (step 8–10 of the purchase path).
+//!
+//! Performance-critical: no blocking calls, no info-level logging, no lock
+//! but the sale registry's read lock; normal outcomes (sold out, over the
+//! limit) are values mapped to answers, never boxed errors.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use flashmall_mesh::{ApiError, ErrorCode};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::front::{IdemRecord, ReserveCall, ReserveOutcome, idempotency_field};
+use crate::identity::Caller;
+use crate::ledger::order_id_for;
+use crate::sale::{LiveSale, parse_sale_id};
+use crate::{Engine, now_ms, reconcile, settle};
+
+/// Longest accepted Idempotency-Key.
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
+
+/// A granted purchase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Purchase {
+    pub sale_id: Uuid,
+    pub reservation_id: Uuid,
+    pub order_id: Uuid,
+    pub quantity: i64,
+    /// True when this answers a repeated Idempotency-Key.
+    pub replayed: bool,
+}
+
+/// Checks an Idempotency-Key: 1 to 128 visible ASCII characters.
+pub fn check_idempotency_key(key: Option<&str>) -> Result<&str, ApiError> {
+    let key = key.ok_or_else(|| ApiError::invalid("the Idempotency-Key header is required"))?;
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::invalid(format!(
+            "the Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+        )));
+    }
+    Ok(key)
+}
+
+fn outcome_metric(outcome: &'static str, started: Instant) {
+    metrics::counter!("flashmall_engine_purchases_total", "outcome" => outcome).increment(1);
+    metrics::histogram!("flashmall_engine_purchase_duration_seconds", "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// Reserves `quantity` units of a sale for `caller`, idempotently by `key`.
+pub async fn purchase(
+    engine: &Arc<Engine>,
+    caller: &Caller,
+    sale_id: &str,
+    quantity: i64,
+    key: &str,
+) -> Result<Purchase, ApiError> {
+    let started = Instant::now();
+    let result = decide(engine, caller, sale_id, quantity, key).await;
+    let label = match &result {
+        Ok(p) if p.replayed => "replayed",
+        Ok(_) => "reserved",
+        Err(e) => e.code.as_str(),
+    };
+    outcome_metric(label, started);
+    result
+}
+
+async fn decide(
+    engine: &Arc<Engine>,
+    caller: &Caller,
+    raw_sale_id: &str,
+    quantity: i64,
+    key: &str,
+) -> Result<Purchase, ApiError> {
+    // Cheap checks first: nothing below costs a store call.
+    if quantity < 1 || quantity > engine.config.max_quantity {
+        return Err(ApiError::invalid(format!(
+            "quantity must be an integer from 1 to {}",
+            engine.config.max_quantity
+        )));
+    }
+    let sale_id = parse_sale_id(raw_sale_id).ok_or_else(|| ApiError::new(ErrorCode::SaleNotFound, "no such sale"))?;
+    let live = engine
+        .live_sale(sale_id)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::SaleNotFound, "no such sale"))?;
+    let sale = &live.sale;
+    let now = OffsetDateTime::now_utc();
+    if now < sale.starts_at {
+        return Err(ApiError::new(ErrorCode::SaleNotOpen, "the sale has not started yet"));
+    }
+    if now >= sale.ends_at {
+        return Err(ApiError::new(ErrorCode::SaleClosed, "the sale has ended"));
+    }
+    if quantity > sale.per_user_limit {
+        return Err(ApiError::new(
+            ErrorCode::LimitExceeded,
+            format!("at most {} units per buyer", sale.per_user_limit),
+        ));
+    }
+    let field = idempotency_field(&caller.user_id, key);
+    let now_ms = now_ms();
+    // The local sold-out flag answers without calling the front; a retry of
+    // a purchase that succeeded still gets its original answer.
+    if live.sold_out_here(now_ms) {
+        if let Some(record) = live.replay(&field) {
+            return durable_answer(engine, &live, record, true).await;
+        }
+        // While the snapshot reloads, a miss may be a success it lacks yet:
+        // let the front answer.
+        if !live.refreshing() {
+            return Err(sold_out());
+        }
+    }
+    if !engine.breaker.allows(now_ms) {
+        return Err(ApiError::unavailable("the stock front is unavailable, retry shortly"));
+    }
+
+    let reservation_id = Uuid::now_v7();
+    // Registered before the script so a fast settlement cannot be missed.
+    let waiter = engine.config.durable_ack.then(|| engine.waiters.register(reservation_id));
+    let call = ReserveCall {
+        sale_id,
+        user_id: &caller.user_id,
+        idempotency_key: key,
+        quantity,
+        per_user_limit: sale.per_user_limit,
+        reservation_id,
+        now_ms,
+    };
+    let outcome = match tokio::time::timeout(engine.front_timeout, engine.front.reserve(&call)).await {
+        Ok(Ok(outcome)) => {
+            engine.breaker.record_success();
+            outcome
+        }
+        Ok(Err(e)) => {
+            engine.breaker.record_failure(now_ms);
+            engine.waiters.forget(reservation_id);
+            tracing::debug!(error = %e, "reserve failed");
+            // The script may have run: a retry with the same key finds it.
+            return Err(ApiError::unavailable("the stock front is unavailable, retry with the same Idempotency-Key"));
+        }
+        Err(_) => {
+            engine.breaker.record_failure(now_ms);
+            engine.waiters.forget(reservation_id);
+            return Err(ApiError::unavailable("the stock front timed out, retry with the same Idempotency-Key"));
+        }
+    };
+    match outcome {
+        ReserveOutcome::Reserved { remaining } => {
+            live.settle_wake.notify_one();
+            // The flag is set by the next sold-out answer, which also counts
+            // the idempotency records its snapshot must hold.
+            let _ = remaining;
+            let record = IdemRecord {
+                reservation_id,
+                quantity,
+            };
+            match waiter {
+                Some(waiter) => {
+                    settle::wait_durable(engine, reservation_id, waiter).await?;
+                    Ok(answer(sale_id, record, false))
+                }
+                None => Ok(answer(sale_id, record, false)),
+            }
+        }
+        ReserveOutcome::Replayed(record) => {
+            engine.waiters.forget(reservation_id);
+            durable_answer(engine, &live, record, true).await
+        }
+        ReserveOutcome::LimitExceeded { held } => {
+            engine.waiters.forget(reservation_id);
+            Err(ApiError::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "you hold {held} of at most {} units in this sale",
+                    sale.per_user_limit
+                ),
+            ))
+        }
+        ReserveOutcome::SoldOut {
+            remaining,
+            idempotency_records,
+        } => {
+            engine.waiters.forget(reservation_id);
+            if remaining == 0 {
+                // Snapshot first: the flag must never stand on a stale one.
+                refresh_snapshot(engine, &live, idempotency_records);
+                live.mark_sold_out(now_ms, engine.config.sold_out_recheck);
+                Err(sold_out())
+            } else {
+                Err(ApiError::new(
+                    ErrorCode::SoldOut,
+                    format!("only {remaining} units are left"),
+                ))
+            }
+        }
+        ReserveOutcome::NotReady => {
+            engine.waiters.forget(reservation_id);
+            reconcile::spawn(engine, &live);
+            Err(ApiError::unavailable("the sale is being loaded, retry shortly"))
+        }
+    }
+}
+
+fn sold_out() -> ApiError {
+    ApiError::new(ErrorCode::SoldOut, "the sale is sold out")
+}
+
+fn answer(sale_id: Uuid, record: IdemRecord, replayed: bool) -> Purchase {
+    Purchase {
+        sale_id,
+        reservation_id: record.reservation_id,
+        order_id: order_id_for(record.reservation_id),
+        quantity: record.quantity,
+        replayed,
+    }
+}
+
+/// The original answer of a repeated key, once its reservation is durable.
+async fn durable_answer(
+    engine: &Arc<Engine>,
+    live: &LiveSale,
+    record: IdemRecord,
+    replayed: bool,
+) -> Result<Purchase, ApiError> {
+    if engine.config.durable_ack {
+        settle::wait_durable_existing(engine, record.reservation_id).await?;
+    }
+    Ok(answer(live.sale.id, record, replayed))
+}
+
+/// Reloads the sold-out snapshot of idempotency records when it is stale
+/// (in the background: this request already has its answer).
+fn refresh_snapshot(engine: &Arc<Engine>, live: &Arc<LiveSale>, records: i64) {
+    if !live.begin_refresh(records) {
+        return;
+    }
+    let engine = Arc::clone(engine);
+    let live = Arc::clone(live);
+    tokio::spawn(async move {
+        let loaded = engine.front.idempotency_records(live.sale.id).await;
+        if let Err(e) = &loaded {
+            tracing::debug!(error = %e, "sold-out snapshot not refreshed");
+        }
+        live.finish_refresh(loaded.ok());
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_keys_are_bounded_visible_ascii() {
+        assert!(check_idempotency_key(Some("abc-123")).is_ok());
+        assert!(check_idempotency_key(None).is_err());
+        assert!(check_idempotency_key(Some("")).is_err());
+        assert!(check_idempotency_key(Some("a b")).is_err());
+        assert!(check_idempotency_key(Some(&"k".repeat(129))).is_err());
+    }
+}

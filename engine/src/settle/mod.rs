@@ -1,0 +1,245 @@
+//! Settlement (step 11 of the purchase path): per-sale workers read the
+//! sale's reservation stream through a consumer group, write each batch in
+//! one ledger transaction, then acknowledge it. A crashed worker's entries
+//! stay pending in the group: a restarted worker re-reads its own, and any
+//! worker claims entries idle longer than `settle_claim_idle`. The ledger
+//! write is idempotent by reservation id, so a replay counts nothing twice.
+//!
+//! Durable acknowledgement: a purchase waits on `Waiters` until the batch
+//! holding its reservation committed (or, when another replica settled it,
+//! until the ledger shows it).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use flashmall_mesh::ApiError;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::Engine;
+use crate::front::StreamEntry;
+use crate::ledger::Settled;
+use crate::sale::LiveSale;
+
+const SHARDS: usize = 32;
+
+/// Purchases waiting for their reservation to be durable, by reservation id.
+/// Sharded so concurrent purchases rarely meet on one lock.
+pub struct Waiters {
+    shards: Vec<Mutex<HashMap<Uuid, oneshot::Sender<()>>>>,
+}
+
+impl Default for Waiters {
+    fn default() -> Self {
+        Waiters {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+}
+
+impl Waiters {
+    fn shard(&self, id: &Uuid) -> std::sync::MutexGuard<'_, HashMap<Uuid, oneshot::Sender<()>>> {
+        let i = (id.as_u128() as usize) % SHARDS;
+        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn register(&self, id: Uuid) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        self.shard(&id).insert(id, tx);
+        rx
+    }
+
+    pub fn forget(&self, id: Uuid) {
+        self.shard(&id).remove(&id);
+    }
+
+    /// Wakes the purchases waiting on these reservations.
+    pub fn notify(&self, ids: impl IntoIterator<Item = Uuid>) {
+        for id in ids {
+            if let Some(tx) = self.shard(&id).remove(&id) {
+                let _ = tx.send(());
+            }
+        }
+    }
+}
+
+/// How often a waiting purchase also asks the ledger (for a reservation
+/// that another replica's worker settles).
+const LEDGER_POLL: Duration = Duration::from_millis(200);
+
+/// Waits until a reservation this request just made is in the ledger.
+pub async fn wait_durable(engine: &Engine, id: Uuid, mut notified: oneshot::Receiver<()>) -> Result<(), ApiError> {
+    let deadline = tokio::time::Instant::now() + engine.config.durable_ack_timeout;
+    loop {
+        tokio::select! {
+            result = &mut notified => {
+                if result.is_ok() {
+                    return Ok(());
+                }
+                // The sender went away (a claim by another replica): poll.
+                return wait_durable_existing(engine, id).await;
+            }
+            _ = tokio::time::sleep(LEDGER_POLL) => {
+                if engine.ledger.reservation(id).await?.is_some() {
+                    engine.waiters.forget(id);
+                    return Ok(());
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                engine.waiters.forget(id);
+                return Err(not_durable_yet());
+            }
+        }
+    }
+}
+
+/// Waits until an earlier reservation (a replayed key) is in the ledger.
+pub async fn wait_durable_existing(engine: &Engine, id: Uuid) -> Result<(), ApiError> {
+    let deadline = Instant::now() + engine.config.durable_ack_timeout;
+    loop {
+        if engine.ledger.reservation(id).await?.is_some() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(not_durable_yet());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn not_durable_yet() -> ApiError {
+    ApiError::unavailable("the reservation is made but not yet durable; retry with the same Idempotency-Key")
+}
+
+/// Settles one batch: ledger transaction, then acknowledgement, then the
+/// waiting purchases are answered.
+pub async fn settle_batch(engine: &Engine, sale_id: Uuid, batch: &[StreamEntry]) -> Result<Settled, String> {
+    if batch.is_empty() {
+        return Ok(Settled::default());
+    }
+    let started = Instant::now();
+    // A crash here leaves the batch in the stream, pending: it is replayed.
+    crash_point("settle-before-commit");
+    let settled = engine.ledger.settle(sale_id, batch).await.map_err(|e| e.to_string())?;
+    // A crash here replays a committed batch: the ledger skips it.
+    crash_point("settle-before-ack");
+    engine.front.ack(sale_id, batch).await.map_err(|e| e.to_string())?;
+    engine.waiters.notify(batch.iter().map(|e| e.reservation_id));
+    metrics::histogram!("flashmall_engine_settle_batch_size").record(batch.len() as f64);
+    metrics::histogram!("flashmall_engine_settle_duration_seconds").record(started.elapsed().as_secs_f64());
+    metrics::counter!("flashmall_engine_settled_reservations_total").increment(settled.new as u64);
+    if let Some(oldest) = batch.iter().map(|e| e.created_at_ms).min() {
+        let lag = crate::now_ms().saturating_sub(oldest) as f64 / 1000.0;
+        metrics::histogram!("flashmall_engine_settle_lag_seconds").record(lag);
+    }
+    Ok(settled)
+}
+
+/// Aborts the process when the named failpoint is configured (crash tests
+/// set `FAILPOINTS=settle-before-commit=return`).
+fn crash_point(name: &str) {
+    if fail::eval(name, |_| ()).is_some() {
+        tracing::error!(failpoint = name, "failpoint hit, aborting");
+        std::process::abort();
+    }
+}
+
+/// Starts the settlement worker of one sale.
+pub fn spawn_worker(engine: Arc<Engine>, live: Arc<LiveSale>) {
+    tokio::spawn(async move { worker(engine, live).await });
+}
+
+async fn worker(engine: Arc<Engine>, live: Arc<LiveSale>) {
+    let sale_id = live.sale.id;
+    let batch_size = engine.config.settle_batch_size;
+    let mut own_pending_done = false;
+    let mut last_claim = Instant::now();
+    let mut failures: u32 = 0;
+    loop {
+        if engine.shutdown.is_triggered() {
+            return;
+        }
+        let round = async {
+            let _guard = live.settle_lock.lock().await;
+            engine.front.ensure_stream(sale_id).await.map_err(|e| e.to_string())?;
+            let batch = if !own_pending_done {
+                let own = engine
+                    .front
+                    .read_own_pending(sale_id, &engine.consumer, batch_size)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if own.is_empty() {
+                    own_pending_done = true;
+                }
+                own
+            } else {
+                let mut batch = engine
+                    .front
+                    .read_new(sale_id, &engine.consumer, batch_size)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if batch.is_empty() && last_claim.elapsed() >= engine.config.settle_claim_idle / 2 {
+                    last_claim = Instant::now();
+                    batch = engine
+                        .front
+                        .claim_idle(sale_id, &engine.consumer, engine.config.settle_claim_idle, batch_size)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                batch
+            };
+            settle_batch(&engine, sale_id, &batch).await?;
+            if let Ok(backlog) = engine.front.backlog(sale_id).await {
+                metrics::gauge!("flashmall_engine_settlement_backlog", "sale" => sale_id.to_string()).set(backlog as f64);
+            }
+            Ok::<usize, String>(batch.len())
+        };
+        match round.await {
+            Ok(n) => {
+                failures = 0;
+                if n == 0 && own_pending_done {
+                    tokio::select! {
+                        _ = live.settle_wake.notified() => {}
+                        _ = tokio::time::sleep(engine.config.settle_idle_poll) => {}
+                        _ = engine.shutdown.wait() => return,
+                    }
+                }
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                metrics::counter!("flashmall_engine_settle_failures_total").increment(1);
+                if failures == 1 || failures.is_power_of_two() {
+                    tracing::warn!(sale_id = %sale_id, error = %e, failures, "settlement round failed; retrying");
+                }
+                let backoff = Duration::from_millis(10u64 << failures.min(7));
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = engine.shutdown.wait() => return,
+                }
+            }
+        }
+    }
+}
+
+/// On shutdown: settles what this replica's sales still have in their
+/// streams, so a clean stop leaves no backlog (a crash is covered by replay).
+pub async fn drain_on_shutdown(engine: &Engine) {
+    for live in engine.sales.all() {
+        let _guard = live.settle_lock.lock().await;
+        for _ in 0..64 {
+            let batch = match engine
+                .front
+                .read_new(live.sale.id, &engine.consumer, engine.config.settle_batch_size)
+                .await
+            {
+                Ok(batch) if !batch.is_empty() => batch,
+                _ => break,
+            };
+            if let Err(e) = settle_batch(engine, live.sale.id, &batch).await {
+                tracing::warn!(sale_id = %live.sale.id, error = %e, "shutdown drain stopped");
+                break;
+            }
+        }
+    }
+}

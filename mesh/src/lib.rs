@@ -1,0 +1,16 @@
+//! Plumbing every flashmall component shares: the closed set of error codes
+//! and their HTTP/gRPC mapping, serving JSON and gRPC on one port with health
+//! and metrics endpoints, request ids, logs and graceful shutdown.
+//!
+//! Owns no business logic and depends on no other flashmall crate.
+
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod serve;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use error::{ApiError, ErrorCode};
+pub use serve::{Readiness, serve};
+pub use shutdown::Shutdown;

@@ -1,0 +1,147 @@
+//! Serves one component on one port: its JSON routes and gRPC services (the
+//! caller merges them into one router), plus `/healthz`, `/readyz` and
+//! `/metrics`, a request id on every request, and graceful shutdown.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::{HeaderValue, StatusCode};
+use tokio::net::TcpListener;
+use tracing::Instrument;
+
+use crate::error::{ApiError, ErrorCode};
+use crate::shutdown::Shutdown;
+
+/// Header carrying the request id, taken from the caller or made here.
+pub const REQUEST_ID: &str = "x-request-id";
+
+type ReadyFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// A component's readiness check, run on every `GET /readyz`.
+#[derive(Clone)]
+pub struct Readiness(Arc<dyn Fn() -> ReadyFuture + Send + Sync>);
+
+impl Readiness {
+    pub fn new<F, Fut>(check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        Readiness(Arc::new(move || Box::pin(check())))
+    }
+
+    /// Always ready.
+    pub fn always() -> Self {
+        Readiness::new(|| async { Ok(()) })
+    }
+}
+
+#[derive(Clone)]
+struct Served {
+    component: &'static str,
+}
+
+/// Serves `app` on `listener` until `shutdown` triggers, then drains
+/// in-flight requests and returns.
+pub async fn serve(
+    component: &'static str,
+    listener: TcpListener,
+    app: Router,
+    readiness: Readiness,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
+    let ready = readiness;
+    let served = Served { component };
+    let router = app
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.clone();
+                async move { readyz(ready).await }
+            }),
+        )
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(served, observe));
+    spawn_metrics_upkeep(shutdown.clone());
+    let addr = listener.local_addr()?;
+    tracing::info!(component, %addr, "serving");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.wait().await })
+        .await
+}
+
+async fn readyz(readiness: Readiness) -> Response {
+    match (readiness.0)().await {
+        Ok(()) => "ready".into_response(),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}")).into_response(),
+    }
+}
+
+/// The Prometheus recorder needs periodic upkeep (histogram rotation).
+fn spawn_metrics_upkeep(shutdown: Shutdown) {
+    if let Some(handle) = crate::telemetry::metrics_handle() {
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => handle.run_upkeep(),
+                    _ = shutdown.wait() => return,
+                }
+            }
+        });
+    }
+}
+
+async fn metrics() -> Response {
+    match crate::telemetry::metrics_handle() {
+        Some(handle) => (
+            [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => ApiError::unavailable("metrics recorder is not installed").into_response(),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such route")
+}
+
+/// Gives every request an id (echoed in the response), a span, and a
+/// duration sample labelled by route and status.
+async fn observe(State(served): State<Served>, mut request: Request, next: Next) -> Response {
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let header = HeaderValue::from_str(&request_id).unwrap_or(HeaderValue::from_static("invalid"));
+    request.headers_mut().insert(REQUEST_ID, header.clone());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let span = tracing::debug_span!("request", component = served.component, request_id = %request_id, method = %request.method(), route = %route);
+    let started = Instant::now();
+    let mut response = next.run(request).instrument(span).await;
+    metrics::histogram!(
+        "flashmall_http_request_duration_seconds",
+        "component" => served.component,
+        "route" => route,
+        "status" => response.status().as_u16().to_string()
+    )
+    .record(started.elapsed().as_secs_f64());
+    response.headers_mut().insert(REQUEST_ID, header);
+    response
+}

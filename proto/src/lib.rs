@@ -1,0 +1,12 @@
+//! flashmall's protobuf contracts and their generated tonic code.
+//!
+//! Owns nothing but generated types: no business logic, no dependency on any
+//! other flashmall crate.
+
+#![forbid(unsafe_code)]
+
+/// The inventory engine's API (`flashmall.inventory.v1`).
+pub mod inventory {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("flashmall.inventory.v1");
+}

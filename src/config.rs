@@ -1,0 +1,228 @@
+//! The flashmall config file: one TOML file, a section per component, every
+//! field defaulted. Any field can be overridden by an environment variable
+//! `FLASHMALL_<SECTION>__<FIELD>` (e.g. `FLASHMALL_REDIS__URL`); values are
+//! read as the field's type (lists: comma-separated). `validate` runs right
+//! after loading, and every message names the field at fault.
+
+use std::path::{Path, PathBuf};
+
+use flashmall_engine::config::{EngineConfig, LedgerConfig, RedisConfig};
+use flashmall_mesh::telemetry::LogFormat;
+use serde::{Deserialize, Serialize};
+
+/// Prefix of every environment override.
+pub const ENV_PREFIX: &str = "FLASHMALL_";
+
+/// `[log]`: log output of every component.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (human-readable) or `json` (one object per line, for production).
+    pub format: LogFormat,
+    /// Filter directive, e.g. `info` or `flashmall_engine=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// `[data]`: where the embedded stores keep their files.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// Directory of the embedded stores' files.
+    pub dir: PathBuf,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            dir: PathBuf::from("flashmall-data"),
+        }
+    }
+}
+
+/// The whole config file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub log: LogConfig,
+    pub data: DataConfig,
+    pub engine: EngineConfig,
+    pub redis: RedisConfig,
+    pub ledger: LedgerConfig,
+}
+
+impl Config {
+    /// Loads `file` (or the defaults), applies `FLASHMALL_*` overrides from
+    /// `env`, and validates. Tests pass their own `env`.
+    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, String> {
+        let mut table = toml::Table::try_from(Config::default()).map_err(|e| format!("defaults: {e}"))?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let file_table: toml::Table =
+                toml::from_str(&text).map_err(|e| format!("{} is not valid TOML: {e}", path.display()))?;
+            merge(&mut table, file_table);
+        }
+        let mut overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        overrides.sort();
+        for (name, raw) in overrides {
+            apply_override(&mut table, &name, &raw)?;
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| format!("invalid configuration: {}", e.message()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every section.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.data.dir.as_os_str().is_empty() {
+            return Err("data.dir must not be empty".into());
+        }
+        tracing_subscriber_filter_check(&self.log.level)?;
+        self.engine.validate()?;
+        self.redis.validate()?;
+        self.ledger.validate()?;
+        Ok(())
+    }
+
+    /// The engine's settings from this config.
+    pub fn engine_settings(&self) -> flashmall_engine::Settings {
+        flashmall_engine::Settings {
+            engine: self.engine.clone(),
+            redis: self.redis.clone(),
+            ledger: self.ledger.clone(),
+            data_dir: self.data.dir.clone(),
+        }
+    }
+}
+
+fn tracing_subscriber_filter_check(level: &str) -> Result<(), String> {
+    if level.trim().is_empty() {
+        return Err("log.level must not be empty".into());
+    }
+    Ok(())
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// Applies `FLASHMALL_SECTION__FIELD=raw`, typed by the field's default.
+fn apply_override(table: &mut toml::Table, name: &str, raw: &str) -> Result<(), String> {
+    let path: Vec<String> = name[ENV_PREFIX.len()..].split("__").map(str::to_lowercase).collect();
+    if path.len() < 2 || path.iter().any(String::is_empty) {
+        return Err(format!("{name}: overrides are named FLASHMALL_<SECTION>__<FIELD>"));
+    }
+    let (field, sections) = path.split_last().ok_or_else(|| format!("{name}: empty override"))?;
+    let mut at = &mut *table;
+    for section in sections {
+        at = match at.get_mut(section) {
+            Some(toml::Value::Table(t)) => t,
+            _ => return Err(format!("{name}: there is no config section [{}]", sections.join("."))),
+        };
+    }
+    let current = at
+        .get(field)
+        .ok_or_else(|| format!("{name}: [{}] has no field {field:?}", sections.join(".")))?;
+    let bad = |kind: &str| format!("{name}: {raw:?} is not {kind}");
+    let value = match current {
+        toml::Value::Integer(_) => toml::Value::Integer(raw.trim().parse().map_err(|_| bad("an integer"))?),
+        toml::Value::Boolean(_) => toml::Value::Boolean(raw.trim().parse().map_err(|_| bad("true or false"))?),
+        toml::Value::Float(_) => toml::Value::Float(raw.trim().parse().map_err(|_| bad("a number"))?),
+        toml::Value::Array(_) => toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_owned()))
+                .collect(),
+        ),
+        _ => toml::Value::String(raw.to_owned()),
+    };
+    at.insert(field.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load(None, Vec::new()).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn example_config_parses_and_matches_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("flashmall.example.toml");
+        let c = Config::load(Some(&path), Vec::new()).unwrap();
+        assert_eq!(c, Config::default(), "the example documents the defaults");
+    }
+
+    #[test]
+    fn env_overrides_are_typed() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("FLASHMALL_REDIS__URL", "redis://10.0.0.5:6379"),
+                ("FLASHMALL_ENGINE__DURABLE_ACK", "false"),
+                ("FLASHMALL_ENGINE__SETTLE_BATCH_SIZE", "64"),
+                ("FLASHMALL_ENGINE__DURABLE_ACK_TIMEOUT", "2s"),
+                ("FLASHMALL_LEDGER__PD_ENDPOINTS", "pd-0:2379, pd-1:2379"),
+                ("OTHER", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.redis.url, "redis://10.0.0.5:6379");
+        assert!(!c.engine.durable_ack);
+        assert_eq!(c.engine.settle_batch_size, 64);
+        assert_eq!(c.engine.durable_ack_timeout, std::time::Duration::from_secs(2));
+        assert_eq!(c.ledger.pd_endpoints, vec!["pd-0:2379", "pd-1:2379"]);
+    }
+
+    #[test]
+    fn bad_overrides_and_values_name_the_field() {
+        let e = Config::load(None, env(&[("FLASHMALL_REDIS__NOPE", "1")])).unwrap_err();
+        assert!(e.contains("FLASHMALL_REDIS__NOPE"), "{e}");
+        let e = Config::load(None, env(&[("FLASHMALL_ENGINE__SETTLE_BATCH_SIZE", "many")])).unwrap_err();
+        assert!(e.contains("not an integer"), "{e}");
+        let e = Config::load(None, env(&[("FLASHMALL_REDIS__URL", "http://x")])).unwrap_err();
+        assert!(e.contains("redis.url"), "{e}");
+        let e = Config::load(None, env(&[("FLASHMALL_LEDGER__BACKEND", "tikv")])).unwrap_err();
+        assert!(e.contains("pd_endpoints"), "{e}");
+        let e = Config::load(None, env(&[("FLASHMALL_ENGINE__DURABLE_ACK_TIMEOUT", "soon")])).unwrap_err();
+        assert!(e.contains("invalid configuration"), "{e}");
+    }
+
+    #[test]
+    fn unknown_fields_in_the_file_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[engine]\ndurable_akc = true\n").unwrap();
+        let e = Config::load(Some(&path), Vec::new()).unwrap_err();
+        assert!(e.contains("durable_akc"), "{e}");
+    }
+}

@@ -1,0 +1,408 @@
+//! `flashmall demo`: starts a fresh engine on embedded stores (or a given
+//! Redis), opens a flash sale, fires a storm of purchase attempts over real
+//! HTTP, and checks every invariant against the ledger.
+//!
+//! The storm: a few attempts before the opening instant, then every attempt
+//! at once, bounded by `--concurrency` connections. Some attempts repeat an
+//! earlier attempt's Idempotency-Key (client retries); buyers come back
+//! with new keys past their limit; traffic keeps coming after sell-out.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flashmall_engine::config::{EngineConfig, LedgerConfig, RedisConfig};
+use flashmall_mesh::Shutdown;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+
+/// Sizes and switches of a demo run.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoOptions {
+    /// Units on sale.
+    #[arg(long, default_value_t = 1_000)]
+    pub stock: i64,
+    /// Purchase attempts in total.
+    #[arg(long, default_value_t = 20_000)]
+    pub attempts: usize,
+    /// Distinct buyers.
+    #[arg(long, default_value_t = 5_000)]
+    pub buyers: usize,
+    /// Units one buyer may hold.
+    #[arg(long, default_value_t = 1)]
+    pub per_user_limit: i64,
+    /// Concurrent connections firing attempts.
+    #[arg(long, default_value_t = 256)]
+    pub concurrency: usize,
+    /// Percent of attempts that retry an earlier attempt's Idempotency-Key.
+    #[arg(long, default_value_t = 20)]
+    pub retry_percent: u64,
+    /// Attempts fired before the sale opens (answered sale_not_open).
+    #[arg(long, default_value_t = 10)]
+    pub early: usize,
+    /// Redis URL for the stock front; default: the in-process front.
+    #[arg(long)]
+    pub redis: Option<String>,
+    /// Answer purchases right after the Redis script (no durable ack).
+    #[arg(long)]
+    pub fast_ack: bool,
+    /// Seed of the attempt plan (same seed, same plan).
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            stock: 1_000,
+            attempts: 20_000,
+            buyers: 5_000,
+            per_user_limit: 1,
+            concurrency: 256,
+            retry_percent: 20,
+            early: 10,
+            redis: None,
+            fast_ack: false,
+            seed: 7,
+        }
+    }
+}
+
+/// One invariant and whether it held.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: &'static str,
+    pub held: bool,
+    pub detail: String,
+}
+
+/// What a demo run measured and checked.
+#[derive(Debug, Clone)]
+pub struct DemoReport {
+    pub options: DemoOptions,
+    pub front: &'static str,
+    /// Answers by outcome (`reserved`, `replayed`, or the error code).
+    pub outcomes: BTreeMap<String, u64>,
+    /// Units the ledger holds as sold.
+    pub sold: i64,
+    pub remaining: i64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub throughput: f64,
+    pub burst_seconds: f64,
+    /// From the last answer until nothing was left to settle.
+    pub settle_drain_ms: f64,
+    pub checks: Vec<Check>,
+}
+
+impl DemoReport {
+    pub fn invariants_hold(&self) -> bool {
+        self.checks.iter().all(|c| c.held)
+    }
+
+    /// The printed table.
+    pub fn table(&self) -> String {
+        let o = &self.options;
+        let mut t = String::new();
+        let _ = writeln!(t, "flashmall demo: {} units, {} attempts from {} buyers (limit {} each), {} connections, front={}, ack={}",
+            o.stock, o.attempts, o.buyers, o.per_user_limit, o.concurrency, self.front, if o.fast_ack { "fast" } else { "durable" });
+        let _ = writeln!(t, "{:-<64}", "");
+        let _ = writeln!(t, "{:<34}{:>30}", "sold (ledger)", self.sold);
+        let _ = writeln!(t, "{:<34}{:>30}", "remaining", self.remaining);
+        for (outcome, n) in &self.outcomes {
+            let _ = writeln!(t, "{:<34}{:>30}", format!("answers: {outcome}"), n);
+        }
+        let _ = writeln!(t, "{:<34}{:>30.2}", "latency p50 (ms)", self.p50_ms);
+        let _ = writeln!(t, "{:<34}{:>30.2}", "latency p99 (ms)", self.p99_ms);
+        let _ = writeln!(t, "{:<34}{:>30.2}", "latency max (ms)", self.max_ms);
+        let _ = writeln!(t, "{:<34}{:>30.0}", "throughput (attempts/s)", self.throughput);
+        let _ = writeln!(t, "{:<34}{:>30.3}", "storm duration (s)", self.burst_seconds);
+        let _ = writeln!(t, "{:<34}{:>30.1}", "settlement drain after storm (ms)", self.settle_drain_ms);
+        let _ = writeln!(t, "{:-<64}", "");
+        for c in &self.checks {
+            let _ = writeln!(t, "{:<6}{:<28}{}", if c.held { "ok" } else { "FAIL" }, c.name, c.detail);
+        }
+        let _ = write!(t, "{}", if self.invariants_hold() { "all invariants hold" } else { "INVARIANT VIOLATED" });
+        t
+    }
+}
+
+/// One planned attempt.
+struct Attempt {
+    buyer: usize,
+    key: String,
+}
+
+/// xorshift64*: a tiny deterministic generator for the attempt plan.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+fn plan(options: &DemoOptions) -> Vec<Attempt> {
+    let mut rng = Rng(options.seed.max(1));
+    let mut last_key: HashMap<usize, String> = HashMap::new();
+    let mut out = Vec::with_capacity(options.attempts);
+    for i in 0..options.attempts {
+        let buyer = (rng.next() % options.buyers.max(1) as u64) as usize;
+        let retry = rng.next() % 100 < options.retry_percent;
+        let key = match (retry, last_key.get(&buyer)) {
+            (true, Some(key)) => key.clone(),
+            _ => format!("demo-{i}"),
+        };
+        last_key.insert(buyer, key.clone());
+        out.push(Attempt { buyer, key });
+    }
+    out
+}
+
+/// An answer to one attempt.
+struct Answer {
+    buyer: usize,
+    key: String,
+    outcome: String,
+    reservation_id: Option<String>,
+    latency: Duration,
+}
+
+async fn fire(client: &reqwest::Client, url: &str, attempt: &Attempt) -> Answer {
+    let started = Instant::now();
+    let result = client
+        .post(url)
+        .header("x-user-id", format!("buyer-{}", attempt.buyer))
+        .header("idempotency-key", &attempt.key)
+        .json(&json!({"quantity": 1}))
+        .send()
+        .await;
+    let (outcome, reservation_id) = match result {
+        Ok(response) => {
+            let status = response.status();
+            let replayed = response.headers().contains_key("idempotent-replayed");
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            if status.as_u16() == 201 {
+                let id = body["reservation_id"].as_str().map(str::to_owned);
+                ((if replayed { "replayed" } else { "reserved" }).to_owned(), id)
+            } else {
+                (body["error"]["code"].as_str().unwrap_or("http_error").to_owned(), None)
+            }
+        }
+        Err(_) => ("connection_error".to_owned(), None),
+    };
+    Answer {
+        buyer: attempt.buyer,
+        key: attempt.key.clone(),
+        outcome,
+        reservation_id,
+        latency: started.elapsed(),
+    }
+}
+
+fn admin(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    request.header("x-user-id", "demo-admin").header("x-user-roles", "admin")
+}
+
+async fn json_of(request: reqwest::RequestBuilder) -> Result<(u16, Value), String> {
+    let response = request.send().await.map_err(|e| format!("request failed: {e}"))?;
+    let status = response.status().as_u16();
+    let body = response.json().await.map_err(|e| format!("bad json answer: {e}"))?;
+    Ok((status, body))
+}
+
+/// Runs the demo and returns its report (the caller decides the exit code).
+pub async fn run(options: &DemoOptions) -> Result<DemoReport, String> {
+    if options.stock < 1 || options.buyers < 1 || options.concurrency < 1 || options.per_user_limit < 1 {
+        return Err("stock, buyers, concurrency and per-user-limit must be at least 1".into());
+    }
+    let data = tempfile::tempdir().map_err(|e| format!("cannot make a temp dir: {e}"))?;
+    let settings = flashmall_engine::Settings {
+        engine: EngineConfig {
+            durable_ack: !options.fast_ack,
+            max_quantity: options.per_user_limit.max(1),
+            ..EngineConfig::default()
+        },
+        redis: RedisConfig {
+            url: options.redis.clone().unwrap_or_default(),
+            pool_size: 8,
+            ..RedisConfig::default()
+        },
+        ledger: LedgerConfig::default(),
+        data_dir: data.path().to_owned(),
+    };
+    let shutdown = Shutdown::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let running = flashmall_engine::launch(&settings, listener, shutdown.clone()).await?;
+    let front = running.engine.front.kind();
+    let base = format!("http://{}", running.addr);
+    let result = storm(options, &base, front).await;
+    shutdown.trigger();
+    let _ = running.served.await;
+    result
+}
+
+async fn storm(options: &DemoOptions, base: &str, front: &'static str) -> Result<DemoReport, String> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(options.concurrency)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let opens_at = OffsetDateTime::now_utc() + time::Duration::milliseconds(800);
+    let (status, sale) = json_of(admin(client.post(format!("{base}/api/v1/sales"))).json(&json!({
+        "product_id": "demo-product",
+        "price": 1999,
+        "stock": options.stock,
+        "per_user_limit": options.per_user_limit,
+        "starts_at": flashmall_engine::sale::rfc3339(opens_at),
+        "ends_at": flashmall_engine::sale::rfc3339(opens_at + time::Duration::hours(1)),
+    })))
+    .await?;
+    if status != 201 {
+        return Err(format!("creating the sale failed: {status} {sale}"));
+    }
+    let sale_id = sale["id"].as_str().ok_or("the sale has no id")?.to_owned();
+    let purchase_url = format!("{base}/api/v1/sales/{sale_id}/purchase");
+    let attempts = plan(options);
+    let early = options.early.min(attempts.len());
+
+    let mut answers = Vec::with_capacity(attempts.len());
+    for attempt in &attempts[..early] {
+        answers.push(fire(&client, &purchase_url, attempt).await);
+    }
+    let wait = opens_at - OffsetDateTime::now_utc();
+    if wait.is_positive() {
+        tokio::time::sleep(Duration::from_micros(wait.whole_microseconds() as u64)).await;
+    }
+    let started = Instant::now();
+    let client = Arc::new(client);
+    let url = Arc::new(purchase_url);
+    let storm: Vec<Answer> = futures::stream::iter(attempts[early..].iter())
+        .map(|attempt| {
+            let client = Arc::clone(&client);
+            let url = Arc::clone(&url);
+            async move { fire(&client, &url, attempt).await }
+        })
+        .buffer_unordered(options.concurrency)
+        .collect()
+        .await;
+    let burst = started.elapsed();
+    answers.extend(storm);
+
+    // Settlement: wait until nothing is pending.
+    let drain_started = Instant::now();
+    let mut view = Value::Null;
+    for _ in 0..500 {
+        let (_, v) = json_of(client.get(format!("{base}/api/v1/sales/{sale_id}"))).await?;
+        view = v;
+        if view["pending"].as_i64() == Some(0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let drain = drain_started.elapsed();
+    let (_, reconciled) = json_of(
+        admin(client.post(format!("{base}/api/v1/admin/reconcile"))).json(&json!({"sale_id": sale_id})),
+    )
+    .await?;
+    let (_, view_after) = json_of(client.get(format!("{base}/api/v1/sales/{sale_id}"))).await?;
+
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+    let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut by_key: HashMap<(usize, String), HashSet<String>> = HashMap::new();
+    let mut granted: HashMap<String, usize> = HashMap::new();
+    for a in &answers[early..] {
+        let _ = histogram.record(a.latency.as_micros().max(1) as u64);
+    }
+    for a in &answers {
+        *outcomes.entry(a.outcome.clone()).or_default() += 1;
+        if let Some(id) = &a.reservation_id {
+            by_key.entry((a.buyer, a.key.clone())).or_default().insert(id.clone());
+            granted.insert(id.clone(), a.buyer);
+        }
+    }
+    let mut per_buyer: HashMap<usize, i64> = HashMap::new();
+    for buyer in granted.values() {
+        *per_buyer.entry(*buyer).or_default() += 1;
+    }
+    let mut keys_per_buyer: HashMap<usize, HashSet<&str>> = HashMap::new();
+    for a in &attempts[early..] {
+        keys_per_buyer.entry(a.buyer).or_default().insert(&a.key);
+    }
+    let demand: i64 = keys_per_buyer
+        .values()
+        .map(|keys| (keys.len() as i64).min(options.per_user_limit))
+        .sum();
+
+    let mut missing = 0usize;
+    for id in granted.keys() {
+        let (status, r) = json_of(admin(client.get(format!("{base}/api/v1/reservations/{id}")))).await?;
+        if status != 200 || r["status"] != "held" {
+            missing += 1;
+        }
+    }
+    let sold = view_after["settled"].as_i64().unwrap_or(-1);
+    let remaining = view_after["remaining"].as_i64().unwrap_or(-1);
+    let report = &reconciled["sales"][0];
+    let expected = demand.min(options.stock);
+    let checks = vec![
+        Check {
+            name: "no oversell",
+            held: sold <= options.stock && granted.len() as i64 <= options.stock,
+            detail: format!("{sold} sold, {} granted to clients, stock {}", granted.len(), options.stock),
+        },
+        Check {
+            name: "no undersell",
+            held: sold == expected,
+            detail: format!("{sold} sold == min(stock {}, demand {demand}) = {expected}", options.stock),
+        },
+        Check {
+            name: "per-user limit",
+            held: per_buyer.values().all(|n| *n <= options.per_user_limit),
+            detail: format!("max {} per buyer", per_buyer.values().max().copied().unwrap_or(0)),
+        },
+        Check {
+            name: "idempotency",
+            held: by_key.values().all(|ids| ids.len() == 1),
+            detail: format!("{} keys answered 201, each with one reservation", by_key.len()),
+        },
+        Check {
+            name: "acknowledged in ledger",
+            held: options.fast_ack || missing == 0,
+            detail: format!("{missing} of {} acknowledged reservations missing", granted.len()),
+        },
+        Check {
+            name: "conservation",
+            held: report["conserved"] == true && report["drift"] == 0 && sold + remaining == options.stock,
+            detail: format!("drift {}, {sold} sold + {remaining} remaining", report["drift"]),
+        },
+        Check {
+            name: "settled",
+            held: view["pending"].as_i64() == Some(0),
+            detail: format!("pending {} after the storm", view["pending"]),
+        },
+    ];
+    let ms = |v: u64| v as f64 / 1000.0;
+    Ok(DemoReport {
+        options: options.clone(),
+        front,
+        outcomes,
+        sold,
+        remaining,
+        p50_ms: ms(histogram.value_at_quantile(0.5)),
+        p99_ms: ms(histogram.value_at_quantile(0.99)),
+        max_ms: ms(histogram.max()),
+        throughput: (answers.len() - early) as f64 / burst.as_secs_f64().max(1e-9),
+        burst_seconds: burst.as_secs_f64(),
+        settle_drain_ms: drain.as_secs_f64() * 1000.0,
+        checks,
+    })
+}

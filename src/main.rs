@@ -1,0 +1,119 @@
+//! The `flashmall` command: parses the command line and config, then calls
+//! the library's or a component's `run`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use flashmall::config::Config;
+use flashmall::demo::DemoOptions;
+use flashmall_mesh::Shutdown;
+
+#[derive(Parser)]
+#[command(name = "flashmall", version, about = "flash-sale e-commerce backend")]
+struct Cli {
+    /// Config file (TOML); without it, the defaults and FLASHMALL_* variables.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs every component in one process (embedded stores by default).
+    Up {
+        /// Directory of the embedded stores (overrides data.dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Redis URL for the stock front (overrides redis.url).
+        #[arg(long)]
+        redis: Option<String>,
+    },
+    /// Runs a flash sale against a fresh local stack and checks the invariants.
+    Demo(DemoOptions),
+    /// The inventory engine.
+    Engine {
+        #[command(subcommand)]
+        action: Option<EngineAction>,
+    },
+    /// Loads and validates a config file, then prints the effective config.
+    CheckConfig { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum EngineAction {
+    /// Serves the engine (the default).
+    Run,
+    /// Rebuilds the stock front from the ledger for every sale, prints the
+    /// drift report, and exits (with the engine stopped).
+    Reconcile,
+}
+
+fn env() -> Vec<(String, String)> {
+    std::env::vars().collect()
+}
+
+fn main() -> ExitCode {
+    // Failpoints for crash tests: FAILPOINTS=settle-before-commit=return.
+    let _failpoints = fail::FailScenario::setup();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, String> {
+    let mut config = Config::load(cli.config.as_deref(), env())?;
+    flashmall_mesh::telemetry::init_logs(config.log.format, &config.log.level)?;
+    match cli.command {
+        Command::Up { data_dir, redis } => {
+            if let Some(dir) = data_dir {
+                config.data.dir = dir;
+            }
+            if let Some(url) = redis {
+                config.redis.url = url;
+            }
+            config.validate()?;
+            flashmall::up::run(config).await?;
+        }
+        Command::Demo(options) => {
+            let report = flashmall::demo::run(&options).await?;
+            println!("{}", report.table());
+            if !report.invariants_hold() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Engine { action } => match action.unwrap_or(EngineAction::Run) {
+            EngineAction::Run => {
+                let shutdown = Shutdown::new();
+                shutdown.trigger_on_signals();
+                flashmall_engine::run(config.engine_settings(), shutdown).await?;
+            }
+            EngineAction::Reconcile => {
+                let reports = flashmall_engine::reconcile_offline(&config.engine_settings()).await?;
+                println!("{}", serde_json::to_string_pretty(&reports).map_err(|e| e.to_string())?);
+                if reports.iter().any(|r| !r.conserved) {
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        },
+        Command::CheckConfig { file } => {
+            let config = Config::load(Some(&file), env())?;
+            println!("{}", toml::to_string_pretty(&config).map_err(|e| e.to_string())?);
+            eprintln!("{} is valid", file.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
