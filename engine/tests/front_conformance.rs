@@ -1,0 +1,369 @@
+//! The stock-front conformance suite: every `StockFront` implementation
+//! must pass it. Runs against a real `redis-server` (started on a free
+//! port) and against the in-process front.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flashmall_engine::config::RedisConfig;
+use flashmall_engine::front::{
+    IdemRecord, LocalFront, Rebuild, RedisFront, ReserveCall, ReserveOutcome, ReturnOutcome, StockFront,
+    idempotency_field,
+};
+use flashmall_testing::RedisServer;
+use uuid::Uuid;
+
+/// A front under test, and the server behind it (kept alive).
+struct Subject {
+    front: Arc<dyn StockFront>,
+    _redis: Option<RedisServer>,
+}
+
+async fn local() -> Subject {
+    Subject {
+        front: Arc::new(LocalFront::new()),
+        _redis: None,
+    }
+}
+
+async fn redis() -> Subject {
+    let server = RedisServer::start();
+    let config = RedisConfig {
+        url: server.url(),
+        ..RedisConfig::default()
+    };
+    let front = RedisFront::connect(&config).await.expect("connect to the test redis");
+    front.warm_up().await.expect("warm up");
+    Subject {
+        front: Arc::new(front),
+        _redis: Some(server),
+    }
+}
+
+fn call<'a>(sale: Uuid, user: &'a str, key: &'a str, quantity: i64, limit: i64) -> ReserveCall<'a> {
+    ReserveCall {
+        sale_id: sale,
+        user_id: user,
+        idempotency_key: key,
+        quantity,
+        per_user_limit: limit,
+        reservation_id: Uuid::now_v7(),
+        now_ms: 1_700_000_000_000,
+    }
+}
+
+async fn open_sale(front: &dyn StockFront, stock: i64) -> Uuid {
+    let sale = Uuid::now_v7();
+    front.ensure_stream(sale).await.unwrap();
+    front
+        .rebuild(
+            sale,
+            &Rebuild {
+                remaining: stock,
+                ..Rebuild::default()
+            },
+        )
+        .await
+        .unwrap();
+    sale
+}
+
+async fn reserve_decrements_and_counts(front: &dyn StockFront) {
+    let sale = open_sale(front, 10).await;
+    let outcome = front.reserve(&call(sale, "u1", "k1", 2, 5)).await.unwrap();
+    assert_eq!(outcome, ReserveOutcome::Reserved { remaining: 8 });
+    let counts = front.counts(sale).await.unwrap().unwrap();
+    assert_eq!((counts.remaining, counts.pending), (8, 2));
+}
+
+async fn same_key_replays_the_original(front: &dyn StockFront) {
+    let sale = open_sale(front, 10).await;
+    let first = call(sale, "u1", "k1", 1, 5);
+    assert!(matches!(front.reserve(&first).await.unwrap(), ReserveOutcome::Reserved { .. }));
+    let again = front.reserve(&call(sale, "u1", "k1", 1, 5)).await.unwrap();
+    assert_eq!(
+        again,
+        ReserveOutcome::Replayed(IdemRecord {
+            reservation_id: first.reservation_id,
+            quantity: 1
+        })
+    );
+    // The same key from another user is another purchase.
+    assert!(matches!(
+        front.reserve(&call(sale, "u2", "k1", 1, 5)).await.unwrap(),
+        ReserveOutcome::Reserved { remaining: 8 }
+    ));
+    let counts = front.counts(sale).await.unwrap().unwrap();
+    assert_eq!(counts.remaining, 8, "a replay takes no unit");
+    let records = front.idempotency_records(sale).await.unwrap();
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[&idempotency_field("u1", "k1")].reservation_id, first.reservation_id);
+}
+
+async fn per_user_limit_holds(front: &dyn StockFront) {
+    let sale = open_sale(front, 10).await;
+    assert!(matches!(front.reserve(&call(sale, "u1", "a", 2, 2)).await.unwrap(), ReserveOutcome::Reserved { .. }));
+    assert_eq!(
+        front.reserve(&call(sale, "u1", "b", 1, 2)).await.unwrap(),
+        ReserveOutcome::LimitExceeded { held: 2 }
+    );
+    assert_eq!(front.counts(sale).await.unwrap().unwrap().remaining, 8);
+}
+
+async fn sold_out_is_a_value(front: &dyn StockFront) {
+    let sale = open_sale(front, 2).await;
+    assert!(matches!(front.reserve(&call(sale, "u1", "a", 1, 5)).await.unwrap(), ReserveOutcome::Reserved { .. }));
+    assert_eq!(
+        front.reserve(&call(sale, "u2", "a", 2, 5)).await.unwrap(),
+        ReserveOutcome::SoldOut {
+            remaining: 1,
+            idempotency_records: 1
+        }
+    );
+    assert!(matches!(
+        front.reserve(&call(sale, "u2", "b", 1, 5)).await.unwrap(),
+        ReserveOutcome::Reserved { remaining: 0 }
+    ));
+    assert_eq!(
+        front.reserve(&call(sale, "u3", "a", 1, 5)).await.unwrap(),
+        ReserveOutcome::SoldOut {
+            remaining: 0,
+            idempotency_records: 2
+        }
+    );
+}
+
+async fn missing_or_suspended_stock_is_not_ready(front: &dyn StockFront) {
+    let unknown = Uuid::now_v7();
+    assert_eq!(front.reserve(&call(unknown, "u1", "a", 1, 5)).await.unwrap(), ReserveOutcome::NotReady);
+    assert_eq!(front.counts(unknown).await.unwrap(), None);
+    let sale = open_sale(front, 5).await;
+    front.suspend(sale).await.unwrap();
+    assert_eq!(front.reserve(&call(sale, "u1", "a", 1, 5)).await.unwrap(), ReserveOutcome::NotReady);
+    assert_eq!(
+        front.give_back(sale, Uuid::now_v7(), "u1", 1).await.unwrap(),
+        ReturnOutcome::NotReady
+    );
+    front
+        .rebuild(
+            sale,
+            &Rebuild {
+                remaining: 5,
+                ..Rebuild::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(front.reserve(&call(sale, "u1", "a", 1, 5)).await.unwrap(), ReserveOutcome::Reserved { .. }));
+}
+
+async fn stream_delivers_acks_once(front: &dyn StockFront) {
+    let sale = open_sale(front, 10).await;
+    let mut ids = Vec::new();
+    for (i, user) in ["u1", "u2", "u3"].iter().enumerate() {
+        let c = call(sale, user, "k", i as i64 + 1, 5);
+        ids.push(c.reservation_id);
+        front.reserve(&c).await.unwrap();
+    }
+    let batch = front.read_new(sale, "c1", 10).await.unwrap();
+    assert_eq!(batch.iter().map(|e| e.reservation_id).collect::<Vec<_>>(), ids, "stream order");
+    assert_eq!(batch[1].user_id, "u2");
+    assert_eq!(batch[1].quantity, 2);
+    assert_eq!(batch[1].idempotency_key, "k");
+    assert_eq!(batch[1].sale_id, sale);
+    assert!(front.read_new(sale, "c1", 10).await.unwrap().is_empty(), "delivered once");
+    assert_eq!(front.read_own_pending(sale, "c1", 10).await.unwrap().len(), 3, "unacked entries stay pending");
+    assert_eq!(front.backlog(sale).await.unwrap(), 3);
+    front.ack(sale, &batch[..2]).await.unwrap();
+    assert_eq!(front.counts(sale).await.unwrap().unwrap().pending, 3);
+    front.ack(sale, &batch).await.unwrap();
+    front.ack(sale, &batch).await.unwrap();
+    let counts = front.counts(sale).await.unwrap().unwrap();
+    assert_eq!(counts.pending, 0, "each entry leaves pending exactly once");
+    assert_eq!(counts.remaining, 4);
+    assert_eq!(front.backlog(sale).await.unwrap(), 0);
+    assert!(front.read_own_pending(sale, "c1", 10).await.unwrap().is_empty());
+}
+
+async fn idle_entries_are_claimed(front: &dyn StockFront) {
+    let sale = open_sale(front, 10).await;
+    for user in ["u1", "u2"] {
+        front.reserve(&call(sale, user, "k", 1, 5)).await.unwrap();
+    }
+    let crashed = front.read_new(sale, "crashed", 10).await.unwrap();
+    assert_eq!(crashed.len(), 2);
+    assert!(front.claim_idle(sale, "alive", Duration::from_secs(60), 10).await.unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let claimed = front.claim_idle(sale, "alive", Duration::from_millis(10), 10).await.unwrap();
+    assert_eq!(claimed, crashed, "the same entries, now the live consumer's");
+    assert_eq!(front.read_own_pending(sale, "alive", 10).await.unwrap().len(), 2);
+    front.ack(sale, &claimed).await.unwrap();
+    assert_eq!(front.counts(sale).await.unwrap().unwrap().pending, 0);
+}
+
+async fn give_back_is_idempotent(front: &dyn StockFront) {
+    let sale = open_sale(front, 1).await;
+    let c = call(sale, "u1", "a", 1, 1);
+    front.reserve(&c).await.unwrap();
+    assert_eq!(
+        front.give_back(sale, c.reservation_id, "u1", 1).await.unwrap(),
+        ReturnOutcome::Returned
+    );
+    assert_eq!(
+        front.give_back(sale, c.reservation_id, "u1", 1).await.unwrap(),
+        ReturnOutcome::AlreadyReturned
+    );
+    assert_eq!(front.counts(sale).await.unwrap().unwrap().remaining, 1);
+    // The buyer's units went back too: within the limit again.
+    assert!(matches!(front.reserve(&call(sale, "u1", "b", 1, 1)).await.unwrap(), ReserveOutcome::Reserved { .. }));
+}
+
+async fn rebuild_restores_buyers_and_keys(front: &dyn StockFront) {
+    let sale = open_sale(front, 10).await;
+    let rid = Uuid::now_v7();
+    front
+        .rebuild(
+            sale,
+            &Rebuild {
+                remaining: 7,
+                buyers: vec![("u1".into(), 2), ("u2".into(), 1)],
+                idempotency: vec![(
+                    idempotency_field("u1", "k"),
+                    IdemRecord {
+                        reservation_id: rid,
+                        quantity: 2,
+                    },
+                )],
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        front.reserve(&call(sale, "u1", "k", 2, 2)).await.unwrap(),
+        ReserveOutcome::Replayed(IdemRecord {
+            reservation_id: rid,
+            quantity: 2
+        })
+    );
+    assert_eq!(
+        front.reserve(&call(sale, "u1", "other", 1, 2)).await.unwrap(),
+        ReserveOutcome::LimitExceeded { held: 2 }
+    );
+    let counts = front.counts(sale).await.unwrap().unwrap();
+    assert_eq!((counts.remaining, counts.pending), (7, 0));
+}
+
+async fn concurrent_buyers_never_oversell(front: Arc<dyn StockFront>) {
+    let sale = open_sale(&*front, 50).await;
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let front = Arc::clone(&front);
+        tasks.push(tokio::spawn(async move {
+            let user = format!("u{i}");
+            front.reserve(&call(sale, &user, "k", 1, 1)).await.unwrap()
+        }));
+    }
+    let mut reserved = 0;
+    for t in tasks {
+        if matches!(t.await.unwrap(), ReserveOutcome::Reserved { .. }) {
+            reserved += 1;
+        }
+    }
+    assert_eq!(reserved, 50);
+    let counts = front.counts(sale).await.unwrap().unwrap();
+    assert_eq!((counts.remaining, counts.pending), (0, 50));
+    assert_eq!(front.backlog(sale).await.unwrap(), 50);
+}
+
+macro_rules! conformance {
+    ($name:ident, $make:ident) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test]
+            async fn reserve_decrements_and_counts() {
+                let s = $make().await;
+                super::reserve_decrements_and_counts(&*s.front).await;
+            }
+            #[tokio::test]
+            async fn same_key_replays_the_original() {
+                let s = $make().await;
+                super::same_key_replays_the_original(&*s.front).await;
+            }
+            #[tokio::test]
+            async fn per_user_limit_holds() {
+                let s = $make().await;
+                super::per_user_limit_holds(&*s.front).await;
+            }
+            #[tokio::test]
+            async fn sold_out_is_a_value() {
+                let s = $make().await;
+                super::sold_out_is_a_value(&*s.front).await;
+            }
+            #[tokio::test]
+            async fn missing_or_suspended_stock_is_not_ready() {
+                let s = $make().await;
+                super::missing_or_suspended_stock_is_not_ready(&*s.front).await;
+            }
+            #[tokio::test]
+            async fn stream_delivers_acks_once() {
+                let s = $make().await;
+                super::stream_delivers_acks_once(&*s.front).await;
+            }
+            #[tokio::test]
+            async fn idle_entries_are_claimed() {
+                let s = $make().await;
+                super::idle_entries_are_claimed(&*s.front).await;
+            }
+            #[tokio::test]
+            async fn give_back_is_idempotent() {
+                let s = $make().await;
+                super::give_back_is_idempotent(&*s.front).await;
+            }
+            #[tokio::test]
+            async fn rebuild_restores_buyers_and_keys() {
+                let s = $make().await;
+                super::rebuild_restores_buyers_and_keys(&*s.front).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn concurrent_buyers_never_oversell() {
+                let s = $make().await;
+                super::concurrent_buyers_never_oversell(Arc::clone(&s.front)).await;
+            }
+        }
+    };
+}
+
+conformance!(on_local, local);
+conformance!(on_redis, redis);
+
+/// Redis only: a flushed script cache (failover, SCRIPT FLUSH) does not
+/// fail a purchase.
+#[tokio::test]
+async fn redis_survives_script_flush() {
+    let s = redis().await;
+    let sale = open_sale(&*s.front, 5).await;
+    let server = s._redis.as_ref().unwrap();
+    server.command(&["SCRIPT", "FLUSH"]);
+    assert!(matches!(s.front.reserve(&call(sale, "u1", "a", 1, 5)).await.unwrap(), ReserveOutcome::Reserved { .. }));
+    server.command(&["SCRIPT", "FLUSH"]);
+    assert_eq!(s.front.give_back(sale, Uuid::now_v7(), "u1", 1).await.unwrap(), ReturnOutcome::Returned);
+}
+
+/// Redis only: every key of a sale shares the sale's hash tag (Cluster-safe).
+#[tokio::test]
+async fn redis_keys_share_one_hash_tag() {
+    let s = redis().await;
+    let sale = open_sale(&*s.front, 5).await;
+    s.front.reserve(&call(sale, "u1", "a", 1, 5)).await.unwrap();
+    let server = s._redis.as_ref().unwrap();
+    let flashmall_testing::redis_reply::Reply::Array(keys) = server.command(&["KEYS", "*"]) else {
+        panic!("KEYS did not answer an array")
+    };
+    assert!(keys.len() >= 5, "{keys:?}");
+    let tag = format!("{{{sale}}}");
+    for key in keys {
+        let flashmall_testing::redis_reply::Reply::Bulk(Some(key)) = key else { panic!("bad key") };
+        assert!(key.contains(&tag), "{key} lacks the hash tag {tag}");
+    }
+}

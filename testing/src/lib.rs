@@ -1,0 +1,22 @@
+//! Test support shared by every crate's black-box tests: real store servers
+//! started from their binaries on free loopback ports, and stopped when
+//! dropped. Depends on no flashmall crate, so any crate can use it.
+
+#![forbid(unsafe_code)]
+
+mod redis;
+
+pub use redis::RedisServer;
+
+/// Replies of the test RESP client.
+pub mod redis_reply {
+    pub use crate::redis::Reply;
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the server).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}

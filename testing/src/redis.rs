@@ -1,0 +1,149 @@
+//! A real `redis-server` for tests, plus a minimal RESP client so tests can
+//! send raw commands (FLUSHALL, SCRIPT FLUSH, DEBUG SLEEP) without redis-cli.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// A `redis-server` process on a free port, killed on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    _dir: TempDir,
+}
+
+/// A reply of the RESP protocol, as tests need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Status(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<String>),
+    Array(Vec<Reply>),
+}
+
+impl RedisServer {
+    /// Starts a server (no persistence) and waits until it answers PING.
+    /// Panics with a clear message when `redis-server` is not installed:
+    /// `scripts/test` installs it.
+    pub fn start() -> RedisServer {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().expect("temp dir for redis");
+            let port = crate::free_port();
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("cannot start redis-server ({e}); install it (scripts/test does: apt-get install redis-server)")
+                });
+            let mut server = RedisServer {
+                child: Some(child),
+                port,
+                _dir: dir,
+            };
+            if server.wait_ready(Duration::from_secs(10)) {
+                return server;
+            }
+            // Most likely another process took the port: try another.
+            server.kill();
+        }
+        panic!("redis-server did not become ready on any of 5 ports")
+    }
+
+    fn wait_ready(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(_)) = child.try_wait()
+            {
+                return false;
+            }
+            if matches!(self.try_command(&["PING"]), Ok(Reply::Status(s)) if s == "PONG") {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Sends one command and returns its reply; panics on I/O errors.
+    pub fn command(&self, args: &[&str]) -> Reply {
+        self.try_command(args).expect("redis command failed")
+    }
+
+    /// Sends one command on a fresh connection.
+    pub fn try_command(&self, args: &[&str]) -> std::io::Result<Reply> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut out = format!("*{}\r\n", args.len());
+        for a in args {
+            out.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
+        }
+        stream.write_all(out.as_bytes())?;
+        let mut reader = BufReader::new(stream);
+        read_reply(&mut reader)
+    }
+
+    /// Kills the server (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn read_reply(reader: &mut impl BufRead) -> std::io::Result<Reply> {
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let line = line.trim_end_matches("\r\n");
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad reply line {line:?}"));
+    let (kind, rest) = line.split_at_checked(1).ok_or_else(bad)?;
+    Ok(match kind {
+        "+" => Reply::Status(rest.to_owned()),
+        "-" => Reply::Error(rest.to_owned()),
+        ":" => Reply::Int(rest.parse().map_err(|_| bad())?),
+        "$" => {
+            let len: i64 = rest.parse().map_err(|_| bad())?;
+            if len < 0 {
+                Reply::Bulk(None)
+            } else {
+                let mut buf = vec![0u8; len as usize + 2];
+                reader.read_exact(&mut buf)?;
+                buf.truncate(len as usize);
+                Reply::Bulk(Some(String::from_utf8_lossy(&buf).into_owned()))
+            }
+        }
+        "*" => {
+            let n: i64 = rest.parse().map_err(|_| bad())?;
+            let mut items = Vec::new();
+            for _ in 0..n.max(0) {
+                items.push(read_reply(reader)?);
+            }
+            Reply::Array(items)
+        }
+        _ => return Err(bad()),
+    })
+}
