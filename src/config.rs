@@ -62,12 +62,17 @@ pub struct Config {
 impl Config {
     /// Loads `file` (or the defaults), applies `FLASHMALL_*` overrides from
     /// `env`, and validates. Tests pass their own `env`.
-    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, String> {
-        let mut table = toml::Table::try_from(Config::default()).map_err(|e| format!("defaults: {e}"))?;
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, String> {
+        let mut table =
+            toml::Table::try_from(Config::default()).map_err(|e| format!("defaults: {e}"))?;
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            let file_table: toml::Table =
-                toml::from_str(&text).map_err(|e| format!("{} is not valid TOML: {e}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let file_table: toml::Table = toml::from_str(&text)
+                .map_err(|e| format!("{} is not valid TOML: {e}", path.display()))?;
             merge(&mut table, file_table);
         }
         let mut overrides: Vec<(String, String)> = env
@@ -128,16 +133,28 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
 
 /// Applies `FLASHMALL_SECTION__FIELD=raw`, typed by the field's default.
 fn apply_override(table: &mut toml::Table, name: &str, raw: &str) -> Result<(), String> {
-    let path: Vec<String> = name[ENV_PREFIX.len()..].split("__").map(str::to_lowercase).collect();
+    let path: Vec<String> = name[ENV_PREFIX.len()..]
+        .split("__")
+        .map(str::to_lowercase)
+        .collect();
     if path.len() < 2 || path.iter().any(String::is_empty) {
-        return Err(format!("{name}: overrides are named FLASHMALL_<SECTION>__<FIELD>"));
+        return Err(format!(
+            "{name}: overrides are named FLASHMALL_<SECTION>__<FIELD>"
+        ));
     }
-    let (field, sections) = path.split_last().ok_or_else(|| format!("{name}: empty override"))?;
+    let (field, sections) = path
+        .split_last()
+        .ok_or_else(|| format!("{name}: empty override"))?;
     let mut at = &mut *table;
     for section in sections {
         at = match at.get_mut(section) {
             Some(toml::Value::Table(t)) => t,
-            _ => return Err(format!("{name}: there is no config section [{}]", sections.join("."))),
+            _ => {
+                return Err(format!(
+                    "{name}: there is no config section [{}]",
+                    sections.join(".")
+                ));
+            }
         };
     }
     let current = at
@@ -145,9 +162,15 @@ fn apply_override(table: &mut toml::Table, name: &str, raw: &str) -> Result<(), 
         .ok_or_else(|| format!("{name}: [{}] has no field {field:?}", sections.join(".")))?;
     let bad = |kind: &str| format!("{name}: {raw:?} is not {kind}");
     let value = match current {
-        toml::Value::Integer(_) => toml::Value::Integer(raw.trim().parse().map_err(|_| bad("an integer"))?),
-        toml::Value::Boolean(_) => toml::Value::Boolean(raw.trim().parse().map_err(|_| bad("true or false"))?),
-        toml::Value::Float(_) => toml::Value::Float(raw.trim().parse().map_err(|_| bad("a number"))?),
+        toml::Value::Integer(_) => {
+            toml::Value::Integer(raw.trim().parse().map_err(|_| bad("an integer"))?)
+        }
+        toml::Value::Boolean(_) => {
+            toml::Value::Boolean(raw.trim().parse().map_err(|_| bad("true or false"))?)
+        }
+        toml::Value::Float(_) => {
+            toml::Value::Float(raw.trim().parse().map_err(|_| bad("a number"))?)
+        }
         toml::Value::Array(_) => toml::Value::Array(
             raw.split(',')
                 .map(str::trim)
@@ -166,7 +189,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -199,7 +225,10 @@ mod tests {
         assert_eq!(c.redis.url, "redis://10.0.0.5:6379");
         assert!(!c.engine.durable_ack);
         assert_eq!(c.engine.settle_batch_size, 64);
-        assert_eq!(c.engine.durable_ack_timeout, std::time::Duration::from_secs(2));
+        assert_eq!(
+            c.engine.durable_ack_timeout,
+            std::time::Duration::from_secs(2)
+        );
         assert_eq!(c.ledger.pd_endpoints, vec!["pd-0:2379", "pd-1:2379"]);
     }
 
@@ -207,13 +236,21 @@ mod tests {
     fn bad_overrides_and_values_name_the_field() {
         let e = Config::load(None, env(&[("FLASHMALL_REDIS__NOPE", "1")])).unwrap_err();
         assert!(e.contains("FLASHMALL_REDIS__NOPE"), "{e}");
-        let e = Config::load(None, env(&[("FLASHMALL_ENGINE__SETTLE_BATCH_SIZE", "many")])).unwrap_err();
+        let e = Config::load(
+            None,
+            env(&[("FLASHMALL_ENGINE__SETTLE_BATCH_SIZE", "many")]),
+        )
+        .unwrap_err();
         assert!(e.contains("not an integer"), "{e}");
         let e = Config::load(None, env(&[("FLASHMALL_REDIS__URL", "http://x")])).unwrap_err();
         assert!(e.contains("redis.url"), "{e}");
         let e = Config::load(None, env(&[("FLASHMALL_LEDGER__BACKEND", "tikv")])).unwrap_err();
         assert!(e.contains("pd_endpoints"), "{e}");
-        let e = Config::load(None, env(&[("FLASHMALL_ENGINE__DURABLE_ACK_TIMEOUT", "soon")])).unwrap_err();
+        let e = Config::load(
+            None,
+            env(&[("FLASHMALL_ENGINE__DURABLE_ACK_TIMEOUT", "soon")]),
+        )
+        .unwrap_err();
         assert!(e.contains("invalid configuration"), "{e}");
     }
 

@@ -109,8 +109,17 @@ impl DemoReport {
     pub fn table(&self) -> String {
         let o = &self.options;
         let mut t = String::new();
-        let _ = writeln!(t, "flashmall demo: {} units, {} attempts from {} buyers (limit {} each), {} connections, front={}, ack={}",
-            o.stock, o.attempts, o.buyers, o.per_user_limit, o.concurrency, self.front, if o.fast_ack { "fast" } else { "durable" });
+        let _ = writeln!(
+            t,
+            "flashmall demo: {} units, {} attempts from {} buyers (limit {} each), {} connections, front={}, ack={}",
+            o.stock,
+            o.attempts,
+            o.buyers,
+            o.per_user_limit,
+            o.concurrency,
+            self.front,
+            if o.fast_ack { "fast" } else { "durable" }
+        );
         let _ = writeln!(t, "{:-<64}", "");
         let _ = writeln!(t, "{:<34}{:>30}", "sold (ledger)", self.sold);
         let _ = writeln!(t, "{:<34}{:>30}", "remaining", self.remaining);
@@ -120,14 +129,40 @@ impl DemoReport {
         let _ = writeln!(t, "{:<34}{:>30.2}", "latency p50 (ms)", self.p50_ms);
         let _ = writeln!(t, "{:<34}{:>30.2}", "latency p99 (ms)", self.p99_ms);
         let _ = writeln!(t, "{:<34}{:>30.2}", "latency max (ms)", self.max_ms);
-        let _ = writeln!(t, "{:<34}{:>30.0}", "throughput (attempts/s)", self.throughput);
-        let _ = writeln!(t, "{:<34}{:>30.3}", "storm duration (s)", self.burst_seconds);
-        let _ = writeln!(t, "{:<34}{:>30.1}", "settlement drain after storm (ms)", self.settle_drain_ms);
+        let _ = writeln!(
+            t,
+            "{:<34}{:>30.0}",
+            "throughput (attempts/s)", self.throughput
+        );
+        let _ = writeln!(
+            t,
+            "{:<34}{:>30.3}",
+            "storm duration (s)", self.burst_seconds
+        );
+        let _ = writeln!(
+            t,
+            "{:<34}{:>30.1}",
+            "settlement drain after storm (ms)", self.settle_drain_ms
+        );
         let _ = writeln!(t, "{:-<64}", "");
         for c in &self.checks {
-            let _ = writeln!(t, "{:<6}{:<28}{}", if c.held { "ok" } else { "FAIL" }, c.name, c.detail);
+            let _ = writeln!(
+                t,
+                "{:<6}{:<28}{}",
+                if c.held { "ok" } else { "FAIL" },
+                c.name,
+                c.detail
+            );
         }
-        let _ = write!(t, "{}", if self.invariants_hold() { "all invariants hold" } else { "INVARIANT VIOLATED" });
+        let _ = write!(
+            t,
+            "{}",
+            if self.invariants_hold() {
+                "all invariants hold"
+            } else {
+                "INVARIANT VIOLATED"
+            }
+        );
         t
     }
 }
@@ -192,9 +227,18 @@ async fn fire(client: &reqwest::Client, url: &str, attempt: &Attempt) -> Answer 
             let body: Value = response.json().await.unwrap_or(Value::Null);
             if status.as_u16() == 201 {
                 let id = body["reservation_id"].as_str().map(str::to_owned);
-                ((if replayed { "replayed" } else { "reserved" }).to_owned(), id)
+                (
+                    (if replayed { "replayed" } else { "reserved" }).to_owned(),
+                    id,
+                )
             } else {
-                (body["error"]["code"].as_str().unwrap_or("http_error").to_owned(), None)
+                (
+                    body["error"]["code"]
+                        .as_str()
+                        .unwrap_or("http_error")
+                        .to_owned(),
+                    None,
+                )
             }
         }
         Err(_) => ("connection_error".to_owned(), None),
@@ -209,19 +253,31 @@ async fn fire(client: &reqwest::Client, url: &str, attempt: &Attempt) -> Answer 
 }
 
 fn admin(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-    request.header("x-user-id", "demo-admin").header("x-user-roles", "admin")
+    request
+        .header("x-user-id", "demo-admin")
+        .header("x-user-roles", "admin")
 }
 
 async fn json_of(request: reqwest::RequestBuilder) -> Result<(u16, Value), String> {
-    let response = request.send().await.map_err(|e| format!("request failed: {e}"))?;
+    let response = request
+        .send()
+        .await
+        .map_err(|e| format!("request failed: {e}"))?;
     let status = response.status().as_u16();
-    let body = response.json().await.map_err(|e| format!("bad json answer: {e}"))?;
+    let body = response
+        .json()
+        .await
+        .map_err(|e| format!("bad json answer: {e}"))?;
     Ok((status, body))
 }
 
 /// Runs the demo and returns its report (the caller decides the exit code).
 pub async fn run(options: &DemoOptions) -> Result<DemoReport, String> {
-    if options.stock < 1 || options.buyers < 1 || options.concurrency < 1 || options.per_user_limit < 1 {
+    if options.stock < 1
+        || options.buyers < 1
+        || options.concurrency < 1
+        || options.per_user_limit < 1
+    {
         return Err("stock, buyers, concurrency and per-user-limit must be at least 1".into());
     }
     let data = tempfile::tempdir().map_err(|e| format!("cannot make a temp dir: {e}"))?;
@@ -240,7 +296,9 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, String> {
         data_dir: data.path().to_owned(),
     };
     let shutdown = Shutdown::new();
-    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
     let running = flashmall_engine::launch(&settings, listener, shutdown.clone()).await?;
     let front = running.engine.front.kind();
     let base = format!("http://{}", running.addr);
@@ -250,21 +308,27 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, String> {
     result
 }
 
-async fn storm(options: &DemoOptions, base: &str, front: &'static str) -> Result<DemoReport, String> {
+async fn storm(
+    options: &DemoOptions,
+    base: &str,
+    front: &'static str,
+) -> Result<DemoReport, String> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(options.concurrency)
         .timeout(Duration::from_secs(30))
         .build()
         .map_err(|e| e.to_string())?;
     let opens_at = OffsetDateTime::now_utc() + time::Duration::milliseconds(800);
-    let (status, sale) = json_of(admin(client.post(format!("{base}/api/v1/sales"))).json(&json!({
-        "product_id": "demo-product",
-        "price": 1999,
-        "stock": options.stock,
-        "per_user_limit": options.per_user_limit,
-        "starts_at": flashmall_engine::sale::rfc3339(opens_at),
-        "ends_at": flashmall_engine::sale::rfc3339(opens_at + time::Duration::hours(1)),
-    })))
+    let (status, sale) = json_of(
+        admin(client.post(format!("{base}/api/v1/sales"))).json(&json!({
+            "product_id": "demo-product",
+            "price": 1999,
+            "stock": options.stock,
+            "per_user_limit": options.per_user_limit,
+            "starts_at": flashmall_engine::sale::rfc3339(opens_at),
+            "ends_at": flashmall_engine::sale::rfc3339(opens_at + time::Duration::hours(1)),
+        })),
+    )
     .await?;
     if status != 201 {
         return Err(format!("creating the sale failed: {status} {sale}"));
@@ -310,12 +374,14 @@ async fn storm(options: &DemoOptions, base: &str, front: &'static str) -> Result
     }
     let drain = drain_started.elapsed();
     let (_, reconciled) = json_of(
-        admin(client.post(format!("{base}/api/v1/admin/reconcile"))).json(&json!({"sale_id": sale_id})),
+        admin(client.post(format!("{base}/api/v1/admin/reconcile")))
+            .json(&json!({"sale_id": sale_id})),
     )
     .await?;
     let (_, view_after) = json_of(client.get(format!("{base}/api/v1/sales/{sale_id}"))).await?;
 
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+    let mut histogram =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
     let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
     let mut by_key: HashMap<(usize, String), HashSet<String>> = HashMap::new();
     let mut granted: HashMap<String, usize> = HashMap::new();
@@ -325,7 +391,10 @@ async fn storm(options: &DemoOptions, base: &str, front: &'static str) -> Result
     for a in &answers {
         *outcomes.entry(a.outcome.clone()).or_default() += 1;
         if let Some(id) = &a.reservation_id {
-            by_key.entry((a.buyer, a.key.clone())).or_default().insert(id.clone());
+            by_key
+                .entry((a.buyer, a.key.clone()))
+                .or_default()
+                .insert(id.clone());
             granted.insert(id.clone(), a.buyer);
         }
     }
@@ -344,7 +413,10 @@ async fn storm(options: &DemoOptions, base: &str, front: &'static str) -> Result
 
     let mut missing = 0usize;
     for id in granted.keys() {
-        let (status, r) = json_of(admin(client.get(format!("{base}/api/v1/reservations/{id}")))).await?;
+        let (status, r) = json_of(admin(
+            client.get(format!("{base}/api/v1/reservations/{id}")),
+        ))
+        .await?;
         if status != 200 || r["status"] != "held" {
             missing += 1;
         }
@@ -357,32 +429,53 @@ async fn storm(options: &DemoOptions, base: &str, front: &'static str) -> Result
         Check {
             name: "no oversell",
             held: sold <= options.stock && granted.len() as i64 <= options.stock,
-            detail: format!("{sold} sold, {} granted to clients, stock {}", granted.len(), options.stock),
+            detail: format!(
+                "{sold} sold, {} granted to clients, stock {}",
+                granted.len(),
+                options.stock
+            ),
         },
         Check {
             name: "no undersell",
             held: sold == expected,
-            detail: format!("{sold} sold == min(stock {}, demand {demand}) = {expected}", options.stock),
+            detail: format!(
+                "{sold} sold == min(stock {}, demand {demand}) = {expected}",
+                options.stock
+            ),
         },
         Check {
             name: "per-user limit",
             held: per_buyer.values().all(|n| *n <= options.per_user_limit),
-            detail: format!("max {} per buyer", per_buyer.values().max().copied().unwrap_or(0)),
+            detail: format!(
+                "max {} per buyer",
+                per_buyer.values().max().copied().unwrap_or(0)
+            ),
         },
         Check {
             name: "idempotency",
             held: by_key.values().all(|ids| ids.len() == 1),
-            detail: format!("{} keys answered 201, each with one reservation", by_key.len()),
+            detail: format!(
+                "{} keys answered 201, each with one reservation",
+                by_key.len()
+            ),
         },
         Check {
             name: "acknowledged in ledger",
             held: options.fast_ack || missing == 0,
-            detail: format!("{missing} of {} acknowledged reservations missing", granted.len()),
+            detail: format!(
+                "{missing} of {} acknowledged reservations missing",
+                granted.len()
+            ),
         },
         Check {
             name: "conservation",
-            held: report["conserved"] == true && report["drift"] == 0 && sold + remaining == options.stock,
-            detail: format!("drift {}, {sold} sold + {remaining} remaining", report["drift"]),
+            held: report["conserved"] == true
+                && report["drift"] == 0
+                && sold + remaining == options.stock,
+            detail: format!(
+                "drift {}, {sold} sold + {remaining} remaining",
+                report["drift"]
+            ),
         },
         Check {
             name: "settled",

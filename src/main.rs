@@ -102,8 +102,12 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 flashmall_engine::run(config.engine_settings(), shutdown).await?;
             }
             EngineAction::Reconcile => {
-                let reports = flashmall_engine::reconcile_offline(&config.engine_settings()).await?;
-                println!("{}", serde_json::to_string_pretty(&reports).map_err(|e| e.to_string())?);
+                let reports =
+                    flashmall_engine::reconcile_offline(&config.engine_settings()).await?;
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&reports).map_err(|e| e.to_string())?
+                );
                 if reports.iter().any(|r| !r.conserved) {
                     return Ok(ExitCode::FAILURE);
                 }
@@ -111,7 +115,10 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         },
         Command::CheckConfig { file } => {
             let config = Config::load(Some(&file), env())?;
-            println!("{}", toml::to_string_pretty(&config).map_err(|e| e.to_string())?);
+            println!(
+                "{}",
+                toml::to_string_pretty(&config).map_err(|e| e.to_string())?
+            );
             eprintln!("{} is valid", file.display());
         }
     }

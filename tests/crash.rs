@@ -2,112 +2,24 @@
 //! the process dies (SIGKILL, or abort at a failpoint between the Redis
 //! script and the ledger commit), restarts, and every invariant holds.
 
+mod support;
+
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use flashmall_testing::{RedisServer, free_port};
 use serde_json::{Value, json};
-use time::OffsetDateTime;
-
-/// One `flashmall engine` process.
-struct EngineProcess {
-    child: Child,
-    base: String,
-}
-
-impl EngineProcess {
-    fn start(redis: &RedisServer, data: &Path, port: u16, failpoints: Option<&str>, durable: bool) -> EngineProcess {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flashmall"));
-        cmd.args(["engine", "run"])
-            .env("FLASHMALL_ENGINE__LISTEN", format!("127.0.0.1:{port}"))
-            .env("FLASHMALL_ENGINE__INSTANCE_ID", "engine-a")
-            .env("FLASHMALL_ENGINE__SETTLE_CLAIM_IDLE", "300ms")
-            .env("FLASHMALL_ENGINE__DURABLE_ACK", durable.to_string())
-            .env("FLASHMALL_ENGINE__DURABLE_ACK_TIMEOUT", "2s")
-            .env("FLASHMALL_REDIS__URL", redis.url())
-            .env("FLASHMALL_DATA__DIR", data)
-            .env("FLASHMALL_LOG__LEVEL", "warn")
-            .env_remove("FAILPOINTS")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        if let Some(fp) = failpoints {
-            cmd.env("FAILPOINTS", fp);
-        }
-        let child = cmd.spawn().expect("spawn flashmall engine");
-        EngineProcess {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    async fn wait_ready(&mut self) {
-        let client = reqwest::Client::new();
-        for _ in 0..300 {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("engine exited during start-up: {status}");
-            }
-            if let Ok(r) = client.get(format!("{}/readyz", self.base)).send().await
-                && r.status() == 200
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("engine not ready after 15 s");
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Waits for the process to die by itself (a failpoint abort).
-    async fn wait_exit(&mut self) {
-        for _ in 0..200 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("engine did not die at the failpoint");
-    }
-}
-
-impl Drop for EngineProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-async fn send(request: reqwest::RequestBuilder) -> Option<(u16, Value)> {
-    let response = request.send().await.ok()?;
-    let status = response.status().as_u16();
-    Some((status, response.json().await.unwrap_or(Value::Null)))
-}
-
-fn admin(r: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-    r.header("x-user-id", "admin-1").header("x-user-roles", "admin")
-}
-
-async fn create_sale(client: &reqwest::Client, base: &str, stock: i64) -> String {
-    let now = OffsetDateTime::now_utc();
-    let (status, body) = send(admin(client.post(format!("{base}/api/v1/sales"))).json(&json!({
-        "product_id": "p-1", "price": 100, "stock": stock, "per_user_limit": 1,
-        "starts_at": flashmall_engine::sale::rfc3339(now - time::Duration::seconds(1)),
-        "ends_at": flashmall_engine::sale::rfc3339(now + time::Duration::hours(1)),
-    })))
-    .await
-    .expect("create sale");
-    assert_eq!(status, 201, "{body}");
-    body["id"].as_str().unwrap().to_owned()
-}
+use support::{Flashmall, admin, create_sale, send};
 
 /// Fires purchases for users `range` concurrently; returns user -> answer
 /// (None: the connection died with the process).
-async fn storm(client: &reqwest::Client, base: &str, sale: &str, users: std::ops::Range<usize>) -> HashMap<usize, Option<(u16, Value)>> {
+async fn storm(
+    client: &reqwest::Client,
+    base: &str,
+    sale: &str,
+    users: std::ops::Range<usize>,
+) -> HashMap<usize, Option<(u16, Value)>> {
     let client = Arc::new(client.clone());
     let mut tasks = Vec::new();
     for u in users {
@@ -146,12 +58,26 @@ fn granted(answers: &HashMap<usize, Option<(u16, Value)>>) -> HashMap<usize, Str
 /// After the restart: every 201 seen is in the ledger, retries give the
 /// original answers, the rest of the stock sells exactly, and reconcile
 /// finds no drift.
-async fn check_after_restart(client: &reqwest::Client, base: &str, sale: &str, stock: i64, before: &HashMap<usize, String>, tried: usize) {
+async fn check_after_restart(
+    client: &reqwest::Client,
+    base: &str,
+    sale: &str,
+    stock: i64,
+    before: &HashMap<usize, String>,
+    tried: usize,
+) {
     for (u, id) in before {
-        let (status, r) = send(client.get(format!("{base}/api/v1/reservations/{id}")).header("x-user-id", format!("u{u}")))
-            .await
-            .unwrap();
-        assert_eq!(status, 200, "acknowledged reservation {id} of u{u} lost: {r}");
+        let (status, r) = send(
+            client
+                .get(format!("{base}/api/v1/reservations/{id}"))
+                .header("x-user-id", format!("u{u}")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            status, 200,
+            "acknowledged reservation {id} of u{u} lost: {r}"
+        );
     }
     // Everyone retries with the same key, and new buyers come.
     let retried = storm(client, base, sale, 0..tried).await;
@@ -160,40 +86,69 @@ async fn check_after_restart(client: &reqwest::Client, base: &str, sale: &str, s
         assert_eq!(after.get(u), Some(id), "u{u}'s retry changed its answer");
     }
     let fresh = storm(client, base, sale, tried..tried + stock as usize * 2).await;
-    let all: HashSet<String> = after.values().chain(granted(&fresh).values()).cloned().collect();
-    assert_eq!(all.len() as i64, stock, "exactly the stock is sold across the crash");
-    let (_, view) = send(client.get(format!("{base}/api/v1/sales/{sale}"))).await.unwrap();
+    let all: HashSet<String> = after
+        .values()
+        .chain(granted(&fresh).values())
+        .cloned()
+        .collect();
+    assert_eq!(
+        all.len() as i64,
+        stock,
+        "exactly the stock is sold across the crash"
+    );
+    let (_, view) = send(client.get(format!("{base}/api/v1/sales/{sale}")))
+        .await
+        .unwrap();
     let mut view = view;
     for _ in 0..200 {
         if view["pending"] == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-        view = send(client.get(format!("{base}/api/v1/sales/{sale}"))).await.unwrap().1;
+        view = send(client.get(format!("{base}/api/v1/sales/{sale}")))
+            .await
+            .unwrap()
+            .1;
     }
     assert_eq!(view["settled"].as_i64(), Some(stock), "{view}");
-    let (_, report) = send(admin(client.post(format!("{base}/api/v1/admin/reconcile"))).json(&json!({"sale_id": sale})))
-        .await
-        .unwrap();
+    let (_, report) = send(
+        admin(client.post(format!("{base}/api/v1/admin/reconcile")))
+            .json(&json!({"sale_id": sale})),
+    )
+    .await
+    .unwrap();
     let report = &report["sales"][0];
-    assert_eq!((report["drift"].as_i64(), report["conserved"].as_bool()), (Some(0), Some(true)), "{report}");
+    assert_eq!(
+        (report["drift"].as_i64(), report["conserved"].as_bool()),
+        (Some(0), Some(true)),
+        "{report}"
+    );
 }
 
 async fn crash_at_failpoint_then_restart(failpoint: &str, durable: bool) {
     let redis = RedisServer::start();
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-    let mut engine = EngineProcess::start(&redis, data.path(), port, Some(&format!("{failpoint}=return")), durable);
+    let client = support::client();
+    let mut engine = Flashmall::engine(
+        &redis,
+        data.path(),
+        port,
+        Some(&format!("{failpoint}=return")),
+        durable,
+    );
     engine.wait_ready().await;
     let sale = create_sale(&client, &engine.base, 40).await;
     let first = storm(&client, &engine.base, &sale, 0..30).await;
     engine.wait_exit().await;
     let before = granted(&first);
     if durable && failpoint == "settle-before-commit" {
-        assert!(before.is_empty(), "nothing was durable, so nothing may have been acknowledged");
+        assert!(
+            before.is_empty(),
+            "nothing was durable, so nothing may have been acknowledged"
+        );
     }
-    let mut engine = EngineProcess::start(&redis, data.path(), port, None, durable);
+    let mut engine = Flashmall::engine(&redis, data.path(), port, None, durable);
     engine.wait_ready().await;
     check_after_restart(&client, &engine.base, &sale, 40, &before, 30).await;
 }
@@ -218,8 +173,8 @@ async fn sigkill_mid_storm_then_restart() {
     let redis = RedisServer::start();
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-    let mut engine = EngineProcess::start(&redis, data.path(), port, None, true);
+    let client = support::client();
+    let mut engine = Flashmall::engine(&redis, data.path(), port, None, true);
     engine.wait_ready().await;
     let sale = create_sale(&client, &engine.base, 100).await;
     let storming = {
@@ -238,10 +193,16 @@ async fn sigkill_mid_storm_then_restart() {
     }
     engine.kill();
     let first = storming.await.unwrap();
-    assert!(first.values().any(Option::is_none), "the kill must interrupt requests in flight");
+    assert!(
+        first.values().any(Option::is_none),
+        "the kill must interrupt requests in flight"
+    );
     let before = granted(&first);
-    eprintln!("sigkill: {} purchases acknowledged before the kill", before.len());
-    let mut engine = EngineProcess::start(&redis, data.path(), port, None, true);
+    eprintln!(
+        "sigkill: {} purchases acknowledged before the kill",
+        before.len()
+    );
+    let mut engine = Flashmall::engine(&redis, data.path(), port, None, true);
     engine.wait_ready().await;
     check_after_restart(&client, &engine.base, &sale, 100, &before, 250).await;
 }

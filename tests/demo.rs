@@ -17,11 +17,28 @@ fn small() -> DemoOptions {
 fn assert_holds(report: &flashmall::demo::DemoReport) {
     assert!(report.invariants_hold(), "{}", report.table());
     assert_eq!(report.sold, report.options.stock, "{}", report.table());
-    assert_eq!(report.outcomes.get("reserved").copied(), Some(report.options.stock as u64), "{}", report.table());
-    assert!(report.outcomes.get("sold_out").copied().unwrap_or(0) > 0, "traffic after sell-out");
-    assert!(report.outcomes.get("replayed").copied().unwrap_or(0) > 0, "retries with the same key");
-    assert!(report.outcomes.get("limit_exceeded").copied().unwrap_or(0) > 0, "buyers over their limit");
-    assert_eq!(report.outcomes.get("sale_not_open").copied(), Some(report.options.early as u64));
+    assert_eq!(
+        report.outcomes.get("reserved").copied(),
+        Some(report.options.stock as u64),
+        "{}",
+        report.table()
+    );
+    assert!(
+        report.outcomes.get("sold_out").copied().unwrap_or(0) > 0,
+        "traffic after sell-out"
+    );
+    assert!(
+        report.outcomes.get("replayed").copied().unwrap_or(0) > 0,
+        "retries with the same key"
+    );
+    assert!(
+        report.outcomes.get("limit_exceeded").copied().unwrap_or(0) > 0,
+        "buyers over their limit"
+    );
+    assert_eq!(
+        report.outcomes.get("sale_not_open").copied(),
+        Some(report.options.early as u64)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,13 +64,33 @@ async fn demo_holds_its_invariants_on_redis() {
 #[test]
 fn demo_command_exits_zero_and_prints_the_table() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_flashmall"))
-        .args(["demo", "--stock", "40", "--attempts", "800", "--buyers", "200", "--concurrency", "32"])
+        .args([
+            "demo",
+            "--stock",
+            "40",
+            "--attempts",
+            "800",
+            "--buyers",
+            "200",
+            "--concurrency",
+            "32",
+        ])
         .env("FLASHMALL_LOG__LEVEL", "warn")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    for line in ["sold (ledger)", "no oversell", "conservation", "latency p99 (ms)", "all invariants hold"] {
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for line in [
+        "sold (ledger)",
+        "no oversell",
+        "conservation",
+        "latency p99 (ms)",
+        "all invariants hold",
+    ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }
 }
@@ -62,12 +99,24 @@ fn demo_command_exits_zero_and_prints_the_table() {
 fn check_config_accepts_the_example_and_rejects_a_bad_file() {
     let bin = env!("CARGO_BIN_EXE_flashmall");
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("flashmall.example.toml");
-    let ok = std::process::Command::new(bin).arg("check-config").arg(&example).output().unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let ok = std::process::Command::new(bin)
+        .arg("check-config")
+        .arg(&example)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[redis]\nurl = \"http://nope\"\n").unwrap();
-    let out = std::process::Command::new(bin).arg("check-config").arg(&bad).output().unwrap();
+    let out = std::process::Command::new(bin)
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("redis.url"));
 }

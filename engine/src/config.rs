@@ -160,7 +160,9 @@ impl EngineConfig {
             return Err("engine.durable_ack_timeout must be above zero".into());
         }
         if self.settle_idle_poll.is_zero() || self.settle_claim_idle.is_zero() {
-            return Err("engine.settle_idle_poll and engine.settle_claim_idle must be above zero".into());
+            return Err(
+                "engine.settle_idle_poll and engine.settle_claim_idle must be above zero".into(),
+            );
         }
         Ok(())
     }
@@ -168,7 +170,12 @@ impl EngineConfig {
 
 impl RedisConfig {
     pub fn validate(&self) -> Result<(), String> {
-        const SCHEMES: [&str; 4] = ["redis://", "rediss://", "redis-cluster://", "rediss-cluster://"];
+        const SCHEMES: [&str; 4] = [
+            "redis://",
+            "rediss://",
+            "redis-cluster://",
+            "rediss-cluster://",
+        ];
         if !self.url.is_empty() && !SCHEMES.iter().any(|s| self.url.starts_with(s)) {
             return Err(format!(
                 "redis.url must start with redis://, rediss://, redis-cluster:// or rediss-cluster://, got {:?}",
@@ -179,7 +186,9 @@ impl RedisConfig {
             return Err("redis.pool_size must be between 1 and 256".into());
         }
         if self.command_timeout.is_zero() || self.connect_timeout.is_zero() {
-            return Err("redis.command_timeout and redis.connect_timeout must be above zero".into());
+            return Err(
+                "redis.command_timeout and redis.connect_timeout must be above zero".into(),
+            );
         }
         if self.breaker_failures == 0 {
             return Err("redis.breaker_failures must be at least 1".into());
@@ -197,9 +206,10 @@ impl LedgerConfig {
             LedgerBackend::Embedded if self.path.as_os_str().is_empty() => {
                 Err("ledger.path must be set for the embedded ledger".into())
             }
-            LedgerBackend::Tikv if self.pd_endpoints.is_empty() => {
-                Err("ledger.pd_endpoints must list at least one PD endpoint for backend = \"tikv\"".into())
-            }
+            LedgerBackend::Tikv if self.pd_endpoints.is_empty() => Err(
+                "ledger.pd_endpoints must list at least one PD endpoint for backend = \"tikv\""
+                    .into(),
+            ),
             _ => Ok(()),
         }
     }

@@ -31,7 +31,10 @@ impl Caller {
         if self.is_admin() {
             Ok(())
         } else {
-            Err(ApiError::new(ErrorCode::Forbidden, "this action needs the admin role"))
+            Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "this action needs the admin role",
+            ))
         }
     }
 }
@@ -43,14 +46,31 @@ pub fn caller(headers: &HeaderMap) -> Result<Caller, ApiError> {
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty())
-        .ok_or_else(|| ApiError::new(ErrorCode::Unauthenticated, "this request needs an authenticated user"))?;
-    if user_id.len() > 64 || !user_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b)) {
-        return Err(ApiError::new(ErrorCode::Unauthenticated, "the caller's user id is malformed"));
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unauthenticated,
+                "this request needs an authenticated user",
+            )
+        })?;
+    if user_id.len() > 64
+        || !user_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+    {
+        return Err(ApiError::new(
+            ErrorCode::Unauthenticated,
+            "the caller's user id is malformed",
+        ));
     }
     let roles = headers
         .get(ROLES_HEADER)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(',').map(|r| r.trim().to_owned()).filter(|r| !r.is_empty()).collect())
+        .map(|v| {
+            v.split(',')
+                .map(|r| r.trim().to_owned())
+                .filter(|r| !r.is_empty())
+                .collect()
+        })
         .unwrap_or_default();
     Ok(Caller {
         user_id: user_id.to_owned(),

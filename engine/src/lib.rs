@@ -53,7 +53,9 @@ pub fn now_ms() -> u64 {
 impl From<LedgerError> for ApiError {
     fn from(e: LedgerError) -> Self {
         match e {
-            LedgerError::AlreadyExists(what) => ApiError::new(ErrorCode::Conflict, format!("{what} already exists")),
+            LedgerError::AlreadyExists(what) => {
+                ApiError::new(ErrorCode::Conflict, format!("{what} already exists"))
+            }
             LedgerError::Corrupt { .. } => {
                 tracing::error!(error = %e, "ledger record corrupt");
                 ApiError::internal("the ledger holds a record it cannot read")
@@ -95,6 +97,9 @@ pub struct Engine {
     pub front_timeout: Duration,
     /// This replica's settlement consumer name.
     pub consumer: String,
+    /// Stops the engine's background workers. Triggered only after the
+    /// server stopped and the streams were drained, so purchases in flight
+    /// during a graceful shutdown still get their settlement.
     pub shutdown: Shutdown,
 }
 
@@ -116,7 +121,10 @@ impl Engine {
         } else {
             config.instance_id.clone()
         };
-        front.warm_up().await.map_err(|e| format!("stock front warm-up failed: {e}"))?;
+        front
+            .warm_up()
+            .await
+            .map_err(|e| format!("stock front warm-up failed: {e}"))?;
         let engine = Arc::new(Engine {
             breaker: Breaker::new(redis.breaker_failures, redis.breaker_cooldown),
             front_timeout: redis.command_timeout.max(Duration::from_millis(50)),
@@ -128,13 +136,22 @@ impl Engine {
             consumer,
             shutdown,
         });
-        let sales = engine.ledger.sales().await.map_err(|e| format!("cannot list sales: {e}"))?;
+        let sales = engine
+            .ledger
+            .sales()
+            .await
+            .map_err(|e| format!("cannot list sales: {e}"))?;
         for sale in sales {
             let (live, _) = engine.sales.insert(sale);
             if engine.config.reconcile_on_start {
                 reconcile::reconcile_sale(&engine, &live)
                     .await
-                    .map_err(|e| format!("start-up reconcile of sale {} failed: {}", live.sale.id, e.message))?;
+                    .map_err(|e| {
+                        format!(
+                            "start-up reconcile of sale {} failed: {}",
+                            live.sale.id, e.message
+                        )
+                    })?;
             }
             settle::spawn_worker(Arc::clone(&engine), live);
         }
@@ -209,10 +226,13 @@ impl Engine {
             .await
             .map_err(|_| "stock front timed out".to_owned())?
             .map_err(|e| e.to_string())?;
-        tokio::time::timeout(Duration::from_secs(2), self.ledger.store().get_many(vec![b"ready".to_vec()]))
-            .await
-            .map_err(|_| "ledger timed out".to_owned())?
-            .map_err(|e| e.to_string())?;
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            self.ledger.store().get_many(vec![b"ready".to_vec()]),
+        )
+        .await
+        .map_err(|_| "ledger timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
         Ok(())
     }
 }
@@ -240,7 +260,11 @@ pub async fn open_ledger(config: &LedgerConfig, data_dir: &Path) -> Result<Ledge
             };
             Arc::new(EmbeddedLedger::open(&path).map_err(|e| e.to_string())?)
         }
-        LedgerBackend::Tikv => Arc::new(TikvLedger::connect(config).await.map_err(|e| e.to_string())?),
+        LedgerBackend::Tikv => Arc::new(
+            TikvLedger::connect(config)
+                .await
+                .map_err(|e| e.to_string())?,
+        ),
     };
     Ok(Ledger::new(store))
 }
@@ -262,14 +286,38 @@ pub struct Running {
 }
 
 /// Opens the stores, starts the engine and serves it on `listener` until
-/// `shutdown` triggers.
-pub async fn launch(settings: &Settings, listener: TcpListener, shutdown: Shutdown) -> Result<Running, String> {
+/// `shutdown` triggers; then in-flight requests finish, the streams are
+/// drained into the ledger, and the workers stop.
+pub async fn launch(
+    settings: &Settings,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> Result<Running, String> {
     let front = open_front(&settings.redis).await?;
     let ledger = open_ledger(&settings.ledger, &settings.data_dir).await?;
-    let engine = Engine::start(settings.engine.clone(), &settings.redis, front, ledger, shutdown.clone()).await?;
+    let workers = Shutdown::new();
+    let engine = Engine::start(
+        settings.engine.clone(),
+        &settings.redis,
+        front,
+        ledger,
+        workers,
+    )
+    .await?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let served = tokio::spawn(api::serve(Arc::clone(&engine), listener, shutdown));
-    Ok(Running { addr, engine, served })
+    let serving = Arc::clone(&engine);
+    let served = tokio::spawn(async move {
+        let result = api::serve(Arc::clone(&serving), listener, shutdown).await;
+        settle::drain_on_shutdown(&serving).await;
+        serving.shutdown.trigger();
+        tracing::info!("engine stopped");
+        result
+    });
+    Ok(Running {
+        addr,
+        engine,
+        served,
+    })
 }
 
 /// Runs the engine component until SIGTERM or `shutdown`.
@@ -279,10 +327,7 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {}: {e}", settings.engine.listen))?;
     let running = launch(&settings, listener, shutdown.clone()).await?;
     match running.served.await {
-        Ok(Ok(())) => {
-            settle::drain_on_shutdown(&running.engine).await;
-            Ok(())
-        }
+        Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(format!("engine server failed: {e}")),
         Err(e) => Err(format!("engine server task failed: {e}")),
     }
@@ -296,8 +341,17 @@ pub async fn reconcile_offline(settings: &Settings) -> Result<Vec<reconcile::Sal
     let ledger = open_ledger(&settings.ledger, &settings.data_dir).await?;
     let mut engine_config = settings.engine.clone();
     engine_config.reconcile_on_start = false;
-    let engine = Engine::start(engine_config, &settings.redis, front, ledger, shutdown.clone()).await?;
-    let reports = reconcile::reconcile_all(&engine).await.map_err(|e| e.message);
+    let engine = Engine::start(
+        engine_config,
+        &settings.redis,
+        front,
+        ledger,
+        shutdown.clone(),
+    )
+    .await?;
+    let reports = reconcile::reconcile_all(&engine)
+        .await
+        .map_err(|e| e.message);
     shutdown.trigger();
     reports
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use flashmall_engine::config::RedisConfig;
 use flashmall_engine::front::{
-    IdemRecord, LocalFront, Rebuild, RedisFront, ReserveCall, ReserveOutcome, ReturnOutcome, StockFront,
-    idempotency_field,
+    IdemRecord, LocalFront, Rebuild, RedisFront, ReserveCall, ReserveOutcome, ReturnOutcome,
+    StockFront, idempotency_field,
 };
 use flashmall_testing::RedisServer;
 use uuid::Uuid;
@@ -32,7 +32,9 @@ async fn redis() -> Subject {
         url: server.url(),
         ..RedisConfig::default()
     };
-    let front = RedisFront::connect(&config).await.expect("connect to the test redis");
+    let front = RedisFront::connect(&config)
+        .await
+        .expect("connect to the test redis");
     front.warm_up().await.expect("warm up");
     Subject {
         front: Arc::new(front),
@@ -55,9 +57,11 @@ fn call<'a>(sale: Uuid, user: &'a str, key: &'a str, quantity: i64, limit: i64) 
 async fn open_sale(front: &dyn StockFront, stock: i64) -> Uuid {
     let sale = Uuid::now_v7();
     front.ensure_stream(sale).await.unwrap();
+    let token = front.suspend(sale).await.unwrap();
     front
         .rebuild(
             sale,
+            token,
             &Rebuild {
                 remaining: stock,
                 ..Rebuild::default()
@@ -79,7 +83,10 @@ async fn reserve_decrements_and_counts(front: &dyn StockFront) {
 async fn same_key_replays_the_original(front: &dyn StockFront) {
     let sale = open_sale(front, 10).await;
     let first = call(sale, "u1", "k1", 1, 5);
-    assert!(matches!(front.reserve(&first).await.unwrap(), ReserveOutcome::Reserved { .. }));
+    assert!(matches!(
+        front.reserve(&first).await.unwrap(),
+        ReserveOutcome::Reserved { .. }
+    ));
     let again = front.reserve(&call(sale, "u1", "k1", 1, 5)).await.unwrap();
     assert_eq!(
         again,
@@ -97,12 +104,18 @@ async fn same_key_replays_the_original(front: &dyn StockFront) {
     assert_eq!(counts.remaining, 8, "a replay takes no unit");
     let records = front.idempotency_records(sale).await.unwrap();
     assert_eq!(records.len(), 2);
-    assert_eq!(records[&idempotency_field("u1", "k1")].reservation_id, first.reservation_id);
+    assert_eq!(
+        records[&idempotency_field("u1", "k1")].reservation_id,
+        first.reservation_id
+    );
 }
 
 async fn per_user_limit_holds(front: &dyn StockFront) {
     let sale = open_sale(front, 10).await;
-    assert!(matches!(front.reserve(&call(sale, "u1", "a", 2, 2)).await.unwrap(), ReserveOutcome::Reserved { .. }));
+    assert!(matches!(
+        front.reserve(&call(sale, "u1", "a", 2, 2)).await.unwrap(),
+        ReserveOutcome::Reserved { .. }
+    ));
     assert_eq!(
         front.reserve(&call(sale, "u1", "b", 1, 2)).await.unwrap(),
         ReserveOutcome::LimitExceeded { held: 2 }
@@ -112,7 +125,10 @@ async fn per_user_limit_holds(front: &dyn StockFront) {
 
 async fn sold_out_is_a_value(front: &dyn StockFront) {
     let sale = open_sale(front, 2).await;
-    assert!(matches!(front.reserve(&call(sale, "u1", "a", 1, 5)).await.unwrap(), ReserveOutcome::Reserved { .. }));
+    assert!(matches!(
+        front.reserve(&call(sale, "u1", "a", 1, 5)).await.unwrap(),
+        ReserveOutcome::Reserved { .. }
+    ));
     assert_eq!(
         front.reserve(&call(sale, "u2", "a", 2, 5)).await.unwrap(),
         ReserveOutcome::SoldOut {
@@ -135,26 +151,74 @@ async fn sold_out_is_a_value(front: &dyn StockFront) {
 
 async fn missing_or_suspended_stock_is_not_ready(front: &dyn StockFront) {
     let unknown = Uuid::now_v7();
-    assert_eq!(front.reserve(&call(unknown, "u1", "a", 1, 5)).await.unwrap(), ReserveOutcome::NotReady);
+    assert_eq!(
+        front
+            .reserve(&call(unknown, "u1", "a", 1, 5))
+            .await
+            .unwrap(),
+        ReserveOutcome::NotReady
+    );
     assert_eq!(front.counts(unknown).await.unwrap(), None);
     let sale = open_sale(front, 5).await;
-    front.suspend(sale).await.unwrap();
-    assert_eq!(front.reserve(&call(sale, "u1", "a", 1, 5)).await.unwrap(), ReserveOutcome::NotReady);
+    let token = front.suspend(sale).await.unwrap();
     assert_eq!(
-        front.give_back(sale, Uuid::now_v7(), "u1", 1).await.unwrap(),
+        front.reserve(&call(sale, "u1", "a", 1, 5)).await.unwrap(),
+        ReserveOutcome::NotReady
+    );
+    assert_eq!(
+        front
+            .give_back(sale, Uuid::now_v7(), "u1", 1)
+            .await
+            .unwrap(),
         ReturnOutcome::NotReady
     );
-    front
-        .rebuild(
-            sale,
-            &Rebuild {
-                remaining: 5,
-                ..Rebuild::default()
-            },
-        )
-        .await
-        .unwrap();
-    assert!(matches!(front.reserve(&call(sale, "u1", "a", 1, 5)).await.unwrap(), ReserveOutcome::Reserved { .. }));
+    assert!(
+        front
+            .rebuild(
+                sale,
+                token,
+                &Rebuild {
+                    remaining: 5,
+                    ..Rebuild::default()
+                },
+            )
+            .await
+            .unwrap()
+    );
+    assert!(matches!(
+        front.reserve(&call(sale, "u1", "a", 1, 5)).await.unwrap(),
+        ReserveOutcome::Reserved { .. }
+    ));
+}
+
+/// Two rebuilds of one sale at once (two replicas reconciling): only the
+/// newest suspend's rebuild commits; the older one changes nothing.
+async fn a_superseded_rebuild_commits_nothing(front: &dyn StockFront) {
+    let sale = open_sale(front, 5).await;
+    let older = front.suspend(sale).await.unwrap();
+    let newer = front.suspend(sale).await.unwrap();
+    let stale = Rebuild {
+        remaining: 99,
+        buyers: vec![("u1".into(), 1)],
+        ..Rebuild::default()
+    };
+    assert!(!front.rebuild(sale, older, &stale).await.unwrap());
+    assert_eq!(front.counts(sale).await.unwrap(), None, "still suspended");
+    let fresh = Rebuild {
+        remaining: 4,
+        ..Rebuild::default()
+    };
+    assert!(front.rebuild(sale, newer, &fresh).await.unwrap());
+    assert_eq!(front.counts(sale).await.unwrap().unwrap().remaining, 4);
+    assert!(
+        !front.rebuild(sale, older, &stale).await.unwrap(),
+        "a late stale rebuild cannot undo it"
+    );
+    assert_eq!(front.counts(sale).await.unwrap().unwrap().remaining, 4);
+    assert!(matches!(
+        front.reserve(&call(sale, "u1", "a", 1, 1)).await.unwrap(),
+        ReserveOutcome::Reserved { .. }
+    ));
 }
 
 async fn stream_delivers_acks_once(front: &dyn StockFront) {
@@ -166,13 +230,24 @@ async fn stream_delivers_acks_once(front: &dyn StockFront) {
         front.reserve(&c).await.unwrap();
     }
     let batch = front.read_new(sale, "c1", 10).await.unwrap();
-    assert_eq!(batch.iter().map(|e| e.reservation_id).collect::<Vec<_>>(), ids, "stream order");
+    assert_eq!(
+        batch.iter().map(|e| e.reservation_id).collect::<Vec<_>>(),
+        ids,
+        "stream order"
+    );
     assert_eq!(batch[1].user_id, "u2");
     assert_eq!(batch[1].quantity, 2);
     assert_eq!(batch[1].idempotency_key, "k");
     assert_eq!(batch[1].sale_id, sale);
-    assert!(front.read_new(sale, "c1", 10).await.unwrap().is_empty(), "delivered once");
-    assert_eq!(front.read_own_pending(sale, "c1", 10).await.unwrap().len(), 3, "unacked entries stay pending");
+    assert!(
+        front.read_new(sale, "c1", 10).await.unwrap().is_empty(),
+        "delivered once"
+    );
+    assert_eq!(
+        front.read_own_pending(sale, "c1", 10).await.unwrap().len(),
+        3,
+        "unacked entries stay pending"
+    );
     assert_eq!(front.backlog(sale).await.unwrap(), 3);
     front.ack(sale, &batch[..2]).await.unwrap();
     assert_eq!(front.counts(sale).await.unwrap().unwrap().pending, 3);
@@ -182,7 +257,13 @@ async fn stream_delivers_acks_once(front: &dyn StockFront) {
     assert_eq!(counts.pending, 0, "each entry leaves pending exactly once");
     assert_eq!(counts.remaining, 4);
     assert_eq!(front.backlog(sale).await.unwrap(), 0);
-    assert!(front.read_own_pending(sale, "c1", 10).await.unwrap().is_empty());
+    assert!(
+        front
+            .read_own_pending(sale, "c1", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn idle_entries_are_claimed(front: &dyn StockFront) {
@@ -192,11 +273,30 @@ async fn idle_entries_are_claimed(front: &dyn StockFront) {
     }
     let crashed = front.read_new(sale, "crashed", 10).await.unwrap();
     assert_eq!(crashed.len(), 2);
-    assert!(front.claim_idle(sale, "alive", Duration::from_secs(60), 10).await.unwrap().is_empty());
+    assert!(
+        front
+            .claim_idle(sale, "alive", Duration::from_secs(60), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let claimed = front.claim_idle(sale, "alive", Duration::from_millis(10), 10).await.unwrap();
-    assert_eq!(claimed, crashed, "the same entries, now the live consumer's");
-    assert_eq!(front.read_own_pending(sale, "alive", 10).await.unwrap().len(), 2);
+    let claimed = front
+        .claim_idle(sale, "alive", Duration::from_millis(10), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed, crashed,
+        "the same entries, now the live consumer's"
+    );
+    assert_eq!(
+        front
+            .read_own_pending(sale, "alive", 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
     front.ack(sale, &claimed).await.unwrap();
     assert_eq!(front.counts(sale).await.unwrap().unwrap().pending, 0);
 }
@@ -206,24 +306,35 @@ async fn give_back_is_idempotent(front: &dyn StockFront) {
     let c = call(sale, "u1", "a", 1, 1);
     front.reserve(&c).await.unwrap();
     assert_eq!(
-        front.give_back(sale, c.reservation_id, "u1", 1).await.unwrap(),
+        front
+            .give_back(sale, c.reservation_id, "u1", 1)
+            .await
+            .unwrap(),
         ReturnOutcome::Returned
     );
     assert_eq!(
-        front.give_back(sale, c.reservation_id, "u1", 1).await.unwrap(),
+        front
+            .give_back(sale, c.reservation_id, "u1", 1)
+            .await
+            .unwrap(),
         ReturnOutcome::AlreadyReturned
     );
     assert_eq!(front.counts(sale).await.unwrap().unwrap().remaining, 1);
     // The buyer's units went back too: within the limit again.
-    assert!(matches!(front.reserve(&call(sale, "u1", "b", 1, 1)).await.unwrap(), ReserveOutcome::Reserved { .. }));
+    assert!(matches!(
+        front.reserve(&call(sale, "u1", "b", 1, 1)).await.unwrap(),
+        ReserveOutcome::Reserved { .. }
+    ));
 }
 
 async fn rebuild_restores_buyers_and_keys(front: &dyn StockFront) {
     let sale = open_sale(front, 10).await;
     let rid = Uuid::now_v7();
+    let token = front.suspend(sale).await.unwrap();
     front
         .rebuild(
             sale,
+            token,
             &Rebuild {
                 remaining: 7,
                 buyers: vec![("u1".into(), 2), ("u2".into(), 1)],
@@ -246,7 +357,10 @@ async fn rebuild_restores_buyers_and_keys(front: &dyn StockFront) {
         })
     );
     assert_eq!(
-        front.reserve(&call(sale, "u1", "other", 1, 2)).await.unwrap(),
+        front
+            .reserve(&call(sale, "u1", "other", 1, 2))
+            .await
+            .unwrap(),
         ReserveOutcome::LimitExceeded { held: 2 }
     );
     let counts = front.counts(sale).await.unwrap().unwrap();
@@ -321,6 +435,11 @@ macro_rules! conformance {
                 super::give_back_is_idempotent(&*s.front).await;
             }
             #[tokio::test]
+            async fn a_superseded_rebuild_commits_nothing() {
+                let s = $make().await;
+                super::a_superseded_rebuild_commits_nothing(&*s.front).await;
+            }
+            #[tokio::test]
             async fn rebuild_restores_buyers_and_keys() {
                 let s = $make().await;
                 super::rebuild_restores_buyers_and_keys(&*s.front).await;
@@ -345,9 +464,18 @@ async fn redis_survives_script_flush() {
     let sale = open_sale(&*s.front, 5).await;
     let server = s._redis.as_ref().unwrap();
     server.command(&["SCRIPT", "FLUSH"]);
-    assert!(matches!(s.front.reserve(&call(sale, "u1", "a", 1, 5)).await.unwrap(), ReserveOutcome::Reserved { .. }));
+    assert!(matches!(
+        s.front.reserve(&call(sale, "u1", "a", 1, 5)).await.unwrap(),
+        ReserveOutcome::Reserved { .. }
+    ));
     server.command(&["SCRIPT", "FLUSH"]);
-    assert_eq!(s.front.give_back(sale, Uuid::now_v7(), "u1", 1).await.unwrap(), ReturnOutcome::Returned);
+    assert_eq!(
+        s.front
+            .give_back(sale, Uuid::now_v7(), "u1", 1)
+            .await
+            .unwrap(),
+        ReturnOutcome::Returned
+    );
 }
 
 /// Redis only: every key of a sale shares the sale's hash tag (Cluster-safe).
@@ -363,7 +491,9 @@ async fn redis_keys_share_one_hash_tag() {
     assert!(keys.len() >= 5, "{keys:?}");
     let tag = format!("{{{sale}}}");
     for key in keys {
-        let flashmall_testing::redis_reply::Reply::Bulk(Some(key)) = key else { panic!("bad key") };
+        let flashmall_testing::redis_reply::Reply::Bulk(Some(key)) = key else {
+            panic!("bad key")
+        };
         assert!(key.contains(&tag), "{key} lacks the hash tag {tag}");
     }
 }

@@ -13,7 +13,11 @@ use support::{Front, Stack, admin, send};
 use time::OffsetDateTime;
 
 /// Fires one purchase per (user, key) concurrently; returns the answers.
-async fn storm(stack: &Arc<Stack>, sale: &str, buyers: Vec<(String, String)>) -> Vec<(String, String, u16, serde_json::Value)> {
+async fn storm(
+    stack: &Arc<Stack>,
+    sale: &str,
+    buyers: Vec<(String, String)>,
+) -> Vec<(String, String, u16, serde_json::Value)> {
     let mut tasks = Vec::new();
     for (user, key) in buyers {
         let stack = Arc::clone(stack);
@@ -34,26 +38,43 @@ async fn storm(stack: &Arc<Stack>, sale: &str, buyers: Vec<(String, String)>) ->
 async fn racing_buyers_get_exactly_the_stock() {
     let stack = Arc::new(Stack::start(Front::Redis).await);
     let sale = stack.create_sale(100, 1).await;
-    let buyers = (0..250).map(|i| (format!("u{i}"), format!("k{i}"))).collect();
+    let buyers = (0..250)
+        .map(|i| (format!("u{i}"), format!("k{i}")))
+        .collect();
     let answers = storm(&stack, &sale, buyers).await;
     let won: Vec<_> = answers.iter().filter(|a| a.2 == 201).collect();
-    let lost = answers.iter().filter(|a| a.2 == 409 && a.3["error"]["code"] == "sold_out").count();
+    let lost = answers
+        .iter()
+        .filter(|a| a.2 == 409 && a.3["error"]["code"] == "sold_out")
+        .count();
     assert_eq!(won.len(), 100, "exactly the stock is reserved");
     assert_eq!(lost, 150, "everyone else hears sold_out");
-    let ids: HashSet<_> = won.iter().map(|a| a.3["reservation_id"].as_str().unwrap().to_owned()).collect();
+    let ids: HashSet<_> = won
+        .iter()
+        .map(|a| a.3["reservation_id"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(ids.len(), 100);
     // Durable ack: every 201 is already in the ledger.
     for (user, _, _, body) in &won {
-        let (status, r) = stack.reservation(body["reservation_id"].as_str().unwrap(), user).await;
+        let (status, r) = stack
+            .reservation(body["reservation_id"].as_str().unwrap(), user)
+            .await;
         assert_eq!(status, 200, "{r}");
         assert_eq!(r["status"], "held");
         assert_eq!(r["order_id"], body["order_id"]);
     }
     let view = stack.wait_settled(&sale).await;
-    assert_eq!((view["settled"].as_i64(), view["remaining"].as_i64()), (Some(100), Some(0)));
+    assert_eq!(
+        (view["settled"].as_i64(), view["remaining"].as_i64()),
+        (Some(100), Some(0))
+    );
     assert_eq!(view["status"], "sold_out");
     let report = stack.reconcile(&sale).await;
-    assert_eq!((report["drift"].as_i64(), report["conserved"].as_bool()), (Some(0), Some(true)), "{report}");
+    assert_eq!(
+        (report["drift"].as_i64(), report["conserved"].as_bool()),
+        (Some(0), Some(true)),
+        "{report}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,14 +103,24 @@ async fn per_user_limit_holds_under_concurrency() {
     assert_eq!(stack.wait_settled(&sale).await["settled"], 40);
     // Asking for more than the limit in one request is refused outright.
     let (status, body) = stack.purchase(&sale, "u-new", "big", 3).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("limit_exceeded")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("limit_exceeded"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_with_the_same_key_return_the_original() {
     let stack = Arc::new(Stack::start(Front::Redis).await);
     let sale = stack.create_sale(3, 1).await;
-    let answers = storm(&stack, &sale, (0..20).map(|_| ("u1".to_owned(), "same".to_owned())).collect()).await;
+    let answers = storm(
+        &stack,
+        &sale,
+        (0..20)
+            .map(|_| ("u1".to_owned(), "same".to_owned()))
+            .collect(),
+    )
+    .await;
     let ids: HashSet<_> = answers
         .iter()
         .map(|a| {
@@ -103,7 +134,10 @@ async fn retries_with_the_same_key_return_the_original() {
     stack.purchase(&sale, "u2", "a", 1).await;
     stack.purchase(&sale, "u3", "a", 1).await;
     let (status, body) = stack.purchase(&sale, "u4", "a", 1).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("sold_out")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("sold_out"))
+    );
     for _ in 0..3 {
         let (status, body) = stack.purchase(&sale, "u1", "same", 1).await;
         assert_eq!(status, 201, "{body}");
@@ -128,19 +162,71 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
             .body(body)
     };
     let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
-        ("zero quantity", post(r#"{"quantity":0}"#.into()), 400, "invalid_request"),
-        ("negative quantity", post(r#"{"quantity":-1}"#.into()), 400, "invalid_request"),
-        ("huge quantity", post(r#"{"quantity":1000000000000}"#.into()), 400, "invalid_request"),
-        ("overflowing quantity", post(r#"{"quantity":99999999999999999999999}"#.into()), 400, "invalid_request"),
-        ("fractional quantity", post(r#"{"quantity":1.5}"#.into()), 400, "invalid_request"),
-        ("string quantity", post(r#"{"quantity":"1"}"#.into()), 400, "invalid_request"),
-        ("malformed json", post(r#"{"quantity":"#.into()), 400, "invalid_request"),
-        ("unknown field", post(r#"{"quantity":1,"user_id":"u2"}"#.into()), 400, "invalid_request"),
+        (
+            "zero quantity",
+            post(r#"{"quantity":0}"#.into()),
+            400,
+            "invalid_request",
+        ),
+        (
+            "negative quantity",
+            post(r#"{"quantity":-1}"#.into()),
+            400,
+            "invalid_request",
+        ),
+        (
+            "huge quantity",
+            post(r#"{"quantity":1000000000000}"#.into()),
+            400,
+            "invalid_request",
+        ),
+        (
+            "overflowing quantity",
+            post(r#"{"quantity":99999999999999999999999}"#.into()),
+            400,
+            "invalid_request",
+        ),
+        (
+            "fractional quantity",
+            post(r#"{"quantity":1.5}"#.into()),
+            400,
+            "invalid_request",
+        ),
+        (
+            "string quantity",
+            post(r#"{"quantity":"1"}"#.into()),
+            400,
+            "invalid_request",
+        ),
+        (
+            "malformed json",
+            post(r#"{"quantity":"#.into()),
+            400,
+            "invalid_request",
+        ),
+        (
+            "unknown field",
+            post(r#"{"quantity":1,"user_id":"u2"}"#.into()),
+            400,
+            "invalid_request",
+        ),
         ("empty body", post(String::new()), 400, "invalid_request"),
-        ("oversize body", post(format!(r#"{{"quantity":1,"pad":"{}"}}"#, "x".repeat(64 * 1024))), 413, "payload_too_large"),
+        (
+            "oversize body",
+            post(format!(
+                r#"{{"quantity":1,"pad":"{}"}}"#,
+                "x".repeat(64 * 1024)
+            )),
+            413,
+            "payload_too_large",
+        ),
         (
             "missing idempotency key",
-            stack.client.post(&url).header("x-user-id", "u1").json(&json!({"quantity": 1})),
+            stack
+                .client
+                .post(&url)
+                .header("x-user-id", "u1")
+                .json(&json!({"quantity": 1})),
             400,
             "invalid_request",
         ),
@@ -157,7 +243,11 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         ),
         (
             "no identity",
-            stack.client.post(&url).header("idempotency-key", "k").json(&json!({"quantity": 1})),
+            stack
+                .client
+                .post(&url)
+                .header("idempotency-key", "k")
+                .json(&json!({"quantity": 1})),
             401,
             "unauthenticated",
         ),
@@ -188,10 +278,22 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         let (got, body) = send(request).await;
         assert_eq!(got, status, "{name}: {body}");
         assert_eq!(body["error"]["code"], code, "{name}: {body}");
-        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{name}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{name}: {body}"
+        );
     }
     let view = stack.sale(&sale).await;
-    assert_eq!((view["remaining"].as_i64(), view["pending"].as_i64(), view["settled"].as_i64()), (Some(10), Some(0), Some(0)));
+    assert_eq!(
+        (
+            view["remaining"].as_i64(),
+            view["pending"].as_i64(),
+            view["settled"].as_i64()
+        ),
+        (Some(10), Some(0), Some(0))
+    );
     // Bad sale definitions are refused too.
     for bad in [
         json!({"product_id": "p", "price": 1, "stock": 0, "per_user_limit": 1, "starts_at": "2026-01-01T00:00:00Z", "ends_at": "2099-01-01T00:00:00Z"}),
@@ -199,8 +301,13 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         json!({"product_id": "p", "price": 1, "stock": 5, "per_user_limit": 1, "starts_at": "soon", "ends_at": "2099-01-01T00:00:00Z"}),
         json!({"product_id": "p", "price": 1.5, "stock": 5, "per_user_limit": 1, "starts_at": "2026-01-01T00:00:00Z", "ends_at": "2099-01-01T00:00:00Z"}),
     ] {
-        let (status, body) = send(admin(stack.client.post(stack.url("/api/v1/sales"))).json(&bad)).await;
-        assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_request")), "{bad}: {body}");
+        let (status, body) =
+            send(admin(stack.client.post(stack.url("/api/v1/sales"))).json(&bad)).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some("invalid_request")),
+            "{bad}: {body}"
+        );
     }
 }
 
@@ -215,8 +322,17 @@ async fn admin_calls_need_the_admin_role() {
             .json(&json!({"product_id": "p"})),
     )
     .await;
-    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")));
-    let (status, _) = send(stack.client.post(stack.url("/api/v1/admin/reconcile")).header("x-user-id", "u1")).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    let (status, _) = send(
+        stack
+            .client
+            .post(stack.url("/api/v1/admin/reconcile"))
+            .header("x-user-id", "u1"),
+    )
+    .await;
     assert_eq!(status, 403);
     // Another user's reservation is as invisible as a missing one.
     let sale = stack.create_sale(5, 1).await;
@@ -231,18 +347,38 @@ async fn the_sale_window_is_enforced() {
     let stack = Stack::start(Front::Redis).await;
     let now = OffsetDateTime::now_utc();
     let later = stack
-        .create_sale_at(5, 1, now + time::Duration::hours(1), now + time::Duration::hours(2))
+        .create_sale_at(
+            5,
+            1,
+            now + time::Duration::hours(1),
+            now + time::Duration::hours(2),
+        )
         .await;
     let (status, body) = stack.purchase(&later, "u1", "k", 1).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("sale_not_open")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("sale_not_open"))
+    );
     assert_eq!(stack.sale(&later).await["status"], "scheduled");
-    assert_eq!(stack.sale(&later).await["remaining"], 5, "warmed up before it opens");
+    assert_eq!(
+        stack.sale(&later).await["remaining"],
+        5,
+        "warmed up before it opens"
+    );
     let ending = stack
-        .create_sale_at(5, 1, now - time::Duration::seconds(5), now + time::Duration::milliseconds(600))
+        .create_sale_at(
+            5,
+            1,
+            now - time::Duration::seconds(5),
+            now + time::Duration::milliseconds(600),
+        )
         .await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     let (status, body) = stack.purchase(&ending, "u1", "k", 1).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("sale_closed")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("sale_closed"))
+    );
     assert_eq!(stack.sale(&ending).await["status"], "closed");
 }
 
@@ -250,7 +386,14 @@ async fn the_sale_window_is_enforced() {
 async fn flushall_mid_sale_is_rebuilt_from_the_ledger() {
     let stack = Arc::new(Stack::start(Front::Redis).await);
     let sale = stack.create_sale(100, 1).await;
-    let first = storm(&stack, &sale, (0..40).map(|i| (format!("u{i}"), format!("k{i}"))).collect()).await;
+    let first = storm(
+        &stack,
+        &sale,
+        (0..40)
+            .map(|i| (format!("u{i}"), format!("k{i}")))
+            .collect(),
+    )
+    .await;
     assert!(first.iter().all(|a| a.2 == 201));
     stack.redis().command(&["FLUSHALL"]);
     // The front lost everything: purchases answer 503 (never a wrong 201)
@@ -262,12 +405,29 @@ async fn flushall_mid_sale_is_rebuilt_from_the_ledger() {
     // A retry of an acknowledged purchase still gets its original answer.
     let (status, body) = stack.purchase(&sale, "u0", "k0", 1).await;
     assert_eq!(status, 201);
-    assert_eq!(body["reservation_id"], first.iter().find(|a| a.0 == "u0").unwrap().3["reservation_id"]);
+    assert_eq!(
+        body["reservation_id"],
+        first.iter().find(|a| a.0 == "u0").unwrap().3["reservation_id"]
+    );
     // Earlier buyers are still at their limit.
     let (status, body) = stack.purchase(&sale, "u1", "again", 1).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("limit_exceeded")));
-    let second = storm(&stack, &sale, (40..200).map(|i| (format!("u{i}"), format!("k{i}"))).collect()).await;
-    assert_eq!(second.iter().filter(|a| a.2 == 201).count(), 60, "the sale goes on, without oversell");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("limit_exceeded"))
+    );
+    let second = storm(
+        &stack,
+        &sale,
+        (40..200)
+            .map(|i| (format!("u{i}"), format!("k{i}")))
+            .collect(),
+    )
+    .await;
+    assert_eq!(
+        second.iter().filter(|a| a.2 == 201).count(),
+        60,
+        "the sale goes on, without oversell"
+    );
     let view = stack.wait_settled(&sale).await;
     assert_eq!(view["settled"], 100);
     assert_eq!(stack.reconcile(&sale).await["drift"], 0);
@@ -277,11 +437,30 @@ async fn flushall_mid_sale_is_rebuilt_from_the_ledger() {
 async fn purchases_survive_script_flush_mid_sale() {
     let stack = Arc::new(Stack::start(Front::Redis).await);
     let sale = stack.create_sale(50, 1).await;
-    let first = storm(&stack, &sale, (0..25).map(|i| (format!("u{i}"), format!("k{i}"))).collect()).await;
+    let first = storm(
+        &stack,
+        &sale,
+        (0..25)
+            .map(|i| (format!("u{i}"), format!("k{i}")))
+            .collect(),
+    )
+    .await;
     stack.redis().command(&["SCRIPT", "FLUSH"]);
-    let second = storm(&stack, &sale, (25..80).map(|i| (format!("u{i}"), format!("k{i}"))).collect()).await;
+    let second = storm(
+        &stack,
+        &sale,
+        (25..80)
+            .map(|i| (format!("u{i}"), format!("k{i}")))
+            .collect(),
+    )
+    .await;
     let won = first.iter().chain(&second).filter(|a| a.2 == 201).count();
-    assert!(first.iter().chain(&second).all(|a| a.2 == 201 || a.3["error"]["code"] == "sold_out"));
+    assert!(
+        first
+            .iter()
+            .chain(&second)
+            .all(|a| a.2 == 201 || a.3["error"]["code"] == "sold_out")
+    );
     assert_eq!(won, 50);
     assert_eq!(stack.wait_settled(&sale).await["settled"], 50);
 }
@@ -300,12 +479,26 @@ async fn redis_down_answers_503_fast_and_sells_nothing_twice() {
     for i in 0..4 {
         let started = Instant::now();
         let (status, body) = stack.purchase(&sale, "u2", "k2", 1).await;
-        assert_eq!((status, body["error"]["code"].as_str()), (503, Some("unavailable")), "attempt {i}: {body}");
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (503, Some("unavailable")),
+            "attempt {i}: {body}"
+        );
         // A bound on "never a hang", far above the 300 ms command deadline.
-        assert!(started.elapsed() < Duration::from_secs(5), "attempt {i} hung for {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "attempt {i} hung for {:?}",
+            started.elapsed()
+        );
     }
     // The ledger still holds exactly the one acknowledged unit.
-    let (_, counts) = stack.engine.ledger.sale(sale.parse().unwrap()).await.unwrap().unwrap();
+    let (_, counts) = stack
+        .engine
+        .ledger
+        .sale(sale.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(counts.settled, 1);
 }
 
@@ -318,18 +511,33 @@ async fn fast_ack_mode_answers_before_settlement_and_still_settles() {
         .await,
     );
     let sale = stack.create_sale(30, 1).await;
-    let answers = storm(&stack, &sale, (0..60).map(|i| (format!("u{i}"), format!("k{i}"))).collect()).await;
+    let answers = storm(
+        &stack,
+        &sale,
+        (0..60)
+            .map(|i| (format!("u{i}"), format!("k{i}")))
+            .collect(),
+    )
+    .await;
     assert_eq!(answers.iter().filter(|a| a.2 == 201).count(), 30);
     let view = stack.wait_settled(&sale).await;
     assert_eq!(view["settled"], 30);
     for (user, _, status, body) in &answers {
         if *status == 201 {
-            assert_eq!(stack.reservation(body["reservation_id"].as_str().unwrap(), user).await.0, 200);
+            assert_eq!(
+                stack
+                    .reservation(body["reservation_id"].as_str().unwrap(), user)
+                    .await
+                    .0,
+                200
+            );
         }
     }
 }
 
-async fn grpc(stack: &Stack) -> pb::inventory_service_client::InventoryServiceClient<tonic::transport::Channel> {
+async fn grpc(
+    stack: &Stack,
+) -> pb::inventory_service_client::InventoryServiceClient<tonic::transport::Channel> {
     let channel = tonic::transport::Endpoint::from_shared(stack.base.clone())
         .unwrap()
         .connect()
@@ -340,9 +548,13 @@ async fn grpc(stack: &Stack) -> pb::inventory_service_client::InventoryServiceCl
 
 fn as_user<T>(message: T, user: &str, admin: bool) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert("x-user-id", user.parse().unwrap());
+    request
+        .metadata_mut()
+        .insert("x-user-id", user.parse().unwrap());
     if admin {
-        request.metadata_mut().insert("x-user-roles", "admin".parse().unwrap());
+        request
+            .metadata_mut()
+            .insert("x-user-roles", "admin".parse().unwrap());
     }
     request
 }
@@ -379,50 +591,102 @@ async fn grpc_release_puts_units_back_on_sale() {
             false,
         )
     };
-    let a = client.reserve(reserve("a", "1")).await.unwrap().into_inner();
+    let a = client
+        .reserve(reserve("a", "1"))
+        .await
+        .unwrap()
+        .into_inner();
     client.reserve(reserve("b", "1")).await.unwrap();
     let sold_out = client.reserve(reserve("c", "1")).await.unwrap_err();
     assert_eq!(sold_out.code(), tonic::Code::ResourceExhausted);
-    assert_eq!(flashmall_mesh::ApiError::from_status(&sold_out).code, flashmall_mesh::ErrorCode::SoldOut);
+    assert_eq!(
+        flashmall_mesh::ApiError::from_status(&sold_out).code,
+        flashmall_mesh::ErrorCode::SoldOut
+    );
     // Only the owner (or an admin) may release.
     let denied = client
-        .release(as_user(pb::ReleaseRequest { reservation_id: a.reservation_id.clone() }, "b", false))
+        .release(as_user(
+            pb::ReleaseRequest {
+                reservation_id: a.reservation_id.clone(),
+            },
+            "b",
+            false,
+        ))
         .await
         .unwrap_err();
     assert_eq!(denied.code(), tonic::Code::NotFound);
     let released = client
-        .release(as_user(pb::ReleaseRequest { reservation_id: a.reservation_id.clone() }, "a", false))
+        .release(as_user(
+            pb::ReleaseRequest {
+                reservation_id: a.reservation_id.clone(),
+            },
+            "a",
+            false,
+        ))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((released.outcome.as_str(), released.quantity), ("released", 1));
+    assert_eq!(
+        (released.outcome.as_str(), released.quantity),
+        ("released", 1)
+    );
     let again = client
-        .release(as_user(pb::ReleaseRequest { reservation_id: a.reservation_id.clone() }, "admin-1", true))
+        .release(as_user(
+            pb::ReleaseRequest {
+                reservation_id: a.reservation_id.clone(),
+            },
+            "admin-1",
+            true,
+        ))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(again.outcome, "already_released");
     // The unit is on sale again, for someone else (the flag is re-checked).
     tokio::time::sleep(stack.settings.engine.sold_out_recheck).await;
-    client.reserve(reserve("c", "2")).await.expect("the released unit sells again");
+    client
+        .reserve(reserve("c", "2"))
+        .await
+        .expect("the released unit sells again");
     let view = client
-        .get_sale(tonic::Request::new(pb::GetSaleRequest { sale_id: sale.id.clone() }))
+        .get_sale(tonic::Request::new(pb::GetSaleRequest {
+            sale_id: sale.id.clone(),
+        }))
         .await
         .unwrap()
         .into_inner();
     assert_eq!((view.remaining, view.released), (0, 1));
     let r = client
-        .get_reservation(as_user(pb::GetReservationRequest { reservation_id: a.reservation_id }, "a", false))
+        .get_reservation(as_user(
+            pb::GetReservationRequest {
+                reservation_id: a.reservation_id,
+            },
+            "a",
+            false,
+        ))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(r.status, "released");
     let report = client
-        .reconcile(as_user(pb::ReconcileRequest { sale_id: sale.id.clone() }, "admin-1", true))
+        .reconcile(as_user(
+            pb::ReconcileRequest {
+                sale_id: sale.id.clone(),
+            },
+            "admin-1",
+            true,
+        ))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((report.sales[0].drift, report.sales[0].conserved, report.sales[0].settled), (0, true, 2));
+    assert_eq!(
+        (
+            report.sales[0].drift,
+            report.sales[0].conserved,
+            report.sales[0].settled
+        ),
+        (0, true, 2)
+    );
 }
 
 #[tokio::test]
@@ -435,7 +699,15 @@ async fn health_ready_and_metrics_are_served() {
         assert_eq!(response.status(), 200, "{path}");
         assert!(response.headers().contains_key("x-request-id"));
     }
-    let metrics = stack.client.get(stack.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = stack
+        .client
+        .get(stack.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for name in [
         "flashmall_engine_purchases_total",
         "flashmall_engine_purchase_duration_seconds",
@@ -445,9 +717,21 @@ async fn health_ready_and_metrics_are_served() {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
     let (status, body) = send(stack.client.get(stack.url("/api/v1/nowhere"))).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
     // Readiness follows the stock front.
     let mut stack = stack;
     stack.redis.as_mut().unwrap().kill();
-    assert_eq!(stack.client.get(stack.url("/readyz")).send().await.unwrap().status(), 503);
+    assert_eq!(
+        stack
+            .client
+            .get(stack.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
 }

@@ -79,8 +79,14 @@ async fn sales_are_created_once(l: &Ledger) {
     let (got, counts) = l.sale(s.id).await.unwrap().unwrap();
     assert_eq!(got, s);
     assert_eq!(counts.settled, 0);
-    let other = Sale { price: 1, ..s.clone() };
-    assert!(matches!(l.create_sale(&other).await, Err(LedgerError::AlreadyExists(_))));
+    let other = Sale {
+        price: 1,
+        ..s.clone()
+    };
+    assert!(matches!(
+        l.create_sale(&other).await,
+        Err(LedgerError::AlreadyExists(_))
+    ));
     assert!(l.sales().await.unwrap().iter().any(|x| x.id == s.id));
     assert!(l.sale(Uuid::now_v7()).await.unwrap().is_none());
 }
@@ -88,7 +94,11 @@ async fn sales_are_created_once(l: &Ledger) {
 async fn settle_writes_records_and_counts_once(l: &Ledger) {
     let s = sale(10);
     l.create_sale(&s).await.unwrap();
-    let batch = vec![entry(s.id, "u1", 2), entry(s.id, "u2", 1), entry(s.id, "u1", 1)];
+    let batch = vec![
+        entry(s.id, "u1", 2),
+        entry(s.id, "u2", 1),
+        entry(s.id, "u1", 1),
+    ];
     let first = l.settle(s.id, &batch).await.unwrap();
     assert_eq!((first.new, first.units, first.replayed), (3, 4, 0));
     // A replayed batch (crash before the acknowledgement) changes nothing.
@@ -100,13 +110,27 @@ async fn settle_writes_records_and_counts_once(l: &Ledger) {
     assert_eq!((with_dup.new, with_dup.replayed), (1, 1));
     let (_, counts) = l.sale(s.id).await.unwrap().unwrap();
     assert_eq!((counts.settled, counts.reservations), (5, 4));
-    let r = l.reservation(batch[0].reservation_id).await.unwrap().unwrap();
-    assert_eq!((r.user_id.as_str(), r.quantity, r.status), ("u1", 2, ReservationStatus::Held));
+    let r = l
+        .reservation(batch[0].reservation_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (r.user_id.as_str(), r.quantity, r.status),
+        ("u1", 2, ReservationStatus::Held)
+    );
     assert_eq!(r.idempotency_key, batch[0].idempotency_key);
     let snap = l.snapshot(s.id).await.unwrap().unwrap();
     let mut buyers = snap.buyers.clone();
     buyers.sort();
-    assert_eq!(buyers, vec![("u1".to_owned(), 3), ("u2".to_owned(), 1), ("u3".to_owned(), 1)]);
+    assert_eq!(
+        buyers,
+        vec![
+            ("u1".to_owned(), 3),
+            ("u2".to_owned(), 1),
+            ("u3".to_owned(), 1)
+        ]
+    );
     assert_eq!(snap.reservations.len(), 4);
 }
 
@@ -122,17 +146,29 @@ async fn release_moves_units_once(l: &Ledger) {
     let (_, c) = l.sale(s.id).await.unwrap().unwrap();
     assert_eq!((c.settled, c.released, c.returning), (0, 2, 2));
     // An interrupted release resumes without moving units again.
-    assert!(matches!(l.begin_release(e.reservation_id).await.unwrap(), ReleaseStep::Releasing(_)));
+    assert!(matches!(
+        l.begin_release(e.reservation_id).await.unwrap(),
+        ReleaseStep::Releasing(_)
+    ));
     let (_, c) = l.sale(s.id).await.unwrap().unwrap();
     assert_eq!((c.settled, c.released, c.returning), (0, 2, 2));
     l.finish_release(e.reservation_id, s.id).await.unwrap();
     l.finish_release(e.reservation_id, s.id).await.unwrap();
     let (_, c) = l.sale(s.id).await.unwrap().unwrap();
     assert_eq!((c.settled, c.released, c.returning), (0, 2, 0));
-    assert!(matches!(l.begin_release(e.reservation_id).await.unwrap(), ReleaseStep::AlreadyReleased(_)));
-    assert_eq!(l.begin_release(Uuid::now_v7()).await.unwrap(), ReleaseStep::NotFound);
+    assert!(matches!(
+        l.begin_release(e.reservation_id).await.unwrap(),
+        ReleaseStep::AlreadyReleased(_)
+    ));
+    assert_eq!(
+        l.begin_release(Uuid::now_v7()).await.unwrap(),
+        ReleaseStep::NotFound
+    );
     let snap = l.snapshot(s.id).await.unwrap().unwrap();
-    assert!(snap.buyers.is_empty(), "the buyer holds nothing after the release");
+    assert!(
+        snap.buyers.is_empty(),
+        "the buyer holds nothing after the release"
+    );
 }
 
 async fn failed_plans_write_nothing(l: &Ledger) {
@@ -153,7 +189,10 @@ async fn failed_plans_write_nothing(l: &Ledger) {
     assert_eq!(reads.get(&key), None);
     let k = key.clone();
     l.store()
-        .transact(vec![key.clone()], Box::new(move |_| Ok(vec![Write::Put(k.clone(), b"v".to_vec())])))
+        .transact(
+            vec![key.clone()],
+            Box::new(move |_| Ok(vec![Write::Put(k.clone(), b"v".to_vec())])),
+        )
         .await
         .unwrap();
     let reads = l.store().get_many(vec![key.clone()]).await.unwrap();
@@ -163,7 +202,9 @@ async fn failed_plans_write_nothing(l: &Ledger) {
 async fn scans_page_through_large_sales(l: &Ledger) {
     let s = sale(5_000);
     l.create_sale(&s).await.unwrap();
-    let batch: Vec<StreamEntry> = (0..2_500).map(|i| entry(s.id, &format!("u{i}"), 1)).collect();
+    let batch: Vec<StreamEntry> = (0..2_500)
+        .map(|i| entry(s.id, &format!("u{i}"), 1))
+        .collect();
     for chunk in batch.chunks(500) {
         l.settle(s.id, chunk).await.unwrap();
     }
@@ -178,7 +219,9 @@ async fn scans_page_through_large_sales(l: &Ledger) {
 async fn concurrent_settlers_count_once(l: &Ledger) {
     let s = sale(1_000);
     l.create_sale(&s).await.unwrap();
-    let entries: Vec<StreamEntry> = (0..200).map(|i| entry(s.id, &format!("u{}", i % 37), 1)).collect();
+    let entries: Vec<StreamEntry> = (0..200)
+        .map(|i| entry(s.id, &format!("u{}", i % 37), 1))
+        .collect();
     let mut tasks = Vec::new();
     for worker in 0..4 {
         let l = l.clone();

@@ -212,10 +212,18 @@ mod tests {
 
     #[test]
     fn purchase_rejections_are_conflicts() {
-        for code in [ErrorCode::SoldOut, ErrorCode::LimitExceeded, ErrorCode::SaleNotOpen, ErrorCode::SaleClosed] {
+        for code in [
+            ErrorCode::SoldOut,
+            ErrorCode::LimitExceeded,
+            ErrorCode::SaleNotOpen,
+            ErrorCode::SaleClosed,
+        ] {
             assert_eq!(code.http_status(), StatusCode::CONFLICT);
         }
         assert_eq!(ErrorCode::SaleNotFound.http_status(), StatusCode::NOT_FOUND);
-        assert_eq!(ErrorCode::Unavailable.http_status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            ErrorCode::Unavailable.http_status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 }

@@ -82,7 +82,11 @@ pub async fn serve(
 async fn readyz(readiness: Readiness) -> Response {
     match (readiness.0)().await {
         Ok(()) => "ready".into_response(),
-        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}")).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}"),
+        )
+            .into_response(),
     }
 }
 

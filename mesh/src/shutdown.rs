@@ -42,16 +42,17 @@ impl Shutdown {
             let ctrl_c = tokio::signal::ctrl_c();
             #[cfg(unix)]
             {
-                let mut term =
-                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                        Ok(term) => term,
-                        Err(err) => {
-                            tracing::warn!(error = %err, "cannot watch SIGTERM; only ctrl-c stops the process");
-                            let _ = ctrl_c.await;
-                            me.trigger();
-                            return;
-                        }
-                    };
+                let mut term = match tokio::signal::unix::signal(
+                    tokio::signal::unix::SignalKind::terminate(),
+                ) {
+                    Ok(term) => term,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot watch SIGTERM; only ctrl-c stops the process");
+                        let _ = ctrl_c.await;
+                        me.trigger();
+                        return;
+                    }
+                };
                 tokio::select! {
                     _ = ctrl_c => tracing::info!("ctrl-c received, shutting down"),
                     _ = term.recv() => tracing::info!("sigterm received, shutting down"),

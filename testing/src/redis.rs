@@ -119,7 +119,12 @@ fn read_reply(reader: &mut impl BufRead) -> std::io::Result<Reply> {
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let line = line.trim_end_matches("\r\n");
-    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad reply line {line:?}"));
+    let bad = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("bad reply line {line:?}"),
+        )
+    };
     let (kind, rest) = line.split_at_checked(1).ok_or_else(bad)?;
     Ok(match kind {
         "+" => Reply::Status(rest.to_owned()),

@@ -15,7 +15,8 @@ use crate::{Engine, SaleView, reconcile, reserve};
 
 /// The gRPC routes, to merge into the component's router.
 pub fn router(engine: Arc<Engine>) -> axum::Router {
-    tonic::service::Routes::new(InventoryServiceServer::new(Inventory { engine })).into_axum_router()
+    tonic::service::Routes::new(InventoryServiceServer::new(Inventory { engine }))
+        .into_axum_router()
 }
 
 struct Inventory {
@@ -23,7 +24,9 @@ struct Inventory {
 }
 
 fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
-    Ok(identity::caller(&request.metadata().clone().into_headers())?)
+    Ok(identity::caller(
+        &request.metadata().clone().into_headers(),
+    )?)
 }
 
 fn sale_pb(view: SaleView) -> pb::Sale {
@@ -66,7 +69,10 @@ fn not_found_sale() -> ApiError {
 
 #[tonic::async_trait]
 impl InventoryService for Inventory {
-    async fn create_sale(&self, request: Request<pb::CreateSaleRequest>) -> Result<Response<pb::Sale>, Status> {
+    async fn create_sale(
+        &self,
+        request: Request<pb::CreateSaleRequest>,
+    ) -> Result<Response<pb::Sale>, Status> {
         caller(&request)?.require_admin()?;
         let r = request.into_inner();
         let view = self
@@ -83,13 +89,24 @@ impl InventoryService for Inventory {
         Ok(Response::new(sale_pb(view)))
     }
 
-    async fn get_sale(&self, request: Request<pb::GetSaleRequest>) -> Result<Response<pb::Sale>, Status> {
-        let id = crate::sale::parse_sale_id(&request.get_ref().sale_id).ok_or_else(not_found_sale)?;
-        let live = self.engine.live_sale(id).await?.ok_or_else(not_found_sale)?;
+    async fn get_sale(
+        &self,
+        request: Request<pb::GetSaleRequest>,
+    ) -> Result<Response<pb::Sale>, Status> {
+        let id =
+            crate::sale::parse_sale_id(&request.get_ref().sale_id).ok_or_else(not_found_sale)?;
+        let live = self
+            .engine
+            .live_sale(id)
+            .await?
+            .ok_or_else(not_found_sale)?;
         Ok(Response::new(sale_pb(self.engine.view(&live).await?)))
     }
 
-    async fn reserve(&self, request: Request<pb::ReserveRequest>) -> Result<Response<pb::ReserveResponse>, Status> {
+    async fn reserve(
+        &self,
+        request: Request<pb::ReserveRequest>,
+    ) -> Result<Response<pb::ReserveResponse>, Status> {
         let caller = caller(&request)?;
         let r = request.into_inner();
         let key = reserve::check_idempotency_key(Some(r.idempotency_key.as_str()))?;
@@ -108,9 +125,17 @@ impl InventoryService for Inventory {
         request: Request<pb::GetReservationRequest>,
     ) -> Result<Response<pb::Reservation>, Status> {
         let caller = caller(&request)?;
-        let not_found = || ApiError::new(flashmall_mesh::ErrorCode::NotFound, "no such reservation");
-        let id = uuid::Uuid::try_parse(&request.get_ref().reservation_id).map_err(|_| not_found())?;
-        let r = self.engine.ledger.reservation(id).await.map_err(ApiError::from)?.ok_or_else(not_found)?;
+        let not_found =
+            || ApiError::new(flashmall_mesh::ErrorCode::NotFound, "no such reservation");
+        let id =
+            uuid::Uuid::try_parse(&request.get_ref().reservation_id).map_err(|_| not_found())?;
+        let r = self
+            .engine
+            .ledger
+            .reservation(id)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(not_found)?;
         if r.user_id != caller.user_id && !caller.is_admin() {
             return Err(not_found().into());
         }
@@ -126,7 +151,10 @@ impl InventoryService for Inventory {
         }))
     }
 
-    async fn release(&self, request: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
         let caller = caller(&request)?;
         let id = request.into_inner().reservation_id;
         let (outcome, quantity) = match release::release(&self.engine, &caller, &id).await? {

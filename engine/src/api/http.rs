@@ -2,13 +2,13 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Json;
 use flashmall_mesh::ApiError;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -38,7 +38,8 @@ async fn json_body<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, A
             format!("the request body is larger than {limit} bytes"),
         )
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("the request body is not valid: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::invalid(format!("the request body is not valid: {e}")))
 }
 
 pub(crate) fn sale_json(view: &SaleView) -> serde_json::Value {
@@ -72,14 +73,21 @@ pub(crate) fn reservation_json(r: &ReservationRecord) -> serde_json::Value {
     })
 }
 
-async fn create_sale(State(engine): State<Arc<Engine>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn create_sale(
+    State(engine): State<Arc<Engine>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     identity::caller(&headers)?.require_admin()?;
     let new: NewSale = json_body(body, engine.config.max_body_bytes).await?;
     let view = engine.create_sale(new).await?;
     Ok((StatusCode::CREATED, Json(sale_json(&view))).into_response())
 }
 
-async fn get_sale(State(engine): State<Arc<Engine>>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn get_sale(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let not_found = || ApiError::new(flashmall_mesh::ErrorCode::SaleNotFound, "no such sale");
     let id = crate::sale::parse_sale_id(&id).ok_or_else(not_found)?;
     let live = engine.live_sale(id).await?.ok_or_else(not_found)?;
@@ -99,7 +107,9 @@ async fn purchase(
     body: Body,
 ) -> Result<Response, ApiError> {
     let caller = identity::caller(&headers)?;
-    let key = reserve::check_idempotency_key(headers.get("idempotency-key").and_then(|v| v.to_str().ok()))?;
+    let key = reserve::check_idempotency_key(
+        headers.get("idempotency-key").and_then(|v| v.to_str().ok()),
+    )?;
     let body: PurchaseBody = json_body(body, engine.config.max_body_bytes).await?;
     let p = reserve::purchase(&engine, &caller, &id, body.quantity, key).await?;
     let mut response = (
@@ -114,9 +124,10 @@ async fn purchase(
     )
         .into_response();
     if p.replayed {
-        response
-            .headers_mut()
-            .insert("idempotent-replayed", axum::http::HeaderValue::from_static("true"));
+        response.headers_mut().insert(
+            "idempotent-replayed",
+            axum::http::HeaderValue::from_static("true"),
+        );
     }
     Ok(response)
 }
@@ -152,11 +163,17 @@ async fn reconcile_sales(
     identity::caller(&headers)?.require_admin()?;
     let bytes = axum::body::to_bytes(body, engine.config.max_body_bytes)
         .await
-        .map_err(|_| ApiError::new(flashmall_mesh::ErrorCode::PayloadTooLarge, "the request body is too large"))?;
+        .map_err(|_| {
+            ApiError::new(
+                flashmall_mesh::ErrorCode::PayloadTooLarge,
+                "the request body is too large",
+            )
+        })?;
     let request: ReconcileBody = if bytes.iter().all(u8::is_ascii_whitespace) {
         ReconcileBody::default()
     } else {
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("the request body is not valid: {e}")))?
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::invalid(format!("the request body is not valid: {e}")))?
     };
     let reports = match request.sale_id {
         Some(id) => vec![reconcile::reconcile_one(&engine, &id).await?],

@@ -14,7 +14,11 @@ use crate::Engine;
 pub use http::router;
 
 /// Serves the engine's JSON and gRPC APIs on `listener` until shutdown.
-pub async fn serve(engine: Arc<Engine>, listener: TcpListener, shutdown: Shutdown) -> std::io::Result<()> {
+pub async fn serve(
+    engine: Arc<Engine>,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
     let ready_engine = Arc::clone(&engine);
     let readiness = Readiness::new(move || {
         let engine = Arc::clone(&ready_engine);

@@ -37,7 +37,10 @@ impl Breaker {
     /// Counts a failure; opens the breaker once the threshold is reached
     /// (and again after every failed probe while it stays reached).
     pub fn record_failure(&self, now_ms: u64) {
-        let failures = self.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        let failures = self
+            .failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
         if failures >= self.threshold {
             self.open_until_ms
                 .store(now_ms.saturating_add(self.cooldown_ms), Ordering::Relaxed);

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::{
-    FrontCounts, FrontError, IdemRecord, Rebuild, ReserveCall, ReserveOutcome, ReturnOutcome, StockFront,
-    StreamEntry, idempotency_field,
+    FrontCounts, FrontError, IdemRecord, Rebuild, ReserveCall, ReserveOutcome, ReturnOutcome,
+    StockFront, StreamEntry, idempotency_field,
 };
 
 #[derive(Default)]
@@ -24,6 +24,7 @@ struct SaleFront {
     stream: BTreeMap<u64, StreamEntry>,
     next_seq: u64,
     group: Option<Group>,
+    rebuild_token: Option<Uuid>,
 }
 
 /// The settlement consumer group: delivery cursor and pending entries.
@@ -60,13 +61,6 @@ impl LocalFront {
 
     fn lock(sale: &Mutex<SaleFront>) -> MutexGuard<'_, SaleFront> {
         sale.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn group_of(front: &mut SaleFront) -> Result<&mut Group, FrontError> {
-        front
-            .group
-            .as_mut()
-            .ok_or_else(|| FrontError::Protocol("no settlement group for this sale's stream".into()))
     }
 }
 
@@ -163,7 +157,10 @@ impl StockFront for LocalFront {
         }))
     }
 
-    async fn idempotency_records(&self, sale_id: Uuid) -> Result<HashMap<String, IdemRecord>, FrontError> {
+    async fn idempotency_records(
+        &self,
+        sale_id: Uuid,
+    ) -> Result<HashMap<String, IdemRecord>, FrontError> {
         let sale = self.sale(sale_id);
         let f = Self::lock(&sale);
         Ok(f.idempotency.clone())
@@ -176,14 +173,16 @@ impl StockFront for LocalFront {
         Ok(())
     }
 
-    async fn read_new(&self, sale_id: Uuid, consumer: &str, count: usize) -> Result<Vec<StreamEntry>, FrontError> {
+    async fn read_new(
+        &self,
+        sale_id: Uuid,
+        consumer: &str,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, FrontError> {
         let sale = self.sale(sale_id);
         let mut f = Self::lock(&sale);
         let f = &mut *f;
-        let group = f
-            .group
-            .as_mut()
-            .ok_or_else(|| FrontError::Protocol("no settlement group for this sale's stream".into()))?;
+        let group = Self::group_of_ref(&mut f.group)?;
         let now = Instant::now();
         let entries: Vec<StreamEntry> = f
             .stream
@@ -215,11 +214,11 @@ impl StockFront for LocalFront {
             if out.len() >= count {
                 break;
             }
-            if owner == consumer {
-                if let Some(e) = f.stream.get(seq) {
-                    *at = now;
-                    out.push(e.clone());
-                }
+            if owner == consumer
+                && let Some(e) = f.stream.get(seq)
+            {
+                *at = now;
+                out.push(e.clone());
             }
         }
         Ok(out)
@@ -268,7 +267,10 @@ impl StockFront for LocalFront {
             let Some(seq) = seq_of(&e.entry_id) else {
                 continue;
             };
-            let was_pending = Self::group_of(&mut f)?.pending.remove(&seq).is_some();
+            let was_pending = Self::group_of_ref(&mut f.group)?
+                .pending
+                .remove(&seq)
+                .is_some();
             if was_pending && f.stream.remove(&seq).is_some() {
                 f.pending -= e.quantity;
             }
@@ -282,29 +284,41 @@ impl StockFront for LocalFront {
         Ok(f.stream.len() as u64)
     }
 
-    async fn suspend(&self, sale_id: Uuid) -> Result<(), FrontError> {
-        let sale = self.sale(sale_id);
-        Self::lock(&sale).stock = None;
-        Ok(())
-    }
-
-    async fn rebuild(&self, sale_id: Uuid, state: &Rebuild) -> Result<(), FrontError> {
+    async fn suspend(&self, sale_id: Uuid) -> Result<Uuid, FrontError> {
         let sale = self.sale(sale_id);
         let mut f = Self::lock(&sale);
+        let token = Uuid::now_v7();
+        f.stock = None;
+        f.rebuild_token = Some(token);
+        Ok(token)
+    }
+
+    async fn rebuild(
+        &self,
+        sale_id: Uuid,
+        token: Uuid,
+        state: &Rebuild,
+    ) -> Result<bool, FrontError> {
+        let sale = self.sale(sale_id);
+        let mut f = Self::lock(&sale);
+        if f.rebuild_token != Some(token) {
+            return Ok(false);
+        }
+        f.rebuild_token = None;
         f.buyers = state.buyers.iter().cloned().collect();
         f.idempotency = state.idempotency.iter().cloned().collect();
         f.returned.clear();
         f.pending = 0;
         f.group.get_or_insert_with(Group::default);
         f.stock = Some(state.remaining);
-        Ok(())
+        Ok(true)
     }
 }
 
 impl LocalFront {
     fn group_of_ref(group: &mut Option<Group>) -> Result<&mut Group, FrontError> {
-        group
-            .as_mut()
-            .ok_or_else(|| FrontError::Protocol("no settlement group for this sale's stream".into()))
+        group.as_mut().ok_or_else(|| {
+            FrontError::Protocol("no settlement group for this sale's stream".into())
+        })
     }
 }

@@ -55,7 +55,10 @@ pub enum ReserveOutcome {
     LimitExceeded { held: i64 },
     /// Fewer than the asked units are left. `idempotency_records` counts the
     /// sale's idempotency records (for the local sold-out snapshot).
-    SoldOut { remaining: i64, idempotency_records: i64 },
+    SoldOut {
+        remaining: i64,
+        idempotency_records: i64,
+    },
     /// The sale's stock is not in the front (never warmed, flushed, or being
     /// rebuilt): reconcile must run before it can sell.
     NotReady,
@@ -159,13 +162,21 @@ pub trait StockFront: Send + Sync + 'static {
     async fn counts(&self, sale_id: Uuid) -> Result<Option<FrontCounts>, FrontError>;
 
     /// Every idempotency record of a sale, by field.
-    async fn idempotency_records(&self, sale_id: Uuid) -> Result<HashMap<String, IdemRecord>, FrontError>;
+    async fn idempotency_records(
+        &self,
+        sale_id: Uuid,
+    ) -> Result<HashMap<String, IdemRecord>, FrontError>;
 
     /// Creates the sale's stream and settlement consumer group if missing.
     async fn ensure_stream(&self, sale_id: Uuid) -> Result<(), FrontError>;
 
     /// Reads up to `count` entries never delivered to any consumer.
-    async fn read_new(&self, sale_id: Uuid, consumer: &str, count: usize) -> Result<Vec<StreamEntry>, FrontError>;
+    async fn read_new(
+        &self,
+        sale_id: Uuid,
+        consumer: &str,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, FrontError>;
 
     /// Re-reads entries delivered to `consumer` and not acknowledged (after a restart).
     async fn read_own_pending(
@@ -193,10 +204,17 @@ pub trait StockFront: Send + Sync + 'static {
     async fn backlog(&self, sale_id: Uuid) -> Result<u64, FrontError>;
 
     /// Takes the sale's stock out of the front: purchases answer `NotReady`
-    /// until `rebuild` puts it back.
-    async fn suspend(&self, sale_id: Uuid) -> Result<(), FrontError>;
+    /// until a rebuild puts it back. Returns the rebuild's token.
+    async fn suspend(&self, sale_id: Uuid) -> Result<Uuid, FrontError>;
 
-    /// Writes buyers, idempotency records and zero pending, then the stock
-    /// (last, so purchases resume only on a complete state).
-    async fn rebuild(&self, sale_id: Uuid, state: &Rebuild) -> Result<(), FrontError>;
+    /// Writes buyers, idempotency records, zero pending and the stock, the
+    /// last step atomic, so purchases resume only on a complete state.
+    /// Commits nothing and returns false when a newer `suspend` of the same
+    /// sale (another replica's reconcile) superseded `token`.
+    async fn rebuild(
+        &self,
+        sale_id: Uuid,
+        token: Uuid,
+        state: &Rebuild,
+    ) -> Result<bool, FrontError>;
 }

@@ -15,14 +15,16 @@ use fred::types::{ClusterHash, CustomCommand};
 use uuid::Uuid;
 
 use super::{
-    FrontCounts, FrontError, IdemRecord, Rebuild, ReserveCall, ReserveOutcome, ReturnOutcome, StockFront,
-    StreamEntry, idempotency_field,
+    FrontCounts, FrontError, IdemRecord, Rebuild, ReserveCall, ReserveOutcome, ReturnOutcome,
+    StockFront, StreamEntry, idempotency_field,
 };
 use crate::config::RedisConfig;
 
 const RESERVE: &str = include_str!("scripts/reserve.lua");
 const GIVE_BACK: &str = include_str!("scripts/give_back.lua");
 const ACK: &str = include_str!("scripts/ack.lua");
+const SUSPEND: &str = include_str!("scripts/suspend.lua");
+const REBUILD: &str = include_str!("scripts/rebuild.lua");
 
 /// The settlement consumer group of every sale stream.
 pub const GROUP: &str = "settle";
@@ -50,6 +52,9 @@ struct SaleKeys {
     stream: String,
     pending: String,
     returned: String,
+    rebuild_marker: String,
+    new_buyers: String,
+    new_idempotency: String,
 }
 
 impl SaleKeys {
@@ -62,6 +67,9 @@ impl SaleKeys {
             stream: format!("{tag}:stream"),
             pending: format!("{tag}:pending"),
             returned: format!("{tag}:returned"),
+            rebuild_marker: format!("{tag}:rebuild"),
+            new_buyers: format!("{tag}:rebuild:buyers"),
+            new_idempotency: format!("{tag}:rebuild:idem"),
         }
     }
 }
@@ -74,6 +82,8 @@ pub struct RedisFront {
     reserve: Script,
     give_back: Script,
     ack: Script,
+    suspend: Script,
+    rebuild: Script,
 }
 
 fn unavailable(e: Error) -> FrontError {
@@ -82,7 +92,9 @@ fn unavailable(e: Error) -> FrontError {
 
 fn reply_error(e: Error) -> FrontError {
     match e.kind() {
-        ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Timeout | ErrorKind::Backpressure => unavailable(e),
+        ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Timeout | ErrorKind::Backpressure => {
+            unavailable(e)
+        }
         _ if e.details().starts_with("Client is not initialized")
             || e.details().starts_with("Failed to send command") =>
         {
@@ -95,8 +107,8 @@ fn reply_error(e: Error) -> FrontError {
 impl RedisFront {
     /// Connects a pool to `config.url` and waits for the first connection.
     pub async fn connect(config: &RedisConfig) -> Result<Self, FrontError> {
-        let redis_config =
-            Config::from_url(&config.url).map_err(|e| FrontError::Unavailable(format!("bad redis url: {e}")))?;
+        let redis_config = Config::from_url(&config.url)
+            .map_err(|e| FrontError::Unavailable(format!("bad redis url: {e}")))?;
         let mut builder = Builder::from_config(redis_config);
         let connect_timeout = config.connect_timeout;
         let command_timeout = config.command_timeout;
@@ -114,7 +126,12 @@ impl RedisFront {
         let pool = builder.build_pool(config.pool_size).map_err(unavailable)?;
         tokio::time::timeout(connect_timeout, pool.init())
             .await
-            .map_err(|_| FrontError::Unavailable(format!("no connection to {} within {connect_timeout:?}", config.url)))?
+            .map_err(|_| {
+                FrontError::Unavailable(format!(
+                    "no connection to {} within {connect_timeout:?}",
+                    config.url
+                ))
+            })?
             .map_err(unavailable)?;
         Ok(RedisFront {
             pool,
@@ -127,6 +144,8 @@ impl RedisFront {
             reserve: Script::new(RESERVE),
             give_back: Script::new(GIVE_BACK),
             ack: Script::new(ACK),
+            suspend: Script::new(SUSPEND),
+            rebuild: Script::new(REBUILD),
         })
     }
 
@@ -144,7 +163,12 @@ impl RedisFront {
     }
 
     /// EVALSHA, falling back to EVAL on NOSCRIPT (which caches the script again).
-    async fn run(&self, script: &Script, keys: &[&str], args: Vec<Value>) -> Result<Value, FrontError> {
+    async fn run(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: Vec<Value>,
+    ) -> Result<Value, FrontError> {
         let mut call: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
         call.push(Value::from(script.sha.as_str()));
         call.push(Value::from(keys.len() as i64));
@@ -152,7 +176,11 @@ impl RedisFront {
         call.extend(args);
         // Route by the first key (argument 2), which carries the sale's hash tag.
         let evalsha = CustomCommand::new("EVALSHA", ClusterHash::Offset(2), false);
-        match self.client().custom::<Value, Value>(evalsha, call.clone()).await {
+        match self
+            .client()
+            .custom::<Value, Value>(evalsha, call.clone())
+            .await
+        {
             Err(e) if e.details().starts_with("NOSCRIPT") => {
                 tracing::debug!(sha = %script.sha, "script not cached, falling back to eval");
                 call[0] = Value::from(script.body);
@@ -171,7 +199,9 @@ impl RedisFront {
             let (Some(id), Some(fields)) = (parts.next(), parts.next()) else {
                 continue;
             };
-            let Some(entry_id) = id.as_string() else { continue };
+            let Some(entry_id) = id.as_string() else {
+                continue;
+            };
             if fields.is_null() {
                 continue;
             }
@@ -195,7 +225,9 @@ impl RedisFront {
                     created_at_ms: map.get("t")?.parse().ok()?,
                 })
             };
-            out.push(parse().ok_or_else(|| FrontError::Protocol(format!("malformed stream entry {entry_id}")))?);
+            out.push(parse().ok_or_else(|| {
+                FrontError::Protocol(format!("malformed stream entry {entry_id}"))
+            })?);
         }
         Ok(out)
     }
@@ -229,15 +261,31 @@ impl RedisFront {
     }
 
     /// XREADGROUP, recreating the group once when Redis lost it (flush).
-    async fn read_group(&self, sale: Uuid, consumer: &str, count: usize, id: &str) -> Result<Vec<StreamEntry>, FrontError> {
+    async fn read_group(
+        &self,
+        sale: Uuid,
+        consumer: &str,
+        count: usize,
+        id: &str,
+    ) -> Result<Vec<StreamEntry>, FrontError> {
         let keys = self.keys(sale);
         for attempt in 0..2 {
             let result = self
                 .client()
-                .xreadgroup::<Value, _, _, _, _>(GROUP, consumer, Some(count as u64), None, false, keys.stream.as_str(), id)
+                .xreadgroup::<Value, _, _, _, _>(
+                    GROUP,
+                    consumer,
+                    Some(count as u64),
+                    None,
+                    false,
+                    keys.stream.as_str(),
+                    id,
+                )
                 .await;
             match result {
-                Err(e) if e.details().starts_with("NOGROUP") && attempt == 0 => self.ensure_group(&keys).await?,
+                Err(e) if e.details().starts_with("NOGROUP") && attempt == 0 => {
+                    self.ensure_group(&keys).await?
+                }
                 Err(e) => return Err(reply_error(e)),
                 Ok(raw) => return Self::read_reply(raw, sale),
             }
@@ -258,12 +306,21 @@ impl StockFront for RedisFront {
     }
 
     async fn warm_up(&self) -> Result<(), FrontError> {
-        for script in [&self.reserve, &self.give_back, &self.ack] {
+        for script in [
+            &self.reserve,
+            &self.give_back,
+            &self.ack,
+            &self.suspend,
+            &self.rebuild,
+        ] {
             // Load on every pooled connection's node (one node unless clustered).
             for client in self.pool.clients() {
                 let sha: String = client.script_load(script.body).await.map_err(reply_error)?;
                 if sha != script.sha {
-                    return Err(FrontError::Protocol(format!("script sha mismatch: {sha} != {}", script.sha)));
+                    return Err(FrontError::Protocol(format!(
+                        "script sha mismatch: {sha} != {}",
+                        script.sha
+                    )));
                 }
             }
         }
@@ -304,13 +361,17 @@ impl StockFront for RedisFront {
                 .and_then(|raw| IdemRecord::decode(&raw))
                 .map(ReserveOutcome::Replayed)
                 .ok_or_else(|| FrontError::Protocol("malformed idempotency record".into())),
-            2 => Ok(ReserveOutcome::LimitExceeded { held: int(reply.get(1))? }),
+            2 => Ok(ReserveOutcome::LimitExceeded {
+                held: int(reply.get(1))?,
+            }),
             3 => Ok(ReserveOutcome::SoldOut {
                 remaining: int(reply.get(1))?,
                 idempotency_records: int(reply.get(2))?,
             }),
             4 => Ok(ReserveOutcome::NotReady),
-            other => Err(FrontError::Protocol(format!("reserve script returned {other}"))),
+            other => Err(FrontError::Protocol(format!(
+                "reserve script returned {other}"
+            ))),
         }
     }
 
@@ -327,12 +388,18 @@ impl StockFront for RedisFront {
             Value::from(user_id),
             Value::from(quantity),
         ];
-        let key_list = [keys.stock.as_str(), keys.buyers.as_str(), keys.returned.as_str()];
+        let key_list = [
+            keys.stock.as_str(),
+            keys.buyers.as_str(),
+            keys.returned.as_str(),
+        ];
         match self.run(&self.give_back, &key_list, args).await?.as_i64() {
             Some(0) => Ok(ReturnOutcome::Returned),
             Some(1) => Ok(ReturnOutcome::AlreadyReturned),
             Some(2) => Ok(ReturnOutcome::NotReady),
-            other => Err(FrontError::Protocol(format!("give-back script returned {other:?}"))),
+            other => Err(FrontError::Protocol(format!(
+                "give-back script returned {other:?}"
+            ))),
         }
     }
 
@@ -343,13 +410,20 @@ impl StockFront for RedisFront {
             .mget(vec![keys.stock.as_str(), keys.pending.as_str()])
             .await
             .map_err(reply_error)?;
-        Ok(values.first().copied().flatten().map(|remaining| FrontCounts {
-            remaining,
-            pending: values.get(1).copied().flatten().unwrap_or(0),
-        }))
+        Ok(values
+            .first()
+            .copied()
+            .flatten()
+            .map(|remaining| FrontCounts {
+                remaining,
+                pending: values.get(1).copied().flatten().unwrap_or(0),
+            }))
     }
 
-    async fn idempotency_records(&self, sale_id: Uuid) -> Result<HashMap<String, IdemRecord>, FrontError> {
+    async fn idempotency_records(
+        &self,
+        sale_id: Uuid,
+    ) -> Result<HashMap<String, IdemRecord>, FrontError> {
         let keys = self.keys(sale_id);
         let raw: HashMap<String, String> = self
             .client()
@@ -366,7 +440,12 @@ impl StockFront for RedisFront {
         self.ensure_group(&self.keys(sale_id)).await
     }
 
-    async fn read_new(&self, sale_id: Uuid, consumer: &str, count: usize) -> Result<Vec<StreamEntry>, FrontError> {
+    async fn read_new(
+        &self,
+        sale_id: Uuid,
+        consumer: &str,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, FrontError> {
         self.read_group(sale_id, consumer, count, ">").await
     }
 
@@ -426,49 +505,82 @@ impl StockFront for RedisFront {
             args.push(Value::from(e.entry_id.as_str()));
             args.push(Value::from(e.quantity));
         }
-        self.run(&self.ack, &[keys.stream.as_str(), keys.pending.as_str()], args)
-            .await
-            .map(|_| ())
+        self.run(
+            &self.ack,
+            &[keys.stream.as_str(), keys.pending.as_str()],
+            args,
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn backlog(&self, sale_id: Uuid) -> Result<u64, FrontError> {
         let keys = self.keys(sale_id);
-        self.client().xlen(keys.stream.as_str()).await.map_err(reply_error)
+        self.client()
+            .xlen(keys.stream.as_str())
+            .await
+            .map_err(reply_error)
     }
 
-    async fn suspend(&self, sale_id: Uuid) -> Result<(), FrontError> {
+    async fn suspend(&self, sale_id: Uuid) -> Result<Uuid, FrontError> {
         let keys = self.keys(sale_id);
-        self.client().del::<i64, _>(keys.stock.as_str()).await.map_err(reply_error)?;
-        Ok(())
+        let token = Uuid::now_v7();
+        self.run(
+            &self.suspend,
+            &[keys.stock.as_str(), keys.rebuild_marker.as_str()],
+            vec![Value::from(token.to_string())],
+        )
+        .await?;
+        Ok(token)
     }
 
-    async fn rebuild(&self, sale_id: Uuid, state: &Rebuild) -> Result<(), FrontError> {
+    async fn rebuild(
+        &self,
+        sale_id: Uuid,
+        token: Uuid,
+        state: &Rebuild,
+    ) -> Result<bool, FrontError> {
         let keys = self.keys(sale_id);
         let client = self.client();
-        // Purchases answer NotReady until the stock key is back, so these
-        // writes need not be atomic; the stock goes last.
+        // The new state goes to temporary keys first; the commit script
+        // swaps them in atomically, and only for the newest rebuild.
         client
-            .del::<i64, _>(vec![keys.buyers.as_str(), keys.idempotency.as_str(), keys.returned.as_str()])
+            .del::<i64, _>(vec![
+                keys.new_buyers.as_str(),
+                keys.new_idempotency.as_str(),
+            ])
             .await
             .map_err(reply_error)?;
         for chunk in state.buyers.chunks(1000) {
             let pairs: Vec<(&str, i64)> = chunk.iter().map(|(u, n)| (u.as_str(), *n)).collect();
-            client.hset::<i64, _, _>(keys.buyers.as_str(), pairs).await.map_err(reply_error)?;
+            client
+                .hset::<i64, _, _>(keys.new_buyers.as_str(), pairs)
+                .await
+                .map_err(reply_error)?;
         }
         for chunk in state.idempotency.chunks(1000) {
-            let pairs: Vec<(&str, String)> = chunk.iter().map(|(f, r)| (f.as_str(), r.encode())).collect();
-            client.hset::<i64, _, _>(keys.idempotency.as_str(), pairs).await.map_err(reply_error)?;
+            let pairs: Vec<(&str, String)> = chunk
+                .iter()
+                .map(|(f, r)| (f.as_str(), r.encode()))
+                .collect();
+            client
+                .hset::<i64, _, _>(keys.new_idempotency.as_str(), pairs)
+                .await
+                .map_err(reply_error)?;
         }
-        client
-            .set::<(), _, _>(keys.pending.as_str(), 0, None, None, false)
-            .await
-            .map_err(reply_error)?;
         self.ensure_group(&keys).await?;
-        client
-            .set::<(), _, _>(keys.stock.as_str(), state.remaining, None, None, false)
-            .await
-            .map_err(reply_error)?;
-        Ok(())
+        let key_list = [
+            keys.stock.as_str(),
+            keys.rebuild_marker.as_str(),
+            keys.buyers.as_str(),
+            keys.idempotency.as_str(),
+            keys.pending.as_str(),
+            keys.returned.as_str(),
+            keys.new_buyers.as_str(),
+            keys.new_idempotency.as_str(),
+        ];
+        let args = vec![Value::from(token.to_string()), Value::from(state.remaining)];
+        Ok(self.run(&self.rebuild, &key_list, args).await?.as_i64() == Some(1))
     }
 }
 

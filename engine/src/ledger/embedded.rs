@@ -18,10 +18,12 @@ const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("ledger");
 /// Most plans one group commit applies.
 const GROUP_MAX: usize = 256;
 
+type Reply = oneshot::Sender<Result<(), LedgerError>>;
+
 struct Job {
     keys: Vec<Key>,
     plan: Plan,
-    reply: oneshot::Sender<Result<(), LedgerError>>,
+    reply: Reply,
 }
 
 /// The redb-backed ledger store.
@@ -38,9 +40,11 @@ impl EmbeddedLedger {
     /// Opens (or creates) the ledger file and starts its writer thread.
     pub fn open(path: &Path) -> Result<Self, LedgerError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| LedgerError::Io(format!("create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| LedgerError::Io(format!("create {}: {e}", dir.display())))?;
         }
-        let db = Database::create(path).map_err(|e| LedgerError::Io(format!("open {}: {e}", path.display())))?;
+        let db = Database::create(path)
+            .map_err(|e| LedgerError::Io(format!("open {}: {e}", path.display())))?;
         {
             let tx = db.begin_write().map_err(io)?;
             tx.open_table(KV).map_err(io)?;
@@ -71,8 +75,7 @@ fn writer(db: Arc<Database>, mut rx: mpsc::Receiver<Job>) {
 }
 
 fn commit_group(db: &Database, group: Vec<Job>) {
-    let mut outcomes: Vec<(oneshot::Sender<Result<(), LedgerError>>, Result<(), LedgerError>)> =
-        Vec::with_capacity(group.len());
+    let mut outcomes: Vec<(Reply, Result<(), LedgerError>)> = Vec::with_capacity(group.len());
     let result = (|| -> Result<(), LedgerError> {
         let tx = db.begin_write().map_err(io)?;
         {
@@ -148,7 +151,10 @@ impl LedgerStore for EmbeddedLedger {
             let table = tx.open_table(KV).map_err(io)?;
             let mut reads = Reads::default();
             for key in keys {
-                let value = table.get(key.as_slice()).map_err(io)?.map(|g| g.value().to_vec());
+                let value = table
+                    .get(key.as_slice())
+                    .map_err(io)?
+                    .map(|g| g.value().to_vec());
                 reads.0.insert(key, value);
             }
             Ok(reads)

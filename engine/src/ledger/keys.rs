@@ -76,7 +76,10 @@ mod tests {
     fn buyer_and_reservation_keys_round_trip() {
         let sale = Uuid::now_v7();
         let id = Uuid::now_v7();
-        assert_eq!(reservation_of(&sale_reservation_prefix(sale), &sale_reservation(sale, id)), Some(id));
+        assert_eq!(
+            reservation_of(&sale_reservation_prefix(sale), &sale_reservation(sale, id)),
+            Some(id)
+        );
         assert_eq!(buyer_of(&buyer_prefix(sale), &buyer(sale, "u-7")), "u-7");
     }
 }

@@ -80,8 +80,12 @@ pub trait LedgerStore: Send + Sync + 'static {
 
     /// Up to `limit` pairs whose key starts with `prefix` and sorts after
     /// `after` (when given), in key order.
-    async fn scan(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize)
-    -> Result<Vec<(Key, Vec<u8>)>, LedgerError>;
+    async fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Key, Vec<u8>)>, LedgerError>;
 }
 
 /// Settled counts of one sale, written once per settlement batch.
@@ -249,25 +253,32 @@ impl Ledger {
         let value = encode(sale);
         let id = sale.id;
         let existing_same = encode(sale);
-        transact_with(&*self.store, vec![sale_key.clone()], move |reads| match reads.get(&sale_key) {
-            // A retried commit of this very sale is not a conflict.
-            Some(raw) if raw == existing_same.as_slice() => Ok((Vec::new(), ())),
-            Some(_) => Err(LedgerError::AlreadyExists(format!("sale {id}"))),
-            None => Ok((
-                vec![
-                    Write::Put(sale_key.clone(), value.clone()),
-                    Write::Put(counts_key.clone(), encode(&SaleCounts::default())),
-                ],
-                (),
-            )),
-        })
+        transact_with(
+            &*self.store,
+            vec![sale_key.clone()],
+            move |reads| match reads.get(&sale_key) {
+                // A retried commit of this very sale is not a conflict.
+                Some(raw) if raw == existing_same.as_slice() => Ok((Vec::new(), ())),
+                Some(_) => Err(LedgerError::AlreadyExists(format!("sale {id}"))),
+                None => Ok((
+                    vec![
+                        Write::Put(sale_key.clone(), value.clone()),
+                        Write::Put(counts_key.clone(), encode(&SaleCounts::default())),
+                    ],
+                    (),
+                )),
+            },
+        )
         .await
     }
 
     /// A sale and its settled counts.
     pub async fn sale(&self, id: Uuid) -> Result<Option<(Sale, SaleCounts)>, LedgerError> {
         let (sale_key, counts_key) = (keys::sale(id), keys::counts(id));
-        let reads = self.store.get_many(vec![sale_key.clone(), counts_key.clone()]).await?;
+        let reads = self
+            .store
+            .get_many(vec![sale_key.clone(), counts_key.clone()])
+            .await?;
         let Some(sale) = read::<Sale>(&reads, &sale_key)? else {
             return Ok(None);
         };
@@ -289,10 +300,15 @@ impl Ledger {
     /// Settles a batch of one sale's reservations in one transaction:
     /// reservation records (skipping ids already present), per-buyer counts,
     /// and the sale's counts written once.
-    pub async fn settle(&self, sale_id: Uuid, batch: &[StreamEntry]) -> Result<Settled, LedgerError> {
+    pub async fn settle(
+        &self,
+        sale_id: Uuid,
+        batch: &[StreamEntry],
+    ) -> Result<Settled, LedgerError> {
         let mut entries: Vec<StreamEntry> = Vec::with_capacity(batch.len());
         for e in batch {
-            if e.sale_id == sale_id && !entries.iter().any(|x| x.reservation_id == e.reservation_id) {
+            if e.sale_id == sale_id && !entries.iter().any(|x| x.reservation_id == e.reservation_id)
+            {
                 entries.push(e.clone());
             }
         }
@@ -330,7 +346,10 @@ impl Ledger {
                     settled_at: now,
                 };
                 writes.push(Write::Put(rkey, encode(&record)));
-                writes.push(Write::Put(keys::sale_reservation(sale_id, e.reservation_id), Vec::new()));
+                writes.push(Write::Put(
+                    keys::sale_reservation(sale_id, e.reservation_id),
+                    Vec::new(),
+                ));
                 let user_held = match held.get(e.user_id.as_str()) {
                     Some(h) => *h,
                     None => read_i64(reads, &keys::buyer(sale_id, &e.user_id))?,
@@ -373,7 +392,9 @@ impl Ledger {
                 return Ok((Vec::new(), ReleaseStep::NotFound));
             };
             match record.status {
-                ReservationStatus::Released => Ok((Vec::new(), ReleaseStep::AlreadyReleased(record))),
+                ReservationStatus::Released => {
+                    Ok((Vec::new(), ReleaseStep::AlreadyReleased(record)))
+                }
                 ReservationStatus::Releasing => Ok((Vec::new(), ReleaseStep::Releasing(record))),
                 ReservationStatus::Held => {
                     let mut counts = read::<SaleCounts>(reads, &counts_key)?.unwrap_or_default();

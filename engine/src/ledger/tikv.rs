@@ -22,8 +22,12 @@ pub struct TikvLedger {
 /// True for errors that a fresh transaction may not hit again.
 fn is_conflict(e: &TikvError) -> bool {
     match e {
-        TikvError::KeyError(ke) => ke.conflict.is_some() || ke.deadlock.is_some() || !ke.retryable.is_empty(),
-        TikvError::MultipleKeyErrors(errs) | TikvError::ExtractedErrors(errs) => errs.iter().any(is_conflict),
+        TikvError::KeyError(ke) => {
+            ke.conflict.is_some() || ke.deadlock.is_some() || !ke.retryable.is_empty()
+        }
+        TikvError::MultipleKeyErrors(errs) | TikvError::ExtractedErrors(errs) => {
+            errs.iter().any(is_conflict)
+        }
         TikvError::PessimisticLockError { inner, .. } => is_conflict(inner),
         TikvError::ResolveLockError(_) => true,
         _ => false,
@@ -47,7 +51,12 @@ impl TikvLedger {
             TransactionClient::new(config.pd_endpoints.clone()),
         )
         .await
-        .map_err(|_| LedgerError::Unavailable(format!("no answer from PD {:?} within 10s", config.pd_endpoints)))?
+        .map_err(|_| {
+            LedgerError::Unavailable(format!(
+                "no answer from PD {:?} within 10s",
+                config.pd_endpoints
+            ))
+        })?
         .map_err(unavailable)?;
         Ok(TikvLedger {
             client,
@@ -70,8 +79,15 @@ impl TikvLedger {
     }
 
     async fn attempt(&self, keys: &[Key], plan: &mut Plan) -> Result<Attempt, LedgerError> {
-        let mut txn = self.client.begin_with_options(Self::options()).await.map_err(unavailable)?;
-        let pairs = match txn.batch_get(keys.iter().map(|k| self.full(k)).collect::<Vec<_>>()).await {
+        let mut txn = self
+            .client
+            .begin_with_options(Self::options())
+            .await
+            .map_err(unavailable)?;
+        let pairs = match txn
+            .batch_get(keys.iter().map(|k| self.full(k)).collect::<Vec<_>>())
+            .await
+        {
             Ok(pairs) => pairs.collect::<Vec<KvPair>>(),
             Err(e) => {
                 let _ = txn.rollback().await;
@@ -144,14 +160,16 @@ impl LedgerStore for TikvLedger {
             match self.attempt(&keys, &mut plan).await? {
                 Attempt::Done => return Ok(()),
                 Attempt::Retry(reason) => {
-                    metrics::counter!("flashmall_ledger_retries_total", "backend" => "tikv").increment(1);
+                    metrics::counter!("flashmall_ledger_retries_total", "backend" => "tikv")
+                        .increment(1);
                     tracing::debug!(attempt, reason, "ledger transaction retried");
                     // Jitter from the clock's nanoseconds keeps racing writers apart.
-                    let jitter = u64::from(std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.subsec_nanos())
-                        .unwrap_or(0))
-                        % (backoff.as_micros() as u64 + 1);
+                    let jitter = u64::from(
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.subsec_nanos())
+                            .unwrap_or(0),
+                    ) % (backoff.as_micros() as u64 + 1);
                     tokio::time::sleep(backoff + Duration::from_micros(jitter)).await;
                     backoff = (backoff * 2).min(Duration::from_millis(200));
                 }
@@ -164,7 +182,9 @@ impl LedgerStore for TikvLedger {
 
     async fn get_many(&self, keys: Vec<Key>) -> Result<Reads, LedgerError> {
         let ts = self.client.current_timestamp().await.map_err(unavailable)?;
-        let mut snapshot = self.client.snapshot(ts, TransactionOptions::new_optimistic());
+        let mut snapshot = self
+            .client
+            .snapshot(ts, TransactionOptions::new_optimistic());
         let pairs = snapshot
             .batch_get(keys.iter().map(|k| self.full(k)).collect::<Vec<_>>())
             .await
@@ -189,7 +209,9 @@ impl LedgerStore for TikvLedger {
         limit: usize,
     ) -> Result<Vec<(Key, Vec<u8>)>, LedgerError> {
         let ts = self.client.current_timestamp().await.map_err(unavailable)?;
-        let mut snapshot = self.client.snapshot(ts, TransactionOptions::new_optimistic());
+        let mut snapshot = self
+            .client
+            .snapshot(ts, TransactionOptions::new_optimistic());
         let full_prefix = self.full(prefix);
         let start = match after {
             // The smallest key after `a`.
@@ -208,7 +230,8 @@ impl LedgerStore for TikvLedger {
         Ok(pairs
             .filter_map(|KvPair(k, v)| {
                 let k: Vec<u8> = k.into();
-                k.strip_prefix(self.prefix.as_slice()).map(|s| (s.to_vec(), v))
+                k.strip_prefix(self.prefix.as_slice())
+                    .map(|s| (s.to_vec(), v))
             })
             .collect())
     }

@@ -56,7 +56,8 @@ pub async fn reconcile_all(engine: &Arc<Engine>) -> Result<Vec<SaleReport>, ApiE
 
 /// Reconciles one sale by id.
 pub async fn reconcile_one(engine: &Arc<Engine>, raw_id: &str) -> Result<SaleReport, ApiError> {
-    let id = Uuid::try_parse(raw_id).map_err(|_| ApiError::new(ErrorCode::SaleNotFound, "no such sale"))?;
+    let id = Uuid::try_parse(raw_id)
+        .map_err(|_| ApiError::new(ErrorCode::SaleNotFound, "no such sale"))?;
     let live = engine
         .live_sale(id)
         .await?
@@ -66,15 +67,23 @@ pub async fn reconcile_one(engine: &Arc<Engine>, raw_id: &str) -> Result<SaleRep
 
 /// Starts a reconcile of `live` in the background unless one runs.
 pub fn spawn(engine: &Arc<Engine>, live: &Arc<LiveSale>) {
-    if live.reconciling.load(Ordering::Acquire) {
+    if live
+        .reconciling
+        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
         return;
     }
     let engine = Arc::clone(engine);
     let live = Arc::clone(live);
     tokio::spawn(async move {
         match reconcile_sale(&engine, &live).await {
-            Ok(report) => tracing::info!(sale_id = %report.sale_id, drift = report.drift, "sale reconciled"),
-            Err(e) => tracing::warn!(sale_id = %live.sale.id, error = %e, "background reconcile failed"),
+            Ok(report) => {
+                tracing::info!(sale_id = %report.sale_id, drift = report.drift, "sale reconciled")
+            }
+            Err(e) => {
+                tracing::warn!(sale_id = %live.sale.id, error = %e, "background reconcile failed")
+            }
         }
     });
 }
@@ -99,7 +108,11 @@ pub async fn warm_up(engine: &Arc<Engine>, live: &LiveSale) -> Result<SaleReport
     rebuild(engine, live, true).await
 }
 
-async fn rebuild(engine: &Arc<Engine>, live: &LiveSale, new_sale: bool) -> Result<SaleReport, ApiError> {
+async fn rebuild(
+    engine: &Arc<Engine>,
+    live: &LiveSale,
+    new_sale: bool,
+) -> Result<SaleReport, ApiError> {
     // One rebuild per sale at a time here; this process's settlement waits.
     let _settling = live.settle_lock.lock().await;
     live.reconciling.store(true, Ordering::Release);
@@ -113,26 +126,34 @@ async fn rebuild(engine: &Arc<Engine>, live: &LiveSale, new_sale: bool) -> Resul
         .sale(sale_id)
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::SaleNotFound, "no such sale"))?;
-    let (remaining_before, pending_before) = before.map(|c| (c.remaining, c.pending)).unwrap_or((0, 0));
-    let drift = live.sale.stock - (remaining_before + pending_before + counts_before.settled + counts_before.returning);
+    let (remaining_before, pending_before) =
+        before.map(|c| (c.remaining, c.pending)).unwrap_or((0, 0));
+    let drift = live.sale.stock
+        - (remaining_before + pending_before + counts_before.settled + counts_before.returning);
 
     // 1. No purchase may run while the front is rebuilt.
-    front.suspend(sale_id).await?;
+    let token = front.suspend(sale_id).await?;
     front.ensure_stream(sale_id).await?;
     // 2. Settle everything still in the stream, whoever it was delivered to.
     let mut drained = 0usize;
     let batch_size = engine.config.settle_batch_size;
     loop {
-        let mut batch = front.claim_idle(sale_id, &engine.consumer, Duration::ZERO, batch_size).await?;
+        let mut batch = front
+            .claim_idle(sale_id, &engine.consumer, Duration::ZERO, batch_size)
+            .await?;
         if batch.is_empty() {
-            batch = front.read_new(sale_id, &engine.consumer, batch_size).await?;
+            batch = front
+                .read_new(sale_id, &engine.consumer, batch_size)
+                .await?;
         }
         if batch.is_empty() {
             break;
         }
         let settled = settle::settle_batch(engine, sale_id, &batch)
             .await
-            .map_err(|e| ApiError::unavailable(format!("reconcile could not settle the stream: {e}")))?;
+            .map_err(|e| {
+                ApiError::unavailable(format!("reconcile could not settle the stream: {e}"))
+            })?;
         drained += settled.new;
     }
     // 3. Rebuild from the ledger, stock last.
@@ -166,7 +187,14 @@ async fn rebuild(engine: &Arc<Engine>, live: &LiveSale, new_sale: bool) -> Resul
         buyers: snapshot.buyers.clone(),
         idempotency,
     };
-    front.rebuild(sale_id, &rebuild).await?;
+    if !front.rebuild(sale_id, token, &rebuild).await? {
+        // Another replica suspended the sale after us: its rebuild, from a
+        // later snapshot, is the one that counts.
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            "another reconcile of this sale started meanwhile and superseded this one; retry for a report",
+        ));
+    }
     // Units of interrupted releases are in `remaining` now: record them returned.
     engine.ledger.finish_releases(sale_id, releasing).await?;
 
@@ -176,13 +204,18 @@ async fn rebuild(engine: &Arc<Engine>, live: &LiveSale, new_sale: bool) -> Resul
         .sale(sale_id)
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::SaleNotFound, "no such sale"))?;
-    let conserved = live.sale.stock == after.remaining + after.pending + counts.settled + counts.returning;
+    let conserved =
+        live.sale.stock == after.remaining + after.pending + counts.settled + counts.returning;
     if remaining > 0 {
         live.clear_sold_out();
     } else {
         live.mark_sold_out(now_ms(), engine.config.sold_out_recheck);
         live.finish_refresh(Some(
-            rebuild.idempotency.iter().map(|(f, r)| (f.clone(), *r)).collect(),
+            rebuild
+                .idempotency
+                .iter()
+                .map(|(f, r)| (f.clone(), *r))
+                .collect(),
         ));
     }
     if !new_sale && (drift != 0 || before.is_none()) {

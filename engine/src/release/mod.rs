@@ -24,8 +24,13 @@ pub enum Released {
 }
 
 /// Releases a reservation for `caller` (its owner or an admin).
-pub async fn release(engine: &Arc<Engine>, caller: &Caller, raw_id: &str) -> Result<Released, ApiError> {
-    let id = Uuid::try_parse(raw_id).map_err(|_| ApiError::new(ErrorCode::NotFound, "no such reservation"))?;
+pub async fn release(
+    engine: &Arc<Engine>,
+    caller: &Caller,
+    raw_id: &str,
+) -> Result<Released, ApiError> {
+    let id = Uuid::try_parse(raw_id)
+        .map_err(|_| ApiError::new(ErrorCode::NotFound, "no such reservation"))?;
     let record = engine
         .ledger
         .reservation(id)
@@ -33,13 +38,26 @@ pub async fn release(engine: &Arc<Engine>, caller: &Caller, raw_id: &str) -> Res
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such settled reservation"))?;
     if record.user_id != caller.user_id && !caller.is_admin() {
         // Same answer as a missing one: ids of others' reservations leak nothing.
-        return Err(ApiError::new(ErrorCode::NotFound, "no such settled reservation"));
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            "no such settled reservation",
+        ));
     }
     let outcome = match engine.ledger.begin_release(id).await? {
-        ReleaseStep::NotFound => return Err(ApiError::new(ErrorCode::NotFound, "no such settled reservation")),
-        ReleaseStep::AlreadyReleased(r) => Released::AlreadyReleased { quantity: r.quantity },
+        ReleaseStep::NotFound => {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                "no such settled reservation",
+            ));
+        }
+        ReleaseStep::AlreadyReleased(r) => Released::AlreadyReleased {
+            quantity: r.quantity,
+        },
         ReleaseStep::Releasing(r) => {
-            let back = engine.front.give_back(r.sale_id, r.id, &r.user_id, r.quantity).await?;
+            let back = engine
+                .front
+                .give_back(r.sale_id, r.id, &r.user_id, r.quantity)
+                .await?;
             match back {
                 ReturnOutcome::Returned | ReturnOutcome::AlreadyReturned => {
                     engine.ledger.finish_release(r.id, r.sale_id).await?;
@@ -58,7 +76,9 @@ pub async fn release(engine: &Arc<Engine>, caller: &Caller, raw_id: &str) -> Res
             }
             metrics::counter!("flashmall_engine_released_units_total").increment(r.quantity as u64);
             tracing::info!(reservation_id = %r.id, sale_id = %r.sale_id, quantity = r.quantity, "reservation released");
-            Released::Released { quantity: r.quantity }
+            Released::Released {
+                quantity: r.quantity,
+            }
         }
     };
     Ok(outcome)

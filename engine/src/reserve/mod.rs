@@ -34,7 +34,10 @@ pub struct Purchase {
 /// Checks an Idempotency-Key: 1 to 128 visible ASCII characters.
 pub fn check_idempotency_key(key: Option<&str>) -> Result<&str, ApiError> {
     let key = key.ok_or_else(|| ApiError::invalid("the Idempotency-Key header is required"))?;
-    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || !key.bytes().all(|b| b.is_ascii_graphic()) {
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY
+        || !key.bytes().all(|b| b.is_ascii_graphic())
+    {
         return Err(ApiError::invalid(format!(
             "the Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
         )));
@@ -81,7 +84,8 @@ async fn decide(
             engine.config.max_quantity
         )));
     }
-    let sale_id = parse_sale_id(raw_sale_id).ok_or_else(|| ApiError::new(ErrorCode::SaleNotFound, "no such sale"))?;
+    let sale_id = parse_sale_id(raw_sale_id)
+        .ok_or_else(|| ApiError::new(ErrorCode::SaleNotFound, "no such sale"))?;
     let live = engine
         .live_sale(sale_id)
         .await?
@@ -89,7 +93,10 @@ async fn decide(
     let sale = &live.sale;
     let now = OffsetDateTime::now_utc();
     if now < sale.starts_at {
-        return Err(ApiError::new(ErrorCode::SaleNotOpen, "the sale has not started yet"));
+        return Err(ApiError::new(
+            ErrorCode::SaleNotOpen,
+            "the sale has not started yet",
+        ));
     }
     if now >= sale.ends_at {
         return Err(ApiError::new(ErrorCode::SaleClosed, "the sale has ended"));
@@ -115,12 +122,21 @@ async fn decide(
         }
     }
     if !engine.breaker.allows(now_ms) {
-        return Err(ApiError::unavailable("the stock front is unavailable, retry shortly"));
+        return Err(ApiError::unavailable(
+            "the stock front is unavailable, retry shortly",
+        ));
     }
 
     let reservation_id = Uuid::now_v7();
     // Registered before the script so a fast settlement cannot be missed.
-    let waiter = engine.config.durable_ack.then(|| engine.waiters.register(reservation_id));
+    let waiter = engine
+        .config
+        .durable_ack
+        .then(|| engine.waiters.register(reservation_id));
+    let _forget = settle::ForgetOnDrop {
+        waiters: &engine.waiters,
+        id: reservation_id,
+    };
     let call = ReserveCall {
         sale_id,
         user_id: &caller.user_id,
@@ -130,24 +146,27 @@ async fn decide(
         reservation_id,
         now_ms,
     };
-    let outcome = match tokio::time::timeout(engine.front_timeout, engine.front.reserve(&call)).await {
-        Ok(Ok(outcome)) => {
-            engine.breaker.record_success();
-            outcome
-        }
-        Ok(Err(e)) => {
-            engine.breaker.record_failure(now_ms);
-            engine.waiters.forget(reservation_id);
-            tracing::debug!(error = %e, "reserve failed");
-            // The script may have run: a retry with the same key finds it.
-            return Err(ApiError::unavailable("the stock front is unavailable, retry with the same Idempotency-Key"));
-        }
-        Err(_) => {
-            engine.breaker.record_failure(now_ms);
-            engine.waiters.forget(reservation_id);
-            return Err(ApiError::unavailable("the stock front timed out, retry with the same Idempotency-Key"));
-        }
-    };
+    let outcome =
+        match tokio::time::timeout(engine.front_timeout, engine.front.reserve(&call)).await {
+            Ok(Ok(outcome)) => {
+                engine.breaker.record_success();
+                outcome
+            }
+            Ok(Err(e)) => {
+                engine.breaker.record_failure(now_ms);
+                tracing::debug!(error = %e, "reserve failed");
+                // The script may have run: a retry with the same key finds it.
+                return Err(ApiError::unavailable(
+                    "the stock front is unavailable, retry with the same Idempotency-Key",
+                ));
+            }
+            Err(_) => {
+                engine.breaker.record_failure(now_ms);
+                return Err(ApiError::unavailable(
+                    "the stock front timed out, retry with the same Idempotency-Key",
+                ));
+            }
+        };
     match outcome {
         ReserveOutcome::Reserved { remaining } => {
             live.settle_wake.notify_one();
@@ -166,25 +185,18 @@ async fn decide(
                 None => Ok(answer(sale_id, record, false)),
             }
         }
-        ReserveOutcome::Replayed(record) => {
-            engine.waiters.forget(reservation_id);
-            durable_answer(engine, &live, record, true).await
-        }
-        ReserveOutcome::LimitExceeded { held } => {
-            engine.waiters.forget(reservation_id);
-            Err(ApiError::new(
-                ErrorCode::LimitExceeded,
-                format!(
-                    "you hold {held} of at most {} units in this sale",
-                    sale.per_user_limit
-                ),
-            ))
-        }
+        ReserveOutcome::Replayed(record) => durable_answer(engine, &live, record, true).await,
+        ReserveOutcome::LimitExceeded { held } => Err(ApiError::new(
+            ErrorCode::LimitExceeded,
+            format!(
+                "you hold {held} of at most {} units in this sale",
+                sale.per_user_limit
+            ),
+        )),
         ReserveOutcome::SoldOut {
             remaining,
             idempotency_records,
         } => {
-            engine.waiters.forget(reservation_id);
             if remaining == 0 {
                 // Snapshot first: the flag must never stand on a stale one.
                 refresh_snapshot(engine, &live, idempotency_records);
@@ -198,9 +210,10 @@ async fn decide(
             }
         }
         ReserveOutcome::NotReady => {
-            engine.waiters.forget(reservation_id);
             reconcile::spawn(engine, &live);
-            Err(ApiError::unavailable("the sale is being loaded, retry shortly"))
+            Err(ApiError::unavailable(
+                "the sale is being loaded, retry shortly",
+            ))
         }
     }
 }

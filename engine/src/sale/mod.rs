@@ -81,7 +81,7 @@ pub struct NewSale {
 /// Largest stock one sale may have (keeps every count far from overflow).
 pub const MAX_STOCK: i64 = 100_000_000;
 /// Largest unit price, in minor units.
-pub const MAX_PRICE: i64 = 1_000_000_000_00;
+pub const MAX_PRICE: i64 = 100_000_000_000;
 
 impl NewSale {
     /// Validates the request into a sale with a fresh id.
@@ -96,10 +96,14 @@ impl NewSale {
             )));
         }
         if !(1..=MAX_STOCK).contains(&self.stock) {
-            return Err(ApiError::invalid(format!("stock must be between 1 and {MAX_STOCK}")));
+            return Err(ApiError::invalid(format!(
+                "stock must be between 1 and {MAX_STOCK}"
+            )));
         }
         if self.per_user_limit < 1 || self.per_user_limit > self.stock {
-            return Err(ApiError::invalid("per_user_limit must be between 1 and the stock"));
+            return Err(ApiError::invalid(
+                "per_user_limit must be between 1 and the stock",
+            ));
         }
         let starts_at = parse_instant("starts_at", &self.starts_at)?;
         let ends_at = parse_instant("ends_at", &self.ends_at)?;
@@ -125,7 +129,11 @@ impl NewSale {
 fn parse_instant(field: &str, value: &str) -> Result<OffsetDateTime, ApiError> {
     OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
         .map(|t| t.to_offset(time::UtcOffset::UTC))
-        .map_err(|_| ApiError::invalid(format!("{field} must be an RFC 3339 instant such as 2026-11-21T10:00:00Z")))
+        .map_err(|_| {
+            ApiError::invalid(format!(
+                "{field} must be an RFC 3339 instant such as 2026-11-21T10:00:00Z"
+            ))
+        })
 }
 
 /// Formats an instant as RFC 3339 in UTC.
@@ -160,12 +168,30 @@ mod tests {
         let now = datetime!(2025-12-31 00:00 UTC);
         assert!(new_sale().into_sale(now).is_ok());
         for bad in [
-            NewSale { stock: 0, ..new_sale() },
-            NewSale { price: -1, ..new_sale() },
-            NewSale { per_user_limit: 11, ..new_sale() },
-            NewSale { ends_at: "2025-12-01T00:00:00Z".into(), ..new_sale() },
-            NewSale { starts_at: "yesterday".into(), ..new_sale() },
-            NewSale { product_id: " ".into(), ..new_sale() },
+            NewSale {
+                stock: 0,
+                ..new_sale()
+            },
+            NewSale {
+                price: -1,
+                ..new_sale()
+            },
+            NewSale {
+                per_user_limit: 11,
+                ..new_sale()
+            },
+            NewSale {
+                ends_at: "2025-12-01T00:00:00Z".into(),
+                ..new_sale()
+            },
+            NewSale {
+                starts_at: "yesterday".into(),
+                ..new_sale()
+            },
+            NewSale {
+                product_id: " ".into(),
+                ..new_sale()
+            },
         ] {
             assert!(bad.into_sale(now).is_err());
         }
@@ -173,10 +199,24 @@ mod tests {
 
     #[test]
     fn status_follows_the_clock_and_stock() {
-        let sale = new_sale().into_sale(datetime!(2025-12-31 00:00 UTC)).unwrap();
-        assert_eq!(sale.status(datetime!(2025-12-31 12:00 UTC), 10), SaleStatus::Scheduled);
-        assert_eq!(sale.status(datetime!(2026-01-01 12:00 UTC), 10), SaleStatus::Open);
-        assert_eq!(sale.status(datetime!(2026-01-01 12:00 UTC), 0), SaleStatus::SoldOut);
-        assert_eq!(sale.status(datetime!(2026-01-02 00:00 UTC), 3), SaleStatus::Closed);
+        let sale = new_sale()
+            .into_sale(datetime!(2025-12-31 00:00 UTC))
+            .unwrap();
+        assert_eq!(
+            sale.status(datetime!(2025-12-31 12:00 UTC), 10),
+            SaleStatus::Scheduled
+        );
+        assert_eq!(
+            sale.status(datetime!(2026-01-01 12:00 UTC), 10),
+            SaleStatus::Open
+        );
+        assert_eq!(
+            sale.status(datetime!(2026-01-01 12:00 UTC), 0),
+            SaleStatus::SoldOut
+        );
+        assert_eq!(
+            sale.status(datetime!(2026-01-02 00:00 UTC), 3),
+            SaleStatus::Closed
+        );
     }
 }

@@ -53,8 +53,10 @@ impl LiveSale {
 
     /// Marks the sale sold out here for `ttl`.
     pub fn mark_sold_out(&self, now_ms: u64, ttl: Duration) {
-        self.sold_out_until_ms
-            .store(now_ms.saturating_add(ttl.as_millis() as u64), Ordering::Relaxed);
+        self.sold_out_until_ms.store(
+            now_ms.saturating_add(ttl.as_millis() as u64),
+            Ordering::Relaxed,
+        );
     }
 
     /// Forgets the sold-out flag (units came back).
@@ -127,6 +129,9 @@ impl SaleRegistry {
     }
 
     pub fn all(&self) -> Vec<Arc<LiveSale>> {
-        self.sales.read().map(|s| s.values().cloned().collect()).unwrap_or_default()
+        self.sales
+            .read()
+            .map(|s| s.values().cloned().collect())
+            .unwrap_or_default()
     }
 }

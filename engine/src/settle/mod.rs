@@ -64,12 +64,29 @@ impl Waiters {
     }
 }
 
+/// Forgets a waiter when the purchase that registered it ends, however it
+/// ends (a client that disconnects cancels the request future).
+pub struct ForgetOnDrop<'a> {
+    pub waiters: &'a Waiters,
+    pub id: Uuid,
+}
+
+impl Drop for ForgetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.waiters.forget(self.id);
+    }
+}
+
 /// How often a waiting purchase also asks the ledger (for a reservation
 /// that another replica's worker settles).
 const LEDGER_POLL: Duration = Duration::from_millis(200);
 
 /// Waits until a reservation this request just made is in the ledger.
-pub async fn wait_durable(engine: &Engine, id: Uuid, mut notified: oneshot::Receiver<()>) -> Result<(), ApiError> {
+pub async fn wait_durable(
+    engine: &Engine,
+    id: Uuid,
+    mut notified: oneshot::Receiver<()>,
+) -> Result<(), ApiError> {
     let deadline = tokio::time::Instant::now() + engine.config.durable_ack_timeout;
     loop {
         tokio::select! {
@@ -109,25 +126,42 @@ pub async fn wait_durable_existing(engine: &Engine, id: Uuid) -> Result<(), ApiE
 }
 
 fn not_durable_yet() -> ApiError {
-    ApiError::unavailable("the reservation is made but not yet durable; retry with the same Idempotency-Key")
+    ApiError::unavailable(
+        "the reservation is made but not yet durable; retry with the same Idempotency-Key",
+    )
 }
 
 /// Settles one batch: ledger transaction, then acknowledgement, then the
 /// waiting purchases are answered.
-pub async fn settle_batch(engine: &Engine, sale_id: Uuid, batch: &[StreamEntry]) -> Result<Settled, String> {
+pub async fn settle_batch(
+    engine: &Engine,
+    sale_id: Uuid,
+    batch: &[StreamEntry],
+) -> Result<Settled, String> {
     if batch.is_empty() {
         return Ok(Settled::default());
     }
     let started = Instant::now();
     // A crash here leaves the batch in the stream, pending: it is replayed.
     crash_point("settle-before-commit");
-    let settled = engine.ledger.settle(sale_id, batch).await.map_err(|e| e.to_string())?;
+    let settled = engine
+        .ledger
+        .settle(sale_id, batch)
+        .await
+        .map_err(|e| e.to_string())?;
     // A crash here replays a committed batch: the ledger skips it.
     crash_point("settle-before-ack");
-    engine.front.ack(sale_id, batch).await.map_err(|e| e.to_string())?;
-    engine.waiters.notify(batch.iter().map(|e| e.reservation_id));
+    engine
+        .front
+        .ack(sale_id, batch)
+        .await
+        .map_err(|e| e.to_string())?;
+    engine
+        .waiters
+        .notify(batch.iter().map(|e| e.reservation_id));
     metrics::histogram!("flashmall_engine_settle_batch_size").record(batch.len() as f64);
-    metrics::histogram!("flashmall_engine_settle_duration_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!("flashmall_engine_settle_duration_seconds")
+        .record(started.elapsed().as_secs_f64());
     metrics::counter!("flashmall_engine_settled_reservations_total").increment(settled.new as u64);
     if let Some(oldest) = batch.iter().map(|e| e.created_at_ms).min() {
         let lag = crate::now_ms().saturating_sub(oldest) as f64 / 1000.0;
@@ -162,7 +196,11 @@ async fn worker(engine: Arc<Engine>, live: Arc<LiveSale>) {
         }
         let round = async {
             let _guard = live.settle_lock.lock().await;
-            engine.front.ensure_stream(sale_id).await.map_err(|e| e.to_string())?;
+            engine
+                .front
+                .ensure_stream(sale_id)
+                .await
+                .map_err(|e| e.to_string())?;
             let batch = if !own_pending_done {
                 let own = engine
                     .front
@@ -183,7 +221,12 @@ async fn worker(engine: Arc<Engine>, live: Arc<LiveSale>) {
                     last_claim = Instant::now();
                     batch = engine
                         .front
-                        .claim_idle(sale_id, &engine.consumer, engine.config.settle_claim_idle, batch_size)
+                        .claim_idle(
+                            sale_id,
+                            &engine.consumer,
+                            engine.config.settle_claim_idle,
+                            batch_size,
+                        )
                         .await
                         .map_err(|e| e.to_string())?;
                 }
@@ -230,7 +273,11 @@ pub async fn drain_on_shutdown(engine: &Engine) {
         for _ in 0..64 {
             let batch = match engine
                 .front
-                .read_new(live.sale.id, &engine.consumer, engine.config.settle_batch_size)
+                .read_new(
+                    live.sale.id,
+                    &engine.consumer,
+                    engine.config.settle_batch_size,
+                )
                 .await
             {
                 Ok(batch) if !batch.is_empty() => batch,

@@ -61,7 +61,10 @@ impl Stack {
             .expect("engine starts");
         Stack {
             base: format!("http://{}", running.addr),
-            client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
             redis,
             engine: running.engine,
             settings,
@@ -81,8 +84,13 @@ impl Stack {
     /// Creates a sale (as an admin) that opened a second ago.
     pub async fn create_sale(&self, stock: i64, per_user_limit: i64) -> String {
         let now = OffsetDateTime::now_utc();
-        self.create_sale_at(stock, per_user_limit, now - time::Duration::seconds(1), now + time::Duration::hours(1))
-            .await
+        self.create_sale_at(
+            stock,
+            per_user_limit,
+            now - time::Duration::seconds(1),
+            now + time::Duration::hours(1),
+        )
+        .await
     }
 
     pub async fn create_sale_at(
@@ -92,14 +100,16 @@ impl Stack {
         starts_at: OffsetDateTime,
         ends_at: OffsetDateTime,
     ) -> String {
-        let (status, body) = send(admin(self.client.post(self.url("/api/v1/sales"))).json(&json!({
-            "product_id": "p-1",
-            "price": 1999,
-            "stock": stock,
-            "per_user_limit": per_user_limit,
-            "starts_at": flashmall_engine::sale::rfc3339(starts_at),
-            "ends_at": flashmall_engine::sale::rfc3339(ends_at),
-        })))
+        let (status, body) = send(admin(self.client.post(self.url("/api/v1/sales"))).json(
+            &json!({
+                "product_id": "p-1",
+                "price": 1999,
+                "stock": stock,
+                "per_user_limit": per_user_limit,
+                "starts_at": flashmall_engine::sale::rfc3339(starts_at),
+                "ends_at": flashmall_engine::sale::rfc3339(ends_at),
+            }),
+        ))
         .await;
         assert_eq!(status, 201, "{body}");
         body["id"].as_str().unwrap().to_owned()
@@ -117,14 +127,18 @@ impl Stack {
     }
 
     pub async fn sale(&self, sale: &str) -> Value {
-        let (status, body) = send(self.client.get(self.url(&format!("/api/v1/sales/{sale}")))).await;
+        let (status, body) =
+            send(self.client.get(self.url(&format!("/api/v1/sales/{sale}")))).await;
         assert_eq!(status, 200, "{body}");
         body
     }
 
     pub async fn reconcile(&self, sale: &str) -> Value {
-        let (status, body) =
-            send(admin(self.client.post(self.url("/api/v1/admin/reconcile"))).json(&json!({ "sale_id": sale }))).await;
+        let (status, body) = send(
+            admin(self.client.post(self.url("/api/v1/admin/reconcile")))
+                .json(&json!({ "sale_id": sale })),
+        )
+        .await;
         assert_eq!(status, 200, "{body}");
         body["sales"][0].clone()
     }
@@ -147,7 +161,10 @@ impl Stack {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("sale {sale} did not settle within 5 s: {}", self.sale(sale).await);
+        panic!(
+            "sale {sale} did not settle within 5 s: {}",
+            self.sale(sale).await
+        );
     }
 
     pub async fn stop(self) {
@@ -162,12 +179,17 @@ impl Drop for Stack {
 }
 
 pub fn admin(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-    request.header("x-user-id", "admin-1").header("x-user-roles", "admin")
+    request
+        .header("x-user-id", "admin-1")
+        .header("x-user-roles", "admin")
 }
 
 pub async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
     let response = request.send().await.expect("request reaches the engine");
     let status = response.status().as_u16();
     let text = response.text().await.unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }

@@ -1,0 +1,110 @@
+//! The `flashmall` process's life: `up` on embedded stores keeps its data
+//! across a restart, stops cleanly on SIGTERM (settling what it holds), and
+//! `flashmall engine reconcile` rebuilds and checks the sales offline.
+
+mod support;
+
+use std::time::Duration;
+
+use flashmall_testing::free_port;
+use support::{Flashmall, create_sale, purchase, send};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_keeps_its_data_across_restarts_and_stops_on_sigterm() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().display().to_string();
+    let port = free_port();
+    let client = support::client();
+
+    let mut up = Flashmall::spawn(&["up", "--data-dir", &dir], port, &[]);
+    up.wait_ready().await;
+    let sale = create_sale(&client, &up.base, 5).await;
+    let mut first = Vec::new();
+    for u in 0..3 {
+        let (status, body) = purchase(&client, &up.base, &sale, &format!("u{u}"), "k")
+            .await
+            .unwrap();
+        assert_eq!(status, 201, "{body}");
+        first.push(body["reservation_id"].as_str().unwrap().to_owned());
+    }
+    let status = up.terminate(Duration::from_secs(15)).await;
+    assert!(status.success(), "SIGTERM exits cleanly, got {status}");
+
+    // The in-process front is rebuilt from the embedded ledger at start-up.
+    let mut up = Flashmall::spawn(&["up", "--data-dir", &dir], port, &[]);
+    up.wait_ready().await;
+    let (_, view) = send(client.get(format!("{}/api/v1/sales/{sale}", up.base)))
+        .await
+        .unwrap();
+    assert_eq!(
+        (view["settled"].as_i64(), view["remaining"].as_i64()),
+        (Some(3), Some(2)),
+        "{view}"
+    );
+    // Retries after the restart get their original answers; limits hold.
+    for (u, id) in first.iter().enumerate() {
+        let (status, body) = purchase(&client, &up.base, &sale, &format!("u{u}"), "k")
+            .await
+            .unwrap();
+        assert_eq!(status, 201);
+        assert_eq!(body["reservation_id"].as_str(), Some(id.as_str()));
+        let (status, body) = purchase(&client, &up.base, &sale, &format!("u{u}"), "k2")
+            .await
+            .unwrap();
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (409, Some("limit_exceeded"))
+        );
+    }
+    let mut sold = 0;
+    for u in 3..10 {
+        if purchase(&client, &up.base, &sale, &format!("u{u}"), "k")
+            .await
+            .unwrap()
+            .0
+            == 201
+        {
+            sold += 1;
+        }
+    }
+    assert_eq!(sold, 2, "exactly the units left");
+    assert!(up.terminate(Duration::from_secs(15)).await.success());
+
+    // Offline reconcile over the same data finds every sale conserved.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_flashmall"))
+        .args(["engine", "reconcile"])
+        .env("FLASHMALL_DATA__DIR", &dir)
+        .env("FLASHMALL_LOG__LEVEL", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let reports: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report = &reports[0];
+    assert_eq!(report["sale_id"].as_str(), Some(sale.as_str()));
+    assert_eq!(
+        (report["settled"].as_i64(), report["remaining"].as_i64()),
+        (Some(5), Some(0)),
+        "{report}"
+    );
+    assert_eq!(
+        (report["drift"].as_i64(), report["conserved"].as_bool()),
+        (Some(0), Some(true)),
+        "{report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_config_stops_start_up_with_a_clear_message() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_flashmall"))
+        .args(["engine", "run"])
+        .env("FLASHMALL_ENGINE__SETTLE_BATCH_SIZE", "0")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("engine.settle_batch_size"), "{stderr}");
+}

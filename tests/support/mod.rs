@@ -1,0 +1,176 @@
+//! Runs the real `flashmall` binary for black-box tests, with small HTTP
+//! helpers. Configuration reaches the child through its own environment
+//! (`FLASHMALL_*`); the test process's environment is never changed.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use flashmall_testing::RedisServer;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+/// One `flashmall` process, killed on drop.
+pub struct Flashmall {
+    child: Child,
+    pub base: String,
+}
+
+impl Flashmall {
+    /// Runs `flashmall ARGS` with the engine on `port` and `envs` set.
+    pub fn spawn(args: &[&str], port: u16, envs: &[(&str, String)]) -> Flashmall {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flashmall"));
+        cmd.args(args)
+            .env("FLASHMALL_ENGINE__LISTEN", format!("127.0.0.1:{port}"))
+            .env("FLASHMALL_LOG__LEVEL", "warn")
+            .env_remove("FAILPOINTS")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        Flashmall {
+            child: cmd.spawn().expect("spawn flashmall"),
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// `flashmall engine run` on a real Redis, data in `data`, a stable
+    /// replica name, and optional failpoints.
+    pub fn engine(
+        redis: &RedisServer,
+        data: &Path,
+        port: u16,
+        failpoints: Option<&str>,
+        durable: bool,
+    ) -> Flashmall {
+        let mut envs = vec![
+            ("FLASHMALL_ENGINE__INSTANCE_ID", "engine-a".to_owned()),
+            ("FLASHMALL_ENGINE__SETTLE_CLAIM_IDLE", "300ms".to_owned()),
+            ("FLASHMALL_ENGINE__DURABLE_ACK", durable.to_string()),
+            ("FLASHMALL_ENGINE__DURABLE_ACK_TIMEOUT", "2s".to_owned()),
+            ("FLASHMALL_REDIS__URL", redis.url()),
+            ("FLASHMALL_DATA__DIR", data.display().to_string()),
+        ];
+        if let Some(fp) = failpoints {
+            envs.push(("FAILPOINTS", fp.to_owned()));
+        }
+        Flashmall::spawn(&["engine", "run"], port, &envs)
+    }
+
+    pub async fn wait_ready(&mut self) {
+        let client = reqwest::Client::new();
+        for _ in 0..300 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("flashmall exited during start-up: {status}");
+            }
+            if let Ok(r) = client.get(format!("{}/readyz", self.base)).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("flashmall not ready after 15 s");
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits (at most `limit`) for the process to exit.
+    pub async fn terminate(&mut self, limit: Duration) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for flashmall") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "flashmall still running {limit:?} after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits for the process to die by itself (a failpoint abort).
+    pub async fn wait_exit(&mut self) {
+        for _ in 0..200 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("flashmall did not die at the failpoint");
+    }
+}
+
+impl Drop for Flashmall {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An HTTP client with a deadline, so a test never hangs on a dead process.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client")
+}
+
+/// Sends a request; `None` when the connection failed (the process died).
+pub async fn send(request: reqwest::RequestBuilder) -> Option<(u16, Value)> {
+    let response = request.send().await.ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.json().await.unwrap_or(Value::Null)))
+}
+
+pub fn admin(r: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    r.header("x-user-id", "admin-1")
+        .header("x-user-roles", "admin")
+}
+
+/// Creates an open sale (limit 1 per buyer) and returns its id.
+pub async fn create_sale(client: &reqwest::Client, base: &str, stock: i64) -> String {
+    let now = OffsetDateTime::now_utc();
+    let (status, body) = send(
+        admin(client.post(format!("{base}/api/v1/sales"))).json(&json!({
+            "product_id": "p-1", "price": 100, "stock": stock, "per_user_limit": 1,
+            "starts_at": flashmall_engine::sale::rfc3339(now - time::Duration::seconds(1)),
+            "ends_at": flashmall_engine::sale::rfc3339(now + time::Duration::hours(1)),
+        })),
+    )
+    .await
+    .expect("create sale");
+    assert_eq!(status, 201, "{body}");
+    body["id"].as_str().unwrap().to_owned()
+}
+
+/// One purchase of one unit.
+pub async fn purchase(
+    client: &reqwest::Client,
+    base: &str,
+    sale: &str,
+    user: &str,
+    key: &str,
+) -> Option<(u16, Value)> {
+    send(
+        client
+            .post(format!("{base}/api/v1/sales/{sale}/purchase"))
+            .header("x-user-id", user)
+            .header("idempotency-key", key)
+            .json(&json!({"quantity": 1})),
+    )
+    .await
+}
