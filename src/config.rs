@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use flashmall_engine::config::{EngineConfig, LedgerConfig, RedisConfig};
 use flashmall_mesh::telemetry::LogFormat;
+use flashmall_mesh::{IdentityKey, MeshConfig};
 use serde::{Deserialize, Serialize};
 
 /// Prefix of every environment override.
@@ -54,6 +55,7 @@ impl Default for DataConfig {
 pub struct Config {
     pub log: LogConfig,
     pub data: DataConfig,
+    pub mesh: MeshConfig,
     pub engine: EngineConfig,
     pub redis: RedisConfig,
     pub ledger: LedgerConfig,
@@ -96,19 +98,21 @@ impl Config {
             return Err("data.dir must not be empty".into());
         }
         tracing_subscriber_filter_check(&self.log.level)?;
+        self.mesh.validate()?;
         self.engine.validate()?;
         self.redis.validate()?;
         self.ledger.validate()?;
         Ok(())
     }
 
-    /// The engine's settings from this config.
-    pub fn engine_settings(&self) -> flashmall_engine::Settings {
+    /// The engine's settings from this config, verifying identities with `identity`.
+    pub fn engine_settings(&self, identity: IdentityKey) -> flashmall_engine::Settings {
         flashmall_engine::Settings {
             engine: self.engine.clone(),
             redis: self.redis.clone(),
             ledger: self.ledger.clone(),
             data_dir: self.data.dir.clone(),
+            identity,
         }
     }
 }

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flashmall_engine::config::{EngineConfig, LedgerConfig, RedisConfig};
-use flashmall_mesh::Shutdown;
+use flashmall_mesh::identity::IDENTITY_HEADER;
+use flashmall_mesh::{Identity, IdentityKey, Role, Shutdown};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
@@ -211,11 +212,40 @@ struct Answer {
     latency: Duration,
 }
 
-async fn fire(client: &reqwest::Client, url: &str, attempt: &Attempt) -> Answer {
+/// Signs the identities the demo's buyers and admin act with. Until the
+/// edge proxy fronts the demo, the demo plays the edge: it holds the mesh
+/// key of the stack it started, and the engine verifies every signature.
+#[derive(Clone)]
+struct Signer {
+    key: IdentityKey,
+}
+
+impl Signer {
+    fn header(&self, user: &str, roles: Vec<Role>) -> String {
+        self.key.sign(&Identity {
+            user_id: user.to_owned(),
+            roles,
+            token_id: uuid::Uuid::now_v7().to_string(),
+            expires_at_ms: flashmall_engine::now_ms() + 3_600_000,
+        })
+    }
+
+    fn admin(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        request.header(
+            IDENTITY_HEADER,
+            self.header("demo-admin", vec![Role::Admin]),
+        )
+    }
+}
+
+async fn fire(client: &reqwest::Client, url: &str, signer: &Signer, attempt: &Attempt) -> Answer {
     let started = Instant::now();
     let result = client
         .post(url)
-        .header("x-user-id", format!("buyer-{}", attempt.buyer))
+        .header(
+            IDENTITY_HEADER,
+            signer.header(&format!("buyer-{}", attempt.buyer), vec![Role::Customer]),
+        )
         .header("idempotency-key", &attempt.key)
         .json(&json!({"quantity": 1}))
         .send()
@@ -250,12 +280,6 @@ async fn fire(client: &reqwest::Client, url: &str, attempt: &Attempt) -> Answer 
         reservation_id,
         latency: started.elapsed(),
     }
-}
-
-fn admin(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-    request
-        .header("x-user-id", "demo-admin")
-        .header("x-user-roles", "admin")
 }
 
 async fn json_of(request: reqwest::RequestBuilder) -> Result<(u16, Value), String> {
@@ -294,6 +318,10 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, String> {
         },
         ledger: LedgerConfig::default(),
         data_dir: data.path().to_owned(),
+        identity: IdentityKey::random(),
+    };
+    let signer = Signer {
+        key: settings.identity.clone(),
     };
     let shutdown = Shutdown::new();
     let listener = TcpListener::bind("127.0.0.1:0")
@@ -302,7 +330,7 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, String> {
     let running = flashmall_engine::launch(&settings, listener, shutdown.clone()).await?;
     let front = running.engine.front.kind();
     let base = format!("http://{}", running.addr);
-    let result = storm(options, &base, front).await;
+    let result = storm(options, &base, front, &signer).await;
     shutdown.trigger();
     let _ = running.served.await;
     result
@@ -312,6 +340,7 @@ async fn storm(
     options: &DemoOptions,
     base: &str,
     front: &'static str,
+    signer: &Signer,
 ) -> Result<DemoReport, String> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(options.concurrency)
@@ -320,14 +349,16 @@ async fn storm(
         .map_err(|e| e.to_string())?;
     let opens_at = OffsetDateTime::now_utc() + time::Duration::milliseconds(800);
     let (status, sale) = json_of(
-        admin(client.post(format!("{base}/api/v1/sales"))).json(&json!({
-            "product_id": "demo-product",
-            "price": 1999,
-            "stock": options.stock,
-            "per_user_limit": options.per_user_limit,
-            "starts_at": flashmall_engine::sale::rfc3339(opens_at),
-            "ends_at": flashmall_engine::sale::rfc3339(opens_at + time::Duration::hours(1)),
-        })),
+        signer
+            .admin(client.post(format!("{base}/api/v1/sales")))
+            .json(&json!({
+                "product_id": "demo-product",
+                "price": 1999,
+                "stock": options.stock,
+                "per_user_limit": options.per_user_limit,
+                "starts_at": flashmall_engine::sale::rfc3339(opens_at),
+                "ends_at": flashmall_engine::sale::rfc3339(opens_at + time::Duration::hours(1)),
+            })),
     )
     .await?;
     if status != 201 {
@@ -340,7 +371,7 @@ async fn storm(
 
     let mut answers = Vec::with_capacity(attempts.len());
     for attempt in &attempts[..early] {
-        answers.push(fire(&client, &purchase_url, attempt).await);
+        answers.push(fire(&client, &purchase_url, &signer, attempt).await);
     }
     let wait = opens_at - OffsetDateTime::now_utc();
     if wait.is_positive() {
@@ -353,7 +384,8 @@ async fn storm(
         .map(|attempt| {
             let client = Arc::clone(&client);
             let url = Arc::clone(&url);
-            async move { fire(&client, &url, attempt).await }
+            let signer = signer.clone();
+            async move { fire(&client, &url, &signer, attempt).await }
         })
         .buffer_unordered(options.concurrency)
         .collect()
@@ -374,7 +406,8 @@ async fn storm(
     }
     let drain = drain_started.elapsed();
     let (_, reconciled) = json_of(
-        admin(client.post(format!("{base}/api/v1/admin/reconcile")))
+        signer
+            .admin(client.post(format!("{base}/api/v1/admin/reconcile")))
             .json(&json!({"sale_id": sale_id})),
     )
     .await?;
@@ -413,10 +446,8 @@ async fn storm(
 
     let mut missing = 0usize;
     for id in granted.keys() {
-        let (status, r) = json_of(admin(
-            client.get(format!("{base}/api/v1/reservations/{id}")),
-        ))
-        .await?;
+        let (status, r) =
+            json_of(signer.admin(client.get(format!("{base}/api/v1/reservations/{id}")))).await?;
         if status != 200 || r["status"] != "held" {
             missing += 1;
         }

@@ -99,11 +99,11 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             EngineAction::Run => {
                 let shutdown = Shutdown::new();
                 shutdown.trigger_on_signals();
-                flashmall_engine::run(config.engine_settings(), shutdown).await?;
+                flashmall_engine::run(config.engine_settings(config.mesh.key()?), shutdown).await?;
             }
             EngineAction::Reconcile => {
-                let reports =
-                    flashmall_engine::reconcile_offline(&config.engine_settings()).await?;
+                let settings = config.engine_settings(config.mesh.key_or_random()?);
+                let reports = flashmall_engine::reconcile_offline(&settings).await?;
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&reports).map_err(|e| e.to_string())?

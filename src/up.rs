@@ -9,7 +9,7 @@ use crate::config::Config;
 pub async fn run(config: Config) -> Result<(), String> {
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
-    let settings = config.engine_settings();
+    let settings = config.engine_settings(config.mesh.key_or_random()?);
     tracing::info!(
         engine = %settings.engine.listen,
         data_dir = %settings.data_dir.display(),

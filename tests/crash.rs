@@ -4,6 +4,8 @@
 
 mod support;
 
+use flashmall_mesh::identity::IDENTITY_HEADER;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +31,7 @@ async fn storm(
             let answer = send(
                 client
                     .post(url)
-                    .header("x-user-id", format!("u{u}"))
+                    .header(IDENTITY_HEADER, support::sign(&format!("u{u}"), false))
                     .header("idempotency-key", format!("key-{u}"))
                     .json(&json!({"quantity": 1})),
             )
@@ -70,7 +72,7 @@ async fn check_after_restart(
         let (status, r) = send(
             client
                 .get(format!("{base}/api/v1/reservations/{id}"))
-                .header("x-user-id", format!("u{u}")),
+                .header(IDENTITY_HEADER, support::sign(&format!("u{u}"), false)),
         )
         .await
         .unwrap();

@@ -32,7 +32,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use flashmall_mesh::{ApiError, ErrorCode, Shutdown};
+use flashmall_mesh::{ApiError, ErrorCode, IdentityKey, Shutdown};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use uuid::Uuid;
@@ -97,6 +97,8 @@ pub struct Engine {
     pub front_timeout: Duration,
     /// This replica's settlement consumer name.
     pub consumer: String,
+    /// Verifies the identity the edge signed.
+    pub identity: IdentityKey,
     /// Stops the engine's background workers. Triggered only after the
     /// server stopped and the streams were drained, so purchases in flight
     /// during a graceful shutdown still get their settlement.
@@ -111,6 +113,7 @@ impl Engine {
         redis: &RedisConfig,
         front: Arc<dyn StockFront>,
         ledger: Ledger,
+        identity: IdentityKey,
         shutdown: Shutdown,
     ) -> Result<Arc<Engine>, String> {
         let consumer = if config.instance_id.is_empty() {
@@ -134,6 +137,7 @@ impl Engine {
             sales: SaleRegistry::default(),
             waiters: settle::Waiters::default(),
             consumer,
+            identity,
             shutdown,
         });
         let sales = engine
@@ -270,12 +274,14 @@ pub async fn open_ledger(config: &LedgerConfig, data_dir: &Path) -> Result<Ledge
 }
 
 /// Everything `run` needs.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     pub engine: EngineConfig,
     pub redis: RedisConfig,
     pub ledger: LedgerConfig,
     pub data_dir: std::path::PathBuf,
+    /// Verifies the identity the edge forwards.
+    pub identity: IdentityKey,
 }
 
 /// A started engine: its address and its state.
@@ -301,6 +307,7 @@ pub async fn launch(
         &settings.redis,
         front,
         ledger,
+        settings.identity.clone(),
         workers,
     )
     .await?;
@@ -346,6 +353,7 @@ pub async fn reconcile_offline(settings: &Settings) -> Result<Vec<reconcile::Sal
         &settings.redis,
         front,
         ledger,
+        settings.identity.clone(),
         shutdown.clone(),
     )
     .await?;

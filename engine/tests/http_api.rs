@@ -7,9 +7,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use flashmall_mesh::Role;
+use flashmall_mesh::identity::IDENTITY_HEADER;
 use flashmall_proto::inventory as pb;
 use serde_json::json;
-use support::{Front, Stack, admin, send};
+use support::{Front, Stack, send};
 use time::OffsetDateTime;
 
 /// Fires one purchase per (user, key) concurrently; returns the answers.
@@ -156,7 +158,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         stack
             .client
             .post(&url)
-            .header("x-user-id", "u1")
+            .header(IDENTITY_HEADER, stack.sign("u1"))
             .header("idempotency-key", "k1")
             .header("content-type", "application/json")
             .body(body)
@@ -225,7 +227,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
             stack
                 .client
                 .post(&url)
-                .header("x-user-id", "u1")
+                .header(IDENTITY_HEADER, stack.sign("u1"))
                 .json(&json!({"quantity": 1})),
             400,
             "invalid_request",
@@ -235,7 +237,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
             stack
                 .client
                 .post(&url)
-                .header("x-user-id", "u1")
+                .header(IDENTITY_HEADER, stack.sign("u1"))
                 .header("idempotency-key", "k".repeat(200))
                 .json(&json!({"quantity": 1})),
             400,
@@ -256,7 +258,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
             stack
                 .client
                 .post(stack.url(&format!("/api/v1/sales/{}/purchase", uuid::Uuid::now_v7())))
-                .header("x-user-id", "u1")
+                .header(IDENTITY_HEADER, stack.sign("u1"))
                 .header("idempotency-key", "k")
                 .json(&json!({"quantity": 1})),
             404,
@@ -267,7 +269,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
             stack
                 .client
                 .post(stack.url("/api/v1/sales/not-a-sale/purchase"))
-                .header("x-user-id", "u1")
+                .header(IDENTITY_HEADER, stack.sign("u1"))
                 .header("idempotency-key", "k")
                 .json(&json!({"quantity": 1})),
             404,
@@ -301,8 +303,12 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         json!({"product_id": "p", "price": 1, "stock": 5, "per_user_limit": 1, "starts_at": "soon", "ends_at": "2099-01-01T00:00:00Z"}),
         json!({"product_id": "p", "price": 1.5, "stock": 5, "per_user_limit": 1, "starts_at": "2026-01-01T00:00:00Z", "ends_at": "2099-01-01T00:00:00Z"}),
     ] {
-        let (status, body) =
-            send(admin(stack.client.post(stack.url("/api/v1/sales"))).json(&bad)).await;
+        let (status, body) = send(
+            stack
+                .admin(stack.client.post(stack.url("/api/v1/sales")))
+                .json(&bad),
+        )
+        .await;
         assert_eq!(
             (status, body["error"]["code"].as_str()),
             (400, Some("invalid_request")),
@@ -312,13 +318,56 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
 }
 
 #[tokio::test]
+async fn identity_is_only_taken_from_a_valid_signature() {
+    let stack = Stack::start(Front::Local).await;
+    let sale = stack.create_sale(5, 1).await;
+    let url = stack.url(&format!("/api/v1/sales/{sale}/purchase"));
+    let foreign = flashmall_mesh::IdentityKey::random().sign(&flashmall_mesh::Identity {
+        user_id: "u1".into(),
+        roles: vec![Role::Admin],
+        token_id: "t".into(),
+        expires_at_ms: flashmall_engine::now_ms() + 60_000,
+    });
+    let expired = stack.settings.identity.sign(&flashmall_mesh::Identity {
+        user_id: "u1".into(),
+        roles: vec![Role::Customer],
+        token_id: "t".into(),
+        expires_at_ms: flashmall_engine::now_ms() - 1,
+    });
+    let attempts = [
+        ("x-user-id", "u1".to_owned()),
+        ("x-user-roles", "admin".to_owned()),
+        (IDENTITY_HEADER, foreign),
+        (IDENTITY_HEADER, expired),
+        (IDENTITY_HEADER, stack.sign("u1").replacen("u1", "u2", 1)),
+    ];
+    for (header, value) in attempts {
+        let (status, body) = send(
+            stack
+                .client
+                .post(&url)
+                .header(header, value)
+                .header("idempotency-key", "k")
+                .json(&json!({"quantity": 1})),
+        )
+        .await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (401, Some("unauthenticated")),
+            "{header}"
+        );
+    }
+    assert_eq!(stack.sale(&sale).await["remaining"], 5);
+}
+
+#[tokio::test]
 async fn admin_calls_need_the_admin_role() {
     let stack = Stack::start(Front::Local).await;
     let (status, body) = send(
         stack
             .client
             .post(stack.url("/api/v1/sales"))
-            .header("x-user-id", "u1")
+            .header(IDENTITY_HEADER, stack.sign("u1"))
             .json(&json!({"product_id": "p"})),
     )
     .await;
@@ -330,7 +379,7 @@ async fn admin_calls_need_the_admin_role() {
         stack
             .client
             .post(stack.url("/api/v1/admin/reconcile"))
-            .header("x-user-id", "u1"),
+            .header(IDENTITY_HEADER, stack.sign("u1")),
     )
     .await;
     assert_eq!(status, 403);
@@ -546,16 +595,17 @@ async fn grpc(
     pb::inventory_service_client::InventoryServiceClient::new(channel)
 }
 
-fn as_user<T>(message: T, user: &str, admin: bool) -> tonic::Request<T> {
+fn as_user<T>(stack: &Stack, message: T, user: &str, admin: bool) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
+    let roles = if admin {
+        vec![Role::Admin]
+    } else {
+        vec![Role::Customer]
+    };
+    let signed = stack.sign_with(user, roles);
     request
         .metadata_mut()
-        .insert("x-user-id", user.parse().unwrap());
-    if admin {
-        request
-            .metadata_mut()
-            .insert("x-user-roles", "admin".parse().unwrap());
-    }
+        .insert(IDENTITY_HEADER, signed.parse().unwrap());
     request
 }
 
@@ -566,6 +616,7 @@ async fn grpc_release_puts_units_back_on_sale() {
     let now = OffsetDateTime::now_utc();
     let sale = client
         .create_sale(as_user(
+            &stack,
             pb::CreateSaleRequest {
                 product_id: "p-9".into(),
                 price: 500,
@@ -582,6 +633,7 @@ async fn grpc_release_puts_units_back_on_sale() {
         .into_inner();
     let reserve = |user: &str, key: &str| {
         as_user(
+            &stack,
             pb::ReserveRequest {
                 sale_id: sale.id.clone(),
                 quantity: 1,
@@ -606,6 +658,7 @@ async fn grpc_release_puts_units_back_on_sale() {
     // Only the owner (or an admin) may release.
     let denied = client
         .release(as_user(
+            &stack,
             pb::ReleaseRequest {
                 reservation_id: a.reservation_id.clone(),
             },
@@ -617,6 +670,7 @@ async fn grpc_release_puts_units_back_on_sale() {
     assert_eq!(denied.code(), tonic::Code::NotFound);
     let released = client
         .release(as_user(
+            &stack,
             pb::ReleaseRequest {
                 reservation_id: a.reservation_id.clone(),
             },
@@ -632,6 +686,7 @@ async fn grpc_release_puts_units_back_on_sale() {
     );
     let again = client
         .release(as_user(
+            &stack,
             pb::ReleaseRequest {
                 reservation_id: a.reservation_id.clone(),
             },
@@ -658,6 +713,7 @@ async fn grpc_release_puts_units_back_on_sale() {
     assert_eq!((view.remaining, view.released), (0, 1));
     let r = client
         .get_reservation(as_user(
+            &stack,
             pb::GetReservationRequest {
                 reservation_id: a.reservation_id,
             },
@@ -670,6 +726,7 @@ async fn grpc_release_puts_units_back_on_sale() {
     assert_eq!(r.status, "released");
     let report = client
         .reconcile(as_user(
+            &stack,
             pb::ReconcileRequest {
                 sale_id: sale.id.clone(),
             },

@@ -6,11 +6,15 @@
 
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod error;
+pub mod identity;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
 
+pub use config::MeshConfig;
 pub use error::{ApiError, ErrorCode};
+pub use identity::{Identity, IdentityKey, Role};
 pub use serve::{Readiness, serve};
 pub use shutdown::Shutdown;

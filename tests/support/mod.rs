@@ -8,9 +8,31 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use flashmall_mesh::identity::IDENTITY_HEADER;
+use flashmall_mesh::{Identity, IdentityKey, Role};
 use flashmall_testing::RedisServer;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
+
+/// The mesh identity key the test processes are given.
+pub const TEST_KEY: &str = "flashmall-tests-identity-key-0123456789abcdef";
+
+/// A signed identity header value for `user` (an admin when `admin`).
+pub fn sign(user: &str, admin: bool) -> String {
+    let roles = if admin {
+        vec![Role::Admin]
+    } else {
+        vec![Role::Customer]
+    };
+    IdentityKey::new(TEST_KEY.as_bytes())
+        .expect("test key")
+        .sign(&Identity {
+            user_id: user.to_owned(),
+            roles,
+            token_id: uuid::Uuid::now_v7().to_string(),
+            expires_at_ms: flashmall_engine::now_ms() + 600_000,
+        })
+}
 
 /// One `flashmall` process, killed on drop.
 pub struct Flashmall {
@@ -25,6 +47,7 @@ impl Flashmall {
         cmd.args(args)
             .env("FLASHMALL_ENGINE__LISTEN", format!("127.0.0.1:{port}"))
             .env("FLASHMALL_LOG__LEVEL", "warn")
+            .env("FLASHMALL_MESH__IDENTITY_KEY", TEST_KEY)
             .env_remove("FAILPOINTS")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
@@ -137,8 +160,7 @@ pub async fn send(request: reqwest::RequestBuilder) -> Option<(u16, Value)> {
 }
 
 pub fn admin(r: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-    r.header("x-user-id", "admin-1")
-        .header("x-user-roles", "admin")
+    r.header(IDENTITY_HEADER, sign("admin-1", true))
 }
 
 /// Creates an open sale (limit 1 per buyer) and returns its id.
@@ -168,7 +190,7 @@ pub async fn purchase(
     send(
         client
             .post(format!("{base}/api/v1/sales/{sale}/purchase"))
-            .header("x-user-id", user)
+            .header(IDENTITY_HEADER, sign(user, false))
             .header("idempotency-key", key)
             .json(&json!({"quantity": 1})),
     )

@@ -7,11 +7,12 @@ use flashmall_proto::inventory as pb;
 use pb::inventory_service_server::{InventoryService, InventoryServiceServer};
 use tonic::{Request, Response, Status};
 
-use crate::identity::{self, Caller};
+use crate::identity;
 use crate::reconcile::SaleReport;
 use crate::release::{self, Released};
 use crate::sale::{NewSale, rfc3339};
 use crate::{Engine, SaleView, reconcile, reserve};
+use flashmall_mesh::{Identity, Role};
 
 /// The gRPC routes, to merge into the component's router.
 pub fn router(engine: Arc<Engine>) -> axum::Router {
@@ -23,10 +24,11 @@ struct Inventory {
     engine: Arc<Engine>,
 }
 
-fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
-    Ok(identity::caller(
-        &request.metadata().clone().into_headers(),
-    )?)
+impl Inventory {
+    fn caller<T>(&self, request: &Request<T>) -> Result<Identity, Status> {
+        let headers = request.metadata().clone().into_headers();
+        Ok(identity::caller(&self.engine, &headers)?)
+    }
 }
 
 fn sale_pb(view: SaleView) -> pb::Sale {
@@ -73,7 +75,7 @@ impl InventoryService for Inventory {
         &self,
         request: Request<pb::CreateSaleRequest>,
     ) -> Result<Response<pb::Sale>, Status> {
-        caller(&request)?.require_admin()?;
+        self.caller(&request)?.require(Role::Admin)?;
         let r = request.into_inner();
         let view = self
             .engine
@@ -107,7 +109,7 @@ impl InventoryService for Inventory {
         &self,
         request: Request<pb::ReserveRequest>,
     ) -> Result<Response<pb::ReserveResponse>, Status> {
-        let caller = caller(&request)?;
+        let caller = self.caller(&request)?;
         let r = request.into_inner();
         let key = reserve::check_idempotency_key(Some(r.idempotency_key.as_str()))?;
         let p = reserve::purchase(&self.engine, &caller, &r.sale_id, r.quantity, key).await?;
@@ -124,7 +126,7 @@ impl InventoryService for Inventory {
         &self,
         request: Request<pb::GetReservationRequest>,
     ) -> Result<Response<pb::Reservation>, Status> {
-        let caller = caller(&request)?;
+        let caller = self.caller(&request)?;
         let not_found =
             || ApiError::new(flashmall_mesh::ErrorCode::NotFound, "no such reservation");
         let id =
@@ -155,7 +157,7 @@ impl InventoryService for Inventory {
         &self,
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
-        let caller = caller(&request)?;
+        let caller = self.caller(&request)?;
         let id = request.into_inner().reservation_id;
         let (outcome, quantity) = match release::release(&self.engine, &caller, &id).await? {
             Released::Released { quantity } => ("released", quantity),
@@ -172,7 +174,7 @@ impl InventoryService for Inventory {
         &self,
         request: Request<pb::ReconcileRequest>,
     ) -> Result<Response<pb::ReconcileReport>, Status> {
-        caller(&request)?.require_admin()?;
+        self.caller(&request)?.require(Role::Admin)?;
         let sale_id = request.into_inner().sale_id;
         let reports = if sale_id.is_empty() {
             reconcile::reconcile_all(&self.engine).await?

@@ -9,7 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use flashmall_mesh::ApiError;
+use flashmall_mesh::{ApiError, Role};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -78,7 +78,7 @@ async fn create_sale(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    identity::caller(&headers)?.require_admin()?;
+    identity::caller(&engine, &headers)?.require(Role::Admin)?;
     let new: NewSale = json_body(body, engine.config.max_body_bytes).await?;
     let view = engine.create_sale(new).await?;
     Ok((StatusCode::CREATED, Json(sale_json(&view))).into_response())
@@ -106,7 +106,7 @@ async fn purchase(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let caller = identity::caller(&headers)?;
+    let caller = identity::caller(&engine, &headers)?;
     let key = reserve::check_idempotency_key(
         headers.get("idempotency-key").and_then(|v| v.to_str().ok()),
     )?;
@@ -137,7 +137,7 @@ async fn get_reservation(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let caller = identity::caller(&headers)?;
+    let caller = identity::caller(&engine, &headers)?;
     let not_found = || ApiError::new(flashmall_mesh::ErrorCode::NotFound, "no such reservation");
     let id = uuid::Uuid::try_parse(&id).map_err(|_| not_found())?;
     let record = engine.ledger.reservation(id).await?.ok_or_else(not_found)?;
@@ -160,7 +160,7 @@ async fn reconcile_sales(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    identity::caller(&headers)?.require_admin()?;
+    identity::caller(&engine, &headers)?.require(Role::Admin)?;
     let bytes = axum::body::to_bytes(body, engine.config.max_body_bytes)
         .await
         .map_err(|_| {

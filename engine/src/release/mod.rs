@@ -10,9 +10,9 @@ use flashmall_mesh::{ApiError, ErrorCode};
 use uuid::Uuid;
 
 use crate::front::ReturnOutcome;
-use crate::identity::Caller;
 use crate::ledger::ReleaseStep;
 use crate::{Engine, reconcile};
+use flashmall_mesh::Identity as Caller;
 
 /// What a release call did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,10 +12,10 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::front::{IdemRecord, ReserveCall, ReserveOutcome, idempotency_field};
-use crate::identity::Caller;
 use crate::ledger::order_id_for;
 use crate::sale::{LiveSale, parse_sale_id};
 use crate::{Engine, now_ms, reconcile, settle};
+use flashmall_mesh::Identity as Caller;
 
 /// Longest accepted Idempotency-Key.
 pub const MAX_IDEMPOTENCY_KEY: usize = 128;

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use flashmall_engine::config::{EngineConfig, LedgerConfig, RedisConfig};
 use flashmall_engine::{Engine, Settings};
-use flashmall_mesh::Shutdown;
+use flashmall_mesh::identity::IDENTITY_HEADER;
+use flashmall_mesh::{Identity, IdentityKey, Role, Shutdown};
 use flashmall_testing::RedisServer;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -52,6 +53,7 @@ impl Stack {
             },
             ledger: LedgerConfig::default(),
             data_dir: dir.path().to_owned(),
+            identity: IdentityKey::random(),
         };
         tweak(&mut settings);
         let shutdown = Shutdown::new();
@@ -77,6 +79,33 @@ impl Stack {
         self.redis.as_ref().expect("this stack runs on redis")
     }
 
+    /// The signed identity header value for `user` (roles: customer).
+    pub fn sign(&self, user: &str) -> String {
+        self.sign_with(user, vec![Role::Customer])
+    }
+
+    pub fn sign_with(&self, user: &str, roles: Vec<Role>) -> String {
+        self.settings.identity.sign(&Identity {
+            user_id: user.to_owned(),
+            roles,
+            token_id: uuid::Uuid::now_v7().to_string(),
+            expires_at_ms: flashmall_engine::now_ms() + 600_000,
+        })
+    }
+
+    /// Sends `request` as an admin.
+    pub fn admin(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        request.header(
+            IDENTITY_HEADER,
+            self.sign_with("admin-1", vec![Role::Admin]),
+        )
+    }
+
+    /// Sends `request` as `user`.
+    pub fn as_user(&self, request: reqwest::RequestBuilder, user: &str) -> reqwest::RequestBuilder {
+        request.header(IDENTITY_HEADER, self.sign(user))
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -100,16 +129,17 @@ impl Stack {
         starts_at: OffsetDateTime,
         ends_at: OffsetDateTime,
     ) -> String {
-        let (status, body) = send(admin(self.client.post(self.url("/api/v1/sales"))).json(
-            &json!({
-                "product_id": "p-1",
-                "price": 1999,
-                "stock": stock,
-                "per_user_limit": per_user_limit,
-                "starts_at": flashmall_engine::sale::rfc3339(starts_at),
-                "ends_at": flashmall_engine::sale::rfc3339(ends_at),
-            }),
-        ))
+        let (status, body) = send(
+            self.admin(self.client.post(self.url("/api/v1/sales")))
+                .json(&json!({
+                    "product_id": "p-1",
+                    "price": 1999,
+                    "stock": stock,
+                    "per_user_limit": per_user_limit,
+                    "starts_at": flashmall_engine::sale::rfc3339(starts_at),
+                    "ends_at": flashmall_engine::sale::rfc3339(ends_at),
+                })),
+        )
         .await;
         assert_eq!(status, 201, "{body}");
         body["id"].as_str().unwrap().to_owned()
@@ -119,7 +149,7 @@ impl Stack {
         send(
             self.client
                 .post(self.url(&format!("/api/v1/sales/{sale}/purchase")))
-                .header("x-user-id", user)
+                .header(IDENTITY_HEADER, self.sign(user))
                 .header("idempotency-key", key)
                 .json(&json!({ "quantity": quantity })),
         )
@@ -135,7 +165,7 @@ impl Stack {
 
     pub async fn reconcile(&self, sale: &str) -> Value {
         let (status, body) = send(
-            admin(self.client.post(self.url("/api/v1/admin/reconcile")))
+            self.admin(self.client.post(self.url("/api/v1/admin/reconcile")))
                 .json(&json!({ "sale_id": sale })),
         )
         .await;
@@ -147,7 +177,7 @@ impl Stack {
         send(
             self.client
                 .get(self.url(&format!("/api/v1/reservations/{id}")))
-                .header("x-user-id", user),
+                .header(IDENTITY_HEADER, self.sign(user)),
         )
         .await
     }
@@ -176,12 +206,6 @@ impl Drop for Stack {
     fn drop(&mut self) {
         self.shutdown.trigger();
     }
-}
-
-pub fn admin(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-    request
-        .header("x-user-id", "admin-1")
-        .header("x-user-roles", "admin")
 }
 
 pub async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {

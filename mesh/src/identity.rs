@@ -1,0 +1,267 @@
+//! Verified identity between components. The edge proxy verifies the
+//! client's access token, strips every identity header the client sent, and
+//! forwards the identity as one header signed with the mesh's shared key:
+//!
+//! `x-flashmall-identity: v1.<user>.<roles>.<token id>.<expires ms>.<hmac>`
+//!
+//! Every component verifies the signature and the expiry itself
+//! (`IdentityKey::verify`); no handler reads a user id from anywhere else.
+
+use hmac::{Hmac, Mac};
+use http::HeaderMap;
+use sha2::Sha256;
+
+use crate::error::{ApiError, ErrorCode};
+
+/// The header carrying the signed identity.
+pub const IDENTITY_HEADER: &str = "x-flashmall-identity";
+
+/// Headers a client may try to smuggle identity in; the edge removes them all.
+pub const CLIENT_IDENTITY_HEADERS: [&str; 4] = [
+    IDENTITY_HEADER,
+    "x-user-id",
+    "x-user-roles",
+    "x-forwarded-user",
+];
+
+/// A role a user can hold.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Customer,
+    Merchant,
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Customer, Role::Merchant, Role::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Customer => "customer",
+            Role::Merchant => "merchant",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// Who a request acts for, as verified at the edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user_id: String,
+    pub roles: Vec<Role>,
+    /// The access token's id (`jti`).
+    pub token_id: String,
+    /// Unix milliseconds after which the identity is no longer valid.
+    pub expires_at_ms: u64,
+}
+
+impl Identity {
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.has(Role::Admin)
+    }
+
+    /// Fails with 403 unless the caller holds `role` (admins hold every role).
+    pub fn require(&self, role: Role) -> Result<(), ApiError> {
+        if self.has(role) || self.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!("this action needs the {} role", role.as_str()),
+            ))
+        }
+    }
+}
+
+/// True for user ids the mesh can carry: 1 to 64 of `[A-Za-z0-9_-]`.
+pub fn valid_user_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The mesh's shared signing key.
+#[derive(Clone)]
+pub struct IdentityKey {
+    key: Vec<u8>,
+}
+
+impl std::fmt::Debug for IdentityKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdentityKey(..)")
+    }
+}
+
+/// Shortest accepted key, in bytes.
+pub const MIN_KEY_LEN: usize = 32;
+
+impl IdentityKey {
+    /// A key from configuration; at least 32 bytes.
+    pub fn new(key: &[u8]) -> Result<IdentityKey, String> {
+        if key.len() < MIN_KEY_LEN {
+            return Err(format!(
+                "the mesh identity key must be at least {MIN_KEY_LEN} bytes"
+            ));
+        }
+        Ok(IdentityKey { key: key.to_vec() })
+    }
+
+    /// A fresh random key (one process: `flashmall up`, tests).
+    pub fn random() -> IdentityKey {
+        let mut key = Vec::with_capacity(32);
+        key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+        key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+        IdentityKey { key }
+    }
+
+    fn mac(&self, payload: &str) -> Hmac<Sha256> {
+        // HMAC takes keys of any length.
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("hmac accepts any key length");
+        mac.update(payload.as_bytes());
+        mac
+    }
+
+    /// The signed header value for `identity`.
+    pub fn sign(&self, identity: &Identity) -> String {
+        let roles: Vec<&str> = identity.roles.iter().map(|r| r.as_str()).collect();
+        let payload = format!(
+            "v1.{}.{}.{}.{}",
+            identity.user_id,
+            roles.join("+"),
+            identity.token_id,
+            identity.expires_at_ms
+        );
+        let sig = hex::encode(self.mac(&payload).finalize().into_bytes());
+        format!("{payload}.{sig}")
+    }
+
+    /// Verifies a signed header value at `now_ms`.
+    pub fn verify_value(&self, value: &str, now_ms: u64) -> Result<Identity, ApiError> {
+        let bad = || {
+            ApiError::new(
+                ErrorCode::Unauthenticated,
+                "the request's identity is not valid",
+            )
+        };
+        let (payload, sig) = value.rsplit_once('.').ok_or_else(bad)?;
+        let sig = hex::decode(sig).map_err(|_| bad())?;
+        self.mac(payload).verify_slice(&sig).map_err(|_| bad())?;
+        let mut parts = payload.split('.');
+        let (Some("v1"), Some(user), Some(roles), Some(token), Some(expires), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return Err(bad());
+        };
+        let expires_at_ms: u64 = expires.parse().map_err(|_| bad())?;
+        if expires_at_ms <= now_ms {
+            return Err(ApiError::new(
+                ErrorCode::Unauthenticated,
+                "the access token has expired",
+            ));
+        }
+        if !valid_user_id(user) {
+            return Err(bad());
+        }
+        let roles = roles
+            .split('+')
+            .filter(|r| !r.is_empty())
+            .map(|r| Role::parse(r).ok_or_else(bad))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Identity {
+            user_id: user.to_owned(),
+            roles,
+            token_id: token.to_owned(),
+            expires_at_ms,
+        })
+    }
+
+    /// The caller of a request: 401 without a valid signed identity.
+    pub fn caller(&self, headers: &HeaderMap) -> Result<Identity, ApiError> {
+        let value = headers
+            .get(IDENTITY_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::Unauthenticated,
+                    "this request needs an authenticated user",
+                )
+            })?;
+        self.verify_value(value, now_ms())
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alice() -> Identity {
+        Identity {
+            user_id: "0199-alice".into(),
+            roles: vec![Role::Customer, Role::Admin],
+            token_id: "jti-1".into(),
+            expires_at_ms: 2_000,
+        }
+    }
+
+    #[test]
+    fn signed_identities_verify() {
+        let key = IdentityKey::random();
+        let header = key.sign(&alice());
+        assert_eq!(key.verify_value(&header, 1_000).unwrap(), alice());
+    }
+
+    #[test]
+    fn tampered_expired_or_foreign_identities_fail() {
+        let key = IdentityKey::random();
+        let header = key.sign(&alice());
+        assert!(key.verify_value(&header, 2_000).is_err(), "expired");
+        assert!(
+            IdentityKey::random().verify_value(&header, 1_000).is_err(),
+            "another key"
+        );
+        let forged = header.replacen("0199-alice", "0199-mallory", 1);
+        assert!(key.verify_value(&forged, 1_000).is_err(), "tampered");
+        let promoted = key
+            .sign(&Identity {
+                roles: vec![Role::Customer],
+                ..alice()
+            })
+            .replacen("customer", "admin", 1);
+        assert!(key.verify_value(&promoted, 1_000).is_err(), "role added");
+        for junk in ["", "v1", "x.y", "v1.a.b.c.d.zz"] {
+            assert!(key.verify_value(junk, 1_000).is_err(), "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn short_keys_are_refused() {
+        assert!(IdentityKey::new(b"short").is_err());
+        assert!(IdentityKey::new(&[7u8; 32]).is_ok());
+    }
+}
