@@ -371,7 +371,7 @@ async fn storm(
 
     let mut answers = Vec::with_capacity(attempts.len());
     for attempt in &attempts[..early] {
-        answers.push(fire(&client, &purchase_url, &signer, attempt).await);
+        answers.push(fire(&client, &purchase_url, signer, attempt).await);
     }
     let wait = opens_at - OffsetDateTime::now_utc();
     if wait.is_positive() {
