@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use flashmall_engine::config::{EngineConfig, LedgerConfig, RedisConfig};
 use flashmall_mesh::telemetry::LogFormat;
 use flashmall_mesh::{IdentityKey, MeshConfig};
+use flashmall_services::config::AuthConfig;
 use serde::{Deserialize, Serialize};
 
 /// Prefix of every environment override.
@@ -59,6 +60,7 @@ pub struct Config {
     pub engine: EngineConfig,
     pub redis: RedisConfig,
     pub ledger: LedgerConfig,
+    pub auth: AuthConfig,
 }
 
 impl Config {
@@ -102,7 +104,45 @@ impl Config {
         self.engine.validate()?;
         self.redis.validate()?;
         self.ledger.validate()?;
+        self.auth.validate()?;
         Ok(())
+    }
+
+    /// The auth service's settings; `jwt_secret` signs its access tokens.
+    pub fn auth_settings(
+        &self,
+        identity: IdentityKey,
+        jwt_secret: Vec<u8>,
+    ) -> flashmall_services::AuthSettings {
+        flashmall_services::AuthSettings {
+            auth: self.auth.clone(),
+            data_dir: self.data.dir.clone(),
+            identity,
+            jwt_secret,
+        }
+    }
+
+    /// The configured JWT secret; required for a service run on its own.
+    pub fn jwt_secret(&self) -> Result<Vec<u8>, String> {
+        if self.auth.jwt_secret.is_empty() {
+            return Err(
+                "auth.jwt_secret must be set (32+ characters, e.g. FLASHMALL_AUTH__JWT_SECRET) \
+                        when the auth service runs on its own"
+                    .into(),
+            );
+        }
+        Ok(self.auth.jwt_secret.clone().into_bytes())
+    }
+
+    /// The configured JWT secret, or a random one for a single-process stack.
+    pub fn jwt_secret_or_random(&self) -> Vec<u8> {
+        if self.auth.jwt_secret.is_empty() {
+            let mut secret = uuid::Uuid::new_v4().simple().to_string().into_bytes();
+            secret.extend_from_slice(uuid::Uuid::new_v4().simple().to_string().as_bytes());
+            secret
+        } else {
+            self.auth.jwt_secret.clone().into_bytes()
+        }
     }
 
     /// The engine's settings from this config, verifying identities with `identity`.

@@ -37,8 +37,19 @@ enum Command {
         #[command(subcommand)]
         action: Option<EngineAction>,
     },
+    /// One shop service on its own.
+    Service {
+        #[command(subcommand)]
+        name: ServiceName,
+    },
     /// Loads and validates a config file, then prints the effective config.
     CheckConfig { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum ServiceName {
+    /// The auth and user service.
+    Auth,
 }
 
 #[derive(Subcommand)]
@@ -113,6 +124,14 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 }
             }
         },
+        Command::Service {
+            name: ServiceName::Auth,
+        } => {
+            let shutdown = Shutdown::new();
+            shutdown.trigger_on_signals();
+            let settings = config.auth_settings(config.mesh.key()?, config.jwt_secret()?);
+            flashmall_services::run_auth(settings, shutdown).await?;
+        }
         Command::CheckConfig { file } => {
             let config = Config::load(Some(&file), env())?;
             println!(

@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod body;
 pub mod config;
 pub mod error;
 pub mod identity;

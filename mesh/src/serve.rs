@@ -74,9 +74,12 @@ pub async fn serve(
     spawn_metrics_upkeep(shutdown.clone());
     let addr = listener.local_addr()?;
     tracing::info!(component, %addr, "serving");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.wait().await })
-        .await
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.wait().await })
+    .await
 }
 
 async fn readyz(readiness: Readiness) -> Response {

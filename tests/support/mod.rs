@@ -46,6 +46,10 @@ impl Flashmall {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_flashmall"));
         cmd.args(args)
             .env("FLASHMALL_ENGINE__LISTEN", format!("127.0.0.1:{port}"))
+            .env(
+                "FLASHMALL_AUTH__LISTEN",
+                format!("127.0.0.1:{}", flashmall_testing::free_port()),
+            )
             .env("FLASHMALL_LOG__LEVEL", "warn")
             .env("FLASHMALL_MESH__IDENTITY_KEY", TEST_KEY)
             .env_remove("FAILPOINTS")

@@ -11,7 +11,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use flashmall_mesh::{ApiError, Role};
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::identity;
@@ -28,18 +27,6 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/api/v1/reservations/{id}", get(get_reservation))
         .route("/api/v1/admin/reconcile", post(reconcile_sales))
         .with_state(engine)
-}
-
-/// Reads a JSON body of at most `limit` bytes into `T`, with clear errors.
-async fn json_body<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ApiError> {
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
-            flashmall_mesh::ErrorCode::PayloadTooLarge,
-            format!("the request body is larger than {limit} bytes"),
-        )
-    })?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::invalid(format!("the request body is not valid: {e}")))
 }
 
 pub(crate) fn sale_json(view: &SaleView) -> serde_json::Value {
@@ -79,7 +66,7 @@ async fn create_sale(
     body: Body,
 ) -> Result<Response, ApiError> {
     identity::caller(&engine, &headers)?.require(Role::Admin)?;
-    let new: NewSale = json_body(body, engine.config.max_body_bytes).await?;
+    let new: NewSale = flashmall_mesh::body::json(body, engine.config.max_body_bytes).await?;
     let view = engine.create_sale(new).await?;
     Ok((StatusCode::CREATED, Json(sale_json(&view))).into_response())
 }
@@ -110,7 +97,7 @@ async fn purchase(
     let key = reserve::check_idempotency_key(
         headers.get("idempotency-key").and_then(|v| v.to_str().ok()),
     )?;
-    let body: PurchaseBody = json_body(body, engine.config.max_body_bytes).await?;
+    let body: PurchaseBody = flashmall_mesh::body::json(body, engine.config.max_body_bytes).await?;
     let p = reserve::purchase(&engine, &caller, &id, body.quantity, key).await?;
     let mut response = (
         StatusCode::CREATED,

@@ -48,29 +48,11 @@ pub fn buyer_of(prefix: &[u8], key: &[u8]) -> String {
     String::from_utf8_lossy(key.strip_prefix(prefix).unwrap_or(key)).into_owned()
 }
 
-/// The smallest key above every key that starts with `prefix` (`None`: no
-/// such key, the prefix is all 0xff).
-pub fn prefix_end(prefix: &[u8]) -> Option<Key> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
+pub use flashmall_embedded_kv::prefix_end;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn prefix_end_bounds_the_prefix() {
-        assert_eq!(prefix_end(b"x/"), Some(b"x0".to_vec()));
-        assert_eq!(prefix_end(&[0x61, 0xff]), Some(vec![0x62]));
-        assert_eq!(prefix_end(&[0xff]), None);
-    }
 
     #[test]
     fn buyer_and_reservation_keys_round_trip() {

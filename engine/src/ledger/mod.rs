@@ -26,7 +26,7 @@ use uuid::Uuid;
 use crate::front::StreamEntry;
 use crate::sale::Sale;
 
-pub type Key = Vec<u8>;
+pub use flashmall_embedded_kv::{Key, Reads, Write};
 
 /// A ledger failure.
 #[derive(Debug, thiserror::Error)]
@@ -43,27 +43,10 @@ pub enum LedgerError {
     Io(String),
 }
 
-/// Values read by a transaction, by key (`None`: absent).
-#[derive(Debug, Default)]
-pub struct Reads(pub HashMap<Key, Option<Vec<u8>>>);
-
-impl Reads {
-    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        self.0.get(key).and_then(|v| v.as_deref())
-    }
-}
-
-/// One write of a transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Write {
-    Put(Key, Vec<u8>),
-    Delete(Key),
-}
-
 /// Computes a transaction's writes from its reads. It may run more than once
 /// (conflict retries, undetermined commits), so it must be idempotent: given
 /// state it already changed, it returns writes that change nothing more.
-pub type Plan = Box<dyn FnMut(&Reads) -> Result<Vec<Write>, LedgerError> + Send>;
+pub type Plan = flashmall_embedded_kv::Plan<LedgerError>;
 
 /// The ledger's store boundary.
 #[async_trait]

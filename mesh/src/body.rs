@@ -1,0 +1,21 @@
+//! Request bodies: read with a size bound and parsed with clear errors, so
+//! every component answers bad input the same way.
+
+use axum::body::Body;
+use serde::de::DeserializeOwned;
+
+use crate::error::{ApiError, ErrorCode};
+
+/// Reads a JSON body of at most `limit` bytes into `T`: 413
+/// `payload_too_large` past the limit, 400 `invalid_request` when it does
+/// not parse (the message says why).
+pub async fn json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ApiError> {
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the request body is larger than {limit} bytes"),
+        )
+    })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::invalid(format!("the request body is not valid: {e}")))
+}

@@ -1,0 +1,169 @@
+//! The auth and user JSON API.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use flashmall_mesh::body::json;
+use flashmall_mesh::{ApiError, Identity, IdentityKey};
+use serde::Deserialize;
+use serde_json::json as body;
+
+use super::Auth;
+
+/// Header the edge sets to the client's address (it overwrites whatever the
+/// client sent); without it, the connection's peer address counts.
+pub const CLIENT_IP_HEADER: &str = "x-real-ip";
+
+#[derive(Clone)]
+struct AuthApi {
+    auth: Arc<Auth>,
+    identity: IdentityKey,
+}
+
+impl AuthApi {
+    fn caller(&self, headers: &HeaderMap) -> Result<Identity, ApiError> {
+        self.identity.caller(headers)
+    }
+
+    fn limit(&self) -> usize {
+        self.auth.config().max_body_bytes
+    }
+}
+
+/// The JSON routes.
+pub fn router(auth: Arc<Auth>, identity: IdentityKey) -> Router {
+    Router::new()
+        .route("/api/v1/auth/register", post(register))
+        .route("/api/v1/auth/login", post(login))
+        .route("/api/v1/auth/refresh", post(refresh))
+        .route("/api/v1/auth/logout", post(logout))
+        .route(
+            "/api/v1/users/me",
+            get(me).patch(update_me).delete(delete_me),
+        )
+        .route("/api/v1/admin/users/{id}/roles", put(set_roles))
+        .with_state(AuthApi { auth, identity })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Credentials {
+    email: String,
+    password: String,
+}
+
+async fn register(State(api): State<AuthApi>, b: Body) -> Result<Response, ApiError> {
+    let c: Credentials = json(b, api.limit()).await?;
+    let user_id = api.auth.register(&c.email, &c.password).await?;
+    Ok((StatusCode::CREATED, Json(body!({ "user_id": user_id }))).into_response())
+}
+
+fn client_ip(headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
+    headers
+        .get(CLIENT_IP_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(peer.ip())
+}
+
+async fn login(
+    State(api): State<AuthApi>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    b: Body,
+) -> Result<Response, ApiError> {
+    let c: Credentials = json(b, api.limit()).await?;
+    let pair = api
+        .auth
+        .login(&c.email, &c.password, client_ip(&headers, peer))
+        .await?;
+    Ok(Json(pair).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefreshBody {
+    refresh_token: String,
+}
+
+async fn refresh(State(api): State<AuthApi>, b: Body) -> Result<Response, ApiError> {
+    let r: RefreshBody = json(b, api.limit()).await?;
+    Ok(Json(api.auth.refresh(&r.refresh_token).await?).into_response())
+}
+
+async fn logout(State(api): State<AuthApi>, headers: HeaderMap) -> Result<StatusCode, ApiError> {
+    api.auth.logout(&api.caller(&headers)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn me(State(api): State<AuthApi>, headers: HeaderMap) -> Result<Response, ApiError> {
+    Ok(Json(api.auth.me(&api.caller(&headers)?).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateMe {
+    email: Option<String>,
+    password: Option<String>,
+    current_password: String,
+}
+
+async fn update_me(
+    State(api): State<AuthApi>,
+    headers: HeaderMap,
+    b: Body,
+) -> Result<Response, ApiError> {
+    let caller = api.caller(&headers)?;
+    let u: UpdateMe = json(b, api.limit()).await?;
+    let view = api
+        .auth
+        .update_me(
+            &caller,
+            u.email.as_deref(),
+            u.password.as_deref(),
+            &u.current_password,
+        )
+        .await?;
+    Ok(Json(view).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteMe {
+    password: String,
+}
+
+async fn delete_me(
+    State(api): State<AuthApi>,
+    headers: HeaderMap,
+    b: Body,
+) -> Result<StatusCode, ApiError> {
+    let caller = api.caller(&headers)?;
+    let d: DeleteMe = json(b, api.limit()).await?;
+    api.auth.delete_me(&caller, &d.password).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Roles {
+    roles: Vec<String>,
+}
+
+async fn set_roles(
+    State(api): State<AuthApi>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    b: Body,
+) -> Result<Response, ApiError> {
+    let caller = api.caller(&headers)?;
+    let r: Roles = json(b, api.limit()).await?;
+    Ok(Json(api.auth.set_roles(&caller, &id, &r.roles).await?).into_response())
+}

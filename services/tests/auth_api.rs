@@ -1,0 +1,556 @@
+//! The auth and user service, black-box over HTTP. The tests play the edge
+//! where it matters: they verify the issued JWT and forward its identity
+//! signed with the mesh key, as the proxy does.
+
+use std::time::Duration;
+
+use flashmall_mesh::identity::IDENTITY_HEADER;
+use flashmall_mesh::{Identity, IdentityKey, Role, Shutdown};
+use flashmall_services::auth::tokens::Claims;
+use flashmall_services::config::AuthConfig;
+use flashmall_services::{AuthSettings, launch_auth};
+use serde_json::{Value, json};
+
+const SECRET: &[u8] = b"test-jwt-secret-0123456789abcdef0123456789";
+
+struct Service {
+    base: String,
+    client: reqwest::Client,
+    key: IdentityKey,
+    shutdown: Shutdown,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+async fn start(tweak: impl FnOnce(&mut AuthConfig)) -> Service {
+    let dir = tempfile::tempdir().unwrap();
+    let mut auth = AuthConfig {
+        argon2_memory_kib: 64,
+        argon2_iterations: 1,
+        bootstrap_admins: vec!["root@example.com".into()],
+        ..AuthConfig::default()
+    };
+    tweak(&mut auth);
+    let key = IdentityKey::random();
+    let settings = AuthSettings {
+        auth,
+        data_dir: dir.path().to_owned(),
+        identity: key.clone(),
+        jwt_secret: SECRET.to_vec(),
+    };
+    let shutdown = Shutdown::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let running = launch_auth(&settings, listener, shutdown.clone())
+        .await
+        .unwrap();
+    Service {
+        base: format!("http://{}", running.addr),
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap(),
+        key,
+        shutdown,
+        _dir: dir,
+    }
+}
+
+async fn read(response: reqwest::Response) -> (u16, Value, Option<String>) {
+    let status = response.status().as_u16();
+    let retry = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+        retry,
+    )
+}
+
+impl Service {
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let (s, b, _) = read(
+            self.client
+                .post(format!("{}{path}", self.base))
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        (s, b)
+    }
+
+    async fn register(&self, email: &str) -> String {
+        let (status, body) = self
+            .post(
+                "/api/v1/auth/register",
+                json!({"email": email, "password": "correct horse battery"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["user_id"].as_str().unwrap().to_owned()
+    }
+
+    async fn login(&self, email: &str, password: &str) -> (u16, Value) {
+        self.post(
+            "/api/v1/auth/login",
+            json!({"email": email, "password": password}),
+        )
+        .await
+    }
+
+    /// What the edge does with an access token: verify it, sign its identity.
+    fn identity_of(&self, access_token: &str) -> String {
+        let claims = verify(access_token);
+        self.key.sign(&Identity {
+            user_id: claims.sub,
+            roles: claims.roles,
+            token_id: claims.jti,
+            expires_at_ms: claims.exp * 1000,
+        })
+    }
+
+    fn as_token(
+        &self,
+        request: reqwest::RequestBuilder,
+        tokens: &Value,
+    ) -> reqwest::RequestBuilder {
+        request.header(
+            IDENTITY_HEADER,
+            self.identity_of(tokens["access_token"].as_str().unwrap()),
+        )
+    }
+}
+
+fn verify(token: &str) -> Claims {
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.set_audience(&["flashmall-api"]);
+    validation.set_issuer(&["flashmall"]);
+    jsonwebtoken::decode::<Claims>(
+        token,
+        &jsonwebtoken::DecodingKey::from_secret(SECRET),
+        &validation,
+    )
+    .expect("a valid access token")
+    .claims
+}
+
+#[tokio::test]
+async fn register_then_login_issues_verifiable_tokens() {
+    let s = start(|_| {}).await;
+    let id = s.register("Alice@Example.com").await;
+    let (status, tokens) = s.login("alice@example.com", "correct horse battery").await;
+    assert_eq!(status, 200, "{tokens}");
+    assert_eq!(tokens["token_type"], "Bearer");
+    assert_eq!(tokens["expires_in"], 900);
+    let claims = verify(tokens["access_token"].as_str().unwrap());
+    assert_eq!(claims.sub, id);
+    assert_eq!(claims.roles, vec![Role::Customer]);
+    assert_eq!(claims.exp - claims.iat, 900);
+    let (status, me, _) = read(
+        s.as_token(s.client.get(format!("{}/api/v1/users/me", s.base)), &tokens)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (me["id"].as_str(), me["email"].as_str()),
+        (Some(id.as_str()), Some("alice@example.com"))
+    );
+    assert!(me.get("password_hash").is_none(), "never shown");
+    let (status, body) = s.login("alice@example.com", "wrong horse battery").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("unauthenticated"))
+    );
+    let (status, _) = s.login("nobody@example.com", "correct horse battery").await;
+    assert_eq!(status, 401, "same answer for unknown accounts");
+}
+
+#[tokio::test]
+async fn bad_registrations_are_refused_clearly() {
+    let s = start(|_| {}).await;
+    s.register("bob@example.com").await;
+    let cases = [
+        (
+            json!({"email": "bob@example.com", "password": "another good one"}),
+            409,
+            "conflict",
+        ),
+        (
+            json!({"email": "BOB@example.com ", "password": "another good one"}),
+            409,
+            "conflict",
+        ),
+        (
+            json!({"email": "not-an-email", "password": "correct horse battery"}),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"email": "c@example.com", "password": "short"}),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"email": "c@example.com", "password": "x".repeat(200)}),
+            400,
+            "invalid_request",
+        ),
+        (json!({"email": "c@example.com"}), 400, "invalid_request"),
+        (
+            json!({"email": "c@example.com", "password": "correct horse battery", "roles": ["admin"]}),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"email": "c@example.com", "password": "y".repeat(20_000)}),
+            413,
+            "payload_too_large",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let (got, answer) = s.post("/api/v1/auth/register", body.clone()).await;
+        assert_eq!(
+            (got, answer["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{body}: {answer}"
+        );
+    }
+    let (status, _, _) = read(
+        s.client
+            .post(format!("{}/api/v1/auth/register", s.base))
+            .header("content-type", "application/json")
+            .body("{\"email\":")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn refresh_rotates_and_a_reused_token_revokes_the_family() {
+    let s = start(|_| {}).await;
+    s.register("carol@example.com").await;
+    let (_, first) = s.login("carol@example.com", "correct horse battery").await;
+    let old = first["refresh_token"].as_str().unwrap();
+    let (status, second) = s
+        .post("/api/v1/auth/refresh", json!({"refresh_token": old}))
+        .await;
+    assert_eq!(status, 200, "{second}");
+    let new = second["refresh_token"].as_str().unwrap();
+    assert_ne!(old, new, "rotated");
+    assert_eq!(
+        verify(second["access_token"].as_str().unwrap()).sub,
+        verify(first["access_token"].as_str().unwrap()).sub
+    );
+    // The old one again: theft is assumed, the whole family dies.
+    let (status, _) = s
+        .post("/api/v1/auth/refresh", json!({"refresh_token": old}))
+        .await;
+    assert_eq!(status, 401);
+    let (status, _) = s
+        .post("/api/v1/auth/refresh", json!({"refresh_token": new}))
+        .await;
+    assert_eq!(status, 401, "the family is revoked");
+    // A new login starts a new family.
+    let (_, fresh) = s.login("carol@example.com", "correct horse battery").await;
+    let (status, _) = s
+        .post(
+            "/api/v1/auth/refresh",
+            json!({"refresh_token": fresh["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    for junk in ["", "rt.x.y", "garbage"] {
+        let (status, _) = s
+            .post("/api/v1/auth/refresh", json!({"refresh_token": junk}))
+            .await;
+        assert_eq!(status, 401, "{junk}");
+    }
+}
+
+#[tokio::test]
+async fn logout_ends_the_login_family() {
+    let s = start(|_| {}).await;
+    s.register("dave@example.com").await;
+    let (_, tokens) = s.login("dave@example.com", "correct horse battery").await;
+    let (status, _, _) = read(
+        s.as_token(
+            s.client.post(format!("{}/api/v1/auth/logout", s.base)),
+            &tokens,
+        )
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (status, _) = s
+        .post(
+            "/api/v1/auth/refresh",
+            json!({"refresh_token": tokens["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(status, 401);
+    let (status, _, _) = read(
+        s.client
+            .post(format!("{}/api/v1/auth/logout", s.base))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 401, "logout needs an identity");
+}
+
+#[tokio::test]
+async fn failed_logins_back_off_and_a_correct_password_does_not_bypass_it() {
+    let s = start(|c| {
+        c.login_account_failures = 3;
+        c.login_ip_failures = 5;
+        c.login_backoff = Duration::from_secs(2);
+    })
+    .await;
+    s.register("erin@example.com").await;
+    for _ in 0..3 {
+        assert_eq!(s.login("erin@example.com", "wrong password!!").await.0, 401);
+    }
+    let (status, body, retry) = read(
+        s.client
+            .post(format!("{}/api/v1/auth/login", s.base))
+            .json(&json!({"email": "erin@example.com", "password": "correct horse battery"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (429, Some("rate_limited")),
+        "{body}"
+    );
+    assert!(retry.is_some_and(|r| r.parse::<u64>().unwrap() >= 1));
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    assert_eq!(
+        s.login("erin@example.com", "correct horse battery").await.0,
+        200,
+        "after the back-off"
+    );
+
+    // Per address: guesses spread over many accounts from one IP back off too.
+    let from = |ip: &str, email: &str| {
+        s.client
+            .post(format!("{}/api/v1/auth/login", s.base))
+            .header("x-real-ip", ip)
+            .json(&json!({"email": email, "password": "wrong password!!"}))
+    };
+    for i in 0..5 {
+        assert_eq!(
+            read(
+                from("203.0.113.9", &format!("u{i}@example.com"))
+                    .send()
+                    .await
+                    .unwrap()
+            )
+            .await
+            .0,
+            401
+        );
+    }
+    assert_eq!(
+        read(
+            from("203.0.113.9", "other@example.com")
+                .send()
+                .await
+                .unwrap()
+        )
+        .await
+        .0,
+        429
+    );
+    assert_eq!(
+        read(
+            from("203.0.113.10", "other@example.com")
+                .send()
+                .await
+                .unwrap()
+        )
+        .await
+        .0,
+        401,
+        "other addresses unaffected"
+    );
+}
+
+#[tokio::test]
+async fn accounts_change_only_with_the_password_and_only_for_their_owner() {
+    let s = start(|_| {}).await;
+    let frank = s.register("frank@example.com").await;
+    let grace = s.register("grace@example.com").await;
+    let (_, f) = s.login("frank@example.com", "correct horse battery").await;
+    let me = |tokens: &Value| {
+        s.as_token(
+            s.client.patch(format!("{}/api/v1/users/me", s.base)),
+            tokens,
+        )
+    };
+    let (status, body, _) = read(
+        me(&f)
+            .json(&json!({"password": "a brand new secret", "current_password": "nope nope nope"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    let (status, body, _) = read(
+        me(&f)
+            .json(
+                &json!({"email": "grace@example.com", "current_password": "correct horse battery"}),
+            )
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "grace keeps her email"
+    );
+    let (status, body, _) = read(
+        me(&f)
+            .json(&json!({"email": "frank2@example.com", "password": "a brand new secret", "current_password": "correct horse battery"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["id"].as_str(), Some(frank.as_str()));
+    assert_eq!(
+        s.login("frank@example.com", "a brand new secret").await.0,
+        401,
+        "old email released"
+    );
+    assert_eq!(
+        s.login("frank2@example.com", "a brand new secret").await.0,
+        200
+    );
+    // Delete asks for the password, and only ever deletes the caller.
+    let delete = |password: &str| {
+        s.as_token(s.client.delete(format!("{}/api/v1/users/me", s.base)), &f)
+            .json(&json!({"password": password}))
+    };
+    assert_eq!(
+        read(delete("correct horse battery").send().await.unwrap())
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        read(delete("a brand new secret").send().await.unwrap())
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        s.login("frank2@example.com", "a brand new secret").await.0,
+        401
+    );
+    assert_eq!(
+        s.login("grace@example.com", "correct horse battery")
+            .await
+            .0,
+        200,
+        "grace untouched"
+    );
+    let _ = grace;
+}
+
+#[tokio::test]
+async fn only_admins_grant_roles() {
+    let s = start(|_| {}).await;
+    s.register("root@example.com").await;
+    let user = s.register("henry@example.com").await;
+    let (_, root) = s.login("root@example.com", "correct horse battery").await;
+    assert!(
+        verify(root["access_token"].as_str().unwrap())
+            .roles
+            .contains(&Role::Admin),
+        "bootstrap admin"
+    );
+    let (_, henry) = s.login("henry@example.com", "correct horse battery").await;
+    let grant = |tokens: &Value, roles: Value| {
+        s.as_token(
+            s.client
+                .put(format!("{}/api/v1/admin/users/{user}/roles", s.base)),
+            tokens,
+        )
+        .json(&json!({"roles": roles}))
+    };
+    assert_eq!(
+        read(grant(&henry, json!(["admin"])).send().await.unwrap())
+            .await
+            .0,
+        403,
+        "no self-promotion"
+    );
+    assert_eq!(
+        read(grant(&root, json!(["wizard"])).send().await.unwrap())
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        read(grant(&root, json!([])).send().await.unwrap()).await.0,
+        400
+    );
+    let (status, body, _) = read(
+        grant(&root, json!(["customer", "merchant"]))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["roles"], json!(["customer", "merchant"]));
+    let (_, again) = s.login("henry@example.com", "correct horse battery").await;
+    assert_eq!(
+        verify(again["access_token"].as_str().unwrap()).roles,
+        vec![Role::Customer, Role::Merchant]
+    );
+    let missing = s.as_token(
+        s.client
+            .put(format!("{}/api/v1/admin/users/nobody/roles", s.base)),
+        &root,
+    );
+    assert_eq!(
+        read(
+            missing
+                .json(&json!({"roles": ["merchant"]}))
+                .send()
+                .await
+                .unwrap()
+        )
+        .await
+        .0,
+        404
+    );
+}
