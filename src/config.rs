@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use flashmall_engine::config::{EngineConfig, LedgerConfig, RedisConfig};
 use flashmall_mesh::telemetry::LogFormat;
 use flashmall_mesh::{IdentityKey, MeshConfig};
+use flashmall_proxy::config::ProxyConfig;
 use flashmall_services::config::AuthConfig;
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +58,7 @@ pub struct Config {
     pub log: LogConfig,
     pub data: DataConfig,
     pub mesh: MeshConfig,
+    pub proxy: ProxyConfig,
     pub engine: EngineConfig,
     pub redis: RedisConfig,
     pub ledger: LedgerConfig,
@@ -101,11 +103,29 @@ impl Config {
         }
         tracing_subscriber_filter_check(&self.log.level)?;
         self.mesh.validate()?;
+        self.proxy.validate()?;
         self.engine.validate()?;
         self.redis.validate()?;
         self.ledger.validate()?;
         self.auth.validate()?;
         Ok(())
+    }
+
+    /// The proxy's settings; it verifies tokens with `jwt_secret` and signs
+    /// identities with `identity`.
+    pub fn proxy_settings(
+        &self,
+        identity: IdentityKey,
+        jwt_secret: Vec<u8>,
+    ) -> flashmall_proxy::ProxySettings {
+        let mut proxy = self.proxy.clone();
+        proxy.jwt_issuer = self.auth.issuer.clone();
+        proxy.jwt_audience = self.auth.audience.clone();
+        flashmall_proxy::ProxySettings {
+            proxy,
+            jwt_secret,
+            identity,
+        }
     }
 
     /// The auth service's settings; `jwt_secret` signs its access tokens.

@@ -37,6 +37,8 @@ enum Command {
         #[command(subcommand)]
         action: Option<EngineAction>,
     },
+    /// The edge proxy.
+    Proxy,
     /// One shop service on its own.
     Service {
         #[command(subcommand)]
@@ -124,6 +126,12 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 }
             }
         },
+        Command::Proxy => {
+            let shutdown = Shutdown::new();
+            shutdown.trigger_on_signals();
+            let settings = config.proxy_settings(config.mesh.key()?, config.jwt_secret()?);
+            flashmall_proxy::run(settings, shutdown).await?;
+        }
         Command::Service {
             name: ServiceName::Auth,
         } => {

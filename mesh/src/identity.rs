@@ -51,6 +51,33 @@ impl Role {
     }
 }
 
+/// The claims of an access token: the contract between the auth service,
+/// which signs them, and the edge, which verifies them. `jti` starts with
+/// the login family's id (32 hex digits).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AccessClaims {
+    pub sub: String,
+    pub roles: Vec<Role>,
+    pub iat: u64,
+    pub nbf: u64,
+    pub exp: u64,
+    pub iss: String,
+    pub aud: String,
+    pub jti: String,
+}
+
+impl AccessClaims {
+    /// The identity these verified claims grant.
+    pub fn identity(&self) -> Identity {
+        Identity {
+            user_id: self.sub.clone(),
+            roles: self.roles.clone(),
+            token_id: self.jti.clone(),
+            expires_at_ms: self.exp.saturating_mul(1000),
+        }
+    }
+}
+
 /// Who a request acts for, as verified at the edge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {

@@ -16,6 +16,6 @@ pub mod telemetry;
 
 pub use config::MeshConfig;
 pub use error::{ApiError, ErrorCode};
-pub use identity::{Identity, IdentityKey, Role};
+pub use identity::{Identity, IdentityKey, Role, valid_user_id};
 pub use serve::{Readiness, serve};
 pub use shutdown::Shutdown;

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod stack;
+
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -50,6 +52,11 @@ impl Flashmall {
                 "FLASHMALL_AUTH__LISTEN",
                 format!("127.0.0.1:{}", flashmall_testing::free_port()),
             )
+            .env(
+                "FLASHMALL_PROXY__LISTEN",
+                format!("127.0.0.1:{}", flashmall_testing::free_port()),
+            )
+            .env("FLASHMALL_PROXY__GRACE_PERIOD", "0s")
             .env("FLASHMALL_LOG__LEVEL", "warn")
             .env("FLASHMALL_MESH__IDENTITY_KEY", TEST_KEY)
             .env_remove("FAILPOINTS")

@@ -24,6 +24,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/api/v1/sales", post(create_sale))
         .route("/api/v1/sales/{id}", get(get_sale))
         .route("/api/v1/sales/{id}/purchase", post(purchase))
+        .route("/api/v1/sales/{id}/holders", get(holders))
         .route("/api/v1/reservations/{id}", get(get_reservation))
         .route("/api/v1/admin/reconcile", post(reconcile_sales))
         .with_state(engine)
@@ -98,7 +99,10 @@ async fn purchase(
         headers.get("idempotency-key").and_then(|v| v.to_str().ok()),
     )?;
     let body: PurchaseBody = flashmall_mesh::body::json(body, engine.config.max_body_bytes).await?;
-    let p = reserve::purchase(&engine, &caller, &id, body.quantity, key).await?;
+    let p = match reserve::purchase(&engine, &caller, &id, body.quantity, key).await {
+        Ok(p) => p,
+        Err(e) => return Ok(announce_sold_out(&engine, &id, e)),
+    };
     let mut response = (
         StatusCode::CREATED,
         Json(json!({
@@ -117,6 +121,52 @@ async fn purchase(
         );
     }
     Ok(response)
+}
+
+/// Header announcing that the sale is sold out, for the edge's sold-out gate.
+pub const SOLD_OUT_HEADER: &str = "x-flashmall-sold-out";
+
+/// Answers an error; a sold-out answer for a fully sold-out sale carries
+/// the announcement the edge's gate listens for.
+fn announce_sold_out(engine: &Engine, raw_id: &str, e: ApiError) -> Response {
+    let sold_out = e.code == flashmall_mesh::ErrorCode::SoldOut
+        && crate::sale::parse_sale_id(raw_id)
+            .and_then(|id| engine.sales.get(&id))
+            .is_some_and(|live| live.sold_out_here(crate::now_ms()));
+    let mut response = e.into_response();
+    if sold_out {
+        response.headers_mut().insert(
+            SOLD_OUT_HEADER,
+            axum::http::HeaderValue::from_static("true"),
+        );
+    }
+    response
+}
+
+/// The users holding units of a sale (admin: the edge's sold-out gate lets
+/// them through, so their retries get their original answers).
+async fn holders(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    identity::caller(&engine, &headers)?.require(Role::Admin)?;
+    let not_found = || ApiError::new(flashmall_mesh::ErrorCode::SaleNotFound, "no such sale");
+    let id = crate::sale::parse_sale_id(&id).ok_or_else(not_found)?;
+    let live = engine.live_sale(id).await?.ok_or_else(not_found)?;
+    let counts = engine.front.counts(id).await?;
+    let records = engine.front.idempotency_records(id).await?;
+    let mut users: Vec<&str> = records
+        .keys()
+        .filter_map(|f| crate::front::user_of_field(f))
+        .collect();
+    users.sort_unstable();
+    users.dedup();
+    Ok(Json(json!({
+        "sale_id": live.sale.id.to_string(),
+        "sold_out": counts.is_some_and(|c| c.remaining == 0),
+        "holders": users,
+    })))
 }
 
 async fn get_reservation(

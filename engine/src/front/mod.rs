@@ -77,6 +77,7 @@ impl IdemRecord {
     }
 
     pub fn decode(raw: &str) -> Option<IdemRecord> {
+        // "reservation id|quantity"
         let (id, qty) = raw.split_once('|')?;
         Some(IdemRecord {
             reservation_id: Uuid::try_parse(id).ok()?,
@@ -89,6 +90,12 @@ impl IdemRecord {
 /// its user, and the user's length prefix keeps `(a:b, c)` and `(a, b:c)` apart.
 pub fn idempotency_field(user_id: &str, key: &str) -> String {
     format!("{}:{}:{}", user_id.len(), user_id, key)
+}
+
+/// The user an idempotency field belongs to.
+pub fn user_of_field(field: &str) -> Option<&str> {
+    let (len, rest) = field.split_once(':')?;
+    rest.get(..len.parse::<usize>().ok()?)
 }
 
 /// A reservation read from the sale's stream, not yet settled.

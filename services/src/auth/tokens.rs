@@ -6,22 +6,10 @@
 
 use flashmall_mesh::Role;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-/// The claims of an access token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claims {
-    pub sub: String,
-    pub roles: Vec<Role>,
-    pub iat: u64,
-    pub nbf: u64,
-    pub exp: u64,
-    pub iss: String,
-    pub aud: String,
-    pub jti: String,
-}
+pub use flashmall_mesh::identity::AccessClaims as Claims;
 
 /// Signs access tokens (HS256).
 #[derive(Clone)]

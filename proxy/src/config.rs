@@ -1,0 +1,250 @@
+//! `[proxy]`: the edge. Routes, public routes, upstream pools, token
+//! checks, shared edge state and rate limits.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A path prefix and the upstream pool that serves it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Requests whose path starts with this go to `upstream` (longest wins).
+    pub prefix: String,
+    /// A key of `[proxy.upstreams]`.
+    pub upstream: String,
+}
+
+/// Requests that need no access token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PublicRoute {
+    /// HTTP method, or `*` for any.
+    pub method: String,
+    /// Regular expression the whole path must match.
+    pub path: String,
+}
+
+/// One rate limit: `per_second` on average, bursts up to `burst`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConfig {
+    /// Name, for metrics and logs.
+    pub name: String,
+    /// What is counted: `ip` (the client address), `user` (the verified
+    /// user; anonymous requests are not counted) or `sale` (the sale in a
+    /// `/api/v1/sales/{id}/...` path).
+    pub key: String,
+    /// HTTP method this limit applies to, or `*`.
+    #[serde(default = "any")]
+    pub method: String,
+    /// Regular expression of the paths this limit applies to (empty: all).
+    #[serde(default)]
+    pub path: String,
+    pub per_second: f64,
+    pub burst: u32,
+    /// `local` (each replica on its own) or `global` (shared by all replicas
+    /// through Redis; needs `proxy.redis_url`).
+    #[serde(default = "local")]
+    pub scope: String,
+}
+
+fn any() -> String {
+    "*".into()
+}
+
+fn local() -> String {
+    "local".into()
+}
+
+/// `[proxy]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// The public address: the only port clients need.
+    pub listen: SocketAddr,
+    /// Worker threads of the proxy.
+    pub threads: usize,
+    /// How long a stopping proxy keeps serving in-flight requests; keep it
+    /// below the pod's terminationGracePeriodSeconds.
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
+    /// Upstream pools: name → `host:port` backends (load balanced, health checked).
+    pub upstreams: BTreeMap<String, Vec<String>>,
+    /// Path prefix → pool.
+    pub routes: Vec<RouteConfig>,
+    /// Requests served without an access token.
+    pub public: Vec<PublicRoute>,
+    /// Accepted `iss` and `aud` of access tokens.
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub jwt_leeway: Duration,
+    /// Redis for state shared by every replica (blacklist, access rules,
+    /// logged-out tokens) and global limits; empty: in-process (one replica).
+    pub redis_url: String,
+    /// How often a replica looks for edge-state changes made through another.
+    #[serde(with = "humantime_serde")]
+    pub state_poll: Duration,
+    /// Deadline to connect to an upstream.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Deadline for an upstream's answer.
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// How long a sale the engine announced sold out is answered here.
+    #[serde(with = "humantime_serde")]
+    pub sold_out_ttl: Duration,
+    /// Rate limits, all applied to every request they match.
+    pub limits: Vec<LimitConfig>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        let route = |prefix: &str, upstream: &str| RouteConfig {
+            prefix: prefix.into(),
+            upstream: upstream.into(),
+        };
+        let public = |method: &str, path: &str| PublicRoute {
+            method: method.into(),
+            path: path.into(),
+        };
+        ProxyConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            threads: 2,
+            grace_period: Duration::from_secs(5),
+            upstreams: BTreeMap::from([
+                ("engine".to_owned(), vec!["127.0.0.1:8081".to_owned()]),
+                ("auth".to_owned(), vec!["127.0.0.1:8082".to_owned()]),
+            ]),
+            routes: vec![
+                route("/api/v1/auth/", "auth"),
+                route("/api/v1/users/", "auth"),
+                route("/api/v1/admin/users/", "auth"),
+                route("/api/v1/sales", "engine"),
+                route("/api/v1/reservations/", "engine"),
+                route("/api/v1/admin/reconcile", "engine"),
+            ],
+            public: vec![
+                public("POST", "^/api/v1/auth/(register|login|refresh)$"),
+                public("GET", "^/api/v1/sales/[^/]+$"),
+                public("GET", "^/api/v1/products(/.*)?$"),
+                public("GET", "^/api/v1/categories$"),
+                public("GET", "^/api/v1/openapi\\.json$"),
+            ],
+            jwt_issuer: "flashmall".into(),
+            jwt_audience: "flashmall-api".into(),
+            jwt_leeway: Duration::from_secs(30),
+            redis_url: String::new(),
+            state_poll: Duration::from_millis(200),
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(10),
+            sold_out_ttl: Duration::from_secs(1),
+            limits: vec![
+                LimitConfig {
+                    name: "per-ip".into(),
+                    key: "ip".into(),
+                    method: "*".into(),
+                    path: String::new(),
+                    per_second: 500.0,
+                    burst: 1000,
+                    scope: "local".into(),
+                },
+                LimitConfig {
+                    name: "purchases-per-user".into(),
+                    key: "user".into(),
+                    method: "POST".into(),
+                    path: "^/api/v1/sales/[^/]+/purchase$".into(),
+                    per_second: 10.0,
+                    burst: 10,
+                    scope: "local".into(),
+                },
+            ],
+        }
+    }
+}
+
+impl ProxyConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.threads == 0 || self.threads > 256 {
+            return Err("proxy.threads must be between 1 and 256".into());
+        }
+        for route in &self.routes {
+            if !route.prefix.starts_with('/') {
+                return Err(format!(
+                    "proxy.routes: prefix {:?} must start with /",
+                    route.prefix
+                ));
+            }
+            let Some(pool) = self.upstreams.get(&route.upstream) else {
+                return Err(format!(
+                    "proxy.routes: {:?} names no upstream in proxy.upstreams",
+                    route.upstream
+                ));
+            };
+            if pool.is_empty() {
+                return Err(format!(
+                    "proxy.upstreams.{} lists no backend",
+                    route.upstream
+                ));
+            }
+        }
+        for (name, pool) in &self.upstreams {
+            for backend in pool {
+                if backend.parse::<SocketAddr>().is_err() && !backend.contains(':') {
+                    return Err(format!(
+                        "proxy.upstreams.{name}: {backend:?} is not host:port"
+                    ));
+                }
+            }
+        }
+        for p in &self.public {
+            regex::Regex::new(&p.path)
+                .map_err(|e| format!("proxy.public: bad path regex {:?}: {e}", p.path))?;
+        }
+        for l in &self.limits {
+            if !["ip", "user", "sale"].contains(&l.key.as_str()) {
+                return Err(format!(
+                    "proxy.limits.{}: key must be ip, user or sale",
+                    l.name
+                ));
+            }
+            if !l.per_second.is_finite() || l.per_second <= 0.0 || l.burst == 0 {
+                return Err(format!(
+                    "proxy.limits.{}: per_second and burst must be above zero",
+                    l.name
+                ));
+            }
+            match l.scope.as_str() {
+                "local" => {}
+                "global" if !self.redis_url.is_empty() => {}
+                "global" => {
+                    return Err(format!(
+                        "proxy.limits.{}: scope global needs proxy.redis_url",
+                        l.name
+                    ));
+                }
+                other => {
+                    return Err(format!(
+                        "proxy.limits.{}: scope {other:?} is not local or global",
+                        l.name
+                    ));
+                }
+            }
+            if !l.path.is_empty() {
+                regex::Regex::new(&l.path)
+                    .map_err(|e| format!("proxy.limits.{}: bad path regex: {e}", l.name))?;
+            }
+        }
+        if self.grace_period > Duration::from_secs(600) {
+            return Err("proxy.grace_period must be at most 10m".into());
+        }
+        if self.state_poll.is_zero() || self.state_poll > Duration::from_secs(1) {
+            return Err("proxy.state_poll must be above zero and at most 1s (changes must reach every replica within 1 s)".into());
+        }
+        Ok(())
+    }
+}

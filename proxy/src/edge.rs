@@ -1,0 +1,523 @@
+//! The edge's request path, in the order a request meets it (purchase path
+//! steps 1–7 of ARCHITECTURE.md). Everything that rejects a request does so
+//! in `request_filter`, before any upstream work, and writes the answer
+//! itself so the client's connection stays open.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use flashmall_mesh::identity::{AccessClaims, CLIENT_IDENTITY_HEADERS, IDENTITY_HEADER};
+use flashmall_mesh::{ApiError, ErrorCode, Identity, IdentityKey, Role};
+use pingora::lb::LoadBalancer;
+use pingora::lb::selection::RoundRobin;
+use pingora::prelude::*;
+use pingora::proxy::FailToProxy;
+use regex::Regex;
+
+use crate::gate::{self, Gate};
+use crate::identity::{Refused, Verifier};
+use crate::limits::{KeyKind, Limit, Limiter};
+use crate::state::{View, now_ms};
+use crate::{admin, openapi, respond};
+
+/// Header carrying the client's address to the services.
+pub const CLIENT_IP_HEADER: &str = "x-real-ip";
+/// Header the engine's sold-out announcement travels in.
+pub const SOLD_OUT_HEADER: &str = "x-flashmall-sold-out";
+
+/// One request's state across the proxy phases.
+#[derive(Default)]
+pub struct Ctx {
+    request_id: String,
+    started: Option<Instant>,
+    client_ip: Option<IpAddr>,
+    claims: Option<AccessClaims>,
+    pool: Option<String>,
+    route: &'static str,
+    idempotent: bool,
+    tries: u32,
+    sold_out_sale: Option<String>,
+}
+
+/// The edge proxy.
+pub struct Edge {
+    pub(crate) routes: Vec<(String, String)>,
+    pub(crate) pools: HashMap<String, Arc<LoadBalancer<RoundRobin>>>,
+    pub(crate) public: Vec<(String, Regex)>,
+    pub(crate) verifier: Verifier,
+    pub(crate) identity: IdentityKey,
+    pub(crate) state: Arc<View>,
+    pub(crate) limits: Vec<Limit>,
+    pub(crate) limiter: Limiter,
+    pub(crate) gate: Arc<Gate>,
+    pub(crate) http: reqwest::Client,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) read_timeout: Duration,
+}
+
+fn route_label(path: &str) -> &'static str {
+    // Bounded metric labels: the route family, never the raw path.
+    const FAMILIES: [(&str, &str); 9] = [
+        ("/api/v1/sales/", "sales"),
+        ("/api/v1/sales", "sales"),
+        ("/api/v1/auth/", "auth"),
+        ("/api/v1/users/", "users"),
+        ("/api/v1/admin/", "admin"),
+        ("/api/v1/reservations/", "reservations"),
+        ("/api/v1/openapi.json", "openapi"),
+        ("/metrics", "metrics"),
+        ("/healthz", "health"),
+    ];
+    if gate::purchase_sale(path).is_some() {
+        return "purchase";
+    }
+    FAMILIES
+        .iter()
+        .find(|(prefix, _)| path.starts_with(prefix))
+        .map(|(_, label)| *label)
+        .unwrap_or("other")
+}
+
+fn reject(reason: &'static str) {
+    metrics::counter!("flashmall_proxy_rejections_total", "reason" => reason).increment(1);
+}
+
+impl Edge {
+    fn is_public(&self, method: &str, path: &str) -> bool {
+        self.public
+            .iter()
+            .any(|(m, re)| (m == "*" || m.eq_ignore_ascii_case(method)) && re.is_match(path))
+    }
+
+    fn pool_for(&self, path: &str) -> Option<&str> {
+        // Routes are sorted longest prefix first.
+        self.routes
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .map(|(_, pool)| pool.as_str())
+    }
+
+    async fn answer(&self, session: &mut Session, ctx: &Ctx, err: ApiError) -> Result<bool> {
+        respond::error(session, &err, &ctx.request_id).await?;
+        Ok(true)
+    }
+
+    /// Infrastructure endpoints (probes, Prometheus): answered before any
+    /// check, since they come from the cluster, not from clients.
+    async fn local(&self, session: &mut Session, ctx: &Ctx, path: &str) -> Result<Option<bool>> {
+        let (status, content_type, body) = match path {
+            "/healthz" => (200, "text/plain", Bytes::from_static(b"ok")),
+            "/readyz" => match self.state.refresh().await {
+                Ok(()) => (200, "text/plain", Bytes::from_static(b"ready")),
+                Err(e) => (503, "text/plain", Bytes::from(format!("not ready: {e}"))),
+            },
+            "/metrics" => match flashmall_mesh::telemetry::metrics_handle() {
+                Some(h) => (200, "text/plain; version=0.0.4", Bytes::from(h.render())),
+                None => (
+                    503,
+                    "text/plain",
+                    Bytes::from_static(b"no metrics recorder"),
+                ),
+            },
+            _ => return Ok(None),
+        };
+        respond::write(session, status, content_type, body, &ctx.request_id, &[]).await?;
+        Ok(Some(true))
+    }
+
+    /// Checks the rate limits that apply; the first exceeded one answers.
+    async fn limited(&self, ctx: &Ctx, method: &str, path: &str) -> Option<ApiError> {
+        for limit in &self.limits {
+            if !limit.applies(method, path) {
+                continue;
+            }
+            let key = match limit.kind {
+                KeyKind::Ip => ctx.client_ip.map(|ip| ip.to_string()),
+                KeyKind::User => ctx.claims.as_ref().map(|c| c.sub.clone()),
+                KeyKind::Sale => gate::sale_of(path).map(str::to_owned),
+            };
+            let Some(key) = key else { continue };
+            if let Err(wait) = self.limiter.check(limit, &key).await {
+                let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+                metrics::counter!("flashmall_proxy_rate_limited_total", "limit" => limit.name.clone()).increment(1);
+                return Some(
+                    ApiError::new(
+                        ErrorCode::RateLimited,
+                        format!("too many requests ({}); slow down", limit.name),
+                    )
+                    .with_retry_after(seconds),
+                );
+            }
+        }
+        None
+    }
+
+    /// Fetches the holders of a sold-out sale from the engine and closes the gate.
+    fn learn_sold_out(&self, sale: String, pool: Option<String>) {
+        if !self.gate.needs(&sale) {
+            return;
+        }
+        let Some(backend) = pool.and_then(|p| self.pools.get(&p).and_then(|lb| lb.select(b"", 16)))
+        else {
+            return;
+        };
+        let url = format!("http://{}/api/v1/sales/{sale}/holders", backend.addr);
+        let signed = self.identity.sign(&Identity {
+            user_id: "edge".into(),
+            roles: vec![Role::Admin],
+            token_id: uuid::Uuid::now_v7().to_string(),
+            expires_at_ms: now_ms() + 30_000,
+        });
+        let http = self.http.clone();
+        let gate = Arc::clone(&self.gate);
+        tokio::spawn(async move {
+            let answer = http.get(url).header(IDENTITY_HEADER, signed).send().await;
+            let body: serde_json::Value = match answer {
+                Ok(r) if r.status().is_success() => r.json().await.unwrap_or_default(),
+                _ => return,
+            };
+            if body["sold_out"] != true {
+                return;
+            }
+            let holders = body["holders"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|u| u.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            gate.close(&sale, holders);
+        });
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Edge {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.started = Some(Instant::now());
+        // 1. A request id, taken from the client when well-formed.
+        ctx.request_id = session
+            .req_header()
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+            .map(str::to_owned)
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        ctx.client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let method = session.req_header().method.as_str().to_owned();
+        let path = session.req_header().uri.path().to_owned();
+        ctx.route = route_label(&path);
+        ctx.idempotent = matches!(
+            method.as_str(),
+            "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS"
+        ) || session.req_header().headers.contains_key("idempotency-key");
+        if let Some(done) = self.local(session, ctx, &path).await? {
+            return Ok(done);
+        }
+        let snapshot = self.state.current();
+        let now = now_ms();
+        // 2. Identity: a verified access token, required off the public routes.
+        let public = self.is_public(&method, &path);
+        let authorization = session
+            .req_header()
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        match self.verifier.verify_header(authorization.as_deref()) {
+            Ok(claims) if snapshot.token_denied(&claims.jti) => {
+                if !public {
+                    reject("token_revoked");
+                    return self
+                        .answer(
+                            session,
+                            ctx,
+                            ApiError::new(
+                                ErrorCode::Unauthenticated,
+                                "the access token was revoked",
+                            ),
+                        )
+                        .await;
+                }
+            }
+            Ok(claims) => ctx.claims = Some(claims),
+            Err(refused) if !public => {
+                reject("unauthenticated");
+                let message = match refused {
+                    Refused::Missing => {
+                        "this request needs an access token (Authorization: Bearer ...)"
+                    }
+                    Refused::Malformed | Refused::Invalid(_) => "the access token is not valid",
+                };
+                return self
+                    .answer(
+                        session,
+                        ctx,
+                        ApiError::new(ErrorCode::Unauthenticated, message),
+                    )
+                    .await;
+            }
+            Err(_) => {}
+        }
+        let user = ctx.claims.as_ref().map(|c| c.sub.as_str());
+        // 3. Blacklist: banned users and addresses get nothing further.
+        if snapshot.blacklisted(user, ctx.client_ip, now) {
+            reject("blacklisted");
+            return self
+                .answer(
+                    session,
+                    ctx,
+                    ApiError::new(ErrorCode::Forbidden, "access denied"),
+                )
+                .await;
+        }
+        // 4. Access rules, by role.
+        let roles: Vec<&str> = match &ctx.claims {
+            Some(c) => c.roles.iter().map(|r| r.as_str()).collect(),
+            None => vec!["anonymous"],
+        };
+        if !snapshot.allowed(&roles, &method, &path) {
+            reject("access_rule");
+            return self
+                .answer(
+                    session,
+                    ctx,
+                    ApiError::new(ErrorCode::Forbidden, "an access rule denies this request"),
+                )
+                .await;
+        }
+        // 5. Rate limits.
+        if let Some(err) = self.limited(ctx, &method, &path).await {
+            reject("rate_limited");
+            return self.answer(session, ctx, err).await;
+        }
+        // The edge's own documents and admin API.
+        if path == "/api/v1/openapi.json" {
+            respond::write(
+                session,
+                200,
+                "application/json",
+                openapi::document(),
+                &ctx.request_id,
+                &[],
+            )
+            .await?;
+            return Ok(true);
+        }
+        if admin::owns(&path) {
+            if !ctx
+                .claims
+                .as_ref()
+                .is_some_and(|c| c.roles.contains(&Role::Admin))
+            {
+                return self
+                    .answer(
+                        session,
+                        ctx,
+                        ApiError::new(ErrorCode::Forbidden, "this action needs the admin role"),
+                    )
+                    .await;
+            }
+            match admin::handle(session, &self.state, &method, &path).await {
+                Ok((status, Some(body))) => {
+                    respond::json(session, status, &body, &ctx.request_id).await?
+                }
+                Ok((status, None)) => {
+                    respond::write(
+                        session,
+                        status,
+                        "application/json",
+                        Bytes::new(),
+                        &ctx.request_id,
+                        &[],
+                    )
+                    .await?
+                }
+                Err(e) => respond::error(session, &e, &ctx.request_id).await?,
+            }
+            return Ok(true);
+        }
+        // 6. Sold-out gate: purchases of a sold-out sale end here.
+        if method == "POST"
+            && let (Some(sale), Some(user)) = (gate::purchase_sale(&path), user)
+            && self.gate.closed_for(sale, user)
+        {
+            reject("sold_out_gate");
+            return self.answer(session, ctx, gate::sold_out()).await;
+        }
+        // 7. Route to an upstream pool.
+        match self.pool_for(&path) {
+            Some(pool) => ctx.pool = Some(pool.to_owned()),
+            None => {
+                return self
+                    .answer(
+                        session,
+                        ctx,
+                        ApiError::new(ErrorCode::NotFound, "no such route"),
+                    )
+                    .await;
+            }
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        ctx.tries += 1;
+        let pool = ctx.pool.as_deref().unwrap_or_default();
+        let backend = self
+            .pools
+            .get(pool)
+            .and_then(|lb| lb.select(ctx.request_id.as_bytes(), 32))
+            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "no healthy upstream"))?;
+        let mut peer = HttpPeer::new(backend, false, String::new());
+        peer.options.connection_timeout = Some(self.connect_timeout);
+        peer.options.read_timeout = Some(self.read_timeout);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // Identity reaches the services only as the edge's signature.
+        for name in CLIENT_IDENTITY_HEADERS {
+            upstream.remove_header(name);
+        }
+        upstream.remove_header(CLIENT_IP_HEADER);
+        upstream.remove_header("authorization");
+        if let Some(claims) = &ctx.claims {
+            upstream.insert_header(IDENTITY_HEADER, self.identity.sign(&claims.identity()))?;
+        }
+        if let Some(ip) = ctx.client_ip {
+            upstream.insert_header(CLIENT_IP_HEADER, ip.to_string())?;
+        }
+        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if response.remove_header(SOLD_OUT_HEADER).is_some()
+            && let Some(sale) = gate::purchase_sale(session.req_header().uri.path())
+        {
+            ctx.sold_out_sale = Some(sale.to_owned());
+        }
+        // A logout (or a deleted account) ends the access token here, before
+        // the client hears back, on every replica.
+        let path = session.req_header().uri.path();
+        let method = session.req_header().method.as_str();
+        let ends_token = response.status.as_u16() == 204
+            && ((method == "POST" && path == "/api/v1/auth/logout")
+                || (method == "DELETE" && path == "/api/v1/users/me"));
+        if ends_token && let Some(claims) = &ctx.claims {
+            let until = claims.exp.saturating_mul(1000) + 60_000;
+            if let Err(e) = self.state.store.deny_token(&claims.jti, until).await {
+                tracing::error!(error = %e, "could not deny a logged-out token");
+            }
+            let _ = self.state.refresh().await;
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Another backend may answer; only a request safe to repeat goes again.
+        if ctx.idempotent && ctx.tries < 3 {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let (status, message) = match e.etype() {
+            ErrorType::HTTPStatus(503) => (503, "no healthy upstream, retry shortly"),
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                (504, "the upstream did not answer in time")
+            }
+            ErrorType::HTTPStatus(code) if (400..500).contains(code) => {
+                (*code, "the request is malformed")
+            }
+            _ if e.esource() == &ErrorSource::Downstream => (400, "the request is malformed"),
+            _ => (502, "the upstream failed"),
+        };
+        let code = match status {
+            503 => ErrorCode::Unavailable,
+            504 | 502 => ErrorCode::Unavailable,
+            _ => ErrorCode::InvalidRequest,
+        };
+        let body = serde_json::to_vec(
+            &serde_json::json!({"error": {"code": code.as_str(), "message": message}}),
+        )
+        .unwrap_or_default();
+        let written = respond::write(
+            session,
+            status,
+            "application/json",
+            Bytes::from(body),
+            &ctx.request_id,
+            &[],
+        )
+        .await
+        .is_ok();
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: written,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let elapsed = ctx
+            .started
+            .map(|s| s.elapsed().as_secs_f64())
+            .unwrap_or(0.0);
+        metrics::counter!("flashmall_proxy_requests_total", "route" => ctx.route, "status" => status.to_string())
+            .increment(1);
+        metrics::histogram!("flashmall_proxy_request_duration_seconds", "route" => ctx.route)
+            .record(elapsed);
+        tracing::info!(
+            target: "flashmall_proxy::access",
+            request_id = %ctx.request_id,
+            method = %session.req_header().method,
+            path = %session.req_header().uri.path(),
+            status,
+            duration_ms = elapsed * 1000.0,
+            user = ctx.claims.as_ref().map(|c| c.sub.as_str()).unwrap_or("-"),
+            error = e.map(|e| e.to_string()).unwrap_or_default(),
+            "request"
+        );
+        if let Some(sale) = ctx.sold_out_sale.take() {
+            self.learn_sold_out(sale, ctx.pool.clone());
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! The sold-out gate: once the engine announces a sale sold out, the edge
+//! answers its purchases itself, with the engine's own 409 body, for
+//! `sold_out_ttl`. Buyers who hold units of the sale still go through: one
+//! of them may be retrying a purchase whose answer was lost, and only the
+//! engine knows that answer. Every other buyer cannot hold a reservation
+//! in the sale, so `sold_out` is exactly what the engine would say.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use flashmall_mesh::{ApiError, ErrorCode};
+
+struct Closed {
+    until: Instant,
+    holders: HashSet<String>,
+}
+
+/// Sales known sold out, with their holders.
+pub struct Gate {
+    ttl: Duration,
+    sales: RwLock<HashMap<String, Arc<Closed>>>,
+}
+
+/// The engine's answer to a purchase of a sold-out sale.
+pub fn sold_out() -> ApiError {
+    ApiError::new(ErrorCode::SoldOut, "the sale is sold out")
+}
+
+impl Gate {
+    pub fn new(ttl: Duration) -> Gate {
+        Gate {
+            ttl,
+            sales: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// True when the edge answers this purchase itself.
+    pub fn closed_for(&self, sale: &str, user: &str) -> bool {
+        let Some(entry) = self.sales.read().ok().and_then(|m| m.get(sale).cloned()) else {
+            return false;
+        };
+        Instant::now() < entry.until && !entry.holders.contains(user)
+    }
+
+    /// True when the gate needs the sale's holders (again).
+    pub fn needs(&self, sale: &str) -> bool {
+        self.sales
+            .read()
+            .ok()
+            .and_then(|m| m.get(sale).map(|e| Instant::now() >= e.until))
+            .unwrap_or(true)
+    }
+
+    /// Closes the gate of `sale` for the TTL, letting `holders` through.
+    pub fn close(&self, sale: &str, holders: HashSet<String>) {
+        let entry = Arc::new(Closed {
+            until: Instant::now() + self.ttl,
+            holders,
+        });
+        if let Ok(mut map) = self.sales.write() {
+            map.retain(|_, e| Instant::now() < e.until);
+            map.insert(sale.to_owned(), entry);
+        }
+    }
+}
+
+/// The sale of a purchase path `/api/v1/sales/{id}/purchase`.
+pub fn purchase_sale(path: &str) -> Option<&str> {
+    let id = path
+        .strip_prefix("/api/v1/sales/")?
+        .strip_suffix("/purchase")?;
+    (!id.is_empty() && !id.contains('/')).then_some(id)
+}
+
+/// The sale of any `/api/v1/sales/{id}...` path.
+pub fn sale_of(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/api/v1/sales/")?;
+    let id = rest.split('/').next()?;
+    (!id.is_empty()).then_some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holders_pass_and_others_are_answered_until_the_ttl() {
+        let gate = Gate::new(Duration::from_millis(50));
+        assert!(!gate.closed_for("s", "u"));
+        assert!(gate.needs("s"));
+        gate.close("s", HashSet::from(["holder".to_owned()]));
+        assert!(gate.closed_for("s", "u"));
+        assert!(!gate.closed_for("s", "holder"));
+        assert!(!gate.needs("s"));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(
+            !gate.closed_for("s", "u"),
+            "re-checked with the engine after the TTL"
+        );
+    }
+
+    #[test]
+    fn purchase_paths_name_their_sale() {
+        assert_eq!(purchase_sale("/api/v1/sales/abc/purchase"), Some("abc"));
+        assert_eq!(purchase_sale("/api/v1/sales/abc"), None);
+        assert_eq!(purchase_sale("/api/v1/sales//purchase"), None);
+        assert_eq!(sale_of("/api/v1/sales/abc/purchase"), Some("abc"));
+    }
+}

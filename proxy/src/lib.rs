@@ -1,0 +1,215 @@
+//! flashmall's edge proxy, on Pingora: the only public entry point.
+//!
+//! A request meets, in order (`edge.rs`): a request id; identity (a
+//! verified access token, required off the public routes); the blacklist;
+//! the access rules; the rate limits; the sold-out gate; then a healthy
+//! upstream of its route's pool, with the verified identity signed for the
+//! services. Edge state shared by replicas lives in `state/`.
+//!
+//! Depends on `flashmall-mesh` only (identity, errors, metrics); never on a
+//! component crate.
+
+#![forbid(unsafe_code)]
+
+mod admin;
+pub mod config;
+mod edge;
+pub mod gate;
+pub mod identity;
+pub mod limits;
+mod openapi;
+mod respond;
+pub mod state;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use flashmall_mesh::{IdentityKey, Shutdown};
+use pingora::lb::LoadBalancer;
+use pingora::lb::health_check::TcpHealthCheck;
+use pingora::lb::selection::RoundRobin;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::background::background_service;
+use regex::Regex;
+use tokio::sync::watch;
+
+use config::ProxyConfig;
+use edge::Edge;
+use gate::Gate;
+use identity::Verifier;
+use limits::{Limit, Limiter};
+use state::{EdgeStore, LocalEdgeStore, RedisEdgeStore, View};
+
+/// Everything the proxy needs to run.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    pub proxy: ProxyConfig,
+    /// The auth service's HS256 secret: access tokens are verified with it.
+    pub jwt_secret: Vec<u8>,
+    /// Signs the identity forwarded to the services.
+    pub identity: IdentityKey,
+}
+
+/// Stops Pingora when the watch flips.
+struct Stop(watch::Receiver<bool>);
+
+#[async_trait]
+impl ShutdownSignalWatch for Stop {
+    async fn recv(&self) -> ShutdownSignal {
+        let mut rx = self.0.clone();
+        let _ = rx.wait_for(|stop| *stop).await;
+        ShutdownSignal::GracefulTerminate
+    }
+}
+
+/// A running proxy.
+pub struct RunningProxy {
+    pub addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    thread: std::thread::JoinHandle<()>,
+    /// The edge state this replica enforces.
+    pub state: Arc<View>,
+}
+
+impl RunningProxy {
+    /// Stops serving (in-flight requests get the grace period) and waits.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let thread = self.thread;
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
+}
+
+/// Starts the proxy: edge state, limits, pools with health checks, and
+/// Pingora on its own thread. Must run inside a tokio runtime, which keeps
+/// the edge state fresh and serves the Redis connection.
+pub async fn launch(settings: &ProxySettings) -> Result<RunningProxy, String> {
+    let config = &settings.proxy;
+    config.validate()?;
+    let (store, redis): (Arc<dyn EdgeStore>, _) = if config.redis_url.is_empty() {
+        (Arc::new(LocalEdgeStore::default()), None)
+    } else {
+        let store = RedisEdgeStore::connect(&config.redis_url, Duration::from_secs(2))
+            .await
+            .map_err(|e| format!("proxy edge store: {e}"))?;
+        let client = store.client().clone();
+        (Arc::new(store), Some(client))
+    };
+    let view = View::new(store);
+    view.refresh()
+        .await
+        .map_err(|e| format!("cannot load the edge state: {e}"))?;
+    let (stop, stop_rx) = watch::channel(false);
+    let mut poll_stop = stop_rx.clone();
+    tokio::spawn(Arc::clone(&view).keep_fresh(config.state_poll, async move {
+        let _ = poll_stop.wait_for(|s| *s).await;
+    }));
+
+    let conf = ServerConf {
+        threads: config.threads,
+        grace_period_seconds: Some(config.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut pools = HashMap::new();
+    let mut checks = Vec::new();
+    for (name, backends) in &config.upstreams {
+        let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(backends.iter().map(String::as_str))
+            .map_err(|e| format!("proxy.upstreams.{name}: {e}"))?;
+        let mut check = TcpHealthCheck::new();
+        check.peer_template.options.connection_timeout = Some(Duration::from_millis(500));
+        lb.set_health_check(check);
+        lb.health_check_frequency = Some(Duration::from_secs(1));
+        let service = background_service(&format!("health check {name}"), lb);
+        pools.insert(name.clone(), service.task());
+        checks.push(service);
+    }
+    let mut routes: Vec<(String, String)> = config
+        .routes
+        .iter()
+        .map(|r| (r.prefix.clone(), r.upstream.clone()))
+        .collect();
+    routes.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
+    let public = config
+        .public
+        .iter()
+        .map(|p| {
+            Regex::new(&p.path)
+                .map(|re| (p.method.clone(), re))
+                .map_err(|e| e.to_string())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let limits = config
+        .limits
+        .iter()
+        .map(Limit::from_config)
+        .collect::<Result<Vec<_>, _>>()?;
+    let edge = Edge {
+        routes,
+        pools,
+        public,
+        verifier: Verifier::new(
+            &settings.jwt_secret,
+            &config.jwt_issuer,
+            &config.jwt_audience,
+            config.jwt_leeway,
+        ),
+        identity: settings.identity.clone(),
+        state: Arc::clone(&view),
+        limits,
+        limiter: Limiter::new(redis),
+        gate: Arc::new(Gate::new(config.sold_out_ttl)),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .map_err(|e| e.to_string())?,
+        connect_timeout: config.connect_timeout,
+        read_timeout: config.read_timeout,
+    };
+    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, edge);
+    proxy.add_tcp(&config.listen.to_string());
+    for check in checks {
+        server.add_service(check);
+    }
+    server.add_service(proxy);
+    let thread = std::thread::Builder::new()
+        .name("proxy".into())
+        .spawn(move || {
+            server.run(RunArgs {
+                shutdown_signal: Box::new(Stop(stop_rx)),
+            })
+        })
+        .map_err(|e| e.to_string())?;
+    // Pingora reports a failed bind only in its own task: wait for the port.
+    let addr = config.listen;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tracing::info!(%addr, "proxy serving");
+            return Ok(RunningProxy {
+                addr,
+                stop,
+                thread,
+                state: view,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(true);
+    Err(format!(
+        "the proxy did not start listening on {addr} (is the port taken?)"
+    ))
+}
+
+/// Runs the proxy until `shutdown`.
+pub async fn run(settings: ProxySettings, shutdown: Shutdown) -> Result<(), String> {
+    let running = launch(&settings).await?;
+    shutdown.wait().await;
+    running.stop().await;
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! Rate limits: GCRA (the generic cell rate algorithm) per key. A limit of
+//! `r` per second with burst `b` admits a request when its key's theoretical
+//! arrival time is at most `(b - 1) / r` ahead of now, and pushes it `1 / r`
+//! further. Local limits live in this replica's memory (sharded maps);
+//! global limits run the same algorithm in one Redis script, so all
+//! replicas share them.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use fred::prelude::*;
+use regex::Regex;
+
+use crate::config::LimitConfig;
+
+const SHARDS: usize = 64;
+/// A shard is swept of idle keys when it grows past this.
+const SWEEP_AT: usize = 10_000;
+
+/// What a limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    Ip,
+    User,
+    Sale,
+}
+
+/// One configured limit.
+pub struct Limit {
+    pub name: String,
+    pub kind: KeyKind,
+    method: String,
+    path: Option<Regex>,
+    /// Microseconds between admitted requests on average.
+    emission_us: u64,
+    /// How far ahead the arrival time may run (the burst), microseconds.
+    tolerance_us: u64,
+    global: bool,
+}
+
+impl Limit {
+    pub fn from_config(c: &LimitConfig) -> Result<Limit, String> {
+        let kind = match c.key.as_str() {
+            "ip" => KeyKind::Ip,
+            "user" => KeyKind::User,
+            "sale" => KeyKind::Sale,
+            other => return Err(format!("limit {}: unknown key {other}", c.name)),
+        };
+        let emission_us = (1_000_000.0 / c.per_second).max(1.0) as u64;
+        Ok(Limit {
+            name: c.name.clone(),
+            kind,
+            method: c.method.clone(),
+            path: if c.path.is_empty() {
+                None
+            } else {
+                Some(Regex::new(&c.path).map_err(|e| e.to_string())?)
+            },
+            emission_us,
+            tolerance_us: emission_us * u64::from(c.burst.saturating_sub(1)),
+            global: c.scope == "global",
+        })
+    }
+
+    pub fn applies(&self, method: &str, path: &str) -> bool {
+        (self.method == "*" || self.method.eq_ignore_ascii_case(method))
+            && self.path.as_ref().is_none_or(|p| p.is_match(path))
+    }
+}
+
+/// The local limiter's memory: theoretical arrival times by key.
+pub struct Limiter {
+    shards: Vec<Mutex<HashMap<String, u64>>>,
+    epoch: Instant,
+    redis: Option<Client>,
+}
+
+const GCRA: &str = r#"
+-- KEYS[1]: the limit's key; ARGV: 1 emission (us), 2 tolerance (us)
+-- Returns 0 when admitted, else microseconds until a retry can be.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local ahead = tat - now
+if ahead > tonumber(ARGV[2]) then return ahead - tonumber(ARGV[2]) end
+local new_tat = tat + tonumber(ARGV[1])
+redis.call('SET', KEYS[1], new_tat, 'PX', math.floor((new_tat - now) / 1000) + 1000)
+return 0
+"#;
+
+impl Limiter {
+    pub fn new(redis: Option<Client>) -> Limiter {
+        Limiter {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            epoch: Instant::now(),
+            redis,
+        }
+    }
+
+    fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    /// `Ok` when admitted, else how long until a retry can be.
+    fn local(&self, limit: &Limit, key: &str) -> Result<(), Duration> {
+        let full = format!("{}|{key}", limit.name);
+        let shard = (hash(&full) as usize) % SHARDS;
+        let mut map = self.shards[shard].lock().unwrap_or_else(|p| p.into_inner());
+        let now = self.now_us();
+        if map.len() > SWEEP_AT {
+            map.retain(|_, tat| *tat > now);
+        }
+        let tat = map.get(&full).copied().unwrap_or(now).max(now);
+        let ahead = tat - now;
+        if ahead > limit.tolerance_us {
+            return Err(Duration::from_micros(ahead - limit.tolerance_us));
+        }
+        map.insert(full, tat + limit.emission_us);
+        Ok(())
+    }
+
+    async fn global(&self, client: &Client, limit: &Limit, key: &str) -> Result<(), Duration> {
+        let redis_key = format!("fm:edge:limit:{}:{key}", limit.name);
+        let args = vec![
+            limit.emission_us.to_string(),
+            limit.tolerance_us.to_string(),
+        ];
+        match client
+            .eval::<i64, _, _, _>(GCRA, vec![redis_key], args)
+            .await
+        {
+            Ok(0) => Ok(()),
+            Ok(wait_us) => Err(Duration::from_micros(wait_us.max(1) as u64)),
+            Err(e) => {
+                // A shared limit that cannot be checked falls back to this
+                // replica's own count rather than failing open or closed.
+                tracing::debug!(error = %e, limit = %limit.name, "global limit unavailable, using the local one");
+                self.local(limit, key)
+            }
+        }
+    }
+
+    /// Checks `limit` for `key`.
+    pub async fn check(&self, limit: &Limit, key: &str) -> Result<(), Duration> {
+        match (&self.redis, limit.global) {
+            (Some(client), true) => self.global(client, limit, key).await,
+            _ => self.local(limit, key),
+        }
+    }
+}
+
+fn hash(s: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(per_second: f64, burst: u32) -> Limit {
+        Limit::from_config(&LimitConfig {
+            name: "t".into(),
+            key: "ip".into(),
+            method: "*".into(),
+            path: String::new(),
+            per_second,
+            burst,
+            scope: "local".into(),
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn admits_the_burst_then_the_rate() {
+        let limiter = Limiter::new(None);
+        let l = limit(10.0, 5);
+        for i in 0..5 {
+            assert!(limiter.check(&l, "k").await.is_ok(), "burst request {i}");
+        }
+        let wait = limiter.check(&l, "k").await.unwrap_err();
+        assert!(wait <= Duration::from_millis(100), "{wait:?}");
+        assert!(
+            limiter.check(&l, "other").await.is_ok(),
+            "keys are separate"
+        );
+        tokio::time::sleep(wait + Duration::from_millis(5)).await;
+        assert!(limiter.check(&l, "k").await.is_ok());
+    }
+}

@@ -1,0 +1,249 @@
+//! `/api/v1/openapi.json`: the OpenAPI 3 document of the public API served
+//! through the edge (the paths that exist today).
+
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+/// (method, path, summary, needs a token, request body schema, success status)
+type Operation = (
+    &'static str,
+    &'static str,
+    &'static str,
+    bool,
+    Option<Value>,
+    &'static str,
+);
+
+fn operations() -> Vec<Operation> {
+    let credentials = json!({"type": "object", "required": ["email", "password"],
+        "properties": {"email": {"type": "string", "format": "email"}, "password": {"type": "string", "minLength": 10, "maxLength": 128}}});
+    vec![
+        (
+            "post",
+            "/api/v1/auth/register",
+            "Create an account",
+            false,
+            Some(credentials.clone()),
+            "201",
+        ),
+        (
+            "post",
+            "/api/v1/auth/login",
+            "Log in: access and refresh tokens",
+            false,
+            Some(credentials),
+            "200",
+        ),
+        (
+            "post",
+            "/api/v1/auth/refresh",
+            "Rotate a refresh token",
+            false,
+            Some(
+                json!({"type": "object", "required": ["refresh_token"], "properties": {"refresh_token": {"type": "string"}}}),
+            ),
+            "200",
+        ),
+        (
+            "post",
+            "/api/v1/auth/logout",
+            "End this login; the access token stops working",
+            true,
+            None,
+            "204",
+        ),
+        (
+            "get",
+            "/api/v1/users/me",
+            "The caller's account",
+            true,
+            None,
+            "200",
+        ),
+        (
+            "patch",
+            "/api/v1/users/me",
+            "Change the caller's email or password",
+            true,
+            Some(
+                json!({"type": "object", "required": ["current_password"], "properties": {"email": {"type": "string"}, "password": {"type": "string"}, "current_password": {"type": "string"}}}),
+            ),
+            "200",
+        ),
+        (
+            "delete",
+            "/api/v1/users/me",
+            "Delete the caller's account",
+            true,
+            Some(
+                json!({"type": "object", "required": ["password"], "properties": {"password": {"type": "string"}}}),
+            ),
+            "204",
+        ),
+        (
+            "put",
+            "/api/v1/admin/users/{id}/roles",
+            "Set a user's roles (admin)",
+            true,
+            Some(
+                json!({"type": "object", "required": ["roles"], "properties": {"roles": {"type": "array", "items": {"enum": ["customer", "merchant", "admin"]}}}}),
+            ),
+            "200",
+        ),
+        (
+            "post",
+            "/api/v1/sales",
+            "Create a flash sale (admin)",
+            true,
+            Some(
+                json!({"type": "object", "required": ["product_id", "price", "stock", "per_user_limit", "starts_at", "ends_at"],
+                "properties": {"product_id": {"type": "string"}, "price": {"type": "integer", "description": "minor units"},
+                    "stock": {"type": "integer"}, "per_user_limit": {"type": "integer"},
+                    "starts_at": {"type": "string", "format": "date-time"}, "ends_at": {"type": "string", "format": "date-time"}}}),
+            ),
+            "201",
+        ),
+        (
+            "get",
+            "/api/v1/sales/{id}",
+            "A sale with its status and live remaining units",
+            false,
+            None,
+            "200",
+        ),
+        (
+            "post",
+            "/api/v1/sales/{id}/purchase",
+            "Reserve units (Idempotency-Key header required)",
+            true,
+            Some(
+                json!({"type": "object", "required": ["quantity"], "properties": {"quantity": {"type": "integer", "minimum": 1}}}),
+            ),
+            "201",
+        ),
+        (
+            "get",
+            "/api/v1/reservations/{id}",
+            "One of the caller's reservations",
+            true,
+            None,
+            "200",
+        ),
+        (
+            "post",
+            "/api/v1/admin/reconcile",
+            "Rebuild Redis from the ledger and report drift (admin)",
+            true,
+            None,
+            "200",
+        ),
+        (
+            "get",
+            "/api/v1/admin/blacklist",
+            "Blacklist entries (admin)",
+            true,
+            None,
+            "200",
+        ),
+        (
+            "post",
+            "/api/v1/admin/blacklist",
+            "Blacklist a user or an address range (admin)",
+            true,
+            Some(
+                json!({"type": "object", "properties": {"user_id": {"type": "string"}, "cidr": {"type": "string"}, "expires_at": {"type": "string", "format": "date-time"}}}),
+            ),
+            "201",
+        ),
+        (
+            "delete",
+            "/api/v1/admin/blacklist/{id}",
+            "Remove a blacklist entry (admin)",
+            true,
+            None,
+            "204",
+        ),
+        (
+            "get",
+            "/api/v1/admin/access-rules",
+            "The access rules (admin)",
+            true,
+            None,
+            "200",
+        ),
+        (
+            "put",
+            "/api/v1/admin/access-rules",
+            "Replace the access rules (admin)",
+            true,
+            Some(
+                json!({"type": "object", "required": ["rules"], "properties": {"rules": {"type": "array", "items": {"type": "object",
+                "required": ["role", "effect", "path"], "properties": {"role": {"type": "string"}, "effect": {"enum": ["allow", "deny"]},
+                "method": {"type": "string"}, "path": {"type": "string", "description": "regular expression"}}}}}}),
+            ),
+            "200",
+        ),
+        (
+            "get",
+            "/api/v1/openapi.json",
+            "This document",
+            false,
+            None,
+            "200",
+        ),
+    ]
+}
+
+fn build() -> Value {
+    let error = json!({"type": "object", "properties": {"error": {"type": "object",
+        "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}});
+    let mut paths = serde_json::Map::new();
+    for (method, path, summary, secured, body, ok) in operations() {
+        let mut op = json!({
+            "summary": summary,
+            "responses": {
+                ok: {"description": "success"},
+                "default": {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+            }
+        });
+        if secured {
+            op["security"] = json!([{"bearer": []}]);
+        }
+        if let Some(schema) = body {
+            op["requestBody"] =
+                json!({"required": true, "content": {"application/json": {"schema": schema}}});
+        }
+        let params: Vec<Value> = path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        if !params.is_empty() {
+            op["parameters"] = Value::Array(params);
+        }
+        paths
+            .entry(path.to_owned())
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .map(|o| o.insert(method.to_owned(), op));
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "flashmall", "version": env!("CARGO_PKG_VERSION"),
+            "description": "Flash-sale storefront API. Money is integer minor units; instants are RFC 3339 UTC."},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            "schemas": {"Error": error}
+        }
+    })
+}
+
+/// The document, built once.
+pub fn document() -> Bytes {
+    static DOC: OnceLock<Bytes> = OnceLock::new();
+    DOC.get_or_init(|| Bytes::from(serde_json::to_vec(&build()).unwrap_or_default()))
+        .clone()
+}

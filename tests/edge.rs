@@ -1,0 +1,747 @@
+//! The edge, black-box: the real Pingora proxy in front of the real engine
+//! and auth service, over real sockets, with tokens from real logins.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use flashmall_mesh::Role;
+use flashmall_mesh::identity::AccessClaims;
+use serde_json::json;
+use support::stack::{EdgeStack, JWT_SECRET, Login};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn claims(user: &str, exp: u64) -> AccessClaims {
+    AccessClaims {
+        sub: user.into(),
+        roles: vec![Role::Admin],
+        iat: now_secs(),
+        nbf: now_secs(),
+        exp,
+        iss: "flashmall".into(),
+        aud: "flashmall-api".into(),
+        jti: format!("{}", uuid::Uuid::now_v7().simple()),
+    }
+}
+
+fn sign(alg: jsonwebtoken::Algorithm, claims: &AccessClaims, secret: &[u8]) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(alg),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
+fn b64url(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_routes_pass_and_protected_routes_need_a_valid_token() {
+    let s = EdgeStack::start(|_| {}).await;
+    let admin = s.admin().await;
+    let sale = s.sale(&admin, 5).await;
+    // Public: sale status and the OpenAPI document, no token.
+    let (status, view) = s
+        .call(s.client.get(s.url(&format!("/api/v1/sales/{sale}"))))
+        .await;
+    assert_eq!((status, view["remaining"].as_i64()), (200, Some(5)));
+    let (status, doc) = s.call(s.client.get(s.url("/api/v1/openapi.json"))).await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.0.3");
+    assert!(doc["paths"]["/api/v1/sales/{id}/purchase"]["post"].is_object());
+    // Protected: every bad token is a 401.
+    let user = admin.user_id.clone();
+    let expired = sign(
+        jsonwebtoken::Algorithm::HS256,
+        &claims(&user, now_secs() - 120),
+        JWT_SECRET,
+    );
+    let other_key = sign(
+        jsonwebtoken::Algorithm::HS256,
+        &claims(&user, now_secs() + 600),
+        b"another-secret-0123456789abcdefghij",
+    );
+    let wrong_alg = sign(
+        jsonwebtoken::Algorithm::HS512,
+        &claims(&user, now_secs() + 600),
+        JWT_SECRET,
+    );
+    let mut tampered = admin.access.clone();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    let none = format!(
+        "{}.{}.",
+        b64url(br#"{"alg":"none","typ":"JWT"}"#),
+        b64url(&serde_json::to_vec(&claims(&user, now_secs() + 600)).unwrap())
+    );
+    let mut wrong_aud = claims(&user, now_secs() + 600);
+    wrong_aud.aud = "someone-else".into();
+    let wrong_aud = sign(jsonwebtoken::Algorithm::HS256, &wrong_aud, JWT_SECRET);
+    let purchase = |token: Option<&str>| {
+        let r = s
+            .client
+            .post(s.url(&format!("/api/v1/sales/{sale}/purchase")))
+            .header("idempotency-key", "k")
+            .json(&json!({"quantity": 1}));
+        match token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    };
+    for (name, token) in [
+        ("missing", None),
+        ("expired", Some(expired.as_str())),
+        ("foreign key", Some(other_key.as_str())),
+        ("wrong algorithm", Some(wrong_alg.as_str())),
+        ("tampered", Some(tampered.as_str())),
+        ("alg none", Some(none.as_str())),
+        ("wrong audience", Some(wrong_aud.as_str())),
+        ("garbage", Some("not.a.token")),
+    ] {
+        let (status, body) = s.call(purchase(token)).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (401, Some("unauthenticated")),
+            "{name}: {body}"
+        );
+    }
+    let (status, _) = s.call(purchase(Some(&admin.access))).await;
+    assert_eq!(status, 201);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_identity_headers_are_ignored_and_users_stay_apart() {
+    let s = EdgeStack::start(|_| {}).await;
+    let admin = s.admin().await;
+    let sale = s.sale(&admin, 5).await;
+    let alice = s.login("alice@example.com").await;
+    let bob = s.login("bob@example.com").await;
+    // Alice claims to be Bob in every header a service might read.
+    let (status, body) = s
+        .call(
+            s.client
+                .post(s.url(&format!("/api/v1/sales/{sale}/purchase")))
+                .bearer_auth(&alice.access)
+                .header("x-user-id", &bob.user_id)
+                .header("x-user-roles", "admin")
+                .header(
+                    "x-flashmall-identity",
+                    format!("v1.{}.admin.x.99999999999999.00", bob.user_id),
+                )
+                .header("idempotency-key", "k1")
+                .json(&json!({"quantity": 1})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let reservation = body["reservation_id"].as_str().unwrap();
+    let get = |who: &Login| {
+        s.client
+            .get(s.url(&format!("/api/v1/reservations/{reservation}")))
+            .bearer_auth(&who.access)
+    };
+    let (status, r) = s.call(get(&alice)).await;
+    assert_eq!(
+        (status, r["user_id"].as_str()),
+        (200, Some(alice.user_id.as_str()))
+    );
+    assert_eq!(
+        s.call(get(&bob)).await.0,
+        404,
+        "bob cannot read alice's reservation"
+    );
+    // A forged identity header alone gets nowhere.
+    let (status, _) = s
+        .call(s.client.get(s.url("/api/v1/users/me")).header(
+            "x-flashmall-identity",
+            format!("v1.{}.admin.x.99999999999999.00", bob.user_id),
+        ))
+        .await;
+    assert_eq!(status, 401);
+    // /users/me is always the caller's own account.
+    let (_, me) = s
+        .call(
+            s.client
+                .get(s.url("/api/v1/users/me"))
+                .bearer_auth(&alice.access),
+        )
+        .await;
+    assert_eq!(me["email"], "alice@example.com");
+    let (status, _) = s
+        .call(
+            s.client
+                .delete(s.url("/api/v1/users/me"))
+                .bearer_auth(&alice.access)
+                .header("x-user-id", &bob.user_id)
+                .json(&json!({"password": "correct horse battery"})),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, me) = s
+        .call(
+            s.client
+                .get(s.url("/api/v1/users/me"))
+                .bearer_auth(&bob.access),
+        )
+        .await;
+    assert_eq!(
+        (status, me["email"].as_str()),
+        (200, Some("bob@example.com")),
+        "bob's account survives"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_rotates_and_logout_ends_the_token_at_the_edge() {
+    let s = EdgeStack::start(|_| {}).await;
+    let carol = s.login("carol@example.com").await;
+    let refresh = |token: &str| {
+        s.client
+            .post(s.url("/api/v1/auth/refresh"))
+            .json(&json!({"refresh_token": token}))
+    };
+    let (status, rotated) = s.call(refresh(&carol.refresh)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        s.call(refresh(&carol.refresh)).await.0,
+        401,
+        "reuse of a rotated token"
+    );
+    assert_eq!(
+        s.call(refresh(rotated["refresh_token"].as_str().unwrap()))
+            .await
+            .0,
+        401,
+        "family revoked"
+    );
+    let dave = s.login("dave@example.com").await;
+    let me = || {
+        s.client
+            .get(s.url("/api/v1/users/me"))
+            .bearer_auth(&dave.access)
+    };
+    assert_eq!(s.call(me()).await.0, 200);
+    let (status, _) = s
+        .call(
+            s.client
+                .post(s.url("/api/v1/auth/logout"))
+                .bearer_auth(&dave.access),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, body) = s.call(me()).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("unauthenticated")),
+        "{body}"
+    );
+    assert_eq!(s.call(refresh(&dave.refresh)).await.0, 401);
+    s.stop().await;
+}
+
+/// Polls until `check` holds, at most `limit`; returns how long it took.
+async fn within<F, Fut>(limit: Duration, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if check().await {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < limit, "not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blacklists_apply_to_users_and_address_ranges_and_lift_on_removal() {
+    let s = EdgeStack::start(|_| {}).await;
+    let admin = s.admin().await;
+    let erin = s.login("erin@example.com").await;
+    let me = |who: &Login| {
+        s.client
+            .get(s.url("/api/v1/users/me"))
+            .bearer_auth(&who.access)
+    };
+    let (status, entry) = s
+        .call(
+            s.client
+                .post(s.url("/api/v1/admin/blacklist"))
+                .bearer_auth(&admin.access)
+                .json(&json!({"user_id": erin.user_id})),
+        )
+        .await;
+    assert_eq!(status, 201, "{entry}");
+    let id = entry["id"].as_str().unwrap().to_owned();
+    within(Duration::from_secs(1), || async {
+        s.call(me(&erin)).await.0 == 403
+    })
+    .await;
+    assert_eq!(s.call(me(&admin)).await.0, 200, "others unaffected");
+    let (_, list) = s
+        .call(
+            s.client
+                .get(s.url("/api/v1/admin/blacklist"))
+                .bearer_auth(&admin.access),
+        )
+        .await;
+    assert_eq!(
+        list["entries"][0]["user_id"].as_str(),
+        Some(erin.user_id.as_str())
+    );
+    let (status, _) = s
+        .call(
+            s.client
+                .delete(s.url(&format!("/api/v1/admin/blacklist/{id}")))
+                .bearer_auth(&admin.access),
+        )
+        .await;
+    assert_eq!(status, 204);
+    within(Duration::from_secs(1), || async {
+        s.call(me(&erin)).await.0 == 200
+    })
+    .await;
+    // An address range: clients from 127.0.0.2 are refused, others are not.
+    let from_two = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let (status, entry) = s
+        .call(
+            s.client
+                .post(s.url("/api/v1/admin/blacklist"))
+                .bearer_auth(&admin.access)
+                .json(&json!({"cidr": "127.0.0.2/32"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    within(Duration::from_secs(1), || async {
+        s.call(
+            from_two
+                .get(s.url("/api/v1/openapi.json"))
+                .bearer_auth(&erin.access),
+        )
+        .await
+        .0 == 403
+    })
+    .await;
+    assert_eq!(
+        s.call(from_two.get(s.url("/api/v1/sales/x"))).await.0,
+        403,
+        "even public routes"
+    );
+    assert_eq!(
+        s.call(me(&erin)).await.0,
+        200,
+        "from 127.0.0.1 erin still works"
+    );
+    let id = entry["id"].as_str().unwrap();
+    s.call(
+        s.client
+            .delete(s.url(&format!("/api/v1/admin/blacklist/{id}")))
+            .bearer_auth(&admin.access),
+    )
+    .await;
+    within(Duration::from_secs(1), || async {
+        s.call(
+            from_two
+                .get(s.url("/api/v1/users/me"))
+                .bearer_auth(&erin.access),
+        )
+        .await
+        .0 == 200
+    })
+    .await;
+    // Bad entries are refused; only admins manage the list.
+    for bad in [
+        json!({}),
+        json!({"cidr": "nonsense"}),
+        json!({"user_id": "a", "cidr": "10.0.0.0/8"}),
+        json!({"user_id": "u", "expires_at": "2000-01-01T00:00:00Z"}),
+    ] {
+        let (status, body) = s
+            .call(
+                s.client
+                    .post(s.url("/api/v1/admin/blacklist"))
+                    .bearer_auth(&admin.access)
+                    .json(&bad),
+            )
+            .await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some("invalid_request")),
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        s.call(
+            s.client
+                .get(s.url("/api/v1/admin/blacklist"))
+                .bearer_auth(&erin.access)
+        )
+        .await
+        .0,
+        403
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_rules_change_at_runtime_and_bad_rules_are_refused() {
+    let s = EdgeStack::start(|_| {}).await;
+    let admin = s.admin().await;
+    let frank = s.login("frank@example.com").await;
+    let me = |who: &Login| {
+        s.client
+            .get(s.url("/api/v1/users/me"))
+            .bearer_auth(&who.access)
+    };
+    let put = |rules: serde_json::Value| {
+        s.client
+            .put(s.url("/api/v1/admin/access-rules"))
+            .bearer_auth(&admin.access)
+            .json(&json!({ "rules": rules }))
+    };
+    // Ordered: the first rule matching any of the caller's roles decides, so
+    // admins (who are customers too) are let through by the rule above.
+    let (status, _) = s
+        .call(put(json!([
+            {"role": "admin", "effect": "allow", "path": "^/api/v1/users/me$"},
+            {"role": "customer", "effect": "deny", "method": "GET", "path": "^/api/v1/users/me$"}
+        ])))
+        .await;
+    assert_eq!(status, 200);
+    let took = within(Duration::from_secs(1), || async {
+        s.call(me(&frank)).await.0 == 403
+    })
+    .await;
+    assert!(took < Duration::from_secs(1));
+    assert_eq!(
+        s.call(me(&admin)).await.0,
+        200,
+        "the admin rule comes first"
+    );
+    let (status, body) = s
+        .call(put(
+            json!([{"role": "customer", "effect": "deny", "path": "(unclosed"}]),
+        ))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("rule 0"),
+        "{body}"
+    );
+    assert_eq!(s.call(me(&frank)).await.0, 403, "the old rules stay");
+    let (_, current) = s
+        .call(
+            s.client
+                .get(s.url("/api/v1/admin/access-rules"))
+                .bearer_auth(&admin.access),
+        )
+        .await;
+    assert_eq!(current["rules"].as_array().map(Vec::len), Some(2));
+    s.call(put(json!([]))).await;
+    within(Duration::from_secs(1), || async {
+        s.call(me(&frank)).await.0 == 200
+    })
+    .await;
+    s.stop().await;
+}
+
+/// Sends raw HTTP/1.1 requests on one connection; returns each status and
+/// whether the connection was still usable for the next.
+async fn on_one_connection(addr: std::net::SocketAddr, requests: &[String]) -> Vec<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut answers = Vec::new();
+    for request in requests {
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        // Read one response: headers, then Content-Length bytes.
+        loop {
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the connection was closed");
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + length {
+                    let status = text[9..12].parse().unwrap();
+                    answers.push((status, text[..end].to_owned()));
+                    break;
+                }
+            }
+        }
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_answer_429_near_the_configured_rate_on_an_open_connection() {
+    let s = EdgeStack::start(|p| {
+        p.limits.push(flashmall_proxy::config::LimitConfig {
+            name: "me-per-user".into(),
+            key: "user".into(),
+            method: "GET".into(),
+            path: "^/api/v1/users/me$".into(),
+            per_second: 20.0,
+            burst: 1,
+            scope: "local".into(),
+        });
+    })
+    .await;
+    let grace = s.login("grace@example.com").await;
+    // Three requests on one connection: the 429 must not close it.
+    let addr = s.proxy.as_ref().unwrap().addr;
+    let request = format!(
+        "GET /api/v1/users/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        grace.access
+    );
+    let answers = on_one_connection(addr, &[request.clone(), request.clone(), request]).await;
+    assert!(
+        answers.iter().any(|(status, _)| *status == 429),
+        "{answers:?}"
+    );
+    let limited = answers.iter().find(|(status, _)| *status == 429).unwrap();
+    assert!(
+        limited.1.to_ascii_lowercase().contains("retry-after:"),
+        "{}",
+        limited.1
+    );
+    assert!(
+        !limited.1.to_ascii_lowercase().contains("connection: close"),
+        "{}",
+        limited.1
+    );
+    // The admitted rate over two seconds is within 20% of 20 per second.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let mut admitted = 0u32;
+    while started.elapsed() < Duration::from_secs(2) {
+        let (status, _) = s
+            .call(
+                s.client
+                    .get(s.url("/api/v1/users/me"))
+                    .bearer_auth(&grace.access),
+            )
+            .await;
+        match status {
+            200 => admitted += 1,
+            429 => {}
+            other => panic!("unexpected {other}"),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let rate = f64::from(admitted) / started.elapsed().as_secs_f64();
+    assert!(
+        (16.0..=24.0).contains(&rate),
+        "admitted {rate:.1}/s, configured 20/s"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_4xx_and_the_proxy_keeps_serving() {
+    let s = EdgeStack::start(|_| {}).await;
+    let admin = s.admin().await;
+    let sale = s.sale(&admin, 3).await;
+    let url = s.url(&format!("/api/v1/sales/{sale}/purchase"));
+    let post = |body: String| {
+        s.client
+            .post(&url)
+            .bearer_auth(&admin.access)
+            .header("idempotency-key", "k")
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    assert_eq!(s.call(post("{\"quantity\":".into())).await.0, 400);
+    assert_eq!(
+        s.call(post(format!(
+            "{{\"quantity\":1,\"x\":\"{}\"}}",
+            "y".repeat(100_000)
+        )))
+        .await
+        .0,
+        413
+    );
+    let huge = s
+        .client
+        .get(s.url("/api/v1/sales/x"))
+        .header("x-huge", "h".repeat(200_000))
+        .send()
+        .await;
+    if let Ok(r) = huge {
+        assert!(r.status().is_client_error(), "huge header: {}", r.status());
+    }
+    let (status, body) = s
+        .call(
+            s.client
+                .get(s.url("/api/v1/nowhere"))
+                .bearer_auth(&admin.access),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    assert_eq!(
+        s.call(s.client.get(s.url("/healthz"))).await.0,
+        200,
+        "still serving"
+    );
+    assert_eq!(s.call(post("{\"quantity\":1}".into())).await.0, 201);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sold_out_sales_are_answered_at_the_edge_but_holders_get_their_answers() {
+    let s = EdgeStack::start(|_| {}).await;
+    let admin = s.admin().await;
+    let sale = s.sale(&admin, 1).await;
+    let holder = s.login("holder@example.com").await;
+    let late = s.login("late@example.com").await;
+    let (status, first) = s.purchase(&holder, &sale, "k").await;
+    assert_eq!(status, 201);
+    let (status, body) = s.purchase(&late, &sale, "k1").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("sold_out"))
+    );
+    let gate_count = || async {
+        let metrics = s
+            .client
+            .get(s.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("flashmall_proxy_rejections_total") && l.contains("sold_out_gate")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let before = gate_count().await;
+    within(Duration::from_secs(1), || async {
+        let (status, body) = s.purchase(&late, &sale, "k2").await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (409, Some("sold_out")),
+            "{body}"
+        );
+        gate_count().await > before
+    })
+    .await;
+    // The holder's retry still reaches the engine and gets the original answer.
+    let (status, again) = s.purchase(&holder, &sale, "k").await;
+    assert_eq!(status, 201);
+    assert_eq!(again["reservation_id"], first["reservation_id"]);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sharing_redis_share_the_blacklist_and_global_limits() {
+    let redis = flashmall_testing::RedisServer::start();
+    let url = redis.url();
+    let s = EdgeStack::start(|p| {
+        p.redis_url = url.clone();
+        p.limits.push(flashmall_proxy::config::LimitConfig {
+            name: "me-global".into(),
+            key: "user".into(),
+            method: "GET".into(),
+            path: "^/api/v1/users/me$".into(),
+            per_second: 10.0,
+            burst: 5,
+            scope: "global".into(),
+        });
+    })
+    .await;
+    let other = s.replica().await;
+    let other_url = |path: &str| format!("http://{}{path}", other.addr);
+    let admin = s.admin().await;
+    let ivy = s.login("ivy@example.com").await;
+    let jack = s.login("jack@example.com").await;
+    // A blacklist entry made through the first replica is enforced by the second.
+    let (status, _) = s
+        .call(
+            s.client
+                .post(s.url("/api/v1/admin/blacklist"))
+                .bearer_auth(&admin.access)
+                .json(&json!({"user_id": ivy.user_id})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let took = within(Duration::from_secs(1), || async {
+        s.call(
+            s.client
+                .get(other_url("/api/v1/users/me"))
+                .bearer_auth(&ivy.access),
+        )
+        .await
+        .0 == 403
+    })
+    .await;
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    // The global limit is one budget across replicas: a burst of 5, then
+    // 10/s, however the requests are spread.
+    let mut admitted = 0;
+    let started = Instant::now();
+    for i in 0..20 {
+        let url = if i % 2 == 0 {
+            s.url("/api/v1/users/me")
+        } else {
+            other_url("/api/v1/users/me")
+        };
+        if s.call(s.client.get(url).bearer_auth(&jack.access)).await.0 == 200 {
+            admitted += 1;
+        }
+    }
+    let allowed = 5.0 + 10.0 * started.elapsed().as_secs_f64();
+    assert!(admitted >= 5, "the burst is admitted: {admitted}");
+    assert!(
+        f64::from(admitted) <= allowed.ceil() + 1.0,
+        "admitted {admitted}, one shared budget allows {allowed:.1}"
+    );
+    other.stop().await;
+    s.stop().await;
+}

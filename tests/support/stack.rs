@@ -1,0 +1,223 @@
+//! The whole stack in this test process: engine (in-process stock front,
+//! embedded ledger), auth service and the edge proxy in front, each on its
+//! own loopback port, talking over real sockets.
+
+use std::time::Duration;
+
+use flashmall_engine::config::{EngineConfig, LedgerConfig, RedisConfig};
+use flashmall_mesh::{IdentityKey, Shutdown};
+use flashmall_proxy::config::ProxyConfig;
+use flashmall_proxy::{ProxySettings, RunningProxy};
+use flashmall_services::AuthSettings;
+use flashmall_services::config::AuthConfig;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+pub const JWT_SECRET: &[u8] = b"edge-tests-jwt-secret-0123456789abcdef";
+pub const ADMIN_EMAIL: &str = "root@example.com";
+pub const PASSWORD: &str = "correct horse battery";
+
+pub struct EdgeStack {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub proxy: Option<RunningProxy>,
+    pub settings: ProxySettings,
+    shutdown: Shutdown,
+    _dir: tempfile::TempDir,
+}
+
+/// Tokens of a logged-in user.
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub user_id: String,
+    pub access: String,
+    pub refresh: String,
+}
+
+impl EdgeStack {
+    /// Starts engine, auth and a proxy configured by `tweak`.
+    pub async fn start(tweak: impl FnOnce(&mut ProxyConfig)) -> EdgeStack {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = IdentityKey::random();
+        let shutdown = Shutdown::new();
+        let engine_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let engine = flashmall_engine::launch(
+            &flashmall_engine::Settings {
+                engine: EngineConfig::default(),
+                redis: RedisConfig::default(),
+                ledger: LedgerConfig::default(),
+                data_dir: dir.path().to_owned(),
+                identity: identity.clone(),
+            },
+            engine_listener,
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let auth_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let auth = flashmall_services::launch_auth(
+            &AuthSettings {
+                auth: AuthConfig {
+                    argon2_memory_kib: 64,
+                    argon2_iterations: 1,
+                    bootstrap_admins: vec![ADMIN_EMAIL.into()],
+                    ..AuthConfig::default()
+                },
+                data_dir: dir.path().to_owned(),
+                identity: identity.clone(),
+                jwt_secret: JWT_SECRET.to_vec(),
+            },
+            auth_listener,
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let mut proxy = ProxyConfig {
+            listen: format!("127.0.0.1:{}", flashmall_testing::free_port())
+                .parse()
+                .unwrap(),
+            grace_period: Duration::ZERO,
+            ..ProxyConfig::default()
+        };
+        proxy
+            .upstreams
+            .insert("engine".into(), vec![engine.addr.to_string()]);
+        proxy
+            .upstreams
+            .insert("auth".into(), vec![auth.addr.to_string()]);
+        tweak(&mut proxy);
+        let settings = ProxySettings {
+            proxy,
+            jwt_secret: JWT_SECRET.to_vec(),
+            identity,
+        };
+        let running = flashmall_proxy::launch(&settings)
+            .await
+            .expect("proxy starts");
+        EdgeStack {
+            base: format!("http://{}", running.addr),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+            proxy: Some(running),
+            settings,
+            shutdown,
+            _dir: dir,
+        }
+    }
+
+    /// Another proxy replica in front of the same components.
+    pub async fn replica(&self) -> RunningProxy {
+        let mut settings = self.settings.clone();
+        settings.proxy.listen = format!("127.0.0.1:{}", flashmall_testing::free_port())
+            .parse()
+            .unwrap();
+        flashmall_proxy::launch(&settings)
+            .await
+            .expect("replica starts")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn call(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
+        let response = request.send().await.expect("the proxy answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Registers (if needed) and logs in through the proxy.
+    pub async fn login(&self, email: &str) -> Login {
+        let (status, body) = self
+            .call(
+                self.client
+                    .post(self.url("/api/v1/auth/register"))
+                    .json(&json!({"email": email, "password": PASSWORD})),
+            )
+            .await;
+        assert!(
+            status == 201 || status == 409,
+            "register {email}: {status} {body}"
+        );
+        let (status, tokens) = self
+            .call(
+                self.client
+                    .post(self.url("/api/v1/auth/login"))
+                    .json(&json!({"email": email, "password": PASSWORD})),
+            )
+            .await;
+        assert_eq!(status, 200, "login {email}: {tokens}");
+        let access = tokens["access_token"].as_str().unwrap().to_owned();
+        let (_, me) = self
+            .call(
+                self.client
+                    .get(self.url("/api/v1/users/me"))
+                    .bearer_auth(&access),
+            )
+            .await;
+        Login {
+            user_id: me["id"].as_str().unwrap_or_default().to_owned(),
+            access,
+            refresh: tokens["refresh_token"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    pub async fn admin(&self) -> Login {
+        self.login(ADMIN_EMAIL).await
+    }
+
+    /// Creates an open sale as the admin; returns its id.
+    pub async fn sale(&self, admin: &Login, stock: i64) -> String {
+        let now = time::OffsetDateTime::now_utc();
+        let (status, body) = self
+            .call(self.client.post(self.url("/api/v1/sales")).bearer_auth(&admin.access).json(&json!({
+                "product_id": "p-1", "price": 1999, "stock": stock, "per_user_limit": 1,
+                "starts_at": flashmall_engine::sale::rfc3339(now - time::Duration::seconds(1)),
+                "ends_at": flashmall_engine::sale::rfc3339(now + time::Duration::hours(1)),
+            })))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn purchase(&self, login: &Login, sale: &str, key: &str) -> (u16, Value) {
+        self.call(
+            self.client
+                .post(self.url(&format!("/api/v1/sales/{sale}/purchase")))
+                .bearer_auth(&login.access)
+                .header("idempotency-key", key)
+                .json(&json!({"quantity": 1})),
+        )
+        .await
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(p) = self.proxy.take() {
+            p.stop().await;
+        }
+        self.shutdown.trigger();
+    }
+}
+
+impl Drop for EdgeStack {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+        if let Some(p) = self.proxy.take() {
+            // Stopping waits for the proxy thread; do not block a runtime thread.
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                if let Ok(rt) = rt {
+                    rt.block_on(p.stop());
+                }
+            });
+        }
+    }
+}
