@@ -13,8 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flashmall_engine::config::{EngineConfig, LedgerConfig, RedisConfig};
-use flashmall_mesh::identity::IDENTITY_HEADER;
-use flashmall_mesh::{Identity, IdentityKey, Role, Shutdown};
+use flashmall_mesh::{IdentityKey, Shutdown};
+use flashmall_proxy::ProxySettings;
+use flashmall_proxy::config::ProxyConfig;
+use flashmall_services::AuthSettings;
+use flashmall_services::config::AuthConfig;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
@@ -98,6 +101,8 @@ pub struct DemoReport {
     pub burst_seconds: f64,
     /// From the last answer until nothing was left to settle.
     pub settle_drain_ms: f64,
+    /// Registering and logging in every buyer through the edge.
+    pub accounts_seconds: f64,
     pub checks: Vec<Check>,
 }
 
@@ -112,7 +117,7 @@ impl DemoReport {
         let mut t = String::new();
         let _ = writeln!(
             t,
-            "flashmall demo: {} units, {} attempts from {} buyers (limit {} each), {} connections, front={}, ack={}",
+            "flashmall demo: {} units, {} attempts from {} logged-in buyers (limit {} each) through the edge, {} connections, front={}, ack={}",
             o.stock,
             o.attempts,
             o.buyers,
@@ -144,6 +149,11 @@ impl DemoReport {
             t,
             "{:<34}{:>30.1}",
             "settlement drain after storm (ms)", self.settle_drain_ms
+        );
+        let _ = writeln!(
+            t,
+            "{:<34}{:>30.2}",
+            "buyer accounts ready in (s)", self.accounts_seconds
         );
         let _ = writeln!(t, "{:-<64}", "");
         for c in &self.checks {
@@ -212,40 +222,62 @@ struct Answer {
     latency: Duration,
 }
 
-/// Signs the identities the demo's buyers and admin act with. Until the
-/// edge proxy fronts the demo, the demo plays the edge: it holds the mesh
-/// key of the stack it started, and the engine verifies every signature.
-#[derive(Clone)]
-struct Signer {
-    key: IdentityKey,
+/// The demo's accounts: real registrations and logins through the edge.
+struct Accounts {
+    admin: String,
+    /// Access token of buyer `i`.
+    buyers: Vec<String>,
 }
 
-impl Signer {
-    fn header(&self, user: &str, roles: Vec<Role>) -> String {
-        self.key.sign(&Identity {
-            user_id: user.to_owned(),
-            roles,
-            token_id: uuid::Uuid::now_v7().to_string(),
-            expires_at_ms: flashmall_engine::now_ms() + 3_600_000,
-        })
-    }
+const DEMO_PASSWORD: &str = "demo password 0123";
+const DEMO_ADMIN: &str = "admin@demo.flashmall";
 
-    fn admin(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        request.header(
-            IDENTITY_HEADER,
-            self.header("demo-admin", vec![Role::Admin]),
-        )
+/// Registers and logs in one account through the proxy; its access token.
+async fn account(client: &reqwest::Client, base: &str, email: &str) -> Result<String, String> {
+    let credentials = json!({"email": email, "password": DEMO_PASSWORD});
+    let (status, body) = json_of(
+        client
+            .post(format!("{base}/api/v1/auth/register"))
+            .json(&credentials),
+    )
+    .await?;
+    if status != 201 {
+        return Err(format!("registering {email} failed: {status} {body}"));
+    }
+    let (status, body) = json_of(
+        client
+            .post(format!("{base}/api/v1/auth/login"))
+            .json(&credentials),
+    )
+    .await?;
+    match body["access_token"].as_str() {
+        Some(token) if status == 200 => Ok(token.to_owned()),
+        _ => Err(format!("logging in {email} failed: {status} {body}")),
     }
 }
 
-async fn fire(client: &reqwest::Client, url: &str, signer: &Signer, attempt: &Attempt) -> Answer {
+async fn accounts(
+    client: &reqwest::Client,
+    base: &str,
+    options: &DemoOptions,
+) -> Result<Accounts, String> {
+    let admin = account(client, base, DEMO_ADMIN).await?;
+    let buyers: Vec<Result<String, String>> = futures::stream::iter(0..options.buyers)
+        .map(|i| async move { account(client, base, &format!("buyer-{i}@demo.flashmall")).await })
+        .buffered(options.concurrency.min(64))
+        .collect()
+        .await;
+    Ok(Accounts {
+        admin,
+        buyers: buyers.into_iter().collect::<Result<_, _>>()?,
+    })
+}
+
+async fn fire(client: &reqwest::Client, url: &str, token: &str, attempt: &Attempt) -> Answer {
     let started = Instant::now();
     let result = client
         .post(url)
-        .header(
-            IDENTITY_HEADER,
-            signer.header(&format!("buyer-{}", attempt.buyer), vec![Role::Customer]),
-        )
+        .bearer_auth(token)
         .header("idempotency-key", &attempt.key)
         .json(&json!({"quantity": 1}))
         .send()
@@ -305,7 +337,14 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, String> {
         return Err("stock, buyers, concurrency and per-user-limit must be at least 1".into());
     }
     let data = tempfile::tempdir().map_err(|e| format!("cannot make a temp dir: {e}"))?;
-    let settings = flashmall_engine::Settings {
+    let identity = IdentityKey::random();
+    let jwt_secret = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+    .into_bytes();
+    let engine_settings = flashmall_engine::Settings {
         engine: EngineConfig {
             durable_ack: !options.fast_ack,
             max_quantity: options.per_user_limit.max(1),
@@ -318,47 +357,91 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, String> {
         },
         ledger: LedgerConfig::default(),
         data_dir: data.path().to_owned(),
-        identity: IdentityKey::random(),
+        identity: identity.clone(),
     };
-    let signer = Signer {
-        key: settings.identity.clone(),
+    let auth_settings = AuthSettings {
+        auth: AuthConfig {
+            // A light argon2id cost, so thousands of demo accounts register in
+            // seconds; deployments keep the OWASP defaults of [auth].
+            argon2_memory_kib: 256,
+            argon2_iterations: 1,
+            bootstrap_admins: vec![DEMO_ADMIN.to_owned()],
+            ..AuthConfig::default()
+        },
+        data_dir: data.path().to_owned(),
+        identity: identity.clone(),
+        jwt_secret: jwt_secret.clone(),
     };
     let shutdown = Shutdown::new();
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| e.to_string())?;
-    let running = flashmall_engine::launch(&settings, listener, shutdown.clone()).await?;
-    let front = running.engine.front.kind();
-    let base = format!("http://{}", running.addr);
-    let result = storm(options, &base, front, &signer).await;
+    let bind = || async {
+        TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let engine =
+        flashmall_engine::launch(&engine_settings, bind().await?, shutdown.clone()).await?;
+    let auth =
+        flashmall_services::launch_auth(&auth_settings, bind().await?, shutdown.clone()).await?;
+    let mut proxy = ProxyConfig {
+        listen: free_loopback_addr()?,
+        grace_period: Duration::ZERO,
+        ..ProxyConfig::default()
+    };
+    proxy
+        .upstreams
+        .insert("engine".into(), vec![engine.addr.to_string()]);
+    proxy
+        .upstreams
+        .insert("auth".into(), vec![auth.addr.to_string()]);
+    // Every demo buyer shares one loopback address: no per-address limit.
+    proxy.limits.retain(|l| l.key != "ip");
+    let proxy = flashmall_proxy::launch(&ProxySettings {
+        proxy,
+        jwt_secret,
+        identity,
+    })
+    .await?;
+    let front = engine.engine.front.kind();
+    let base = format!("http://{}", proxy.addr);
+    let result = storm(options, &base, front).await;
+    proxy.stop().await;
     shutdown.trigger();
-    let _ = running.served.await;
+    let _ = engine.served.await;
+    let _ = auth.served.await;
     result
+}
+
+/// A free loopback address for the proxy (Pingora binds by address).
+fn free_loopback_addr() -> Result<std::net::SocketAddr, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("no free port: {e}"))
 }
 
 async fn storm(
     options: &DemoOptions,
     base: &str,
     front: &'static str,
-    signer: &Signer,
 ) -> Result<DemoReport, String> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(options.concurrency)
         .timeout(Duration::from_secs(30))
         .build()
         .map_err(|e| e.to_string())?;
+    let accounts_started = Instant::now();
+    let accounts = accounts(&client, base, options).await?;
+    let accounts_seconds = accounts_started.elapsed().as_secs_f64();
+    let admin = |request: reqwest::RequestBuilder| request.bearer_auth(&accounts.admin);
     let opens_at = OffsetDateTime::now_utc() + time::Duration::milliseconds(800);
     let (status, sale) = json_of(
-        signer
-            .admin(client.post(format!("{base}/api/v1/sales")))
-            .json(&json!({
-                "product_id": "demo-product",
-                "price": 1999,
-                "stock": options.stock,
-                "per_user_limit": options.per_user_limit,
-                "starts_at": flashmall_engine::sale::rfc3339(opens_at),
-                "ends_at": flashmall_engine::sale::rfc3339(opens_at + time::Duration::hours(1)),
-            })),
+        admin(client.post(format!("{base}/api/v1/sales"))).json(&json!({
+            "product_id": "demo-product",
+            "price": 1999,
+            "stock": options.stock,
+            "per_user_limit": options.per_user_limit,
+            "starts_at": flashmall_engine::sale::rfc3339(opens_at),
+            "ends_at": flashmall_engine::sale::rfc3339(opens_at + time::Duration::hours(1)),
+        })),
     )
     .await?;
     if status != 201 {
@@ -371,7 +454,15 @@ async fn storm(
 
     let mut answers = Vec::with_capacity(attempts.len());
     for attempt in &attempts[..early] {
-        answers.push(fire(&client, &purchase_url, signer, attempt).await);
+        answers.push(
+            fire(
+                &client,
+                &purchase_url,
+                &accounts.buyers[attempt.buyer],
+                attempt,
+            )
+            .await,
+        );
     }
     let wait = opens_at - OffsetDateTime::now_utc();
     if wait.is_positive() {
@@ -384,8 +475,8 @@ async fn storm(
         .map(|attempt| {
             let client = Arc::clone(&client);
             let url = Arc::clone(&url);
-            let signer = signer.clone();
-            async move { fire(&client, &url, &signer, attempt).await }
+            let token = accounts.buyers[attempt.buyer].as_str();
+            async move { fire(&client, &url, token, attempt).await }
         })
         .buffer_unordered(options.concurrency)
         .collect()
@@ -406,8 +497,7 @@ async fn storm(
     }
     let drain = drain_started.elapsed();
     let (_, reconciled) = json_of(
-        signer
-            .admin(client.post(format!("{base}/api/v1/admin/reconcile")))
+        admin(client.post(format!("{base}/api/v1/admin/reconcile")))
             .json(&json!({"sale_id": sale_id})),
     )
     .await?;
@@ -446,8 +536,10 @@ async fn storm(
 
     let mut missing = 0usize;
     for id in granted.keys() {
-        let (status, r) =
-            json_of(signer.admin(client.get(format!("{base}/api/v1/reservations/{id}")))).await?;
+        let (status, r) = json_of(admin(
+            client.get(format!("{base}/api/v1/reservations/{id}")),
+        ))
+        .await?;
         if status != 200 || r["status"] != "held" {
             missing += 1;
         }
@@ -527,6 +619,7 @@ async fn storm(
         throughput: (answers.len() - early) as f64 / burst.as_secs_f64().max(1e-9),
         burst_seconds: burst.as_secs_f64(),
         settle_drain_ms: drain.as_secs_f64() * 1000.0,
+        accounts_seconds,
         checks,
     })
 }

@@ -745,3 +745,126 @@ async fn replicas_sharing_redis_share_the_blacklist_and_global_limits() {
     other.stop().await;
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_keys_verify_tokens_with_their_pinned_algorithm() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jwks");
+    let jwks = fixtures.join("jwks.json").display().to_string();
+    let s = EdgeStack::start(|p| p.jwks_file = jwks.clone()).await;
+    let kim = s.login("kim@example.com").await;
+    let mut c = claims(&kim.user_id, now_secs() + 600);
+    c.roles = vec![Role::Customer];
+    let es =
+        jsonwebtoken::EncodingKey::from_ec_pem(&std::fs::read(fixtures.join("es256.pem")).unwrap())
+            .unwrap();
+    let rs = jsonwebtoken::EncodingKey::from_rsa_pem(
+        &std::fs::read(fixtures.join("rs256.pem")).unwrap(),
+    )
+    .unwrap();
+    let token =
+        |alg: jsonwebtoken::Algorithm, kid: Option<&str>, key: &jsonwebtoken::EncodingKey| {
+            let mut header = jsonwebtoken::Header::new(alg);
+            header.kid = kid.map(str::to_owned);
+            jsonwebtoken::encode(&header, &c, key).unwrap()
+        };
+    let hs = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET);
+    let me = |t: String| s.client.get(s.url("/api/v1/users/me")).bearer_auth(t);
+    for (name, t, status) in [
+        (
+            "ES256 with its key",
+            token(jsonwebtoken::Algorithm::ES256, Some("es-1"), &es),
+            200,
+        ),
+        (
+            "RS256 with its key",
+            token(jsonwebtoken::Algorithm::RS256, Some("rs-1"), &rs),
+            200,
+        ),
+        (
+            "the RSA key's id on an ES256 token",
+            token(jsonwebtoken::Algorithm::ES256, Some("rs-1"), &es),
+            401,
+        ),
+        (
+            "an unknown key id",
+            token(jsonwebtoken::Algorithm::ES256, Some("nope"), &es),
+            401,
+        ),
+        (
+            "HS256 naming a published key",
+            token(jsonwebtoken::Algorithm::HS256, Some("es-1"), &hs),
+            401,
+        ),
+        (
+            "HS256 without a key id",
+            token(jsonwebtoken::Algorithm::HS256, None, &hs),
+            200,
+        ),
+    ] {
+        let (got, body) = s.call(me(t)).await;
+        assert_eq!(got, status, "{name}: {body}");
+    }
+    s.stop().await;
+}
+
+/// A TCP server that accepts and then either never answers or hangs up.
+async fn bad_upstream(hang: bool) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut stream, _)) = listener.accept().await {
+            if hang {
+                held.push(stream);
+            } else {
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf).await;
+                drop(stream);
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_are_answered_as_json() {
+    let hang = bad_upstream(true).await;
+    let drop_ = bad_upstream(false).await;
+    let dead = format!("127.0.0.1:{}", flashmall_testing::free_port());
+    let s = EdgeStack::start(|p| {
+        p.read_timeout = Duration::from_millis(300);
+        for (name, backend) in [
+            ("hang", hang.to_string()),
+            ("drop", drop_.to_string()),
+            ("dead", dead.clone()),
+        ] {
+            p.upstreams.insert(name.into(), vec![backend]);
+            p.routes.push(flashmall_proxy::config::RouteConfig {
+                prefix: format!("/api/v1/{name}"),
+                upstream: name.into(),
+            });
+            p.public.push(flashmall_proxy::config::PublicRoute {
+                method: "GET".into(),
+                path: format!("^/api/v1/{name}$"),
+            });
+        }
+    })
+    .await;
+    let (status, body) = s.call(s.client.get(s.url("/api/v1/hang"))).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (504, Some("unavailable")),
+        "{body}"
+    );
+    let (status, body) = s.call(s.client.get(s.url("/api/v1/drop"))).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (502, Some("unavailable")),
+        "{body}"
+    );
+    let (status, body) = s.call(s.client.get(s.url("/api/v1/dead"))).await;
+    assert!(status == 502 || status == 503, "{status} {body}");
+    assert_eq!(body["error"]["code"], "unavailable");
+    assert_eq!(s.call(s.client.get(s.url("/healthz"))).await.0, 200);
+    s.stop().await;
+}

@@ -5,6 +5,12 @@
 
 #![forbid(unsafe_code)]
 
+/// The auth and user service's API (`flashmall.user.v1`).
+pub mod user {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("flashmall.user.v1");
+}
+
 /// The inventory engine's API (`flashmall.inventory.v1`).
 pub mod inventory {
     #![allow(clippy::all, missing_docs)]

@@ -83,6 +83,14 @@ pub struct ProxyConfig {
     /// Clock skew tolerated on `exp` and `nbf`.
     #[serde(with = "humantime_serde")]
     pub jwt_leeway: Duration,
+    /// A JWKS file whose RS256/ES256 keys (looked up by `kid`, algorithm
+    /// pinned per key) also verify access tokens; empty: none.
+    pub jwks_file: String,
+    /// A JWKS URL, likewise; empty: none.
+    pub jwks_url: String,
+    /// How often the JWKS file or URL is read again.
+    #[serde(with = "humantime_serde")]
+    pub jwks_refresh: Duration,
     /// Redis for state shared by every replica (blacklist, access rules,
     /// logged-out tokens) and global limits; empty: in-process (one replica).
     pub redis_url: String,
@@ -138,6 +146,9 @@ impl Default for ProxyConfig {
             jwt_issuer: "flashmall".into(),
             jwt_audience: "flashmall-api".into(),
             jwt_leeway: Duration::from_secs(30),
+            jwks_file: String::new(),
+            jwks_url: String::new(),
+            jwks_refresh: Duration::from_secs(300),
             redis_url: String::new(),
             state_poll: Duration::from_millis(200),
             connect_timeout: Duration::from_secs(1),
@@ -238,6 +249,17 @@ impl ProxyConfig {
                 regex::Regex::new(&l.path)
                     .map_err(|e| format!("proxy.limits.{}: bad path regex: {e}", l.name))?;
             }
+        }
+        if !self.jwks_file.is_empty() && !self.jwks_url.is_empty() {
+            return Err("proxy.jwks_file and proxy.jwks_url: set at most one".into());
+        }
+        let http_url =
+            self.jwks_url.starts_with("http://") || self.jwks_url.starts_with("https://");
+        if !self.jwks_url.is_empty() && !http_url {
+            return Err("proxy.jwks_url must be an http(s) URL".into());
+        }
+        if self.jwks_refresh < Duration::from_secs(1) {
+            return Err("proxy.jwks_refresh must be at least 1s".into());
         }
         if self.grace_period > Duration::from_secs(600) {
             return Err("proxy.grace_period must be at most 10m".into());

@@ -48,7 +48,7 @@ pub struct Edge {
     pub(crate) routes: Vec<(String, String)>,
     pub(crate) pools: HashMap<String, Arc<LoadBalancer<RoundRobin>>>,
     pub(crate) public: Vec<(String, Regex)>,
-    pub(crate) verifier: Verifier,
+    pub(crate) verifier: Arc<Verifier>,
     pub(crate) identity: IdentityKey,
     pub(crate) state: Arc<View>,
     pub(crate) limits: Vec<Limit>,

@@ -40,7 +40,7 @@ use tokio::sync::watch;
 use config::ProxyConfig;
 use edge::Edge;
 use gate::Gate;
-use identity::Verifier;
+use identity::{JwksSource, Verifier};
 use limits::{Limit, Limiter};
 use state::{EdgeStore, LocalEdgeStore, RedisEdgeStore, View};
 
@@ -150,25 +150,66 @@ pub async fn launch(settings: &ProxySettings) -> Result<RunningProxy, String> {
         .iter()
         .map(Limit::from_config)
         .collect::<Result<Vec<_>, _>>()?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let secret = (!settings.jwt_secret.is_empty()).then_some(settings.jwt_secret.as_slice());
+    let verifier = Arc::new(Verifier::new(
+        secret,
+        &config.jwt_issuer,
+        &config.jwt_audience,
+        config.jwt_leeway,
+    ));
+    let jwks = if !config.jwks_file.is_empty() {
+        Some(JwksSource::File(config.jwks_file.clone().into()))
+    } else if !config.jwks_url.is_empty() {
+        Some(JwksSource::Url(config.jwks_url.clone()))
+    } else {
+        None
+    };
+    if let Some(source) = jwks {
+        match identity::load_jwks(&source, &http).await {
+            Ok(set) => {
+                let n = verifier.set_jwks(&set);
+                tracing::info!(keys = n, "jwks loaded");
+            }
+            // A file is configuration: wrong at start-up, wrong for good.
+            Err(e) if matches!(source, JwksSource::File(_)) => {
+                return Err(format!("proxy.jwks_file: {e}"));
+            }
+            Err(e) => tracing::warn!(error = %e, "jwks not loaded yet; retrying in the background"),
+        }
+        let (verifier, http, every) = (Arc::clone(&verifier), http.clone(), config.jwks_refresh);
+        let mut jwks_stop = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = jwks_stop.wait_for(|s| *s) => return,
+                }
+                match identity::load_jwks(&source, &http).await {
+                    Ok(set) => {
+                        verifier.set_jwks(&set);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "jwks refresh failed; keeping the last keys")
+                    }
+                }
+            }
+        });
+    }
     let edge = Edge {
         routes,
         pools,
         public,
-        verifier: Verifier::new(
-            &settings.jwt_secret,
-            &config.jwt_issuer,
-            &config.jwt_audience,
-            config.jwt_leeway,
-        ),
+        verifier,
         identity: settings.identity.clone(),
         state: Arc::clone(&view),
         limits,
         limiter: Limiter::new(redis),
         gate: Arc::new(Gate::new(config.sold_out_ttl)),
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .map_err(|e| e.to_string())?,
+        http,
         connect_timeout: config.connect_timeout,
         read_timeout: config.read_timeout,
     };

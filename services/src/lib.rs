@@ -69,7 +69,8 @@ pub async fn launch_auth(
         settings.auth.clone(),
         &settings.jwt_secret,
     )?);
-    let app = auth::http::router(auth, settings.identity.clone());
+    let app = auth::http::router(Arc::clone(&auth), settings.identity.clone())
+        .merge(auth::grpc::router(auth, settings.identity.clone()));
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let served = tokio::spawn(flashmall_mesh::serve(
         "auth",

@@ -554,3 +554,74 @@ async fn only_admins_grant_roles() {
         404
     );
 }
+
+#[tokio::test]
+async fn the_grpc_api_shares_the_port_and_the_rules() {
+    use flashmall_proto::user as pb;
+    let s = start(|_| {}).await;
+    let channel = tonic::transport::Endpoint::from_shared(s.base.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = pb::user_service_client::UserServiceClient::new(channel);
+    let mismatch = client
+        .register(pb::RegisterReq {
+            email: "ivan@example.com".into(),
+            password: "correct horse battery".into(),
+            confirm_password: "something else entirely".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(mismatch.code(), tonic::Code::InvalidArgument);
+    let registered = client
+        .register(pb::RegisterReq {
+            email: "ivan@example.com".into(),
+            password: "correct horse battery".into(),
+            confirm_password: "correct horse battery".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let login = client
+        .login(pb::LoginReq {
+            email: "ivan@example.com".into(),
+            password: "correct horse battery".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(login.user_id, registered.user_id);
+    assert_eq!(verify(&login.access_token).sub, registered.user_id);
+    let denied = client
+        .login(pb::LoginReq {
+            email: "ivan@example.com".into(),
+            password: "wrong horse battery".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::Unauthenticated);
+    // GetMe needs the edge's signed identity, like the JSON API.
+    assert_eq!(
+        client.get_me(pb::GetMeReq {}).await.unwrap_err().code(),
+        tonic::Code::Unauthenticated
+    );
+    let mut request = tonic::Request::new(pb::GetMeReq {});
+    request.metadata_mut().insert(
+        IDENTITY_HEADER,
+        s.identity_of(&login.access_token).parse().unwrap(),
+    );
+    let me = client.get_me(request).await.unwrap().into_inner();
+    assert_eq!(
+        (me.id.as_str(), me.email.as_str()),
+        (registered.user_id.as_str(), "ivan@example.com")
+    );
+    let rotated = client
+        .refresh(pb::RefreshReq {
+            refresh_token: login.refresh_token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(rotated.refresh_token, login.refresh_token);
+}

@@ -5,8 +5,9 @@
 //! - `password.rs`: the policy and argon2id hashing.
 //! - `tokens.rs`: access JWTs and rotating refresh tokens.
 //! - `guard.rs`: brute-force back-off per account and per IP.
-//! - `http.rs`: the JSON API.
+//! - `http.rs`: the JSON API; `grpc.rs`: the gRPC API.
 
+pub mod grpc;
 pub mod guard;
 pub mod http;
 pub mod password;
@@ -56,6 +57,7 @@ struct FamilyRecord {
 /// What a login or refresh answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TokenPair {
+    pub user_id: String,
     pub access_token: String,
     pub refresh_token: String,
     /// Seconds until the access token expires.
@@ -305,6 +307,7 @@ impl Auth {
             )
             .await?;
         Ok(TokenPair {
+            user_id: user.id.clone(),
             access_token,
             refresh_token: refresh.encode(),
             expires_in: self.issuer.ttl_secs(),
