@@ -606,8 +606,9 @@ async fn bad_requests_get_4xx_and_the_proxy_keeps_serving() {
         .header("x-huge", "h".repeat(200_000))
         .send()
         .await;
-    if let Ok(r) = huge {
-        assert!(r.status().is_client_error(), "huge header: {}", r.status());
+    match huge {
+        Ok(r) => assert!(r.status().is_client_error(), "huge header: {}", r.status()),
+        Err(e) => panic!("huge header: no answer ({e})"),
     }
     let (status, body) = s
         .call(
@@ -866,5 +867,50 @@ async fn upstream_failures_are_answered_as_json() {
     assert!(status == 502 || status == 503, "{status} {body}");
     assert_eq!(body["error"]["code"], "unavailable");
     assert_eq!(s.call(s.client.get(s.url("/healthz"))).await.0, 200);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_are_propagated_and_the_edge_exports_metrics() {
+    let s = EdgeStack::start(|_| {}).await;
+    let admin = s.admin().await;
+    let sale = s.sale(&admin, 1).await;
+    let response = s
+        .client
+        .get(s.url(&format!("/api/v1/sales/{sale}")))
+        .header("x-request-id", "req-from-client-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "req-from-client-1");
+    let generated = s.client.get(s.url("/api/v1/nowhere")).send().await.unwrap();
+    let id = generated.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(uuid::Uuid::try_parse(&id).is_ok(), "a generated id: {id}");
+    let metrics = s
+        .client
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "flashmall_proxy_requests_total",
+        "flashmall_proxy_request_duration_seconds",
+        "flashmall_proxy_rejections_total",
+    ] {
+        assert!(
+            metrics.contains(name),
+            "{name} missing from the edge's /metrics"
+        );
+    }
+    assert!(
+        metrics.contains("route=\"sales\""),
+        "requests are labelled by route family"
+    );
     s.stop().await;
 }

@@ -108,3 +108,102 @@ async fn a_bad_config_stops_start_up_with_a_clear_message() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("engine.settle_batch_size"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_serves_the_storefront_through_the_proxy() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().display().to_string();
+    let proxy_port = free_port();
+    let client = support::client();
+    let envs = [
+        ("FLASHMALL_PROXY__LISTEN", format!("127.0.0.1:{proxy_port}")),
+        (
+            "FLASHMALL_AUTH__BOOTSTRAP_ADMINS",
+            "ops@example.com".to_owned(),
+        ),
+        ("FLASHMALL_AUTH__ARGON2_MEMORY_KIB", "64".to_owned()),
+        ("FLASHMALL_AUTH__ARGON2_ITERATIONS", "1".to_owned()),
+    ];
+    let mut up = Flashmall::spawn(&["up", "--data-dir", &dir], free_port(), &envs);
+    up.wait_ready().await;
+    let edge = format!("http://127.0.0.1:{proxy_port}");
+    let mut ready = false;
+    for _ in 0..100 {
+        if client
+            .get(format!("{edge}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "the proxy answers");
+    let token = |email: &'static str| {
+        let client = client.clone();
+        let edge = edge.clone();
+        async move {
+            let creds = serde_json::json!({"email": email, "password": "correct horse battery"});
+            let (status, _) = send(
+                client
+                    .post(format!("{edge}/api/v1/auth/register"))
+                    .json(&creds),
+            )
+            .await
+            .unwrap();
+            assert_eq!(status, 201);
+            let (status, tokens) = send(
+                client
+                    .post(format!("{edge}/api/v1/auth/login"))
+                    .json(&creds),
+            )
+            .await
+            .unwrap();
+            assert_eq!(status, 200, "{tokens}");
+            tokens["access_token"].as_str().unwrap().to_owned()
+        }
+    };
+    let ops = token("ops@example.com").await;
+    let buyer = token("buyer@example.com").await;
+    let now = time::OffsetDateTime::now_utc();
+    let (status, sale) = send(
+        client
+            .post(format!("{edge}/api/v1/sales"))
+            .bearer_auth(&ops)
+            .json(&serde_json::json!({
+                "product_id": "p-1", "price": 100, "stock": 2, "per_user_limit": 1,
+                "starts_at": flashmall_engine::sale::rfc3339(now - time::Duration::seconds(1)),
+                "ends_at": flashmall_engine::sale::rfc3339(now + time::Duration::hours(1)),
+            })),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{sale}");
+    let sale = sale["id"].as_str().unwrap();
+    let (status, _) = send(
+        client
+            .post(format!("{edge}/api/v1/sales"))
+            .bearer_auth(&buyer)
+            .json(&serde_json::json!({})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 403, "customers cannot create sales");
+    let (status, body) = send(
+        client
+            .post(format!("{edge}/api/v1/sales/{sale}/purchase"))
+            .bearer_auth(&buyer)
+            .header("idempotency-key", "k")
+            .json(&serde_json::json!({"quantity": 1})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let (_, view) = send(client.get(format!("{edge}/api/v1/sales/{sale}")))
+        .await
+        .unwrap();
+    assert_eq!(view["remaining"], 1);
+    assert!(up.terminate(Duration::from_secs(15)).await.success());
+}
