@@ -7,6 +7,8 @@ mod support;
 use flashmall_mesh::identity::IDENTITY_HEADER;
 
 use std::collections::{HashMap, HashSet};
+
+use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -183,7 +185,30 @@ async fn sigkill_mid_storm_then_restart() {
         let client = client.clone();
         let base = engine.base.clone();
         let sale = sale.clone();
-        tokio::spawn(async move { storm(&client, &base, &sale, 0..250).await })
+        // Paced (16 in flight over 1,000 buyers), so the storm outlasts the
+        // moment the kill lands.
+        tokio::spawn(async move {
+            futures::stream::iter(0..1_000usize)
+                .map(|u| {
+                    let (client, base, sale) = (client.clone(), base.clone(), sale.clone());
+                    async move {
+                        (
+                            u,
+                            support::purchase(
+                                &client,
+                                &base,
+                                &sale,
+                                &format!("u{u}"),
+                                &format!("key-{u}"),
+                            )
+                            .await,
+                        )
+                    }
+                })
+                .buffer_unordered(16)
+                .collect::<HashMap<_, _>>()
+                .await
+        })
     };
     // Kill as soon as the first units are reserved, with the storm in flight.
     for _ in 0..1_000 {
@@ -206,5 +231,5 @@ async fn sigkill_mid_storm_then_restart() {
     );
     let mut engine = Flashmall::engine(&redis, data.path(), port, None, true);
     engine.wait_ready().await;
-    check_after_restart(&client, &engine.base, &sale, 100, &before, 250).await;
+    check_after_restart(&client, &engine.base, &sale, 100, &before, 1_000).await;
 }

@@ -914,3 +914,56 @@ async fn request_ids_are_propagated_and_the_edge_exports_metrics() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_connect_is_retried_elsewhere_only_when_safe_to_repeat() {
+    // Backend A is alive for the first health check, then gone; the next
+    // check is an hour away, so the pool still offers it.
+    let doomed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = doomed.local_addr().unwrap().to_string();
+    let s = EdgeStack::start(|p| {
+        p.health_check_interval = Duration::from_secs(3600);
+        let engine = p.upstreams["engine"][0].clone();
+        p.upstreams.insert("engine".into(), vec![a.clone(), engine]);
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(doomed);
+    let admin = s.admin().await;
+    // Reads are safe to repeat: every one reaches the live backend.
+    for i in 0..6 {
+        let (status, body) = s
+            .call(
+                s.client
+                    .get(s.url("/api/v1/sales/00000000-0000-0000-0000-000000000000")),
+            )
+            .await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (404, Some("sale_not_found")),
+            "read {i}: {body}"
+        );
+    }
+    // A POST without an Idempotency-Key is not: one of two lands on A and fails.
+    let mut failed = 0;
+    for _ in 0..4 {
+        let (status, body) = s
+            .call(
+                s.client
+                    .post(s.url("/api/v1/admin/reconcile"))
+                    .bearer_auth(&admin.access)
+                    .json(&json!({})),
+            )
+            .await;
+        match status {
+            200 => {}
+            502 | 503 => {
+                assert_eq!(body["error"]["code"], "unavailable");
+                failed += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(failed >= 1, "a non-idempotent request is never sent twice");
+    s.stop().await;
+}

@@ -201,14 +201,20 @@ impl Engine {
 
     /// A sale with live counts from the front and the ledger.
     pub async fn view(&self, live: &LiveSale) -> Result<SaleView, ApiError> {
+        // The front first, the ledger second: settlement commits a batch
+        // before it acknowledges it, so every unit that has left `pending`
+        // by the first read is in the ledger by the second. (The other order
+        // can miss a batch settled in between: `pending` 0 with `settled`
+        // short.) A batch settled between the reads counts in both for that
+        // one answer; it is never missing from both.
+        let front = tokio::time::timeout(self.front_timeout, self.front.counts(live.sale.id))
+            .await
+            .map_err(|_| ApiError::unavailable("the stock front timed out"))??;
         let (sale, counts) = self
             .ledger
             .sale(live.sale.id)
             .await?
             .ok_or_else(|| ApiError::new(ErrorCode::SaleNotFound, "no such sale"))?;
-        let front = tokio::time::timeout(self.front_timeout, self.front.counts(sale.id))
-            .await
-            .map_err(|_| ApiError::unavailable("the stock front timed out"))??;
         // Without the front (flushed, being rebuilt) the ledger's view stands.
         let (remaining, pending) = match front {
             Some(c) => (c.remaining, c.pending),

@@ -97,6 +97,9 @@ pub struct ProxyConfig {
     /// How often a replica looks for edge-state changes made through another.
     #[serde(with = "humantime_serde")]
     pub state_poll: Duration,
+    /// How often each upstream backend's TCP health check runs.
+    #[serde(with = "humantime_serde")]
+    pub health_check_interval: Duration,
     /// Deadline to connect to an upstream.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -151,6 +154,7 @@ impl Default for ProxyConfig {
             jwks_refresh: Duration::from_secs(300),
             redis_url: String::new(),
             state_poll: Duration::from_millis(200),
+            health_check_interval: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(10),
             sold_out_ttl: Duration::from_secs(1),
@@ -260,6 +264,9 @@ impl ProxyConfig {
         }
         if self.jwks_refresh < Duration::from_secs(1) {
             return Err("proxy.jwks_refresh must be at least 1s".into());
+        }
+        if self.health_check_interval < Duration::from_millis(100) {
+            return Err("proxy.health_check_interval must be at least 100ms".into());
         }
         if self.grace_period > Duration::from_secs(600) {
             return Err("proxy.grace_period must be at most 10m".into());

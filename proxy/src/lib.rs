@@ -125,7 +125,7 @@ pub async fn launch(settings: &ProxySettings) -> Result<RunningProxy, String> {
         let mut check = TcpHealthCheck::new();
         check.peer_template.options.connection_timeout = Some(Duration::from_millis(500));
         lb.set_health_check(check);
-        lb.health_check_frequency = Some(Duration::from_secs(1));
+        lb.health_check_frequency = Some(config.health_check_interval);
         let service = background_service(&format!("health check {name}"), lb);
         pools.insert(name.clone(), service.task());
         checks.push(service);
