@@ -89,7 +89,14 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
     let mut config = Config::load(cli.config.as_deref(), env())?;
-    flashmall_mesh::telemetry::init_logs(config.log.format, &config.log.level)?;
+    // The demo prints its own table; the stack's logs (an access-log line
+    // per request at info) stay quiet unless a level was chosen.
+    let level_chosen = std::env::var_os("FLASHMALL_LOG__LEVEL").is_some() || cli.config.is_some();
+    let level = match cli.command {
+        Command::Demo(_) if !level_chosen => "warn".to_owned(),
+        _ => config.log.level.clone(),
+    };
+    flashmall_mesh::telemetry::init_logs(config.log.format, &level)?;
     match cli.command {
         Command::Up { data_dir, redis } => {
             if let Some(dir) = data_dir {
