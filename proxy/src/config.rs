@@ -91,6 +91,10 @@ pub struct ProxyConfig {
     /// How often the JWKS file or URL is read again.
     #[serde(with = "humantime_serde")]
     pub jwks_refresh: Duration,
+    /// Load balancers in front of the proxy (CIDRs). When the connection
+    /// comes from one of them, the client is the rightmost address of
+    /// `X-Forwarded-For` that is not itself trusted; otherwise the peer.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Redis for state shared by every replica (blacklist, access rules,
     /// logged-out tokens) and global limits; empty: in-process (one replica).
     pub redis_url: String,
@@ -152,6 +156,7 @@ impl Default for ProxyConfig {
             jwks_file: String::new(),
             jwks_url: String::new(),
             jwks_refresh: Duration::from_secs(300),
+            trusted_proxies: Vec::new(),
             redis_url: String::new(),
             state_poll: Duration::from_millis(200),
             health_check_interval: Duration::from_secs(1),

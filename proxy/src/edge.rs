@@ -55,6 +55,7 @@ pub struct Edge {
     pub(crate) limiter: Limiter,
     pub(crate) gate: Arc<Gate>,
     pub(crate) http: reqwest::Client,
+    pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
     pub(crate) connect_timeout: Duration,
     pub(crate) read_timeout: Duration,
 }
@@ -80,6 +81,27 @@ fn route_label(path: &str) -> &'static str {
         .find(|(prefix, _)| path.starts_with(prefix))
         .map(|(_, label)| *label)
         .unwrap_or("other")
+}
+
+/// The client's address: the peer, unless the peer is a trusted load
+/// balancer, then the rightmost untrusted `X-Forwarded-For` entry (entries
+/// left of it were written by the client and prove nothing).
+fn client_address(
+    peer: IpAddr,
+    forwarded: Option<&http::HeaderValue>,
+    trusted: &[ipnet::IpNet],
+) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    forwarded
+        .and_then(|v| v.to_str().ok())
+        .into_iter()
+        .flat_map(|v| v.rsplit(','))
+        .filter_map(|entry| entry.trim().parse::<IpAddr>().ok())
+        .find(|ip| !is_trusted(ip))
+        .unwrap_or(peer)
 }
 
 fn reject(reason: &'static str) {
@@ -196,6 +218,34 @@ impl Edge {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_counts_only_behind_trusted_proxies() {
+        let lb: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let header = http::HeaderValue::from_static("1.2.3.4, 203.0.113.7, 10.0.0.9");
+        let from_lb: IpAddr = "10.0.0.2".parse().unwrap();
+        let direct: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(
+            client_address(from_lb, Some(&header), &lb),
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_address(direct, Some(&header), &lb),
+            direct,
+            "a client cannot claim an address"
+        );
+        assert_eq!(client_address(from_lb, None, &lb), from_lb);
+        assert_eq!(
+            client_address(from_lb, Some(&header), &[]),
+            from_lb,
+            "nothing trusted by default"
+        );
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for Edge {
     type CTX = Ctx;
@@ -215,10 +265,17 @@ impl ProxyHttp for Edge {
             .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
             .map(str::to_owned)
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-        ctx.client_ip = session
+        let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        ctx.client_ip = peer.map(|peer| {
+            client_address(
+                peer,
+                session.req_header().headers.get("x-forwarded-for"),
+                &self.trusted_proxies,
+            )
+        });
         let method = session.req_header().method.as_str().to_owned();
         let path = session.req_header().uri.path().to_owned();
         ctx.route = route_label(&path);

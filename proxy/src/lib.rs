@@ -210,6 +210,7 @@ pub async fn launch(settings: &ProxySettings) -> Result<RunningProxy, String> {
         limiter: Limiter::new(redis),
         gate: Arc::new(Gate::new(config.sold_out_ttl)),
         http,
+        trusted_proxies: config.trusted_proxies.clone(),
         connect_timeout: config.connect_timeout,
         read_timeout: config.read_timeout,
     };
