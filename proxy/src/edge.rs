@@ -218,34 +218,6 @@ impl Edge {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn forwarded_for_counts_only_behind_trusted_proxies() {
-        let lb: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
-        let header = http::HeaderValue::from_static("1.2.3.4, 203.0.113.7, 10.0.0.9");
-        let from_lb: IpAddr = "10.0.0.2".parse().unwrap();
-        let direct: IpAddr = "198.51.100.1".parse().unwrap();
-        assert_eq!(
-            client_address(from_lb, Some(&header), &lb),
-            "203.0.113.7".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(
-            client_address(direct, Some(&header), &lb),
-            direct,
-            "a client cannot claim an address"
-        );
-        assert_eq!(client_address(from_lb, None, &lb), from_lb);
-        assert_eq!(
-            client_address(from_lb, Some(&header), &[]),
-            from_lb,
-            "nothing trusted by default"
-        );
-    }
-}
-
 #[async_trait]
 impl ProxyHttp for Edge {
     type CTX = Ctx;
@@ -576,5 +548,33 @@ impl ProxyHttp for Edge {
         if let Some(sale) = ctx.sold_out_sale.take() {
             self.learn_sold_out(sale, ctx.pool.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_counts_only_behind_trusted_proxies() {
+        let lb: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let header = http::HeaderValue::from_static("1.2.3.4, 203.0.113.7, 10.0.0.9");
+        let from_lb: IpAddr = "10.0.0.2".parse().unwrap();
+        let direct: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(
+            client_address(from_lb, Some(&header), &lb),
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_address(direct, Some(&header), &lb),
+            direct,
+            "a client cannot claim an address"
+        );
+        assert_eq!(client_address(from_lb, None, &lb), from_lb);
+        assert_eq!(
+            client_address(from_lb, Some(&header), &[]),
+            from_lb,
+            "nothing trusted by default"
+        );
     }
 }
