@@ -147,17 +147,29 @@ impl Engine {
             .map_err(|e| format!("cannot list sales: {e}"))?;
         for sale in sales {
             let (live, _) = engine.sales.insert(sale);
-            if engine.config.reconcile_on_start {
-                reconcile::reconcile_sale(&engine, &live)
-                    .await
-                    .map_err(|e| {
-                        format!(
+            settle::spawn_worker(Arc::clone(&engine), Arc::clone(&live));
+            // A sale the front still holds is left alone (a replica starting
+            // mid-sale must not pause it); one it lost is rebuilt now.
+            let lost = engine
+                .front
+                .counts(live.sale.id)
+                .await
+                .map_err(|e| format!("stock front: {e}"))?
+                .is_none();
+            if engine.config.reconcile_on_start && lost {
+                match reconcile::reconcile_sale(&engine, &live).await {
+                    Ok(_) => {}
+                    Err(e) if e.code == ErrorCode::Conflict => {
+                        tracing::info!(sale_id = %live.sale.id, "another replica is reconciling this sale")
+                    }
+                    Err(e) => {
+                        return Err(format!(
                             "start-up reconcile of sale {} failed: {}",
                             live.sale.id, e.message
-                        )
-                    })?;
+                        ));
+                    }
+                }
             }
-            settle::spawn_worker(Arc::clone(&engine), live);
         }
         tracing::info!(
             front = engine.front.kind(),
@@ -180,8 +192,10 @@ impl Engine {
         };
         let (live, new) = self.sales.insert(sale);
         if new {
-            self.front.ensure_stream(id).await?;
+            // The worker first: it creates the stream itself and retries,
+            // so a failure below cannot leave the sale without settlement.
             settle::spawn_worker(Arc::clone(self), Arc::clone(&live));
+            self.front.ensure_stream(id).await?;
         }
         Ok(Some(live))
     }
@@ -192,8 +206,8 @@ impl Engine {
         let sale = new.into_sale(OffsetDateTime::now_utc())?;
         self.ledger.create_sale(&sale).await?;
         let (live, _) = self.sales.insert(sale);
-        reconcile::warm_up(self, &live).await?;
         settle::spawn_worker(Arc::clone(self), Arc::clone(&live));
+        reconcile::warm_up(self, &live).await?;
         metrics::counter!("flashmall_engine_sales_created_total").increment(1);
         tracing::info!(sale_id = %live.sale.id, stock = live.sale.stock, "sale created");
         self.view(&live).await

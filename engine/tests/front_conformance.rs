@@ -57,7 +57,11 @@ fn call<'a>(sale: Uuid, user: &'a str, key: &'a str, quantity: i64, limit: i64) 
 async fn open_sale(front: &dyn StockFront, stock: i64) -> Uuid {
     let sale = Uuid::now_v7();
     front.ensure_stream(sale).await.unwrap();
-    let token = front.suspend(sale).await.unwrap();
+    let token = front
+        .suspend(sale)
+        .await
+        .unwrap()
+        .expect("no rebuild holds the lease");
     front
         .rebuild(
             sale,
@@ -160,10 +164,15 @@ async fn missing_or_suspended_stock_is_not_ready(front: &dyn StockFront) {
     );
     assert_eq!(front.counts(unknown).await.unwrap(), None);
     let sale = open_sale(front, 5).await;
-    let token = front.suspend(sale).await.unwrap();
+    let token = front
+        .suspend(sale)
+        .await
+        .unwrap()
+        .expect("no rebuild holds the lease");
     assert_eq!(
         front.reserve(&call(sale, "u1", "a", 1, 5)).await.unwrap(),
-        ReserveOutcome::NotReady
+        ReserveOutcome::Rebuilding,
+        "a suspended sale is being rebuilt, not lost"
     );
     assert_eq!(
         front
@@ -191,34 +200,68 @@ async fn missing_or_suspended_stock_is_not_ready(front: &dyn StockFront) {
     ));
 }
 
-/// Two rebuilds of one sale at once (two replicas reconciling): only the
-/// newest suspend's rebuild commits; the older one changes nothing.
+/// Two rebuilds of one sale at once (two replicas reconciling): the lease
+/// admits one; the other is refused, and a foreign token commits nothing.
 async fn a_superseded_rebuild_commits_nothing(front: &dyn StockFront) {
     let sale = open_sale(front, 5).await;
-    let older = front.suspend(sale).await.unwrap();
-    let newer = front.suspend(sale).await.unwrap();
+    let holder = front
+        .suspend(sale)
+        .await
+        .unwrap()
+        .expect("the lease is free");
+    assert_eq!(
+        front.suspend(sale).await.unwrap(),
+        None,
+        "one rebuild at a time"
+    );
+    assert_eq!(
+        front.reserve(&call(sale, "u1", "a", 1, 5)).await.unwrap(),
+        ReserveOutcome::Rebuilding,
+        "purchases know a rebuild runs"
+    );
     let stale = Rebuild {
         remaining: 99,
         buyers: vec![("u1".into(), 1)],
         ..Rebuild::default()
     };
-    assert!(!front.rebuild(sale, older, &stale).await.unwrap());
+    assert!(
+        !front.rebuild(sale, Uuid::now_v7(), &stale).await.unwrap(),
+        "a foreign token"
+    );
     assert_eq!(front.counts(sale).await.unwrap(), None, "still suspended");
     let fresh = Rebuild {
         remaining: 4,
         ..Rebuild::default()
     };
-    assert!(front.rebuild(sale, newer, &fresh).await.unwrap());
+    assert!(front.rebuild(sale, holder, &fresh).await.unwrap());
     assert_eq!(front.counts(sale).await.unwrap().unwrap().remaining, 4);
     assert!(
-        !front.rebuild(sale, older, &stale).await.unwrap(),
-        "a late stale rebuild cannot undo it"
+        !front.rebuild(sale, holder, &stale).await.unwrap(),
+        "a token commits once"
     );
     assert_eq!(front.counts(sale).await.unwrap().unwrap().remaining, 4);
-    assert!(matches!(
-        front.reserve(&call(sale, "u1", "a", 1, 1)).await.unwrap(),
-        ReserveOutcome::Reserved { .. }
-    ));
+    assert!(
+        front.suspend(sale).await.unwrap().is_some(),
+        "the lease is free again"
+    );
+}
+
+/// Units a rebuild counted back into `remaining` are never given back twice.
+async fn rebuilt_returns_are_not_given_back_again(front: &dyn StockFront) {
+    let sale = open_sale(front, 5).await;
+    let released = Uuid::now_v7();
+    let token = front.suspend(sale).await.unwrap().unwrap();
+    let state = Rebuild {
+        remaining: 5,
+        returned: vec![released],
+        ..Rebuild::default()
+    };
+    assert!(front.rebuild(sale, token, &state).await.unwrap());
+    assert_eq!(
+        front.give_back(sale, released, "u1", 1).await.unwrap(),
+        ReturnOutcome::AlreadyReturned
+    );
+    assert_eq!(front.counts(sale).await.unwrap().unwrap().remaining, 5);
 }
 
 async fn stream_delivers_acks_once(front: &dyn StockFront) {
@@ -330,7 +373,11 @@ async fn give_back_is_idempotent(front: &dyn StockFront) {
 async fn rebuild_restores_buyers_and_keys(front: &dyn StockFront) {
     let sale = open_sale(front, 10).await;
     let rid = Uuid::now_v7();
-    let token = front.suspend(sale).await.unwrap();
+    let token = front
+        .suspend(sale)
+        .await
+        .unwrap()
+        .expect("no rebuild holds the lease");
     front
         .rebuild(
             sale,
@@ -345,6 +392,7 @@ async fn rebuild_restores_buyers_and_keys(front: &dyn StockFront) {
                         quantity: 2,
                     },
                 )],
+                returned: Vec::new(),
             },
         )
         .await
@@ -438,6 +486,11 @@ macro_rules! conformance {
             async fn a_superseded_rebuild_commits_nothing() {
                 let s = $make().await;
                 super::a_superseded_rebuild_commits_nothing(&*s.front).await;
+            }
+            #[tokio::test]
+            async fn rebuilt_returns_are_not_given_back_again() {
+                let s = $make().await;
+                super::rebuilt_returns_are_not_given_back_again(&*s.front).await;
             }
             #[tokio::test]
             async fn rebuild_restores_buyers_and_keys() {

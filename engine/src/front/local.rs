@@ -24,7 +24,7 @@ struct SaleFront {
     stream: BTreeMap<u64, StreamEntry>,
     next_seq: u64,
     group: Option<Group>,
-    rebuild_token: Option<Uuid>,
+    rebuild_token: Option<(Uuid, Instant)>,
 }
 
 /// The settlement consumer group: delivery cursor and pending entries.
@@ -86,7 +86,14 @@ impl StockFront for LocalFront {
             return Ok(ReserveOutcome::Replayed(*record));
         }
         let Some(stock) = f.stock else {
-            return Ok(ReserveOutcome::NotReady);
+            let rebuilding = f
+                .rebuild_token
+                .is_some_and(|(_, until)| Instant::now() < until);
+            return Ok(if rebuilding {
+                ReserveOutcome::Rebuilding
+            } else {
+                ReserveOutcome::NotReady
+            });
         };
         let held = f.buyers.get(call.user_id).copied().unwrap_or(0);
         if held + call.quantity > call.per_user_limit {
@@ -284,13 +291,17 @@ impl StockFront for LocalFront {
         Ok(f.stream.len() as u64)
     }
 
-    async fn suspend(&self, sale_id: Uuid) -> Result<Uuid, FrontError> {
+    async fn suspend(&self, sale_id: Uuid) -> Result<Option<Uuid>, FrontError> {
         let sale = self.sale(sale_id);
         let mut f = Self::lock(&sale);
+        let now = Instant::now();
+        if f.rebuild_token.is_some_and(|(_, until)| now < until) {
+            return Ok(None);
+        }
         let token = Uuid::now_v7();
         f.stock = None;
-        f.rebuild_token = Some(token);
-        Ok(token)
+        f.rebuild_token = Some((token, now + super::REBUILD_LEASE));
+        Ok(Some(token))
     }
 
     async fn rebuild(
@@ -301,13 +312,13 @@ impl StockFront for LocalFront {
     ) -> Result<bool, FrontError> {
         let sale = self.sale(sale_id);
         let mut f = Self::lock(&sale);
-        if f.rebuild_token != Some(token) {
+        if f.rebuild_token.map(|(t, _)| t) != Some(token) {
             return Ok(false);
         }
         f.rebuild_token = None;
         f.buyers = state.buyers.iter().cloned().collect();
         f.idempotency = state.idempotency.iter().cloned().collect();
-        f.returned.clear();
+        f.returned = state.returned.iter().copied().collect();
         f.pending = 0;
         f.group.get_or_insert_with(Group::default);
         f.stock = Some(state.remaining);

@@ -59,9 +59,11 @@ pub enum ReserveOutcome {
         remaining: i64,
         idempotency_records: i64,
     },
-    /// The sale's stock is not in the front (never warmed, flushed, or being
-    /// rebuilt): reconcile must run before it can sell.
+    /// The sale's stock is not in the front (never warmed, or flushed):
+    /// reconcile must run before it can sell.
     NotReady,
+    /// A reconcile is rebuilding the sale's stock right now.
+    Rebuilding,
 }
 
 /// A successful purchase's idempotency record.
@@ -137,7 +139,14 @@ pub struct Rebuild {
     pub buyers: Vec<(String, i64)>,
     /// Idempotency records of the sale's reservations, by field.
     pub idempotency: Vec<(String, IdemRecord)>,
+    /// Reservations whose units are already back in `remaining` (released
+    /// or releasing): a late give-back for them must return nothing.
+    pub returned: Vec<Uuid>,
 }
+
+/// How long a rebuild may hold a sale's stock out of the front before
+/// another may take over (a crashed reconcile's lease expires).
+pub const REBUILD_LEASE: Duration = Duration::from_secs(30);
 
 /// The stock-front boundary. Every implementation runs the conformance suite.
 #[async_trait]
@@ -210,9 +219,10 @@ pub trait StockFront: Send + Sync + 'static {
     /// Entries in the stream (the settlement backlog).
     async fn backlog(&self, sale_id: Uuid) -> Result<u64, FrontError>;
 
-    /// Takes the sale's stock out of the front: purchases answer `NotReady`
-    /// until a rebuild puts it back. Returns the rebuild's token.
-    async fn suspend(&self, sale_id: Uuid) -> Result<Uuid, FrontError>;
+    /// Takes the sale's stock out of the front under a lease: purchases
+    /// answer `Rebuilding` until the rebuild puts it back. Returns the
+    /// rebuild's token, or `None` while another rebuild holds the lease.
+    async fn suspend(&self, sale_id: Uuid) -> Result<Option<Uuid>, FrontError>;
 
     /// Writes buyers, idempotency records, zero pending and the stock, the
     /// last step atomic, so purchases resume only on a complete state.

@@ -53,11 +53,15 @@ struct SaleKeys {
     pending: String,
     returned: String,
     rebuild_marker: String,
-    new_buyers: String,
-    new_idempotency: String,
+    tag: String,
 }
 
 impl SaleKeys {
+    /// A rebuild's own temporary key (two rebuilds never share one).
+    fn staging(&self, token: Uuid, what: &str) -> String {
+        format!("{}:rebuild:{token}:{what}", self.tag)
+    }
+
     fn new(prefix: &str, sale: Uuid) -> Self {
         let tag = format!("{prefix}:{{{sale}}}");
         SaleKeys {
@@ -68,8 +72,7 @@ impl SaleKeys {
             pending: format!("{tag}:pending"),
             returned: format!("{tag}:returned"),
             rebuild_marker: format!("{tag}:rebuild"),
-            new_buyers: format!("{tag}:rebuild:buyers"),
-            new_idempotency: format!("{tag}:rebuild:idem"),
+            tag,
         }
     }
 }
@@ -349,6 +352,7 @@ impl StockFront for RedisFront {
             keys.idempotency.as_str(),
             keys.stream.as_str(),
             keys.pending.as_str(),
+            keys.rebuild_marker.as_str(),
         ];
         let reply = self.run(&self.reserve, &key_list, args).await?.into_array();
         match int(reply.first())? {
@@ -369,6 +373,7 @@ impl StockFront for RedisFront {
                 idempotency_records: int(reply.get(2))?,
             }),
             4 => Ok(ReserveOutcome::NotReady),
+            5 => Ok(ReserveOutcome::Rebuilding),
             other => Err(FrontError::Protocol(format!(
                 "reserve script returned {other}"
             ))),
@@ -522,16 +527,18 @@ impl StockFront for RedisFront {
             .map_err(reply_error)
     }
 
-    async fn suspend(&self, sale_id: Uuid) -> Result<Uuid, FrontError> {
+    async fn suspend(&self, sale_id: Uuid) -> Result<Option<Uuid>, FrontError> {
         let keys = self.keys(sale_id);
         let token = Uuid::now_v7();
-        self.run(
-            &self.suspend,
-            &[keys.stock.as_str(), keys.rebuild_marker.as_str()],
-            vec![Value::from(token.to_string())],
-        )
-        .await?;
-        Ok(token)
+        let lease_ms = super::REBUILD_LEASE.as_millis() as i64;
+        let taken = self
+            .run(
+                &self.suspend,
+                &[keys.stock.as_str(), keys.rebuild_marker.as_str()],
+                vec![Value::from(token.to_string()), Value::from(lease_ms)],
+            )
+            .await?;
+        Ok((taken.as_i64() == Some(1)).then_some(token))
     }
 
     async fn rebuild(
@@ -542,19 +549,17 @@ impl StockFront for RedisFront {
     ) -> Result<bool, FrontError> {
         let keys = self.keys(sale_id);
         let client = self.client();
-        // The new state goes to temporary keys first; the commit script
-        // swaps them in atomically, and only for the newest rebuild.
-        client
-            .del::<i64, _>(vec![
-                keys.new_buyers.as_str(),
-                keys.new_idempotency.as_str(),
-            ])
-            .await
-            .map_err(reply_error)?;
+        let (new_buyers, new_idempotency, new_returned) = (
+            keys.staging(token, "buyers"),
+            keys.staging(token, "idem"),
+            keys.staging(token, "returned"),
+        );
+        // The new state goes to this rebuild's own temporary keys; the
+        // commit script swaps them in atomically, if the lease still holds.
         for chunk in state.buyers.chunks(1000) {
             let pairs: Vec<(&str, i64)> = chunk.iter().map(|(u, n)| (u.as_str(), *n)).collect();
             client
-                .hset::<i64, _, _>(keys.new_buyers.as_str(), pairs)
+                .hset::<i64, _, _>(new_buyers.as_str(), pairs)
                 .await
                 .map_err(reply_error)?;
         }
@@ -564,7 +569,14 @@ impl StockFront for RedisFront {
                 .map(|(f, r)| (f.as_str(), r.encode()))
                 .collect();
             client
-                .hset::<i64, _, _>(keys.new_idempotency.as_str(), pairs)
+                .hset::<i64, _, _>(new_idempotency.as_str(), pairs)
+                .await
+                .map_err(reply_error)?;
+        }
+        for chunk in state.returned.chunks(1000) {
+            let ids: Vec<String> = chunk.iter().map(Uuid::to_string).collect();
+            client
+                .sadd::<i64, _, _>(new_returned.as_str(), ids)
                 .await
                 .map_err(reply_error)?;
         }
@@ -576,8 +588,9 @@ impl StockFront for RedisFront {
             keys.idempotency.as_str(),
             keys.pending.as_str(),
             keys.returned.as_str(),
-            keys.new_buyers.as_str(),
-            keys.new_idempotency.as_str(),
+            new_buyers.as_str(),
+            new_idempotency.as_str(),
+            new_returned.as_str(),
         ];
         let args = vec![Value::from(token.to_string()), Value::from(state.remaining)];
         Ok(self.run(&self.rebuild, &key_list, args).await?.as_i64() == Some(1))

@@ -13,6 +13,7 @@ use super::{Key, LedgerError, LedgerStore, Plan, Reads, Write, keys::prefix_end}
 use crate::config::LedgerConfig;
 
 /// The tikv-client-backed ledger store.
+#[derive(Clone)]
 pub struct TikvLedger {
     client: TransactionClient,
     prefix: Vec<u8>,
@@ -148,13 +149,9 @@ impl TikvLedger {
     }
 }
 
-#[async_trait]
-impl LedgerStore for TikvLedger {
-    fn kind(&self) -> &'static str {
-        "tikv"
-    }
-
-    async fn transact(&self, keys: Vec<Key>, mut plan: Plan) -> Result<(), LedgerError> {
+impl TikvLedger {
+    /// Runs a transaction with retries (see `transact`).
+    async fn run(&self, keys: Vec<Key>, mut plan: Plan) -> Result<(), LedgerError> {
         let mut backoff = Duration::from_millis(2);
         for attempt in 1..=self.max_retries {
             match self.attempt(&keys, &mut plan).await? {
@@ -178,6 +175,22 @@ impl LedgerStore for TikvLedger {
         Err(LedgerError::Contended {
             attempts: self.max_retries,
         })
+    }
+}
+
+#[async_trait]
+impl LedgerStore for TikvLedger {
+    fn kind(&self) -> &'static str {
+        "tikv"
+    }
+
+    async fn transact(&self, keys: Vec<Key>, plan: Plan) -> Result<(), LedgerError> {
+        // In its own task: a cancelled caller (a client hanging up) must not
+        // drop a transaction between prewrite and commit, leaving locks.
+        let this = self.clone();
+        tokio::spawn(async move { this.run(keys, plan).await })
+            .await
+            .map_err(|e| LedgerError::Unavailable(format!("ledger task failed: {e}")))?
     }
 
     async fn get_many(&self, keys: Vec<Key>) -> Result<Reads, LedgerError> {

@@ -132,7 +132,14 @@ async fn rebuild(
         - (remaining_before + pending_before + counts_before.settled + counts_before.returning);
 
     // 1. No purchase may run while the front is rebuilt.
-    let token = front.suspend(sale_id).await?;
+    let Some(token) = front.suspend(sale_id).await? else {
+        // Another replica is rebuilding this sale right now; its rebuild
+        // stands, and a second one would only prolong the pause.
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            "a reconcile of this sale is running elsewhere; retry for a report",
+        ));
+    };
     front.ensure_stream(sale_id).await?;
     // 2. Settle everything still in the stream, whoever it was delivered to.
     let mut drained = 0usize;
@@ -164,6 +171,12 @@ async fn rebuild(
         .ok_or_else(|| ApiError::new(ErrorCode::SaleNotFound, "no such sale"))?;
     let remaining = live.sale.stock - snapshot.counts.settled;
     let mut releasing = Vec::new();
+    let returned: Vec<Uuid> = snapshot
+        .reservations
+        .iter()
+        .filter(|r| r.status != ReservationStatus::Held)
+        .map(|r| r.id)
+        .collect();
     let idempotency = snapshot
         .reservations
         .iter()
@@ -186,6 +199,7 @@ async fn rebuild(
         remaining,
         buyers: snapshot.buyers.clone(),
         idempotency,
+        returned,
     };
     if !front.rebuild(sale_id, token, &rebuild).await? {
         // Another replica suspended the sale after us: its rebuild, from a

@@ -209,6 +209,9 @@ async fn decide(
                 ))
             }
         }
+        ReserveOutcome::Rebuilding => Err(ApiError::unavailable(
+            "the sale is being reconciled, retry shortly",
+        )),
         ReserveOutcome::NotReady => {
             reconcile::spawn(engine, &live);
             Err(ApiError::unavailable(

@@ -250,6 +250,9 @@ async fn worker(engine: Arc<Engine>, live: Arc<LiveSale>) {
                 }
             }
             Err(e) => {
+                // The failed batch stays pending under this consumer: read
+                // it again first, rather than waiting for the idle claim.
+                own_pending_done = false;
                 failures = failures.saturating_add(1);
                 metrics::counter!("flashmall_engine_settle_failures_total").increment(1);
                 if failures == 1 || failures.is_power_of_two() {
