@@ -625,3 +625,93 @@ async fn the_grpc_api_shares_the_port_and_the_rules() {
         .into_inner();
     assert_ne!(rotated.refresh_token, login.refresh_token);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_guesses_cannot_outrun_the_lockout() {
+    let s = std::sync::Arc::new(start(|c| c.login_account_failures = 3).await);
+    s.register("jill@example.com").await;
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let s = std::sync::Arc::clone(&s);
+        tasks.push(tokio::spawn(async move {
+            s.login("jill@example.com", &format!("guess number {i:04}"))
+                .await
+                .0
+        }));
+    }
+    let mut checked = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            401 => checked += 1,
+            429 | 503 => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(
+        checked <= 3,
+        "{checked} guesses reached the password check, the limit is 3"
+    );
+    let (status, _) = s.login("jill@example.com", "correct horse battery").await;
+    assert_eq!(status, 429, "locked even for the right password");
+}
+
+#[tokio::test]
+async fn a_password_change_ends_other_logins() {
+    let s = start(|_| {}).await;
+    s.register("kate@example.com").await;
+    let (_, laptop) = s.login("kate@example.com", "correct horse battery").await;
+    let (_, phone) = s.login("kate@example.com", "correct horse battery").await;
+    let (status, _, _) = read(
+        s.as_token(
+            s.client.patch(format!("{}/api/v1/users/me", s.base)),
+            &laptop,
+        )
+        .json(
+            &json!({"password": "a brand new secret", "current_password": "correct horse battery"}),
+        )
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = s
+        .post(
+            "/api/v1/auth/refresh",
+            json!({"refresh_token": phone["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(status, 401, "the phone's login ended with the old password");
+    let (status, _) = s.login("kate@example.com", "a brand new secret").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_bootstrap_admin_email_grants_admin_once() {
+    let s = start(|_| {}).await;
+    s.register("root@example.com").await;
+    let (_, root) = s.login("root@example.com", "correct horse battery").await;
+    assert!(
+        verify(root["access_token"].as_str().unwrap())
+            .roles
+            .contains(&Role::Admin)
+    );
+    let (status, _, _) = read(
+        s.as_token(
+            s.client.delete(format!("{}/api/v1/users/me", s.base)),
+            &root,
+        )
+        .json(&json!({"password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 204);
+    s.register("root@example.com").await;
+    let (_, squatter) = s.login("root@example.com", "correct horse battery").await;
+    assert_eq!(
+        verify(squatter["access_token"].as_str().unwrap()).roles,
+        vec![Role::Customer]
+    );
+}

@@ -1,8 +1,11 @@
-//! Brute-force protection for logins: failures are counted per account and
-//! per client IP address; past a threshold, logins for that key back off
-//! (doubling, capped), and while backing off even a correct password is
-//! refused, so guessing cannot continue until the right one slips through.
+//! Brute-force protection for password checks: attempts are counted per
+//! account and per client address *before* the password is checked, so a
+//! burst of parallel guesses is counted as it arrives. Past a threshold,
+//! the key backs off (doubling, capped), and while it backs off even a
+//! correct password is refused. A success clears the account's count and
+//! takes its own attempt back from the address's count.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use flashmall_mesh::{ApiError, ErrorCode};
@@ -11,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::store::{ServiceStore, Table};
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-struct Failures {
+struct Attempts {
     count: u32,
     locked_until_ms: u64,
 }
@@ -32,46 +35,53 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Refuses with 429 while `key` backs off.
-pub async fn check(store: &dyn ServiceStore, key: &str) -> Result<(), ApiError> {
-    let Some(current) = store.get(Table::LoginFailures, key).await? else {
-        return Ok(());
-    };
-    let f: Failures = serde_json::from_slice(&current.value).unwrap_or_default();
-    let now = now_ms();
-    if f.locked_until_ms > now {
-        let seconds = (f.locked_until_ms - now).div_ceil(1000);
-        return Err(ApiError::new(
-            ErrorCode::RateLimited,
-            format!("too many failed logins; try again in {seconds} s"),
-        )
-        .with_retry_after(seconds));
+/// The address key: IPv6 clients are counted per /64 (one subscriber's
+/// allocation), IPv4 per address.
+pub fn address_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("ip:{v4}"),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("ip6:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
     }
-    Ok(())
 }
 
-/// Counts a failure for `key`, starting or extending its back-off.
-pub async fn record_failure(
-    store: &dyn ServiceStore,
-    key: &str,
-    limit: Limit,
-) -> Result<(), ApiError> {
-    for _ in 0..8 {
+fn backing_off(a: &Attempts, now: u64) -> Option<ApiError> {
+    (a.locked_until_ms > now).then(|| {
+        let seconds = (a.locked_until_ms - now).div_ceil(1000);
+        ApiError::new(
+            ErrorCode::RateLimited,
+            format!("too many failed attempts; try again in {seconds} s"),
+        )
+        .with_retry_after(seconds)
+    })
+}
+
+/// Counts one attempt for `key` before the password is checked; refuses
+/// with 429 while the key backs off, and with 503 when the count cannot be
+/// written (an uncounted attempt never goes ahead).
+pub async fn admit(store: &dyn ServiceStore, key: &str, limit: Limit) -> Result<(), ApiError> {
+    for _ in 0..16 {
         let current = store.get(Table::LoginFailures, key).await?;
-        let mut f: Failures = current
+        let mut a: Attempts = current
             .as_ref()
             .and_then(|c| serde_json::from_slice(&c.value).ok())
             .unwrap_or_default();
-        f.count = f.count.saturating_add(1);
-        if f.count >= limit.failures {
-            let doublings = (f.count - limit.failures).min(20);
+        let now = now_ms();
+        if let Some(refused) = backing_off(&a, now) {
+            return Err(refused);
+        }
+        a.count = a.count.saturating_add(1);
+        if a.count >= limit.failures {
+            let doublings = (a.count - limit.failures).min(20);
             let backoff = limit
                 .backoff
                 .saturating_mul(1 << doublings)
                 .min(limit.backoff_max);
-            f.locked_until_ms = now_ms() + backoff.as_millis() as u64;
+            a.locked_until_ms = now + backoff.as_millis() as u64;
         }
-        let value = serde_json::to_vec(&f).unwrap_or_default();
+        let value = serde_json::to_vec(&a).unwrap_or_default();
         let ttl = Some(limit.window.max(limit.backoff_max));
         let written = match current {
             Some(c) => {
@@ -86,12 +96,36 @@ pub async fn record_failure(
         }
     }
     Err(ApiError::unavailable(
-        "login bookkeeping is contended, retry shortly",
+        "too many attempts at once; retry shortly",
     ))
 }
 
-/// Forgets an account's failures after a successful login.
+/// After a correct password: the account's count is cleared.
 pub async fn clear(store: &dyn ServiceStore, key: &str) -> Result<(), ApiError> {
     store.delete(Table::LoginFailures, key, None).await?;
+    Ok(())
+}
+
+/// After a correct password: the address gets this attempt back (others'
+/// failures from it still count).
+pub async fn give_back(store: &dyn ServiceStore, key: &str, limit: Limit) -> Result<(), ApiError> {
+    for _ in 0..8 {
+        let Some(current) = store.get(Table::LoginFailures, key).await? else {
+            return Ok(());
+        };
+        let mut a: Attempts = serde_json::from_slice(&current.value).unwrap_or_default();
+        a.count = a.count.saturating_sub(1);
+        if a.count < limit.failures {
+            a.locked_until_ms = 0;
+        }
+        let value = serde_json::to_vec(&a).unwrap_or_default();
+        let ttl = Some(limit.window.max(limit.backoff_max));
+        if store
+            .replace(Table::LoginFailures, key, current.version, value, ttl)
+            .await?
+        {
+            return Ok(());
+        }
+    }
     Ok(())
 }

@@ -36,6 +36,10 @@ pub struct UserRecord {
     pub roles: Vec<Role>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// Logins started before this instant (Unix ms) can no longer refresh:
+    /// set when the password changes.
+    #[serde(default)]
+    pub sessions_after_ms: u64,
 }
 
 /// A stored refresh token.
@@ -52,6 +56,15 @@ struct RefreshRecord {
 struct FamilyRecord {
     user_id: String,
     revoked: bool,
+    #[serde(default)]
+    created_at_ms: u64,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// What a login or refresh answers.
@@ -204,21 +217,13 @@ impl Auth {
     pub async fn register(&self, email: &str, password: &str) -> Result<String, ApiError> {
         let email = normalize_email(email)?;
         password::check_policy(password, &email, self.config.password_min_length)?;
-        let mut roles = vec![Role::Customer];
-        if self
-            .config
-            .bootstrap_admins
-            .iter()
-            .any(|a| a.trim().eq_ignore_ascii_case(&email))
-        {
-            roles.push(Role::Admin);
-        }
-        let user = UserRecord {
+        let mut user = UserRecord {
             id: Uuid::now_v7().to_string(),
             email: email.clone(),
             password_hash: self.hasher.hash(password).await?,
-            roles,
+            roles: vec![Role::Customer],
             created_at: OffsetDateTime::now_utc(),
+            sessions_after_ms: 0,
         };
         // The account first, then the email claim: a crash between leaves an
         // unreachable account, never an email pointing nowhere.
@@ -236,6 +241,29 @@ impl Auth {
                 "an account with this email exists",
             ));
         }
+        // A bootstrap admin email makes an admin once: whoever registers it
+        // after that account is gone (emails are not verified) does not.
+        let bootstrap = self
+            .config
+            .bootstrap_admins
+            .iter()
+            .any(|a| a.trim().eq_ignore_ascii_case(&email));
+        if bootstrap
+            && self
+                .store
+                .insert(
+                    Table::Grants,
+                    &format!("bootstrap-admin/{email}"),
+                    user.id.clone().into_bytes(),
+                    None,
+                )
+                .await?
+        {
+            user.roles.push(Role::Admin);
+            self.store
+                .replace(Table::Users, &user.id, 1, encode(&user), None)
+                .await?;
+        }
         metrics::counter!("flashmall_auth_registrations_total").increment(1);
         tracing::info!(user_id = %user.id, "account registered");
         Ok(user.id)
@@ -249,19 +277,18 @@ impl Auth {
         ip: IpAddr,
     ) -> Result<TokenPair, ApiError> {
         let email = normalize_email(email).map_err(|_| invalid_credentials())?;
-        let account_key = format!("acct:{email}");
-        let ip_key = format!("ip:{ip}");
-        // Backing off refuses even a correct password.
-        guard::check(&*self.store, &ip_key).await?;
-        guard::check(&*self.store, &account_key).await?;
         if password.chars().count() > password::MAX_PASSWORD {
             return Err(invalid_credentials());
         }
+        let account_key = format!("acct:{email}");
+        let ip_key = guard::address_key(ip);
+        // Counted before the password is checked; backing off refuses even
+        // a correct password.
+        guard::admit(&*self.store, &ip_key, self.ip_limit()).await?;
+        guard::admit(&*self.store, &account_key, self.account_limit()).await?;
         let found = self.user_by_email(&email).await?;
         let hash = found.as_ref().map(|(u, _)| u.password_hash.as_str());
-        if !self.hasher.verify(password, hash).await {
-            guard::record_failure(&*self.store, &account_key, self.account_limit()).await?;
-            guard::record_failure(&*self.store, &ip_key, self.ip_limit()).await?;
+        if !self.hasher.verify(password, hash).await? {
             metrics::counter!("flashmall_auth_logins_total", "outcome" => "failed").increment(1);
             return Err(invalid_credentials());
         }
@@ -269,10 +296,12 @@ impl Auth {
             return Err(invalid_credentials());
         };
         guard::clear(&*self.store, &account_key).await?;
+        guard::give_back(&*self.store, &ip_key, self.ip_limit()).await?;
         let family = Uuid::now_v7();
         let record = FamilyRecord {
             user_id: user.id.clone(),
             revoked: false,
+            created_at_ms: now_ms(),
         };
         self.store
             .insert(
@@ -334,7 +363,8 @@ impl Auth {
             .get(Table::TokenFamilies, &record.family.to_string())
             .await?
             .ok_or_else(invalid_refresh)?;
-        if decode::<FamilyRecord>(&family)?.revoked {
+        let family: FamilyRecord = decode(&family)?;
+        if family.revoked {
             return Err(invalid_refresh());
         }
         if record.used {
@@ -363,6 +393,10 @@ impl Auth {
             .user(&record.user_id)
             .await?
             .ok_or_else(invalid_refresh)?;
+        if family.created_at_ms < user.sessions_after_ms {
+            // The password changed after this login began.
+            return Err(invalid_refresh());
+        }
         self.issue(&user, record.family).await
     }
 
@@ -431,16 +465,8 @@ impl Auth {
             .user(&caller.user_id)
             .await?
             .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "the account no longer exists"))?;
-        if !self
-            .hasher
-            .verify(current_password, Some(&user.password_hash))
-            .await
-        {
-            return Err(ApiError::new(
-                ErrorCode::Forbidden,
-                "the current password is wrong",
-            ));
-        }
+        self.check_password(&user, current_password, "the current password is wrong")
+            .await?;
         let old_email = user.email.clone();
         if let Some(email) = email {
             user.email = normalize_email(email)?;
@@ -448,6 +474,8 @@ impl Auth {
         if let Some(password) = new_password {
             password::check_policy(password, &user.email, self.config.password_min_length)?;
             user.password_hash = self.hasher.hash(password).await?;
+            // Every login made with the old password stops refreshing.
+            user.sessions_after_ms = now_ms();
         }
         let email_changed = user.email != old_email;
         if email_changed
@@ -491,13 +519,8 @@ impl Auth {
             .user(&caller.user_id)
             .await?
             .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "the account no longer exists"))?;
-        if !self
-            .hasher
-            .verify(password, Some(&user.password_hash))
-            .await
-        {
-            return Err(ApiError::new(ErrorCode::Forbidden, "the password is wrong"));
-        }
+        self.check_password(&user, password, "the password is wrong")
+            .await?;
         if !self
             .store
             .delete(Table::Users, &user.id, Some(version))
@@ -512,6 +535,26 @@ impl Auth {
         self.logout(caller).await?;
         tracing::info!(user_id = %user.id, "account deleted");
         Ok(())
+    }
+
+    /// Checks the account's own password (changing or deleting it), under
+    /// the same back-off as logins, so a stolen token cannot guess it.
+    async fn check_password(
+        &self,
+        user: &UserRecord,
+        password: &str,
+        wrong: &str,
+    ) -> Result<(), ApiError> {
+        let key = format!("acct:{}", user.email);
+        guard::admit(&*self.store, &key, self.account_limit()).await?;
+        if !self
+            .hasher
+            .verify(password, Some(&user.password_hash))
+            .await?
+        {
+            return Err(ApiError::new(ErrorCode::Forbidden, wrong));
+        }
+        guard::clear(&*self.store, &key).await
     }
 
     /// Sets a user's roles (admins only).

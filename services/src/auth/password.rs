@@ -35,10 +35,16 @@ pub fn check_policy(password: &str, email: &str, min_length: usize) -> Result<()
     Ok(())
 }
 
+/// How long a password check waits for a free hashing slot before the
+/// service answers 503 (argon2id's memory cost bounds how many can run).
+const SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Hashes and verifies passwords with argon2id.
 #[derive(Clone)]
 pub struct Hasher {
     params: Params,
+    /// Bounds the hashes in flight: each holds `memory_kib` of memory.
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
     /// A hash no password matches, verified for unknown accounts so a login
     /// takes as long whether or not the account exists.
     decoy: String,
@@ -49,10 +55,31 @@ impl Hasher {
         let params = Params::new(memory_kib, iterations, 1, None)
             .map_err(|e| format!("argon2 parameters: {e}"))?;
         let decoy = hash_with(&params, &uuid::Uuid::new_v4().to_string()).map_err(|e| e.message)?;
-        Ok(Hasher { params, decoy })
+        let parallel = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        Ok(Hasher {
+            params,
+            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(parallel * 2)),
+            decoy,
+        })
+    }
+
+    async fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        tokio::time::timeout(
+            SLOT_WAIT,
+            std::sync::Arc::clone(&self.slots).acquire_owned(),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| {
+            ApiError::unavailable("the service is busy checking passwords; retry shortly")
+        })
     }
 
     pub async fn hash(&self, password: &str) -> Result<String, ApiError> {
+        let _slot = self.slot().await?;
         let params = self.params.clone();
         let password = password.to_owned();
         tokio::task::spawn_blocking(move || hash_with(&params, &password))
@@ -61,7 +88,8 @@ impl Hasher {
     }
 
     /// True when `password` matches `hash` (`None`: an unknown account).
-    pub async fn verify(&self, password: &str, hash: Option<&str>) -> bool {
+    pub async fn verify(&self, password: &str, hash: Option<&str>) -> Result<bool, ApiError> {
+        let _slot = self.slot().await?;
         let known = hash.is_some();
         let hash = hash.unwrap_or(&self.decoy).to_owned();
         let password = password.to_owned();
@@ -76,7 +104,7 @@ impl Hasher {
         })
         .await
         .unwrap_or(false);
-        known && matched
+        Ok(known && matched)
     }
 }
 
@@ -110,8 +138,12 @@ mod tests {
         let h = Hasher::new(64, 1).unwrap();
         let hash = h.hash("correct horse battery").await.unwrap();
         assert!(hash.starts_with("$argon2id$"));
-        assert!(h.verify("correct horse battery", Some(&hash)).await);
-        assert!(!h.verify("wrong horse battery", Some(&hash)).await);
-        assert!(!h.verify("correct horse battery", None).await);
+        assert!(
+            h.verify("correct horse battery", Some(&hash))
+                .await
+                .unwrap()
+        );
+        assert!(!h.verify("wrong horse battery", Some(&hash)).await.unwrap());
+        assert!(!h.verify("correct horse battery", None).await.unwrap());
     }
 }

@@ -26,6 +26,8 @@ pub enum Table {
     TokenFamilies,
     /// `acct:<email>` or `ip:<address>` → recent failed logins.
     LoginFailures,
+    /// One-time grants (`bootstrap-admin/<email>`).
+    Grants,
 }
 
 impl Table {
@@ -36,6 +38,7 @@ impl Table {
             Table::RefreshTokens => "refresh_tokens",
             Table::TokenFamilies => "token_families",
             Table::LoginFailures => "login_failures",
+            Table::Grants => "grants",
         }
     }
 }
