@@ -242,11 +242,15 @@ async fn refresh_rotates_and_logout_ends_the_token_at_the_edge() {
             .bearer_auth(&dave.access)
     };
     assert_eq!(s.call(me()).await.0, 200);
+    // Logging out with the newer access token of the same login ends the
+    // older one too: the whole family is denied at the edge.
+    let (_, newer) = s.call(refresh(&dave.refresh)).await;
+    let newer = newer["access_token"].as_str().unwrap().to_owned();
     let (status, _) = s
         .call(
             s.client
                 .post(s.url("/api/v1/auth/logout"))
-                .bearer_auth(&dave.access),
+                .bearer_auth(&newer),
         )
         .await;
     assert_eq!(status, 204);
@@ -831,7 +835,9 @@ async fn bad_upstream(hang: bool) -> std::net::SocketAddr {
 async fn upstream_failures_are_answered_as_json() {
     let hang = bad_upstream(true).await;
     let drop_ = bad_upstream(false).await;
-    let dead = format!("127.0.0.1:{}", flashmall_testing::free_port());
+    // Port 1: nothing listens there (a free port could be taken by a
+    // concurrent test between now and the request).
+    let dead = "127.0.0.1:1".to_owned();
     let s = EdgeStack::start(|p| {
         p.read_timeout = Duration::from_millis(300);
         for (name, backend) in [

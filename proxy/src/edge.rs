@@ -24,6 +24,11 @@ use crate::limits::{KeyKind, Limit, Limiter};
 use crate::state::{View, now_ms};
 use crate::{admin, openapi, respond};
 
+/// Length of the login-family prefix of an access token's `jti`.
+pub const FAMILY_LEN: usize = 32;
+/// The longest an access token can live (the auth service caps it at 24 h).
+const MAX_ACCESS_TOKEN_LIFE_MS: u64 = 24 * 3600 * 1000;
+
 /// Header carrying the client's address to the services.
 pub const CLIENT_IP_HEADER: &str = "x-real-ip";
 /// Header the engine's sold-out announcement travels in.
@@ -86,22 +91,47 @@ fn route_label(path: &str) -> &'static str {
 /// The client's address: the peer, unless the peer is a trusted load
 /// balancer, then the rightmost untrusted `X-Forwarded-For` entry (entries
 /// left of it were written by the client and prove nothing).
-fn client_address(
-    peer: IpAddr,
-    forwarded: Option<&http::HeaderValue>,
-    trusted: &[ipnet::IpNet],
-) -> IpAddr {
+fn client_address(peer: IpAddr, forwarded: &[&str], trusted: &[ipnet::IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return peer;
     }
-    forwarded
-        .and_then(|v| v.to_str().ok())
+    // Every X-Forwarded-For line, in order, read from the right: the first
+    // address a trusted hop did not add is the client. An entry that does
+    // not parse ends the walk: nothing left of it can be trusted.
+    for entry in forwarded
+        .iter()
+        .flat_map(|line| line.split(','))
+        .collect::<Vec<_>>()
         .into_iter()
-        .flat_map(|v| v.rsplit(','))
-        .filter_map(|entry| entry.trim().parse::<IpAddr>().ok())
-        .find(|ip| !is_trusted(ip))
-        .unwrap_or(peer)
+        .rev()
+    {
+        match entry.trim().parse::<IpAddr>() {
+            Ok(ip) if is_trusted(&ip) => continue,
+            Ok(ip) => return ip,
+            Err(_) => return peer,
+        }
+    }
+    peer
+}
+
+/// The rate-limit key of an address: IPv6 per /64 (one subscriber's
+/// allocation), IPv4 per address.
+fn address_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+    }
+}
+
+/// True for a sale id in the one form the edge accepts: a lower-case,
+/// hyphenated UUID. Other spellings of the same sale would dodge its
+/// limits, rules and gate, so they are refused.
+fn canonical_sale_id(id: &str) -> bool {
+    uuid::Uuid::try_parse(id).is_ok_and(|u| u.hyphenated().to_string() == id)
 }
 
 fn reject(reason: &'static str) {
@@ -158,7 +188,7 @@ impl Edge {
                 continue;
             }
             let key = match limit.kind {
-                KeyKind::Ip => ctx.client_ip.map(|ip| ip.to_string()),
+                KeyKind::Ip => ctx.client_ip.map(address_key),
                 KeyKind::User => ctx.claims.as_ref().map(|c| c.sub.clone()),
                 KeyKind::Sale => gate::sale_of(path).map(str::to_owned),
             };
@@ -180,11 +210,13 @@ impl Edge {
 
     /// Fetches the holders of a sold-out sale from the engine and closes the gate.
     fn learn_sold_out(&self, sale: String, pool: Option<String>) {
-        if !self.gate.needs(&sale) {
+        // One fetch per sale at a time, however many sold-out answers pass.
+        if !self.gate.needs(&sale) || !self.gate.begin_fetch(&sale) {
             return;
         }
         let Some(backend) = pool.and_then(|p| self.pools.get(&p).and_then(|lb| lb.select(b"", 16)))
         else {
+            self.gate.end_fetch(&sale);
             return;
         };
         let url = format!("http://{}/api/v1/sales/{sale}/holders", backend.addr);
@@ -197,6 +229,7 @@ impl Edge {
         let http = self.http.clone();
         let gate = Arc::clone(&self.gate);
         tokio::spawn(async move {
+            let _fetching = gate::Fetching::new(&gate, &sale);
             let answer = http.get(url).header(IDENTITY_HEADER, signed).send().await;
             let body: serde_json::Value = match answer {
                 Ok(r) if r.status().is_success() => r.json().await.unwrap_or_default(),
@@ -241,13 +274,14 @@ impl ProxyHttp for Edge {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        ctx.client_ip = peer.map(|peer| {
-            client_address(
-                peer,
-                session.req_header().headers.get("x-forwarded-for"),
-                &self.trusted_proxies,
-            )
-        });
+        let forwarded: Vec<&str> = session
+            .req_header()
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        ctx.client_ip = peer.map(|peer| client_address(peer, &forwarded, &self.trusted_proxies));
         let method = session.req_header().method.as_str().to_owned();
         let path = session.req_header().uri.path().to_owned();
         ctx.route = route_label(&path);
@@ -312,6 +346,19 @@ impl ProxyHttp for Edge {
                     session,
                     ctx,
                     ApiError::new(ErrorCode::Forbidden, "access denied"),
+                )
+                .await;
+        }
+        // One spelling per sale, so no other spelling dodges its limits,
+        // rules or gate.
+        if let Some(id) = gate::sale_of(&path)
+            && !canonical_sale_id(id)
+        {
+            return self
+                .answer(
+                    session,
+                    ctx,
+                    ApiError::new(ErrorCode::SaleNotFound, "no such sale"),
                 )
                 .await;
         }
@@ -461,8 +508,11 @@ impl ProxyHttp for Edge {
             && ((method == "POST" && path == "/api/v1/auth/logout")
                 || (method == "DELETE" && path == "/api/v1/users/me"));
         if ends_token && let Some(claims) = &ctx.claims {
-            let until = claims.exp.saturating_mul(1000) + 60_000;
-            if let Err(e) = self.state.store.deny_token(&claims.jti, until).await {
+            // The whole login family: every access token of this login, not
+            // only the one presented, until the longest a token can live.
+            let family = claims.jti.get(..FAMILY_LEN).unwrap_or(&claims.jti);
+            let until = now_ms() + MAX_ACCESS_TOKEN_LIFE_MS;
+            if let Err(e) = self.state.store.deny_token(family, until).await {
                 tracing::error!(error = %e, "could not deny a logged-out token");
             }
             let _ = self.state.refresh().await;
@@ -558,21 +608,37 @@ mod tests {
     #[test]
     fn forwarded_for_counts_only_behind_trusted_proxies() {
         let lb: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
-        let header = http::HeaderValue::from_static("1.2.3.4, 203.0.113.7, 10.0.0.9");
+        let header = ["1.2.3.4, 203.0.113.7, 10.0.0.9"];
         let from_lb: IpAddr = "10.0.0.2".parse().unwrap();
         let direct: IpAddr = "198.51.100.1".parse().unwrap();
         assert_eq!(
-            client_address(from_lb, Some(&header), &lb),
+            client_address(from_lb, &header, &lb),
             "203.0.113.7".parse::<IpAddr>().unwrap()
         );
         assert_eq!(
-            client_address(direct, Some(&header), &lb),
+            client_address(direct, &header, &lb),
             direct,
             "a client cannot claim an address"
         );
-        assert_eq!(client_address(from_lb, None, &lb), from_lb);
+        assert_eq!(client_address(from_lb, &[], &lb), from_lb);
+        // A second header line (a balancer appending its own) counts last;
+        // an unreadable entry ends the walk at the peer.
+        let lines = ["6.6.6.6", "203.0.113.8"];
         assert_eq!(
-            client_address(from_lb, Some(&header), &[]),
+            client_address(from_lb, &lines, &lb),
+            "203.0.113.8".parse::<IpAddr>().unwrap()
+        );
+        let garbled = ["6.6.6.6, not-an-ip"];
+        assert_eq!(client_address(from_lb, &garbled, &lb), from_lb);
+        assert_eq!(
+            address_key("2001:db8:1:2:3:4:5:6".parse().unwrap()),
+            "2001:db8:1:2::/64"
+        );
+        assert!(canonical_sale_id("0199abcd-0000-7000-8000-000000000001"));
+        assert!(!canonical_sale_id("0199ABCD-0000-7000-8000-000000000001"));
+        assert!(!canonical_sale_id("0199abcd000070008000000000000001"));
+        assert_eq!(
+            client_address(from_lb, &header, &[]),
             from_lb,
             "nothing trusted by default"
         );

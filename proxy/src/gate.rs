@@ -20,6 +20,29 @@ struct Closed {
 pub struct Gate {
     ttl: Duration,
     sales: RwLock<HashMap<String, Arc<Closed>>>,
+    /// Sales whose holders are being fetched (one fetch at a time).
+    fetching: std::sync::Mutex<HashSet<String>>,
+}
+
+/// Marks a holders fetch in flight; ends it when dropped.
+pub struct Fetching<'a> {
+    gate: &'a Gate,
+    sale: String,
+}
+
+impl<'a> Fetching<'a> {
+    pub fn new(gate: &'a Gate, sale: &str) -> Self {
+        Fetching {
+            gate,
+            sale: sale.to_owned(),
+        }
+    }
+}
+
+impl Drop for Fetching<'_> {
+    fn drop(&mut self) {
+        self.gate.end_fetch(&self.sale);
+    }
 }
 
 /// The engine's answer to a purchase of a sold-out sale.
@@ -32,6 +55,7 @@ impl Gate {
         Gate {
             ttl,
             sales: RwLock::new(HashMap::new()),
+            fetching: std::sync::Mutex::new(HashSet::new()),
         }
     }
 
@@ -50,6 +74,20 @@ impl Gate {
             .ok()
             .and_then(|m| m.get(sale).map(|e| Instant::now() >= e.until))
             .unwrap_or(true)
+    }
+
+    /// Claims the fetch of a sale's holders; false while one runs.
+    pub fn begin_fetch(&self, sale: &str) -> bool {
+        self.fetching
+            .lock()
+            .map(|mut f| f.insert(sale.to_owned()))
+            .unwrap_or(false)
+    }
+
+    pub fn end_fetch(&self, sale: &str) {
+        if let Ok(mut f) = self.fetching.lock() {
+            f.remove(sale);
+        }
     }
 
     /// Closes the gate of `sale` for the TTL, letting `holders` through.

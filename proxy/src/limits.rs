@@ -64,7 +64,7 @@ impl Limit {
     }
 
     pub fn applies(&self, method: &str, path: &str) -> bool {
-        (self.method == "*" || self.method.eq_ignore_ascii_case(method))
+        (self.method == "*" || crate::state::same_method(&self.method, method))
             && self.path.as_ref().is_none_or(|p| p.is_match(path))
     }
 }

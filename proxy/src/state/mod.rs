@@ -155,7 +155,14 @@ impl Snapshot {
         let mut snap = Snapshot::default();
         for e in &state.blacklist {
             if let Some(u) = &e.user_id {
-                snap.users.insert(u.clone(), e.expires_at_ms);
+                // Several entries for one user: the longest-lasting counts
+                // (`None` never expires).
+                let merged = match (snap.users.get(u), e.expires_at_ms) {
+                    (Some(None), _) | (_, None) => None,
+                    (Some(Some(a)), Some(b)) => Some((*a).max(b)),
+                    (None, b) => b,
+                };
+                snap.users.insert(u.clone(), merged);
             }
             if let Some(n) = e.cidr {
                 snap.nets.push((n, e.expires_at_ms));
@@ -186,7 +193,7 @@ impl Snapshot {
     pub fn allowed(&self, roles: &[&str], method: &str, path: &str) -> bool {
         for rule in &self.rules {
             let role_matches = rule.role == "*" || roles.contains(&rule.role.as_str());
-            let method_matches = rule.method == "*" || rule.method.eq_ignore_ascii_case(method);
+            let method_matches = rule.method == "*" || same_method(&rule.method, method);
             if role_matches && method_matches && rule.path.is_match(path) {
                 return rule.effect == Effect::Allow;
             }
@@ -194,9 +201,21 @@ impl Snapshot {
         true
     }
 
+    /// True for a logged-out token: its own id, or its login family (the
+    /// first 32 characters of the id) was denied.
     pub fn token_denied(&self, jti: &str) -> bool {
         self.denied.contains(jti)
+            || jti
+                .get(..32)
+                .is_some_and(|family| self.denied.contains(family))
     }
+}
+
+/// True when a rule or limit for `configured` applies to a request of
+/// `method`: `HEAD` is a `GET` without a body, and is served like one.
+pub fn same_method(configured: &str, method: &str) -> bool {
+    configured.eq_ignore_ascii_case(method)
+        || (configured.eq_ignore_ascii_case("GET") && method.eq_ignore_ascii_case("HEAD"))
 }
 
 /// Largest compiled size of one rule's regex.
@@ -247,6 +266,8 @@ pub fn check_rules(rules: &[AccessRule]) -> Result<(), String> {
 /// A replica's view of the edge state: the store and the latest snapshot.
 pub struct View {
     pub store: Arc<dyn EdgeStore>,
+    /// One refresh at a time, so an older snapshot never replaces a newer.
+    refreshing: tokio::sync::Mutex<()>,
     current: RwLock<Arc<Snapshot>>,
     version: Mutex<Option<u64>>,
 }
@@ -262,6 +283,7 @@ impl View {
     pub fn new(store: Arc<dyn EdgeStore>) -> Arc<View> {
         Arc::new(View {
             store,
+            refreshing: tokio::sync::Mutex::new(()),
             current: RwLock::new(Arc::new(Snapshot::default())),
             version: Mutex::new(None),
         })
@@ -276,6 +298,7 @@ impl View {
 
     /// Reloads the snapshot if the store's version moved.
     pub async fn refresh(&self) -> Result<(), String> {
+        let _one_at_a_time = self.refreshing.lock().await;
         let version = self.store.version().await?;
         if *self.version.lock().unwrap_or_else(|p| p.into_inner()) == Some(version) {
             return Ok(());
