@@ -1,9 +1,10 @@
-//! Brute-force protection for password checks: attempts are counted per
-//! account and per client address *before* the password is checked, so a
-//! burst of parallel guesses is counted as it arrives. Past a threshold,
-//! the key backs off (doubling, capped), and while it backs off even a
-//! correct password is refused. A success clears the account's count and
-//! takes its own attempt back from the address's count.
+//! Brute-force protection for password checks. Per account, attempts are
+//! counted *before* the password is checked, so a burst of parallel
+//! guesses is counted as it arrives; a success clears the count. Per client
+//! address, failures are counted after the check (many people behind one
+//! address log in at once; they must not lock each other out). Past a
+//! threshold a key backs off (doubling, capped), and while it backs off even
+//! a correct password is refused.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -106,26 +107,27 @@ pub async fn clear(store: &dyn ServiceStore, key: &str) -> Result<(), ApiError> 
     Ok(())
 }
 
-/// After a correct password: the address gets this attempt back (others'
-/// failures from it still count).
-pub async fn give_back(store: &dyn ServiceStore, key: &str, limit: Limit) -> Result<(), ApiError> {
-    for _ in 0..8 {
-        let Some(current) = store.get(Table::LoginFailures, key).await? else {
-            return Ok(());
-        };
-        let mut a: Attempts = serde_json::from_slice(&current.value).unwrap_or_default();
-        a.count = a.count.saturating_sub(1);
-        if a.count < limit.failures {
-            a.locked_until_ms = 0;
-        }
-        let value = serde_json::to_vec(&a).unwrap_or_default();
-        let ttl = Some(limit.window.max(limit.backoff_max));
-        if store
-            .replace(Table::LoginFailures, key, current.version, value, ttl)
-            .await?
-        {
-            return Ok(());
-        }
+/// Refuses with 429 while `key` backs off (counts nothing).
+pub async fn check(store: &dyn ServiceStore, key: &str) -> Result<(), ApiError> {
+    let Some(current) = store.get(Table::LoginFailures, key).await? else {
+        return Ok(());
+    };
+    let a: Attempts = serde_json::from_slice(&current.value).unwrap_or_default();
+    match backing_off(&a, now_ms()) {
+        Some(refused) => Err(refused),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// Counts a failure for `key` after the password check.
+pub async fn record_failure(
+    store: &dyn ServiceStore,
+    key: &str,
+    limit: Limit,
+) -> Result<(), ApiError> {
+    match admit(store, key, limit).await {
+        // Already backing off: the failure needs no further count.
+        Err(e) if e.code == ErrorCode::RateLimited => Ok(()),
+        other => other,
+    }
 }

@@ -284,11 +284,12 @@ impl Auth {
         let ip_key = guard::address_key(ip);
         // Counted before the password is checked; backing off refuses even
         // a correct password.
-        guard::admit(&*self.store, &ip_key, self.ip_limit()).await?;
+        guard::check(&*self.store, &ip_key).await?;
         guard::admit(&*self.store, &account_key, self.account_limit()).await?;
         let found = self.user_by_email(&email).await?;
         let hash = found.as_ref().map(|(u, _)| u.password_hash.as_str());
         if !self.hasher.verify(password, hash).await? {
+            guard::record_failure(&*self.store, &ip_key, self.ip_limit()).await?;
             metrics::counter!("flashmall_auth_logins_total", "outcome" => "failed").increment(1);
             return Err(invalid_credentials());
         }
@@ -296,7 +297,6 @@ impl Auth {
             return Err(invalid_credentials());
         };
         guard::clear(&*self.store, &account_key).await?;
-        guard::give_back(&*self.store, &ip_key, self.ip_limit()).await?;
         let family = Uuid::now_v7();
         let record = FamilyRecord {
             user_id: user.id.clone(),
