@@ -419,15 +419,21 @@ async fn the_sale_window_is_enforced() {
             5,
             1,
             now - time::Duration::seconds(5),
-            now + time::Duration::milliseconds(600),
+            now + time::Duration::milliseconds(1_000),
         )
         .await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let (status, body) = stack.purchase(&ending, "u1", "k", 1).await;
+    let (status, before) = stack.purchase(&ending, "u1", "k", 1).await;
+    assert_eq!(status, 201, "{before}");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let (status, body) = stack.purchase(&ending, "u2", "k", 1).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (409, Some("sale_closed"))
     );
+    // A purchase made before the end and retried after it keeps its answer.
+    let (status, again) = stack.purchase(&ending, "u1", "k", 1).await;
+    assert_eq!(status, 201, "{again}");
+    assert_eq!(again["reservation_id"], before["reservation_id"]);
     assert_eq!(stack.sale(&ending).await["status"], "closed");
 }
 

@@ -425,6 +425,16 @@ impl StockFront for RedisFront {
             }))
     }
 
+        async fn idempotency_record(&self, sale_id: Uuid, field: &str) -> Result<Option<IdemRecord>, FrontError> {
+        let keys = self.keys(sale_id);
+        let raw: Option<String> = self
+            .client()
+            .hget(keys.idempotency.as_str(), field)
+            .await
+            .map_err(reply_error)?;
+        Ok(raw.as_deref().and_then(IdemRecord::decode))
+    }
+
     async fn idempotency_records(
         &self,
         sale_id: Uuid,
