@@ -857,19 +857,25 @@ async fn upstream_failures_are_answered_as_json() {
         }
     })
     .await;
-    let (status, body) = s.call(s.client.get(s.url("/api/v1/hang"))).await;
+    // A fresh connection per request: after an upstream failure the edge
+    // closes the client's connection (and says so).
+    let fresh = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let (status, body) = s.call(fresh.get(s.url("/api/v1/hang"))).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (504, Some("unavailable")),
         "{body}"
     );
-    let (status, body) = s.call(s.client.get(s.url("/api/v1/drop"))).await;
+    let (status, body) = s.call(fresh.get(s.url("/api/v1/drop"))).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (502, Some("unavailable")),
         "{body}"
     );
-    let (status, body) = s.call(s.client.get(s.url("/api/v1/dead"))).await;
+    let (status, body) = s.call(fresh.get(s.url("/api/v1/dead"))).await;
     assert!(status == 502 || status == 503, "{status} {body}");
     assert_eq!(body["error"]["code"], "unavailable");
     assert_eq!(s.call(s.client.get(s.url("/healthz"))).await.0, 200);

@@ -99,14 +99,17 @@ async fn settle_writes_records_and_counts_once(l: &Ledger) {
         entry(s.id, "u2", 1),
         entry(s.id, "u1", 1),
     ];
-    let first = l.settle(s.id, &batch).await.unwrap();
+    let first = l.settle(s.id, &batch, 0).await.unwrap();
     assert_eq!((first.new, first.units, first.replayed), (3, 4, 0));
     // A replayed batch (crash before the acknowledgement) changes nothing.
-    let again = l.settle(s.id, &batch).await.unwrap();
+    let again = l.settle(s.id, &batch, 0).await.unwrap();
     assert_eq!((again.new, again.units, again.replayed), (0, 0, 3));
     // Duplicates inside one batch count once.
     let dup = entry(s.id, "u3", 1);
-    let with_dup = l.settle(s.id, &[dup.clone(), dup.clone()]).await.unwrap();
+    let with_dup = l
+        .settle(s.id, &[dup.clone(), dup.clone()], 0)
+        .await
+        .unwrap();
     assert_eq!((with_dup.new, with_dup.replayed), (1, 1));
     let (_, counts) = l.sale(s.id).await.unwrap().unwrap();
     assert_eq!((counts.settled, counts.reservations), (5, 4));
@@ -138,7 +141,7 @@ async fn release_moves_units_once(l: &Ledger) {
     let s = sale(10);
     l.create_sale(&s).await.unwrap();
     let e = entry(s.id, "u1", 2);
-    l.settle(s.id, std::slice::from_ref(&e)).await.unwrap();
+    l.settle(s.id, std::slice::from_ref(&e), 0).await.unwrap();
     let ReleaseStep::Releasing(r) = l.begin_release(e.reservation_id).await.unwrap() else {
         panic!("expected releasing")
     };
@@ -206,12 +209,40 @@ async fn scans_page_through_large_sales(l: &Ledger) {
         .map(|i| entry(s.id, &format!("u{i}"), 1))
         .collect();
     for chunk in batch.chunks(500) {
-        l.settle(s.id, chunk).await.unwrap();
+        l.settle(s.id, chunk, 0).await.unwrap();
     }
     let snap = l.snapshot(s.id).await.unwrap().unwrap();
     assert_eq!(snap.reservations.len(), 2_500);
     assert_eq!(snap.buyers.len(), 2_500);
     assert_eq!(snap.counts.settled, 2_500);
+}
+
+/// A batch read before a reconcile started a new epoch commits nothing: it
+/// may come from a stream the rebuild no longer counts (a flush).
+async fn a_reconcile_fences_older_batches(l: &Ledger) {
+    let s = sale(10);
+    l.create_sale(&s).await.unwrap();
+    let before = l.epoch(s.id).await.unwrap();
+    let e = entry(s.id, "u1", 1);
+    let newer = l.bump_epoch(s.id).await.unwrap();
+    assert!(newer > before);
+    assert!(matches!(
+        l.settle(s.id, std::slice::from_ref(&e), before).await,
+        Err(LedgerError::Fenced { .. })
+    ));
+    assert_eq!(
+        l.sale(s.id).await.unwrap().unwrap().1.settled,
+        0,
+        "nothing written"
+    );
+    assert!(l.reservation(e.reservation_id).await.unwrap().is_none());
+    assert_eq!(
+        l.settle(s.id, std::slice::from_ref(&e), newer)
+            .await
+            .unwrap()
+            .new,
+        1
+    );
 }
 
 /// Two settlement workers racing over overlapping batches of one sale (a
@@ -231,7 +262,7 @@ async fn concurrent_settlers_count_once(l: &Ledger) {
             let mut order: Vec<StreamEntry> = entries;
             order.rotate_left(worker * 50);
             for chunk in order.chunks(25) {
-                l.settle(s.id, chunk).await.unwrap();
+                l.settle(s.id, chunk, 0).await.unwrap();
             }
         }));
     }
@@ -275,6 +306,11 @@ macro_rules! conformance {
                 let Some(s) = $make().await else { return };
                 super::scans_page_through_large_sales(&s.ledger).await;
             }
+            #[tokio::test]
+            async fn a_reconcile_fences_older_batches() {
+                let Some(s) = $make().await else { return };
+                super::a_reconcile_fences_older_batches(&s.ledger).await;
+            }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn concurrent_settlers_count_once() {
                 let Some(s) = $make().await else { return };
@@ -297,7 +333,7 @@ async fn embedded_ledger_is_durable_across_reopen() {
     {
         let l = Ledger::new(Arc::new(EmbeddedLedger::open(&path).unwrap()));
         l.create_sale(&s).await.unwrap();
-        l.settle(s.id, std::slice::from_ref(&e)).await.unwrap();
+        l.settle(s.id, std::slice::from_ref(&e), 0).await.unwrap();
     }
     // The writer thread exits when its queue closes; give it a moment.
     let mut reopened = None;

@@ -22,6 +22,10 @@ use crate::shutdown::Shutdown;
 /// Header carrying the request id, taken from the caller or made here.
 pub const REQUEST_ID: &str = "x-request-id";
 
+/// Largest request body read ahead of any handler (handlers apply their
+/// own, smaller limits).
+pub const MAX_BUFFERED_BODY: usize = 1024 * 1024;
+
 type ReadyFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
 /// A component's readiness check, run on every `GET /readyz`.
@@ -140,6 +144,31 @@ async fn observe(State(served): State<Served>, mut request: Request, next: Next)
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let span = tracing::debug_span!("request", component = served.component, request_id = %request_id, method = %request.method(), route = %route);
+    // Every body is read before the handler runs, so a handler that
+    // answers early (401, 403) never leaves a half-read request on the
+    // connection: the edge pools these connections and must be able to
+    // reuse them. gRPC bodies stream, and are left alone.
+    let grpc = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let request = if grpc {
+        request
+    } else {
+        let (parts, body) = request.into_parts();
+        match axum::body::to_bytes(body, MAX_BUFFERED_BODY).await {
+            Ok(bytes) => Request::from_parts(parts, axum::body::Body::from(bytes)),
+            Err(_) => {
+                let mut response = ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!("the request body is larger than {MAX_BUFFERED_BODY} bytes"),
+                )
+                .into_response();
+                response.headers_mut().insert(REQUEST_ID, header);
+                return response;
+            }
+        }
+    };
     let started = Instant::now();
     let mut response = next.run(request).instrument(span).await;
     metrics::histogram!(

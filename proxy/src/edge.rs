@@ -534,6 +534,26 @@ impl ProxyHttp for Edge {
         e
     }
 
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("peer: {peer}"));
+        // A pooled connection the upstream had closed fails before the
+        // request reaches it: a request safe to repeat (an idempotent
+        // method, or one carrying an Idempotency-Key) goes again.
+        if ctx.idempotent && !session.as_ref().retry_buffer_truncated() {
+            e.retry.decide_reuse(client_reused);
+        } else {
+            e.set_retry(false);
+        }
+        e
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let (status, message) = match e.etype() {
             ErrorType::HTTPStatus(503) => (503, "no healthy upstream, retry shortly"),
@@ -555,19 +575,28 @@ impl ProxyHttp for Edge {
             &serde_json::json!({"error": {"code": code.as_str(), "message": message}}),
         )
         .unwrap_or_default();
+        // After an upstream was tried, Pingora closes the client's
+        // connection whatever this returns: say so, or a keep-alive client
+        // reuses a connection that is about to close.
+        let closing = ctx.tries > 0;
+        let extra = if closing {
+            vec![("connection", "close".to_owned())]
+        } else {
+            Vec::new()
+        };
         let written = respond::write(
             session,
             status,
             "application/json",
             Bytes::from(body),
             &ctx.request_id,
-            &[],
+            &extra,
         )
         .await
         .is_ok();
         FailToProxy {
             error_code: status,
-            can_reuse_downstream: written,
+            can_reuse_downstream: written && !closing,
         }
     }
 

@@ -123,7 +123,9 @@ pub async fn launch(settings: &ProxySettings) -> Result<RunningProxy, String> {
         let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(backends.iter().map(String::as_str))
             .map_err(|e| format!("proxy.upstreams.{name}: {e}"))?;
         let mut check = TcpHealthCheck::new();
-        check.peer_template.options.connection_timeout = Some(Duration::from_millis(500));
+        check.peer_template.options.connection_timeout = Some(Duration::from_secs(1));
+        // One slow check on a loaded node must not take a backend out.
+        check.consecutive_failure = 3;
         lb.set_health_check(check);
         lb.health_check_frequency = Some(config.health_check_interval);
         let service = background_service(&format!("health check {name}"), lb);

@@ -164,7 +164,11 @@ impl StockFront for LocalFront {
         }))
     }
 
-        async fn idempotency_record(&self, sale_id: Uuid, field: &str) -> Result<Option<IdemRecord>, FrontError> {
+    async fn idempotency_record(
+        &self,
+        sale_id: Uuid,
+        field: &str,
+    ) -> Result<Option<IdemRecord>, FrontError> {
         let sale = self.sale(sale_id);
         let f = Self::lock(&sale);
         Ok(f.idempotency.get(field).copied())

@@ -177,8 +177,12 @@ pub trait StockFront: Send + Sync + 'static {
     /// Live counts; `None` when the sale's stock is not in the front.
     async fn counts(&self, sale_id: Uuid) -> Result<Option<FrontCounts>, FrontError>;
 
-        /// One idempotency record of a sale.
-    async fn idempotency_record(&self, sale_id: Uuid, field: &str) -> Result<Option<IdemRecord>, FrontError>;
+    /// One idempotency record of a sale.
+    async fn idempotency_record(
+        &self,
+        sale_id: Uuid,
+        field: &str,
+    ) -> Result<Option<IdemRecord>, FrontError>;
 
     /// Every idempotency record of a sale, by field.
     async fn idempotency_records(

@@ -425,7 +425,11 @@ impl StockFront for RedisFront {
             }))
     }
 
-        async fn idempotency_record(&self, sale_id: Uuid, field: &str) -> Result<Option<IdemRecord>, FrontError> {
+    async fn idempotency_record(
+        &self,
+        sale_id: Uuid,
+        field: &str,
+    ) -> Result<Option<IdemRecord>, FrontError> {
         let keys = self.keys(sale_id);
         let raw: Option<String> = self
             .client()

@@ -19,6 +19,11 @@ pub fn counts(id: Uuid) -> Key {
     format!("c/{id}").into_bytes()
 }
 
+/// The sale's settlement epoch, bumped by every reconcile.
+pub fn epoch(sale: Uuid) -> Key {
+    format!("e/{sale}").into_bytes()
+}
+
 pub fn reservation(id: Uuid) -> Key {
     format!("r/{id}").into_bytes()
 }

@@ -39,6 +39,10 @@ pub enum LedgerError {
     Corrupt { key: String, reason: String },
     #[error("{0} already exists")]
     AlreadyExists(String),
+    /// A reconcile started after this settlement read its batch: the batch
+    /// may belong to a stream the rebuild no longer counts.
+    #[error("settlement of sale {sale} was fenced by a reconcile")]
+    Fenced { sale: Uuid },
     #[error("ledger i/o: {0}")]
     Io(String),
 }
@@ -280,13 +284,34 @@ impl Ledger {
         Ok(out)
     }
 
+    /// The sale's settlement epoch (0 until the first reconcile).
+    pub async fn epoch(&self, sale_id: Uuid) -> Result<u64, LedgerError> {
+        let key = keys::epoch(sale_id);
+        let reads = self.store.get_many(vec![key.clone()]).await?;
+        Ok(read::<u64>(&reads, &key)?.unwrap_or(0))
+    }
+
+    /// Starts a new settlement epoch: batches read under an older one can
+    /// no longer commit. Returns the new epoch.
+    pub async fn bump_epoch(&self, sale_id: Uuid) -> Result<u64, LedgerError> {
+        let key = keys::epoch(sale_id);
+        transact_with(&*self.store, vec![key.clone()], move |reads| {
+            let next = read::<u64>(reads, &key)?.unwrap_or(0) + 1;
+            Ok((vec![Write::Put(key.clone(), encode(&next))], next))
+        })
+        .await
+    }
+
     /// Settles a batch of one sale's reservations in one transaction:
     /// reservation records (skipping ids already present), per-buyer counts,
-    /// and the sale's counts written once.
+    /// and the sale's counts written once. `epoch` is the settlement epoch
+    /// read before the batch was read from the stream; if a reconcile has
+    /// started a newer one since, nothing is written (`Fenced`).
     pub async fn settle(
         &self,
         sale_id: Uuid,
         batch: &[StreamEntry],
+        epoch: u64,
     ) -> Result<Settled, LedgerError> {
         let mut entries: Vec<StreamEntry> = Vec::with_capacity(batch.len());
         for e in batch {
@@ -296,7 +321,8 @@ impl Ledger {
             }
         }
         let counts_key = keys::counts(sale_id);
-        let mut read_keys = vec![counts_key.clone()];
+        let epoch_key = keys::epoch(sale_id);
+        let mut read_keys = vec![counts_key.clone(), epoch_key.clone()];
         read_keys.extend(entries.iter().map(|e| keys::reservation(e.reservation_id)));
         let mut users: Vec<&str> = entries.iter().map(|e| e.user_id.as_str()).collect();
         users.sort_unstable();
@@ -304,6 +330,9 @@ impl Ledger {
         read_keys.extend(users.iter().map(|u| keys::buyer(sale_id, u)));
         let replays_in_batch = batch.len() - entries.len();
         transact_with(&*self.store, read_keys, move |reads| {
+            if read::<u64>(reads, &epoch_key)?.unwrap_or(0) != epoch {
+                return Err(LedgerError::Fenced { sale: sale_id });
+            }
             let mut counts = read::<SaleCounts>(reads, &counts_key)?.unwrap_or_default();
             let mut held: HashMap<&str, i64> = HashMap::new();
             let mut writes = Vec::new();
@@ -348,6 +377,9 @@ impl Ledger {
                 counts.settled += settled.units;
                 counts.reservations += settled.new as i64;
                 writes.push(Write::Put(counts_key.clone(), encode(&counts)));
+                // Written back unchanged, so on TiKV a concurrent bump is a
+                // write conflict, and the retry sees the new epoch.
+                writes.push(Write::Put(epoch_key.clone(), encode(&epoch)));
             }
             Ok((writes, settled))
         })

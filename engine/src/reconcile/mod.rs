@@ -140,6 +140,9 @@ async fn rebuild(
             "a reconcile of this sale is running elsewhere; retry for a report",
         ));
     };
+    // Batches other replicas read before this point may belong to a stream
+    // that is gone (a flush): a new epoch keeps them from committing.
+    let epoch = engine.ledger.bump_epoch(sale_id).await?;
     front.ensure_stream(sale_id).await?;
     // 2. Settle everything still in the stream, whoever it was delivered to.
     let mut drained = 0usize;
@@ -156,7 +159,7 @@ async fn rebuild(
         if batch.is_empty() {
             break;
         }
-        let settled = settle::settle_batch(engine, sale_id, &batch)
+        let settled = settle::settle_batch(engine, sale_id, &batch, epoch)
             .await
             .map_err(|e| {
                 ApiError::unavailable(format!("reconcile could not settle the stream: {e}"))

@@ -98,15 +98,18 @@ async fn decide(
             "the sale has not started yet",
         ));
     }
-        if now >= sale.ends_at {
+    if now >= sale.ends_at {
         // A purchase made just before the end and retried after it still
         // gets its original answer.
         let field = idempotency_field(&caller.user_id, key);
-        let earlier = tokio::time::timeout(engine.front_timeout, engine.front.idempotency_record(sale_id, &field))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .flatten();
+        let earlier = tokio::time::timeout(
+            engine.front_timeout,
+            engine.front.idempotency_record(sale_id, &field),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
         return match earlier {
             Some(record) => durable_answer(engine, &live, record, true).await,
             None => Err(ApiError::new(ErrorCode::SaleClosed, "the sale has ended")),

@@ -133,10 +133,13 @@ fn not_durable_yet() -> ApiError {
 
 /// Settles one batch: ledger transaction, then acknowledgement, then the
 /// waiting purchases are answered.
+/// `epoch` is the sale's settlement epoch read before `batch` was read
+/// from the stream.
 pub async fn settle_batch(
     engine: &Engine,
     sale_id: Uuid,
     batch: &[StreamEntry],
+    epoch: u64,
 ) -> Result<Settled, String> {
     if batch.is_empty() {
         return Ok(Settled::default());
@@ -146,7 +149,7 @@ pub async fn settle_batch(
     crash_point("settle-before-commit");
     let settled = engine
         .ledger
-        .settle(sale_id, batch)
+        .settle(sale_id, batch, epoch)
         .await
         .map_err(|e| e.to_string())?;
     // A crash here replays a committed batch: the ledger skips it.
@@ -196,6 +199,13 @@ async fn worker(engine: Arc<Engine>, live: Arc<LiveSale>) {
         }
         let round = async {
             let _guard = live.settle_lock.lock().await;
+            // The epoch before the stream: a reconcile that starts after
+            // this read fences the batch off.
+            let epoch = engine
+                .ledger
+                .epoch(sale_id)
+                .await
+                .map_err(|e| e.to_string())?;
             engine
                 .front
                 .ensure_stream(sale_id)
@@ -232,7 +242,7 @@ async fn worker(engine: Arc<Engine>, live: Arc<LiveSale>) {
                 }
                 batch
             };
-            settle_batch(&engine, sale_id, &batch).await?;
+            settle_batch(&engine, sale_id, &batch, epoch).await?;
             if let Ok(backlog) = engine.front.backlog(sale_id).await {
                 metrics::gauge!("flashmall_engine_settlement_backlog", "sale" => sale_id.to_string()).set(backlog as f64);
             }
@@ -273,6 +283,9 @@ async fn worker(engine: Arc<Engine>, live: Arc<LiveSale>) {
 pub async fn drain_on_shutdown(engine: &Engine) {
     for live in engine.sales.all() {
         let _guard = live.settle_lock.lock().await;
+        let Ok(epoch) = engine.ledger.epoch(live.sale.id).await else {
+            continue;
+        };
         for _ in 0..64 {
             let batch = match engine
                 .front
@@ -286,7 +299,7 @@ pub async fn drain_on_shutdown(engine: &Engine) {
                 Ok(batch) if !batch.is_empty() => batch,
                 _ => break,
             };
-            if let Err(e) = settle_batch(engine, live.sale.id, &batch).await {
+            if let Err(e) = settle_batch(engine, live.sale.id, &batch, epoch).await {
                 tracing::warn!(sale_id = %live.sale.id, error = %e, "shutdown drain stopped");
                 break;
             }
