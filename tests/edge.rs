@@ -730,6 +730,7 @@ async fn replicas_sharing_redis_share_the_blacklist_and_global_limits() {
     // The global limit is one budget across replicas: a burst of 5, then
     // 10/s, however the requests are spread.
     let mut admitted = 0;
+    let mut statuses = Vec::new();
     let started = Instant::now();
     for i in 0..20 {
         let url = if i % 2 == 0 {
@@ -737,12 +738,17 @@ async fn replicas_sharing_redis_share_the_blacklist_and_global_limits() {
         } else {
             other_url("/api/v1/users/me")
         };
-        if s.call(s.client.get(url).bearer_auth(&jack.access)).await.0 == 200 {
+        let (status, body) = s.call(s.client.get(url).bearer_auth(&jack.access)).await;
+        if status == 200 {
             admitted += 1;
         }
+        statuses.push((status, body["error"]["code"].as_str().map(str::to_owned)));
     }
     let allowed = 5.0 + 10.0 * started.elapsed().as_secs_f64();
-    assert!(admitted >= 5, "the burst is admitted: {admitted}");
+    assert!(
+        admitted >= 5,
+        "the burst is admitted: {admitted} {statuses:?}"
+    );
     assert!(
         f64::from(admitted) <= allowed.ceil() + 1.0,
         "admitted {admitted}, one shared budget allows {allowed:.1}"
