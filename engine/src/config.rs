@@ -32,6 +32,10 @@ pub struct EngineConfig {
     /// that stopped (a crashed replica).
     #[serde(with = "humantime_serde")]
     pub settle_claim_idle: Duration,
+    /// A sale's settlement worker stops this long after the sale ended,
+    /// once its stream is empty (nothing can be reserved after the end).
+    #[serde(with = "humantime_serde")]
+    pub settle_retire_after: Duration,
     /// Name of this replica's settlement consumer; empty: the host name and
     /// process id. Keep it stable across restarts (e.g. the pod name) so a
     /// restarted replica re-reads its own unacknowledged entries at once.
@@ -57,6 +61,7 @@ impl Default for EngineConfig {
             settle_batch_size: 512,
             settle_idle_poll: Duration::from_millis(50),
             settle_claim_idle: Duration::from_secs(5),
+            settle_retire_after: Duration::from_secs(10),
             instance_id: String::new(),
             sold_out_recheck: Duration::from_millis(500),
             max_quantity: 100,

@@ -99,6 +99,8 @@ pub struct Engine {
     pub consumer: String,
     /// Verifies the identity the edge signed.
     pub identity: IdentityKey,
+    /// Settlement workers running in this process.
+    pub workers: std::sync::atomic::AtomicUsize,
     /// Stops the engine's background workers. Triggered only after the
     /// server stopped and the streams were drained, so purchases in flight
     /// during a graceful shutdown still get their settlement.
@@ -138,6 +140,7 @@ impl Engine {
             waiters: settle::Waiters::default(),
             consumer,
             identity,
+            workers: std::sync::atomic::AtomicUsize::new(0),
             shutdown,
         });
         let sales = engine

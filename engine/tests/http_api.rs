@@ -798,3 +798,43 @@ async fn health_ready_and_metrics_are_served() {
         503
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settlement_workers_stop_once_their_sale_ended_and_settled() {
+    let stack = Stack::start_with(Front::Redis, |s| {
+        s.engine.settle_retire_after = Duration::ZERO;
+    })
+    .await;
+    let workers = || {
+        stack
+            .engine
+            .workers
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let _open = stack.create_sale(5, 1).await;
+    let now = OffsetDateTime::now_utc();
+    let ending = stack
+        .create_sale_at(
+            5,
+            1,
+            now - time::Duration::seconds(5),
+            now + time::Duration::milliseconds(600),
+        )
+        .await;
+    let (status, body) = stack.purchase(&ending, "u1", "k", 1).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(workers(), 2);
+    let started = Instant::now();
+    while workers() != 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the ended sale's worker did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // It stopped only after settling what the sale sold.
+    let (status, r) = stack
+        .reservation(body["reservation_id"].as_str().unwrap(), "u1")
+        .await;
+    assert_eq!((status, r["status"].as_str()), (200, Some("held")));
+}

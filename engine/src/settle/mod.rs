@@ -184,7 +184,47 @@ fn crash_point(name: &str) {
 
 /// Starts the settlement worker of one sale.
 pub fn spawn_worker(engine: Arc<Engine>, live: Arc<LiveSale>) {
-    tokio::spawn(async move { worker(engine, live).await });
+    tokio::spawn(async move {
+        let _running = Running::new(&engine);
+        worker(Arc::clone(&engine), live).await
+    });
+}
+
+/// Counts a running worker (for metrics and tests).
+struct Running<'a>(&'a Engine);
+
+impl<'a> Running<'a> {
+    fn new(engine: &'a Engine) -> Self {
+        let n = engine
+            .workers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        metrics::gauge!("flashmall_engine_settlement_workers").set(n as f64);
+        Running(engine)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let n = self
+            .0
+            .workers
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed)
+            - 1;
+        metrics::gauge!("flashmall_engine_settlement_workers").set(n as f64);
+    }
+}
+
+/// True once the sale ended long enough ago and its stream is empty: no
+/// reservation can come any more, so its worker may stop.
+async fn retired(engine: &Engine, live: &LiveSale) -> bool {
+    let over =
+        time::OffsetDateTime::now_utc() >= live.sale.ends_at + engine.config.settle_retire_after;
+    over && engine
+        .front
+        .backlog(live.sale.id)
+        .await
+        .is_ok_and(|n| n == 0)
 }
 
 async fn worker(engine: Arc<Engine>, live: Arc<LiveSale>) {
@@ -252,6 +292,11 @@ async fn worker(engine: Arc<Engine>, live: Arc<LiveSale>) {
             Ok(n) => {
                 failures = 0;
                 if n == 0 && own_pending_done {
+                    if retired(&engine, &live).await {
+                        tracing::debug!(sale_id = %sale_id, "sale ended and settled; worker stops");
+                        metrics::gauge!("flashmall_engine_settlement_backlog", "sale" => sale_id.to_string()).set(0.0);
+                        return;
+                    }
                     tokio::select! {
                         _ = live.settle_wake.notified() => {}
                         _ = tokio::time::sleep(engine.config.settle_idle_poll) => {}
