@@ -212,9 +212,13 @@ async fn decide(
             idempotency_records,
         } => {
             if remaining == 0 {
-                // Snapshot first: the flag must never stand on a stale one.
-                refresh_snapshot(engine, &live, idempotency_records);
-                live.mark_sold_out(now_ms, engine.config.sold_out_recheck);
+                // The flag stands only on a snapshot holding every record
+                // this answer counted; otherwise it is set once one does.
+                if live.snapshot_covers(idempotency_records) {
+                    live.mark_sold_out(now_ms, engine.config.sold_out_recheck);
+                } else {
+                    refresh_snapshot(engine, &live, idempotency_records);
+                }
                 Err(sold_out())
             } else {
                 Err(ApiError::new(
@@ -275,7 +279,13 @@ fn refresh_snapshot(engine: &Arc<Engine>, live: &Arc<LiveSale>, records: i64) {
         if let Err(e) = &loaded {
             tracing::debug!(error = %e, "sold-out snapshot not refreshed");
         }
+        let covers = loaded
+            .as_ref()
+            .is_ok_and(|r| r.len() as i64 >= records && live.covers_wanted(r.len() as i64));
         live.finish_refresh(loaded.ok());
+        if covers {
+            live.mark_sold_out(crate::now_ms(), engine.config.sold_out_recheck);
+        }
     });
 }
 

@@ -22,6 +22,8 @@ pub struct LiveSale {
     /// successful purchase still gets its original answer from the flag.
     idempotency: RwLock<Arc<HashMap<String, IdemRecord>>>,
     idempotency_len: AtomicI64,
+    /// The most records any sold-out answer has counted.
+    wanted: AtomicI64,
     refreshing: AtomicBool,
     /// Wakes this sale's settlement worker when a reservation was made here.
     pub settle_wake: Notify,
@@ -39,6 +41,7 @@ impl LiveSale {
             sold_out_until_ms: AtomicU64::new(0),
             idempotency: RwLock::new(Arc::new(HashMap::new())),
             idempotency_len: AtomicI64::new(-1),
+            wanted: AtomicI64::new(0),
             refreshing: AtomicBool::new(false),
             settle_wake: Notify::new(),
             settle_lock: Mutex::new(()),
@@ -78,6 +81,19 @@ impl LiveSale {
                 .refreshing
                 .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
+    }
+
+    /// True when the snapshot holds at least `records` records and no
+    /// reload runs: a sold-out flag may stand on it.
+    pub fn snapshot_covers(&self, records: i64) -> bool {
+        self.wanted.fetch_max(records, Ordering::AcqRel);
+        !self.refreshing() && self.idempotency_len.load(Ordering::Acquire) >= records
+    }
+
+    /// True when a snapshot of `len` records holds every record any
+    /// sold-out answer has counted so far.
+    pub fn covers_wanted(&self, len: i64) -> bool {
+        len >= self.wanted.load(Ordering::Acquire)
     }
 
     /// True while the snapshot is being reloaded.
