@@ -13,16 +13,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flashmall_engine::config::{EngineConfig, LedgerConfig, RedisConfig};
-use flashmall_mesh::{IdentityKey, Shutdown};
-use flashmall_proxy::ProxySettings;
-use flashmall_proxy::config::ProxyConfig;
-use flashmall_services::AuthSettings;
 use flashmall_services::config::AuthConfig;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
-use tokio::net::TcpListener;
+
+use crate::stack::{Stack, StackConfig};
 
 /// Sizes and switches of a demo run.
 #[derive(Debug, Clone, clap::Args)]
@@ -337,85 +334,46 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, String> {
         return Err("stock, buyers, concurrency and per-user-limit must be at least 1".into());
     }
     let data = tempfile::tempdir().map_err(|e| format!("cannot make a temp dir: {e}"))?;
-    let identity = IdentityKey::random();
     let jwt_secret = format!(
         "{}{}",
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     )
     .into_bytes();
-    let engine_settings = flashmall_engine::Settings {
-        engine: EngineConfig {
-            durable_ack: !options.fast_ack,
-            max_quantity: options.per_user_limit.max(1),
-            ..EngineConfig::default()
+    let stack = Stack::start(
+        StackConfig {
+            engine: EngineConfig {
+                durable_ack: !options.fast_ack,
+                max_quantity: options.per_user_limit.max(1),
+                ..EngineConfig::default()
+            },
+            redis: RedisConfig {
+                url: options.redis.clone().unwrap_or_default(),
+                pool_size: 8,
+                ..RedisConfig::default()
+            },
+            ledger: LedgerConfig::default(),
+            auth: AuthConfig {
+                // A light argon2id cost, so thousands of demo accounts register in
+                // seconds; deployments keep the OWASP defaults of [auth].
+                argon2_memory_kib: 256,
+                argon2_iterations: 1,
+                bootstrap_admins: vec![DEMO_ADMIN.to_owned()],
+                ..AuthConfig::default()
+            },
+            data_dir: data.path().to_owned(),
+            jwt_secret,
         },
-        redis: RedisConfig {
-            url: options.redis.clone().unwrap_or_default(),
-            pool_size: 8,
-            ..RedisConfig::default()
+        |proxy| {
+            // Every demo buyer shares one loopback address: no per-address limit.
+            proxy.limits.retain(|l| l.key != "ip");
         },
-        ledger: LedgerConfig::default(),
-        data_dir: data.path().to_owned(),
-        identity: identity.clone(),
-    };
-    let auth_settings = AuthSettings {
-        auth: AuthConfig {
-            // A light argon2id cost, so thousands of demo accounts register in
-            // seconds; deployments keep the OWASP defaults of [auth].
-            argon2_memory_kib: 256,
-            argon2_iterations: 1,
-            bootstrap_admins: vec![DEMO_ADMIN.to_owned()],
-            ..AuthConfig::default()
-        },
-        data_dir: data.path().to_owned(),
-        identity: identity.clone(),
-        jwt_secret: jwt_secret.clone(),
-    };
-    let shutdown = Shutdown::new();
-    let bind = || async {
-        TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| e.to_string())
-    };
-    let engine =
-        flashmall_engine::launch(&engine_settings, bind().await?, shutdown.clone()).await?;
-    let auth =
-        flashmall_services::launch_auth(&auth_settings, bind().await?, shutdown.clone()).await?;
-    let mut proxy = ProxyConfig {
-        listen: free_loopback_addr()?,
-        grace_period: Duration::ZERO,
-        ..ProxyConfig::default()
-    };
-    proxy
-        .upstreams
-        .insert("engine".into(), vec![engine.addr.to_string()]);
-    proxy
-        .upstreams
-        .insert("auth".into(), vec![auth.addr.to_string()]);
-    // Every demo buyer shares one loopback address: no per-address limit.
-    proxy.limits.retain(|l| l.key != "ip");
-    let proxy = flashmall_proxy::launch(&ProxySettings {
-        proxy,
-        jwt_secret,
-        identity,
-    })
+    )
     .await?;
-    let front = engine.engine.front.kind();
-    let base = format!("http://{}", proxy.addr);
-    let result = storm(options, &base, front).await;
-    proxy.stop().await;
-    shutdown.trigger();
-    let _ = engine.served.await;
-    let _ = auth.served.await;
+    let front = stack.engine.engine.front.kind();
+    let result = storm(options, &stack.base(), front).await;
+    stack.stop().await;
     result
-}
-
-/// A free loopback address for the proxy (Pingora binds by address).
-fn free_loopback_addr() -> Result<std::net::SocketAddr, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("no free port: {e}"))
 }
 
 async fn storm(

@@ -6,4 +6,5 @@
 
 pub mod config;
 pub mod demo;
+pub mod stack;
 pub mod up;

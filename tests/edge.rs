@@ -532,7 +532,7 @@ async fn rate_limits_answer_429_near_the_configured_rate_on_an_open_connection()
     .await;
     let grace = s.login("grace@example.com").await;
     // Three requests on one connection: the 429 must not close it.
-    let addr = s.proxy.as_ref().unwrap().addr;
+    let addr = s.proxy_addr;
     let request = format!(
         "GET /api/v1/users/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
         grace.access

@@ -30,8 +30,9 @@ pub mod settle;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+pub use flashmall_mesh::now_ms;
 use flashmall_mesh::{ApiError, ErrorCode, IdentityKey, Shutdown};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
@@ -41,14 +42,6 @@ use config::{EngineConfig, LedgerBackend, LedgerConfig, RedisConfig};
 use front::{Breaker, FrontError, LocalFront, RedisFront, StockFront};
 use ledger::{EmbeddedLedger, Ledger, LedgerError, LedgerStore, SaleCounts, TikvLedger};
 use sale::{LiveSale, Sale, SaleRegistry, SaleStatus};
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 impl From<LedgerError> for ApiError {
     fn from(e: LedgerError) -> Self {

@@ -232,15 +232,8 @@ impl IdentityKey {
                     "this request needs an authenticated user",
                 )
             })?;
-        self.verify_value(value, now_ms())
+        self.verify_value(value, crate::headers::now_ms())
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

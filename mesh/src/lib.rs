@@ -9,6 +9,7 @@
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod headers;
 pub mod identity;
 pub mod serve;
 pub mod shutdown;
@@ -16,6 +17,7 @@ pub mod telemetry;
 
 pub use config::MeshConfig;
 pub use error::{ApiError, ErrorCode};
+pub use headers::now_ms;
 pub use identity::{Identity, IdentityKey, Role, valid_user_id};
 pub use serve::{Readiness, serve};
 pub use shutdown::Shutdown;

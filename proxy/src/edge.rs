@@ -29,10 +29,8 @@ pub const FAMILY_LEN: usize = 32;
 /// The longest an access token can live (the auth service caps it at 24 h).
 const MAX_ACCESS_TOKEN_LIFE_MS: u64 = 24 * 3600 * 1000;
 
-/// Header carrying the client's address to the services.
-pub const CLIENT_IP_HEADER: &str = "x-real-ip";
-/// Header the engine's sold-out announcement travels in.
-pub const SOLD_OUT_HEADER: &str = "x-flashmall-sold-out";
+pub use flashmall_mesh::headers::CLIENT_IP as CLIENT_IP_HEADER;
+pub use flashmall_mesh::headers::SOLD_OUT as SOLD_OUT_HEADER;
 
 /// One request's state across the proxy phases.
 #[derive(Default)]
@@ -274,14 +272,20 @@ impl ProxyHttp for Edge {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let forwarded: Vec<&str> = session
-            .req_header()
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        ctx.client_ip = peer.map(|peer| client_address(peer, &forwarded, &self.trusted_proxies));
+        ctx.client_ip = peer.map(|peer| {
+            // X-Forwarded-For is read only when a load balancer is trusted.
+            if self.trusted_proxies.is_empty() {
+                return peer;
+            }
+            let forwarded: Vec<&str> = session
+                .req_header()
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            client_address(peer, &forwarded, &self.trusted_proxies)
+        });
         let method = session.req_header().method.as_str().to_owned();
         let path = session.req_header().uri.path().to_owned();
         ctx.route = route_label(&path);
@@ -300,9 +304,8 @@ impl ProxyHttp for Edge {
             .req_header()
             .headers
             .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        match self.verifier.verify_header(authorization.as_deref()) {
+            .and_then(|v| v.to_str().ok());
+        match self.verifier.verify_header(authorization) {
             Ok(claims) if snapshot.token_denied(&claims.jti) => {
                 if !public {
                     reject("token_revoked");
@@ -566,10 +569,10 @@ impl ProxyHttp for Edge {
             _ if e.esource() == &ErrorSource::Downstream => (400, "the request is malformed"),
             _ => (502, "the upstream failed"),
         };
-        let code = match status {
-            503 => ErrorCode::Unavailable,
-            504 | 502 => ErrorCode::Unavailable,
-            _ => ErrorCode::InvalidRequest,
+        let code = if status >= 500 {
+            ErrorCode::Unavailable
+        } else {
+            ErrorCode::InvalidRequest
         };
         let body = serde_json::to_vec(
             &serde_json::json!({"error": {"code": code.as_str(), "message": message}}),

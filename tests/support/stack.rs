@@ -2,16 +2,15 @@
 //! embedded ledger), auth service and the edge proxy in front, each on its
 //! own loopback port, talking over real sockets.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use flashmall::stack::{Stack, StackConfig};
 use flashmall_engine::config::{EngineConfig, LedgerConfig, RedisConfig};
-use flashmall_mesh::{IdentityKey, Shutdown};
+use flashmall_proxy::RunningProxy;
 use flashmall_proxy::config::ProxyConfig;
-use flashmall_proxy::{ProxySettings, RunningProxy};
-use flashmall_services::AuthSettings;
 use flashmall_services::config::AuthConfig;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 
 pub const JWT_SECRET: &[u8] = b"edge-tests-jwt-secret-0123456789abcdef";
 pub const ADMIN_EMAIL: &str = "root@example.com";
@@ -20,9 +19,9 @@ pub const PASSWORD: &str = "correct horse battery";
 pub struct EdgeStack {
     pub base: String,
     pub client: reqwest::Client,
-    pub proxy: Option<RunningProxy>,
-    pub settings: ProxySettings,
-    shutdown: Shutdown,
+    /// The proxy's address (the first replica).
+    pub proxy_addr: SocketAddr,
+    stack: Option<Stack>,
     _dir: tempfile::TempDir,
 }
 
@@ -38,25 +37,11 @@ impl EdgeStack {
     /// Starts engine, auth and a proxy configured by `tweak`.
     pub async fn start(tweak: impl FnOnce(&mut ProxyConfig)) -> EdgeStack {
         let dir = tempfile::tempdir().unwrap();
-        let identity = IdentityKey::random();
-        let shutdown = Shutdown::new();
-        let engine_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let engine = flashmall_engine::launch(
-            &flashmall_engine::Settings {
+        let stack = Stack::start(
+            StackConfig {
                 engine: EngineConfig::default(),
                 redis: RedisConfig::default(),
                 ledger: LedgerConfig::default(),
-                data_dir: dir.path().to_owned(),
-                identity: identity.clone(),
-            },
-            engine_listener,
-            shutdown.clone(),
-        )
-        .await
-        .unwrap();
-        let auth_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let auth = flashmall_services::launch_auth(
-            &AuthSettings {
                 auth: AuthConfig {
                     argon2_memory_kib: 64,
                     argon2_iterations: 1,
@@ -64,52 +49,27 @@ impl EdgeStack {
                     ..AuthConfig::default()
                 },
                 data_dir: dir.path().to_owned(),
-                identity: identity.clone(),
                 jwt_secret: JWT_SECRET.to_vec(),
             },
-            auth_listener,
-            shutdown.clone(),
+            tweak,
         )
         .await
-        .unwrap();
-        let mut proxy = ProxyConfig {
-            listen: format!("127.0.0.1:{}", flashmall_testing::free_port())
-                .parse()
-                .unwrap(),
-            grace_period: Duration::ZERO,
-            ..ProxyConfig::default()
-        };
-        proxy
-            .upstreams
-            .insert("engine".into(), vec![engine.addr.to_string()]);
-        proxy
-            .upstreams
-            .insert("auth".into(), vec![auth.addr.to_string()]);
-        tweak(&mut proxy);
-        let settings = ProxySettings {
-            proxy,
-            jwt_secret: JWT_SECRET.to_vec(),
-            identity,
-        };
-        let running = flashmall_proxy::launch(&settings)
-            .await
-            .expect("proxy starts");
+        .expect("the stack starts");
         EdgeStack {
-            base: format!("http://{}", running.addr),
+            base: stack.base(),
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap(),
-            proxy: Some(running),
-            settings,
-            shutdown,
+            proxy_addr: stack.proxy.addr,
+            stack: Some(stack),
             _dir: dir,
         }
     }
 
     /// Another proxy replica in front of the same components.
     pub async fn replica(&self) -> RunningProxy {
-        let mut settings = self.settings.clone();
+        let mut settings = self.stack.as_ref().expect("running").proxy_settings.clone();
         settings.proxy.listen = format!("127.0.0.1:{}", flashmall_testing::free_port())
             .parse()
             .unwrap();
@@ -198,24 +158,23 @@ impl EdgeStack {
     }
 
     pub async fn stop(mut self) {
-        if let Some(p) = self.proxy.take() {
-            p.stop().await;
+        if let Some(stack) = self.stack.take() {
+            stack.stop().await;
         }
-        self.shutdown.trigger();
     }
 }
 
 impl Drop for EdgeStack {
     fn drop(&mut self) {
-        self.shutdown.trigger();
-        if let Some(p) = self.proxy.take() {
+        if let Some(stack) = self.stack.take() {
+            stack.shutdown.trigger();
             // Stopping waits for the proxy thread; do not block a runtime thread.
             std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build();
                 if let Ok(rt) = rt {
-                    rt.block_on(p.stop());
+                    rt.block_on(stack.stop());
                 }
             });
         }

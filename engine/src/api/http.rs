@@ -123,8 +123,7 @@ async fn purchase(
     Ok(response)
 }
 
-/// Header announcing that the sale is sold out, for the edge's sold-out gate.
-pub const SOLD_OUT_HEADER: &str = "x-flashmall-sold-out";
+use flashmall_mesh::headers::SOLD_OUT as SOLD_OUT_HEADER;
 
 /// Answers an error; a sold-out answer for a fully sold-out sale carries
 /// the announcement the edge's gate listens for.

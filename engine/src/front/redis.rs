@@ -172,23 +172,32 @@ impl RedisFront {
         keys: &[&str],
         args: Vec<Value>,
     ) -> Result<Value, FrontError> {
-        let mut call: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
-        call.push(Value::from(script.sha.as_str()));
-        call.push(Value::from(keys.len() as i64));
-        call.extend(keys.iter().map(|k| Value::from(*k)));
-        call.extend(args);
+        // EVALSHA sha numkeys keys.. args..; on NOSCRIPT the same with the body.
+        let command = |head: Value, args: Vec<Value>| {
+            let mut call: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
+            call.push(head);
+            call.push(Value::from(keys.len() as i64));
+            call.extend(keys.iter().map(|k| Value::from(*k)));
+            call.extend(args);
+            call
+        };
         // Route by the first key (argument 2), which carries the sale's hash tag.
         let evalsha = CustomCommand::new("EVALSHA", ClusterHash::Offset(2), false);
+        // Argument values share their buffers, so keeping a copy for the
+        // fallback copies no bytes.
+        let fallback = args.clone();
         match self
             .client()
-            .custom::<Value, Value>(evalsha, call.clone())
+            .custom::<Value, Value>(evalsha, command(Value::from(script.sha.as_str()), args))
             .await
         {
             Err(e) if e.details().starts_with("NOSCRIPT") => {
                 tracing::debug!(sha = %script.sha, "script not cached, falling back to eval");
-                call[0] = Value::from(script.body);
                 let eval = CustomCommand::new("EVAL", ClusterHash::Offset(2), false);
-                self.client().custom(eval, call).await.map_err(reply_error)
+                self.client()
+                    .custom(eval, command(Value::from(script.body), fallback))
+                    .await
+                    .map_err(reply_error)
             }
             result => result.map_err(reply_error),
         }

@@ -121,12 +121,12 @@ async fn decide(
             format!("at most {} units per buyer", sale.per_user_limit),
         ));
     }
-    let field = idempotency_field(&caller.user_id, key);
     let now_ms = now_ms();
     // The local sold-out flag answers without calling the front; a retry of
-    // a purchase that succeeded still gets its original answer.
+    // a purchase that succeeded still gets its original answer. (Only this
+    // branch needs the idempotency field here; the front builds its own.)
     if live.sold_out_here(now_ms) {
-        if let Some(record) = live.replay(&field) {
+        if let Some(record) = live.replay(&idempotency_field(&caller.user_id, key)) {
             return durable_answer(engine, &live, record, true).await;
         }
         // While the snapshot reloads, a miss may be a success it lacks yet:

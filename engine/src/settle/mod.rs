@@ -233,24 +233,35 @@ async fn worker(engine: Arc<Engine>, live: Arc<LiveSale>) {
     let mut own_pending_done = false;
     let mut last_claim = Instant::now();
     let mut failures: u32 = 0;
+    // Read once, and again after any failed round: a reconcile's new epoch
+    // fences the next batch (a failed round), which makes the worker read
+    // it anew before it reads the stream again.
+    let mut epoch: Option<u64> = None;
     loop {
         if engine.shutdown.is_triggered() {
             return;
         }
         let round = async {
             let _guard = live.settle_lock.lock().await;
-            // The epoch before the stream: a reconcile that starts after
-            // this read fences the batch off.
-            let epoch = engine
-                .ledger
-                .epoch(sale_id)
-                .await
-                .map_err(|e| e.to_string())?;
-            engine
-                .front
-                .ensure_stream(sale_id)
-                .await
-                .map_err(|e| e.to_string())?;
+            // The epoch (and the stream) before any batch: a reconcile that
+            // starts after this read fences the batch off.
+            let epoch = match epoch {
+                Some(e) => e,
+                None => {
+                    engine
+                        .front
+                        .ensure_stream(sale_id)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let e = engine
+                        .ledger
+                        .epoch(sale_id)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    epoch = Some(e);
+                    e
+                }
+            };
             let batch = if !own_pending_done {
                 let own = engine
                     .front
@@ -308,6 +319,7 @@ async fn worker(engine: Arc<Engine>, live: Arc<LiveSale>) {
                 // The failed batch stays pending under this consumer: read
                 // it again first, rather than waiting for the idle claim.
                 own_pending_done = false;
+                epoch = None;
                 failures = failures.saturating_add(1);
                 metrics::counter!("flashmall_engine_settle_failures_total").increment(1);
                 if failures == 1 || failures.is_power_of_two() {

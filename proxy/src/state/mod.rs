@@ -10,6 +10,7 @@ mod redis;
 
 pub use redis::RedisEdgeStore;
 
+pub use flashmall_mesh::now_ms;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
@@ -270,13 +271,6 @@ pub struct View {
     refreshing: tokio::sync::Mutex<()>,
     current: RwLock<Arc<Snapshot>>,
     version: Mutex<Option<u64>>,
-}
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl View {

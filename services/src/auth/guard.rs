@@ -6,6 +6,7 @@
 //! threshold a key backs off (doubling, capped), and while it backs off even
 //! a correct password is refused.
 
+use flashmall_mesh::now_ms;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -27,13 +28,6 @@ pub struct Limit {
     pub backoff: Duration,
     pub backoff_max: Duration,
     pub window: Duration,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The address key: IPv6 clients are counted per /64 (one subscriber's

@@ -17,9 +17,7 @@ use serde_json::json as body;
 
 use super::Auth;
 
-/// Header the edge sets to the client's address (it overwrites whatever the
-/// client sent); without it, the connection's peer address counts.
-pub const CLIENT_IP_HEADER: &str = "x-real-ip";
+pub use flashmall_mesh::headers::CLIENT_IP as CLIENT_IP_HEADER;
 
 #[derive(Clone)]
 struct AuthApi {

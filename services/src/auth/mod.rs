@@ -13,6 +13,7 @@ pub mod http;
 pub mod password;
 pub mod tokens;
 
+use flashmall_mesh::now_ms;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -58,13 +59,6 @@ struct FamilyRecord {
     revoked: bool,
     #[serde(default)]
     created_at_ms: u64,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// What a login or refresh answers.

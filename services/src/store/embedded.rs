@@ -2,10 +2,11 @@
 //! (`flashmall-embedded-kv`), one file. A record is its version, its expiry
 //! (Unix ms, 0: none) and its value; an expired record reads as absent.
 
+use flashmall_mesh::now_ms;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use flashmall_embedded_kv::{EmbeddedKv, KvError, Reads, Write};
@@ -23,13 +24,6 @@ fn store_error(e: KvError<StoreError>) -> StoreError {
         KvError::Stopped => StoreError::Unavailable("store writer stopped".into()),
         KvError::Io(e) => StoreError::Io(e),
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn key_of(table: Table, key: &str) -> Vec<u8> {
