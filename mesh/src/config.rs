@@ -2,9 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::client::ClientConfig;
 use crate::identity::IdentityKey;
 
-/// `[mesh]`: how components trust each other.
+/// `[mesh]`: how components trust and call each other.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct MeshConfig {
@@ -13,6 +14,8 @@ pub struct MeshConfig {
     /// and `flashmall demo` make a random one for their process; components
     /// run separately refuse to start without it.
     pub identity_key: String,
+    /// `[mesh.client]`: how a component calls the others.
+    pub client: ClientConfig,
 }
 
 impl MeshConfig {
@@ -21,7 +24,7 @@ impl MeshConfig {
             IdentityKey::new(self.identity_key.as_bytes())
                 .map_err(|e| format!("mesh.identity_key: {e}"))?;
         }
-        Ok(())
+        self.client.validate()
     }
 
     /// The configured key; for a component run on its own it is required.

@@ -7,6 +7,8 @@
 //! Every component verifies the signature and the expiry itself
 //! (`IdentityKey::verify`); no handler reads a user id from anywhere else.
 
+use std::time::Duration;
+
 use hmac::{Hmac, Mac};
 use http::HeaderMap;
 use sha2::Sha256;
@@ -24,7 +26,7 @@ pub const CLIENT_IDENTITY_HEADERS: [&str; 4] = [
     "x-forwarded-user",
 ];
 
-/// A role a user can hold.
+/// A role a user can hold, or `Service` for a component calling another.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
@@ -33,9 +35,17 @@ pub enum Role {
     Customer,
     Merchant,
     Admin,
+    /// A flashmall component calling another on its own behalf (settlement
+    /// creating orders, say). Never granted to a user: it is not in `ALL`,
+    /// `parse` refuses it, and it does not deserialize (so no stored user
+    /// record or access token can carry it); only identities a component
+    /// signs with the mesh key (`Identity::service`) hold it.
+    #[serde(skip_deserializing)]
+    Service,
 }
 
 impl Role {
+    /// The roles a user can be granted.
     pub const ALL: [Role; 3] = [Role::Customer, Role::Merchant, Role::Admin];
 
     pub fn as_str(self) -> &'static str {
@@ -43,11 +53,21 @@ impl Role {
             Role::Customer => "customer",
             Role::Merchant => "merchant",
             Role::Admin => "admin",
+            Role::Service => "service",
         }
     }
 
+    /// A role a user can be granted, by name (`service` is not one).
     pub fn parse(s: &str) -> Option<Role> {
         Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// Any role a signed identity can carry, `service` included.
+    pub fn parse_any(s: &str) -> Option<Role> {
+        match s {
+            "service" => Some(Role::Service),
+            _ => Role::parse(s),
+        }
     }
 }
 
@@ -96,6 +116,36 @@ impl Identity {
 
     pub fn is_admin(&self) -> bool {
         self.has(Role::Admin)
+    }
+
+    /// The identity of component `component` calling another one, valid
+    /// for `ttl`: user id `svc-<component>` (characters a user id cannot
+    /// hold become `-`), the `service` role only, a fresh token id. Sign it
+    /// with `IdentityKey::sign` and attach it with `authorize`.
+    pub fn service(component: &str, ttl: Duration) -> Identity {
+        let mut user_id: String = format!("svc-{component}")
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        user_id.truncate(64);
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        Identity {
+            user_id,
+            roles: vec![Role::Service],
+            token_id: uuid::Uuid::new_v4().simple().to_string(),
+            expires_at_ms: crate::headers::now_ms().saturating_add(ttl_ms),
+        }
+    }
+
+    /// True for a component calling on its own behalf.
+    pub fn is_service(&self) -> bool {
+        self.has(Role::Service)
     }
 
     /// Fails with 403 unless the caller holds `role` (admins hold every role).
@@ -211,7 +261,7 @@ impl IdentityKey {
         let roles = roles
             .split('+')
             .filter(|r| !r.is_empty())
-            .map(|r| Role::parse(r).ok_or_else(bad))
+            .map(|r| Role::parse_any(r).ok_or_else(bad))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Identity {
             user_id: user.to_owned(),
@@ -226,14 +276,43 @@ impl IdentityKey {
         let value = headers
             .get(IDENTITY_HEADER)
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::Unauthenticated,
-                    "this request needs an authenticated user",
-                )
-            })?;
+            .ok_or_else(unauthenticated)?;
         self.verify_value(value, crate::headers::now_ms())
     }
+}
+
+/// The answer to a request that needs a caller and has none.
+pub(crate) fn unauthenticated() -> ApiError {
+    ApiError::new(
+        ErrorCode::Unauthenticated,
+        "this request needs an authenticated user",
+    )
+}
+
+/// Puts a signed identity (`IdentityKey::sign`) on an outgoing gRPC request.
+pub fn authorize<T>(request: &mut tonic::Request<T>, signed: &str) -> Result<(), ApiError> {
+    let value = tonic::metadata::MetadataValue::try_from(signed)
+        .map_err(|_| ApiError::internal("the signed identity is not a valid header value"))?;
+    request.metadata_mut().insert(IDENTITY_HEADER, value);
+    Ok(())
+}
+
+/// The caller of a gRPC request: the identity `serve::verify_identity`
+/// already verified, else the signed metadata, verified here. UNAUTHENTICATED
+/// without a valid one.
+pub fn caller_of<T>(
+    key: &IdentityKey,
+    request: &tonic::Request<T>,
+) -> Result<Identity, tonic::Status> {
+    if let Some(identity) = request.extensions().get::<Identity>() {
+        return Ok(identity.clone());
+    }
+    let value = request
+        .metadata()
+        .get(IDENTITY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(unauthenticated)?;
+    Ok(key.verify_value(value, crate::headers::now_ms())?)
 }
 
 #[cfg(test)]
@@ -277,6 +356,44 @@ mod tests {
         for junk in ["", "v1", "x.y", "v1.a.b.c.d.zz"] {
             assert!(key.verify_value(junk, 1_000).is_err(), "{junk:?}");
         }
+    }
+
+    #[test]
+    fn service_identities_verify_but_the_role_is_not_grantable() {
+        let key = IdentityKey::random();
+        let id = Identity::service("engine settle", Duration::from_secs(60));
+        assert_eq!(id.user_id, "svc-engine-settle");
+        assert!(id.is_service() && !id.is_admin());
+        assert_eq!(id.token_id.len(), 32);
+        let back = key
+            .verify_value(&key.sign(&id), crate::headers::now_ms())
+            .unwrap();
+        assert_eq!(back, id);
+        assert!(back.require(Role::Admin).is_err(), "a service is no admin");
+        assert_eq!(Role::parse("service"), None);
+        assert!(!Role::ALL.contains(&Role::Service));
+        assert!(serde_json::from_str::<Role>("\"service\"").is_err());
+        assert_eq!(
+            serde_json::from_str::<Role>("\"admin\"").unwrap(),
+            Role::Admin
+        );
+    }
+
+    #[test]
+    fn grpc_callers_come_from_extensions_or_signed_metadata() {
+        let key = IdentityKey::random();
+        let id = Identity::service("order", Duration::from_secs(60));
+        let mut request = tonic::Request::new(());
+        assert_eq!(
+            caller_of(&key, &request).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        authorize(&mut request, &key.sign(&id)).unwrap();
+        assert_eq!(caller_of(&key, &request).unwrap(), id);
+        assert!(caller_of(&IdentityKey::random(), &request).is_err());
+        let mut verified = tonic::Request::new(());
+        verified.extensions_mut().insert(alice());
+        assert_eq!(caller_of(&key, &verified).unwrap(), alice());
     }
 
     #[test]

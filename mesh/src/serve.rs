@@ -1,6 +1,8 @@
 //! Serves one component on one port: its JSON routes and gRPC services (the
 //! caller merges them into one router), plus `/healthz`, `/readyz` and
-//! `/metrics`, a request id on every request, and graceful shutdown.
+//! `/metrics`, a request id and context (`crate::context`) on every
+//! request, and graceful shutdown. Identity verification is the
+//! component's choice of routes: `crate::verify::verify_identity`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,7 +18,9 @@ use http::{HeaderValue, StatusCode};
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
+use crate::context::RequestContext;
 use crate::error::{ApiError, ErrorCode};
+use crate::grpc::{self, StatusBody};
 use crate::shutdown::Shutdown;
 
 /// Header carrying the request id, taken from the caller or made here.
@@ -126,8 +130,14 @@ async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such route")
 }
 
-/// Gives every request an id (echoed in the response), a span, and a
-/// duration sample labelled by route and status.
+/// Gives every request an id (echoed in the response), a span, a context
+/// for the calls its handler makes (`crate::context`: the id and the
+/// deadline from `grpc-timeout`), and a duration sample labelled by route
+/// and status; gRPC requests also count in
+/// `flashmall_grpc_server_requests_total{component,method,code}`.
+///
+/// The deadline is passed on, not enforced here: a handler stopped halfway
+/// could leave work half done, and the caller stops waiting on its own.
 async fn observe(State(served): State<Served>, mut request: Request, next: Next) -> Response {
     let request_id = request
         .headers()
@@ -170,7 +180,26 @@ async fn observe(State(served): State<Served>, mut request: Request, next: Next)
         }
     };
     let started = Instant::now();
-    let mut response = next.run(request).instrument(span).await;
+    let deadline = request
+        .headers()
+        .get(grpc::GRPC_TIMEOUT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(grpc::parse_timeout)
+        .and_then(|t| tokio::time::Instant::now().checked_add(t));
+    // Paths no route matched are labelled `unknown`: a client's made-up
+    // paths must not add label values.
+    let grpc_method = grpc.then(|| match route.as_str() {
+        "unmatched" => "unknown".to_owned(),
+        _ => grpc::method_name(request.uri().path()).to_owned(),
+    });
+    let context = RequestContext {
+        request_id: request_id.clone(),
+        deadline,
+    };
+    let mut response = context.scope(next.run(request)).instrument(span).await;
+    if let Some(method) = grpc_method {
+        response = count_grpc(served.component, method, response);
+    }
     metrics::histogram!(
         "flashmall_http_request_duration_seconds",
         "component" => served.component,
@@ -180,4 +209,32 @@ async fn observe(State(served): State<Served>, mut request: Request, next: Next)
     .record(started.elapsed().as_secs_f64());
     response.headers_mut().insert(REQUEST_ID, header);
     response
+}
+
+/// Counts a gRPC request once its status is known: from the headers of a
+/// trailers-only answer (how errors are sent), else from the trailers. A
+/// method the service does not have (UNIMPLEMENTED) is labelled `unknown`
+/// too.
+fn count_grpc(component: &'static str, method: String, response: Response) -> Response {
+    let count = move |code: &'static str| {
+        let method = if code == "Unimplemented" {
+            "unknown".to_owned()
+        } else {
+            method
+        };
+        metrics::counter!(
+            "flashmall_grpc_server_requests_total",
+            "component" => component,
+            "method" => method,
+            "code" => code
+        )
+        .increment(1);
+    };
+    match grpc::status_code(response.headers()) {
+        Some(code) => {
+            count(grpc::code_name(code));
+            response
+        }
+        None => response.map(|body| axum::body::Body::new(StatusBody::new(body, count))),
+    }
 }
