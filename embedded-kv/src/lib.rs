@@ -173,6 +173,47 @@ impl<E: Send + 'static> EmbeddedKv<E> {
         .await
         .map_err(io)?
     }
+
+    /// Up to `limit` pairs whose key starts with `prefix` and sorts before
+    /// `before` (when given), in descending key order.
+    pub async fn scan_rev(
+        &self,
+        prefix: &[u8],
+        before: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Key, Vec<u8>)>, KvError<E>> {
+        let db = Arc::clone(&self.db);
+        let prefix = prefix.to_vec();
+        let before = before.map(<[u8]>::to_vec);
+        if before.as_deref().is_some_and(|b| b <= prefix.as_slice()) {
+            return Ok(Vec::new());
+        }
+        tokio::task::spawn_blocking(move || {
+            let tx = db.begin_read().map_err(io)?;
+            let table = tx.open_table(KV).map_err(io)?;
+            let end = prefix_end(&prefix);
+            let upper = match (&before, &end) {
+                (Some(b), Some(e)) if b.as_slice() < e.as_slice() => Bound::Excluded(b.as_slice()),
+                (Some(b), None) => Bound::Excluded(b.as_slice()),
+                (_, Some(e)) => Bound::Excluded(e.as_slice()),
+                (_, None) => Bound::Unbounded,
+            };
+            let mut out = Vec::new();
+            let range = table
+                .range::<&[u8]>((Bound::Included(prefix.as_slice()), upper))
+                .map_err(io)?;
+            for item in range.rev() {
+                let (k, v) = item.map_err(io)?;
+                out.push((k.value().to_vec(), v.value().to_vec()));
+                if out.len() >= limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(io)?
+    }
 }
 
 /// The smallest key above every key that starts with `prefix` (`None`: no

@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use flashmall_embedded_kv::{EmbeddedKv, KvError, Reads, Write};
 
-use super::{ServiceStore, StoreError, Table, Versioned};
+use super::{Row, RowRange, ServiceStore, StoreError, Table, Versioned};
 
 /// The embedded services store.
 pub struct EmbeddedStore {
@@ -28,6 +28,27 @@ fn store_error(e: KvError<StoreError>) -> StoreError {
 
 fn key_of(table: Table, key: &str) -> Vec<u8> {
     format!("{}/{key}", table.name()).into_bytes()
+}
+
+/// An index row's key: `{table}/{partition}\0{sort}`. The NUL ends the
+/// partition, so partition `a` never lists rows of partition `ab`.
+fn partition_prefix(table: Table, partition: &str) -> Vec<u8> {
+    format!("{}/{partition}\0", table.name()).into_bytes()
+}
+
+fn row_key(table: Table, partition: &str, sort: &str) -> Vec<u8> {
+    let mut key = partition_prefix(table, partition);
+    key.extend_from_slice(sort.as_bytes());
+    key
+}
+
+fn check_partition(partition: &str) -> Result<(), StoreError> {
+    if partition.contains('\0') {
+        return Err(StoreError::Io(
+            "index partition keys cannot hold NUL".into(),
+        ));
+    }
+    Ok(())
 }
 
 struct Record {
@@ -178,5 +199,72 @@ impl ServiceStore for EmbeddedStore {
             _ => (None, false),
         })
         .await
+    }
+
+    async fn put_row(
+        &self,
+        table: Table,
+        partition: &str,
+        sort: &str,
+        value: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        check_partition(partition)?;
+        let key = row_key(table, partition, sort);
+        self.kv
+            .transact(
+                Vec::new(),
+                Box::new(move |_| Ok(vec![Write::Put(key.clone(), value.clone())])),
+            )
+            .await
+            .map_err(store_error)
+    }
+
+    async fn delete_row(
+        &self,
+        table: Table,
+        partition: &str,
+        sort: &str,
+    ) -> Result<(), StoreError> {
+        check_partition(partition)?;
+        let key = row_key(table, partition, sort);
+        self.kv
+            .transact(
+                Vec::new(),
+                Box::new(move |_| Ok(vec![Write::Delete(key.clone())])),
+            )
+            .await
+            .map_err(store_error)
+    }
+
+    async fn rows(
+        &self,
+        table: Table,
+        partition: &str,
+        range: RowRange,
+    ) -> Result<Vec<Row>, StoreError> {
+        check_partition(partition)?;
+        let prefix = partition_prefix(table, partition);
+        let after = range.after.as_deref().map(|a| row_key(table, partition, a));
+        let pairs = if range.descending {
+            self.kv
+                .scan_rev(&prefix, after.as_deref(), range.limit)
+                .await
+        } else {
+            self.kv.scan(&prefix, after.as_deref(), range.limit).await
+        }
+        .map_err(store_error)?;
+        Ok(pairs
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let sort = String::from_utf8(key.get(prefix.len()..)?.to_vec()).ok()?;
+                Some(Row { sort, value })
+            })
+            .filter(|row| {
+                range
+                    .up_to
+                    .as_deref()
+                    .is_none_or(|up| row.sort.as_str() <= up)
+            })
+            .collect())
     }
 }

@@ -1,13 +1,20 @@
-//! The services' store boundary: small records under string keys in named
-//! tables, with the conditional writes state transitions need (insert if
-//! absent, replace if unchanged: ScyllaDB's lightweight transactions) and
-//! optional expiry. Implementations: `embedded` (the embedded KV, the
-//! default); ScyllaDB arrives with the orders issue. Both run
-//! `tests/store_conformance.rs`.
+//! The services' store boundary. Two kinds of table:
+//!
+//! - record tables: small records under string keys, with the conditional
+//!   writes state transitions need (insert if absent, replace if unchanged:
+//!   ScyllaDB's lightweight transactions) and optional expiry;
+//! - index tables: rows under a partition, sorted by a sort key, written
+//!   unconditionally (one table per access path: orders by user, timers by
+//!   due bucket). An index row points at a record; the record is the truth.
+//!
+//! Implementations: `embedded` (the embedded KV, the default) and `scylla`
+//! (ScyllaDB or Cassandra). Both run `tests/store_conformance.rs`.
 
 mod embedded;
+mod scylla;
 
 pub use embedded::EmbeddedStore;
+pub use scylla::ScyllaStore;
 
 use std::time::Duration;
 
@@ -28,6 +35,18 @@ pub enum Table {
     LoginFailures,
     /// One-time grants (`bootstrap-admin/<email>`).
     Grants,
+    /// Order id → order.
+    Orders,
+    /// Index: user id → that user's orders, by creation time.
+    OrdersByUser,
+    /// Index: due bucket → order timers (expiry, release retries).
+    OrderTimers,
+    /// Payment id → payment.
+    Payments,
+    /// Index: due bucket → payment timers (stuck pending, unfinished capture).
+    PaymentTimers,
+    /// Timer sweep cursors: timer table name → first bucket not yet swept.
+    Cursors,
 }
 
 impl Table {
@@ -39,8 +58,60 @@ impl Table {
             Table::TokenFamilies => "token_families",
             Table::LoginFailures => "login_failures",
             Table::Grants => "grants",
+            Table::Orders => "orders",
+            Table::OrdersByUser => "orders_by_user",
+            Table::OrderTimers => "order_timers",
+            Table::Payments => "payments",
+            Table::PaymentTimers => "payment_timers",
+            Table::Cursors => "cursors",
         }
     }
+
+    /// Whether the table holds index rows (partition + sort key, written
+    /// unconditionally) rather than versioned records.
+    pub fn is_index(self) -> bool {
+        matches!(
+            self,
+            Table::OrdersByUser | Table::OrderTimers | Table::PaymentTimers
+        )
+    }
+
+    /// Every table, for schema creation.
+    pub const ALL: [Table; 12] = [
+        Table::Users,
+        Table::Emails,
+        Table::RefreshTokens,
+        Table::TokenFamilies,
+        Table::LoginFailures,
+        Table::Grants,
+        Table::Orders,
+        Table::OrdersByUser,
+        Table::OrderTimers,
+        Table::Payments,
+        Table::PaymentTimers,
+        Table::Cursors,
+    ];
+}
+
+/// One row of an index table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub sort: String,
+    pub value: Vec<u8>,
+}
+
+/// Which rows of a partition to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowRange {
+    /// Only rows whose sort key comes after this one in the reading order
+    /// (above it ascending, below it descending): the previous page's last.
+    pub after: Option<String>,
+    /// Only rows whose sort key is at most this (ascending reads: due timers).
+    pub up_to: Option<String>,
+    /// Most rows returned.
+    pub limit: usize,
+    /// Newest first (sort keys descending).
+    pub descending: bool,
 }
 
 /// A stored value and its version (bumped by every write).
@@ -103,4 +174,25 @@ pub trait ServiceStore: Send + Sync + 'static {
         key: &str,
         version: Option<u64>,
     ) -> Result<bool, StoreError>;
+
+    /// Writes an index row (creates or overwrites it).
+    async fn put_row(
+        &self,
+        table: Table,
+        partition: &str,
+        sort: &str,
+        value: Vec<u8>,
+    ) -> Result<(), StoreError>;
+
+    /// Deletes an index row (nothing happens when it is absent).
+    async fn delete_row(&self, table: Table, partition: &str, sort: &str)
+    -> Result<(), StoreError>;
+
+    /// Rows of one partition of an index table, in sort-key order.
+    async fn rows(
+        &self,
+        table: Table,
+        partition: &str,
+        range: RowRange,
+    ) -> Result<Vec<Row>, StoreError>;
 }
