@@ -1,7 +1,12 @@
 //! Compiles the .proto files with protox (pure Rust), so no system protoc is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/inventory.proto", "proto/user.proto"];
+    let protos = [
+        "proto/inventory.proto",
+        "proto/user.proto",
+        "proto/order.proto",
+        "proto/payment.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

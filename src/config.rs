@@ -10,7 +10,7 @@ use flashmall_engine::config::{EngineConfig, LedgerConfig, RedisConfig};
 use flashmall_mesh::telemetry::LogFormat;
 use flashmall_mesh::{IdentityKey, MeshConfig};
 use flashmall_proxy::config::ProxyConfig;
-use flashmall_services::config::AuthConfig;
+use flashmall_services::config::{AuthConfig, OrdersConfig, PaymentsConfig, StoreConfig};
 use serde::{Deserialize, Serialize};
 
 /// Prefix of every environment override.
@@ -62,7 +62,10 @@ pub struct Config {
     pub engine: EngineConfig,
     pub redis: RedisConfig,
     pub ledger: LedgerConfig,
+    pub store: StoreConfig,
     pub auth: AuthConfig,
+    pub orders: OrdersConfig,
+    pub payments: PaymentsConfig,
 }
 
 impl Config {
@@ -107,7 +110,10 @@ impl Config {
         self.engine.validate()?;
         self.redis.validate()?;
         self.ledger.validate()?;
+        self.store.validate()?;
         self.auth.validate()?;
+        self.orders.validate()?;
+        self.payments.validate()?;
         Ok(())
     }
 
@@ -136,9 +142,33 @@ impl Config {
     ) -> flashmall_services::AuthSettings {
         flashmall_services::AuthSettings {
             auth: self.auth.clone(),
+            common: self.service_common(identity),
+            jwt_secret,
+        }
+    }
+
+    /// The order service's settings.
+    pub fn orders_settings(&self, identity: IdentityKey) -> flashmall_services::OrdersSettings {
+        flashmall_services::OrdersSettings {
+            orders: self.orders.clone(),
+            common: self.service_common(identity),
+        }
+    }
+
+    /// The payment service's settings.
+    pub fn payments_settings(&self, identity: IdentityKey) -> flashmall_services::PaymentsSettings {
+        flashmall_services::PaymentsSettings {
+            payments: self.payments.clone(),
+            common: self.service_common(identity),
+        }
+    }
+
+    fn service_common(&self, identity: IdentityKey) -> flashmall_services::Common {
+        flashmall_services::Common {
+            store: self.store.clone(),
             data_dir: self.data.dir.clone(),
             identity,
-            jwt_secret,
+            client: self.mesh.client.clone(),
         }
     }
 
@@ -173,6 +203,7 @@ impl Config {
             ledger: self.ledger.clone(),
             data_dir: self.data.dir.clone(),
             identity,
+            client: self.mesh.client.clone(),
         }
     }
 }

@@ -1,11 +1,15 @@
-//! `flashmall demo`: starts a fresh engine on embedded stores (or a given
+//! `flashmall demo`: starts a fresh stack on embedded stores (or a given
 //! Redis), opens a flash sale, fires a storm of purchase attempts over real
-//! HTTP, and checks every invariant against the ledger.
+//! HTTP through the edge, and checks every invariant against the ledger.
 //!
 //! The storm: a few attempts before the opening instant, then every attempt
 //! at once, bounded by `--concurrency` connections. Some attempts repeat an
 //! earlier attempt's Idempotency-Key (client retries); buyers come back
 //! with new keys past their limit; traffic keeps coming after sell-out.
+//!
+//! Then the orders: every winner finds an order; `--pay-percent` of them
+//! pay it, the rest let it expire (`--payment-timeout`), their units go
+//! back on sale, and buyers who got nothing in the storm buy them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -13,7 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flashmall_engine::config::{EngineConfig, LedgerConfig, RedisConfig};
-use flashmall_services::config::AuthConfig;
+use flashmall_mesh::ClientConfig;
+use flashmall_services::config::{AuthConfig, OrdersConfig, PaymentsConfig, StoreConfig};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
@@ -54,6 +59,13 @@ pub struct DemoOptions {
     /// Seed of the attempt plan (same seed, same plan).
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Percent of the orders their buyers pay; the rest expire.
+    #[arg(long, default_value_t = 70)]
+    pub pay_percent: u64,
+    /// How long an order waits for its payment (the demo's short
+    /// `[orders] payment_timeout`).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub payment_timeout: Duration,
 }
 
 impl Default for DemoOptions {
@@ -69,6 +81,8 @@ impl Default for DemoOptions {
             redis: None,
             fast_ack: false,
             seed: 7,
+            pay_percent: 70,
+            payment_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -100,7 +114,27 @@ pub struct DemoReport {
     pub settle_drain_ms: f64,
     /// Registering and logging in every buyer through the edge.
     pub accounts_seconds: f64,
+    /// The orders phase, when it ran.
+    pub orders: Option<OrdersPhase>,
     pub checks: Vec<Check>,
+}
+
+/// What the orders phase did.
+#[derive(Debug, Clone, Default)]
+pub struct OrdersPhase {
+    /// Orders the winners found.
+    pub orders: usize,
+    /// Orders paid (payment succeeded).
+    pub paid: usize,
+    /// Orders left unpaid, expired, units returned.
+    pub expired: usize,
+    /// Returned units bought again by new buyers.
+    pub resold: usize,
+    /// From the end of the storm until every winner saw an order.
+    pub orders_visible_seconds: f64,
+    /// Payment latency.
+    pub pay_p50_ms: f64,
+    pub pay_p99_ms: f64,
 }
 
 impl DemoReport {
@@ -152,6 +186,23 @@ impl DemoReport {
             "{:<34}{:>30.2}",
             "buyer accounts ready in (s)", self.accounts_seconds
         );
+        if let Some(p) = &self.orders {
+            let rows: [(&str, String); 7] = [
+                ("orders made", p.orders.to_string()),
+                (
+                    "orders visible after storm (s)",
+                    format!("{:.2}", p.orders_visible_seconds),
+                ),
+                ("orders paid", p.paid.to_string()),
+                ("payment latency p50 (ms)", format!("{:.2}", p.pay_p50_ms)),
+                ("payment latency p99 (ms)", format!("{:.2}", p.pay_p99_ms)),
+                ("orders expired, units returned", p.expired.to_string()),
+                ("returned units sold again", p.resold.to_string()),
+            ];
+            for (name, value) in rows {
+                let _ = writeln!(t, "{name:<34}{value:>30}");
+            }
+        }
         let _ = writeln!(t, "{:-<64}", "");
         for c in &self.checks {
             let _ = writeln!(
@@ -353,6 +404,14 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, String> {
                 ..RedisConfig::default()
             },
             ledger: LedgerConfig::default(),
+            store: StoreConfig::default(),
+            orders: OrdersConfig {
+                payment_timeout: options.payment_timeout,
+                sweep_interval: Duration::from_millis(200),
+                ..OrdersConfig::default()
+            },
+            payments: PaymentsConfig::default(),
+            client: ClientConfig::default(),
             auth: AuthConfig {
                 // A light argon2id cost, so thousands of demo accounts register in
                 // seconds; deployments keep the OWASP defaults of [auth].
@@ -564,8 +623,24 @@ async fn storm(
             detail: format!("pending {} after the storm", view["pending"]),
         },
     ];
+    let mut checks = checks;
+    let orders = if options.pay_percent > 0 || options.payment_timeout > Duration::ZERO {
+        let winners: Vec<(String, usize)> = granted.iter().map(|(r, b)| (r.clone(), *b)).collect();
+        let losers: Vec<usize> = (0..options.buyers)
+            .filter(|b| !per_buyer.contains_key(b))
+            .collect();
+        let phase = orders_phase(
+            &client, base, &accounts, &sale_id, &winners, &losers, options,
+        )
+        .await?;
+        checks.extend(phase.1);
+        Some(phase.0)
+    } else {
+        None
+    };
     let ms = |v: u64| v as f64 / 1000.0;
     Ok(DemoReport {
+        orders,
         options: options.clone(),
         front,
         outcomes,
@@ -580,4 +655,202 @@ async fn storm(
         accounts_seconds,
         checks,
     })
+}
+
+/// The orders phase: winners find their orders, some pay, the rest expire,
+/// and buyers who got nothing buy the returned units.
+async fn orders_phase(
+    client: &reqwest::Client,
+    base: &str,
+    accounts: &Accounts,
+    sale_id: &str,
+    winners: &[(String, usize)],
+    losers: &[usize],
+    options: &DemoOptions,
+) -> Result<(OrdersPhase, Vec<Check>), String> {
+    let started = Instant::now();
+    let buyer_token = |b: usize| accounts.buyers[b].as_str();
+    // Every winner's order, as the winner sees it (orders are made after
+    // settlement, asynchronously).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut orders: HashMap<String, Value> = HashMap::new();
+    while orders.len() < winners.len() && Instant::now() < deadline {
+        let missing: Vec<&(String, usize)> = winners
+            .iter()
+            .filter(|(r, _)| !orders.contains_key(r))
+            .collect();
+        let found: Vec<Option<(String, Value)>> = futures::stream::iter(missing)
+            .map(|(reservation, buyer)| async move {
+                let (status, list) = json_of(
+                    client
+                        .get(format!("{base}/api/v1/orders"))
+                        .bearer_auth(buyer_token(*buyer)),
+                )
+                .await
+                .ok()?;
+                if status != 200 {
+                    return None;
+                }
+                let order = list["orders"]
+                    .as_array()?
+                    .iter()
+                    .find(|o| o["reservation_id"] == reservation.as_str())?
+                    .clone();
+                Some((reservation.clone(), order))
+            })
+            .buffer_unordered(64)
+            .collect()
+            .await;
+        orders.extend(found.into_iter().flatten());
+        if orders.len() < winners.len() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let orders_visible_seconds = started.elapsed().as_secs_f64();
+    let made = orders.len();
+    // Pay the first pay_percent of the orders (in reservation order, so the
+    // split is reproducible); the rest are left to expire.
+    let mut ids: Vec<&String> = orders.keys().collect();
+    ids.sort();
+    let paying = ids.len() * options.pay_percent.min(100) as usize / 100;
+    let buyer_of: HashMap<&str, usize> = winners.iter().map(|(r, b)| (r.as_str(), *b)).collect();
+    let pay_answers: Vec<(u16, Value, Duration)> = futures::stream::iter(ids[..paying].iter())
+        .map(|reservation| {
+            let order = &orders[*reservation];
+            let token = buyer_token(buyer_of[reservation.as_str()]);
+            async move {
+                let t = Instant::now();
+                let answer = json_of(
+                    client
+                        .post(format!("{base}/api/v1/payments"))
+                        .bearer_auth(token)
+                        .header(
+                            "idempotency-key",
+                            format!("pay-{}", order["id"].as_str().unwrap_or("")),
+                        )
+                        .json(&json!({"order_id": order["id"], "amount": order["total"]})),
+                )
+                .await;
+                match answer {
+                    Ok((status, body)) => (status, body, t.elapsed()),
+                    Err(e) => (0, json!({"error": e}), t.elapsed()),
+                }
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let mut pay_latency =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+    for (_, _, latency) in &pay_answers {
+        let _ = pay_latency.record(latency.as_micros().max(1) as u64);
+    }
+    let paid = pay_answers
+        .iter()
+        .filter(|(status, body, _)| *status == 201 && body["status"] == "succeeded")
+        .count();
+    let unpaid = made - paying;
+    // The unpaid orders expire and their units return to the sale.
+    let stock_deadline = Instant::now() + options.payment_timeout + Duration::from_secs(30);
+    let mut view = Value::Null;
+    while Instant::now() < stock_deadline {
+        let (_, v) = json_of(client.get(format!("{base}/api/v1/sales/{sale_id}"))).await?;
+        view = v;
+        if view["released"].as_i64() == Some(unpaid as i64)
+            && view["remaining"].as_i64() == Some(unpaid as i64)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let returned = view["released"].as_i64().unwrap_or(-1);
+    // The edge and the engine trust a sold-out flag briefly; after that the
+    // returned units sell again, to buyers who got nothing.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let url = format!("{base}/api/v1/sales/{sale_id}/purchase");
+    let second: Vec<u16> = futures::stream::iter(losers.iter().take(unpaid * 2))
+        .map(|buyer| {
+            let url = url.clone();
+            async move {
+                client
+                    .post(&url)
+                    .bearer_auth(buyer_token(*buyer))
+                    .header("idempotency-key", format!("second-wave-{buyer}"))
+                    .json(&json!({"quantity": 1}))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0)
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let resold = second.iter().filter(|s| **s == 201).count();
+    // Settle, then check conservation once more.
+    for _ in 0..500 {
+        let (_, v) = json_of(client.get(format!("{base}/api/v1/sales/{sale_id}"))).await?;
+        if v["pending"].as_i64() == Some(0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (_, reconciled) = json_of(
+        client
+            .post(format!("{base}/api/v1/admin/reconcile"))
+            .bearer_auth(&accounts.admin)
+            .json(&json!({"sale_id": sale_id})),
+    )
+    .await?;
+    let (_, after) = json_of(client.get(format!("{base}/api/v1/sales/{sale_id}"))).await?;
+    let report = &reconciled["sales"][0];
+    let settled = after["settled"].as_i64().unwrap_or(-1);
+    let remaining = after["remaining"].as_i64().unwrap_or(-1);
+    let released = after["released"].as_i64().unwrap_or(-1);
+    let expected_resold = unpaid.min(losers.len());
+    let checks = vec![
+        Check {
+            name: "every winner has an order",
+            held: made == winners.len(),
+            detail: format!("{made} of {} reservations have an order", winners.len()),
+        },
+        Check {
+            name: "payments succeed",
+            held: paid == paying,
+            detail: format!("{paid} of {paying} orders paid"),
+        },
+        Check {
+            name: "expired units return",
+            held: returned == unpaid as i64,
+            detail: format!("{returned} units released for {unpaid} unpaid orders"),
+        },
+        Check {
+            name: "returned units sell again",
+            held: resold == expected_resold,
+            detail: format!("{resold} of {expected_resold} returned units bought by new buyers"),
+        },
+        Check {
+            name: "conservation after expiry",
+            held: report["conserved"] == true
+                && report["drift"] == 0
+                && settled + remaining == options.stock,
+            detail: format!(
+                "drift {}, {settled} held + {remaining} remaining ({released} released over time)",
+                report["drift"]
+            ),
+        },
+    ];
+    let ms = |v: u64| v as f64 / 1000.0;
+    Ok((
+        OrdersPhase {
+            orders: made,
+            paid,
+            expired: unpaid,
+            resold,
+            orders_visible_seconds,
+            pay_p50_ms: ms(pay_latency.value_at_quantile(0.5)),
+            pay_p99_ms: ms(pay_latency.value_at_quantile(0.99)),
+        },
+        checks,
+    ))
 }

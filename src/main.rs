@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use flashmall::config::Config;
 use flashmall::demo::DemoOptions;
 use flashmall_mesh::Shutdown;
+use flashmall_services::Service;
 
 #[derive(Parser)]
 #[command(name = "flashmall", version, about = "flash-sale e-commerce backend")]
@@ -52,6 +53,10 @@ enum Command {
 enum ServiceName {
     /// The auth and user service.
     Auth,
+    /// The order service (and its expiry worker).
+    Orders,
+    /// The payment service (and its timer worker).
+    Payments,
 }
 
 #[derive(Subcommand)]
@@ -139,13 +144,16 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             let settings = config.proxy_settings(config.mesh.key()?, config.jwt_secret()?);
             flashmall_proxy::run(settings, shutdown).await?;
         }
-        Command::Service {
-            name: ServiceName::Auth,
-        } => {
+        Command::Service { name } => {
             let shutdown = Shutdown::new();
             shutdown.trigger_on_signals();
-            let settings = config.auth_settings(config.mesh.key()?, config.jwt_secret()?);
-            flashmall_services::run_auth(settings, shutdown).await?;
+            let key = config.mesh.key()?;
+            let service = match name {
+                ServiceName::Auth => Service::Auth(config.auth_settings(key, config.jwt_secret()?)),
+                ServiceName::Orders => Service::Orders(config.orders_settings(key)),
+                ServiceName::Payments => Service::Payments(config.payments_settings(key)),
+            };
+            flashmall_services::run(service, shutdown).await?;
         }
         Command::CheckConfig { file } => {
             let config = Config::load(Some(&file), env())?;

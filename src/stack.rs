@@ -1,17 +1,20 @@
-//! The whole stack in this process on loopback ports: the engine and the
-//! auth service on ports the OS picks, and the edge proxy in front with
-//! its pools pointed at them. The demo and the black-box tests run on it;
-//! `flashmall up` runs the same components on configured ports instead.
+//! The whole stack in this process on loopback ports: the engine, the auth,
+//! order and payment services on ports the OS picks, each pointed at the
+//! others, and the edge proxy in front with its pools pointed at them. The
+//! demo and the black-box tests run on it; `flashmall up` runs the same
+//! components on configured ports instead.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use flashmall_engine::config::{EngineConfig, LedgerConfig, RedisConfig};
-use flashmall_mesh::{IdentityKey, Shutdown};
+use flashmall_mesh::{ClientConfig, IdentityKey, Shutdown};
 use flashmall_proxy::config::ProxyConfig;
 use flashmall_proxy::{ProxySettings, RunningProxy};
-use flashmall_services::AuthSettings;
-use flashmall_services::config::AuthConfig;
+use flashmall_services::config::{AuthConfig, OrdersConfig, PaymentsConfig, StoreConfig};
+use flashmall_services::store::ServiceStore;
+use flashmall_services::{AuthSettings, Common, OrdersSettings, PaymentsSettings};
 use tokio::net::TcpListener;
 
 /// What the stack runs with.
@@ -20,7 +23,11 @@ pub struct StackConfig {
     pub engine: EngineConfig,
     pub redis: RedisConfig,
     pub ledger: LedgerConfig,
+    pub store: StoreConfig,
     pub auth: AuthConfig,
+    pub orders: OrdersConfig,
+    pub payments: PaymentsConfig,
+    pub client: ClientConfig,
     pub data_dir: PathBuf,
     pub jwt_secret: Vec<u8>,
 }
@@ -29,10 +36,19 @@ pub struct StackConfig {
 pub struct Stack {
     pub engine: flashmall_engine::Running,
     pub auth: flashmall_services::Running,
+    pub orders: flashmall_services::Running,
+    pub payments: flashmall_services::Running,
     pub proxy: RunningProxy,
+    /// The services' store (shared by auth, orders and payments).
+    pub store: Arc<dyn ServiceStore>,
     /// What the proxy runs with (another replica can be started from it).
     pub proxy_settings: ProxySettings,
+    /// What the order service runs with (another replica can be started).
+    pub orders_settings: OrdersSettings,
+    /// Stops the engine and the services.
     pub shutdown: Shutdown,
+    /// Stops the order service alone (tests stop and restart it).
+    pub orders_shutdown: Shutdown,
 }
 
 /// A free loopback address (Pingora binds by address, not by listener).
@@ -42,49 +58,98 @@ pub fn free_loopback_addr() -> Result<SocketAddr, String> {
         .map_err(|e| format!("no free port: {e}"))
 }
 
+async fn bind() -> Result<TcpListener, String> {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn addr(listener: &TcpListener) -> Result<String, String> {
+    listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .map_err(|e| e.to_string())
+}
+
 impl Stack {
     /// Starts the components, then the proxy: on a free loopback port, with
     /// no grace period, its pools pointed at the components, and then
     /// adjusted by `tweak` (which may add pools, routes or limits).
     pub async fn start(
-        config: StackConfig,
+        mut config: StackConfig,
         tweak: impl FnOnce(&mut ProxyConfig),
     ) -> Result<Stack, String> {
         let identity = IdentityKey::random();
         let shutdown = Shutdown::new();
-        let bind = || async {
-            TcpListener::bind("127.0.0.1:0")
-                .await
-                .map_err(|e| e.to_string())
-        };
+        let orders_shutdown = shutdown.child();
+        // Every listener first: each component is told where the others are.
+        let (engine_l, auth_l, orders_l, payments_l) =
+            (bind().await?, bind().await?, bind().await?, bind().await?);
+        config.engine.order_endpoints = vec![addr(&orders_l)?];
+        config.orders.engine_endpoints = vec![addr(&engine_l)?];
+        config.payments.order_endpoints = vec![addr(&orders_l)?];
         let engine_settings = flashmall_engine::Settings {
             engine: config.engine,
             redis: config.redis,
             ledger: config.ledger,
             data_dir: config.data_dir.clone(),
             identity: identity.clone(),
+            client: config.client.clone(),
         };
-        let engine =
-            flashmall_engine::launch(&engine_settings, bind().await?, shutdown.clone()).await?;
-        let auth_settings = AuthSettings {
-            auth: config.auth,
+        let engine = flashmall_engine::launch(&engine_settings, engine_l, shutdown.clone()).await?;
+        let common = Common {
+            store: config.store,
             data_dir: config.data_dir,
             identity: identity.clone(),
+            client: config.client,
+        };
+        let store = flashmall_services::open_store(&common.store, &common.data_dir).await?;
+        let auth_settings = AuthSettings {
+            auth: config.auth,
+            common: common.clone(),
             jwt_secret: config.jwt_secret.clone(),
         };
-        let auth = flashmall_services::launch_auth(&auth_settings, bind().await?, shutdown.clone())
-            .await?;
+        let auth = flashmall_services::launch_auth(
+            &auth_settings,
+            Arc::clone(&store),
+            auth_l,
+            shutdown.clone(),
+        )?;
+        let orders_settings = OrdersSettings {
+            orders: config.orders,
+            common: common.clone(),
+        };
+        let orders = flashmall_services::launch_orders(
+            &orders_settings,
+            Arc::clone(&store),
+            orders_l,
+            orders_shutdown.clone(),
+        )?;
+        let payments_settings = PaymentsSettings {
+            payments: config.payments,
+            common,
+        };
+        let payments = flashmall_services::launch_payments(
+            &payments_settings,
+            Arc::clone(&store),
+            payments_l,
+            shutdown.clone(),
+        )?;
         let mut proxy = ProxyConfig {
             listen: free_loopback_addr()?,
             grace_period: std::time::Duration::ZERO,
             ..ProxyConfig::default()
         };
-        proxy
-            .upstreams
-            .insert("engine".into(), vec![engine.addr.to_string()]);
-        proxy
-            .upstreams
-            .insert("auth".into(), vec![auth.addr.to_string()]);
+        for (pool, running) in [
+            ("engine", engine.addr),
+            ("auth", auth.addr),
+            ("orders", orders.addr),
+            ("payments", payments.addr),
+        ] {
+            proxy
+                .upstreams
+                .insert(pool.into(), vec![running.to_string()]);
+        }
         tweak(&mut proxy);
         let proxy_settings = ProxySettings {
             proxy,
@@ -95,9 +160,14 @@ impl Stack {
         Ok(Stack {
             engine,
             auth,
+            orders,
+            payments,
             proxy,
+            store,
             proxy_settings,
+            orders_settings,
             shutdown,
+            orders_shutdown,
         })
     }
 
@@ -112,5 +182,7 @@ impl Stack {
         self.shutdown.trigger();
         let _ = self.engine.served.await;
         let _ = self.auth.served.await;
+        let _ = self.orders.served.await;
+        let _ = self.payments.served.await;
     }
 }

@@ -50,6 +50,14 @@ pub struct EngineConfig {
     pub max_body_bytes: usize,
     /// Run reconcile for every sale when the engine starts.
     pub reconcile_on_start: bool,
+    /// The order service's gRPC endpoints (`host:port`; a host name is
+    /// resolved by DNS again and again, e.g. a Kubernetes headless Service).
+    /// Settlement makes an order of every reservation through them. Empty:
+    /// no orders are made; the ledger keeps them in its outbox until an
+    /// order service is configured.
+    pub order_endpoints: Vec<String>,
+    /// Most orders created in one call to the order service.
+    pub order_batch_size: usize,
 }
 
 impl Default for EngineConfig {
@@ -67,6 +75,8 @@ impl Default for EngineConfig {
             max_quantity: 100,
             max_body_bytes: 16 * 1024,
             reconcile_on_start: true,
+            order_endpoints: vec!["127.0.0.1:8083".to_owned()],
+            order_batch_size: 256,
         }
     }
 }
@@ -168,6 +178,15 @@ impl EngineConfig {
             return Err(
                 "engine.settle_idle_poll and engine.settle_claim_idle must be above zero".into(),
             );
+        }
+        if self.order_batch_size == 0 || self.order_batch_size > 10_000 {
+            return Err("engine.order_batch_size must be between 1 and 10000".into());
+        }
+        if let Some(bad) = self.order_endpoints.iter().find(|e| {
+            e.rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        }) {
+            return Err(format!("engine.order_endpoints: {bad:?} is not host:port"));
         }
         Ok(())
     }

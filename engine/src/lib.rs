@@ -5,7 +5,8 @@
 //!   then one stock-front script; by default the answer waits until
 //!   settlement made the reservation durable.
 //! - `settle/`: per-sale workers drain the reservation stream into the
-//!   ledger in batches, one transaction per batch, then acknowledge.
+//!   ledger in batches, one transaction per batch, then acknowledge; the
+//!   order worker makes an order of every settled reservation.
 //! - `release/`: gives a reservation's units back: ledger first, then front.
 //! - `reconcile/`: rebuilds the front from the ledger and checks
 //!   conservation for every sale.
@@ -33,7 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use flashmall_mesh::now_ms;
-use flashmall_mesh::{ApiError, ErrorCode, IdentityKey, Shutdown};
+use flashmall_mesh::{ApiError, ClientConfig, ErrorCode, IdentityKey, MeshClient, Shutdown};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use uuid::Uuid;
@@ -94,6 +95,8 @@ pub struct Engine {
     pub identity: IdentityKey,
     /// Settlement workers running in this process.
     pub workers: std::sync::atomic::AtomicUsize,
+    /// Wakes the order worker when settlement wrote new reservations.
+    pub orders_wake: tokio::sync::Notify,
     /// Stops the engine's background workers. Triggered only after the
     /// server stopped and the streams were drained, so purchases in flight
     /// during a graceful shutdown still get their settlement.
@@ -134,6 +137,7 @@ impl Engine {
             consumer,
             identity,
             workers: std::sync::atomic::AtomicUsize::new(0),
+            orders_wake: tokio::sync::Notify::new(),
             shutdown,
         });
         let sales = engine
@@ -296,8 +300,10 @@ pub struct Settings {
     pub redis: RedisConfig,
     pub ledger: LedgerConfig,
     pub data_dir: std::path::PathBuf,
-    /// Verifies the identity the edge forwards.
+    /// Verifies the identity the edge forwards, and signs the engine's own.
     pub identity: IdentityKey,
+    /// The client stack for calls to the order service.
+    pub client: ClientConfig,
 }
 
 /// A started engine: its address and its state.
@@ -327,6 +333,10 @@ pub async fn launch(
         workers,
     )
     .await?;
+    if !settings.engine.order_endpoints.is_empty() {
+        let client = MeshClient::new("orders", &settings.engine.order_endpoints, &settings.client)?;
+        settle::orders::spawn(Arc::clone(&engine), client);
+    }
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let serving = Arc::clone(&engine);
     let served = tokio::spawn(async move {

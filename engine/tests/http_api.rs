@@ -661,31 +661,37 @@ async fn grpc_release_puts_units_back_on_sale() {
         flashmall_mesh::ApiError::from_status(&sold_out).code,
         flashmall_mesh::ErrorCode::SoldOut
     );
-    // Only the owner (or an admin) may release.
-    let denied = client
-        .release(as_user(
-            &stack,
-            pb::ReleaseRequest {
-                reservation_id: a.reservation_id.clone(),
-            },
-            "b",
-            false,
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(denied.code(), tonic::Code::NotFound);
-    let released = client
-        .release(as_user(
-            &stack,
-            pb::ReleaseRequest {
-                reservation_id: a.reservation_id.clone(),
-            },
-            "a",
-            false,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    // Buyers cancel their order instead: a buyer, even the owner, may not
+    // release a reservation (its order would stay payable).
+    for user in ["b", "a"] {
+        let denied = client
+            .release(as_user(
+                &stack,
+                pb::ReleaseRequest {
+                    reservation_id: a.reservation_id.clone(),
+                },
+                user,
+                false,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{user}");
+    }
+    // The order service releases, with its service identity.
+    let mut as_orders = tonic::Request::new(pb::ReleaseRequest {
+        reservation_id: a.reservation_id.clone(),
+    });
+    let signed = stack
+        .settings
+        .identity
+        .sign(&flashmall_mesh::Identity::service(
+            "orders",
+            Duration::from_secs(60),
+        ));
+    as_orders
+        .metadata_mut()
+        .insert(IDENTITY_HEADER, signed.parse().unwrap());
+    let released = client.release(as_orders).await.unwrap().into_inner();
     assert_eq!(
         (released.outcome.as_str(), released.quantity),
         ("released", 1)

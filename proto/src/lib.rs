@@ -16,3 +16,15 @@ pub mod inventory {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("flashmall.inventory.v1");
 }
+
+/// The order service's API (`flashmall.order.v1`).
+pub mod order {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("flashmall.order.v1");
+}
+
+/// The payment service's API (`flashmall.payment.v1`).
+pub mod payment {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("flashmall.payment.v1");
+}

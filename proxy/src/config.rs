@@ -134,6 +134,8 @@ impl Default for ProxyConfig {
             upstreams: BTreeMap::from([
                 ("engine".to_owned(), vec!["127.0.0.1:8081".to_owned()]),
                 ("auth".to_owned(), vec!["127.0.0.1:8082".to_owned()]),
+                ("orders".to_owned(), vec!["127.0.0.1:8083".to_owned()]),
+                ("payments".to_owned(), vec!["127.0.0.1:8084".to_owned()]),
             ]),
             routes: vec![
                 route("/api/v1/auth/", "auth"),
@@ -142,6 +144,8 @@ impl Default for ProxyConfig {
                 route("/api/v1/sales", "engine"),
                 route("/api/v1/reservations/", "engine"),
                 route("/api/v1/admin/reconcile", "engine"),
+                route("/api/v1/orders", "orders"),
+                route("/api/v1/payments", "payments"),
             ],
             public: vec![
                 public("POST", "^/api/v1/auth/(register|login|refresh)$"),

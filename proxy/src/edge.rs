@@ -482,7 +482,12 @@ impl ProxyHttp for Edge {
         upstream.remove_header(CLIENT_IP_HEADER);
         upstream.remove_header("authorization");
         if let Some(claims) = &ctx.claims {
-            upstream.insert_header(IDENTITY_HEADER, self.identity.sign(&claims.identity()))?;
+            let mut identity = claims.identity();
+            // No access token grants the components' own role, whoever issued it.
+            identity
+                .roles
+                .retain(|r| *r != flashmall_mesh::Role::Service);
+            upstream.insert_header(IDENTITY_HEADER, self.identity.sign(&identity))?;
         }
         if let Some(ip) = ctx.client_ip {
             upstream.insert_header(CLIENT_IP_HEADER, ip.to_string())?;

@@ -1,10 +1,94 @@
-//! The services' configuration: the `[auth]` section.
+//! The services' configuration: the `[store]` and `[auth]` sections
+//! (orders and payments in `orders.rs` and `payments.rs`' sections below).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+/// Which implementation holds the services' data.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// The embedded KV in one local file (one process).
+    Embedded,
+    /// ScyllaDB or Cassandra.
+    Scylla,
+}
+
+/// `[store]`: where the services (auth, orders, payments) keep their data.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `embedded` (a local file, the default) or `scylla`.
+    pub backend: StoreBackend,
+    /// File of the embedded store; relative paths are under the data dir.
+    pub path: PathBuf,
+    /// ScyllaDB (or Cassandra) contact points, `host:port`.
+    pub scylla_nodes: Vec<String>,
+    /// Keyspace of the services' tables; created at start-up when missing.
+    pub keyspace: String,
+    /// Replication factor used when the keyspace is created
+    /// (NetworkTopologyStrategy in every datacenter the cluster reports as
+    /// `datacenter`, or SimpleStrategy when `datacenter` is empty).
+    pub replication_factor: u32,
+    /// The local datacenter: requests prefer its nodes; empty: any node.
+    pub datacenter: String,
+    /// Username and password for ScyllaDB's password authenticator; empty: none.
+    pub username: String,
+    pub password: String,
+    /// Deadline of one store request.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: StoreBackend::Embedded,
+            path: PathBuf::from("services.redb"),
+            scylla_nodes: vec!["127.0.0.1:9042".to_owned()],
+            keyspace: "flashmall".to_owned(),
+            replication_factor: 1,
+            datacenter: String::new(),
+            username: String::new(),
+            password: String::new(),
+            request_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl StoreConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.backend == StoreBackend::Embedded && self.path.as_os_str().is_empty() {
+            return Err("store.path must not be empty".into());
+        }
+        if self.backend == StoreBackend::Scylla {
+            endpoints("store.scylla_nodes", &self.scylla_nodes)?;
+        }
+        let valid_keyspace = !self.keyspace.is_empty()
+            && self.keyspace.len() <= 48
+            && self.keyspace.starts_with(|c: char| c.is_ascii_alphabetic())
+            && self
+                .keyspace
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid_keyspace {
+            return Err(
+                "store.keyspace must be 1 to 48 letters, digits or _, starting with a letter"
+                    .into(),
+            );
+        }
+        if self.replication_factor == 0 {
+            return Err("store.replication_factor must be at least 1".into());
+        }
+        if self.request_timeout.is_zero() {
+            return Err("store.request_timeout must be above zero".into());
+        }
+        Ok(())
+    }
+}
 
 /// `[auth]`: the auth and user service.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -47,8 +131,6 @@ pub struct AuthConfig {
     /// How long failures are remembered.
     #[serde(with = "humantime_serde")]
     pub login_window: Duration,
-    /// File of the embedded services store; relative paths are under the data dir.
-    pub store_path: PathBuf,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
 }
@@ -71,7 +153,6 @@ impl Default for AuthConfig {
             login_backoff: Duration::from_secs(1),
             login_backoff_max: Duration::from_secs(15 * 60),
             login_window: Duration::from_secs(15 * 60),
-            store_path: PathBuf::from("services.redb"),
             max_body_bytes: 16 * 1024,
         }
     }
@@ -122,4 +203,152 @@ impl AuthConfig {
         }
         Ok(())
     }
+}
+
+/// `[orders]`: the order service.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OrdersConfig {
+    /// Address the service serves JSON and gRPC on.
+    pub listen: SocketAddr,
+    /// How long an order waits for its payment before it expires and its
+    /// units go back on sale (`FLASHMALL_ORDERS__PAYMENT_TIMEOUT`).
+    #[serde(with = "humantime_serde")]
+    pub payment_timeout: Duration,
+    /// The engine's gRPC endpoints (`host:port`; a host name is resolved
+    /// by DNS again and again, e.g. a Kubernetes headless Service), used to
+    /// give the units of cancelled and expired orders back.
+    pub engine_endpoints: Vec<String>,
+    /// How often the expiry worker looks for due timers.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+    /// Most timers handled per sweep.
+    pub sweep_batch: usize,
+    /// Delay before a failed release is tried again.
+    #[serde(with = "humantime_serde")]
+    pub release_retry: Duration,
+}
+
+impl Default for OrdersConfig {
+    fn default() -> Self {
+        OrdersConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8083)),
+            payment_timeout: Duration::from_secs(15 * 60),
+            engine_endpoints: vec!["127.0.0.1:8081".to_owned()],
+            sweep_interval: Duration::from_secs(1),
+            sweep_batch: 256,
+            release_retry: Duration::from_secs(5),
+        }
+    }
+}
+
+impl OrdersConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.payment_timeout < Duration::from_secs(1)
+            || self.payment_timeout > Duration::from_secs(7 * 24 * 3600)
+        {
+            return Err("orders.payment_timeout must be between 1s and 7 days".into());
+        }
+        endpoints("orders.engine_endpoints", &self.engine_endpoints)?;
+        if self.sweep_interval < Duration::from_millis(10) {
+            return Err("orders.sweep_interval must be at least 10ms".into());
+        }
+        if !(1..=10_000).contains(&self.sweep_batch) {
+            return Err("orders.sweep_batch must be between 1 and 10000".into());
+        }
+        if self.release_retry.is_zero() {
+            return Err("orders.release_retry must be above zero".into());
+        }
+        Ok(())
+    }
+}
+
+/// Which payment provider the payment service uses.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// The built-in simulator: takes no real money (`[payments.simulator]`).
+    Simulator,
+}
+
+/// `[payments]`: the payment service.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PaymentsConfig {
+    /// Address the service serves JSON and gRPC on.
+    pub listen: SocketAddr,
+    /// The order service's gRPC endpoints (`host:port`, DNS names allowed).
+    pub order_endpoints: Vec<String>,
+    /// The payment provider. Only `simulator` exists so far.
+    pub provider: ProviderKind,
+    /// A charge the provider has not decided within this time is cancelled.
+    #[serde(with = "humantime_serde")]
+    pub pending_timeout: Duration,
+    /// Delay before an unfinished capture (money taken, order not yet
+    /// confirmed) or a failed refund is tried again.
+    #[serde(with = "humantime_serde")]
+    pub capture_retry: Duration,
+    /// How often the timer worker looks for due timers.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+    /// Most timers handled per sweep.
+    pub sweep_batch: usize,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// How the simulator behaves (`provider = "simulator"`).
+    pub simulator: crate::payments::provider::SimulatorConfig,
+}
+
+impl Default for PaymentsConfig {
+    fn default() -> Self {
+        PaymentsConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8084)),
+            order_endpoints: vec!["127.0.0.1:8083".to_owned()],
+            provider: ProviderKind::Simulator,
+            pending_timeout: Duration::from_secs(10 * 60),
+            capture_retry: Duration::from_secs(5),
+            sweep_interval: Duration::from_secs(1),
+            sweep_batch: 256,
+            max_body_bytes: 16 * 1024,
+            simulator: Default::default(),
+        }
+    }
+}
+
+impl PaymentsConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        endpoints("payments.order_endpoints", &self.order_endpoints)?;
+        if self.pending_timeout < Duration::from_secs(1) {
+            return Err("payments.pending_timeout must be at least 1s".into());
+        }
+        if self.capture_retry.is_zero() {
+            return Err("payments.capture_retry must be above zero".into());
+        }
+        if self.sweep_interval < Duration::from_millis(10) {
+            return Err("payments.sweep_interval must be at least 10ms".into());
+        }
+        if !(1..=10_000).contains(&self.sweep_batch) {
+            return Err("payments.sweep_batch must be between 1 and 10000".into());
+        }
+        if self.max_body_bytes < 256 {
+            return Err("payments.max_body_bytes must be at least 256".into());
+        }
+        self.simulator.validate()
+    }
+}
+
+/// Checks a list of `host:port` endpoints.
+fn endpoints(field: &str, list: &[String]) -> Result<(), String> {
+    if list.is_empty() {
+        return Err(format!("{field} must list at least one host:port"));
+    }
+    for e in list {
+        let ok = e
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+        if !ok {
+            return Err(format!("{field}: {e:?} is not host:port"));
+        }
+    }
+    Ok(())
 }

@@ -3,52 +3,105 @@
 //! behind the services' store boundary (`store/`).
 //!
 //! - `auth/`: accounts, logins, token rotation, logout, roles.
+//! - `orders/`: orders from flash-sale reservations, their expiry and
+//!   cancellation.
+//! - `payments/`: charges through a payment provider, refunds.
+//! - `timers.rs`: durable timers the orders and payments sweep.
 //!
-//! Depends on `flashmall-mesh` (identity, errors, serving), on
-//! `flashmall-proto`, and on the embedded KV for the embedded store; never on
-//! the engine.
+//! Depends on `flashmall-mesh` (identity, errors, serving, the client
+//! stack), on `flashmall-proto`, and on the embedded KV for the embedded
+//! store; never on the engine (it calls the engine over gRPC).
 
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod config;
+pub mod orders;
+pub mod payments;
 pub mod store;
+pub mod timers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use flashmall_mesh::{IdentityKey, Readiness, Shutdown};
+use flashmall_mesh::{ClientConfig, IdentityKey, MeshClient, Readiness, Shutdown};
 use tokio::net::TcpListener;
 
 use auth::Auth;
-use config::AuthConfig;
-use store::{EmbeddedStore, ServiceStore};
+use config::{AuthConfig, OrdersConfig, PaymentsConfig, ProviderKind, StoreBackend, StoreConfig};
+use orders::Orders;
+use payments::Payments;
+use store::{EmbeddedStore, ScyllaStore, ServiceStore};
+
+/// What every service runs with besides its own section.
+#[derive(Debug, Clone)]
+pub struct Common {
+    pub store: StoreConfig,
+    pub data_dir: PathBuf,
+    /// Verifies the identity the edge signs, and signs this component's own.
+    pub identity: IdentityKey,
+    /// The client stack for calls to other components.
+    pub client: ClientConfig,
+}
 
 /// Everything the auth service needs to run.
 #[derive(Debug, Clone)]
 pub struct AuthSettings {
     pub auth: AuthConfig,
-    pub data_dir: PathBuf,
-    /// Verifies the identity the edge signs.
-    pub identity: IdentityKey,
+    pub common: Common,
     /// Signs access tokens (HS256), shared with the edge.
     pub jwt_secret: Vec<u8>,
 }
 
-/// Opens the services' store under the data dir.
-pub fn open_store(
-    path: &std::path::Path,
+/// Everything the order service needs to run.
+#[derive(Debug, Clone)]
+pub struct OrdersSettings {
+    pub orders: OrdersConfig,
+    pub common: Common,
+}
+
+/// Everything the payment service needs to run.
+#[derive(Debug, Clone)]
+pub struct PaymentsSettings {
+    pub payments: PaymentsConfig,
+    pub common: Common,
+}
+
+/// An instant in Unix milliseconds as an RFC 3339 string in UTC.
+pub fn rfc3339_ms(ms: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// Opens the configured services store; `data_dir` anchors a relative
+/// embedded path.
+pub async fn open_store(
+    config: &StoreConfig,
     data_dir: &std::path::Path,
 ) -> Result<Arc<dyn ServiceStore>, String> {
-    let path = if path.is_absolute() {
-        path.to_owned()
-    } else {
-        data_dir.join(path)
-    };
-    Ok(Arc::new(
-        EmbeddedStore::open(&path).map_err(|e| e.to_string())?,
-    ))
+    match config.backend {
+        StoreBackend::Embedded => {
+            let path = if config.path.is_absolute() {
+                config.path.clone()
+            } else {
+                data_dir.join(&config.path)
+            };
+            Ok(Arc::new(
+                EmbeddedStore::open(&path).map_err(|e| e.to_string())?,
+            ))
+        }
+        StoreBackend::Scylla => {
+            Ok(Arc::new(ScyllaStore::connect(config).await.map_err(
+                |e| format!("cannot open the scylla store: {e}"),
+            )?))
+        }
+    }
 }
 
 /// A started service.
@@ -57,23 +110,19 @@ pub struct Running {
     pub served: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
-/// Starts the auth service on `listener` until `shutdown`.
-pub async fn launch_auth(
-    settings: &AuthSettings,
+/// Serves a service's router on `listener`: identity verified once per
+/// request, then the service's handlers.
+fn serve(
+    component: &'static str,
+    app: axum::Router,
+    key: &IdentityKey,
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> Result<Running, String> {
-    let store = open_store(&settings.auth.store_path, &settings.data_dir)?;
-    let auth = Arc::new(Auth::new(
-        store,
-        settings.auth.clone(),
-        &settings.jwt_secret,
-    )?);
-    let app = auth::http::router(Arc::clone(&auth), settings.identity.clone())
-        .merge(auth::grpc::router(auth, settings.identity.clone()));
+    let app = flashmall_mesh::verify_identity(app, key.clone());
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let served = tokio::spawn(flashmall_mesh::serve(
-        "auth",
+        component,
         listener,
         app,
         Readiness::always(),
@@ -82,15 +131,106 @@ pub async fn launch_auth(
     Ok(Running { addr, served })
 }
 
-/// Runs the auth service until SIGTERM or `shutdown`.
-pub async fn run_auth(settings: AuthSettings, shutdown: Shutdown) -> Result<(), String> {
-    let listener = TcpListener::bind(settings.auth.listen)
+/// Starts the auth service on `listener` until `shutdown`.
+pub fn launch_auth(
+    settings: &AuthSettings,
+    store: Arc<dyn ServiceStore>,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> Result<Running, String> {
+    let key = &settings.common.identity;
+    let auth = Arc::new(Auth::new(
+        store,
+        settings.auth.clone(),
+        &settings.jwt_secret,
+    )?);
+    let app = auth::http::router(Arc::clone(&auth), key.clone())
+        .merge(auth::grpc::router(auth, key.clone()));
+    serve("auth", app, key, listener, shutdown)
+}
+
+/// Starts the order service and its expiry worker on `listener` until
+/// `shutdown`.
+pub fn launch_orders(
+    settings: &OrdersSettings,
+    store: Arc<dyn ServiceStore>,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> Result<Running, String> {
+    let common = &settings.common;
+    let engine = MeshClient::new("engine", &settings.orders.engine_endpoints, &common.client)?;
+    let releaser = Arc::new(orders::engine::EngineReleaser::new(
+        engine,
+        common.identity.clone(),
+    ));
+    let orders = Arc::new(Orders::new(store, releaser, settings.orders.clone()));
+    orders::sweep::spawn(Arc::clone(&orders), shutdown.clone());
+    let app = orders::http::router(Arc::clone(&orders))
+        .merge(orders::grpc::router(orders, common.identity.clone()));
+    serve("orders", app, &common.identity, listener, shutdown)
+}
+
+/// Starts the payment service, its timer worker and its provider-callback
+/// listener on `listener` until `shutdown`.
+pub fn launch_payments(
+    settings: &PaymentsSettings,
+    store: Arc<dyn ServiceStore>,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> Result<Running, String> {
+    let common = &settings.common;
+    let client = MeshClient::new("orders", &settings.payments.order_endpoints, &common.client)?;
+    let desk = Arc::new(payments::orders::GrpcOrders::new(
+        client,
+        common.identity.clone(),
+    ));
+    let (events, callbacks) = tokio::sync::mpsc::unbounded_channel();
+    let provider: Arc<dyn payments::provider::PaymentProvider> = match settings.payments.provider {
+        ProviderKind::Simulator => Arc::new(payments::provider::Simulator::new(
+            settings.payments.simulator.clone(),
+            events,
+        )),
+    };
+    let payments = Arc::new(Payments::new(
+        store,
+        provider,
+        desk,
+        settings.payments.clone(),
+    ));
+    payments::sweep::spawn(Arc::clone(&payments), shutdown.clone());
+    payments::sweep::listen(Arc::clone(&payments), callbacks, shutdown.clone());
+    let app = payments::http::router(Arc::clone(&payments))
+        .merge(payments::grpc::router(payments, common.identity.clone()));
+    serve("payments", app, &common.identity, listener, shutdown)
+}
+
+/// Which service `run` starts.
+#[derive(Debug, Clone)]
+pub enum Service {
+    Auth(AuthSettings),
+    Orders(OrdersSettings),
+    Payments(PaymentsSettings),
+}
+
+/// Runs one service on its own until SIGTERM or `shutdown`.
+pub async fn run(service: Service, shutdown: Shutdown) -> Result<(), String> {
+    let (name, listen, common) = match &service {
+        Service::Auth(s) => ("auth", s.auth.listen, &s.common),
+        Service::Orders(s) => ("orders", s.orders.listen, &s.common),
+        Service::Payments(s) => ("payments", s.payments.listen, &s.common),
+    };
+    let store = open_store(&common.store, &common.data_dir).await?;
+    let listener = TcpListener::bind(listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", settings.auth.listen))?;
-    let running = launch_auth(&settings, listener, shutdown).await?;
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let running = match &service {
+        Service::Auth(s) => launch_auth(s, store, listener, shutdown)?,
+        Service::Orders(s) => launch_orders(s, store, listener, shutdown)?,
+        Service::Payments(s) => launch_payments(s, store, listener, shutdown)?,
+    };
     running
         .served
         .await
-        .map_err(|e| format!("auth server task failed: {e}"))?
-        .map_err(|e| format!("auth server failed: {e}"))
+        .map_err(|e| format!("{name} server task failed: {e}"))?
+        .map_err(|e| format!("{name} server failed: {e}"))
 }

@@ -39,15 +39,20 @@ async fn start(tweak: impl FnOnce(&mut AuthConfig)) -> Service {
     let key = IdentityKey::random();
     let settings = AuthSettings {
         auth,
-        data_dir: dir.path().to_owned(),
-        identity: key.clone(),
+        common: flashmall_services::Common {
+            store: Default::default(),
+            data_dir: dir.path().to_owned(),
+            identity: key.clone(),
+            client: Default::default(),
+        },
         jwt_secret: SECRET.to_vec(),
     };
-    let shutdown = Shutdown::new();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let running = launch_auth(&settings, listener, shutdown.clone())
+    let store = flashmall_services::open_store(&settings.common.store, dir.path())
         .await
         .unwrap();
+    let shutdown = Shutdown::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let running = launch_auth(&settings, store, listener, shutdown.clone()).unwrap();
     Service {
         base: format!("http://{}", running.addr),
         client: reqwest::Client::builder()

@@ -1,15 +1,18 @@
-//! The whole stack in this test process: engine (in-process stock front,
-//! embedded ledger), auth service and the edge proxy in front, each on its
-//! own loopback port, talking over real sockets.
+//! The whole stack in this test process: engine (in-process stock front or
+//! a real redis-server, embedded ledger), the auth, order and payment
+//! services and the edge proxy in front, each on its own loopback port,
+//! talking over real sockets.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use flashmall::stack::{Stack, StackConfig};
 use flashmall_engine::config::{EngineConfig, LedgerConfig, RedisConfig};
+use flashmall_mesh::ClientConfig;
 use flashmall_proxy::RunningProxy;
 use flashmall_proxy::config::ProxyConfig;
-use flashmall_services::config::AuthConfig;
+use flashmall_services::config::{AuthConfig, OrdersConfig, PaymentsConfig, StoreConfig};
+use flashmall_services::payments::provider::SimulatorConfig;
 use serde_json::{Value, json};
 
 pub const JWT_SECRET: &[u8] = b"edge-tests-jwt-secret-0123456789abcdef";
@@ -33,15 +36,63 @@ pub struct Login {
     pub refresh: String,
 }
 
+/// What a test changes in the stack.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// A real Redis for the stock front; `None`: in-process.
+    pub redis_url: Option<String>,
+    pub payment_timeout: Duration,
+    pub simulator: SimulatorConfig,
+    pub pending_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            redis_url: None,
+            payment_timeout: Duration::from_secs(15 * 60),
+            simulator: SimulatorConfig {
+                latency: Duration::from_millis(1),
+                latency_jitter: Duration::ZERO,
+                ..SimulatorConfig::default()
+            },
+            pending_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
 impl EdgeStack {
-    /// Starts engine, auth and a proxy configured by `tweak`.
+    /// Starts the components and a proxy configured by `tweak`.
     pub async fn start(tweak: impl FnOnce(&mut ProxyConfig)) -> EdgeStack {
+        EdgeStack::start_with(Options::default(), tweak).await
+    }
+
+    /// Starts the components as `options` says, and a proxy configured by `tweak`.
+    pub async fn start_with(options: Options, tweak: impl FnOnce(&mut ProxyConfig)) -> EdgeStack {
         let dir = tempfile::tempdir().unwrap();
         let stack = Stack::start(
             StackConfig {
                 engine: EngineConfig::default(),
-                redis: RedisConfig::default(),
+                redis: RedisConfig {
+                    url: options.redis_url.unwrap_or_default(),
+                    ..RedisConfig::default()
+                },
                 ledger: LedgerConfig::default(),
+                store: StoreConfig::default(),
+                orders: OrdersConfig {
+                    payment_timeout: options.payment_timeout,
+                    sweep_interval: Duration::from_millis(50),
+                    release_retry: Duration::from_millis(200),
+                    ..OrdersConfig::default()
+                },
+                payments: PaymentsConfig {
+                    simulator: options.simulator,
+                    pending_timeout: options.pending_timeout,
+                    sweep_interval: Duration::from_millis(50),
+                    capture_retry: Duration::from_millis(200),
+                    ..PaymentsConfig::default()
+                },
+                client: ClientConfig::default(),
                 auth: AuthConfig {
                     argon2_memory_kib: 64,
                     argon2_iterations: 1,
@@ -76,6 +127,11 @@ impl EdgeStack {
         flashmall_proxy::launch(&settings)
             .await
             .expect("replica starts")
+    }
+
+    /// The running components (for tests that stop or inspect one).
+    pub fn stack(&self) -> &Stack {
+        self.stack.as_ref().expect("running")
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -4,6 +4,8 @@
 //! - `r/{reservation}` → reservation record
 //! - `x/{sale}/{reservation}` → empty, to list a sale's reservations
 //! - `u/{sale}/{user}` → units the user holds in the sale
+//! - `o/{reservation}` → empty: the reservation's order is not made yet
+//!   (the order outbox, written with the reservation in one transaction)
 
 use uuid::Uuid;
 
@@ -39,6 +41,12 @@ pub fn sale_reservation_prefix(sale: Uuid) -> Key {
 pub fn reservation_of(prefix: &[u8], key: &[u8]) -> Option<Uuid> {
     let tail = key.strip_prefix(prefix)?;
     Uuid::try_parse_ascii(tail).ok()
+}
+
+pub const ORDER_OUTBOX_PREFIX: &[u8] = b"o/";
+
+pub fn order_outbox(reservation: Uuid) -> Key {
+    format!("o/{reservation}").into_bytes()
 }
 
 pub fn buyer(sale: Uuid, user: &str) -> Key {

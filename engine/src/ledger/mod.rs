@@ -362,6 +362,10 @@ impl Ledger {
                     keys::sale_reservation(sale_id, e.reservation_id),
                     Vec::new(),
                 ));
+                // The order is made from the outbox after the commit
+                // (step 12), so a slow or absent order service never
+                // holds settlement up.
+                writes.push(Write::Put(keys::order_outbox(e.reservation_id), Vec::new()));
                 let user_held = match held.get(e.user_id.as_str()) {
                     Some(h) => *h,
                     None => read_i64(reads, &keys::buyer(sale_id, &e.user_id))?,
@@ -382,6 +386,37 @@ impl Ledger {
                 writes.push(Write::Put(epoch_key.clone(), encode(&epoch)));
             }
             Ok((writes, settled))
+        })
+        .await
+    }
+
+    /// Up to `limit` settled reservations whose orders are not made yet,
+    /// oldest id first.
+    pub async fn order_outbox(&self, limit: usize) -> Result<Vec<ReservationRecord>, LedgerError> {
+        let pairs = self
+            .store
+            .scan(keys::ORDER_OUTBOX_PREFIX, None, limit)
+            .await?;
+        let ids: Vec<Uuid> = pairs
+            .iter()
+            .filter_map(|(k, _)| keys::reservation_of(keys::ORDER_OUTBOX_PREFIX, k))
+            .collect();
+        let record_keys: Vec<Key> = ids.iter().map(|id| keys::reservation(*id)).collect();
+        let reads = self.store.get_many(record_keys.clone()).await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for key in &record_keys {
+            if let Some(record) = read::<ReservationRecord>(&reads, key)? {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Takes reservations out of the order outbox (their orders exist).
+    pub async fn orders_made(&self, ids: &[Uuid]) -> Result<(), LedgerError> {
+        let deletes: Vec<Key> = ids.iter().map(|id| keys::order_outbox(*id)).collect();
+        transact_with(&*self.store, Vec::new(), move |_| {
+            Ok((deletes.iter().cloned().map(Write::Delete).collect(), ()))
         })
         .await
     }

@@ -23,26 +23,22 @@ pub enum Released {
     AlreadyReleased { quantity: i64 },
 }
 
-/// Releases a reservation for `caller` (its owner or an admin).
+/// Releases a reservation for `caller`: a component (the order service,
+/// when an order is cancelled or expires) or an admin. Buyers cancel their
+/// order instead, so a released unit never leaves an order payable.
 pub async fn release(
     engine: &Arc<Engine>,
     caller: &Caller,
     raw_id: &str,
 ) -> Result<Released, ApiError> {
-    let id = Uuid::try_parse(raw_id)
-        .map_err(|_| ApiError::new(ErrorCode::NotFound, "no such reservation"))?;
-    let record = engine
-        .ledger
-        .reservation(id)
-        .await?
-        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such settled reservation"))?;
-    if record.user_id != caller.user_id && !caller.is_admin() {
-        // Same answer as a missing one: ids of others' reservations leak nothing.
+    if !caller.is_service() && !caller.is_admin() {
         return Err(ApiError::new(
-            ErrorCode::NotFound,
-            "no such settled reservation",
+            ErrorCode::Forbidden,
+            "reservations are released by cancelling their order (POST /api/v1/orders/{id}/cancel)",
         ));
     }
+    let id = Uuid::try_parse(raw_id)
+        .map_err(|_| ApiError::new(ErrorCode::NotFound, "no such reservation"))?;
     let outcome = match engine.ledger.begin_release(id).await? {
         ReleaseStep::NotFound => {
             return Err(ApiError::new(

@@ -9,6 +9,8 @@
 //! holding its reservation committed (or, when another replica settled it,
 //! until the ledger shows it).
 
+pub mod orders;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -162,6 +164,9 @@ pub async fn settle_batch(
     engine
         .waiters
         .notify(batch.iter().map(|e| e.reservation_id));
+    if settled.new > 0 {
+        engine.orders_wake.notify_one();
+    }
     metrics::histogram!("flashmall_engine_settle_batch_size").record(batch.len() as f64);
     metrics::histogram!("flashmall_engine_settle_duration_seconds")
         .record(started.elapsed().as_secs_f64());

@@ -45,6 +45,8 @@ impl Stack {
         let mut settings = Settings {
             engine: EngineConfig {
                 settle_claim_idle: Duration::from_millis(500),
+                // The engine alone: orders wait in the ledger's outbox.
+                order_endpoints: Vec::new(),
                 ..EngineConfig::default()
             },
             redis: RedisConfig {
@@ -54,6 +56,7 @@ impl Stack {
             ledger: LedgerConfig::default(),
             data_dir: dir.path().to_owned(),
             identity: IdentityKey::random(),
+            client: Default::default(),
         };
         tweak(&mut settings);
         let shutdown = Shutdown::new();

@@ -1,0 +1,582 @@
+//! The order service (steps 12–13 of the purchase path): orders made from
+//! settled flash-sale reservations, their payment, their cancellation and
+//! their timed expiry.
+//!
+//! An order moves `pending_payment → paid | cancelled | expired`, and every
+//! move is a conditional write on the order's version (a lightweight
+//! transaction on ScyllaDB), so two replicas, or a retry, can never apply
+//! two moves from one state: paying and expiring an order race, and exactly
+//! one wins. A cancelled or expired order gives its units back through the
+//! engine's Release (idempotent) and then records `released`.
+//!
+//! - `sweep.rs`: the expiry worker over durable timers (`crate::timers`).
+//! - `engine.rs`: the engine client that releases units.
+//! - `http.rs`: the JSON API; `grpc.rs`: the gRPC API.
+//!
+//! Tables: `orders` (by id), `orders_by_user` (a user's orders, newest
+//! first), `order_timers` (by due bucket).
+
+pub mod engine;
+pub mod grpc;
+pub mod http;
+pub mod sweep;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flashmall_mesh::{ApiError, ErrorCode, Identity, now_ms};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::config::OrdersConfig;
+use crate::store::{RowRange, ServiceStore, Table};
+use crate::timers::Timers;
+use engine::Releaser;
+
+/// Where an order is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    PendingPayment,
+    Paid,
+    Cancelled,
+    Expired,
+}
+
+impl OrderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::PendingPayment => "pending_payment",
+            OrderStatus::Paid => "paid",
+            OrderStatus::Cancelled => "cancelled",
+            OrderStatus::Expired => "expired",
+        }
+    }
+
+    /// Cancelled or expired: the units go back on sale.
+    pub fn is_closed(self) -> bool {
+        matches!(self, OrderStatus::Cancelled | OrderStatus::Expired)
+    }
+}
+
+/// Where an order came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderSource {
+    /// A flash-sale reservation, settled by the engine.
+    FlashSale,
+}
+
+impl OrderSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderSource::FlashSale => "flash_sale",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderItem {
+    pub product_id: String,
+    pub quantity: i64,
+    /// Minor units.
+    pub unit_price: i64,
+}
+
+/// A stored order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    pub id: Uuid,
+    pub user_id: String,
+    pub status: OrderStatus,
+    /// Minor units: the sum of the items.
+    pub total: i64,
+    pub items: Vec<OrderItem>,
+    pub source: OrderSource,
+    pub sale_id: Option<Uuid>,
+    pub reservation_id: Option<Uuid>,
+    pub created_at_ms: u64,
+    pub expires_at_ms: u64,
+    pub paid_at_ms: Option<u64>,
+    pub payment_id: Option<String>,
+    pub closed_at_ms: Option<u64>,
+    /// True once a cancelled or expired order's units are back on sale.
+    pub released: bool,
+}
+
+/// A settled reservation to make an order of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaleOrder {
+    pub order_id: Uuid,
+    pub reservation_id: Uuid,
+    pub sale_id: Uuid,
+    pub user_id: String,
+    pub product_id: String,
+    pub quantity: i64,
+    pub unit_price: i64,
+}
+
+/// What `create_sale_orders` did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Created {
+    pub created: u32,
+    pub existing: u32,
+}
+
+/// What marking an order paid found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PaidOutcome {
+    /// This call paid the order.
+    Paid(Order),
+    /// This payment had paid it already.
+    AlreadyPaid(Order),
+    /// Expired, cancelled, or paid by another payment: refund.
+    NotPayable(Order),
+}
+
+/// One page of a user's orders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub orders: Vec<Order>,
+    pub next: Option<String>,
+}
+
+/// What a conditional move decided for the order it read.
+enum Step {
+    /// Write this order.
+    Write(Order),
+    /// Leave it as it is; answer with it.
+    Keep,
+}
+
+/// Most attempts of one conditional move before giving up (each failed
+/// attempt means another writer moved the order in between).
+const MOVE_ATTEMPTS: usize = 16;
+
+/// The order service.
+pub struct Orders {
+    store: Arc<dyn ServiceStore>,
+    timers: Timers,
+    releaser: Arc<dyn Releaser>,
+    config: OrdersConfig,
+}
+
+fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such order")
+}
+
+fn corrupt(id: &str, e: serde_json::Error) -> ApiError {
+    tracing::error!(order_id = id, error = %e, "stored order does not decode");
+    ApiError::internal("a stored order cannot be read")
+}
+
+fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+    // Same answer as a missing order: a malformed id names no order.
+    Uuid::try_parse(raw).map_err(|_| not_found())
+}
+
+/// The index row of an order in its buyer's list: newest first by
+/// creation time, ties broken by id.
+fn by_user_sort(order: &Order) -> String {
+    format!("{:013}/{}", order.created_at_ms, order.id)
+}
+
+impl Orders {
+    pub fn new(
+        store: Arc<dyn ServiceStore>,
+        releaser: Arc<dyn Releaser>,
+        config: OrdersConfig,
+    ) -> Self {
+        Orders {
+            timers: Timers::new(Arc::clone(&store), Table::OrderTimers),
+            store,
+            releaser,
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &OrdersConfig {
+        &self.config
+    }
+
+    async fn load(&self, id: Uuid) -> Result<Option<(Order, u64)>, ApiError> {
+        let key = id.to_string();
+        let Some(v) = self.store.get(Table::Orders, &key).await? else {
+            return Ok(None);
+        };
+        let order = serde_json::from_slice(&v.value).map_err(|e| corrupt(&key, e))?;
+        Ok(Some((order, v.version)))
+    }
+
+    /// Applies `decide` to the order's current state with a conditional
+    /// write, re-reading and deciding again whenever another writer moved
+    /// it first. Returns the order as it stands after, and whether this
+    /// call wrote it.
+    async fn moved(
+        &self,
+        id: Uuid,
+        decide: impl Fn(&Order) -> Step,
+    ) -> Result<(Order, bool), ApiError> {
+        let key = id.to_string();
+        for _ in 0..MOVE_ATTEMPTS {
+            let (order, version) = self.load(id).await?.ok_or_else(not_found)?;
+            match decide(&order) {
+                Step::Keep => return Ok((order, false)),
+                Step::Write(next) => {
+                    let value = serde_json::to_vec(&next).map_err(|e| corrupt(&key, e))?;
+                    if self
+                        .store
+                        .replace(Table::Orders, &key, version, value, None)
+                        .await?
+                    {
+                        return Ok((next, true));
+                    }
+                    metrics::counter!("flashmall_orders_move_conflicts_total").increment(1);
+                }
+            }
+        }
+        Err(ApiError::new(
+            ErrorCode::Conflict,
+            "the order is changing too often; retry",
+        ))
+    }
+
+    /// Creates the orders of settled reservations (service callers only).
+    /// Idempotent: an existing order is left as it is, and its index rows
+    /// and expiry timer are written again (they may be what an interrupted
+    /// earlier call did not write).
+    pub async fn create_sale_orders(
+        &self,
+        caller: &Identity,
+        orders: Vec<SaleOrder>,
+    ) -> Result<Created, ApiError> {
+        require_service(caller)?;
+        for o in &orders {
+            if o.quantity <= 0 || o.unit_price < 0 || !flashmall_mesh::valid_user_id(&o.user_id) {
+                return Err(ApiError::invalid(format!(
+                    "sale order {} is not valid: quantity must be positive, price not negative, and the buyer a valid user id",
+                    o.order_id
+                )));
+            }
+        }
+        let results =
+            futures::future::join_all(orders.into_iter().map(|o| self.create_one(o))).await;
+        let mut created = Created::default();
+        for r in results {
+            if r? {
+                created.created += 1;
+            } else {
+                created.existing += 1;
+            }
+        }
+        metrics::counter!("flashmall_orders_created_total").increment(created.created as u64);
+        Ok(created)
+    }
+
+    async fn create_one(&self, o: SaleOrder) -> Result<bool, ApiError> {
+        let now = now_ms();
+        let total = o
+            .unit_price
+            .checked_mul(o.quantity)
+            .ok_or_else(|| ApiError::invalid("the order total overflows"))?;
+        let order = Order {
+            id: o.order_id,
+            user_id: o.user_id,
+            status: OrderStatus::PendingPayment,
+            total,
+            items: vec![OrderItem {
+                product_id: o.product_id,
+                quantity: o.quantity,
+                unit_price: o.unit_price,
+            }],
+            source: OrderSource::FlashSale,
+            sale_id: Some(o.sale_id),
+            reservation_id: Some(o.reservation_id),
+            created_at_ms: now,
+            // The time to pay counts from the order's creation: a buyer
+            // cannot pay an order that does not exist yet.
+            expires_at_ms: now + self.config.payment_timeout.as_millis() as u64,
+            paid_at_ms: None,
+            payment_id: None,
+            closed_at_ms: None,
+            released: false,
+        };
+        let key = order.id.to_string();
+        let value = serde_json::to_vec(&order).map_err(|e| corrupt(&key, e))?;
+        // The record first: an index row or a timer never points at nothing
+        // for long, and the record decides everything.
+        let created = self.store.insert(Table::Orders, &key, value, None).await?;
+        let order = if created {
+            order
+        } else {
+            self.load(order.id).await?.ok_or_else(not_found)?.0
+        };
+        self.store
+            .put_row(
+                Table::OrdersByUser,
+                &order.user_id,
+                &by_user_sort(&order),
+                key.into_bytes(),
+            )
+            .await?;
+        if order.status == OrderStatus::PendingPayment
+            || (order.status.is_closed() && !order.released)
+        {
+            self.timers
+                .schedule(order.expires_at_ms, &order.id.to_string())
+                .await?;
+        }
+        Ok(created)
+    }
+
+    /// One order, for its buyer, an admin or a service.
+    pub async fn get(&self, caller: &Identity, raw_id: &str) -> Result<Order, ApiError> {
+        let id = parse_id(raw_id)?;
+        let (order, _) = self.load(id).await?.ok_or_else(not_found)?;
+        visible(caller, &order)?;
+        Ok(order)
+    }
+
+    /// The caller's orders, newest first.
+    pub async fn list(
+        &self,
+        caller: &Identity,
+        page_size: u32,
+        token: Option<&str>,
+    ) -> Result<Page, ApiError> {
+        let size = match page_size {
+            0 => 20,
+            1..=100 => page_size as usize,
+            _ => return Err(ApiError::invalid("page_size must be between 1 and 100")),
+        };
+        if let Some(t) = token
+            && (t.len() > 64
+                || t.split_once('/')
+                    .is_none_or(|(ms, _)| ms.parse::<u64>().is_err()))
+        {
+            return Err(ApiError::invalid(
+                "page_token is not one this service issued",
+            ));
+        }
+        let rows = self
+            .store
+            .rows(
+                Table::OrdersByUser,
+                &caller.user_id,
+                RowRange {
+                    after: token.map(str::to_owned),
+                    up_to: None,
+                    limit: size,
+                    descending: true,
+                },
+            )
+            .await?;
+        let next = (rows.len() == size)
+            .then(|| rows.last().map(|r| r.sort.clone()))
+            .flatten();
+        let loads = rows.iter().map(|row| async move {
+            let id = std::str::from_utf8(&row.value)
+                .ok()
+                .and_then(|s| Uuid::try_parse(s).ok());
+            match id {
+                Some(id) => self.load(id).await,
+                None => Ok(None),
+            }
+        });
+        let mut orders = Vec::with_capacity(rows.len());
+        for loaded in futures::future::join_all(loads).await {
+            if let Some((order, _)) = loaded?
+                && order.user_id == caller.user_id
+            {
+                orders.push(order);
+            }
+        }
+        Ok(Page { orders, next })
+    }
+
+    /// Cancels the caller's unpaid order and gives its units back.
+    pub async fn cancel(&self, caller: &Identity, raw_id: &str) -> Result<Order, ApiError> {
+        let id = parse_id(raw_id)?;
+        let (current, _) = self.load(id).await?.ok_or_else(not_found)?;
+        visible(caller, &current)?;
+        let now = now_ms();
+        let (order, _) = self
+            .moved(id, |o| match o.status {
+                OrderStatus::PendingPayment => Step::Write(Order {
+                    status: OrderStatus::Cancelled,
+                    closed_at_ms: Some(now),
+                    ..o.clone()
+                }),
+                _ => Step::Keep,
+            })
+            .await?;
+        match order.status {
+            OrderStatus::Cancelled => {}
+            OrderStatus::Paid => {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    "the order is paid and can no longer be cancelled",
+                ));
+            }
+            OrderStatus::Expired => {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    "the order has expired; its units are already back on sale",
+                ));
+            }
+            OrderStatus::PendingPayment => {
+                return Err(ApiError::internal("the order did not move"));
+            }
+        }
+        metrics::counter!("flashmall_orders_closed_total", "status" => "cancelled").increment(1);
+        Ok(self.release_or_schedule(order).await)
+    }
+
+    /// Marks an order paid by `payment_id` (service callers only). Paying
+    /// and expiring race through the same conditional write: one wins.
+    pub async fn mark_paid(
+        &self,
+        caller: &Identity,
+        raw_id: &str,
+        payment_id: &str,
+        amount: i64,
+    ) -> Result<PaidOutcome, ApiError> {
+        require_service(caller)?;
+        if payment_id.is_empty() || payment_id.len() > 64 {
+            return Err(ApiError::invalid("payment_id must be 1 to 64 characters"));
+        }
+        let id = parse_id(raw_id)?;
+        let (current, _) = self.load(id).await?.ok_or_else(not_found)?;
+        if amount != current.total {
+            return Err(ApiError::invalid(format!(
+                "the amount {amount} does not equal the order total {}",
+                current.total
+            )));
+        }
+        let now = now_ms();
+        let (order, wrote) = self
+            .moved(id, |o| match o.status {
+                // An order past its expiry is not payable, even when the
+                // sweeper has not come by yet.
+                OrderStatus::PendingPayment if o.expires_at_ms > now => Step::Write(Order {
+                    status: OrderStatus::Paid,
+                    paid_at_ms: Some(now),
+                    payment_id: Some(payment_id.to_owned()),
+                    ..o.clone()
+                }),
+                _ => Step::Keep,
+            })
+            .await?;
+        if wrote {
+            metrics::counter!("flashmall_orders_paid_total").increment(1);
+            // The expiry timer finds a paid order and drops itself; removing
+            // it here only saves the sweeper a read.
+            let _ = self
+                .timers
+                .remove(&crate::timers::Timer {
+                    due_ms: order.expires_at_ms,
+                    id: order.id.to_string(),
+                })
+                .await;
+            return Ok(PaidOutcome::Paid(order));
+        }
+        Ok(
+            if order.status == OrderStatus::Paid && order.payment_id.as_deref() == Some(payment_id)
+            {
+                PaidOutcome::AlreadyPaid(order)
+            } else {
+                PaidOutcome::NotPayable(order)
+            },
+        )
+    }
+
+    /// Expires an unpaid order whose time is up (the sweeper), then gives
+    /// its units back. Returns the order as it stands.
+    pub async fn expire(&self, id: Uuid) -> Result<Order, ApiError> {
+        let now = now_ms();
+        let (order, wrote) = self
+            .moved(id, |o| match o.status {
+                OrderStatus::PendingPayment if o.expires_at_ms <= now => Step::Write(Order {
+                    status: OrderStatus::Expired,
+                    closed_at_ms: Some(now),
+                    ..o.clone()
+                }),
+                _ => Step::Keep,
+            })
+            .await?;
+        if wrote {
+            metrics::counter!("flashmall_orders_closed_total", "status" => "expired").increment(1);
+            tracing::debug!(order_id = %id, "order expired");
+        }
+        Ok(order)
+    }
+
+    /// Gives a closed order's units back through the engine and records it.
+    pub async fn release(&self, order: &Order) -> Result<Order, ApiError> {
+        if !order.status.is_closed() || order.released {
+            return Ok(order.clone());
+        }
+        if let Some(reservation) = order.reservation_id {
+            self.releaser.release(reservation).await?;
+        }
+        let (order, _) = self
+            .moved(order.id, |o| {
+                if o.status.is_closed() && !o.released {
+                    Step::Write(Order {
+                        released: true,
+                        ..o.clone()
+                    })
+                } else {
+                    Step::Keep
+                }
+            })
+            .await?;
+        Ok(order)
+    }
+
+    /// Releases now; when the engine cannot be reached, a timer retries
+    /// later (the order stays closed either way: the buyer's cancel holds).
+    async fn release_or_schedule(&self, order: Order) -> Order {
+        match self.release(&order).await {
+            Ok(released) => released,
+            Err(e) => {
+                tracing::warn!(order_id = %order.id, error = %e.message, "release failed; retrying later");
+                let due = now_ms() + self.config.release_retry.as_millis() as u64;
+                if let Err(e) = self.timers.schedule(due, &order.id.to_string()).await {
+                    // The expiry timer is still in place and retries too.
+                    tracing::warn!(order_id = %order.id, error = %e, "cannot schedule the release retry");
+                }
+                order
+            }
+        }
+    }
+
+    pub fn timers(&self) -> &Timers {
+        &self.timers
+    }
+
+    pub fn release_retry(&self) -> Duration {
+        self.config.release_retry
+    }
+}
+
+fn require_service(caller: &Identity) -> Result<(), ApiError> {
+    if caller.is_service() || caller.is_admin() {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "only flashmall components may call this",
+        ))
+    }
+}
+
+/// Buyers see their own orders; admins and components see every order.
+/// Another buyer's order answers as missing, so ids leak nothing.
+fn visible(caller: &Identity, order: &Order) -> Result<(), ApiError> {
+    if order.user_id == caller.user_id || caller.is_admin() || caller.is_service() {
+        Ok(())
+    } else {
+        Err(not_found())
+    }
+}

@@ -1,0 +1,122 @@
+//! What the payment service needs from the order service: an order as its
+//! buyer sees it (GetOrder, called with the buyer's identity, so another
+//! buyer's order is simply not found) and MarkOrderPaid (called with the
+//! payment service's own identity). Both go through the mesh client.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use flashmall_mesh::identity::authorize;
+use flashmall_mesh::{ApiError, CallKind, Identity, IdentityKey, MeshClient};
+use flashmall_proto::order as pb;
+use pb::order_service_client::OrderServiceClient;
+use uuid::Uuid;
+
+/// The facts of an order a charge checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderFacts {
+    pub status: String,
+    pub total: i64,
+}
+
+/// What MarkOrderPaid answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MarkPaid {
+    Paid,
+    AlreadyPaid,
+    /// The order is `status` and was not paid by this payment.
+    NotPayable {
+        status: String,
+    },
+}
+
+/// The order service, as payments use it.
+#[async_trait]
+pub trait OrderDesk: Send + Sync + 'static {
+    async fn get_order(&self, buyer: &Identity, order_id: Uuid) -> Result<OrderFacts, ApiError>;
+    async fn mark_paid(
+        &self,
+        order_id: Uuid,
+        payment_id: Uuid,
+        amount: i64,
+    ) -> Result<MarkPaid, ApiError>;
+}
+
+/// The order service over gRPC.
+pub struct GrpcOrders {
+    client: MeshClient,
+    key: IdentityKey,
+}
+
+const CALL_IDENTITY_TTL: Duration = Duration::from_secs(60);
+
+impl GrpcOrders {
+    pub fn new(client: MeshClient, key: IdentityKey) -> Self {
+        GrpcOrders { client, key }
+    }
+}
+
+#[async_trait]
+impl OrderDesk for GrpcOrders {
+    async fn get_order(&self, buyer: &Identity, order_id: Uuid) -> Result<OrderFacts, ApiError> {
+        // The buyer's verified identity goes on: the order service checks
+        // ownership itself.
+        let signed = self.key.sign(buyer);
+        let request = pb::GetOrderReq {
+            order_id: order_id.to_string(),
+        };
+        let order = self
+            .client
+            .call("GetOrder", CallKind::Idempotent, |channel| {
+                let mut call = tonic::Request::new(request.clone());
+                let authorized = authorize(&mut call, &signed).map_err(tonic::Status::from);
+                async move {
+                    authorized?;
+                    OrderServiceClient::new(channel).get_order(call).await
+                }
+            })
+            .await
+            .map_err(|s| ApiError::from_status(&s))?;
+        Ok(OrderFacts {
+            status: order.status,
+            total: order.total,
+        })
+    }
+
+    async fn mark_paid(
+        &self,
+        order_id: Uuid,
+        payment_id: Uuid,
+        amount: i64,
+    ) -> Result<MarkPaid, ApiError> {
+        let signed = self
+            .key
+            .sign(&Identity::service("payments", CALL_IDENTITY_TTL));
+        let request = pb::MarkOrderPaidReq {
+            order_id: order_id.to_string(),
+            payment_id: payment_id.to_string(),
+            amount,
+        };
+        // Idempotent: the same payment marking the same order again answers
+        // already_paid.
+        let answer = self
+            .client
+            .call("MarkOrderPaid", CallKind::Idempotent, |channel| {
+                let mut call = tonic::Request::new(request.clone());
+                let authorized = authorize(&mut call, &signed).map_err(tonic::Status::from);
+                async move {
+                    authorized?;
+                    OrderServiceClient::new(channel).mark_order_paid(call).await
+                }
+            })
+            .await
+            .map_err(|s| ApiError::from_status(&s))?;
+        Ok(match answer.outcome.as_str() {
+            "paid" => MarkPaid::Paid,
+            "already_paid" => MarkPaid::AlreadyPaid,
+            _ => MarkPaid::NotPayable {
+                status: answer.order.map(|o| o.status).unwrap_or_default(),
+            },
+        })
+    }
+}
