@@ -278,6 +278,9 @@ async fn buy_pay_expire_and_resell_through_the_edge_on_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pay_versus_expire_races_never_sell_a_unit_twice() {
+    // Every order ends paid (its unit kept, one payment succeeded) or
+    // expired (its unit released once, any money refunded), with two
+    // order-service replicas sweeping.
     const ORDERS: usize = 100;
     let s = EdgeStack::start_with(
         Options {
@@ -292,6 +295,16 @@ async fn pay_versus_expire_races_never_sell_a_unit_twice() {
         |proxy| proxy.limits.clear(),
     )
     .await;
+    // A second order-service replica on the same store: both sweep the
+    // same timers, so every expiry is contended too.
+    let stack = s.stack();
+    let second = flashmall_services::launch_orders(
+        &stack.orders_settings,
+        std::sync::Arc::clone(&stack.store),
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        stack.shutdown.clone(),
+    )
+    .unwrap();
     let admin = s.admin().await;
     let buyer = s.login("racer@example.com").await;
     let now = time::OffsetDateTime::now_utc();
