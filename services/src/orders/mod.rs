@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::config::OrdersConfig;
+use crate::store::records::{self, RecordError, Step};
 use crate::store::{RowRange, ServiceStore, Table};
 use crate::timers::Timers;
 use engine::Releaser;
@@ -141,18 +142,6 @@ pub struct Page {
     pub next: Option<String>,
 }
 
-/// What a conditional move decided for the order it read.
-enum Step {
-    /// Write this order.
-    Write(Order),
-    /// Leave it as it is; answer with it.
-    Keep,
-}
-
-/// Most attempts of one conditional move before giving up (each failed
-/// attempt means another writer moved the order in between).
-const MOVE_ATTEMPTS: usize = 16;
-
 /// The order service.
 pub struct Orders {
     store: Arc<dyn ServiceStore>,
@@ -168,6 +157,18 @@ fn not_found() -> ApiError {
 fn corrupt(id: &str, e: serde_json::Error) -> ApiError {
     tracing::error!(order_id = id, error = %e, "stored order does not decode");
     ApiError::internal("a stored order cannot be read")
+}
+
+fn record_error(id: Uuid, e: RecordError) -> ApiError {
+    match e {
+        RecordError::Store(e) => e.into(),
+        RecordError::Corrupt(e) => corrupt(&id.to_string(), e),
+        RecordError::Missing => not_found(),
+        RecordError::Contended { .. } => ApiError::new(
+            ErrorCode::Conflict,
+            "the order is changing too often; retry",
+        ),
+    }
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
@@ -200,45 +201,21 @@ impl Orders {
     }
 
     async fn load(&self, id: Uuid) -> Result<Option<(Order, u64)>, ApiError> {
-        let key = id.to_string();
-        let Some(v) = self.store.get(Table::Orders, &key).await? else {
-            return Ok(None);
-        };
-        let order = serde_json::from_slice(&v.value).map_err(|e| corrupt(&key, e))?;
-        Ok(Some((order, v.version)))
+        records::load(&*self.store, Table::Orders, &id.to_string())
+            .await
+            .map_err(|e| record_error(id, e))
     }
 
-    /// Applies `decide` to the order's current state with a conditional
-    /// write, re-reading and deciding again whenever another writer moved
-    /// it first. Returns the order as it stands after, and whether this
-    /// call wrote it.
+    /// Moves the order with a conditional write (`store::records`).
+    /// Returns the order as it stands after, and whether this call wrote it.
     async fn moved(
         &self,
         id: Uuid,
-        decide: impl Fn(&Order) -> Step,
+        decide: impl Fn(&Order) -> Step<Order>,
     ) -> Result<(Order, bool), ApiError> {
-        let key = id.to_string();
-        for _ in 0..MOVE_ATTEMPTS {
-            let (order, version) = self.load(id).await?.ok_or_else(not_found)?;
-            match decide(&order) {
-                Step::Keep => return Ok((order, false)),
-                Step::Write(next) => {
-                    let value = serde_json::to_vec(&next).map_err(|e| corrupt(&key, e))?;
-                    if self
-                        .store
-                        .replace(Table::Orders, &key, version, value, None)
-                        .await?
-                    {
-                        return Ok((next, true));
-                    }
-                    metrics::counter!("flashmall_orders_move_conflicts_total").increment(1);
-                }
-            }
-        }
-        Err(ApiError::new(
-            ErrorCode::Conflict,
-            "the order is changing too often; retry",
-        ))
+        records::move_record(&*self.store, Table::Orders, &id.to_string(), decide)
+            .await
+            .map_err(|e| record_error(id, e))
     }
 
     /// Creates the orders of settled reservations (service callers only).

@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::config::PaymentsConfig;
+use crate::store::records::{self, RecordError, Step};
 use crate::store::{ServiceStore, Table};
 use crate::timers::Timers;
 use orders::{MarkPaid, OrderDesk};
@@ -101,14 +102,6 @@ pub struct ChargeRequest {
     pub idempotency_key: String,
 }
 
-/// What a conditional move decided for the payment it read.
-enum Step {
-    Write(Payment),
-    Keep,
-}
-
-const MOVE_ATTEMPTS: usize = 16;
-
 /// The payment id of a charge: derived from the payer and the
 /// Idempotency-Key, so a retried charge finds its first attempt.
 pub fn payment_id_for(user_id: &str, idempotency_key: &str) -> Uuid {
@@ -126,6 +119,18 @@ fn not_found() -> ApiError {
 fn corrupt(id: &str, e: serde_json::Error) -> ApiError {
     tracing::error!(payment_id = id, error = %e, "stored payment does not decode");
     ApiError::internal("a stored payment cannot be read")
+}
+
+fn record_error(id: Uuid, e: RecordError) -> ApiError {
+    match e {
+        RecordError::Store(e) => e.into(),
+        RecordError::Corrupt(e) => corrupt(&id.to_string(), e),
+        RecordError::Missing => not_found(),
+        RecordError::Contended { .. } => ApiError::new(
+            ErrorCode::Conflict,
+            "the payment is changing too often; retry",
+        ),
+    }
 }
 
 /// The payment service.
@@ -162,43 +167,28 @@ impl Payments {
     }
 
     async fn load(&self, id: Uuid) -> Result<Option<(Payment, u64)>, ApiError> {
-        let key = id.to_string();
-        let Some(v) = self.store.get(Table::Payments, &key).await? else {
-            return Ok(None);
-        };
-        let payment = serde_json::from_slice(&v.value).map_err(|e| corrupt(&key, e))?;
-        Ok(Some((payment, v.version)))
+        records::load(&*self.store, Table::Payments, &id.to_string())
+            .await
+            .map_err(|e| record_error(id, e))
     }
 
-    /// Applies `decide` with a conditional write, deciding again whenever
-    /// another writer moved the payment first.
+    /// Moves the payment with a conditional write (`store::records`),
+    /// stamping `updated_at` on every write.
     async fn moved(
         &self,
         id: Uuid,
-        decide: impl Fn(&Payment) -> Step,
+        decide: impl Fn(&Payment) -> Step<Payment>,
     ) -> Result<(Payment, bool), ApiError> {
-        let key = id.to_string();
-        for _ in 0..MOVE_ATTEMPTS {
-            let (payment, version) = self.load(id).await?.ok_or_else(not_found)?;
-            match decide(&payment) {
-                Step::Keep => return Ok((payment, false)),
-                Step::Write(mut next) => {
-                    next.updated_at_ms = now_ms();
-                    let value = serde_json::to_vec(&next).map_err(|e| corrupt(&key, e))?;
-                    if self
-                        .store
-                        .replace(Table::Payments, &key, version, value, None)
-                        .await?
-                    {
-                        return Ok((next, true));
-                    }
-                }
-            }
-        }
-        Err(ApiError::new(
-            ErrorCode::Conflict,
-            "the payment is changing too often; retry",
-        ))
+        let stamped = |p: &Payment| match decide(p) {
+            Step::Write(next) => Step::Write(Payment {
+                updated_at_ms: now_ms(),
+                ..next
+            }),
+            Step::Keep => Step::Keep,
+        };
+        records::move_record(&*self.store, Table::Payments, &id.to_string(), stamped)
+            .await
+            .map_err(|e| record_error(id, e))
     }
 
     /// Charges the caller's order. The same Idempotency-Key again answers

@@ -11,6 +11,7 @@
 //! (ScyllaDB or Cassandra). Both run `tests/store_conformance.rs`.
 
 mod embedded;
+pub mod records;
 mod scylla;
 
 pub use embedded::EmbeddedStore;
