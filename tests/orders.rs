@@ -435,6 +435,7 @@ async fn pay_versus_expire_races_never_sell_a_unit_twice() {
         "{report}"
     );
     s.stop().await;
+    let _ = second.served.await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
