@@ -160,15 +160,7 @@ fn corrupt(id: &str, e: serde_json::Error) -> ApiError {
 }
 
 fn record_error(id: Uuid, e: RecordError) -> ApiError {
-    match e {
-        RecordError::Store(e) => e.into(),
-        RecordError::Corrupt(e) => corrupt(&id.to_string(), e),
-        RecordError::Missing => not_found(),
-        RecordError::Contended { .. } => ApiError::new(
-            ErrorCode::Conflict,
-            "the order is changing too often; retry",
-        ),
-    }
+    e.answer("order", &id.to_string())
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {

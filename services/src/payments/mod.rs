@@ -122,15 +122,7 @@ fn corrupt(id: &str, e: serde_json::Error) -> ApiError {
 }
 
 fn record_error(id: Uuid, e: RecordError) -> ApiError {
-    match e {
-        RecordError::Store(e) => e.into(),
-        RecordError::Corrupt(e) => corrupt(&id.to_string(), e),
-        RecordError::Missing => not_found(),
-        RecordError::Contended { .. } => ApiError::new(
-            ErrorCode::Conflict,
-            "the payment is changing too often; retry",
-        ),
-    }
+    e.answer("payment", &id.to_string())
 }
 
 /// The payment service.

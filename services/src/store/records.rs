@@ -30,6 +30,26 @@ pub enum RecordError {
     Contended { attempts: usize },
 }
 
+impl RecordError {
+    /// The client's answer for this failure on the record `id` of a `what`
+    /// (`order`, `payment`).
+    pub fn answer(self, what: &str, id: &str) -> flashmall_mesh::ApiError {
+        use flashmall_mesh::{ApiError, ErrorCode};
+        match self {
+            RecordError::Store(e) => e.into(),
+            RecordError::Corrupt(e) => {
+                tracing::error!(record = what, id, error = %e, "stored record does not decode");
+                ApiError::internal(format!("a stored {what} cannot be read"))
+            }
+            RecordError::Missing => ApiError::new(ErrorCode::NotFound, format!("no such {what}")),
+            RecordError::Contended { .. } => ApiError::new(
+                ErrorCode::Conflict,
+                format!("the {what} is changing too often; retry"),
+            ),
+        }
+    }
+}
+
 /// Most attempts of one move; each failed attempt means another writer
 /// moved the record in between.
 pub const MOVE_ATTEMPTS: usize = 16;
