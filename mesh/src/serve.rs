@@ -192,8 +192,9 @@ async fn observe(State(served): State<Served>, mut request: Request, next: Next)
         "unmatched" => "unknown".to_owned(),
         _ => grpc::method_name(request.uri().path()).to_owned(),
     });
+    // The span recorded the id already; the context takes it over.
     let context = RequestContext {
-        request_id: request_id.clone(),
+        request_id,
         deadline,
     };
     let mut response = context.scope(next.run(request)).instrument(span).await;

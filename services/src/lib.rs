@@ -144,8 +144,7 @@ pub fn launch_auth(
         settings.auth.clone(),
         &settings.jwt_secret,
     )?);
-    let app = auth::http::router(Arc::clone(&auth), key.clone())
-        .merge(auth::grpc::router(auth, key.clone()));
+    let app = auth::http::router(Arc::clone(&auth)).merge(auth::grpc::router(auth, key.clone()));
     serve("auth", app, key, listener, shutdown)
 }
 

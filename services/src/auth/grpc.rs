@@ -24,9 +24,7 @@ struct Users {
 
 impl Users {
     fn caller<T>(&self, request: &Request<T>) -> Result<Identity, Status> {
-        Ok(self
-            .identity
-            .caller(&request.metadata().clone().into_headers())?)
+        flashmall_mesh::caller_of(&self.identity, request)
     }
 }
 

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use flashmall_mesh::body::json;
-use flashmall_mesh::{ApiError, Identity, IdentityKey};
+use flashmall_mesh::{ApiError, Caller};
 use serde::Deserialize;
 use serde_json::json as body;
 
@@ -22,21 +22,16 @@ pub use flashmall_mesh::headers::CLIENT_IP as CLIENT_IP_HEADER;
 #[derive(Clone)]
 struct AuthApi {
     auth: Arc<Auth>,
-    identity: IdentityKey,
 }
 
 impl AuthApi {
-    fn caller(&self, headers: &HeaderMap) -> Result<Identity, ApiError> {
-        self.identity.caller(headers)
-    }
-
     fn limit(&self) -> usize {
         self.auth.config().max_body_bytes
     }
 }
 
-/// The JSON routes.
-pub fn router(auth: Arc<Auth>, identity: IdentityKey) -> Router {
+/// The JSON routes; the caller comes from `flashmall_mesh::verify_identity`.
+pub fn router(auth: Arc<Auth>) -> Router {
     Router::new()
         .route("/api/v1/auth/register", post(register))
         .route("/api/v1/auth/login", post(login))
@@ -47,7 +42,7 @@ pub fn router(auth: Arc<Auth>, identity: IdentityKey) -> Router {
             get(me).patch(update_me).delete(delete_me),
         )
         .route("/api/v1/admin/users/{id}/roles", put(set_roles))
-        .with_state(AuthApi { auth, identity })
+        .with_state(AuthApi { auth })
 }
 
 #[derive(Deserialize)]
@@ -96,13 +91,16 @@ async fn refresh(State(api): State<AuthApi>, b: Body) -> Result<Response, ApiErr
     Ok(Json(api.auth.refresh(&r.refresh_token).await?).into_response())
 }
 
-async fn logout(State(api): State<AuthApi>, headers: HeaderMap) -> Result<StatusCode, ApiError> {
-    api.auth.logout(&api.caller(&headers)?).await?;
+async fn logout(
+    State(api): State<AuthApi>,
+    Caller(caller): Caller,
+) -> Result<StatusCode, ApiError> {
+    api.auth.logout(&caller).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn me(State(api): State<AuthApi>, headers: HeaderMap) -> Result<Response, ApiError> {
-    Ok(Json(api.auth.me(&api.caller(&headers)?).await?).into_response())
+async fn me(State(api): State<AuthApi>, Caller(caller): Caller) -> Result<Response, ApiError> {
+    Ok(Json(api.auth.me(&caller).await?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -115,10 +113,9 @@ struct UpdateMe {
 
 async fn update_me(
     State(api): State<AuthApi>,
-    headers: HeaderMap,
+    Caller(caller): Caller,
     b: Body,
 ) -> Result<Response, ApiError> {
-    let caller = api.caller(&headers)?;
     let u: UpdateMe = json(b, api.limit()).await?;
     let view = api
         .auth
@@ -140,10 +137,9 @@ struct DeleteMe {
 
 async fn delete_me(
     State(api): State<AuthApi>,
-    headers: HeaderMap,
+    Caller(caller): Caller,
     b: Body,
 ) -> Result<StatusCode, ApiError> {
-    let caller = api.caller(&headers)?;
     let d: DeleteMe = json(b, api.limit()).await?;
     api.auth.delete_me(&caller, &d.password).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -158,10 +154,9 @@ struct Roles {
 async fn set_roles(
     State(api): State<AuthApi>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    Caller(caller): Caller,
     b: Body,
 ) -> Result<Response, ApiError> {
-    let caller = api.caller(&headers)?;
     let r: Roles = json(b, api.limit()).await?;
     Ok(Json(api.auth.set_roles(&caller, &id, &r.roles).await?).into_response())
 }

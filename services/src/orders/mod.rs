@@ -366,12 +366,12 @@ impl Orders {
     /// Cancels the caller's unpaid order and gives its units back.
     pub async fn cancel(&self, caller: &Identity, raw_id: &str) -> Result<Order, ApiError> {
         let id = parse_id(raw_id)?;
-        let (current, _) = self.load(id).await?.ok_or_else(not_found)?;
-        visible(caller, &current)?;
         let now = now_ms();
+        // Ownership is decided on the state the move reads: one read, and
+        // another buyer's order is never written.
         let (order, _) = self
             .moved(id, |o| match o.status {
-                OrderStatus::PendingPayment => Step::Write(Order {
+                OrderStatus::PendingPayment if visible(caller, o).is_ok() => Step::Write(Order {
                     status: OrderStatus::Cancelled,
                     closed_at_ms: Some(now),
                     ..o.clone()
@@ -379,6 +379,7 @@ impl Orders {
                 _ => Step::Keep,
             })
             .await?;
+        visible(caller, &order)?;
         match order.status {
             OrderStatus::Cancelled => {}
             OrderStatus::Paid => {
@@ -415,27 +416,28 @@ impl Orders {
             return Err(ApiError::invalid("payment_id must be 1 to 64 characters"));
         }
         let id = parse_id(raw_id)?;
-        let (current, _) = self.load(id).await?.ok_or_else(not_found)?;
-        if amount != current.total {
-            return Err(ApiError::invalid(format!(
-                "the amount {amount} does not equal the order total {}",
-                current.total
-            )));
-        }
         let now = now_ms();
         let (order, wrote) = self
             .moved(id, |o| match o.status {
                 // An order past its expiry is not payable, even when the
-                // sweeper has not come by yet.
-                OrderStatus::PendingPayment if o.expires_at_ms > now => Step::Write(Order {
-                    status: OrderStatus::Paid,
-                    paid_at_ms: Some(now),
-                    payment_id: Some(payment_id.to_owned()),
-                    ..o.clone()
-                }),
+                // sweeper has not come by yet. A wrong amount writes nothing.
+                OrderStatus::PendingPayment if o.expires_at_ms > now && amount == o.total => {
+                    Step::Write(Order {
+                        status: OrderStatus::Paid,
+                        paid_at_ms: Some(now),
+                        payment_id: Some(payment_id.to_owned()),
+                        ..o.clone()
+                    })
+                }
                 _ => Step::Keep,
             })
             .await?;
+        if amount != order.total {
+            return Err(ApiError::invalid(format!(
+                "the amount {amount} does not equal the order total {}",
+                order.total
+            )));
+        }
         if wrote {
             metrics::counter!("flashmall_orders_paid_total").increment(1);
             // The expiry timer finds a paid order and drops itself; removing
@@ -459,8 +461,9 @@ impl Orders {
         )
     }
 
-    /// Expires an unpaid order whose time is up (the sweeper), then gives
-    /// its units back. Returns the order as it stands.
+    /// Expires an unpaid order whose time is up (the sweeper; `release`
+    /// then gives its units back). Returns the order as it stands, moved
+    /// or not.
     pub async fn expire(&self, id: Uuid) -> Result<Order, ApiError> {
         let now = now_ms();
         let (order, wrote) = self

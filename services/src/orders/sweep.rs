@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use flashmall_mesh::{Shutdown, now_ms};
+use flashmall_mesh::{ErrorCode, Shutdown, now_ms};
 use uuid::Uuid;
 
 use super::{OrderStatus, Orders};
@@ -64,60 +64,39 @@ pub async fn sweep_once(orders: &Orders) -> Result<usize, String> {
 /// Acts on one due timer; the timer row goes once the order needs nothing
 /// more from it (on failure it stays, or a later retry replaces it).
 async fn handle(orders: &Orders, timer: Timer) -> Result<(), String> {
+    let timers = orders.timers();
+    let done = || async { timers.remove(&timer).await.map_err(|e| e.to_string()) };
     let Ok(id) = Uuid::try_parse(&timer.id) else {
         tracing::warn!(timer = %timer.id, "order timer names no order id; dropped");
-        return orders
-            .timers()
-            .remove(&timer)
-            .await
-            .map_err(|e| e.to_string());
+        return done().await;
     };
-    let order = match orders.load(id).await.map_err(|e| e.message)? {
-        Some((order, _)) => order,
-        None => {
-            return orders
-                .timers()
-                .remove(&timer)
-                .await
-                .map_err(|e| e.to_string());
+    // Expiring reads the order once: it moves an unpaid order past its
+    // time, and answers any other order as it stands.
+    let order = match orders.expire(id).await {
+        Ok(order) => order,
+        Err(e) if e.code == ErrorCode::NotFound => return done().await,
+        Err(e) => return Err(e.message),
+    };
+    if order.status == OrderStatus::PendingPayment {
+        // Not due yet: its own timer at expires_at (written with the
+        // order) stays; an earlier one is dropped.
+        if timer.due_ms != order.expires_at_ms {
+            done().await?;
         }
-    };
-    let order = match order.status {
-        OrderStatus::PendingPayment if order.expires_at_ms > now_ms() => {
-            // Its own timer at expires_at exists (written with the order).
-            if timer.due_ms != order.expires_at_ms {
-                orders
-                    .timers()
-                    .remove(&timer)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            return Ok(());
-        }
-        OrderStatus::PendingPayment => orders.expire(id).await.map_err(|e| e.message)?,
-        _ => order,
-    };
+        return Ok(());
+    }
     if order.status.is_closed()
         && !order.released
         && let Err(e) = orders.release(&order).await
     {
         // Retry later rather than on every sweep.
         let due = now_ms() + orders.release_retry().as_millis() as u64;
-        orders
-            .timers()
+        timers
             .schedule(due, &timer.id)
             .await
             .map_err(|e| e.to_string())?;
-        orders
-            .timers()
-            .remove(&timer)
-            .await
-            .map_err(|e| e.to_string())?;
+        done().await?;
         return Err(format!("release of order {id} failed: {}", e.message));
     }
-    orders
-        .timers()
-        .remove(&timer)
-        .await
-        .map_err(|e| e.to_string())
+    done().await
 }
