@@ -13,6 +13,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use flashmall_services::config::{StoreBackend, StoreConfig};
+use flashmall_services::store::records::{self, Step};
 use flashmall_services::store::{EmbeddedStore, Row, RowRange, ScyllaStore, ServiceStore, Table};
 
 /// The node of the ScyllaDB variant, `host:port`.
@@ -362,6 +363,110 @@ async fn one_of_racing_replaces_wins(s: &Subject) {
         .unwrap();
     assert_eq!(stored.version, v + 1, "exactly one replace applied");
     assert_one_winner(&outcomes, &stored.value);
+}
+
+/// A record as the order and payment services keep one: a state that moves
+/// forward, and a count of the moves made.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
+struct Doc {
+    state: String,
+    moves: u64,
+}
+
+/// State moves through `records::move_record` under concurrency, as orders
+/// and payments make them: of writers racing to move a pending record to
+/// different final states, exactly one moves it and the others see its
+/// state; writers that all move it (a counter) lose no move to a conflict.
+async fn state_moves_apply_once_under_concurrency(s: &Subject) {
+    let k = s.key("doc");
+    let start = Doc {
+        state: "pending".into(),
+        moves: 0,
+    };
+    assert!(
+        s.store
+            .insert(Table::Orders, &k, serde_json::to_vec(&start).unwrap(), None)
+            .await
+            .unwrap()
+    );
+    let inserted = s
+        .store
+        .get(Table::Orders, &k)
+        .await
+        .unwrap()
+        .unwrap()
+        .version;
+    let mut tasks = Vec::new();
+    for i in 0..s.racers {
+        let st = Arc::clone(&s.store);
+        let k = k.clone();
+        let target = if i % 2 == 0 { "paid" } else { "expired" };
+        tasks.push(tokio::spawn(async move {
+            records::move_record::<Doc>(&*st, Table::Orders, &k, |d| {
+                if d.state == "pending" {
+                    Step::Write(Doc {
+                        state: target.into(),
+                        moves: d.moves + 1,
+                    })
+                } else {
+                    Step::Keep
+                }
+            })
+            .await
+            .map(|(doc, wrote)| (target, doc, wrote))
+        }));
+    }
+    let mut winners = Vec::new();
+    let mut seen = Vec::new();
+    for t in tasks {
+        let (target, doc, wrote) = t.await.unwrap().expect("every move settles");
+        if wrote {
+            winners.push(target);
+        }
+        seen.push(doc);
+    }
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one writer moves a pending record"
+    );
+    let (stored, version) = records::load::<Doc>(&*s.store, Table::Orders, &k)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.state, winners[0], "the winner's state is stored");
+    assert_eq!(stored.moves, 1);
+    assert_eq!(version, inserted + 1, "one write after the insert");
+    assert!(
+        seen.iter().all(|d| *d == stored),
+        "every writer answers the state that won: {seen:?}"
+    );
+
+    // Every writer moves it once more: no move is lost to a conflict.
+    let mut tasks = Vec::new();
+    for _ in 0..s.racers {
+        let st = Arc::clone(&s.store);
+        let k = k.clone();
+        tasks.push(tokio::spawn(async move {
+            records::move_record::<Doc>(&*st, Table::Orders, &k, |d| {
+                Step::Write(Doc {
+                    state: d.state.clone(),
+                    moves: d.moves + 1,
+                })
+            })
+            .await
+        }));
+    }
+    for t in tasks {
+        let (_, wrote) = t.await.unwrap().expect("every move settles");
+        assert!(wrote);
+    }
+    let (stored, version) = records::load::<Doc>(&*s.store, Table::Orders, &k)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.moves, 1 + s.racers as u64, "no move lost");
+    assert_eq!(version, inserted + 1 + s.racers as u64);
 }
 
 /// Racing inserts of one absent key: exactly one creates it.
@@ -750,6 +855,7 @@ conformance!(
     a_replace_sets_the_expiry_anew,
     one_of_racing_replaces_wins,
     one_of_racing_inserts_wins,
+    state_moves_apply_once_under_concurrency,
     rows_are_put_overwritten_and_deleted,
     partitions_and_tables_are_separate,
     rows_come_in_sort_order,
