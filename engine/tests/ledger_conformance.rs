@@ -3,21 +3,29 @@
 //! temp dir) and, when `FLASHMALL_TEST_TIKV_PD` names PD endpoints
 //! (comma-separated), against TiKV through tikv-client.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use flashmall_engine::config::LedgerConfig;
 use flashmall_engine::front::StreamEntry;
 use flashmall_engine::ledger::{
-    EmbeddedLedger, Ledger, LedgerError, ReleaseStep, ReservationStatus, TikvLedger, Write,
+    EmbeddedLedger, Ledger, LedgerError, ReleaseStep, ReservationRecord, ReservationStatus,
+    TikvLedger, Write,
 };
 use flashmall_engine::sale::Sale;
 use time::OffsetDateTime;
+use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 use uuid::Uuid;
 
 struct Subject {
     ledger: Ledger,
     _dir: Option<tempfile::TempDir>,
+    /// TiKV tests run while no test has tikv-client's failpoints armed.
+    _failpoints: Option<OwnedRwLockReadGuard<()>>,
 }
+
+/// tikv-client's failpoints are process-wide: a test that arms one holds
+/// this for writing, every other TiKV test holds it for reading.
+static FAILPOINTS: LazyLock<Arc<RwLock<()>>> = LazyLock::new(|| Arc::new(RwLock::new(())));
 
 async fn embedded() -> Option<Subject> {
     let dir = tempfile::tempdir().unwrap();
@@ -25,25 +33,40 @@ async fn embedded() -> Option<Subject> {
     Some(Subject {
         ledger: Ledger::new(Arc::new(store)),
         _dir: Some(dir),
+        _failpoints: None,
     })
+}
+
+/// The PD endpoints the environment names, if any.
+fn tikv_pd() -> Option<Vec<String>> {
+    let Ok(pd) = std::env::var("FLASHMALL_TEST_TIKV_PD") else {
+        eprintln!("skipped: FLASHMALL_TEST_TIKV_PD is not set, so no TiKV to test against");
+        return None;
+    };
+    Some(pd.split(',').map(|s| s.trim().to_owned()).collect())
+}
+
+/// A ledger on TiKV whose keys all start with `key_prefix`.
+async fn tikv_ledger(pd: &[String], key_prefix: &str) -> Ledger {
+    let config = LedgerConfig {
+        pd_endpoints: pd.to_vec(),
+        key_prefix: key_prefix.to_owned(),
+        ..LedgerConfig::default()
+    };
+    let store = TikvLedger::connect(&config).await.expect("connect to TiKV");
+    Ledger::new(Arc::new(store))
 }
 
 /// TiKV when the environment names PD endpoints; each test gets its own
 /// key prefix, so tests never see each other's data.
 async fn tikv() -> Option<Subject> {
-    let Ok(pd) = std::env::var("FLASHMALL_TEST_TIKV_PD") else {
-        eprintln!("skipped: FLASHMALL_TEST_TIKV_PD is not set, so no TiKV to test against");
-        return None;
-    };
-    let config = LedgerConfig {
-        pd_endpoints: pd.split(',').map(|s| s.trim().to_owned()).collect(),
-        key_prefix: format!("test-{}/", Uuid::now_v7()),
-        ..LedgerConfig::default()
-    };
-    let store = TikvLedger::connect(&config).await.expect("connect to TiKV");
+    let pd = tikv_pd()?;
+    let failpoints = FAILPOINTS.clone().read_owned().await;
+    let ledger = tikv_ledger(&pd, &format!("test-{}/", Uuid::now_v7())).await;
     Some(Subject {
-        ledger: Ledger::new(Arc::new(store)),
+        ledger,
         _dir: None,
+        _failpoints: Some(failpoints),
     })
 }
 
@@ -276,6 +299,31 @@ async fn concurrent_settlers_count_once(l: &Ledger) {
     assert_eq!(snap.buyers.iter().map(|(_, n)| n).sum::<i64>(), 200);
 }
 
+/// Settled reservations wait in the order outbox, oldest first, until their
+/// orders are made; a replayed batch does not put them back.
+async fn the_order_outbox_drains_as_orders_are_made(l: &Ledger) {
+    let s = sale(10);
+    l.create_sale(&s).await.unwrap();
+    let batch: Vec<StreamEntry> = (0..5).map(|i| entry(s.id, &format!("u{i}"), 1)).collect();
+    l.settle(s.id, &batch, 0).await.unwrap();
+    let mut want: Vec<Uuid> = batch.iter().map(|e| e.reservation_id).collect();
+    want.sort();
+    let ids =
+        |records: Vec<ReservationRecord>| records.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(ids(l.order_outbox(100).await.unwrap()), want);
+    assert_eq!(ids(l.order_outbox(2).await.unwrap()), want[..2]);
+    l.orders_made(&want[..3]).await.unwrap();
+    l.orders_made(&want[..3]).await.unwrap();
+    assert_eq!(ids(l.order_outbox(100).await.unwrap()), want[3..]);
+    let replay = l.settle(s.id, &batch, 0).await.unwrap();
+    assert_eq!((replay.new, replay.replayed), (0, 5));
+    assert_eq!(ids(l.order_outbox(100).await.unwrap()), want[3..]);
+    l.orders_made(&want).await.unwrap();
+    assert!(l.order_outbox(100).await.unwrap().is_empty());
+    // The records themselves stay.
+    assert!(l.reservation(want[0]).await.unwrap().is_some());
+}
+
 macro_rules! conformance {
     ($name:ident, $make:ident) => {
         mod $name {
@@ -316,12 +364,128 @@ macro_rules! conformance {
                 let Some(s) = $make().await else { return };
                 super::concurrent_settlers_count_once(&s.ledger).await;
             }
+            #[tokio::test]
+            async fn the_order_outbox_drains_as_orders_are_made() {
+                let Some(s) = $make().await else { return };
+                super::the_order_outbox_drains_as_orders_are_made(&s.ledger).await;
+            }
         }
     };
 }
 
 conformance!(on_embedded, embedded);
 conformance!(on_tikv, tikv);
+
+fn test_key(name: &str) -> Vec<u8> {
+    format!("t/{}/{name}", Uuid::now_v7()).into_bytes()
+}
+
+async fn put(l: &Ledger, key: &[u8], value: &[u8]) {
+    let (k, v) = (key.to_vec(), value.to_vec());
+    l.store()
+        .transact(
+            vec![k.clone()],
+            Box::new(move |_| Ok(vec![Write::Put(k.clone(), v.clone())])),
+        )
+        .await
+        .unwrap();
+}
+
+/// TiKV only: a writer that died between prewrite and commit (tikv-client's
+/// `after-prewrite` failpoint) leaves its locks behind. Reads, scans and
+/// transactions of the ledger wait them out: once the locks' TTL (3 s) has
+/// passed, the dead transaction is rolled back and they carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tikv_locks_of_a_crashed_writer_are_resolved() {
+    use tikv_client::{CheckLevel, TransactionClient, TransactionOptions};
+
+    let Some(pd) = tikv_pd() else { return };
+    let prefix = format!("test-{}/", Uuid::now_v7());
+    let l = tikv_ledger(&pd, &prefix).await;
+    let key = test_key("locked");
+    put(&l, &key, b"before").await;
+
+    let client = TransactionClient::new(pd.clone()).await.unwrap();
+    let mut txn = client
+        .begin_with_options(TransactionOptions::new_optimistic().drop_check(CheckLevel::None))
+        .await
+        .unwrap();
+    let mut full = prefix.clone().into_bytes();
+    full.extend_from_slice(&key);
+    txn.put(full, b"crashed".to_vec()).await.unwrap();
+    {
+        let _alone = FAILPOINTS.clone().write_owned().await;
+        fail::cfg("after-prewrite", "return").unwrap();
+        let crashed = txn.commit().await;
+        fail::remove("after-prewrite");
+        assert!(
+            crashed.is_err(),
+            "the failpoint stops the commit after prewrite"
+        );
+    }
+    // Neither committed nor rolled back: the lock stays until its TTL ends.
+    drop(txn);
+
+    let started = std::time::Instant::now();
+    let reads = l.store().get_many(vec![key.clone()]).await.unwrap();
+    assert_eq!(reads.get(&key), Some(&b"before"[..]));
+    eprintln!(
+        "read past the dead writer's lock in {:?}",
+        started.elapsed()
+    );
+    let page = l.store().scan(&key, None, 10).await.unwrap();
+    assert_eq!(page, vec![(key.clone(), b"before".to_vec())]);
+    put(&l, &key, b"after").await;
+    let reads = l.store().get_many(vec![key.clone()]).await.unwrap();
+    assert_eq!(reads.get(&key), Some(&b"after"[..]));
+}
+
+/// TiKV only: a plan commits only if nothing it read changed since its
+/// transaction began (as on the embedded ledger, where plans run one at a
+/// time), not merely nothing it wrote (TiKV's snapshot isolation). Here
+/// another transaction rewrites `a` while a plan that copies `a` to `b`
+/// runs: the plan must run again and copy the new value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tikv_plans_run_again_when_what_they_read_changed() {
+    let Some(s) = tikv().await else { return };
+    let store = s.ledger.store().clone();
+    let (a, b) = (test_key("a"), test_key("b"));
+    put(&s.ledger, &a, b"1").await;
+
+    let seen: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let (inner, plan_seen, plan_a, plan_b) = (store.clone(), seen.clone(), a.clone(), b.clone());
+    store
+        .transact(
+            vec![a.clone()],
+            Box::new(move |reads| {
+                let value = reads.get(&plan_a).unwrap_or_default().to_vec();
+                let mut seen = plan_seen.lock().unwrap();
+                if seen.is_empty() {
+                    // A concurrent writer commits a new `a` now.
+                    let (inner, a) = (inner.clone(), plan_a.clone());
+                    tokio::task::block_in_place(|| {
+                        tokio::runtime::Handle::current().block_on(inner.transact(
+                            Vec::new(),
+                            Box::new(move |_| Ok(vec![Write::Put(a.clone(), b"2".to_vec())])),
+                        ))
+                    })
+                    .unwrap();
+                }
+                seen.push(value.clone());
+                Ok(vec![Write::Put(plan_b.clone(), value)])
+            }),
+        )
+        .await
+        .unwrap();
+    let reads = store.get_many(vec![a.clone(), b.clone()]).await.unwrap();
+    assert_eq!(reads.get(&a), Some(&b"2"[..]));
+    assert_eq!(
+        reads.get(&b),
+        Some(&b"2"[..]),
+        "b was copied from the a the plan read"
+    );
+    assert_eq!(*seen.lock().unwrap(), vec![b"1".to_vec(), b"2".to_vec()]);
+}
 
 /// Embedded only: what was committed survives closing and reopening the file.
 #[tokio::test]

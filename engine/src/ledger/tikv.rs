@@ -3,11 +3,26 @@
 //! commit is retried the same way, which is safe because every plan is
 //! idempotent: re-reading shows whether the first commit landed. A
 //! transaction is always committed or rolled back, never dropped open.
+//!
+//! Two things TiKV does not give by itself, and this adapter adds:
+//! - Serializable plans. TiKV's optimistic transactions are snapshot
+//!   isolation: a commit fails only if a key it *writes* changed since it
+//!   began. The keys a plan read are locked too (`lock_keys`, an `Op_Lock`
+//!   in the prewrite), so a plan commits only if nothing it read changed,
+//!   as on the embedded ledger, where plans run one at a time.
+//! - Waiting out locks. A reader or writer that meets the lock of a
+//!   transaction between prewrite and commit (or one that died there) can
+//!   only roll it back once its TTL (3 s and up) has passed; tikv-client
+//!   gives up after about 1.5 s. Reads and transactions retry on a newer
+//!   snapshot instead of failing.
 
+use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tikv_client::{CheckLevel, Error as TikvError, KvPair, TransactionClient, TransactionOptions};
+use tikv_client::{
+    CheckLevel, Error as TikvError, KvPair, Snapshot, TransactionClient, TransactionOptions,
+};
 
 use super::{Key, LedgerError, LedgerStore, Plan, Reads, Write, keys::prefix_end};
 use crate::config::LedgerConfig;
@@ -20,23 +35,52 @@ pub struct TikvLedger {
     max_retries: u32,
 }
 
-/// True for errors that a fresh transaction may not hit again.
+/// True for errors that a fresh transaction may not hit again: write
+/// conflicts, locks not resolvable yet, and transactions found rolled back
+/// (this one's locks cleaned up by another client, or the one whose lock
+/// was met).
 fn is_conflict(e: &TikvError) -> bool {
     match e {
         TikvError::KeyError(ke) => {
-            ke.conflict.is_some() || ke.deadlock.is_some() || !ke.retryable.is_empty()
+            ke.conflict.is_some()
+                || ke.deadlock.is_some()
+                || ke.txn_not_found.is_some()
+                || !ke.retryable.is_empty()
         }
         TikvError::MultipleKeyErrors(errs) | TikvError::ExtractedErrors(errs) => {
             errs.iter().any(is_conflict)
         }
         TikvError::PessimisticLockError { inner, .. } => is_conflict(inner),
-        TikvError::ResolveLockError(_) => true,
+        TikvError::ResolveLockError(_) | TikvError::TxnNotFound(_) => true,
         _ => false,
     }
 }
 
 fn unavailable(e: TikvError) -> LedgerError {
     LedgerError::Unavailable(e.to_string())
+}
+
+/// The wait before each retry: doubling from 2 ms up to 200 ms.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff(Duration::from_millis(2))
+    }
+
+    async fn wait(&mut self, attempt: u32, reason: &str) {
+        metrics::counter!("flashmall_ledger_retries_total", "backend" => "tikv").increment(1);
+        tracing::debug!(attempt, reason, "ledger operation retried");
+        // Jitter from the clock's nanoseconds keeps racing writers apart.
+        let jitter = u64::from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0),
+        ) % (self.0.as_micros() as u64 + 1);
+        tokio::time::sleep(self.0 + Duration::from_micros(jitter)).await;
+        self.0 = (self.0 * 2).min(Duration::from_millis(200));
+    }
 }
 
 enum Attempt {
@@ -130,6 +174,14 @@ impl TikvLedger {
                 return Err(unavailable(e));
             }
         }
+        // After the writes, so the primary is a written key; keys written
+        // stay writes. The read-only ones become `Op_Lock`s: the prewrite
+        // then fails with a write conflict if one changed since `begin`.
+        let read: Vec<Vec<u8>> = keys.iter().map(|k| self.full(k)).collect();
+        if let Err(e) = txn.lock_keys(read).await {
+            let _ = txn.rollback().await;
+            return Err(unavailable(e));
+        }
         match txn.commit().await {
             Ok(_) => Ok(Attempt::Done),
             Err(TikvError::UndeterminedError(e)) => {
@@ -152,24 +204,35 @@ impl TikvLedger {
 impl TikvLedger {
     /// Runs a transaction with retries (see `transact`).
     async fn run(&self, keys: Vec<Key>, mut plan: Plan) -> Result<(), LedgerError> {
-        let mut backoff = Duration::from_millis(2);
+        let mut backoff = Backoff::new();
         for attempt in 1..=self.max_retries {
             match self.attempt(&keys, &mut plan).await? {
                 Attempt::Done => return Ok(()),
-                Attempt::Retry(reason) => {
-                    metrics::counter!("flashmall_ledger_retries_total", "backend" => "tikv")
-                        .increment(1);
-                    tracing::debug!(attempt, reason, "ledger transaction retried");
-                    // Jitter from the clock's nanoseconds keeps racing writers apart.
-                    let jitter = u64::from(
-                        std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map(|d| d.subsec_nanos())
-                            .unwrap_or(0),
-                    ) % (backoff.as_micros() as u64 + 1);
-                    tokio::time::sleep(backoff + Duration::from_micros(jitter)).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(200));
-                }
+                Attempt::Retry(reason) => backoff.wait(attempt, &reason).await,
+            }
+        }
+        Err(LedgerError::Contended {
+            attempts: self.max_retries,
+        })
+    }
+
+    /// Runs a read on a snapshot at a fresh timestamp, and again on a newer
+    /// one while it meets locks that cannot be resolved yet.
+    async fn read<T, F, Fut>(&self, mut op: F) -> Result<T, LedgerError>
+    where
+        F: FnMut(Snapshot) -> Fut,
+        Fut: Future<Output = Result<T, TikvError>>,
+    {
+        let mut backoff = Backoff::new();
+        for attempt in 1..=self.max_retries {
+            let ts = self.client.current_timestamp().await.map_err(unavailable)?;
+            let snapshot = self
+                .client
+                .snapshot(ts, TransactionOptions::new_optimistic());
+            match op(snapshot).await {
+                Ok(value) => return Ok(value),
+                Err(e) if is_conflict(&e) => backoff.wait(attempt, &e.to_string()).await,
+                Err(e) => return Err(unavailable(e)),
             }
         }
         Err(LedgerError::Contended {
@@ -194,14 +257,13 @@ impl LedgerStore for TikvLedger {
     }
 
     async fn get_many(&self, keys: Vec<Key>) -> Result<Reads, LedgerError> {
-        let ts = self.client.current_timestamp().await.map_err(unavailable)?;
-        let mut snapshot = self
-            .client
-            .snapshot(ts, TransactionOptions::new_optimistic());
-        let pairs = snapshot
-            .batch_get(keys.iter().map(|k| self.full(k)).collect::<Vec<_>>())
-            .await
-            .map_err(unavailable)?;
+        let full: Vec<Vec<u8>> = keys.iter().map(|k| self.full(k)).collect();
+        let pairs = self
+            .read(|mut snapshot| {
+                let full = full.clone();
+                async move { Ok(snapshot.batch_get(full).await?.collect::<Vec<KvPair>>()) }
+            })
+            .await?;
         let mut reads = Reads::default();
         for key in keys {
             reads.0.insert(key, None);
@@ -221,10 +283,6 @@ impl LedgerStore for TikvLedger {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Key, Vec<u8>)>, LedgerError> {
-        let ts = self.client.current_timestamp().await.map_err(unavailable)?;
-        let mut snapshot = self
-            .client
-            .snapshot(ts, TransactionOptions::new_optimistic());
         let full_prefix = self.full(prefix);
         let start = match after {
             // The smallest key after `a`.
@@ -236,11 +294,15 @@ impl LedgerStore for TikvLedger {
             None => full_prefix.clone(),
         };
         let end = prefix_end(&full_prefix).unwrap_or_default();
-        let pairs = snapshot
-            .scan((start, end), limit.min(u32::MAX as usize) as u32)
-            .await
-            .map_err(unavailable)?;
+        let limit = limit.min(u32::MAX as usize) as u32;
+        let pairs = self
+            .read(|mut snapshot| {
+                let range = (start.clone(), end.clone());
+                async move { Ok(snapshot.scan(range, limit).await?.collect::<Vec<KvPair>>()) }
+            })
+            .await?;
         Ok(pairs
+            .into_iter()
             .filter_map(|KvPair(k, v)| {
                 let k: Vec<u8> = k.into();
                 k.strip_prefix(self.prefix.as_slice())

@@ -1,0 +1,576 @@
+// Command tikv-server is a single-process TiKV cluster for tests: TiDB's
+// unistore (the Percolator/MVCC implementation of the TiKV gRPC API that
+// TiDB's own tests run against) served over real gRPC, plus the few PD RPCs
+// a TiKV client needs to find it (members, TSO, regions, stores).
+//
+// It exists so flashmall's TiKV ledger adapter (tikv-client, Rust) can be
+// tested against a real TiKV-protocol server without a TiKV/PD deployment.
+//
+//	tikv-server -pd 127.0.0.1:0 -tikv 127.0.0.1:0 [-data DIR] [-addr-file PATH]
+//
+// Once both listeners serve, it prints the PD address on stdout and, with
+// -addr-file, writes "pd=HOST:PORT\ntikv=HOST:PORT\n" to PATH (atomically,
+// by rename), so a script can wait for the file; it is removed on exit.
+// SIGTERM/SIGINT stop it. See README.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/pingcap/kvproto/pkg/kvrpcpb"
+	"github.com/pingcap/kvproto/pkg/metapb"
+	"github.com/pingcap/kvproto/pkg/pdpb"
+	"github.com/pingcap/kvproto/pkg/tikvpb"
+	"github.com/pingcap/log"
+	usconf "github.com/pingcap/tidb/pkg/store/mockstore/unistore/config"
+	ussvr "github.com/pingcap/tidb/pkg/store/mockstore/unistore/server"
+	"github.com/pingcap/tidb/pkg/store/mockstore/unistore/tikv"
+	"go.uber.org/zap/zapcore"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// clusterID is the id every PD response header carries; clients check that
+// all PD endpoints agree on it.
+const clusterID = 0x666c6173686d616c // "flashmal"
+
+func main() {
+	pdFlag := flag.String("pd", "127.0.0.1:0", "PD gRPC listen address (port 0: a free port)")
+	tikvFlag := flag.String("tikv", "127.0.0.1:0", "TiKV gRPC listen address (port 0: a free port)")
+	dataFlag := flag.String("data", "", "unistore data directory, kept across runs (default: a temp dir, in-memory mode, removed on exit)")
+	addrFile := flag.String("addr-file", "", "file to write pd=ADDR and tikv=ADDR lines to once both listeners serve (removed on exit)")
+	flag.Parse()
+	quietLogs()
+	if err := run(*pdFlag, *tikvFlag, *dataFlag, *addrFile); err != nil {
+		fmt.Fprintln(os.Stderr, "tikv-server:", err)
+		os.Exit(1)
+	}
+}
+
+// quietLogs sends unistore's (pingcap/log) logging to stderr at warn level:
+// stdout carries only the PD address.
+func quietLogs() {
+	logger, props, err := log.InitLoggerWithWriteSyncer(
+		&log.Config{Level: "warn", DisableStacktrace: true},
+		zapcore.Lock(os.Stderr), zapcore.Lock(os.Stderr))
+	if err == nil {
+		log.ReplaceGlobals(logger, props)
+	}
+}
+
+func run(pdAddr, tikvAddr, dataDir, addrFile string) error {
+	c, err := start(pdAddr, tikvAddr, dataDir)
+	if err != nil {
+		return err
+	}
+	defer c.stop()
+	if addrFile != "" {
+		if err := writeAddrFile(addrFile, c.pd, c.tikv); err != nil {
+			return err
+		}
+		defer os.Remove(addrFile)
+	}
+	fmt.Println(c.pd)
+	fmt.Fprintf(os.Stderr, "tikv-server: pd=%s tikv=%s data=%s\n", c.pd, c.tikv, c.store.dir)
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	select {
+	case sig := <-sigs:
+		fmt.Fprintf(os.Stderr, "tikv-server: %s, stopping\n", sig)
+		return nil
+	case err := <-c.errs:
+		return err
+	}
+}
+
+// cluster is the running pair of gRPC servers over one unistore.
+type cluster struct {
+	pd, tikv           string // listen addresses, host:port
+	store              *unistore
+	pdServer, kvServer *grpc.Server
+	errs               chan error // a server that stopped serving
+}
+
+func start(pdAddr, tikvAddr, dataDir string) (*cluster, error) {
+	// Listen first: the store's address (what PD tells clients) must be the
+	// real port of the TiKV listener.
+	pdLis, err := net.Listen("tcp", pdAddr)
+	if err != nil {
+		return nil, err
+	}
+	kvLis, err := net.Listen("tcp", tikvAddr)
+	if err != nil {
+		pdLis.Close()
+		return nil, err
+	}
+	store, err := openUnistore(dataDir, kvLis.Addr().String())
+	if err != nil {
+		pdLis.Close()
+		kvLis.Close()
+		return nil, err
+	}
+	c := &cluster{
+		pd:       pdLis.Addr().String(),
+		tikv:     kvLis.Addr().String(),
+		store:    store,
+		kvServer: grpc.NewServer(grpc.MaxRecvMsgSize(64 << 20)),
+		pdServer: grpc.NewServer(),
+		errs:     make(chan error, 2),
+	}
+	tikvpb.RegisterTikvServer(c.kvServer, &kvService{us: store.server})
+	pdpb.RegisterPDServer(c.pdServer, &pdService{rm: store.rm, pd: store.pd, url: "http://" + c.pd})
+	go func() { c.errs <- c.kvServer.Serve(kvLis) }()
+	go func() { c.errs <- c.pdServer.Serve(pdLis) }()
+	return c, nil
+}
+
+func (c *cluster) stop() {
+	// Give in-flight RPCs a moment, then cut the rest (a client's TSO
+	// stream never ends by itself).
+	for _, s := range []*grpc.Server{c.pdServer, c.kvServer} {
+		done := make(chan struct{})
+		go func() { s.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(2 * time.Second):
+			s.Stop()
+		}
+	}
+	c.store.close()
+}
+
+func writeAddrFile(path, pd, kv string) error {
+	tmp := path + ".tmp"
+	body := fmt.Sprintf("pd=%s\ntikv=%s\n", pd, kv)
+	if err := os.WriteFile(tmp, []byte(body), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// unistore is the storage half: unistore's TiKV server, its region manager
+// (the source of truth for region ids, epochs, peers and stores, which the
+// server validates every request's context against) and its mock PD.
+type unistore struct {
+	server *tikv.Server
+	rm     *tikv.MockRegionManager
+	pd     *tikv.MockPD
+	dir    string
+	temp   bool
+}
+
+func openUnistore(dataDir, storeAddr string) (*unistore, error) {
+	u := &unistore{dir: dataDir}
+	conf := usconf.DefaultConf
+	conf.Server.Raft = false
+	conf.Server.StoreAddr = storeAddr
+	// Small test-sized files, as unistore.New uses for its stores (the
+	// defaults preallocate a 256 MiB value log).
+	conf.Engine.ValueThreshold = 0
+	conf.Engine.MaxMemTableSize = 12 << 20
+	conf.Engine.NumCompactors = 1
+	conf.Engine.VlogFileSize = 16 << 20
+	if dataDir == "" {
+		dir, err := os.MkdirTemp("", "flashmall-tikv-")
+		if err != nil {
+			return nil, err
+		}
+		u.dir, u.temp = dir, true
+		// Thrown away on exit: no syncs, no compaction on close.
+		conf.Engine.VolatileMode = true
+		conf.Engine.SyncWrite = false
+		conf.Engine.CompactL0WhenClose = false
+	} else if err := os.MkdirAll(dataDir, 0o750); err != nil {
+		return nil, err
+	}
+	conf.Engine.DBPath = u.dir
+
+	server, rm, pd, err := ussvr.NewMock(&conf, clusterID)
+	if err != nil {
+		u.removeTemp()
+		return nil, fmt.Errorf("open unistore in %s: %w", u.dir, err)
+	}
+	u.server, u.rm, u.pd = server, rm, pd
+
+	ctx := context.Background()
+	bootstrapped, err := pd.IsBootstrapped(ctx)
+	if err != nil {
+		u.close()
+		return nil, err
+	}
+	if !bootstrapped {
+		// One store and one region covering every key, as unistore's
+		// BootstrapWithSingleStore does, but with the real address.
+		storeID, regionID, peerID := rm.AllocID(), rm.AllocID(), rm.AllocID()
+		err = rm.Bootstrap(
+			[]*metapb.Store{{Id: storeID, Address: storeAddr, State: metapb.StoreState_Up}},
+			&metapb.Region{
+				Id:          regionID,
+				RegionEpoch: &metapb.RegionEpoch{ConfVer: 1, Version: 1},
+				Peers:       []*metapb.Peer{{Id: peerID, StoreId: storeID}},
+			})
+		if err != nil {
+			u.close()
+			return nil, fmt.Errorf("bootstrap: %w", err)
+		}
+	} else {
+		// A reused data dir: the store keeps its id, but listens elsewhere now.
+		for _, s := range rm.GetAllStores() {
+			s.Address = storeAddr
+			_ = pd.PutStore(ctx, s)
+		}
+	}
+	return u, nil
+}
+
+func (u *unistore) close() {
+	if u.server != nil {
+		u.server.Stop()
+	}
+	u.removeTemp()
+}
+
+func (u *unistore) removeTemp() {
+	if u.temp {
+		_ = os.RemoveAll(filepath.Clean(u.dir))
+	}
+}
+
+// kvService serves unistore's TiKV implementation as tikvpb.TikvServer.
+// unistore's Server has the methods but not the exact interface (one is
+// spelled KVPessimisticRollback, and newer RPCs are missing), so the
+// transactional RPCs a client uses are forwarded one by one and the rest
+// answer Unimplemented.
+//
+// One difference from TiKV is mended here: unistore stores a delete as an
+// empty value, so a key put with an empty value reads as absent, while TiKV
+// keeps it (an empty value is a value). So every value written is framed
+// with one byte and unframed on the way out, and KvGet's not_found (which
+// unistore never sets, and tikv-client reads) is filled in.
+type kvService struct {
+	tikvpb.UnimplementedTikvServer
+	us *tikv.Server
+}
+
+// valueFrame prefixes every value unistore stores.
+const valueFrame = 'v'
+
+func frame(v []byte) []byte {
+	return append([]byte{valueFrame}, v...)
+}
+
+func unframe(v []byte) []byte {
+	if len(v) > 0 && v[0] == valueFrame {
+		return v[1:]
+	}
+	return v
+}
+
+func unframePairs(pairs []*kvrpcpb.KvPair) {
+	for _, p := range pairs {
+		p.Value = unframe(p.Value)
+	}
+}
+
+func (s *kvService) KvGet(ctx context.Context, r *kvrpcpb.GetRequest) (*kvrpcpb.GetResponse, error) {
+	resp, err := s.us.KvGet(ctx, r)
+	if err == nil && resp.RegionError == nil && resp.Error == nil {
+		resp.NotFound = len(resp.Value) == 0
+		resp.Value = unframe(resp.Value)
+	}
+	return resp, err
+}
+
+func (s *kvService) KvBatchGet(ctx context.Context, r *kvrpcpb.BatchGetRequest) (*kvrpcpb.BatchGetResponse, error) {
+	resp, err := s.us.KvBatchGet(ctx, r)
+	if err == nil {
+		unframePairs(resp.Pairs)
+	}
+	return resp, err
+}
+
+func (s *kvService) KvScan(ctx context.Context, r *kvrpcpb.ScanRequest) (*kvrpcpb.ScanResponse, error) {
+	resp, err := s.us.KvScan(ctx, r)
+	if err == nil && !r.KeyOnly {
+		unframePairs(resp.Pairs)
+	}
+	return resp, err
+}
+
+func (s *kvService) KvPrewrite(ctx context.Context, r *kvrpcpb.PrewriteRequest) (*kvrpcpb.PrewriteResponse, error) {
+	for _, m := range r.Mutations {
+		if m.Op == kvrpcpb.Op_Put || m.Op == kvrpcpb.Op_Insert {
+			m.Value = frame(m.Value)
+		}
+	}
+	return s.us.KvPrewrite(ctx, r)
+}
+
+func (s *kvService) KvPessimisticLock(ctx context.Context, r *kvrpcpb.PessimisticLockRequest) (*kvrpcpb.PessimisticLockResponse, error) {
+	resp, err := s.us.KvPessimisticLock(ctx, r)
+	if err == nil {
+		for i, v := range resp.Values {
+			resp.Values[i] = unframe(v)
+		}
+		for _, res := range resp.Results {
+			res.Value = unframe(res.Value)
+		}
+	}
+	return resp, err
+}
+
+func (s *kvService) KvCommit(ctx context.Context, r *kvrpcpb.CommitRequest) (*kvrpcpb.CommitResponse, error) {
+	return s.us.KvCommit(ctx, r)
+}
+
+func (s *kvService) KvPessimisticRollback(ctx context.Context, r *kvrpcpb.PessimisticRollbackRequest) (*kvrpcpb.PessimisticRollbackResponse, error) {
+	return s.us.KVPessimisticRollback(ctx, r)
+}
+
+func (s *kvService) KvBatchRollback(ctx context.Context, r *kvrpcpb.BatchRollbackRequest) (*kvrpcpb.BatchRollbackResponse, error) {
+	return s.us.KvBatchRollback(ctx, r)
+}
+
+func (s *kvService) KvCleanup(ctx context.Context, r *kvrpcpb.CleanupRequest) (*kvrpcpb.CleanupResponse, error) {
+	return s.us.KvCleanup(ctx, r)
+}
+
+func (s *kvService) KvCheckTxnStatus(ctx context.Context, r *kvrpcpb.CheckTxnStatusRequest) (*kvrpcpb.CheckTxnStatusResponse, error) {
+	return s.us.KvCheckTxnStatus(ctx, r)
+}
+
+func (s *kvService) KvCheckSecondaryLocks(ctx context.Context, r *kvrpcpb.CheckSecondaryLocksRequest) (*kvrpcpb.CheckSecondaryLocksResponse, error) {
+	return s.us.KvCheckSecondaryLocks(ctx, r)
+}
+
+func (s *kvService) KvTxnHeartBeat(ctx context.Context, r *kvrpcpb.TxnHeartBeatRequest) (*kvrpcpb.TxnHeartBeatResponse, error) {
+	return s.us.KvTxnHeartBeat(ctx, r)
+}
+
+func (s *kvService) KvResolveLock(ctx context.Context, r *kvrpcpb.ResolveLockRequest) (*kvrpcpb.ResolveLockResponse, error) {
+	return s.us.KvResolveLock(ctx, r)
+}
+
+func (s *kvService) KvScanLock(ctx context.Context, r *kvrpcpb.ScanLockRequest) (*kvrpcpb.ScanLockResponse, error) {
+	return s.us.KvScanLock(ctx, r)
+}
+
+func (s *kvService) KvGC(ctx context.Context, r *kvrpcpb.GCRequest) (*kvrpcpb.GCResponse, error) {
+	return s.us.KvGC(ctx, r)
+}
+
+func (s *kvService) KvDeleteRange(ctx context.Context, r *kvrpcpb.DeleteRangeRequest) (*kvrpcpb.DeleteRangeResponse, error) {
+	return s.us.KvDeleteRange(ctx, r)
+}
+
+func (s *kvService) UnsafeDestroyRange(ctx context.Context, r *kvrpcpb.UnsafeDestroyRangeRequest) (*kvrpcpb.UnsafeDestroyRangeResponse, error) {
+	return s.us.UnsafeDestroyRange(ctx, r)
+}
+
+func (s *kvService) SplitRegion(ctx context.Context, r *kvrpcpb.SplitRegionRequest) (*kvrpcpb.SplitRegionResponse, error) {
+	return s.us.SplitRegion(ctx, r)
+}
+
+// pdService answers the PD RPCs a TiKV client makes, from unistore's own
+// region manager, so whatever PD says matches what the store validates.
+type pdService struct {
+	pdpb.UnimplementedPDServer
+	rm  *tikv.MockRegionManager
+	pd  *tikv.MockPD
+	url string // this PD's client URL, http://HOST:PORT
+
+	tsoMu sync.Mutex
+}
+
+func header() *pdpb.ResponseHeader {
+	return &pdpb.ResponseHeader{ClusterId: clusterID}
+}
+
+func errHeader(t pdpb.ErrorType, format string, args ...any) *pdpb.ResponseHeader {
+	h := header()
+	h.Error = &pdpb.Error{Type: t, Message: fmt.Sprintf(format, args...)}
+	return h
+}
+
+// checkCluster refuses requests meant for another cluster (as PD does); a
+// zero id (no header) is let through.
+func checkCluster(h *pdpb.RequestHeader) error {
+	if id := h.GetClusterId(); id != 0 && id != clusterID {
+		return status.Errorf(codes.FailedPrecondition, "mismatch cluster id, need %d but got %d", uint64(clusterID), id)
+	}
+	return nil
+}
+
+// GetMembers names this process as the one PD member and the leader.
+func (s *pdService) GetMembers(context.Context, *pdpb.GetMembersRequest) (*pdpb.GetMembersResponse, error) {
+	me := &pdpb.Member{Name: "pd", MemberId: 1, ClientUrls: []string{s.url}, PeerUrls: []string{s.url}}
+	return &pdpb.GetMembersResponse{Header: header(), Members: []*pdpb.Member{me}, Leader: me, EtcdLeader: me}, nil
+}
+
+func (s *pdService) GetClusterInfo(context.Context, *pdpb.GetClusterInfoRequest) (*pdpb.GetClusterInfoResponse, error) {
+	return &pdpb.GetClusterInfoResponse{Header: header(), ServiceModes: []pdpb.ServiceMode{pdpb.ServiceMode_PD_SVC_MODE}}, nil
+}
+
+// Tso answers each TsoRequest for `count` timestamps with the last of
+// `count` consecutive logical values on one physical millisecond: clients
+// (tikv-client's allocate_timestamps, client-go) hand out
+// logical-count+1 ... logical.
+func (s *pdService) Tso(stream pdpb.PD_TsoServer) error {
+	for {
+		req, err := stream.Recv()
+		if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled {
+			return nil // the client closed the stream, or went away
+		} else if err != nil {
+			return err
+		}
+		if err := checkCluster(req.GetHeader()); err != nil {
+			return err
+		}
+		if req.Count == 0 {
+			return status.Error(codes.InvalidArgument, "tso count should be positive")
+		}
+		physical, logical := s.allocTS(req.Count)
+		err = stream.Send(&pdpb.TsoResponse{
+			Header:    header(),
+			Count:     req.Count,
+			Timestamp: &pdpb.Timestamp{Physical: physical, Logical: logical},
+		})
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// allocTS takes `count` timestamps from unistore's own clock (tikv.GetTS,
+// wall-clock milliseconds plus a logical counter, the clock unistore uses
+// for its internal and async-commit timestamps), so nothing this PD hands
+// out is ever at or below a timestamp unistore has used. GetTS gives one at
+// a time; the batch is retried until `count` of them are consecutive on
+// one millisecond, and the last is returned.
+func (s *pdService) allocTS(count uint32) (int64, int64) {
+	s.tsoMu.Lock()
+	defer s.tsoMu.Unlock()
+	for {
+		p, first := tikv.GetTS()
+		last, ok := first, true
+		for i := uint32(1); i < count; i++ {
+			p2, l := tikv.GetTS()
+			if p2 != p || l != last+1 {
+				ok = false
+				break
+			}
+			last = l
+		}
+		if ok {
+			return p, last
+		}
+	}
+}
+
+func (s *pdService) GetRegion(ctx context.Context, req *pdpb.GetRegionRequest) (*pdpb.GetRegionResponse, error) {
+	if err := checkCluster(req.GetHeader()); err != nil {
+		return nil, err
+	}
+	region, leader, _, _ := s.rm.GetRegionByKey(req.RegionKey)
+	if region == nil {
+		return &pdpb.GetRegionResponse{Header: errHeader(pdpb.ErrorType_REGION_NOT_FOUND, "no region for key %x", req.RegionKey)}, nil
+	}
+	return &pdpb.GetRegionResponse{Header: header(), Region: region, Leader: leader}, nil
+}
+
+func (s *pdService) GetPrevRegion(ctx context.Context, req *pdpb.GetRegionRequest) (*pdpb.GetRegionResponse, error) {
+	if err := checkCluster(req.GetHeader()); err != nil {
+		return nil, err
+	}
+	region, leader := s.rm.GetRegionByEndKey(req.RegionKey)
+	if region == nil {
+		return &pdpb.GetRegionResponse{Header: errHeader(pdpb.ErrorType_REGION_NOT_FOUND, "no region ending at key %x", req.RegionKey)}, nil
+	}
+	return &pdpb.GetRegionResponse{Header: header(), Region: region, Leader: leader}, nil
+}
+
+func (s *pdService) GetRegionByID(ctx context.Context, req *pdpb.GetRegionByIDRequest) (*pdpb.GetRegionResponse, error) {
+	if err := checkCluster(req.GetHeader()); err != nil {
+		return nil, err
+	}
+	r, err := s.pd.GetRegionByID(ctx, req.RegionId)
+	if err != nil {
+		return nil, err
+	}
+	if r == nil || r.Meta == nil {
+		return &pdpb.GetRegionResponse{Header: errHeader(pdpb.ErrorType_REGION_NOT_FOUND, "region %d not found", req.RegionId)}, nil
+	}
+	return &pdpb.GetRegionResponse{Header: header(), Region: r.Meta, Leader: r.Leader}, nil
+}
+
+func (s *pdService) ScanRegions(ctx context.Context, req *pdpb.ScanRegionsRequest) (*pdpb.ScanRegionsResponse, error) {
+	if err := checkCluster(req.GetHeader()); err != nil {
+		return nil, err
+	}
+	resp := &pdpb.ScanRegionsResponse{Header: header()}
+	for _, r := range s.rm.ScanRegions(req.StartKey, req.EndKey, int(req.Limit)) {
+		resp.Regions = append(resp.Regions, &pdpb.Region{Region: r.Meta, Leader: r.Leader})
+	}
+	return resp, nil
+}
+
+func (s *pdService) GetStore(ctx context.Context, req *pdpb.GetStoreRequest) (*pdpb.GetStoreResponse, error) {
+	if err := checkCluster(req.GetHeader()); err != nil {
+		return nil, err
+	}
+	for _, st := range s.rm.GetAllStores() {
+		if st.Id == req.StoreId {
+			return &pdpb.GetStoreResponse{Header: header(), Store: st}, nil
+		}
+	}
+	return &pdpb.GetStoreResponse{Header: errHeader(pdpb.ErrorType_UNKNOWN, "invalid store ID %d, not found", req.StoreId)}, nil
+}
+
+func (s *pdService) GetAllStores(ctx context.Context, req *pdpb.GetAllStoresRequest) (*pdpb.GetAllStoresResponse, error) {
+	if err := checkCluster(req.GetHeader()); err != nil {
+		return nil, err
+	}
+	return &pdpb.GetAllStoresResponse{Header: header(), Stores: s.rm.GetAllStores()}, nil
+}
+
+func (s *pdService) IsBootstrapped(ctx context.Context, req *pdpb.IsBootstrappedRequest) (*pdpb.IsBootstrappedResponse, error) {
+	ok, err := s.pd.IsBootstrapped(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &pdpb.IsBootstrappedResponse{Header: header(), Bootstrapped: ok}, nil
+}
+
+func (s *pdService) GetGCSafePoint(ctx context.Context, req *pdpb.GetGCSafePointRequest) (*pdpb.GetGCSafePointResponse, error) {
+	sp, err := s.pd.GetGCSafePoint(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &pdpb.GetGCSafePointResponse{Header: header(), SafePoint: sp}, nil
+}
+
+// UpdateGCSafePoint records the safe point (never moving it back); unistore
+// reads it from its mock PD and drops versions below it when compacting.
+func (s *pdService) UpdateGCSafePoint(ctx context.Context, req *pdpb.UpdateGCSafePointRequest) (*pdpb.UpdateGCSafePointResponse, error) {
+	if err := checkCluster(req.GetHeader()); err != nil {
+		return nil, err
+	}
+	sp, err := s.pd.UpdateGCSafePoint(ctx, req.SafePoint)
+	if err != nil {
+		return nil, err
+	}
+	return &pdpb.UpdateGCSafePointResponse{Header: header(), NewSafePoint: sp}, nil
+}
