@@ -63,7 +63,7 @@ async fn demo_holds_its_invariants_on_redis() {
 
 #[test]
 fn demo_command_exits_zero_and_prints_the_table() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_flashmall"))
+    let output = flashmall_testing::flashmall_command(env!("CARGO_BIN_EXE_flashmall"))
         .args([
             "demo",
             "--stock",
@@ -99,7 +99,7 @@ fn demo_command_exits_zero_and_prints_the_table() {
 fn check_config_accepts_the_example_and_rejects_a_bad_file() {
     let bin = env!("CARGO_BIN_EXE_flashmall");
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("flashmall.example.toml");
-    let ok = std::process::Command::new(bin)
+    let ok = flashmall_testing::flashmall_command(bin)
         .arg("check-config")
         .arg(&example)
         .output()
@@ -112,7 +112,7 @@ fn check_config_accepts_the_example_and_rejects_a_bad_file() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[redis]\nurl = \"http://nope\"\n").unwrap();
-    let out = std::process::Command::new(bin)
+    let out = flashmall_testing::flashmall_command(bin)
         .arg("check-config")
         .arg(&bad)
         .output()

@@ -71,7 +71,7 @@ async fn up_keeps_its_data_across_restarts_and_stops_on_sigterm() {
     assert!(up.terminate(Duration::from_secs(15)).await.success());
 
     // Offline reconcile over the same data finds every sale conserved.
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_flashmall"))
+    let output = flashmall_testing::flashmall_command(env!("CARGO_BIN_EXE_flashmall"))
         .args(["engine", "reconcile"])
         .env("FLASHMALL_DATA__DIR", &dir)
         .env("FLASHMALL_LOG__LEVEL", "warn")
@@ -99,7 +99,7 @@ async fn up_keeps_its_data_across_restarts_and_stops_on_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_config_stops_start_up_with_a_clear_message() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_flashmall"))
+    let output = flashmall_testing::flashmall_command(env!("CARGO_BIN_EXE_flashmall"))
         .args(["engine", "run"])
         .env("FLASHMALL_ENGINE__SETTLE_BATCH_SIZE", "0")
         .output()

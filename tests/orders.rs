@@ -9,27 +9,12 @@
 mod support;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flashmall_testing::RedisServer;
 use serde_json::{Value, json};
+use support::eventually;
 use support::stack::{EdgeStack, Login, Options};
-
-/// Polls `f` until it returns `Some`, or panics after `limit` with `what`.
-async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 async fn order(s: &EdgeStack, who: &Login, id: &str) -> (u16, Value) {
     s.call(

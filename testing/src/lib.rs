@@ -20,3 +20,18 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("no free loopback port")
 }
+
+/// A command for `program` (a flashmall binary) that inherits no
+/// `FLASHMALL_*` variable from the test process: the binary rejects
+/// unknown `FLASHMALL_*` names, and the test run carries its own
+/// (`FLASHMALL_TEST_SCYLLA`, a developer's overrides). Configuration reaches
+/// the child only through what the test sets on the command.
+pub fn flashmall_command(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    let mut cmd = std::process::Command::new(program);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("FLASHMALL_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}

@@ -36,6 +36,22 @@ pub fn sign(user: &str, admin: bool) -> String {
         })
 }
 
+/// Polls `f` until it returns `Some`, or panics after `limit` with `what`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// One `flashmall` process, killed on drop.
 pub struct Flashmall {
     child: Child,
@@ -45,7 +61,7 @@ pub struct Flashmall {
 impl Flashmall {
     /// Runs `flashmall ARGS` with the engine on `port` and `envs` set.
     pub fn spawn(args: &[&str], port: u16, envs: &[(&str, String)]) -> Flashmall {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flashmall"));
+        let mut cmd = flashmall_testing::flashmall_command(env!("CARGO_BIN_EXE_flashmall"));
         cmd.args(args)
             .env("FLASHMALL_ENGINE__LISTEN", format!("127.0.0.1:{port}"))
             .env(

@@ -1,5 +1,5 @@
 //! The whole stack in this test process: engine (in-process stock front or
-//! a real redis-server, embedded ledger), the auth, order and payment
+//! a real redis-server; embedded or TiKV ledger), the auth, order and payment
 //! services and the edge proxy in front, each on its own loopback port,
 //! talking over real sockets.
 
@@ -44,6 +44,10 @@ pub struct Options {
     pub payment_timeout: Duration,
     pub simulator: SimulatorConfig,
     pub pending_timeout: Duration,
+    /// The engine's ledger (default: embedded, in the stack's temp dir).
+    pub ledger: LedgerConfig,
+    /// The services' store (default: embedded, in the stack's temp dir).
+    pub store: StoreConfig,
 }
 
 impl Default for Options {
@@ -57,6 +61,8 @@ impl Default for Options {
                 ..SimulatorConfig::default()
             },
             pending_timeout: Duration::from_secs(600),
+            ledger: LedgerConfig::default(),
+            store: StoreConfig::default(),
         }
     }
 }
@@ -77,8 +83,8 @@ impl EdgeStack {
                     url: options.redis_url.unwrap_or_default(),
                     ..RedisConfig::default()
                 },
-                ledger: LedgerConfig::default(),
-                store: StoreConfig::default(),
+                ledger: options.ledger,
+                store: options.store,
                 orders: OrdersConfig {
                     payment_timeout: options.payment_timeout,
                     sweep_interval: Duration::from_millis(50),
