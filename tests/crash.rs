@@ -1,6 +1,9 @@
 //! Crash safety, on the real `flashmall engine` process and a real Redis:
 //! the process dies (SIGKILL, or abort at a failpoint between the Redis
-//! script and the ledger commit), restarts, and every invariant holds.
+//! script and the ledger commit), restarts, and every invariant holds. The
+//! `*_on_tikv` variants keep the ledger in the TiKV-protocol test server
+//! (`FLASHMALL_TEST_TIKV_PD`, set by `scripts/test`); without it they say
+//! they were skipped and pass.
 
 mod support;
 
@@ -138,17 +141,53 @@ async fn check_after_restart(
     );
 }
 
-async fn crash_at_failpoint_then_restart(failpoint: &str, durable: bool) {
+/// Where the engine keeps its ledger in a test.
+enum LedgerAt {
+    /// The embedded ledger, in the test's data dir.
+    Embedded,
+    /// The TiKV-protocol test server, under a key prefix of this test's own.
+    Tikv(String),
+}
+
+impl LedgerAt {
+    /// The TiKV ledger, or `None` (and a note) when no server is named.
+    fn tikv() -> Option<LedgerAt> {
+        match std::env::var("FLASHMALL_TEST_TIKV_PD") {
+            Ok(pd) if !pd.is_empty() => Some(LedgerAt::Tikv(pd)),
+            _ => {
+                eprintln!("skipped: FLASHMALL_TEST_TIKV_PD is not set, so no TiKV to crash on");
+                None
+            }
+        }
+    }
+
+    /// The engine's variables for this ledger; one prefix per test, kept
+    /// across the restart.
+    fn envs(&self, prefix: &str) -> Vec<(&'static str, String)> {
+        match self {
+            LedgerAt::Embedded => Vec::new(),
+            LedgerAt::Tikv(pd) => vec![
+                ("FLASHMALL_LEDGER__BACKEND", "tikv".to_owned()),
+                ("FLASHMALL_LEDGER__PD_ENDPOINTS", pd.clone()),
+                ("FLASHMALL_LEDGER__KEY_PREFIX", prefix.to_owned()),
+            ],
+        }
+    }
+}
+
+async fn crash_at_failpoint_then_restart(failpoint: &str, durable: bool, ledger: LedgerAt) {
     let redis = RedisServer::start();
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
     let client = support::client();
+    let ledger = ledger.envs(&format!("crash-{}/", uuid::Uuid::now_v7()));
     let mut engine = Flashmall::engine(
         &redis,
         data.path(),
         port,
         Some(&format!("{failpoint}=return")),
         durable,
+        &ledger,
     );
     engine.wait_ready().await;
     let sale = create_sale(&client, &engine.base, 40).await;
@@ -161,33 +200,62 @@ async fn crash_at_failpoint_then_restart(failpoint: &str, durable: bool) {
             "nothing was durable, so nothing may have been acknowledged"
         );
     }
-    let mut engine = Flashmall::engine(&redis, data.path(), port, None, durable);
+    let mut engine = Flashmall::engine(&redis, data.path(), port, None, durable, &ledger);
     engine.wait_ready().await;
     check_after_restart(&client, &engine.base, &sale, 40, &before, 30).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_between_script_and_ledger_commit() {
-    crash_at_failpoint_then_restart("settle-before-commit", true).await;
+    crash_at_failpoint_then_restart("settle-before-commit", true, LedgerAt::Embedded).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_between_ledger_commit_and_ack() {
-    crash_at_failpoint_then_restart("settle-before-ack", true).await;
+    crash_at_failpoint_then_restart("settle-before-ack", true, LedgerAt::Embedded).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fast_ack_crash_before_commit_loses_no_acknowledged_purchase() {
-    crash_at_failpoint_then_restart("settle-before-commit", false).await;
+    crash_at_failpoint_then_restart("settle-before-commit", false, LedgerAt::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_between_script_and_ledger_commit_on_tikv() {
+    let Some(ledger) = LedgerAt::tikv() else {
+        return;
+    };
+    crash_at_failpoint_then_restart("settle-before-commit", true, ledger).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_between_ledger_commit_and_ack_on_tikv() {
+    let Some(ledger) = LedgerAt::tikv() else {
+        return;
+    };
+    crash_at_failpoint_then_restart("settle-before-ack", true, ledger).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_storm_then_restart() {
+    sigkill_mid_storm(LedgerAt::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_storm_then_restart_on_tikv() {
+    let Some(ledger) = LedgerAt::tikv() else {
+        return;
+    };
+    sigkill_mid_storm(ledger).await;
+}
+
+async fn sigkill_mid_storm(ledger: LedgerAt) {
     let redis = RedisServer::start();
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
     let client = support::client();
-    let mut engine = Flashmall::engine(&redis, data.path(), port, None, true);
+    let ledger = ledger.envs(&format!("sigkill-{}/", uuid::Uuid::now_v7()));
+    let mut engine = Flashmall::engine(&redis, data.path(), port, None, true, &ledger);
     engine.wait_ready().await;
     let sale = create_sale(&client, &engine.base, 100).await;
     let storming = {
@@ -238,7 +306,7 @@ async fn sigkill_mid_storm_then_restart() {
         "sigkill: {} purchases acknowledged before the kill",
         before.len()
     );
-    let mut engine = Flashmall::engine(&redis, data.path(), port, None, true);
+    let mut engine = Flashmall::engine(&redis, data.path(), port, None, true, &ledger);
     engine.wait_ready().await;
     check_after_restart(&client, &engine.base, &sale, 100, &before, 1_000).await;
 }

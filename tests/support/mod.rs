@@ -88,17 +88,21 @@ impl Flashmall {
     }
 
     /// `flashmall engine run` on a real Redis, data in `data`, a stable
-    /// replica name, and optional failpoints.
+    /// replica name, optional failpoints, and `more` variables (another
+    /// ledger, say).
     pub fn engine(
         redis: &RedisServer,
         data: &Path,
         port: u16,
         failpoints: Option<&str>,
         durable: bool,
+        more: &[(&str, String)],
     ) -> Flashmall {
         let mut envs = vec![
             ("FLASHMALL_ENGINE__INSTANCE_ID", "engine-a".to_owned()),
             ("FLASHMALL_ENGINE__SETTLE_CLAIM_IDLE", "300ms".to_owned()),
+            // No order service runs here: settled sales stay in the outbox.
+            ("FLASHMALL_ENGINE__ORDER_ENDPOINTS", String::new()),
             ("FLASHMALL_ENGINE__DURABLE_ACK", durable.to_string()),
             ("FLASHMALL_ENGINE__DURABLE_ACK_TIMEOUT", "2s".to_owned()),
             ("FLASHMALL_REDIS__URL", redis.url()),
@@ -107,6 +111,7 @@ impl Flashmall {
         if let Some(fp) = failpoints {
             envs.push(("FAILPOINTS", fp.to_owned()));
         }
+        envs.extend(more.iter().cloned());
         Flashmall::spawn(&["engine", "run"], port, &envs)
     }
 
