@@ -389,13 +389,10 @@ async fn state_moves_apply_once_under_concurrency(s: &Subject) {
             .await
             .unwrap()
     );
-    let inserted = s
-        .store
-        .get(Table::Orders, &k)
+    let (_, inserted) = records::load::<Doc>(&*s.store, Table::Orders, &k)
         .await
         .unwrap()
-        .unwrap()
-        .version;
+        .expect("inserted");
     let mut tasks = Vec::new();
     for i in 0..s.racers {
         let st = Arc::clone(&s.store);
