@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/user.proto",
         "proto/order.proto",
         "proto/payment.proto",
+        "proto/product.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

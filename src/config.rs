@@ -10,7 +10,9 @@ use flashmall_engine::config::{EngineConfig, LedgerConfig, RedisConfig};
 use flashmall_mesh::telemetry::LogFormat;
 use flashmall_mesh::{IdentityKey, MeshConfig};
 use flashmall_proxy::config::ProxyConfig;
-use flashmall_services::config::{AuthConfig, OrdersConfig, PaymentsConfig, StoreConfig};
+use flashmall_services::config::{
+    AuthConfig, OrdersConfig, PaymentsConfig, ProductsConfig, StoreConfig,
+};
 use serde::{Deserialize, Serialize};
 
 /// Prefix of every environment override.
@@ -66,6 +68,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub orders: OrdersConfig,
     pub payments: PaymentsConfig,
+    pub products: ProductsConfig,
 }
 
 impl Config {
@@ -114,6 +117,7 @@ impl Config {
         self.auth.validate()?;
         self.orders.validate()?;
         self.payments.validate()?;
+        self.products.validate()?;
         Ok(())
     }
 
@@ -159,6 +163,14 @@ impl Config {
     pub fn payments_settings(&self, identity: IdentityKey) -> flashmall_services::PaymentsSettings {
         flashmall_services::PaymentsSettings {
             payments: self.payments.clone(),
+            common: self.service_common(identity),
+        }
+    }
+
+    /// The product service's settings.
+    pub fn products_settings(&self, identity: IdentityKey) -> flashmall_services::ProductsSettings {
+        flashmall_services::ProductsSettings {
+            products: self.products.clone(),
             common: self.service_common(identity),
         }
     }

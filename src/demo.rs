@@ -411,6 +411,7 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, String> {
                 ..OrdersConfig::default()
             },
             payments: PaymentsConfig::default(),
+            products: flashmall_services::config::ProductsConfig::default(),
             client: ClientConfig::default(),
             auth: AuthConfig {
                 // A light argon2id cost, so thousands of demo accounts register in

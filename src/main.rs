@@ -57,6 +57,8 @@ enum ServiceName {
     Orders,
     /// The payment service (and its timer worker).
     Payments,
+    /// The product catalogue service.
+    Products,
 }
 
 #[derive(Subcommand)]
@@ -152,6 +154,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 ServiceName::Auth => Service::Auth(config.auth_settings(key, config.jwt_secret()?)),
                 ServiceName::Orders => Service::Orders(config.orders_settings(key)),
                 ServiceName::Payments => Service::Payments(config.payments_settings(key)),
+                ServiceName::Products => Service::Products(config.products_settings(key)),
             };
             flashmall_services::run(service, shutdown).await?;
         }

@@ -1,5 +1,5 @@
 //! The whole stack in this process on loopback ports: the engine, the auth,
-//! order and payment services on ports the OS picks, each pointed at the
+//! order, payment and product services on ports the OS picks, each pointed at the
 //! others, and the edge proxy in front with its pools pointed at them. The
 //! demo and the black-box tests run on it; `flashmall up` runs the same
 //! components on configured ports instead.
@@ -12,9 +12,13 @@ use flashmall_engine::config::{EngineConfig, LedgerConfig, RedisConfig};
 use flashmall_mesh::{ClientConfig, IdentityKey, Shutdown};
 use flashmall_proxy::config::ProxyConfig;
 use flashmall_proxy::{ProxySettings, RunningProxy};
-use flashmall_services::config::{AuthConfig, OrdersConfig, PaymentsConfig, StoreConfig};
+use flashmall_services::config::{
+    AuthConfig, OrdersConfig, PaymentsConfig, ProductsConfig, StoreConfig,
+};
 use flashmall_services::store::ServiceStore;
-use flashmall_services::{AuthSettings, Common, OrdersSettings, PaymentsSettings};
+use flashmall_services::{
+    AuthSettings, Common, OrdersSettings, PaymentsSettings, ProductsSettings,
+};
 use tokio::net::TcpListener;
 
 /// What the stack runs with.
@@ -27,6 +31,7 @@ pub struct StackConfig {
     pub auth: AuthConfig,
     pub orders: OrdersConfig,
     pub payments: PaymentsConfig,
+    pub products: ProductsConfig,
     pub client: ClientConfig,
     pub data_dir: PathBuf,
     pub jwt_secret: Vec<u8>,
@@ -38,8 +43,9 @@ pub struct Stack {
     pub auth: flashmall_services::Running,
     pub orders: flashmall_services::Running,
     pub payments: flashmall_services::Running,
+    pub products: flashmall_services::Running,
     pub proxy: RunningProxy,
-    /// The services' store (shared by auth, orders and payments).
+    /// The services' store (shared by every service).
     pub store: Arc<dyn ServiceStore>,
     /// What the proxy runs with (another replica can be started from it).
     pub proxy_settings: ProxySettings,
@@ -83,8 +89,13 @@ impl Stack {
         let shutdown = Shutdown::new();
         let orders_shutdown = shutdown.child();
         // Every listener first: each component is told where the others are.
-        let (engine_l, auth_l, orders_l, payments_l) =
-            (bind().await?, bind().await?, bind().await?, bind().await?);
+        let (engine_l, auth_l, orders_l, payments_l, products_l) = (
+            bind().await?,
+            bind().await?,
+            bind().await?,
+            bind().await?,
+            bind().await?,
+        );
         config.engine.order_endpoints = vec![addr(&orders_l)?];
         config.orders.engine_endpoints = vec![addr(&engine_l)?];
         config.payments.order_endpoints = vec![addr(&orders_l)?];
@@ -127,12 +138,22 @@ impl Stack {
         )?;
         let payments_settings = PaymentsSettings {
             payments: config.payments,
-            common,
+            common: common.clone(),
         };
         let payments = flashmall_services::launch_payments(
             &payments_settings,
             Arc::clone(&store),
             payments_l,
+            shutdown.clone(),
+        )?;
+        let products_settings = ProductsSettings {
+            products: config.products,
+            common,
+        };
+        let products = flashmall_services::launch_products(
+            &products_settings,
+            Arc::clone(&store),
+            products_l,
             shutdown.clone(),
         )?;
         let mut proxy = ProxyConfig {
@@ -145,6 +166,7 @@ impl Stack {
             ("auth", auth.addr),
             ("orders", orders.addr),
             ("payments", payments.addr),
+            ("products", products.addr),
         ] {
             proxy
                 .upstreams
@@ -162,6 +184,7 @@ impl Stack {
             auth,
             orders,
             payments,
+            products,
             proxy,
             store,
             proxy_settings,
@@ -184,5 +207,6 @@ impl Stack {
         let _ = self.auth.served.await;
         let _ = self.orders.served.await;
         let _ = self.payments.served.await;
+        let _ = self.products.served.await;
     }
 }

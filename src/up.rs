@@ -32,6 +32,7 @@ pub async fn run(mut config: Config) -> Result<(), String> {
         ("auth", config.auth.listen.to_string()),
         ("orders", orders_addr.clone()),
         ("payments", config.payments.listen.to_string()),
+        ("products", config.products.listen.to_string()),
     ] {
         config.proxy.upstreams.insert(pool.into(), vec![addr]);
     }
@@ -42,6 +43,7 @@ pub async fn run(mut config: Config) -> Result<(), String> {
     let auth = config.auth_settings(identity.clone(), jwt_secret.clone());
     let orders = config.orders_settings(identity.clone());
     let payments = config.payments_settings(identity.clone());
+    let products = config.products_settings(identity.clone());
     let proxy = config.proxy_settings(identity, jwt_secret);
     tracing::info!(
         proxy = %proxy.proxy.listen,
@@ -49,11 +51,12 @@ pub async fn run(mut config: Config) -> Result<(), String> {
         auth = %auth.auth.listen,
         orders = %orders.orders.listen,
         payments = %payments.payments.listen,
+        products = %products.products.listen,
         data_dir = %engine.data_dir.display(),
         redis = if engine.redis.url.is_empty() { "in-process" } else { engine.redis.url.as_str() },
         "flashmall up"
     );
-    // One services store for the three services (the embedded store is one
+    // One services store for the services (the embedded store is one
     // file, opened once).
     let store = flashmall_services::open_store(&auth.common.store, &auth.common.data_dir).await?;
     let auth_running = flashmall_services::launch_auth(
@@ -70,8 +73,14 @@ pub async fn run(mut config: Config) -> Result<(), String> {
     )?;
     let payments_running = flashmall_services::launch_payments(
         &payments,
-        store,
+        Arc::clone(&store),
         listen(payments.payments.listen).await?,
+        shutdown.clone(),
+    )?;
+    let products_running = flashmall_services::launch_products(
+        &products,
+        store,
+        listen(products.products.listen).await?,
         shutdown.clone(),
     )?;
     let served = |name: &'static str, running: flashmall_services::Running| async move {
@@ -81,17 +90,19 @@ pub async fn run(mut config: Config) -> Result<(), String> {
             .map_err(|e| format!("{name} server task failed: {e}"))?
             .map_err(|e| format!("{name} server failed: {e}"))
     };
-    let (engine_result, auth_result, orders_result, payments_result, proxy_result) = tokio::join!(
+    let (engine_result, auth_result, orders_result, payments_result, products_result, proxy_result) = tokio::join!(
         stop_all_on_exit(flashmall_engine::run(engine, shutdown.clone()), &shutdown),
         stop_all_on_exit(served("auth", auth_running), &shutdown),
         stop_all_on_exit(served("orders", orders_running), &shutdown),
         stop_all_on_exit(served("payments", payments_running), &shutdown),
+        stop_all_on_exit(served("products", products_running), &shutdown),
         stop_all_on_exit(flashmall_proxy::run(proxy, shutdown.clone()), &shutdown),
     );
     engine_result
         .and(auth_result)
         .and(orders_result)
         .and(payments_result)
+        .and(products_result)
         .and(proxy_result)
 }
 

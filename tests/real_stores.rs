@@ -16,11 +16,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flashmall_engine::config::{LedgerBackend, LedgerConfig};
-use flashmall_services::config::{StoreBackend, StoreConfig};
+use flashmall_services::config::StoreConfig;
 use flashmall_testing::RedisServer;
 use serde_json::{Value, json};
 use support::eventually;
-use support::stack::{EdgeStack, Login, Options};
+use support::stack::{EdgeStack, Login, Options, drop_keyspace, scylla_store};
 
 const STOCK: i64 = 20;
 const BUYERS: usize = 60;
@@ -28,7 +28,7 @@ const PRICE: i64 = 1999;
 
 /// The real stores the environment names, or `None` (skipped).
 fn real_stores() -> Option<(LedgerConfig, StoreConfig)> {
-    let (Ok(pd), Ok(node)) = (
+    let (Ok(pd), Ok(_)) = (
         std::env::var("FLASHMALL_TEST_TIKV_PD"),
         std::env::var("FLASHMALL_TEST_SCYLLA"),
     ) else {
@@ -45,14 +45,7 @@ fn real_stores() -> Option<(LedgerConfig, StoreConfig)> {
         key_prefix: format!("seckill-{run}/"),
         ..LedgerConfig::default()
     };
-    let store = StoreConfig {
-        backend: StoreBackend::Scylla,
-        scylla_nodes: vec![node],
-        keyspace: format!("flashmall_seckill_{}", &run[run.len() - 16..]),
-        replication_factor: 1,
-        request_timeout: Duration::from_secs(10),
-        ..StoreConfig::default()
-    };
+    let store = scylla_store("seckill")?;
     Some((ledger, store))
 }
 
@@ -95,8 +88,7 @@ async fn a_seckill_on_tikv_cassandra_and_redis_keeps_every_invariant() {
     let Some((ledger, store)) = real_stores() else {
         return;
     };
-    let keyspace = store.keyspace.clone();
-    let node = store.scylla_nodes[0].clone();
+    let keyspace = store.clone();
     let redis = RedisServer::start();
     let s = EdgeStack::start_with(
         Options {
@@ -323,18 +315,5 @@ async fn a_seckill_on_tikv_cassandra_and_redis_keeps_every_invariant() {
     );
 
     s.stop().await;
-    drop_keyspace(&node, &keyspace).await;
-}
-
-/// Drops the test's keyspace (left behind when the test failed, for a look).
-async fn drop_keyspace(node: &str, keyspace: &str) {
-    let session = scylla::client::session_builder::SessionBuilder::new()
-        .known_node(node)
-        .build()
-        .await;
-    if let Ok(session) = session {
-        let _ = session
-            .query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), ())
-            .await;
-    }
+    drop_keyspace(&keyspace).await;
 }

@@ -28,3 +28,9 @@ pub mod payment {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("flashmall.payment.v1");
 }
+
+/// The product service's API (`flashmall.product.v1`).
+pub mod product {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("flashmall.product.v1");
+}

@@ -136,6 +136,7 @@ impl Default for ProxyConfig {
                 ("auth".to_owned(), vec!["127.0.0.1:8082".to_owned()]),
                 ("orders".to_owned(), vec!["127.0.0.1:8083".to_owned()]),
                 ("payments".to_owned(), vec!["127.0.0.1:8084".to_owned()]),
+                ("products".to_owned(), vec!["127.0.0.1:8085".to_owned()]),
             ]),
             routes: vec![
                 route("/api/v1/auth/", "auth"),
@@ -146,6 +147,8 @@ impl Default for ProxyConfig {
                 route("/api/v1/admin/reconcile", "engine"),
                 route("/api/v1/orders", "orders"),
                 route("/api/v1/payments", "payments"),
+                route("/api/v1/products", "products"),
+                route("/api/v1/categories", "products"),
             ],
             public: vec![
                 public("POST", "^/api/v1/auth/(register|login|refresh)$"),

@@ -19,6 +19,12 @@ type Operation = (
 fn operations() -> Vec<Operation> {
     let credentials = json!({"type": "object", "required": ["email", "password"],
         "properties": {"email": {"type": "string", "format": "email"}, "password": {"type": "string", "minLength": 10, "maxLength": 128}}});
+    let product = json!({"type": "object", "required": ["name", "price"],
+        "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 200},
+            "description": {"type": "string", "maxLength": 5000},
+            "price": {"type": "integer", "minimum": 1, "description": "minor units"},
+            "categories": {"type": "array", "maxItems": 10, "items": {"type": "string"}},
+            "stock": {"type": "integer", "minimum": 0}}});
     vec![
         (
             "post",
@@ -234,6 +240,72 @@ fn operations() -> Vec<Operation> {
             true,
             None,
             "200",
+        ),
+        (
+            "get",
+            "/api/v1/products",
+            "Products newest first: every one, a category's (category), or by ids (ids=a,b); page (from 1) or page_token, page_size 1-100",
+            false,
+            None,
+            "200",
+        ),
+        (
+            "get",
+            "/api/v1/products/search",
+            "Products whose name or description holds every word of q",
+            false,
+            None,
+            "200",
+        ),
+        (
+            "get",
+            "/api/v1/products/{id}",
+            "One product",
+            false,
+            None,
+            "200",
+        ),
+        (
+            "post",
+            "/api/v1/products",
+            "Create a product (merchant, admin)",
+            true,
+            Some(product.clone()),
+            "201",
+        ),
+        (
+            "patch",
+            "/api/v1/products/{id}",
+            "Change a product's fields (its merchant, admin)",
+            true,
+            Some(json!({"type": "object", "properties": product["properties"].clone()})),
+            "200",
+        ),
+        (
+            "delete",
+            "/api/v1/products/{id}",
+            "Remove a product (its merchant, admin)",
+            true,
+            None,
+            "204",
+        ),
+        (
+            "get",
+            "/api/v1/categories",
+            "Every category",
+            false,
+            None,
+            "200",
+        ),
+        (
+            "post",
+            "/api/v1/categories",
+            "Create a category (admin)",
+            true,
+            Some(
+                json!({"type": "object", "required": ["name"], "properties": {"name": {"type": "string", "pattern": "^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$"}, "description": {"type": "string", "maxLength": 500}}}),
+            ),
+            "201",
         ),
         (
             "get",

@@ -6,6 +6,7 @@
 //! - `orders/`: orders from flash-sale reservations, their expiry and
 //!   cancellation.
 //! - `payments/`: charges through a payment provider, refunds.
+//! - `products/`: the catalogue (products, categories, search).
 //! - `timers.rs`: durable timers the orders and payments sweep.
 //!
 //! Depends on `flashmall-mesh` (identity, errors, serving, the client
@@ -18,6 +19,7 @@ pub mod auth;
 pub mod config;
 pub mod orders;
 pub mod payments;
+pub mod products;
 pub mod store;
 pub mod timers;
 
@@ -29,9 +31,13 @@ use flashmall_mesh::{ClientConfig, IdentityKey, MeshClient, Readiness, Shutdown}
 use tokio::net::TcpListener;
 
 use auth::Auth;
-use config::{AuthConfig, OrdersConfig, PaymentsConfig, ProviderKind, StoreBackend, StoreConfig};
+use config::{
+    AuthConfig, OrdersConfig, PaymentsConfig, ProductsConfig, ProviderKind, StoreBackend,
+    StoreConfig,
+};
 use orders::Orders;
 use payments::Payments;
+use products::Products;
 use store::{EmbeddedStore, ScyllaStore, ServiceStore};
 
 /// What every service runs with besides its own section.
@@ -65,6 +71,13 @@ pub struct OrdersSettings {
 #[derive(Debug, Clone)]
 pub struct PaymentsSettings {
     pub payments: PaymentsConfig,
+    pub common: Common,
+}
+
+/// Everything the product service needs to run.
+#[derive(Debug, Clone)]
+pub struct ProductsSettings {
+    pub products: ProductsConfig,
     pub common: Common,
 }
 
@@ -203,12 +216,27 @@ pub fn launch_payments(
     serve("payments", app, &common.identity, listener, shutdown)
 }
 
+/// Starts the product (catalogue) service on `listener` until `shutdown`.
+pub fn launch_products(
+    settings: &ProductsSettings,
+    store: Arc<dyn ServiceStore>,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> Result<Running, String> {
+    let key = &settings.common.identity;
+    let products = Arc::new(Products::new(store, settings.products.clone()));
+    let app = products::http::router(Arc::clone(&products))
+        .merge(products::grpc::router(products, key.clone()));
+    serve("products", app, key, listener, shutdown)
+}
+
 /// Which service `run` starts.
 #[derive(Debug, Clone)]
 pub enum Service {
     Auth(AuthSettings),
     Orders(OrdersSettings),
     Payments(PaymentsSettings),
+    Products(ProductsSettings),
 }
 
 /// Runs one service on its own until SIGTERM or `shutdown`.
@@ -217,6 +245,7 @@ pub async fn run(service: Service, shutdown: Shutdown) -> Result<(), String> {
         Service::Auth(s) => ("auth", s.auth.listen, &s.common),
         Service::Orders(s) => ("orders", s.orders.listen, &s.common),
         Service::Payments(s) => ("payments", s.payments.listen, &s.common),
+        Service::Products(s) => ("products", s.products.listen, &s.common),
     };
     let store = open_store(&common.store, &common.data_dir).await?;
     let listener = TcpListener::bind(listen)
@@ -226,6 +255,7 @@ pub async fn run(service: Service, shutdown: Shutdown) -> Result<(), String> {
         Service::Auth(s) => launch_auth(s, store, listener, shutdown)?,
         Service::Orders(s) => launch_orders(s, store, listener, shutdown)?,
         Service::Payments(s) => launch_payments(s, store, listener, shutdown)?,
+        Service::Products(s) => launch_products(s, store, listener, shutdown)?,
     };
     running
         .served

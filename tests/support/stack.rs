@@ -67,6 +67,41 @@ impl Default for Options {
     }
 }
 
+/// The services' store on the Cassandra/ScyllaDB node `FLASHMALL_TEST_SCYLLA`
+/// names, in a keyspace of its own (`flashmall_<tag>_<random>`), or `None`
+/// when no node is named.
+pub fn scylla_store(tag: &str) -> Option<StoreConfig> {
+    use flashmall_services::config::StoreBackend;
+    let node = std::env::var("FLASHMALL_TEST_SCYLLA")
+        .ok()
+        .filter(|n| !n.is_empty())?;
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    Some(StoreConfig {
+        backend: StoreBackend::Scylla,
+        scylla_nodes: vec![node],
+        keyspace: format!("flashmall_{tag}_{}", &run[run.len() - 16..]),
+        replication_factor: 1,
+        request_timeout: Duration::from_secs(10),
+        ..StoreConfig::default()
+    })
+}
+
+/// Drops a test's keyspace (a failed test leaves it, for a look).
+pub async fn drop_keyspace(store: &StoreConfig) {
+    let Some(node) = store.scylla_nodes.first() else {
+        return;
+    };
+    let session = scylla::client::session_builder::SessionBuilder::new()
+        .known_node(node)
+        .build()
+        .await;
+    if let Ok(session) = session {
+        let _ = session
+            .query_unpaged(format!("DROP KEYSPACE IF EXISTS {}", store.keyspace), ())
+            .await;
+    }
+}
+
 impl EdgeStack {
     /// Starts the components and a proxy configured by `tweak`.
     pub async fn start(tweak: impl FnOnce(&mut ProxyConfig)) -> EdgeStack {
@@ -98,6 +133,7 @@ impl EdgeStack {
                     capture_retry: Duration::from_millis(200),
                     ..PaymentsConfig::default()
                 },
+                products: flashmall_services::config::ProductsConfig::default(),
                 client: ClientConfig::default(),
                 auth: AuthConfig {
                     argon2_memory_kib: 64,

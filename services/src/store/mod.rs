@@ -22,7 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 /// The tables of the services' data, one per access path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Table {
     /// User id → user.
     Users,
@@ -48,6 +48,15 @@ pub enum Table {
     PaymentTimers,
     /// Timer sweep cursors: timer table name → first bucket not yet swept.
     Cursors,
+    /// Product id → product.
+    Products,
+    /// Category name → category.
+    Categories,
+    /// Index: `*` (every product) or `c/<category>` → product ids, newest
+    /// last (UUIDv7 sort keys).
+    ProductIndex,
+    /// Index: a word of a product's name or description → product ids.
+    ProductTerms,
 }
 
 impl Table {
@@ -65,6 +74,10 @@ impl Table {
             Table::Payments => "payments",
             Table::PaymentTimers => "payment_timers",
             Table::Cursors => "cursors",
+            Table::Products => "products",
+            Table::Categories => "categories",
+            Table::ProductIndex => "product_index",
+            Table::ProductTerms => "product_terms",
         }
     }
 
@@ -73,12 +86,16 @@ impl Table {
     pub fn is_index(self) -> bool {
         matches!(
             self,
-            Table::OrdersByUser | Table::OrderTimers | Table::PaymentTimers
+            Table::OrdersByUser
+                | Table::OrderTimers
+                | Table::PaymentTimers
+                | Table::ProductIndex
+                | Table::ProductTerms
         )
     }
 
     /// Every table, for schema creation.
-    pub const ALL: [Table; 12] = [
+    pub const ALL: [Table; 16] = [
         Table::Users,
         Table::Emails,
         Table::RefreshTokens,
@@ -91,6 +108,10 @@ impl Table {
         Table::Payments,
         Table::PaymentTimers,
         Table::Cursors,
+        Table::Products,
+        Table::Categories,
+        Table::ProductIndex,
+        Table::ProductTerms,
     ];
 }
 
