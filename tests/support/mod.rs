@@ -72,6 +72,18 @@ impl Flashmall {
                 "FLASHMALL_PROXY__LISTEN",
                 format!("127.0.0.1:{}", flashmall_testing::free_port()),
             )
+            .env(
+                "FLASHMALL_ORDERS__LISTEN",
+                format!("127.0.0.1:{}", flashmall_testing::free_port()),
+            )
+            .env(
+                "FLASHMALL_PAYMENTS__LISTEN",
+                format!("127.0.0.1:{}", flashmall_testing::free_port()),
+            )
+            .env(
+                "FLASHMALL_PRODUCTS__LISTEN",
+                format!("127.0.0.1:{}", flashmall_testing::free_port()),
+            )
             .env("FLASHMALL_PROXY__GRACE_PERIOD", "0s")
             .env("FLASHMALL_LOG__LEVEL", "warn")
             .env("FLASHMALL_MESH__IDENTITY_KEY", TEST_KEY)
