@@ -625,6 +625,35 @@ async fn partitions_and_tables_are_separate(s: &Subject) {
     );
 }
 
+/// Every table of `Table::ALL` (the catalogue's included) holds its own
+/// kind of data, apart from every other table: a record table stores
+/// versioned records, an index table rows.
+async fn every_table_keeps_its_own_data(s: &Subject) {
+    let st = &*s.store;
+    let k = s.key("same-key");
+    for table in Table::ALL {
+        let value = table.name().as_bytes().to_vec();
+        if table.is_index() {
+            st.put_row(table, &k, "sort", value).await.unwrap();
+        } else {
+            assert!(
+                st.insert(table, &k, value, None).await.unwrap(),
+                "{table:?}"
+            );
+        }
+    }
+    for table in Table::ALL {
+        if table.is_index() {
+            let rows = st.rows(table, &k, all(10)).await.unwrap();
+            assert_eq!(rows.len(), 1, "{table:?}");
+            assert_eq!(rows[0].value, table.name().as_bytes(), "{table:?}");
+        } else {
+            let got = st.get(table, &k).await.unwrap().expect("stored");
+            assert_eq!(got.value, table.name().as_bytes(), "{table:?}");
+        }
+    }
+}
+
 async fn rows_come_in_sort_order(s: &Subject) {
     let st = &*s.store;
     let p = s.key("p");
@@ -855,6 +884,7 @@ conformance!(
     state_moves_apply_once_under_concurrency,
     rows_are_put_overwritten_and_deleted,
     partitions_and_tables_are_separate,
+    every_table_keeps_its_own_data,
     rows_come_in_sort_order,
     paging_with_after_reaches_every_row_once,
     up_to_bounds_ascending_reads,
