@@ -145,33 +145,7 @@ impl<E: Send + 'static> EmbeddedKv<E> {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Key, Vec<u8>)>, KvError<E>> {
-        let db = Arc::clone(&self.db);
-        let prefix = prefix.to_vec();
-        let after = after.map(<[u8]>::to_vec);
-        tokio::task::spawn_blocking(move || {
-            let tx = db.begin_read().map_err(io)?;
-            let table = tx.open_table(KV).map_err(io)?;
-            let end = prefix_end(&prefix);
-            let lower = match &after {
-                Some(a) if a.as_slice() >= prefix.as_slice() => Bound::Excluded(a.as_slice()),
-                _ => Bound::Included(prefix.as_slice()),
-            };
-            let upper = match &end {
-                Some(e) => Bound::Excluded(e.as_slice()),
-                None => Bound::Unbounded,
-            };
-            let mut out = Vec::new();
-            for item in table.range::<&[u8]>((lower, upper)).map_err(io)? {
-                let (k, v) = item.map_err(io)?;
-                out.push((k.value().to_vec(), v.value().to_vec()));
-                if out.len() >= limit {
-                    break;
-                }
-            }
-            Ok(out)
-        })
-        .await
-        .map_err(io)?
+        self.scan_dir(prefix, after, limit, false).await
     }
 
     /// Up to `limit` pairs whose key starts with `prefix` and sorts before
@@ -182,32 +156,53 @@ impl<E: Send + 'static> EmbeddedKv<E> {
         before: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Key, Vec<u8>)>, KvError<E>> {
+        self.scan_dir(prefix, before, limit, true).await
+    }
+
+    /// A prefix scan from `from` (exclusive, when given) in either
+    /// direction: ascending from above `from`, or descending from below it.
+    async fn scan_dir(
+        &self,
+        prefix: &[u8],
+        from: Option<&[u8]>,
+        limit: usize,
+        descending: bool,
+    ) -> Result<Vec<(Key, Vec<u8>)>, KvError<E>> {
         let db = Arc::clone(&self.db);
         let prefix = prefix.to_vec();
-        let before = before.map(<[u8]>::to_vec);
-        if before.as_deref().is_some_and(|b| b <= prefix.as_slice()) {
-            return Ok(Vec::new());
-        }
+        let from = from.map(<[u8]>::to_vec);
         tokio::task::spawn_blocking(move || {
             let tx = db.begin_read().map_err(io)?;
             let table = tx.open_table(KV).map_err(io)?;
             let end = prefix_end(&prefix);
-            let upper = match (&before, &end) {
-                (Some(b), Some(e)) if b.as_slice() < e.as_slice() => Bound::Excluded(b.as_slice()),
-                (Some(b), None) => Bound::Excluded(b.as_slice()),
-                (_, Some(e)) => Bound::Excluded(e.as_slice()),
-                (_, None) => Bound::Unbounded,
+            let mut lower = Bound::Included(prefix.as_slice());
+            let mut upper = match &end {
+                Some(e) => Bound::Excluded(e.as_slice()),
+                None => Bound::Unbounded,
+            };
+            match &from {
+                // Nothing of the prefix lies below a key at or under it.
+                Some(f) if descending && f.as_slice() <= prefix.as_slice() => {
+                    return Ok(Vec::new());
+                }
+                Some(f) if descending && end.as_ref().is_none_or(|e| f < e) => {
+                    upper = Bound::Excluded(f.as_slice());
+                }
+                Some(f) if !descending && f.as_slice() >= prefix.as_slice() => {
+                    lower = Bound::Excluded(f.as_slice());
+                }
+                _ => {}
+            }
+            let range = table.range::<&[u8]>((lower, upper)).map_err(io)?;
+            let items: Box<dyn Iterator<Item = _>> = if descending {
+                Box::new(range.rev())
+            } else {
+                Box::new(range)
             };
             let mut out = Vec::new();
-            let range = table
-                .range::<&[u8]>((Bound::Included(prefix.as_slice()), upper))
-                .map_err(io)?;
-            for item in range.rev() {
+            for item in items.take(limit) {
                 let (k, v) = item.map_err(io)?;
                 out.push((k.value().to_vec(), v.value().to_vec()));
-                if out.len() >= limit {
-                    break;
-                }
             }
             Ok(out)
         })
