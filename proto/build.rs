@@ -7,6 +7,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/order.proto",
         "proto/payment.proto",
         "proto/product.proto",
+        "proto/cart.proto",
+        "proto/checkout.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -11,7 +11,8 @@ use flashmall_mesh::telemetry::LogFormat;
 use flashmall_mesh::{IdentityKey, MeshConfig};
 use flashmall_proxy::config::ProxyConfig;
 use flashmall_services::config::{
-    AuthConfig, OrdersConfig, PaymentsConfig, ProductsConfig, StoreConfig,
+    AuthConfig, CartConfig, CheckoutConfig, OrdersConfig, PaymentsConfig, ProductsConfig,
+    StoreConfig,
 };
 use serde::{Deserialize, Serialize};
 
@@ -69,6 +70,8 @@ pub struct Config {
     pub orders: OrdersConfig,
     pub payments: PaymentsConfig,
     pub products: ProductsConfig,
+    pub cart: CartConfig,
+    pub checkout: CheckoutConfig,
 }
 
 impl Config {
@@ -118,6 +121,8 @@ impl Config {
         self.orders.validate()?;
         self.payments.validate()?;
         self.products.validate()?;
+        self.cart.validate()?;
+        self.checkout.validate()?;
         Ok(())
     }
 
@@ -171,6 +176,22 @@ impl Config {
     pub fn products_settings(&self, identity: IdentityKey) -> flashmall_services::ProductsSettings {
         flashmall_services::ProductsSettings {
             products: self.products.clone(),
+            common: self.service_common(identity),
+        }
+    }
+
+    /// The cart service's settings.
+    pub fn cart_settings(&self, identity: IdentityKey) -> flashmall_services::CartSettings {
+        flashmall_services::CartSettings {
+            cart: self.cart.clone(),
+            common: self.service_common(identity),
+        }
+    }
+
+    /// The checkout service's settings.
+    pub fn checkout_settings(&self, identity: IdentityKey) -> flashmall_services::CheckoutSettings {
+        flashmall_services::CheckoutSettings {
+            checkout: self.checkout.clone(),
             common: self.service_common(identity),
         }
     }

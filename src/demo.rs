@@ -412,6 +412,8 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, String> {
             },
             payments: PaymentsConfig::default(),
             products: flashmall_services::config::ProductsConfig::default(),
+            cart: flashmall_services::config::CartConfig::default(),
+            checkout: flashmall_services::config::CheckoutConfig::default(),
             client: ClientConfig::default(),
             auth: AuthConfig {
                 // A light argon2id cost, so thousands of demo accounts register in

@@ -57,8 +57,12 @@ enum ServiceName {
     Orders,
     /// The payment service (and its timer worker).
     Payments,
-    /// The product catalogue service.
+    /// The product catalogue service (and normal checkout's stock holds).
     Products,
+    /// The cart service.
+    Cart,
+    /// The checkout service.
+    Checkout,
 }
 
 #[derive(Subcommand)]
@@ -155,6 +159,8 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 ServiceName::Orders => Service::Orders(config.orders_settings(key)),
                 ServiceName::Payments => Service::Payments(config.payments_settings(key)),
                 ServiceName::Products => Service::Products(config.products_settings(key)),
+                ServiceName::Cart => Service::Cart(config.cart_settings(key)),
+                ServiceName::Checkout => Service::Checkout(config.checkout_settings(key)),
             };
             flashmall_services::run(service, shutdown).await?;
         }

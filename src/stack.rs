@@ -1,8 +1,8 @@
 //! The whole stack in this process on loopback ports: the engine, the auth,
-//! order, payment and product services on ports the OS picks, each pointed at the
-//! others, and the edge proxy in front with its pools pointed at them. The
-//! demo and the black-box tests run on it; `flashmall up` runs the same
-//! components on configured ports instead.
+//! order, payment, product, cart and checkout services on ports the OS
+//! picks, each pointed at the others, and the edge proxy in front with its
+//! pools pointed at them. The demo and the black-box tests run on it;
+//! `flashmall up` runs the same components on configured ports instead.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,11 +13,13 @@ use flashmall_mesh::{ClientConfig, IdentityKey, Shutdown};
 use flashmall_proxy::config::ProxyConfig;
 use flashmall_proxy::{ProxySettings, RunningProxy};
 use flashmall_services::config::{
-    AuthConfig, OrdersConfig, PaymentsConfig, ProductsConfig, StoreConfig,
+    AuthConfig, CartConfig, CheckoutConfig, OrdersConfig, PaymentsConfig, ProductsConfig,
+    StoreConfig,
 };
 use flashmall_services::store::ServiceStore;
 use flashmall_services::{
-    AuthSettings, Common, OrdersSettings, PaymentsSettings, ProductsSettings,
+    AuthSettings, CartSettings, CheckoutSettings, Common, OrdersSettings, PaymentsSettings,
+    ProductsSettings, Service,
 };
 use tokio::net::TcpListener;
 
@@ -32,6 +34,8 @@ pub struct StackConfig {
     pub orders: OrdersConfig,
     pub payments: PaymentsConfig,
     pub products: ProductsConfig,
+    pub cart: CartConfig,
+    pub checkout: CheckoutConfig,
     pub client: ClientConfig,
     pub data_dir: PathBuf,
     pub jwt_secret: Vec<u8>,
@@ -40,10 +44,10 @@ pub struct StackConfig {
 /// A running stack.
 pub struct Stack {
     pub engine: flashmall_engine::Running,
-    pub auth: flashmall_services::Running,
+    /// The order service (tests stop and restart it).
     pub orders: flashmall_services::Running,
-    pub payments: flashmall_services::Running,
-    pub products: flashmall_services::Running,
+    /// The other services, by name.
+    pub services: Vec<(&'static str, flashmall_services::Running)>,
     pub proxy: RunningProxy,
     /// The services' store (shared by every service).
     pub store: Arc<dyn ServiceStore>,
@@ -89,16 +93,39 @@ impl Stack {
         let shutdown = Shutdown::new();
         let orders_shutdown = shutdown.child();
         // Every listener first: each component is told where the others are.
-        let (engine_l, auth_l, orders_l, payments_l, products_l) = (
-            bind().await?,
-            bind().await?,
-            bind().await?,
-            bind().await?,
-            bind().await?,
-        );
-        config.engine.order_endpoints = vec![addr(&orders_l)?];
-        config.orders.engine_endpoints = vec![addr(&engine_l)?];
-        config.payments.order_endpoints = vec![addr(&orders_l)?];
+        let mut listeners = Vec::new();
+        for name in [
+            "engine", "auth", "orders", "payments", "products", "cart", "checkout",
+        ] {
+            let listener = bind().await?;
+            listeners.push((name, addr(&listener)?, listener));
+        }
+        let at = |name: &str| -> Vec<String> {
+            listeners
+                .iter()
+                .filter(|l| l.0 == name)
+                .map(|l| l.1.clone())
+                .collect()
+        };
+        config.engine.order_endpoints = at("orders");
+        config.orders.engine_endpoints = at("engine");
+        config.orders.product_endpoints = at("products");
+        config.payments.order_endpoints = at("orders");
+        config.cart.product_endpoints = at("products");
+        config.checkout.product_endpoints = at("products");
+        config.checkout.cart_endpoints = at("cart");
+        config.checkout.order_endpoints = at("orders");
+        config.checkout.payment_endpoints = at("payments");
+        let mut proxy = ProxyConfig {
+            listen: free_loopback_addr()?,
+            grace_period: std::time::Duration::ZERO,
+            ..ProxyConfig::default()
+        };
+        for (pool, addr, _) in &listeners {
+            proxy.upstreams.insert((*pool).into(), vec![addr.clone()]);
+        }
+        let mut listeners = listeners.into_iter().map(|(_, _, l)| l);
+        let mut next = || listeners.next().ok_or("a listener is missing".to_owned());
         let engine_settings = flashmall_engine::Settings {
             engine: config.engine,
             redis: config.redis,
@@ -107,7 +134,7 @@ impl Stack {
             identity: identity.clone(),
             client: config.client.clone(),
         };
-        let engine = flashmall_engine::launch(&engine_settings, engine_l, shutdown.clone()).await?;
+        let engine = flashmall_engine::launch(&engine_settings, next()?, shutdown.clone()).await?;
         let common = Common {
             store: config.store,
             data_dir: config.data_dir,
@@ -115,63 +142,48 @@ impl Stack {
             client: config.client,
         };
         let store = flashmall_services::open_store(&common.store, &common.data_dir).await?;
-        let auth_settings = AuthSettings {
-            auth: config.auth,
-            common: common.clone(),
-            jwt_secret: config.jwt_secret.clone(),
-        };
-        let auth = flashmall_services::launch_auth(
-            &auth_settings,
-            Arc::clone(&store),
-            auth_l,
-            shutdown.clone(),
-        )?;
         let orders_settings = OrdersSettings {
             orders: config.orders,
             common: common.clone(),
         };
-        let orders = flashmall_services::launch_orders(
-            &orders_settings,
-            Arc::clone(&store),
-            orders_l,
-            orders_shutdown.clone(),
-        )?;
-        let payments_settings = PaymentsSettings {
-            payments: config.payments,
-            common: common.clone(),
-        };
-        let payments = flashmall_services::launch_payments(
-            &payments_settings,
-            Arc::clone(&store),
-            payments_l,
-            shutdown.clone(),
-        )?;
-        let products_settings = ProductsSettings {
-            products: config.products,
-            common,
-        };
-        let products = flashmall_services::launch_products(
-            &products_settings,
-            Arc::clone(&store),
-            products_l,
-            shutdown.clone(),
-        )?;
-        let mut proxy = ProxyConfig {
-            listen: free_loopback_addr()?,
-            grace_period: std::time::Duration::ZERO,
-            ..ProxyConfig::default()
-        };
-        for (pool, running) in [
-            ("engine", engine.addr),
-            ("auth", auth.addr),
-            ("orders", orders.addr),
-            ("payments", payments.addr),
-            ("products", products.addr),
-        ] {
-            proxy
-                .upstreams
-                .insert(pool.into(), vec![running.to_string()]);
+        let services = [
+            Service::Auth(AuthSettings {
+                auth: config.auth,
+                common: common.clone(),
+                jwt_secret: config.jwt_secret.clone(),
+            }),
+            Service::Orders(orders_settings.clone()),
+            Service::Payments(PaymentsSettings {
+                payments: config.payments,
+                common: common.clone(),
+            }),
+            Service::Products(ProductsSettings {
+                products: config.products,
+                common: common.clone(),
+            }),
+            Service::Cart(CartSettings {
+                cart: config.cart,
+                common: common.clone(),
+            }),
+            Service::Checkout(CheckoutSettings {
+                checkout: config.checkout,
+                common,
+            }),
+        ];
+        let mut orders = None;
+        let mut others = Vec::new();
+        for service in &services {
+            let stop = match service {
+                Service::Orders(_) => orders_shutdown.clone(),
+                _ => shutdown.clone(),
+            };
+            let running = service.launch(Arc::clone(&store), next()?, stop)?;
+            match service {
+                Service::Orders(_) => orders = Some(running),
+                _ => others.push((service.name(), running)),
+            }
         }
+        let orders = orders.ok_or("the order service did not start")?;
         tweak(&mut proxy);
         let proxy_settings = ProxySettings {
             proxy,
@@ -181,10 +193,8 @@ impl Stack {
         let proxy = flashmall_proxy::launch(&proxy_settings).await?;
         Ok(Stack {
             engine,
-            auth,
             orders,
-            payments,
-            products,
+            services: others,
             proxy,
             store,
             proxy_settings,
@@ -204,9 +214,9 @@ impl Stack {
         self.proxy.stop().await;
         self.shutdown.trigger();
         let _ = self.engine.served.await;
-        let _ = self.auth.served.await;
         let _ = self.orders.served.await;
-        let _ = self.payments.served.await;
-        let _ = self.products.served.await;
+        for (_, running) in self.services {
+            let _ = running.served.await;
+        }
     }
 }

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use flashmall_mesh::Shutdown;
+use flashmall_services::Service;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
@@ -25,85 +26,77 @@ pub async fn run(mut config: Config) -> Result<(), String> {
     let jwt_secret = config.jwt_secret_or_random();
     // The proxy's pools and the components' peers are the components of
     // this process.
-    let engine_addr = config.engine.listen.to_string();
-    let orders_addr = config.orders.listen.to_string();
+    let at = |addr: std::net::SocketAddr| vec![addr.to_string()];
+    let (engine, orders, products) = (
+        at(config.engine.listen),
+        at(config.orders.listen),
+        at(config.products.listen),
+    );
     for (pool, addr) in [
-        ("engine", engine_addr.clone()),
-        ("auth", config.auth.listen.to_string()),
-        ("orders", orders_addr.clone()),
-        ("payments", config.payments.listen.to_string()),
-        ("products", config.products.listen.to_string()),
+        ("engine", engine.clone()),
+        ("auth", at(config.auth.listen)),
+        ("orders", orders.clone()),
+        ("payments", at(config.payments.listen)),
+        ("products", products.clone()),
+        ("cart", at(config.cart.listen)),
+        ("checkout", at(config.checkout.listen)),
     ] {
-        config.proxy.upstreams.insert(pool.into(), vec![addr]);
+        config.proxy.upstreams.insert(pool.into(), addr);
     }
-    config.engine.order_endpoints = vec![orders_addr.clone()];
-    config.orders.engine_endpoints = vec![engine_addr];
-    config.payments.order_endpoints = vec![orders_addr];
+    config.engine.order_endpoints = orders.clone();
+    config.orders.engine_endpoints = engine;
+    config.orders.product_endpoints = products.clone();
+    config.payments.order_endpoints = orders.clone();
+    config.cart.product_endpoints = products.clone();
+    config.checkout.product_endpoints = products;
+    config.checkout.cart_endpoints = at(config.cart.listen);
+    config.checkout.order_endpoints = orders;
+    config.checkout.payment_endpoints = at(config.payments.listen);
     let engine = config.engine_settings(identity.clone());
-    let auth = config.auth_settings(identity.clone(), jwt_secret.clone());
-    let orders = config.orders_settings(identity.clone());
-    let payments = config.payments_settings(identity.clone());
-    let products = config.products_settings(identity.clone());
+    let services = [
+        Service::Auth(config.auth_settings(identity.clone(), jwt_secret.clone())),
+        Service::Orders(config.orders_settings(identity.clone())),
+        Service::Payments(config.payments_settings(identity.clone())),
+        Service::Products(config.products_settings(identity.clone())),
+        Service::Cart(config.cart_settings(identity.clone())),
+        Service::Checkout(config.checkout_settings(identity.clone())),
+    ];
     let proxy = config.proxy_settings(identity, jwt_secret);
+    let ports: Vec<String> = services
+        .iter()
+        .map(|s| format!("{}={}", s.name(), s.listen()))
+        .collect();
     tracing::info!(
         proxy = %proxy.proxy.listen,
         engine = %engine.engine.listen,
-        auth = %auth.auth.listen,
-        orders = %orders.orders.listen,
-        payments = %payments.payments.listen,
-        products = %products.products.listen,
+        services = %ports.join(" "),
         data_dir = %engine.data_dir.display(),
         redis = if engine.redis.url.is_empty() { "in-process" } else { engine.redis.url.as_str() },
         "flashmall up"
     );
     // One services store for the services (the embedded store is one
     // file, opened once).
-    let store = flashmall_services::open_store(&auth.common.store, &auth.common.data_dir).await?;
-    let auth_running = flashmall_services::launch_auth(
-        &auth,
-        Arc::clone(&store),
-        listen(auth.auth.listen).await?,
-        shutdown.clone(),
-    )?;
-    let orders_running = flashmall_services::launch_orders(
-        &orders,
-        Arc::clone(&store),
-        listen(orders.orders.listen).await?,
-        shutdown.clone(),
-    )?;
-    let payments_running = flashmall_services::launch_payments(
-        &payments,
-        Arc::clone(&store),
-        listen(payments.payments.listen).await?,
-        shutdown.clone(),
-    )?;
-    let products_running = flashmall_services::launch_products(
-        &products,
-        store,
-        listen(products.products.listen).await?,
-        shutdown.clone(),
-    )?;
-    let served = |name: &'static str, running: flashmall_services::Running| async move {
-        running
-            .served
-            .await
-            .map_err(|e| format!("{name} server task failed: {e}"))?
-            .map_err(|e| format!("{name} server failed: {e}"))
-    };
-    let (engine_result, auth_result, orders_result, payments_result, products_result, proxy_result) = tokio::join!(
+    let store = flashmall_services::open_store(&config.store, &config.data.dir).await?;
+    let mut running = Vec::new();
+    for service in &services {
+        let started = service.launch(
+            Arc::clone(&store),
+            listen(service.listen()).await?,
+            shutdown.clone(),
+        )?;
+        running.push(stop_all_on_exit(
+            started.finished(service.name()),
+            &shutdown,
+        ));
+    }
+    let (engine_result, proxy_result, service_results) = tokio::join!(
         stop_all_on_exit(flashmall_engine::run(engine, shutdown.clone()), &shutdown),
-        stop_all_on_exit(served("auth", auth_running), &shutdown),
-        stop_all_on_exit(served("orders", orders_running), &shutdown),
-        stop_all_on_exit(served("payments", payments_running), &shutdown),
-        stop_all_on_exit(served("products", products_running), &shutdown),
         stop_all_on_exit(flashmall_proxy::run(proxy, shutdown.clone()), &shutdown),
+        futures::future::join_all(running),
     );
-    engine_result
-        .and(auth_result)
-        .and(orders_result)
-        .and(payments_result)
-        .and(products_result)
-        .and(proxy_result)
+    service_results
+        .into_iter()
+        .fold(engine_result.and(proxy_result), |all, r| all.and(r))
 }
 
 async fn stop_all_on_exit(

@@ -23,6 +23,10 @@ pub enum ErrorCode {
     SaleNotOpen,
     SaleClosed,
     Conflict,
+    /// Normal checkout: a product has fewer units than the cart asks for.
+    OutOfStock,
+    /// Normal checkout: the payment provider declined the charge.
+    PaymentDeclined,
     RateLimited,
     Unavailable,
     Internal,
@@ -30,7 +34,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tests and documentation.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::InvalidRequest,
         ErrorCode::PayloadTooLarge,
         ErrorCode::Unauthenticated,
@@ -42,6 +46,8 @@ impl ErrorCode {
         ErrorCode::SaleNotOpen,
         ErrorCode::SaleClosed,
         ErrorCode::Conflict,
+        ErrorCode::OutOfStock,
+        ErrorCode::PaymentDeclined,
         ErrorCode::RateLimited,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
@@ -61,6 +67,8 @@ impl ErrorCode {
             ErrorCode::SaleNotOpen => "sale_not_open",
             ErrorCode::SaleClosed => "sale_closed",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::OutOfStock => "out_of_stock",
+            ErrorCode::PaymentDeclined => "payment_declined",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
@@ -84,7 +92,9 @@ impl ErrorCode {
             | ErrorCode::LimitExceeded
             | ErrorCode::SaleNotOpen
             | ErrorCode::SaleClosed
-            | ErrorCode::Conflict => StatusCode::CONFLICT,
+            | ErrorCode::Conflict
+            | ErrorCode::OutOfStock => StatusCode::CONFLICT,
+            ErrorCode::PaymentDeclined => StatusCode::PAYMENT_REQUIRED,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -101,6 +111,8 @@ impl ErrorCode {
             ErrorCode::SoldOut | ErrorCode::LimitExceeded => tonic::Code::ResourceExhausted,
             ErrorCode::SaleNotOpen | ErrorCode::SaleClosed => tonic::Code::FailedPrecondition,
             ErrorCode::Conflict => tonic::Code::Aborted,
+            ErrorCode::OutOfStock => tonic::Code::ResourceExhausted,
+            ErrorCode::PaymentDeclined => tonic::Code::FailedPrecondition,
             ErrorCode::RateLimited => tonic::Code::ResourceExhausted,
             ErrorCode::Unavailable => tonic::Code::Unavailable,
             ErrorCode::Internal => tonic::Code::Internal,

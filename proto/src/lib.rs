@@ -34,3 +34,15 @@ pub mod product {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("flashmall.product.v1");
 }
+
+/// The cart service's API (`flashmall.cart.v1`).
+pub mod cart {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("flashmall.cart.v1");
+}
+
+/// The checkout service's API (`flashmall.checkout.v1`).
+pub mod checkout {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("flashmall.checkout.v1");
+}

@@ -137,6 +137,8 @@ impl Default for ProxyConfig {
                 ("orders".to_owned(), vec!["127.0.0.1:8083".to_owned()]),
                 ("payments".to_owned(), vec!["127.0.0.1:8084".to_owned()]),
                 ("products".to_owned(), vec!["127.0.0.1:8085".to_owned()]),
+                ("cart".to_owned(), vec!["127.0.0.1:8086".to_owned()]),
+                ("checkout".to_owned(), vec!["127.0.0.1:8087".to_owned()]),
             ]),
             routes: vec![
                 route("/api/v1/auth/", "auth"),
@@ -149,6 +151,8 @@ impl Default for ProxyConfig {
                 route("/api/v1/payments", "payments"),
                 route("/api/v1/products", "products"),
                 route("/api/v1/categories", "products"),
+                route("/api/v1/cart", "cart"),
+                route("/api/v1/checkout", "checkout"),
             ],
             public: vec![
                 public("POST", "^/api/v1/auth/(register|login|refresh)$"),

@@ -1,5 +1,6 @@
-//! The services' configuration: the `[store]` and `[auth]` sections
-//! (orders and payments in `orders.rs` and `payments.rs`' sections below).
+//! The services' configuration: `[store]`, and a section per service
+//! (`[auth]`, `[orders]`, `[payments]`, `[products]`, `[cart]`,
+//! `[checkout]`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -219,6 +220,10 @@ pub struct OrdersConfig {
     /// by DNS again and again, e.g. a Kubernetes headless Service), used to
     /// give the units of cancelled and expired orders back.
     pub engine_endpoints: Vec<String>,
+    /// The product service's gRPC endpoints, used to release the stock
+    /// holds of cancelled and expired checkout orders and to commit those
+    /// of paid ones.
+    pub product_endpoints: Vec<String>,
     /// How often the expiry worker looks for due timers.
     #[serde(with = "humantime_serde")]
     pub sweep_interval: Duration,
@@ -235,6 +240,7 @@ impl Default for OrdersConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8083)),
             payment_timeout: Duration::from_secs(15 * 60),
             engine_endpoints: vec!["127.0.0.1:8081".to_owned()],
+            product_endpoints: vec!["127.0.0.1:8085".to_owned()],
             sweep_interval: Duration::from_secs(1),
             sweep_batch: 256,
             release_retry: Duration::from_secs(5),
@@ -250,6 +256,7 @@ impl OrdersConfig {
             return Err("orders.payment_timeout must be between 1s and 7 days".into());
         }
         endpoints("orders.engine_endpoints", &self.engine_endpoints)?;
+        endpoints("orders.product_endpoints", &self.product_endpoints)?;
         if self.sweep_interval < Duration::from_millis(10) {
             return Err("orders.sweep_interval must be at least 10ms".into());
         }
@@ -360,6 +367,94 @@ impl ProductsConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.max_body_bytes < 1024 {
             return Err("products.max_body_bytes must be at least 1024".into());
+        }
+        Ok(())
+    }
+}
+
+/// `[cart]`: the cart service.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CartConfig {
+    /// Address the service serves JSON and gRPC on.
+    pub listen: SocketAddr,
+    /// The product service's gRPC endpoints (products must exist; prices).
+    pub product_endpoints: Vec<String>,
+    /// Most distinct products in one cart.
+    pub max_items: usize,
+    /// Most units of one product in a cart.
+    pub max_quantity: i64,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for CartConfig {
+    fn default() -> Self {
+        CartConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8086)),
+            product_endpoints: vec!["127.0.0.1:8085".to_owned()],
+            max_items: 50,
+            max_quantity: 99,
+            max_body_bytes: 16 * 1024,
+        }
+    }
+}
+
+impl CartConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        endpoints("cart.product_endpoints", &self.product_endpoints)?;
+        if !(1..=crate::products::stock::HOLD_LINES_MAX).contains(&self.max_items) {
+            return Err(format!(
+                "cart.max_items must be between 1 and {}",
+                crate::products::stock::HOLD_LINES_MAX
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.max_quantity) {
+            return Err("cart.max_quantity must be between 1 and 1000000".into());
+        }
+        if self.max_body_bytes < 256 {
+            return Err("cart.max_body_bytes must be at least 256".into());
+        }
+        Ok(())
+    }
+}
+
+/// `[checkout]`: the checkout service.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CheckoutConfig {
+    /// Address the service serves JSON and gRPC on.
+    pub listen: SocketAddr,
+    /// The gRPC endpoints of the services checkout calls.
+    pub cart_endpoints: Vec<String>,
+    pub product_endpoints: Vec<String>,
+    pub order_endpoints: Vec<String>,
+    pub payment_endpoints: Vec<String>,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for CheckoutConfig {
+    fn default() -> Self {
+        CheckoutConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8087)),
+            cart_endpoints: vec!["127.0.0.1:8086".to_owned()],
+            product_endpoints: vec!["127.0.0.1:8085".to_owned()],
+            order_endpoints: vec!["127.0.0.1:8083".to_owned()],
+            payment_endpoints: vec!["127.0.0.1:8084".to_owned()],
+            max_body_bytes: 16 * 1024,
+        }
+    }
+}
+
+impl CheckoutConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        endpoints("checkout.cart_endpoints", &self.cart_endpoints)?;
+        endpoints("checkout.product_endpoints", &self.product_endpoints)?;
+        endpoints("checkout.order_endpoints", &self.order_endpoints)?;
+        endpoints("checkout.payment_endpoints", &self.payment_endpoints)?;
+        if self.max_body_bytes < 256 {
+            return Err("checkout.max_body_bytes must be at least 256".into());
         }
         Ok(())
     }

@@ -6,7 +6,10 @@
 //! - `orders/`: orders from flash-sale reservations, their expiry and
 //!   cancellation.
 //! - `payments/`: charges through a payment provider, refunds.
-//! - `products/`: the catalogue (products, categories, search).
+//! - `products/`: the catalogue (products, categories, search) and the
+//!   stock holds of normal checkout.
+//! - `cart/`: each buyer's cart.
+//! - `checkout/`: a cart becomes a paid order.
 //! - `timers.rs`: durable timers the orders and payments sweep.
 //!
 //! Depends on `flashmall-mesh` (identity, errors, serving, the client
@@ -16,6 +19,8 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod cart;
+pub mod checkout;
 pub mod config;
 pub mod orders;
 pub mod payments;
@@ -32,8 +37,8 @@ use tokio::net::TcpListener;
 
 use auth::Auth;
 use config::{
-    AuthConfig, OrdersConfig, PaymentsConfig, ProductsConfig, ProviderKind, StoreBackend,
-    StoreConfig,
+    AuthConfig, CartConfig, CheckoutConfig, OrdersConfig, PaymentsConfig, ProductsConfig,
+    ProviderKind, StoreBackend, StoreConfig,
 };
 use orders::Orders;
 use payments::Payments;
@@ -81,6 +86,20 @@ pub struct ProductsSettings {
     pub common: Common,
 }
 
+/// Everything the cart service needs to run.
+#[derive(Debug, Clone)]
+pub struct CartSettings {
+    pub cart: CartConfig,
+    pub common: Common,
+}
+
+/// Everything the checkout service needs to run.
+#[derive(Debug, Clone)]
+pub struct CheckoutSettings {
+    pub checkout: CheckoutConfig,
+    pub common: Common,
+}
+
 /// An instant in Unix milliseconds as an RFC 3339 string in UTC.
 pub fn rfc3339_ms(ms: u64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
@@ -116,6 +135,37 @@ pub async fn open_store(
         }
     }
 }
+
+/// Calls `method` through `client` with `request`, under the signed
+/// identity `signed` (a buyer's, forwarded, or the component's own), and
+/// turns a failure back into the callee's error.
+pub(crate) async fn call_as<Req, T, F, Fut>(
+    client: &MeshClient,
+    method: &'static str,
+    kind: flashmall_mesh::CallKind,
+    signed: &str,
+    request: &Req,
+    send: F,
+) -> Result<T, flashmall_mesh::ApiError>
+where
+    Req: Clone,
+    F: Fn(flashmall_mesh::MeshChannel, tonic::Request<Req>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    client
+        .call(method, kind, |channel| {
+            let mut call = tonic::Request::new(request.clone());
+            let sent = flashmall_mesh::authorize(&mut call, signed)
+                .map_err(tonic::Status::from)
+                .map(|()| send(channel, call));
+            async move { sent?.await }
+        })
+        .await
+        .map_err(|status| flashmall_mesh::ApiError::from_status(&status))
+}
+
+/// Lifetime of a component's own identity signed for one call.
+pub(crate) const CALL_IDENTITY_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A started service.
 pub struct Running {
@@ -171,11 +221,17 @@ pub fn launch_orders(
 ) -> Result<Running, String> {
     let common = &settings.common;
     let engine = MeshClient::new("engine", &settings.orders.engine_endpoints, &common.client)?;
-    let releaser = Arc::new(orders::engine::EngineReleaser::new(
+    let products = MeshClient::new(
+        "products",
+        &settings.orders.product_endpoints,
+        &common.client,
+    )?;
+    let stock = Arc::new(orders::stock::MeshStock::new(
         engine,
+        products,
         common.identity.clone(),
     ));
-    let orders = Arc::new(Orders::new(store, releaser, settings.orders.clone()));
+    let orders = Arc::new(Orders::new(store, stock, settings.orders.clone()));
     orders::sweep::spawn(Arc::clone(&orders), shutdown.clone());
     let app = orders::http::router(Arc::clone(&orders))
         .merge(orders::grpc::router(orders, common.identity.clone()));
@@ -230,6 +286,58 @@ pub fn launch_products(
     serve("products", app, key, listener, shutdown)
 }
 
+/// Starts the cart service on `listener` until `shutdown`.
+pub fn launch_cart(
+    settings: &CartSettings,
+    store: Arc<dyn ServiceStore>,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> Result<Running, String> {
+    let common = &settings.common;
+    let catalog = products::client::CatalogClient::new(
+        MeshClient::new("products", &settings.cart.product_endpoints, &common.client)?,
+        common.identity.clone(),
+        "cart",
+    );
+    let carts = Arc::new(cart::Carts::new(store, catalog, settings.cart.clone()));
+    let app = cart::http::router(Arc::clone(&carts))
+        .merge(cart::grpc::router(carts, common.identity.clone()));
+    serve("cart", app, &common.identity, listener, shutdown)
+}
+
+/// Starts the checkout service on `listener` until `shutdown`.
+pub fn launch_checkout(
+    settings: &CheckoutSettings,
+    store: Arc<dyn ServiceStore>,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> Result<Running, String> {
+    let common = &settings.common;
+    let c = &settings.checkout;
+    let client =
+        |name: &'static str, endpoints: &[String]| MeshClient::new(name, endpoints, &common.client);
+    let catalog = products::client::CatalogClient::new(
+        client("products", &c.product_endpoints)?,
+        common.identity.clone(),
+        "checkout",
+    );
+    let peers = checkout::peers::Peers {
+        cart: client("cart", &c.cart_endpoints)?,
+        orders: client("orders", &c.order_endpoints)?,
+        payments: client("payments", &c.payment_endpoints)?,
+        key: common.identity.clone(),
+    };
+    let checkouts = Arc::new(checkout::Checkouts::new(
+        store,
+        catalog,
+        peers,
+        c.max_body_bytes,
+    ));
+    let app = checkout::http::router(Arc::clone(&checkouts))
+        .merge(checkout::grpc::router(checkouts, common.identity.clone()));
+    serve("checkout", app, &common.identity, listener, shutdown)
+}
+
 /// Which service `run` starts.
 #[derive(Debug, Clone)]
 pub enum Service {
@@ -237,29 +345,84 @@ pub enum Service {
     Orders(OrdersSettings),
     Payments(PaymentsSettings),
     Products(ProductsSettings),
+    Cart(CartSettings),
+    Checkout(CheckoutSettings),
+}
+
+impl Service {
+    /// The component's name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Service::Auth(_) => "auth",
+            Service::Orders(_) => "orders",
+            Service::Payments(_) => "payments",
+            Service::Products(_) => "products",
+            Service::Cart(_) => "cart",
+            Service::Checkout(_) => "checkout",
+        }
+    }
+
+    /// The address its section says to serve on.
+    pub fn listen(&self) -> SocketAddr {
+        match self {
+            Service::Auth(s) => s.auth.listen,
+            Service::Orders(s) => s.orders.listen,
+            Service::Payments(s) => s.payments.listen,
+            Service::Products(s) => s.products.listen,
+            Service::Cart(s) => s.cart.listen,
+            Service::Checkout(s) => s.checkout.listen,
+        }
+    }
+
+    fn common(&self) -> &Common {
+        match self {
+            Service::Auth(s) => &s.common,
+            Service::Orders(s) => &s.common,
+            Service::Payments(s) => &s.common,
+            Service::Products(s) => &s.common,
+            Service::Cart(s) => &s.common,
+            Service::Checkout(s) => &s.common,
+        }
+    }
+
+    /// Starts it on `listener` over `store` until `shutdown`.
+    pub fn launch(
+        &self,
+        store: Arc<dyn ServiceStore>,
+        listener: TcpListener,
+        shutdown: Shutdown,
+    ) -> Result<Running, String> {
+        match self {
+            Service::Auth(s) => launch_auth(s, store, listener, shutdown),
+            Service::Orders(s) => launch_orders(s, store, listener, shutdown),
+            Service::Payments(s) => launch_payments(s, store, listener, shutdown),
+            Service::Products(s) => launch_products(s, store, listener, shutdown),
+            Service::Cart(s) => launch_cart(s, store, listener, shutdown),
+            Service::Checkout(s) => launch_checkout(s, store, listener, shutdown),
+        }
+    }
+}
+
+impl Running {
+    /// Waits for the server to stop; `name` labels its failure.
+    pub async fn finished(self, name: &str) -> Result<(), String> {
+        self.served
+            .await
+            .map_err(|e| format!("{name} server task failed: {e}"))?
+            .map_err(|e| format!("{name} server failed: {e}"))
+    }
 }
 
 /// Runs one service on its own until SIGTERM or `shutdown`.
 pub async fn run(service: Service, shutdown: Shutdown) -> Result<(), String> {
-    let (name, listen, common) = match &service {
-        Service::Auth(s) => ("auth", s.auth.listen, &s.common),
-        Service::Orders(s) => ("orders", s.orders.listen, &s.common),
-        Service::Payments(s) => ("payments", s.payments.listen, &s.common),
-        Service::Products(s) => ("products", s.products.listen, &s.common),
-    };
+    let (name, listen) = (service.name(), service.listen());
+    let common = service.common();
     let store = open_store(&common.store, &common.data_dir).await?;
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    let running = match &service {
-        Service::Auth(s) => launch_auth(s, store, listener, shutdown)?,
-        Service::Orders(s) => launch_orders(s, store, listener, shutdown)?,
-        Service::Payments(s) => launch_payments(s, store, listener, shutdown)?,
-        Service::Products(s) => launch_products(s, store, listener, shutdown)?,
-    };
-    running
-        .served
+    service
+        .launch(store, listener, shutdown)?
+        .finished(name)
         .await
-        .map_err(|e| format!("{name} server task failed: {e}"))?
-        .map_err(|e| format!("{name} server failed: {e}"))
 }

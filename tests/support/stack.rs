@@ -134,6 +134,8 @@ impl EdgeStack {
                     ..PaymentsConfig::default()
                 },
                 products: flashmall_services::config::ProductsConfig::default(),
+                cart: flashmall_services::config::CartConfig::default(),
+                checkout: flashmall_services::config::CheckoutConfig::default(),
                 client: ClientConfig::default(),
                 auth: AuthConfig {
                     argon2_memory_kib: 64,

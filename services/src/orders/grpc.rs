@@ -9,7 +9,7 @@ use pb::order_service_server::{OrderService, OrderServiceServer};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::{Order, Orders, PaidOutcome, SaleOrder};
+use super::{Order, OrderItem, Orders, PaidOutcome, SaleOrder};
 use crate::rfc3339_ms;
 
 /// The gRPC routes, to merge into the service's router.
@@ -141,6 +141,29 @@ impl OrderService for OrderApi {
         Ok(Response::new(pb::MarkOrderPaidResp {
             outcome: outcome.to_owned(),
             order: Some(order_pb(&order)),
+        }))
+    }
+
+    async fn place_order(
+        &self,
+        request: Request<pb::PlaceOrderReq>,
+    ) -> Result<Response<pb::PlaceOrderResp>, Status> {
+        let caller = caller_of(&self.key, &request)?;
+        let r = request.into_inner();
+        let items = r
+            .items
+            .into_iter()
+            .map(|i| OrderItem {
+                product_id: i.product_id,
+                quantity: i.quantity,
+                unit_price: i.unit_price,
+            })
+            .collect();
+        let (order, created) = self.orders.place(&caller, &r.order_id, items).await?;
+        Ok(Response::new(pb::PlaceOrderResp {
+            order: Some(order_pb(&order)),
+            created,
+            expires_at_ms: order.expires_at_ms,
         }))
     }
 }

@@ -1,24 +1,27 @@
 //! The order service (steps 12–13 of the purchase path): orders made from
-//! settled flash-sale reservations, their payment, their cancellation and
-//! their timed expiry.
+//! settled flash-sale reservations and from normal checkout, their
+//! payment, their cancellation and their timed expiry.
 //!
 //! An order moves `pending_payment → paid | cancelled | expired`, and every
 //! move is a conditional write on the order's version (a lightweight
 //! transaction on ScyllaDB), so two replicas, or a retry, can never apply
 //! two moves from one state: paying and expiring an order race, and exactly
-//! one wins. A cancelled or expired order gives its units back through the
-//! engine's Release (idempotent) and then records `released`.
+//! one wins. A cancelled or expired order gives its units back (the
+//! engine's Release for a flash-sale order, the product service's
+//! ReleaseStock for a checkout order; both idempotent) and then records
+//! `released`. A paid checkout order commits its stock hold and records
+//! `committed`.
 //!
 //! - `sweep.rs`: the expiry worker over durable timers (`crate::timers`).
-//! - `engine.rs`: the engine client that releases units.
+//! - `stock.rs`: the engine and product clients that settle units.
 //! - `http.rs`: the JSON API; `grpc.rs`: the gRPC API.
 //!
 //! Tables: `orders` (by id), `orders_by_user` (a user's orders, newest
 //! first), `order_timers` (by due bucket).
 
-pub mod engine;
 pub mod grpc;
 pub mod http;
+pub mod stock;
 pub mod sweep;
 
 use std::sync::Arc;
@@ -32,7 +35,7 @@ use crate::config::OrdersConfig;
 use crate::store::records::{self, RecordError, Step};
 use crate::store::{RowRange, ServiceStore, Table};
 use crate::timers::Timers;
-use engine::Releaser;
+use stock::StockKeeper;
 
 /// Where an order is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,12 +69,15 @@ impl OrderStatus {
 pub enum OrderSource {
     /// A flash-sale reservation, settled by the engine.
     FlashSale,
+    /// Normal checkout of a cart, its stock held by the product service.
+    Checkout,
 }
 
 impl OrderSource {
     pub fn as_str(self) -> &'static str {
         match self {
             OrderSource::FlashSale => "flash_sale",
+            OrderSource::Checkout => "checkout",
         }
     }
 }
@@ -103,6 +109,9 @@ pub struct Order {
     pub closed_at_ms: Option<u64>,
     /// True once a cancelled or expired order's units are back on sale.
     pub released: bool,
+    /// True once a paid checkout order's stock hold is committed.
+    #[serde(default)]
+    pub committed: bool,
 }
 
 /// A settled reservation to make an order of.
@@ -146,7 +155,7 @@ pub struct Page {
 pub struct Orders {
     store: Arc<dyn ServiceStore>,
     timers: Timers,
-    releaser: Arc<dyn Releaser>,
+    stock: Arc<dyn StockKeeper>,
     config: OrdersConfig,
 }
 
@@ -177,13 +186,13 @@ fn by_user_sort(order: &Order) -> String {
 impl Orders {
     pub fn new(
         store: Arc<dyn ServiceStore>,
-        releaser: Arc<dyn Releaser>,
+        stock: Arc<dyn StockKeeper>,
         config: OrdersConfig,
     ) -> Self {
         Orders {
             timers: Timers::new(Arc::clone(&store), Table::OrderTimers),
             store,
-            releaser,
+            stock,
             config,
         }
     }
@@ -269,7 +278,16 @@ impl Orders {
             payment_id: None,
             closed_at_ms: None,
             released: false,
+            committed: false,
         };
+        Ok(self.store_new(order).await?.1)
+    }
+
+    /// Stores a new order with its index row and expiry timer; an order
+    /// already under its id is kept as it is (its row and timer are
+    /// written again). Returns the order as stored and whether this call
+    /// created it.
+    async fn store_new(&self, order: Order) -> Result<(Order, bool), ApiError> {
         let key = order.id.to_string();
         let value = serde_json::to_vec(&order).map_err(|e| corrupt(&key, e))?;
         // The record first: an index row or a timer never points at nothing
@@ -295,7 +313,77 @@ impl Orders {
                 .schedule(order.expires_at_ms, &order.id.to_string())
                 .await?;
         }
-        Ok(created)
+        Ok((order, created))
+    }
+
+    /// Places a normal-checkout order for the caller (the checkout service
+    /// calls with the buyer's identity). Idempotent by `order_id`: an
+    /// existing order of the caller's answers as it stands.
+    pub async fn place(
+        &self,
+        caller: &Identity,
+        order_id: &str,
+        items: Vec<OrderItem>,
+    ) -> Result<(Order, bool), ApiError> {
+        if caller.is_service() || !flashmall_mesh::valid_user_id(&caller.user_id) {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "an order is placed for a buyer's verified identity",
+            ));
+        }
+        let id =
+            Uuid::try_parse(order_id).map_err(|_| ApiError::invalid("order_id must be a UUID"))?;
+        if items.is_empty() || items.len() > PLACE_ITEMS_MAX {
+            return Err(ApiError::invalid(format!(
+                "an order has 1 to {PLACE_ITEMS_MAX} items"
+            )));
+        }
+        let mut total: i64 = 0;
+        for item in &items {
+            if Uuid::try_parse(&item.product_id).is_err()
+                || item.quantity <= 0
+                || item.unit_price <= 0
+            {
+                return Err(ApiError::invalid(
+                    "every item needs a product id, a positive quantity and a positive unit price",
+                ));
+            }
+            total = item
+                .unit_price
+                .checked_mul(item.quantity)
+                .and_then(|line| total.checked_add(line))
+                .ok_or_else(|| ApiError::invalid("the order total overflows"))?;
+        }
+        let now = now_ms();
+        let order = Order {
+            id,
+            user_id: caller.user_id.clone(),
+            status: OrderStatus::PendingPayment,
+            total,
+            items,
+            source: OrderSource::Checkout,
+            sale_id: None,
+            reservation_id: None,
+            created_at_ms: now,
+            expires_at_ms: now + self.config.payment_timeout.as_millis() as u64,
+            paid_at_ms: None,
+            payment_id: None,
+            closed_at_ms: None,
+            released: false,
+            committed: false,
+        };
+        let (order, created) = self.store_new(order).await?;
+        if order.user_id != caller.user_id || order.source != OrderSource::Checkout {
+            // An id derived from another buyer's checkout: not this one's.
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "this order id belongs to another order",
+            ));
+        }
+        if created {
+            metrics::counter!("flashmall_orders_created_total").increment(1);
+        }
+        Ok((order, created))
     }
 
     /// One order, for its buyer, an admin or a service.
@@ -438,6 +526,12 @@ impl Orders {
                 order.total
             )));
         }
+        if wrote && order.source == OrderSource::Checkout {
+            metrics::counter!("flashmall_orders_paid_total").increment(1);
+            // The expiry timer stays until the hold is committed: it
+            // retries the commit when this one fails.
+            return Ok(PaidOutcome::Paid(self.commit(&order).await));
+        }
         if wrote {
             metrics::counter!("flashmall_orders_paid_total").increment(1);
             // The expiry timer finds a paid order and drops itself; removing
@@ -488,9 +582,7 @@ impl Orders {
         if !order.status.is_closed() || order.released {
             return Ok(order.clone());
         }
-        if let Some(reservation) = order.reservation_id {
-            self.releaser.release(reservation).await?;
-        }
+        self.stock.release(order).await?;
         let (order, _) = self
             .moved(order.id, |o| {
                 if o.status.is_closed() && !o.released {
@@ -504,6 +596,48 @@ impl Orders {
             })
             .await?;
         Ok(order)
+    }
+
+    /// Commits a paid checkout order's stock hold and records it; on
+    /// failure the order's timer retries (the units stay held either way,
+    /// so nothing is oversold meanwhile).
+    pub async fn commit(&self, order: &Order) -> Order {
+        if order.status != OrderStatus::Paid
+            || order.source != OrderSource::Checkout
+            || order.committed
+        {
+            return order.clone();
+        }
+        let committed = async {
+            self.stock.commit(order).await?;
+            let (order, _) = self
+                .moved(order.id, |o| {
+                    if o.committed {
+                        Step::Keep
+                    } else {
+                        Step::Write(Order {
+                            committed: true,
+                            ..o.clone()
+                        })
+                    }
+                })
+                .await?;
+            let _ = self
+                .timers
+                .remove(&crate::timers::Timer {
+                    due_ms: order.expires_at_ms,
+                    id: order.id.to_string(),
+                })
+                .await;
+            Ok::<Order, ApiError>(order)
+        };
+        match committed.await {
+            Ok(order) => order,
+            Err(e) => {
+                tracing::warn!(order_id = %order.id, error = %e.message, "stock commit failed; the order's timer retries");
+                order.clone()
+            }
+        }
     }
 
     /// Releases now; when the engine cannot be reached, a timer retries
@@ -531,6 +665,9 @@ impl Orders {
         self.config.release_retry
     }
 }
+
+/// Most items of one placed order.
+pub const PLACE_ITEMS_MAX: usize = 100;
 
 fn require_service(caller: &Identity) -> Result<(), ApiError> {
     if caller.is_service() || caller.is_admin() {

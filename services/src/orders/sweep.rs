@@ -4,6 +4,7 @@
 //! - unpaid and past its expiry: expire it, then give its units back;
 //! - unpaid and not yet due (a timer left from before): wait for its own;
 //! - cancelled or expired, units not yet back: give them back (a retry);
+//! - a paid checkout order whose stock hold is not committed: commit it;
 //! - otherwise: nothing left to do.
 //!
 //! Several replicas may sweep the same timers: expiring is a conditional
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use flashmall_mesh::{ErrorCode, Shutdown, now_ms};
 use uuid::Uuid;
 
-use super::{OrderStatus, Orders};
+use super::{OrderSource, OrderStatus, Orders};
 use crate::timers::Timer;
 
 /// Runs the sweeper until `shutdown`.
@@ -84,6 +85,21 @@ async fn handle(orders: &Orders, timer: Timer) -> Result<(), String> {
             done().await?;
         }
         return Ok(());
+    }
+    if order.status == OrderStatus::Paid
+        && order.source == OrderSource::Checkout
+        && !order.committed
+    {
+        if !orders.commit(&order).await.committed {
+            let due = now_ms() + orders.release_retry().as_millis() as u64;
+            timers
+                .schedule(due, &timer.id)
+                .await
+                .map_err(|e| e.to_string())?;
+            done().await?;
+            return Err(format!("stock commit of order {id} failed"));
+        }
+        return done().await;
     }
     if order.status.is_closed()
         && !order.released

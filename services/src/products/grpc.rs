@@ -10,6 +10,7 @@ use flashmall_proto::product as pb;
 use pb::product_catalog_service_server::{ProductCatalogService, ProductCatalogServiceServer};
 use tonic::{Request, Response, Status};
 
+use super::stock::{Settle, StockLine};
 use super::{Category, NewCategory, NewProduct, PageRequest, Product, ProductPatch, Products};
 use crate::rfc3339_ms;
 
@@ -184,4 +185,61 @@ impl ProductCatalogService for CatalogApi {
             .await?;
         Ok(Response::new(category_pb(&category)))
     }
+
+    async fn hold_stock(
+        &self,
+        request: Request<pb::HoldStockReq>,
+    ) -> Result<Response<pb::HoldStockResp>, Status> {
+        let caller = caller_of(&self.key, &request)?;
+        let r = request.into_inner();
+        self.products
+            .hold(&caller, &r.hold_id, &stock_lines(r.lines), r.deadline_ms)
+            .await?;
+        Ok(Response::new(pb::HoldStockResp {}))
+    }
+
+    async fn commit_stock(
+        &self,
+        request: Request<pb::SettleStockReq>,
+    ) -> Result<Response<pb::SettleStockResp>, Status> {
+        self.settle(request, Settle::Commit).await
+    }
+
+    async fn release_stock(
+        &self,
+        request: Request<pb::SettleStockReq>,
+    ) -> Result<Response<pb::SettleStockResp>, Status> {
+        self.settle(request, Settle::Release).await
+    }
+}
+
+impl CatalogApi {
+    async fn settle(
+        &self,
+        request: Request<pb::SettleStockReq>,
+        how: Settle,
+    ) -> Result<Response<pb::SettleStockResp>, Status> {
+        let caller = caller_of(&self.key, &request)?;
+        let r = request.into_inner();
+        self.products
+            .settle(
+                &caller,
+                &r.hold_id,
+                &stock_lines(r.lines),
+                r.deadline_ms,
+                how,
+            )
+            .await?;
+        Ok(Response::new(pb::SettleStockResp {}))
+    }
+}
+
+fn stock_lines(lines: Vec<pb::StockLine>) -> Vec<StockLine> {
+    lines
+        .into_iter()
+        .map(|l| StockLine {
+            product_id: l.product_id,
+            quantity: l.quantity,
+        })
+        .collect()
 }

@@ -11,10 +11,12 @@
 //! crash between the writes never shows a product where it does not
 //! belong.
 
+pub mod client;
 pub mod grpc;
 pub mod http;
+pub mod stock;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use flashmall_mesh::{ApiError, ErrorCode, Identity, Role, now_ms};
@@ -63,12 +65,16 @@ pub struct Product {
     /// Minor units (cents).
     pub price: i64,
     pub categories: Vec<String>,
-    /// Units available to normal checkout.
+    /// Units available to normal checkout (held units are not counted).
     pub stock: i64,
     /// The merchant (user id) that owns it.
     pub merchant_id: String,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
+    /// Normal checkout's stock holds on this product, by hold (order) id:
+    /// open ones, and closed ones until their deadline (`stock.rs`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub holds: BTreeMap<String, stock::Hold>,
 }
 
 /// A category of products.
@@ -133,6 +139,10 @@ pub struct Page {
 pub struct Products {
     store: Arc<dyn ServiceStore>,
     config: ProductsConfig,
+    /// Serializes this replica's stock moves per product (by hash), so
+    /// concurrent checkouts of one product queue here instead of losing
+    /// conditional writes to each other; replicas still race safely.
+    stock_locks: Vec<tokio::sync::Mutex<()>>,
 }
 
 fn not_found() -> ApiError {
@@ -261,7 +271,11 @@ fn require_seller(caller: &Identity) -> Result<(), ApiError> {
 
 impl Products {
     pub fn new(store: Arc<dyn ServiceStore>, config: ProductsConfig) -> Self {
-        Products { store, config }
+        Products {
+            store,
+            config,
+            stock_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
+        }
     }
 
     pub fn max_body_bytes(&self) -> usize {
@@ -359,6 +373,7 @@ impl Products {
             merchant_id: caller.user_id.clone(),
             created_at_ms: now,
             updated_at_ms: now,
+            holds: BTreeMap::new(),
         };
         // Rows first: a crash before the record leaves rows that reads skip.
         self.put_rows(&index_rows(&product), product.id).await?;

@@ -57,6 +57,11 @@ pub enum Table {
     ProductIndex,
     /// Index: a word of a product's name or description → product ids.
     ProductTerms,
+    /// User id → that user's cart.
+    Carts,
+    /// Checkout id (derived from the buyer and the Idempotency-Key) →
+    /// checkout.
+    Checkouts,
 }
 
 impl Table {
@@ -78,6 +83,8 @@ impl Table {
             Table::Categories => "categories",
             Table::ProductIndex => "product_index",
             Table::ProductTerms => "product_terms",
+            Table::Carts => "carts",
+            Table::Checkouts => "checkouts",
         }
     }
 
@@ -95,7 +102,7 @@ impl Table {
     }
 
     /// Every table, for schema creation.
-    pub const ALL: [Table; 16] = [
+    pub const ALL: [Table; 18] = [
         Table::Users,
         Table::Emails,
         Table::RefreshTokens,
@@ -112,6 +119,8 @@ impl Table {
         Table::Categories,
         Table::ProductIndex,
         Table::ProductTerms,
+        Table::Carts,
+        Table::Checkouts,
     ];
 }
 

@@ -1,0 +1,624 @@
+//! The cart and checkout through the edge, on the whole stack in this
+//! process: a cart is always its caller's own; bad input gets a clear 4xx
+//! and changes nothing; checkout pays at catalogue prices, once per
+//! Idempotency-Key; concurrent checkouts of the last units never oversell;
+//! a declined payment leaves the cart as it was and the order cancelled;
+//! an unpaid order expires and its units come back.
+
+mod support;
+
+use std::time::Duration;
+
+use flashmall_services::payments::provider::SimulatorConfig;
+use serde_json::{Value, json};
+use support::eventually;
+use support::stack::{EdgeStack, Login, Options, drop_keyspace, scylla_store};
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("")
+}
+
+async fn merchant(s: &EdgeStack, admin: &Login, email: &str) -> Login {
+    let user = s.login(email).await;
+    let (status, body) = s
+        .call(
+            s.client
+                .put(s.url(&format!("/api/v1/admin/users/{}/roles", user.user_id)))
+                .bearer_auth(&admin.access)
+                .json(&json!({"roles": ["merchant"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    s.login(email).await
+}
+
+async fn product(s: &EdgeStack, seller: &Login, name: &str, price: i64, stock: i64) -> String {
+    let (status, body) = s
+        .call(
+            s.client
+                .post(s.url("/api/v1/products"))
+                .bearer_auth(&seller.access)
+                .json(&json!({"name": name, "price": price, "stock": stock})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    body["id"].as_str().unwrap().to_owned()
+}
+
+async fn stock_of(s: &EdgeStack, id: &str) -> i64 {
+    let (status, body) = s
+        .call(s.client.get(s.url(&format!("/api/v1/products/{id}"))))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["stock"].as_i64().unwrap()
+}
+
+async fn cart(s: &EdgeStack, who: &Login) -> Value {
+    let (status, body) = s
+        .call(s.client.get(s.url("/api/v1/cart")).bearer_auth(&who.access))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// The cart's items as (product id, quantity).
+fn items(cart: &Value) -> Vec<(String, i64)> {
+    cart["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["product_id"].as_str().unwrap().to_owned(),
+                i["quantity"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+async fn add(s: &EdgeStack, who: &Login, body: Value) -> (u16, Value) {
+    s.call(
+        s.client
+            .post(s.url("/api/v1/cart/items"))
+            .bearer_auth(&who.access)
+            .json(&body),
+    )
+    .await
+}
+
+async fn checkout(s: &EdgeStack, who: &Login, key: &str) -> (u16, Value, bool) {
+    let response = s
+        .client
+        .post(s.url("/api/v1/checkout"))
+        .bearer_auth(&who.access)
+        .header("idempotency-key", key)
+        .send()
+        .await
+        .expect("the proxy answers");
+    let status = response.status().as_u16();
+    let replayed = response.headers().get("idempotent-replayed").is_some();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, body, replayed)
+}
+
+async fn order(s: &EdgeStack, who: &Login, id: &str) -> (u16, Value) {
+    s.call(
+        s.client
+            .get(s.url(&format!("/api/v1/orders/{id}")))
+            .bearer_auth(&who.access),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cart_is_the_callers_own_and_refuses_bad_input() {
+    let s = EdgeStack::start(|proxy| proxy.limits.clear()).await;
+    let admin = s.admin().await;
+    let shop = merchant(&s, &admin, "shop@example.com").await;
+    let alice = s.login("alice@example.com").await;
+    let bob = s.login("bob@example.com").await;
+    let tea = product(&s, &shop, "Green tea", 1250, 5).await;
+    let cup = product(&s, &shop, "Cup", 300, 100).await;
+
+    // A customer cannot create products; nobody reaches a cart without a token.
+    let (status, body) = s
+        .call(
+            s.client
+                .post(s.url("/api/v1/products"))
+                .bearer_auth(&alice.access)
+                .json(&json!({"name": "x", "price": 1})),
+        )
+        .await;
+    assert_eq!((status, code(&body)), (403, "forbidden"), "{body}");
+    let (status, _) = s.call(s.client.get(s.url("/api/v1/cart"))).await;
+    assert_eq!(status, 401);
+    let (status, _) = s.call(s.client.post(s.url("/api/v1/checkout"))).await;
+    assert_eq!(status, 401);
+
+    // Adding merges quantities and shows the catalogue's prices.
+    let (status, body) = add(&s, &alice, json!({"product_id": tea, "quantity": 2})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = add(&s, &alice, json!({"product_id": tea, "quantity": 1})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(items(&body), [(tea.clone(), 3)]);
+    assert_eq!(body["items"][0]["name"], "Green tea");
+    assert_eq!(body["items"][0]["unit_price"], 1250);
+    assert_eq!(body["total"], 3750);
+    add(&s, &alice, json!({"product_id": cup, "quantity": 2})).await;
+    let before = cart(&s, &alice).await;
+    assert_eq!(before["total"], 3750 + 600);
+
+    // Bad input: a clear 4xx, and the cart stays as it was.
+    let long = "x".repeat(300);
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let bad: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (
+            s.client
+                .post(s.url("/api/v1/cart/items"))
+                .json(&json!({"product_id": unknown, "quantity": 1})),
+            400,
+            "invalid_request",
+        ),
+        (
+            s.client
+                .post(s.url("/api/v1/cart/items"))
+                .json(&json!({"product_id": "nope", "quantity": 1})),
+            400,
+            "invalid_request",
+        ),
+        (
+            s.client
+                .post(s.url("/api/v1/cart/items"))
+                .json(&json!({"product_id": long, "quantity": 1})),
+            400,
+            "invalid_request",
+        ),
+        (
+            s.client
+                .post(s.url("/api/v1/cart/items"))
+                .json(&json!({"product_id": tea, "quantity": 0})),
+            400,
+            "invalid_request",
+        ),
+        (
+            s.client
+                .post(s.url("/api/v1/cart/items"))
+                .json(&json!({"product_id": tea, "quantity": -2})),
+            400,
+            "invalid_request",
+        ),
+        (
+            s.client
+                .post(s.url("/api/v1/cart/items"))
+                .json(&json!({"product_id": tea, "quantity": 1.5})),
+            400,
+            "invalid_request",
+        ),
+        (
+            // 3 in the cart + 97 is over the 99 a cart holds of one product.
+            s.client
+                .post(s.url("/api/v1/cart/items"))
+                .json(&json!({"product_id": tea, "quantity": 97})),
+            400,
+            "invalid_request",
+        ),
+        (
+            s.client
+                .post(s.url("/api/v1/cart/items"))
+                .json(&json!({"product_id": tea, "quantity": 1, "price": 1})),
+            400,
+            "invalid_request",
+        ),
+        (
+            s.client
+                .post(s.url("/api/v1/cart/items"))
+                .header("content-type", "application/json")
+                .body("{\"product_id\": "),
+            400,
+            "invalid_request",
+        ),
+        (
+            s.client
+                .patch(s.url(&format!("/api/v1/cart/items/{tea}")))
+                .json(&json!({"quantity": 0})),
+            400,
+            "invalid_request",
+        ),
+        (
+            s.client
+                .patch(s.url(&format!("/api/v1/cart/items/{unknown}")))
+                .json(&json!({"quantity": 1})),
+            404,
+            "not_found",
+        ),
+        (
+            s.client
+                .delete(s.url(&format!("/api/v1/cart/items/{unknown}"))),
+            404,
+            "not_found",
+        ),
+    ];
+    for (request, status, expected) in bad {
+        let (got, body) = s.call(request.bearer_auth(&alice.access)).await;
+        assert_eq!((got, code(&body)), (status, expected), "{body}");
+        assert!(!body["error"]["message"].as_str().unwrap_or("").is_empty());
+    }
+    assert_eq!(cart(&s, &alice).await, before);
+
+    // Bob sees his own (empty) cart and cannot touch Alice's items.
+    let bobs = cart(&s, &bob).await;
+    assert!(items(&bobs).is_empty());
+    assert_eq!(bobs["total"], 0);
+    for request in [
+        s.client
+            .patch(s.url(&format!("/api/v1/cart/items/{tea}")))
+            .json(&json!({"quantity": 1})),
+        s.client.delete(s.url(&format!("/api/v1/cart/items/{tea}"))),
+    ] {
+        let (status, body) = s.call(request.bearer_auth(&bob.access)).await;
+        assert_eq!((status, code(&body)), (404, "not_found"), "{body}");
+    }
+    let (status, _) = s
+        .call(
+            s.client
+                .delete(s.url("/api/v1/cart"))
+                .bearer_auth(&bob.access),
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(cart(&s, &alice).await, before);
+
+    // Change a quantity; a price change shows at once; remove; empty.
+    let (status, body) = s
+        .call(
+            s.client
+                .patch(s.url(&format!("/api/v1/cart/items/{tea}")))
+                .bearer_auth(&alice.access)
+                .json(&json!({"quantity": 5})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = s
+        .call(
+            s.client
+                .patch(s.url(&format!("/api/v1/products/{cup}")))
+                .bearer_auth(&shop.access)
+                .json(&json!({"price": 350})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let now = cart(&s, &alice).await;
+    assert_eq!(items(&now), [(tea.clone(), 5), (cup.clone(), 2)]);
+    assert_eq!(now["total"], 5 * 1250 + 2 * 350);
+    let (status, body) = s
+        .call(
+            s.client
+                .delete(s.url(&format!("/api/v1/cart/items/{tea}")))
+                .bearer_auth(&alice.access),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(items(&body), [(cup.clone(), 2)]);
+    // A product leaving the catalogue shows as unavailable, outside the total.
+    let (status, _) = s
+        .call(
+            s.client
+                .delete(s.url(&format!("/api/v1/products/{cup}")))
+                .bearer_auth(&shop.access),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let now = cart(&s, &alice).await;
+    assert_eq!(now["items"][0]["available"], false);
+    assert_eq!(now["total"], 0);
+    let (status, body, _) = checkout(&s, &alice, "with-a-gone-product").await;
+    assert_eq!((status, code(&body)), (409, "conflict"), "{body}");
+    let (status, _) = s
+        .call(
+            s.client
+                .delete(s.url("/api/v1/cart"))
+                .bearer_auth(&alice.access),
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert!(items(&cart(&s, &alice).await).is_empty());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn checkout_pays_at_catalogue_prices_once_per_key() {
+    let s = EdgeStack::start(|proxy| proxy.limits.clear()).await;
+    let admin = s.admin().await;
+    let shop = merchant(&s, &admin, "shop@example.com").await;
+    let alice = s.login("alice@example.com").await;
+    let bob = s.login("bob@example.com").await;
+    let tea = product(&s, &shop, "Green tea", 1250, 5).await;
+    let cup = product(&s, &shop, "Cup", 300, 100).await;
+
+    let (status, body, _) = checkout(&s, &alice, "empty-cart").await;
+    assert_eq!((status, code(&body)), (409, "conflict"), "{body}");
+    add(&s, &alice, json!({"product_id": tea, "quantity": 2})).await;
+    add(&s, &alice, json!({"product_id": cup, "quantity": 1})).await;
+
+    // No key, a body with fields: refused, nothing happens.
+    let (status, body) = s
+        .call(
+            s.client
+                .post(s.url("/api/v1/checkout"))
+                .bearer_auth(&alice.access),
+        )
+        .await;
+    assert_eq!((status, code(&body)), (400, "invalid_request"), "{body}");
+    let (status, body) = s
+        .call(
+            s.client
+                .post(s.url("/api/v1/checkout"))
+                .bearer_auth(&alice.access)
+                .header("idempotency-key", "with-a-price")
+                .json(&json!({"total": 1})),
+        )
+        .await;
+    assert_eq!((status, code(&body)), (400, "invalid_request"), "{body}");
+    assert_eq!(stock_of(&s, &tea).await, 5);
+
+    let (status, paid, replayed) = checkout(&s, &alice, "k-1").await;
+    assert_eq!(status, 201, "{paid}");
+    assert!(!replayed);
+    assert_eq!(paid["status"], "paid");
+    assert_eq!(paid["total"], 2 * 1250 + 300);
+    assert_eq!(paid["items"][0]["unit_price"], 1250);
+    let order_id = paid["order_id"].as_str().unwrap().to_owned();
+    let (status, o) = order(&s, &alice, &order_id).await;
+    assert_eq!(status, 200, "{o}");
+    assert_eq!(o["status"], "paid");
+    assert_eq!(o["source"], "checkout");
+    assert_eq!(o["total"], 2800);
+    assert_eq!(stock_of(&s, &tea).await, 3);
+    assert_eq!(stock_of(&s, &cup).await, 99);
+    assert!(items(&cart(&s, &alice).await).is_empty());
+    let (status, payment) = s
+        .call(
+            s.client
+                .get(s.url(&format!(
+                    "/api/v1/payments/{}",
+                    paid["payment_id"].as_str().unwrap()
+                )))
+                .bearer_auth(&alice.access),
+        )
+        .await;
+    assert_eq!(status, 200, "{payment}");
+    assert_eq!(
+        (payment["status"].as_str(), payment["amount"].as_i64()),
+        (Some("succeeded"), Some(2800))
+    );
+
+    // The same key again: the same answer, nothing charged, held or taken
+    // out of the cart twice (an item added meanwhile stays).
+    add(&s, &alice, json!({"product_id": cup, "quantity": 1})).await;
+    let (status, again, replayed) = checkout(&s, &alice, "k-1").await;
+    assert_eq!(status, 201, "{again}");
+    assert!(replayed);
+    assert_eq!(again["order_id"], paid["order_id"]);
+    assert_eq!(again["payment_id"], paid["payment_id"]);
+    assert_eq!(stock_of(&s, &tea).await, 3);
+    assert_eq!(items(&cart(&s, &alice).await), [(cup.clone(), 1)]);
+
+    // Bob cannot see, pay or cancel Alice's order; the same key string is
+    // his own checkout (of his own empty cart).
+    let (status, _) = order(&s, &bob, &order_id).await;
+    assert_eq!(status, 404);
+    let (status, _) = s
+        .call(
+            s.client
+                .post(s.url(&format!("/api/v1/orders/{order_id}/cancel")))
+                .bearer_auth(&bob.access),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, body, _) = checkout(&s, &bob, "k-1").await;
+    assert_eq!((status, code(&body)), (409, "conflict"), "{body}");
+
+    // More than the stock: out_of_stock, the order cancelled, the cart and
+    // the stock as they were.
+    s.call(
+        s.client
+            .patch(s.url(&format!("/api/v1/cart/items/{cup}")))
+            .bearer_auth(&alice.access)
+            .json(&json!({"quantity": 2})),
+    )
+    .await;
+    add(&s, &alice, json!({"product_id": tea, "quantity": 4})).await;
+    let (status, body, _) = checkout(&s, &alice, "k-2").await;
+    assert_eq!((status, code(&body)), (409, "out_of_stock"), "{body}");
+    let failed_order = body["checkout"]["order_id"].as_str().unwrap().to_owned();
+    let (_, o) = order(&s, &alice, &failed_order).await;
+    assert_eq!(o["status"], "cancelled");
+    assert_eq!(stock_of(&s, &tea).await, 3);
+    assert_eq!(stock_of(&s, &cup).await, 99);
+    assert_eq!(
+        items(&cart(&s, &alice).await),
+        [(cup.clone(), 2), (tea.clone(), 4)]
+    );
+    let (status, body, replayed) = checkout(&s, &alice, "k-2").await;
+    assert_eq!((status, code(&body), replayed), (409, "out_of_stock", true));
+    s.stop().await;
+}
+
+async fn last_units_race(s: &EdgeStack, tag: &str) {
+    let admin = s.admin().await;
+    let shop = merchant(s, &admin, &format!("shop-{tag}@example.com")).await;
+    const STOCK: i64 = 5;
+    const BUYERS: usize = 12;
+    let item = product(s, &shop, "Last units", 990, STOCK).await;
+    let mut buyers = Vec::new();
+    for n in 0..BUYERS {
+        let b = s.login(&format!("buyer{n}-{tag}@example.com")).await;
+        let (status, body) = add(s, &b, json!({"product_id": item, "quantity": 1})).await;
+        assert_eq!(status, 200, "{body}");
+        buyers.push(b);
+    }
+    let answers = futures::future::join_all(
+        buyers
+            .iter()
+            .map(|b| async move { (b, checkout(s, b, "last").await) }),
+    )
+    .await;
+    let mut paid = 0;
+    for (buyer, (status, body, _)) in &answers {
+        match status {
+            201 => {
+                paid += 1;
+                assert!(items(&cart(s, buyer).await).is_empty());
+            }
+            409 => {
+                assert_eq!(code(body), "out_of_stock", "{body}");
+                assert_eq!(items(&cart(s, buyer).await), [(item.clone(), 1)]);
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(paid, STOCK, "exactly the stock is sold, never more");
+    assert_eq!(stock_of(s, &item).await, 0);
+    // Each paid order holds one unit; the failed ones hold none.
+    let mut sold = 0;
+    for (buyer, (status, body, _)) in &answers {
+        let id = body["order_id"]
+            .as_str()
+            .or(body["checkout"]["order_id"].as_str())
+            .unwrap();
+        let (_, o) = order(s, buyer, id).await;
+        let expected = if *status == 201 { "paid" } else { "cancelled" };
+        assert_eq!(o["status"], expected, "{o}");
+        if *status == 201 {
+            sold += o["items"][0]["quantity"].as_i64().unwrap();
+        }
+    }
+    assert_eq!(sold, STOCK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_checkouts_of_the_last_units_never_oversell() {
+    let s = EdgeStack::start(|proxy| proxy.limits.clear()).await;
+    last_units_race(&s, "embedded").await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_checkouts_never_oversell_on_cassandra() {
+    let Some(store) = scylla_store("shop") else {
+        eprintln!("SKIPPED: FLASHMALL_TEST_SCYLLA is not set");
+        return;
+    };
+    let s = EdgeStack::start_with(
+        Options {
+            store: store.clone(),
+            ..Options::default()
+        },
+        |proxy| proxy.limits.clear(),
+    )
+    .await;
+    last_units_race(&s, "scylla").await;
+    s.stop().await;
+    drop_keyspace(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_declined_payment_leaves_the_cart_and_never_pays_the_order() {
+    let s = EdgeStack::start_with(
+        Options {
+            simulator: SimulatorConfig {
+                latency: Duration::from_millis(1),
+                latency_jitter: Duration::ZERO,
+                failure_rate: 1.0,
+                ..SimulatorConfig::default()
+            },
+            ..Options::default()
+        },
+        |proxy| proxy.limits.clear(),
+    )
+    .await;
+    let admin = s.admin().await;
+    let shop = merchant(&s, &admin, "shop@example.com").await;
+    let alice = s.login("alice@example.com").await;
+    let tea = product(&s, &shop, "Green tea", 1250, 5).await;
+    add(&s, &alice, json!({"product_id": tea, "quantity": 2})).await;
+    let before = cart(&s, &alice).await;
+
+    let (status, body, _) = checkout(&s, &alice, "declined").await;
+    assert_eq!((status, code(&body)), (402, "payment_declined"), "{body}");
+    let c = &body["checkout"];
+    assert_eq!(c["status"], "failed");
+    let order_id = c["order_id"].as_str().unwrap().to_owned();
+    let (_, o) = order(&s, &alice, &order_id).await;
+    assert_eq!(o["status"], "cancelled", "{o}");
+    let (status, payment) = s
+        .call(
+            s.client
+                .get(s.url(&format!(
+                    "/api/v1/payments/{}",
+                    c["payment_id"].as_str().unwrap()
+                )))
+                .bearer_auth(&alice.access),
+        )
+        .await;
+    assert_eq!((status, payment["status"].as_str()), (200, Some("failed")));
+    assert_eq!(cart(&s, &alice).await, before, "the cart is left as it was");
+    eventually(
+        Duration::from_secs(5),
+        "the held units come back",
+        || async { (stock_of(&s, &tea).await == 5).then_some(()) },
+    )
+    .await;
+    // The same key again: the same failure, nothing charged again.
+    let (status, body, replayed) = checkout(&s, &alice, "declined").await;
+    assert_eq!(
+        (status, code(&body), replayed),
+        (402, "payment_declined", true)
+    );
+    assert_eq!(body["checkout"]["payment_id"], c["payment_id"]);
+    let (_, o) = order(&s, &alice, &order_id).await;
+    assert_eq!(o["status"], "cancelled");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unpaid_checkout_order_expires_and_its_units_come_back() {
+    let s = EdgeStack::start_with(
+        Options {
+            payment_timeout: Duration::from_secs(2),
+            simulator: SimulatorConfig {
+                latency: Duration::from_millis(1),
+                latency_jitter: Duration::ZERO,
+                pending_rate: 1.0,
+                callback_delay: Duration::from_secs(60),
+                ..SimulatorConfig::default()
+            },
+            ..Options::default()
+        },
+        |proxy| proxy.limits.clear(),
+    )
+    .await;
+    let admin = s.admin().await;
+    let shop = merchant(&s, &admin, "shop@example.com").await;
+    let alice = s.login("alice@example.com").await;
+    let tea = product(&s, &shop, "Green tea", 1250, 5).await;
+    add(&s, &alice, json!({"product_id": tea, "quantity": 3})).await;
+
+    let (status, body, _) = checkout(&s, &alice, "slow").await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "payment_pending");
+    assert_eq!(stock_of(&s, &tea).await, 2, "three units held");
+    let order_id = body["order_id"].as_str().unwrap().to_owned();
+    eventually(Duration::from_secs(10), "the order expires", || async {
+        let (_, o) = order(&s, &alice, &order_id).await;
+        (o["status"] == "expired" && o["released"] == true).then_some(())
+    })
+    .await;
+    assert_eq!(stock_of(&s, &tea).await, 5, "the held units are back");
+    // The same key now learns the order expired; the cart still holds the
+    // items for a new checkout.
+    let (status, body, _) = checkout(&s, &alice, "slow").await;
+    assert_eq!((status, code(&body)), (409, "conflict"), "{body}");
+    assert_eq!(items(&cart(&s, &alice).await), [(tea.clone(), 3)]);
+    s.stop().await;
+}
