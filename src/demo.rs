@@ -7,6 +7,10 @@
 //! earlier attempt's Idempotency-Key (client retries); buyers come back
 //! with new keys past their limit; traffic keeps coming after sell-out.
 //!
+//! Beside the storm, shoppers buy from the catalogue through cart and
+//! checkout (`shop_demo.rs`): normal checkout holds stock and cannot
+//! oversell either.
+//!
 //! Then the orders: every winner finds an order; `--pay-percent` of them
 //! pay it, the rest let it expire (`--payment-timeout`), their units go
 //! back on sale, and buyers who got nothing in the storm buy them.
@@ -116,6 +120,8 @@ pub struct DemoReport {
     pub accounts_seconds: f64,
     /// The orders phase, when it ran.
     pub orders: Option<OrdersPhase>,
+    /// The normal purchases made beside the storm.
+    pub shop: crate::shop_demo::ShopPhase,
     pub checks: Vec<Check>,
 }
 
@@ -203,6 +209,28 @@ impl DemoReport {
                 let _ = writeln!(t, "{name:<34}{value:>30}");
             }
         }
+        let s = &self.shop;
+        let rows: [(&str, String); 4] = [
+            (
+                "checkouts beside the storm",
+                format!("{} shoppers, {} scarce units", s.shoppers, s.scarce_stock),
+            ),
+            (
+                "checkouts paid / out of stock",
+                format!("{} / {}", s.paid, s.out_of_stock),
+            ),
+            (
+                "checkout latency p50 (ms)",
+                format!("{:.2}", s.checkout_p50_ms),
+            ),
+            (
+                "checkout latency p99 (ms)",
+                format!("{:.2}", s.checkout_p99_ms),
+            ),
+        ];
+        for (name, value) in rows {
+            let _ = writeln!(t, "{name:<34}{value:>30}");
+        }
         let _ = writeln!(t, "{:-<64}", "");
         for c in &self.checks {
             let _ = writeln!(
@@ -225,6 +253,9 @@ impl DemoReport {
         t
     }
 }
+
+/// Buyers who also shop the catalogue beside the storm.
+const SHOPPERS: usize = 20;
 
 /// One planned attempt.
 struct Attempt {
@@ -484,6 +515,9 @@ async fn storm(
             .await,
         );
     }
+    // The shop beside the sale: products and carts ready before it opens.
+    let shoppers = &accounts.buyers[..accounts.buyers.len().min(SHOPPERS)];
+    let shop = crate::shop_demo::prepare(&client, base, &accounts.admin, shoppers).await?;
     let wait = opens_at - OffsetDateTime::now_utc();
     if wait.is_positive() {
         tokio::time::sleep(Duration::from_micros(wait.whole_microseconds() as u64)).await;
@@ -491,17 +525,22 @@ async fn storm(
     let started = Instant::now();
     let client = Arc::new(client);
     let url = Arc::new(purchase_url);
-    let storm: Vec<Answer> = futures::stream::iter(attempts[early..].iter())
-        .map(|attempt| {
-            let client = Arc::clone(&client);
-            let url = Arc::clone(&url);
-            let token = accounts.buyers[attempt.buyer].as_str();
-            async move { fire(&client, &url, token, attempt).await }
-        })
-        .buffer_unordered(options.concurrency)
-        .collect()
-        .await;
-    let burst = started.elapsed();
+    let storm = async {
+        let storm: Vec<Answer> = futures::stream::iter(attempts[early..].iter())
+            .map(|attempt| {
+                let client = Arc::clone(&client);
+                let url = Arc::clone(&url);
+                let token = accounts.buyers[attempt.buyer].as_str();
+                async move { fire(&client, &url, token, attempt).await }
+            })
+            .buffer_unordered(options.concurrency)
+            .collect()
+            .await;
+        (storm, started.elapsed())
+    };
+    let ((storm, burst), shopped) =
+        tokio::join!(storm, crate::shop_demo::checkout_all(&client, base, shop));
+    let (shop, shop_checks) = shopped?;
     answers.extend(storm);
 
     // Settlement: wait until nothing is pending.
@@ -627,6 +666,7 @@ async fn storm(
         },
     ];
     let mut checks = checks;
+    checks.extend(shop_checks);
     let orders = if options.pay_percent > 0 || options.payment_timeout > Duration::ZERO {
         let winners: Vec<(String, usize)> = granted.iter().map(|(r, b)| (r.clone(), *b)).collect();
         let losers: Vec<usize> = (0..options.buyers)
@@ -644,6 +684,7 @@ async fn storm(
     let ms = |v: u64| v as f64 / 1000.0;
     Ok(DemoReport {
         orders,
+        shop,
         options: options.clone(),
         front,
         outcomes,

@@ -6,5 +6,6 @@
 
 pub mod config;
 pub mod demo;
+pub mod shop_demo;
 pub mod stack;
 pub mod up;

@@ -622,3 +622,196 @@ async fn an_unpaid_checkout_order_expires_and_its_units_come_back() {
     assert_eq!(items(&cart(&s, &alice).await), [(tea.clone(), 3)]);
     s.stop().await;
 }
+
+/// A gRPC channel to one of the stack's services.
+async fn channel(s: &EdgeStack, service: &str) -> tonic::transport::Channel {
+    let addr = s
+        .stack()
+        .services
+        .iter()
+        .find(|(name, _)| *name == service)
+        .map(|(_, running)| running.addr)
+        .unwrap_or_else(|| s.stack().orders.addr);
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// A request carrying `who`'s identity, signed as the edge signs it.
+fn as_user<T>(s: &EdgeStack, who: &Login, message: T) -> tonic::Request<T> {
+    let identity = flashmall_mesh::Identity {
+        user_id: who.user_id.clone(),
+        roles: vec![flashmall_mesh::Role::Customer],
+        token_id: "grpc-test".into(),
+        expires_at_ms: flashmall_mesh::now_ms() + 60_000,
+    };
+    let signed = s.stack().proxy_settings.identity.sign(&identity);
+    let mut request = tonic::Request::new(message);
+    flashmall_mesh::authorize(&mut request, &signed).unwrap();
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_reference_grpc_names_serve_the_same_shop() {
+    use flashmall_proto::cart::cart_service_client::CartServiceClient;
+    use flashmall_proto::checkout::checkout_service_client::CheckoutServiceClient;
+    use flashmall_proto::order::order_service_client::OrderServiceClient;
+    use flashmall_proto::product::product_catalog_service_client::ProductCatalogServiceClient;
+    use flashmall_proto::{cart, checkout, order, product};
+
+    let s = EdgeStack::start(|proxy| proxy.limits.clear()).await;
+    let admin = s.admin().await;
+    let shop = merchant(&s, &admin, "shop@example.com").await;
+    let alice = s.login("alice@example.com").await;
+    let bob = s.login("bob@example.com").await;
+    let tea = product(&s, &shop, "Green tea leaves", 1250, 5).await;
+
+    let mut catalog = ProductCatalogServiceClient::new(channel(&s, "products").await);
+    let listed = catalog
+        .list_products(product::ListProductsReq::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.products.len(), 1);
+    let got = catalog
+        .get_product(product::GetProductReq { id: tea.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.product.unwrap().price, 1250);
+    let found = catalog
+        .search_products(product::SearchProductsReq {
+            query: "tea".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(found.results.len(), 1);
+    // A buyer cannot hold stock.
+    let held = catalog
+        .hold_stock(as_user(
+            &s,
+            &alice,
+            product::HoldStockReq {
+                hold_id: uuid::Uuid::now_v7().to_string(),
+                lines: vec![product::StockLine {
+                    product_id: tea.clone(),
+                    quantity: 5,
+                }],
+                deadline_ms: flashmall_mesh::now_ms() + 60_000,
+            },
+        ))
+        .await;
+    assert_eq!(held.unwrap_err().code(), tonic::Code::PermissionDenied);
+
+    let mut carts = CartServiceClient::new(channel(&s, "cart").await);
+    let added = carts
+        .add_item(as_user(
+            &s,
+            &alice,
+            cart::AddItemReq {
+                item: Some(cart::CartItem {
+                    product_id: tea.clone(),
+                    quantity: 2,
+                }),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(added.total, 2500);
+    let zero = carts
+        .add_item(as_user(
+            &s,
+            &alice,
+            cart::AddItemReq {
+                item: Some(cart::CartItem {
+                    product_id: tea.clone(),
+                    quantity: 0,
+                }),
+            },
+        ))
+        .await;
+    assert_eq!(zero.unwrap_err().code(), tonic::Code::InvalidArgument);
+    // Without an identity there is no cart.
+    let anonymous = carts.get_cart(cart::GetCartReq {}).await;
+    assert_eq!(anonymous.unwrap_err().code(), tonic::Code::Unauthenticated);
+    let bobs = carts
+        .get_cart(as_user(&s, &bob, cart::GetCartReq {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(bobs.items.is_empty(), "Bob's cart is his own");
+
+    let mut checkouts = CheckoutServiceClient::new(channel(&s, "checkout").await);
+    let paid = checkouts
+        .checkout(as_user(
+            &s,
+            &alice,
+            checkout::CheckoutReq {
+                idempotency_key: "grpc-1".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((paid.status.as_str(), paid.total), ("paid", 2500));
+    let cart_after = carts
+        .get_cart(as_user(&s, &alice, cart::GetCartReq {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(cart_after.items.is_empty());
+    carts
+        .empty_cart(as_user(&s, &alice, cart::EmptyCartReq::default()))
+        .await
+        .unwrap();
+
+    let mut orders = OrderServiceClient::new(channel(&s, "orders").await);
+    let mine = orders
+        .get_order(as_user(
+            &s,
+            &alice,
+            order::GetOrderReq {
+                order_id: paid.order_id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (mine.status.as_str(), mine.source.as_str()),
+        ("paid", "checkout")
+    );
+    let theirs = orders
+        .get_order(as_user(
+            &s,
+            &bob,
+            order::GetOrderReq {
+                order_id: paid.order_id.clone(),
+            },
+        ))
+        .await;
+    assert_eq!(theirs.unwrap_err().code(), tonic::Code::NotFound);
+    // PlaceOrder under Bob's identity cannot take Alice's order id.
+    let stolen = orders
+        .place_order(as_user(
+            &s,
+            &bob,
+            order::PlaceOrderReq {
+                order_id: paid.order_id.clone(),
+                items: vec![order::OrderItem {
+                    product_id: tea.clone(),
+                    quantity: 1,
+                    unit_price: 1,
+                }],
+            },
+        ))
+        .await;
+    assert_eq!(stolen.unwrap_err().code(), tonic::Code::Aborted);
+    assert_eq!(stock_of(&s, &tea).await, 3);
+    s.stop().await;
+}
