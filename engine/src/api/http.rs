@@ -197,20 +197,8 @@ async fn reconcile_sales(
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     identity::caller(&engine, &headers)?.require(Role::Admin)?;
-    let bytes = axum::body::to_bytes(body, engine.config.max_body_bytes)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                flashmall_mesh::ErrorCode::PayloadTooLarge,
-                "the request body is too large",
-            )
-        })?;
-    let request: ReconcileBody = if bytes.iter().all(u8::is_ascii_whitespace) {
-        ReconcileBody::default()
-    } else {
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::invalid(format!("the request body is not valid: {e}")))?
-    };
+    let request: ReconcileBody =
+        flashmall_mesh::body::optional_json(body, engine.config.max_body_bytes).await?;
     let reports = match request.sale_id {
         Some(id) => vec![reconcile::reconcile_one(&engine, &id).await?],
         None => reconcile::reconcile_all(&engine).await?,

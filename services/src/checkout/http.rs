@@ -49,7 +49,7 @@ pub fn checkout_json(answer: &Answer) -> Value {
 
 /// Checkout takes no fields: the buyer is the caller, the items are the
 /// cart's, the prices the catalogue's.
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct NoFields {}
 
@@ -59,27 +59,16 @@ async fn checkout(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let key = headers
-        .get("idempotency-key")
-        .ok_or_else(|| ApiError::invalid("the Idempotency-Key header is required"))?
-        .to_str()
-        .map_err(|_| ApiError::invalid("the Idempotency-Key header must be visible ASCII"))?
-        .to_owned();
-    let bytes = axum::body::to_bytes(body, checkouts.max_body_bytes())
+    let key = flashmall_mesh::body::idempotency_key(&headers)?;
+    let NoFields {} = flashmall_mesh::body::optional_json(body, checkouts.max_body_bytes())
         .await
-        .map_err(|_| {
-            ApiError::new(
-                flashmall_mesh::ErrorCode::PayloadTooLarge,
-                "the request body is too large",
-            )
+        .map_err(|e| ApiError {
+            message: format!(
+                "checkout takes no fields (the items are your cart's): {}",
+                e.message
+            ),
+            ..e
         })?;
-    if !bytes.iter().all(u8::is_ascii_whitespace) {
-        serde_json::from_slice::<NoFields>(&bytes).map_err(|e| {
-            ApiError::invalid(format!(
-                "checkout takes no fields (the items are your cart's): {e}"
-            ))
-        })?;
-    }
     let answer = checkouts.checkout(&caller, &key).await?;
     let mut body = checkout_json(&answer);
     let (status, mut response) = match answer.error() {

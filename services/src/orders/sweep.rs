@@ -91,12 +91,7 @@ async fn handle(orders: &Orders, timer: Timer) -> Result<(), String> {
         && !order.committed
     {
         if !orders.commit(&order).await.committed {
-            let due = now_ms() + orders.release_retry().as_millis() as u64;
-            timers
-                .schedule(due, &timer.id)
-                .await
-                .map_err(|e| e.to_string())?;
-            done().await?;
+            retry_later(orders, &timer).await?;
             return Err(format!("stock commit of order {id} failed"));
         }
         return done().await;
@@ -105,14 +100,20 @@ async fn handle(orders: &Orders, timer: Timer) -> Result<(), String> {
         && !order.released
         && let Err(e) = orders.release(&order).await
     {
-        // Retry later rather than on every sweep.
-        let due = now_ms() + orders.release_retry().as_millis() as u64;
-        timers
-            .schedule(due, &timer.id)
-            .await
-            .map_err(|e| e.to_string())?;
-        done().await?;
+        retry_later(orders, &timer).await?;
         return Err(format!("release of order {id} failed: {}", e.message));
     }
     done().await
+}
+
+/// Replaces `timer` by one `release_retry` from now: a failed release or
+/// commit is tried again later rather than on every sweep.
+async fn retry_later(orders: &Orders, timer: &Timer) -> Result<(), String> {
+    let timers = orders.timers();
+    let due = now_ms() + orders.release_retry().as_millis() as u64;
+    timers
+        .schedule(due, &timer.id)
+        .await
+        .map_err(|e| e.to_string())?;
+    timers.remove(timer).await.map_err(|e| e.to_string())
 }

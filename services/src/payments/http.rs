@@ -56,12 +56,7 @@ async fn charge(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let key = headers
-        .get("idempotency-key")
-        .ok_or_else(|| ApiError::invalid("the Idempotency-Key header is required"))?
-        .to_str()
-        .map_err(|_| ApiError::invalid("the Idempotency-Key header must be visible ASCII"))?
-        .to_owned();
+    let key = flashmall_mesh::body::idempotency_key(&headers)?;
     let b: ChargeBody = json(body, payments.config().max_body_bytes).await?;
     let (payment, replayed) = payments
         .charge(
