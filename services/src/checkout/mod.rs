@@ -184,13 +184,7 @@ impl Checkouts {
             return self.resume(caller, existing, true).await;
         }
         let lines = self.priced_cart(caller).await?;
-        let total = lines
-            .iter()
-            .try_fold(0i64, |sum, l| {
-                l.unit_price
-                    .checked_mul(l.quantity)
-                    .and_then(|line| sum.checked_add(line))
-            })
+        let total = crate::orders::total_of(lines.iter().map(|l| (l.unit_price, l.quantity)))
             .ok_or_else(|| ApiError::invalid("the cart's total overflows"))?;
         let now = now_ms();
         let checkout = Checkout {

@@ -253,9 +253,7 @@ impl Orders {
 
     async fn create_one(&self, o: SaleOrder) -> Result<bool, ApiError> {
         let now = now_ms();
-        let total = o
-            .unit_price
-            .checked_mul(o.quantity)
+        let total = total_of([(o.unit_price, o.quantity)])
             .ok_or_else(|| ApiError::invalid("the order total overflows"))?;
         let order = Order {
             id: o.order_id,
@@ -338,22 +336,15 @@ impl Orders {
                 "an order has 1 to {PLACE_ITEMS_MAX} items"
             )));
         }
-        let mut total: i64 = 0;
-        for item in &items {
-            if Uuid::try_parse(&item.product_id).is_err()
-                || item.quantity <= 0
-                || item.unit_price <= 0
-            {
-                return Err(ApiError::invalid(
-                    "every item needs a product id, a positive quantity and a positive unit price",
-                ));
-            }
-            total = item
-                .unit_price
-                .checked_mul(item.quantity)
-                .and_then(|line| total.checked_add(line))
-                .ok_or_else(|| ApiError::invalid("the order total overflows"))?;
+        if items.iter().any(|item| {
+            Uuid::try_parse(&item.product_id).is_err() || item.quantity <= 0 || item.unit_price <= 0
+        }) {
+            return Err(ApiError::invalid(
+                "every item needs a product id, a positive quantity and a positive unit price",
+            ));
         }
+        let total = total_of(items.iter().map(|i| (i.unit_price, i.quantity)))
+            .ok_or_else(|| ApiError::invalid("the order total overflows"))?;
         let now = now_ms();
         let order = Order {
             id,
@@ -526,14 +517,13 @@ impl Orders {
                 order.total
             )));
         }
-        if wrote && order.source == OrderSource::Checkout {
-            metrics::counter!("flashmall_orders_paid_total").increment(1);
-            // The expiry timer stays until the hold is committed: it
-            // retries the commit when this one fails.
-            return Ok(PaidOutcome::Paid(self.commit(&order).await));
-        }
         if wrote {
             metrics::counter!("flashmall_orders_paid_total").increment(1);
+            if order.source == OrderSource::Checkout {
+                // The expiry timer stays until the hold is committed: it
+                // retries the commit when this one fails.
+                return Ok(PaidOutcome::Paid(self.commit(&order).await));
+            }
             // The expiry timer finds a paid order and drops itself; removing
             // it here only saves the sweeper a read.
             let _ = self
@@ -664,6 +654,16 @@ impl Orders {
     pub fn release_retry(&self) -> Duration {
         self.config.release_retry
     }
+}
+
+/// The total of `(unit_price, quantity)` lines in minor units; `None`
+/// when it overflows.
+pub fn total_of(lines: impl IntoIterator<Item = (i64, i64)>) -> Option<i64> {
+    lines.into_iter().try_fold(0i64, |sum, (price, quantity)| {
+        price
+            .checked_mul(quantity)
+            .and_then(|line| sum.checked_add(line))
+    })
 }
 
 /// Most items of one placed order.
