@@ -241,6 +241,13 @@ async fn a_superseded_rebuild_commits_nothing(front: &dyn StockFront) {
     );
     assert_eq!(front.counts(sale).await.unwrap().unwrap().remaining, 4);
     assert!(
+        matches!(
+            front.reserve(&call(sale, "u1", "a", 1, 5)).await.unwrap(),
+            ReserveOutcome::Reserved { .. }
+        ),
+        "purchases are served again after the rebuild"
+    );
+    assert!(
         front.suspend(sale).await.unwrap().is_some(),
         "the lease is free again"
     );
