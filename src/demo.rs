@@ -20,15 +20,14 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flashmall_engine::config::{EngineConfig, LedgerConfig, RedisConfig};
-use flashmall_mesh::ClientConfig;
-use flashmall_services::config::{AuthConfig, OrdersConfig, PaymentsConfig, StoreConfig};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use crate::stack::{Stack, StackConfig};
+use crate::stack::Throwaway;
+use flashmall_bench::api::json_of;
+use flashmall_bench::seckill::Attempt;
 
 /// Sizes and switches of a demo run.
 #[derive(Debug, Clone, clap::Args)]
@@ -91,13 +90,7 @@ impl Default for DemoOptions {
     }
 }
 
-/// One invariant and whether it held.
-#[derive(Debug, Clone)]
-pub struct Check {
-    pub name: &'static str,
-    pub held: bool,
-    pub detail: String,
-}
+pub use flashmall_bench::seckill::Check;
 
 /// What a demo run measured and checked.
 #[derive(Debug, Clone)]
@@ -257,39 +250,14 @@ impl DemoReport {
 /// Buyers who also shop the catalogue beside the storm.
 const SHOPPERS: usize = 20;
 
-/// One planned attempt.
-struct Attempt {
-    buyer: usize,
-    key: String,
-}
-
-/// xorshift64*: a tiny deterministic generator for the attempt plan.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 fn plan(options: &DemoOptions) -> Vec<Attempt> {
-    let mut rng = Rng(options.seed.max(1));
-    let mut last_key: HashMap<usize, String> = HashMap::new();
-    let mut out = Vec::with_capacity(options.attempts);
-    for i in 0..options.attempts {
-        let buyer = (rng.next() % options.buyers.max(1) as u64) as usize;
-        let retry = rng.next() % 100 < options.retry_percent;
-        let key = match (retry, last_key.get(&buyer)) {
-            (true, Some(key)) => key.clone(),
-            _ => format!("demo-{i}"),
-        };
-        last_key.insert(buyer, key.clone());
-        out.push(Attempt { buyer, key });
-    }
-    out
+    flashmall_bench::seckill::plan(
+        options.seed,
+        options.attempts,
+        options.buyers,
+        options.retry_percent,
+        "demo-",
+    )
 }
 
 /// An answer to one attempt.
@@ -313,26 +281,7 @@ const DEMO_ADMIN: &str = "admin@demo.flashmall";
 
 /// Registers and logs in one account through the proxy; its access token.
 async fn account(client: &reqwest::Client, base: &str, email: &str) -> Result<String, String> {
-    let credentials = json!({"email": email, "password": DEMO_PASSWORD});
-    let (status, body) = json_of(
-        client
-            .post(format!("{base}/api/v1/auth/register"))
-            .json(&credentials),
-    )
-    .await?;
-    if status != 201 {
-        return Err(format!("registering {email} failed: {status} {body}"));
-    }
-    let (status, body) = json_of(
-        client
-            .post(format!("{base}/api/v1/auth/login"))
-            .json(&credentials),
-    )
-    .await?;
-    match body["access_token"].as_str() {
-        Some(token) if status == 200 => Ok(token.to_owned()),
-        _ => Err(format!("logging in {email} failed: {status} {body}")),
-    }
+    flashmall_bench::api::register(client, base, email, DEMO_PASSWORD).await
 }
 
 async fn accounts(
@@ -393,19 +342,6 @@ async fn fire(client: &reqwest::Client, url: &str, token: &str, attempt: &Attemp
     }
 }
 
-async fn json_of(request: reqwest::RequestBuilder) -> Result<(u16, Value), String> {
-    let response = request
-        .send()
-        .await
-        .map_err(|e| format!("request failed: {e}"))?;
-    let status = response.status().as_u16();
-    let body = response
-        .json()
-        .await
-        .map_err(|e| format!("bad json answer: {e}"))?;
-    Ok((status, body))
-}
-
 /// Runs the demo and returns its report (the caller decides the exit code).
 pub async fn run(options: &DemoOptions) -> Result<DemoReport, String> {
     if options.stock < 1
@@ -415,53 +351,14 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, String> {
     {
         return Err("stock, buyers, concurrency and per-user-limit must be at least 1".into());
     }
-    let data = tempfile::tempdir().map_err(|e| format!("cannot make a temp dir: {e}"))?;
-    let jwt_secret = format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    )
-    .into_bytes();
-    let stack = Stack::start(
-        StackConfig {
-            engine: EngineConfig {
-                durable_ack: !options.fast_ack,
-                max_quantity: options.per_user_limit.max(1),
-                ..EngineConfig::default()
-            },
-            redis: RedisConfig {
-                url: options.redis.clone().unwrap_or_default(),
-                pool_size: 8,
-                ..RedisConfig::default()
-            },
-            ledger: LedgerConfig::default(),
-            store: StoreConfig::default(),
-            orders: OrdersConfig {
-                payment_timeout: options.payment_timeout,
-                sweep_interval: Duration::from_millis(200),
-                ..OrdersConfig::default()
-            },
-            payments: PaymentsConfig::default(),
-            products: flashmall_services::config::ProductsConfig::default(),
-            cart: flashmall_services::config::CartConfig::default(),
-            checkout: flashmall_services::config::CheckoutConfig::default(),
-            client: ClientConfig::default(),
-            auth: AuthConfig {
-                // A light argon2id cost, so thousands of demo accounts register in
-                // seconds; deployments keep the OWASP defaults of [auth].
-                argon2_memory_kib: 256,
-                argon2_iterations: 1,
-                bootstrap_admins: vec![DEMO_ADMIN.to_owned()],
-                ..AuthConfig::default()
-            },
-            data_dir: data.path().to_owned(),
-            jwt_secret,
-        },
-        |proxy| {
-            // Every demo buyer shares one loopback address: no per-address limit.
-            proxy.limits.retain(|l| l.key != "ip");
-        },
-    )
+    let (stack, _data) = Throwaway {
+        redis: options.redis.clone(),
+        fast_ack: options.fast_ack,
+        max_quantity: options.per_user_limit,
+        payment_timeout: options.payment_timeout,
+        admin: DEMO_ADMIN.to_owned(),
+    }
+    .start()
     .await?;
     let front = stack.engine.engine.front.kind();
     let result = storm(options, &stack.base(), front).await;

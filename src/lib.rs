@@ -1,9 +1,10 @@
 //! The `flashmall` command's library: configuration loading, the
-//! single-process stack (`up`) and the demo. `main.rs` only parses the
+//! single-process stack (`up`), the demo and the bench command. `main.rs` only parses the
 //! command line and calls into here and each component crate's `run`.
 
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod shop_demo;

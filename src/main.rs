@@ -45,6 +45,11 @@ enum Command {
         #[command(subcommand)]
         name: ServiceName,
     },
+    /// The bench suite: seckill load, proxy overhead, the Redis reserve path.
+    Bench {
+        #[command(subcommand)]
+        bench: flashmall::bench::Bench,
+    },
     /// Loads and validates a config file, then prints the effective config.
     CheckConfig { file: PathBuf },
 }
@@ -104,7 +109,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
     // per request at info) stay quiet unless a level was chosen.
     let level_chosen = std::env::var_os("FLASHMALL_LOG__LEVEL").is_some() || cli.config.is_some();
     let level = match cli.command {
-        Command::Demo(_) if !level_chosen => "warn".to_owned(),
+        Command::Demo(_) | Command::Bench { .. } if !level_chosen => "warn".to_owned(),
         _ => config.log.level.clone(),
     };
     flashmall_mesh::telemetry::init_logs(config.log.format, &level)?;
@@ -118,6 +123,12 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             }
             config.validate()?;
             flashmall::up::run(config).await?;
+        }
+        Command::Bench { bench } => {
+            if !flashmall::bench::run(&bench).await? {
+                eprintln!("error: the bench's checks failed (see the table)");
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Command::Demo(options) => {
             let report = flashmall::demo::run(&options).await?;

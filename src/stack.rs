@@ -61,6 +61,72 @@ pub struct Stack {
     pub orders_shutdown: Shutdown,
 }
 
+/// A throwaway stack for the demo and the bench: embedded stores in a
+/// temporary directory, a random JWT secret, `admin` bootstrapped, and no
+/// per-address rate limit (every simulated client shares one address).
+#[derive(Debug, Clone)]
+pub struct Throwaway {
+    /// Redis URL of the stock front; `None`: the in-process front.
+    pub redis: Option<String>,
+    /// Answer purchases right after the Redis script (no durable ack).
+    pub fast_ack: bool,
+    /// Largest quantity of one purchase.
+    pub max_quantity: i64,
+    /// How long an order waits for its payment.
+    pub payment_timeout: std::time::Duration,
+    /// The e-mail that becomes an admin when it registers.
+    pub admin: String,
+}
+
+impl Throwaway {
+    /// Starts it; the stack's data lives as long as the returned directory.
+    pub async fn start(&self) -> Result<(Stack, tempfile::TempDir), String> {
+        let data = tempfile::tempdir().map_err(|e| format!("cannot make a temp dir: {e}"))?;
+        let jwt_secret = format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        )
+        .into_bytes();
+        let config = StackConfig {
+            engine: EngineConfig {
+                durable_ack: !self.fast_ack,
+                max_quantity: self.max_quantity.max(1),
+                ..EngineConfig::default()
+            },
+            redis: RedisConfig {
+                url: self.redis.clone().unwrap_or_default(),
+                pool_size: 8,
+                ..RedisConfig::default()
+            },
+            ledger: LedgerConfig::default(),
+            store: StoreConfig::default(),
+            orders: OrdersConfig {
+                payment_timeout: self.payment_timeout,
+                sweep_interval: std::time::Duration::from_millis(200),
+                ..OrdersConfig::default()
+            },
+            payments: PaymentsConfig::default(),
+            products: ProductsConfig::default(),
+            cart: CartConfig::default(),
+            checkout: CheckoutConfig::default(),
+            client: ClientConfig::default(),
+            auth: AuthConfig {
+                // A light argon2id cost, so thousands of accounts register
+                // in seconds; deployments keep the OWASP defaults of [auth].
+                argon2_memory_kib: 256,
+                argon2_iterations: 1,
+                bootstrap_admins: vec![self.admin.clone()],
+                ..AuthConfig::default()
+            },
+            data_dir: data.path().to_owned(),
+            jwt_secret,
+        };
+        let stack = Stack::start(config, |proxy| proxy.limits.retain(|l| l.key != "ip")).await?;
+        Ok((stack, data))
+    }
+}
+
 /// A free loopback address (Pingora binds by address, not by listener).
 pub fn free_loopback_addr() -> Result<SocketAddr, String> {
     std::net::TcpListener::bind("127.0.0.1:0")

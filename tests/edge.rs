@@ -517,6 +517,46 @@ async fn on_one_connection(addr: std::net::SocketAddr, requests: &[String]) -> V
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_answer_to_a_small_post_keeps_the_connection_and_a_large_one_closes_it() {
+    let s = EdgeStack::start(|_| {}).await;
+    let admin = s.admin().await;
+    let sale = s.sale(&admin, 3).await;
+    // Purchases without a token are answered by the edge before it reads
+    // the body: a small body is drained and the connection kept.
+    let body = r#"{"quantity":1}"#;
+    let small = format!(
+        "POST /api/v1/sales/{sale}/purchase HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let answers = on_one_connection(s.proxy_addr, &[small.clone(), small.clone(), small]).await;
+    assert_eq!(answers.len(), 3);
+    for (status, head) in &answers {
+        assert_eq!(*status, 401, "{head}");
+        assert!(
+            !head.to_ascii_lowercase().contains("connection: close"),
+            "{head}"
+        );
+    }
+    // A body past the drain limit is not read: that answer closes.
+    let large = "x".repeat(flashmall_proxy::respond::DRAIN_LIMIT as usize + 1);
+    let request = format!(
+        "POST /api/v1/sales/{sale}/purchase HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{large}",
+        large.len()
+    );
+    let answers = on_one_connection(s.proxy_addr, &[request]).await;
+    assert_eq!(answers[0].0, 401);
+    assert!(
+        answers[0]
+            .1
+            .to_ascii_lowercase()
+            .contains("connection: close"),
+        "{}",
+        answers[0].1
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_answer_429_near_the_configured_rate_on_an_open_connection() {
     let s = EdgeStack::start(|p| {
         p.limits.push(flashmall_proxy::config::LimitConfig {

@@ -18,7 +18,7 @@ pub mod gate;
 pub mod identity;
 pub mod limits;
 mod openapi;
-mod respond;
+pub mod respond;
 pub mod state;
 
 use std::collections::HashMap;

@@ -2,11 +2,32 @@
 //! keep-alive off; a 401/403/429 storm must not cost every client a new
 //! connection, so these write the header and the body themselves, with a
 //! Content-Length, and keep the connection.
+//!
+//! An answer written before the request's body was read (a purchase turned
+//! away by the sold-out gate, a POST without a token) also closes the
+//! connection in Pingora by default. A small body (a declared
+//! Content-Length up to [`DRAIN_LIMIT`]) is drained instead, so the
+//! connection stays open; a larger or unsized one still closes it, so no
+//! client can make the edge read a large body it refused.
 
 use bytes::Bytes;
 use flashmall_mesh::ApiError;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
+
+/// Request bodies up to this size are drained after an early answer.
+pub const DRAIN_LIMIT: u64 = 64 * 1024;
+
+/// Whether the connection may stay open when answered before its body was read.
+fn drainable(session: &Session) -> bool {
+    session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n <= DRAIN_LIMIT)
+}
 
 /// Writes a complete response; the connection stays open.
 pub async fn write(
@@ -17,6 +38,9 @@ pub async fn write(
     request_id: &str,
     extra: &[(&'static str, String)],
 ) -> pingora::Result<()> {
+    if drainable(session) {
+        session.set_close_on_response_before_downstream_finish(false);
+    }
     let mut header = ResponseHeader::build(status, Some(4 + extra.len()))?;
     header.insert_header("content-type", content_type)?;
     header.insert_header("content-length", body.len().to_string())?;

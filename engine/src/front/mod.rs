@@ -13,7 +13,7 @@ mod redis;
 
 pub use breaker::Breaker;
 pub use local::LocalFront;
-pub use redis::RedisFront;
+pub use redis::{RedisFront, reserve_call};
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -62,6 +62,18 @@ impl SaleKeys {
         format!("{}:rebuild:{token}:{what}", self.tag)
     }
 
+    /// The reserve script's KEYS, in its order.
+    fn reserve_keys(&self) -> [&str; 6] {
+        [
+            self.stock.as_str(),
+            self.buyers.as_str(),
+            self.idempotency.as_str(),
+            self.stream.as_str(),
+            self.pending.as_str(),
+            self.rebuild_marker.as_str(),
+        ]
+    }
+
     fn new(prefix: &str, sale: Uuid) -> Self {
         let tag = format!("{prefix}:{{{sale}}}");
         SaleKeys {
@@ -75,6 +87,18 @@ impl SaleKeys {
             tag,
         }
     }
+}
+
+/// The reserve script exactly as the engine calls it: its body, its SHA1
+/// (for EVALSHA) and the KEYS of a sale, so a reference client (the bench's
+/// `redis-benchmark`) can run the same call.
+pub fn reserve_call(prefix: &str, sale: Uuid) -> (&'static str, String, Vec<String>) {
+    let keys = SaleKeys::new(prefix, sale);
+    (
+        RESERVE,
+        sha1_hex(RESERVE),
+        keys.reserve_keys().map(str::to_owned).to_vec(),
+    )
 }
 
 /// The Redis stock front.
@@ -355,15 +379,10 @@ impl StockFront for RedisFront {
             Value::from(call.now_ms as i64),
             Value::from(call.idempotency_key),
         ];
-        let key_list = [
-            keys.stock.as_str(),
-            keys.buyers.as_str(),
-            keys.idempotency.as_str(),
-            keys.stream.as_str(),
-            keys.pending.as_str(),
-            keys.rebuild_marker.as_str(),
-        ];
-        let reply = self.run(&self.reserve, &key_list, args).await?.into_array();
+        let reply = self
+            .run(&self.reserve, &keys.reserve_keys(), args)
+            .await?
+            .into_array();
         match int(reply.first())? {
             0 => Ok(ReserveOutcome::Reserved {
                 remaining: int(reply.get(1))?,

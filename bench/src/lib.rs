@@ -1,0 +1,23 @@
+//! flashmall's bench suite. Every figure is measured beside a reference in
+//! the same run, on the same machine, and every load run ends with checks:
+//!
+//! - [`seckill`]: a flash sale under open- or closed-loop load through the
+//!   edge, checked against the ledger; the sold-out gate against a static
+//!   answer.
+//! - [`proxy`]: one trivial upstream, reached directly, through the
+//!   flashmall edge with every check on, and through nginx.
+//! - [`redis`]: the engine's reserve call against `redis-benchmark`
+//!   running EVALSHA of the same script at the same concurrency.
+//!
+//! Each writes JSON, a Markdown summary and an SVG chart (see [`report`]).
+
+pub mod api;
+pub mod chart;
+pub mod http;
+pub mod load;
+pub mod progress;
+pub mod proxy;
+pub mod redis;
+pub mod report;
+pub mod seckill;
+pub mod servers;

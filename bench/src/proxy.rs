@@ -1,0 +1,366 @@
+//! `flashmall bench proxy`: what the edge costs. One trivial upstream,
+//! reached three ways with the same load in one run, one after the other:
+//!
+//! - **direct**: the load generator to the upstream;
+//! - **flashmall**: through the edge with every check on: a JWT verified on
+//!   each request, the blacklist (with entries) and access rules consulted,
+//!   both rate limits counted (set high enough never to refuse), the mesh
+//!   identity signed for the upstream;
+//! - **nginx**: through Debian's nginx with a plain `proxy_pass`.
+//!
+//! Each phase warms up for half a second, unrecorded. The ratios compare
+//! flashmall with nginx (throughput and p99) and both with direct.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use flashmall_mesh::{IdentityKey, Role};
+use flashmall_proxy::config::{LimitConfig, ProxyConfig, RouteConfig};
+use flashmall_proxy::state::{AccessRule, BlacklistEntry, Effect};
+use flashmall_proxy::{ProxySettings, RunningProxy};
+use http::{HeaderValue, Method};
+use serde::Serialize;
+
+use crate::chart::{Panel, Series};
+use crate::http::{Conn, Endpoint};
+use crate::load::{self, Job, Mode};
+use crate::progress::Progress;
+use crate::report::{Bucket, Machine, Summary, latency_cells, timeline};
+use crate::servers::{UPSTREAM_BODY, Upstream, free_addr, nginx};
+
+/// The shape of a proxy run.
+#[derive(Debug, Clone, clap::Args, Serialize)]
+pub struct ProxyOptions {
+    /// Connections, the same for every phase (closed loop).
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Seconds each phase is measured.
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Worker threads of the flashmall edge, and worker processes of nginx.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            connections: 64,
+            seconds: 5.0,
+            workers: 2,
+        }
+    }
+}
+
+/// One way to the upstream.
+#[derive(Debug, Clone, Serialize)]
+pub struct Phase {
+    pub name: &'static str,
+    pub summary: Summary,
+    pub timeline: Vec<Bucket>,
+}
+
+/// What a proxy run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProxyReport {
+    pub machine: Machine,
+    pub options: ProxyOptions,
+    pub phases: Vec<Phase>,
+    /// flashmall answers/s ÷ nginx answers/s (target ≥ 1.0).
+    pub throughput_vs_nginx: f64,
+    /// flashmall p99 ÷ nginx p99 (target ≤ 1.2).
+    pub p99_vs_nginx: f64,
+    /// Each proxy's answers/s ÷ direct answers/s.
+    pub flashmall_vs_direct: f64,
+    pub nginx_vs_direct: f64,
+}
+
+impl ProxyReport {
+    /// True when every phase answered only 200s.
+    pub fn all_answered(&self) -> bool {
+        self.phases
+            .iter()
+            .all(|p| p.summary.requests > 0 && p.summary.outcomes.keys().all(|k| k == "ok"))
+    }
+
+    pub fn markdown(&self) -> String {
+        let o = &self.options;
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "## proxy: one trivial upstream, {} connections, {:.0} s per phase, {} edge threads / nginx workers\n",
+            o.connections, o.seconds, o.workers
+        );
+        let _ = writeln!(
+            t,
+            "{} cores, {} build.\n",
+            self.machine.cores, self.machine.build
+        );
+        let _ = writeln!(
+            t,
+            "| path | answers/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | outcomes |\n|---|---|---|---|---|---|---|---|"
+        );
+        for p in &self.phases {
+            let outcomes: Vec<String> = p
+                .summary
+                .outcomes
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            let _ = writeln!(
+                t,
+                "| {} | {:.0} | {} | {} |",
+                p.name,
+                p.summary.throughput,
+                latency_cells(&p.summary.latency).replace(" | ", " | "),
+                outcomes.join(", ")
+            );
+        }
+        let _ = writeln!(
+            t,
+            "\nflashmall ÷ nginx: throughput {:.2} (target ≥ 1.0), p99 {:.2} (target ≤ 1.2). Against direct: flashmall {:.2}, nginx {:.2}.",
+            self.throughput_vs_nginx,
+            self.p99_vs_nginx,
+            self.flashmall_vs_direct,
+            self.nginx_vs_direct
+        );
+        t
+    }
+
+    pub fn svg(&self) -> String {
+        let mut throughput = Vec::new();
+        let mut p99 = Vec::new();
+        for p in &self.phases {
+            throughput.push(Series {
+                name: p.name.into(),
+                points: p.timeline.iter().map(|b| (b.t_s, b.per_second)).collect(),
+            });
+            p99.push(Series {
+                name: format!("{} p99", p.name),
+                points: p.timeline.iter().map(|b| (b.t_s, b.p99_ms)).collect(),
+            });
+        }
+        crate::chart::svg(
+            &format!(
+                "proxy: {} connections, same load on each path",
+                self.options.connections
+            ),
+            &[
+                Panel {
+                    title: "answers per second".into(),
+                    series: throughput,
+                },
+                Panel {
+                    title: "latency p99 (ms)".into(),
+                    series: p99,
+                },
+            ],
+        )
+    }
+}
+
+/// `GET /bench/item` with a token; the answer must be the upstream's.
+struct Fetch {
+    authorization: HeaderValue,
+}
+
+impl Job for Fetch {
+    async fn call(&self, conn: &mut Conn, _: usize) -> Result<&'static str, String> {
+        let answer = conn
+            .send(
+                Method::GET,
+                "/bench/item",
+                &[(http::header::AUTHORIZATION, self.authorization.clone())],
+                Bytes::new(),
+            )
+            .await?;
+        Ok(
+            if answer.status == 200 && answer.body.as_ref() == UPSTREAM_BODY {
+                "ok"
+            } else if answer.status == 429 {
+                "rate_limited"
+            } else {
+                "http_error"
+            },
+        )
+    }
+}
+
+/// The edge in front of `upstream`, every check on.
+async fn edge(
+    upstream: std::net::SocketAddr,
+    workers: usize,
+    secret: &[u8],
+) -> Result<RunningProxy, String> {
+    let limit = |name: &str, key: &str| LimitConfig {
+        name: name.into(),
+        key: key.into(),
+        method: "*".into(),
+        path: String::new(),
+        // Counted on every request, never refusing one.
+        per_second: 1e9,
+        burst: u32::MAX,
+        scope: "local".into(),
+    };
+    let proxy = ProxyConfig {
+        listen: free_addr()?,
+        threads: workers,
+        grace_period: Duration::ZERO,
+        upstreams: [("bench".to_owned(), vec![upstream.to_string()])].into(),
+        routes: vec![RouteConfig {
+            prefix: "/bench/".into(),
+            upstream: "bench".into(),
+        }],
+        public: Vec::new(),
+        limits: vec![limit("per-ip", "ip"), limit("per-user", "user")],
+        ..ProxyConfig::default()
+    };
+    let running = flashmall_proxy::launch(&ProxySettings {
+        proxy,
+        jwt_secret: secret.to_vec(),
+        identity: IdentityKey::random(),
+    })
+    .await?;
+    // A blacklist and access rules with entries, as in production.
+    let store = &running.state.store;
+    for i in 0..100 {
+        store
+            .add_blacklist(BlacklistEntry {
+                id: format!("user-{i}"),
+                user_id: Some(format!("banned-{i}")),
+                cidr: None,
+                expires_at_ms: None,
+                created_at_ms: 0,
+            })
+            .await?;
+    }
+    store
+        .add_blacklist(BlacklistEntry {
+            id: "net".into(),
+            user_id: None,
+            cidr: Some("203.0.113.0/24".parse().map_err(|e| format!("{e}"))?),
+            expires_at_ms: None,
+            created_at_ms: 0,
+        })
+        .await?;
+    store
+        .set_rules(vec![AccessRule {
+            role: "customer".into(),
+            effect: Effect::Deny,
+            method: "*".into(),
+            path: "^/bench/private".into(),
+        }])
+        .await?;
+    running.state.refresh().await?;
+    Ok(running)
+}
+
+async fn phase(
+    name: &'static str,
+    endpoint: &Endpoint,
+    job: &Arc<Fetch>,
+    options: &ProxyOptions,
+    visible: bool,
+) -> Result<Phase, String> {
+    let mode = Mode::Closed {
+        connections: options.connections,
+    };
+    let warm = load::Run {
+        mode,
+        requests: usize::MAX,
+        start: None,
+        duration: Some(Duration::from_millis(500)),
+    };
+    load::drive(
+        Arc::clone(job),
+        endpoint,
+        warm,
+        &Progress::start(name, 0, false),
+    )
+    .await?;
+    let progress = Progress::start(name, 0, visible);
+    let recording = load::drive(
+        Arc::clone(job),
+        endpoint,
+        load::Run {
+            duration: Some(Duration::from_secs_f64(options.seconds)),
+            ..warm
+        },
+        &progress,
+    )
+    .await;
+    progress.finish();
+    let recording = recording?;
+    Ok(Phase {
+        name,
+        summary: Summary::of(&recording),
+        timeline: timeline(&recording.samples, recording.elapsed.as_micros() as u64),
+    })
+}
+
+/// Runs the three phases.
+pub async fn run(options: &ProxyOptions, visible: bool) -> Result<ProxyReport, String> {
+    if options.connections == 0 || !(options.seconds > 0.0 && options.seconds <= 3600.0) {
+        return Err("connections must be at least 1 and seconds between 0 and 3600".into());
+    }
+    if options.workers == 0 || options.workers > 64 {
+        return Err("workers must be between 1 and 64".into());
+    }
+    let upstream = Upstream::start().await?;
+    let nginx = nginx(upstream.addr, options.workers)?;
+    let secret: Vec<u8> = uuid::Uuid::new_v4().as_bytes().repeat(2);
+    let edge = edge(upstream.addr, options.workers, &secret).await?;
+    let issuer = flashmall_services::auth::tokens::Issuer::new(
+        &secret,
+        "flashmall",
+        "flashmall-api",
+        Duration::from_secs(3600),
+    );
+    let (token, _) = issuer.access_token("bench-user", &[Role::Customer], uuid::Uuid::new_v4())?;
+    let job = Arc::new(Fetch {
+        authorization: HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|e| e.to_string())?,
+    });
+    let mut phases = Vec::new();
+    let paths = [
+        ("direct", Endpoint::local(upstream.addr)),
+        ("flashmall", Endpoint::local(edge.addr)),
+        ("nginx", Endpoint::local(nginx.addr)),
+    ];
+    let mut result = Ok(());
+    for (name, endpoint) in &paths {
+        match phase(name, endpoint, &job, options, visible).await {
+            Ok(p) => phases.push(p),
+            Err(e) => {
+                result = Err(format!("{name}: {e}"));
+                break;
+            }
+        }
+    }
+    edge.stop().await;
+    drop(nginx);
+    result?;
+    let rate = |name: &str| {
+        phases
+            .iter()
+            .find(|p| p.name == name)
+            .map_or(0.0, |p| p.summary.throughput)
+    };
+    let p99 = |name: &str| {
+        phases
+            .iter()
+            .find(|p| p.name == name)
+            .map_or(0.0, |p| p.summary.latency.p99_ms)
+    };
+    Ok(ProxyReport {
+        machine: Machine::this(),
+        options: options.clone(),
+        throughput_vs_nginx: rate("flashmall") / rate("nginx").max(1e-9),
+        p99_vs_nginx: p99("flashmall") / p99("nginx").max(1e-9),
+        flashmall_vs_direct: rate("flashmall") / rate("direct").max(1e-9),
+        nginx_vs_direct: rate("nginx") / rate("direct").max(1e-9),
+        phases,
+    })
+}

@@ -1,0 +1,245 @@
+//! Turning samples into figures: HDR-histogram percentiles, counts by
+//! outcome, a throughput-and-latency timeline, and the files a run leaves
+//! (JSON for tools, Markdown for people, SVG for eyes).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::load::{Recording, Sample};
+
+/// Latency percentiles, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct Latency {
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    pub mean_ms: f64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Latency {
+        if h.is_empty() {
+            return Latency::default();
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        Latency {
+            p50_ms: ms(h.value_at_quantile(0.5)),
+            p90_ms: ms(h.value_at_quantile(0.9)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
+            mean_ms: h.mean() / 1000.0,
+        }
+    }
+}
+
+/// A histogram of microseconds, 1 µs to an hour, 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds are valid")
+}
+
+/// The figures of one recording.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub requests: u64,
+    pub seconds: f64,
+    /// Answers per second over the whole run.
+    pub throughput: f64,
+    /// Corrected for coordinated omission in open loop (from the due instant).
+    pub latency: Latency,
+    /// Open loop only: from the instant each request was actually sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_time: Option<Latency>,
+    pub outcomes: BTreeMap<String, u64>,
+    /// Connections the server closed (or that broke) and were opened again.
+    pub reconnects: u64,
+}
+
+impl Summary {
+    pub fn of(recording: &Recording) -> Summary {
+        let mut latency = histogram();
+        let mut service = histogram();
+        let mut outcomes = BTreeMap::new();
+        for s in &recording.samples {
+            latency.saturating_record(s.latency_us.max(1));
+            service.saturating_record(s.service_us.max(1));
+            *outcomes.entry(s.outcome.to_owned()).or_default() += 1;
+        }
+        let seconds = recording.elapsed.as_secs_f64();
+        let open = matches!(recording.mode, crate::load::Mode::Open { .. });
+        Summary {
+            requests: recording.samples.len() as u64,
+            seconds,
+            throughput: recording.samples.len() as f64 / seconds.max(1e-9),
+            latency: Latency::of(&latency),
+            service_time: open.then(|| Latency::of(&service)),
+            outcomes,
+            reconnects: recording.reconnects,
+        }
+    }
+}
+
+/// One slice of the run's time.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Bucket {
+    /// The slice's start, seconds since the start.
+    pub t_s: f64,
+    /// Answers per second in the slice.
+    pub per_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// A slice width giving about a hundred slices: 10 ms to 1 s.
+pub fn bucket_width_us(elapsed_us: u64) -> u64 {
+    const STEPS: [u64; 7] = [10_000, 20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000];
+    STEPS
+        .into_iter()
+        .find(|w| elapsed_us / w <= 120)
+        .unwrap_or(1_000_000)
+}
+
+/// Throughput and latency over time, by the instant answers arrived.
+pub fn timeline(samples: &[Sample], elapsed_us: u64) -> Vec<Bucket> {
+    let width = bucket_width_us(elapsed_us);
+    let slices = (elapsed_us / width + 1) as usize;
+    let mut histograms: Vec<Histogram<u64>> = (0..slices)
+        .map(|_| Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("static bounds"))
+        .collect();
+    for s in samples {
+        let slice = ((s.done_us / width) as usize).min(slices - 1);
+        histograms[slice].saturating_record(s.latency_us.max(1));
+    }
+    histograms
+        .iter()
+        .enumerate()
+        .map(|(i, h)| Bucket {
+            t_s: (i as u64 * width) as f64 / 1e6,
+            per_second: h.len() as f64 * 1e6 / width as f64,
+            p50_ms: if h.is_empty() {
+                0.0
+            } else {
+                h.value_at_quantile(0.5) as f64 / 1000.0
+            },
+            p99_ms: if h.is_empty() {
+                0.0
+            } else {
+                h.value_at_quantile(0.99) as f64 / 1000.0
+            },
+        })
+        .collect()
+}
+
+/// Writes `name.json`, `name.md` and `name.svg` into `dir`; the paths.
+pub fn write_files(
+    dir: &Path,
+    name: &str,
+    json: &impl Serialize,
+    markdown: &str,
+    svg: &str,
+) -> Result<Vec<String>, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let json = serde_json::to_string_pretty(json).map_err(|e| e.to_string())?;
+    let mut written = Vec::new();
+    for (ext, body) in [("json", json.as_str()), ("md", markdown), ("svg", svg)] {
+        let path = dir.join(format!("{name}.{ext}"));
+        std::fs::write(&path, body).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        written.push(path.display().to_string());
+    }
+    Ok(written)
+}
+
+/// A Markdown row of a latency summary.
+pub fn latency_cells(l: &Latency) -> String {
+    format!(
+        "{:.2} | {:.2} | {:.2} | {:.2} | {:.2}",
+        l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
+    )
+}
+
+/// What the machine is, for the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub os: &'static str,
+    pub arch: &'static str,
+    pub build: &'static str,
+}
+
+impl Machine {
+    pub fn this() -> Machine {
+        Machine {
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            os: std::env::consts::OS,
+            arch: std::env::consts::ARCH,
+            build: if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::Mode;
+    use std::time::Duration;
+
+    fn sample(done_us: u64, latency_us: u64, outcome: &'static str) -> Sample {
+        Sample {
+            index: 0,
+            done_us,
+            latency_us,
+            service_us: latency_us / 2,
+            outcome,
+        }
+    }
+
+    #[test]
+    fn a_summary_counts_outcomes_and_reads_percentiles() {
+        let mut samples: Vec<Sample> = (1..=1000).map(|i| sample(i * 1000, i * 10, "ok")).collect();
+        samples.push(sample(1_000_000, 50_000, "sold_out"));
+        let recording = Recording {
+            mode: Mode::Open {
+                rate: 1000.0,
+                burst: 0,
+                connections: 8,
+            },
+            samples,
+            elapsed: Duration::from_secs(1),
+            reconnects: 0,
+        };
+        let s = Summary::of(&recording);
+        assert_eq!(s.requests, 1001);
+        assert_eq!(s.outcomes["ok"], 1000);
+        assert_eq!(s.outcomes["sold_out"], 1);
+        assert!((s.throughput - 1001.0).abs() < 1e-6);
+        assert!((s.latency.p50_ms - 5.0).abs() < 0.01, "{:?}", s.latency);
+        assert!((s.latency.max_ms - 50.0).abs() < 0.05, "{:?}", s.latency);
+        // Open loop keeps the uncorrected service time beside the latency.
+        let service = s.service_time.expect("open loop has a service time");
+        assert!(service.p50_ms < s.latency.p50_ms);
+    }
+
+    #[test]
+    fn the_timeline_slices_the_run() {
+        assert_eq!(bucket_width_us(1_000_000), 10_000);
+        assert_eq!(bucket_width_us(10_000_000), 100_000);
+        assert_eq!(bucket_width_us(1_000_000_000), 1_000_000);
+        let samples: Vec<Sample> = (0..100).map(|i| sample(i * 10_000, 100, "ok")).collect();
+        let t = timeline(&samples, 1_000_000);
+        assert_eq!(t.len(), 101);
+        assert_eq!(
+            t.iter().map(|b| b.per_second).sum::<f64>() as u64,
+            100 * 100
+        );
+        assert!((t[3].t_s - 0.03).abs() < 1e-9);
+    }
+}

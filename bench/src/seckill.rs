@@ -1,0 +1,1116 @@
+//! `flashmall bench seckill`: a flash sale under load through the edge,
+//! checked against the ledger afterwards.
+//!
+//! 1. Set-up: registers and logs in the buyers, creates a sale that opens
+//!    a moment later, opens every connection.
+//! 2. Load, from the opening instant: a burst (every connection at once in
+//!    closed loop; `--burst` attempts due at the opening in open loop),
+//!    retries of earlier attempts' Idempotency-Keys, buyers coming back past
+//!    their limit with new keys, and attempts long after the sale sold out.
+//!    A few attempts come before the opening (answered `sale_not_open`).
+//! 3. Settlement: the sale's pending units are watched until they are 0.
+//! 4. Checks against the ledger (reconcile, reservations): sold ==
+//!    min(stock, distinct demand), no oversell, no duplicates, every 201 in
+//!    the ledger, conservation.
+//! 5. The sold-out gate: purchases of the sold-out sale against the edge's
+//!    static `/healthz`, same connections, one after the other.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use flashmall_mesh::ErrorCode;
+use futures::StreamExt;
+use http::{HeaderName, HeaderValue, Method};
+use serde::Serialize;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use crate::api::{json_of, login, metric, register};
+use crate::chart::{Panel, Series};
+use crate::http::{Conn, Endpoint};
+use crate::load::{self, Job, Mode, Recording};
+use crate::progress::Progress;
+use crate::report::{Bucket, Machine, Summary, latency_cells, timeline};
+
+/// The shape of a seckill run.
+#[derive(Debug, Clone, clap::Args, Serialize)]
+pub struct SeckillOptions {
+    /// Units on sale.
+    #[arg(long, default_value_t = 1_000)]
+    pub stock: i64,
+    /// Distinct buyers (each registered and logged in first).
+    #[arg(long, default_value_t = 5_000)]
+    pub buyers: usize,
+    /// Units one buyer may hold.
+    #[arg(long, default_value_t = 1)]
+    pub per_user_limit: i64,
+    /// Purchase attempts in all.
+    #[arg(long, default_value_t = 20_000)]
+    pub attempts: usize,
+    /// Connections (closed loop: each sends as soon as answered).
+    #[arg(long, default_value_t = 256)]
+    pub connections: usize,
+    /// Open loop: attempts per second after the burst (omit for closed loop).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Open loop: attempts due at the opening instant.
+    #[arg(long, default_value_t = 2_000)]
+    pub burst: usize,
+    /// Percent of attempts that repeat the buyer's last Idempotency-Key.
+    #[arg(long, default_value_t = 20)]
+    pub retry_percent: u64,
+    /// Attempts sent before the opening.
+    #[arg(long, default_value_t = 10)]
+    pub early: usize,
+    /// Seed of the attempt plan (same seed, same plan).
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Seconds of each phase of the sold-out gate against /healthz (0: skip).
+    #[arg(long, default_value_t = 3.0)]
+    pub gate_seconds: f64,
+}
+
+impl Default for SeckillOptions {
+    fn default() -> Self {
+        SeckillOptions {
+            stock: 1_000,
+            buyers: 5_000,
+            per_user_limit: 1,
+            attempts: 20_000,
+            connections: 256,
+            rate: None,
+            burst: 2_000,
+            retry_percent: 20,
+            early: 10,
+            seed: 7,
+            gate_seconds: 3.0,
+        }
+    }
+}
+
+impl SeckillOptions {
+    pub fn mode(&self) -> Mode {
+        match self.rate {
+            None => Mode::Closed {
+                connections: self.connections,
+            },
+            Some(rate) => Mode::Open {
+                rate,
+                burst: self.burst,
+                connections: self.connections,
+            },
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.stock < 1 || self.buyers < 1 || self.per_user_limit < 1 || self.attempts < 1 {
+            return Err("stock, buyers, per-user-limit and attempts must be at least 1".into());
+        }
+        if self.retry_percent > 100 {
+            return Err("retry-percent must be at most 100".into());
+        }
+        if !self.gate_seconds.is_finite() || self.gate_seconds < 0.0 {
+            return Err("gate-seconds must be 0 or more".into());
+        }
+        self.mode().validate()
+    }
+}
+
+/// Where the bench sends its load, and the admin it creates sales as.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The edge's base URL (`http://host:port`).
+    pub base: String,
+    pub admin_email: String,
+    pub admin_password: String,
+    /// Register the admin first (a fresh local stack that bootstraps it).
+    pub register_admin: bool,
+}
+
+/// One invariant and whether it held.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Check {
+    pub name: &'static str,
+    pub held: bool,
+    pub detail: String,
+}
+
+/// One planned attempt: who, with which Idempotency-Key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attempt {
+    pub buyer: usize,
+    pub key: String,
+}
+
+/// xorshift64*: a tiny deterministic generator for the attempt plan.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// The attempts, reproducible from the seed: random buyers, and
+/// `retry_percent` of them repeating the buyer's last key.
+pub fn plan(
+    seed: u64,
+    attempts: usize,
+    buyers: usize,
+    retry_percent: u64,
+    prefix: &str,
+) -> Vec<Attempt> {
+    let mut rng = Rng(seed.max(1));
+    let mut last_key: HashMap<usize, String> = HashMap::new();
+    let mut out = Vec::with_capacity(attempts);
+    for i in 0..attempts {
+        let buyer = (rng.next() % buyers.max(1) as u64) as usize;
+        let retry = rng.next() % 100 < retry_percent;
+        let key = match (retry, last_key.get(&buyer)) {
+            (true, Some(key)) => key.clone(),
+            _ => format!("{prefix}{i}"),
+        };
+        last_key.insert(buyer, key.clone());
+        out.push(Attempt { buyer, key });
+    }
+    out
+}
+
+/// The label of an answer: `reserved`, `replayed`, or the error code.
+pub fn outcome_of(status: u16, replayed: bool, body: &Value) -> &'static str {
+    if status == 201 {
+        return if replayed { "replayed" } else { "reserved" };
+    }
+    let code = body["error"]["code"].as_str().unwrap_or("");
+    ErrorCode::ALL
+        .iter()
+        .map(|c| c.as_str())
+        .find(|c| *c == code)
+        .unwrap_or("http_error")
+}
+
+/// Outcomes the engine (or the gate, on its behalf) decided: the attempt
+/// counted as demand.
+const DECIDED: [&str; 4] = ["reserved", "replayed", "sold_out", "limit_exceeded"];
+
+/// What one attempt got.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answered {
+    pub buyer: usize,
+    pub key: String,
+    pub outcome: &'static str,
+    pub reservation_id: Option<String>,
+}
+
+/// What the ledger says after the run, beside what the clients were told.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    pub stock: i64,
+    pub per_user_limit: i64,
+    /// Every attempt made after the opening.
+    pub answers: Vec<Answered>,
+    /// Units the ledger holds as sold.
+    pub sold: i64,
+    pub remaining: i64,
+    pub pending: i64,
+    /// The reconcile report: conservation and the front's drift.
+    pub conserved: bool,
+    pub drift: i64,
+    /// Reservation ids answered 201 that the ledger does not hold.
+    pub missing_in_ledger: Vec<String>,
+}
+
+/// The run's invariants, checked from the facts alone.
+pub fn check(f: &Facts) -> Vec<Check> {
+    let mut ids_by_key: HashMap<(usize, &str), HashSet<&str>> = HashMap::new();
+    let mut keys_by_id: HashMap<&str, HashSet<(usize, &str)>> = HashMap::new();
+    let mut decided_keys: HashMap<usize, HashSet<&str>> = HashMap::new();
+    for a in &f.answers {
+        if DECIDED.contains(&a.outcome) {
+            decided_keys.entry(a.buyer).or_default().insert(&a.key);
+        }
+        if let Some(id) = &a.reservation_id {
+            ids_by_key.entry((a.buyer, &a.key)).or_default().insert(id);
+            keys_by_id.entry(id).or_default().insert((a.buyer, &a.key));
+        }
+    }
+    let mut per_buyer: HashMap<usize, i64> = HashMap::new();
+    for (buyer, _) in keys_by_id.values().flatten() {
+        *per_buyer.entry(*buyer).or_default() += 1;
+    }
+    let granted = keys_by_id.len() as i64;
+    let demand: i64 = decided_keys
+        .values()
+        .map(|keys| (keys.len() as i64).min(f.per_user_limit))
+        .sum();
+    let expected = demand.min(f.stock);
+    let key_twice = ids_by_key.values().filter(|ids| ids.len() > 1).count();
+    let id_twice = keys_by_id.values().filter(|keys| keys.len() > 1).count();
+    let over_limit = per_buyer
+        .values()
+        .filter(|n| **n > f.per_user_limit)
+        .count();
+    vec![
+        Check {
+            name: "no oversell",
+            held: f.sold <= f.stock && granted <= f.stock,
+            detail: format!(
+                "{} sold, {granted} granted to clients, stock {}",
+                f.sold, f.stock
+            ),
+        },
+        Check {
+            name: "sold == min(stock, demand)",
+            held: f.sold == expected,
+            detail: format!(
+                "{} sold, min(stock {}, distinct demand {demand}) = {expected}",
+                f.sold, f.stock
+            ),
+        },
+        Check {
+            name: "no duplicates",
+            held: key_twice == 0 && id_twice == 0 && over_limit == 0,
+            detail: format!(
+                "{} keys granted; {key_twice} keys with two reservations, {id_twice} reservations for two keys, {over_limit} buyers past the limit of {}",
+                ids_by_key.len(),
+                f.per_user_limit
+            ),
+        },
+        Check {
+            name: "every 201 in the ledger",
+            held: f.missing_in_ledger.is_empty(),
+            detail: format!(
+                "{} of {granted} acknowledged reservations missing{}",
+                f.missing_in_ledger.len(),
+                f.missing_in_ledger
+                    .first()
+                    .map(|id| format!(" (e.g. {id})"))
+                    .unwrap_or_default()
+            ),
+        },
+        Check {
+            name: "conservation",
+            held: f.conserved && f.drift == 0 && f.sold + f.remaining == f.stock,
+            detail: format!(
+                "reconcile conserved={}, drift {}, {} sold + {} remaining of {}",
+                f.conserved, f.drift, f.sold, f.remaining, f.stock
+            ),
+        },
+        Check {
+            name: "settled",
+            held: f.pending == 0,
+            detail: format!("{} units pending settlement at the end", f.pending),
+        },
+    ]
+}
+
+/// Settlement during and after the run.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Settlement {
+    /// From the last reservation until nothing was pending (None: it never
+    /// reached 0 within the wait).
+    pub lag_ms: Option<f64>,
+    /// How often the sale was read (the lag's resolution).
+    pub poll_ms: f64,
+    pub max_pending: i64,
+    /// (seconds since the opening, pending units, remaining units).
+    pub series: Vec<(f64, i64, i64)>,
+}
+
+/// The sold-out gate against the edge's static answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct GateReport {
+    /// `GET /healthz` at the edge.
+    pub static_answer: Summary,
+    /// Purchases of the sold-out sale by buyers who hold nothing.
+    pub sold_out_purchases: Summary,
+    /// sold-out purchases per second / static answers per second.
+    pub ratio: f64,
+    /// Purchases the edge's gate answered (its rejection counter).
+    pub answered_at_gate: f64,
+}
+
+/// What a seckill run measured and checked.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeckillReport {
+    pub machine: Machine,
+    pub target: String,
+    pub options: SeckillOptions,
+    pub mode: Mode,
+    pub accounts_seconds: f64,
+    pub storm: Summary,
+    pub timeline: Vec<Bucket>,
+    pub sold: i64,
+    pub remaining: i64,
+    /// From the opening until the last unit was reserved (None: not sold out).
+    pub sold_out_after_s: Option<f64>,
+    pub settlement: Settlement,
+    pub gate: Option<GateReport>,
+    pub checks: Vec<Check>,
+}
+
+impl SeckillReport {
+    pub fn invariants_hold(&self) -> bool {
+        self.checks.iter().all(|c| c.held)
+    }
+
+    pub fn markdown(&self) -> String {
+        let o = &self.options;
+        let s = &self.storm;
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "## seckill: {} units, {} attempts, {} buyers (limit {})\n",
+            o.stock, o.attempts, o.buyers, o.per_user_limit
+        );
+        let _ = writeln!(
+            t,
+            "Target {}; {}; {} cores, {} build.\n",
+            self.target,
+            self.mode.describe(),
+            self.machine.cores,
+            self.machine.build
+        );
+        let _ = writeln!(t, "| figure | value |\n|---|---|");
+        let rows = [
+            ("attempts answered", s.requests.to_string()),
+            (
+                "connections the server closed, reopened",
+                s.reconnects.to_string(),
+            ),
+            ("throughput (answers/s)", format!("{:.0}", s.throughput)),
+            ("storm duration (s)", format!("{:.3}", s.seconds)),
+            ("sold (ledger)", self.sold.to_string()),
+            ("remaining", self.remaining.to_string()),
+            (
+                "sold out after (s)",
+                self.sold_out_after_s
+                    .map_or("not sold out".into(), |v| format!("{v:.3}")),
+            ),
+            (
+                "settlement lag after the last reservation (ms)",
+                self.settlement.lag_ms.map_or("did not drain".into(), |v| {
+                    format!("{v:.0} (polled every {:.0} ms)", self.settlement.poll_ms)
+                }),
+            ),
+            (
+                "most units pending settlement",
+                self.settlement.max_pending.to_string(),
+            ),
+            (
+                "buyer accounts ready in (s)",
+                format!("{:.2}", self.accounts_seconds),
+            ),
+        ];
+        for (name, value) in rows {
+            let _ = writeln!(t, "| {name} | {value} |");
+        }
+        let corrected = if matches!(self.mode, Mode::Open { .. }) {
+            " (from the due instant: corrected for coordinated omission)"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            t,
+            "\nLatency{corrected}, ms:\n\n| | p50 | p90 | p99 | p99.9 | max |\n|---|---|---|---|---|---|"
+        );
+        let _ = writeln!(t, "| purchase | {} |", latency_cells(&s.latency));
+        if let Some(service) = &s.service_time {
+            let _ = writeln!(
+                t,
+                "| purchase, service time only | {} |",
+                latency_cells(service)
+            );
+        }
+        let _ = writeln!(t, "\n| outcome | answers |\n|---|---|");
+        for (outcome, n) in &s.outcomes {
+            let _ = writeln!(t, "| {outcome} | {n} |");
+        }
+        if let Some(g) = &self.gate {
+            let _ = writeln!(
+                t,
+                "\nSold-out gate, {} connections, {:.0} s each:\n\n| | answers/s | p50 | p90 | p99 | p99.9 | max |\n|---|---|---|---|---|---|---|",
+                o.connections, o.gate_seconds
+            );
+            let _ = writeln!(
+                t,
+                "| `GET /healthz` (static) | {:.0} | {} |",
+                g.static_answer.throughput,
+                latency_cells(&g.static_answer.latency)
+            );
+            let _ = writeln!(
+                t,
+                "| purchase of the sold-out sale | {:.0} | {} |",
+                g.sold_out_purchases.throughput,
+                latency_cells(&g.sold_out_purchases.latency)
+            );
+            let outcomes: Vec<String> = g
+                .sold_out_purchases
+                .outcomes
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            let _ = writeln!(
+                t,
+                "\nRatio {:.2} (target ≥ 0.9); {:.0} of {} purchases answered by the gate (answers: {}; reconnects: static {}, purchases {}).",
+                g.ratio,
+                g.answered_at_gate,
+                g.sold_out_purchases.requests,
+                outcomes.join(", "),
+                g.static_answer.reconnects,
+                g.sold_out_purchases.reconnects
+            );
+        }
+        let _ = writeln!(t, "\n| check | held | detail |\n|---|---|---|");
+        for c in &self.checks {
+            let _ = writeln!(
+                t,
+                "| {} | {} | {} |",
+                c.name,
+                if c.held { "yes" } else { "**NO**" },
+                c.detail
+            );
+        }
+        t
+    }
+
+    pub fn svg(&self) -> String {
+        let panels = vec![
+            Panel {
+                title: "purchase answers per second".into(),
+                series: vec![Series {
+                    name: "answers/s".into(),
+                    points: self
+                        .timeline
+                        .iter()
+                        .map(|b| (b.t_s, b.per_second))
+                        .collect(),
+                }],
+            },
+            Panel {
+                title: "purchase latency (ms)".into(),
+                series: vec![
+                    Series {
+                        name: "p50".into(),
+                        points: self.timeline.iter().map(|b| (b.t_s, b.p50_ms)).collect(),
+                    },
+                    Series {
+                        name: "p99".into(),
+                        points: self.timeline.iter().map(|b| (b.t_s, b.p99_ms)).collect(),
+                    },
+                ],
+            },
+            Panel {
+                title: "units".into(),
+                series: vec![
+                    Series {
+                        name: "pending settlement".into(),
+                        points: self
+                            .settlement
+                            .series
+                            .iter()
+                            .map(|(t, p, _)| (*t, *p as f64))
+                            .collect(),
+                    },
+                    Series {
+                        name: "remaining".into(),
+                        points: self
+                            .settlement
+                            .series
+                            .iter()
+                            .map(|(t, _, r)| (*t, *r as f64))
+                            .collect(),
+                    },
+                ],
+            },
+        ];
+        crate::chart::svg(
+            &format!(
+                "seckill: {} units, {} attempts, {}",
+                self.options.stock,
+                self.options.attempts,
+                self.mode.describe()
+            ),
+            &panels,
+        )
+    }
+}
+
+const PASSWORD: &str = "bench password 0123";
+
+fn bearer(token: &str) -> Result<HeaderValue, String> {
+    HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| format!("bad token: {e}"))
+}
+
+/// Purchases of the plan's attempts.
+struct Purchases {
+    path: String,
+    tokens: Arc<Vec<HeaderValue>>,
+    attempts: Vec<(usize, HeaderValue)>,
+    body: Bytes,
+    granted: Mutex<Vec<(usize, String)>>,
+}
+
+impl Job for Purchases {
+    async fn call(&self, conn: &mut Conn, i: usize) -> Result<&'static str, String> {
+        let (buyer, key) = &self.attempts[i];
+        let answer = conn
+            .send(
+                Method::POST,
+                &self.path,
+                &[
+                    (http::header::AUTHORIZATION, self.tokens[*buyer].clone()),
+                    (HeaderName::from_static("idempotency-key"), key.clone()),
+                ],
+                self.body.clone(),
+            )
+            .await?;
+        let body: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+        let outcome = outcome_of(answer.status.as_u16(), answer.replayed, &body);
+        if let Some(id) = body["reservation_id"]
+            .as_str()
+            .filter(|_| answer.status == 201)
+        {
+            self.granted
+                .lock()
+                .map_err(|_| "poisoned")?
+                .push((i, id.to_owned()));
+        }
+        Ok(outcome)
+    }
+}
+
+/// The edge's static answer.
+struct Static;
+
+impl Job for Static {
+    async fn call(&self, conn: &mut Conn, _: usize) -> Result<&'static str, String> {
+        let answer = conn
+            .send(Method::GET, "/healthz", &[], Bytes::new())
+            .await?;
+        Ok(if answer.status == 200 {
+            "ok"
+        } else {
+            "http_error"
+        })
+    }
+}
+
+/// Runs the bench against `target` (whose admin may create sales).
+pub async fn run(
+    target: &Target,
+    options: &SeckillOptions,
+    visible: bool,
+) -> Result<SeckillReport, String> {
+    options.validate()?;
+    let endpoint = Endpoint::resolve(&target.base).await?;
+    let base = endpoint.base.clone();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let admin = if target.register_admin {
+        register(&client, &base, &target.admin_email, &target.admin_password).await?
+    } else {
+        login(&client, &base, &target.admin_email, &target.admin_password).await?
+    };
+
+    // Buyers: run-unique accounts, so the bench can run again on one stack.
+    let run_id = uuid::Uuid::now_v7().simple().to_string();
+    let run_tag = &run_id[run_id.len() - 10..];
+    let accounts_started = Instant::now();
+    let progress = Progress::start("accounts", options.buyers as u64, visible);
+    let counter = progress.counter();
+    let tokens: Vec<Result<String, String>> = futures::stream::iter(0..options.buyers)
+        .map(|i| {
+            let client = &client;
+            let base = &base;
+            let counter = &counter;
+            async move {
+                let token = register(
+                    client,
+                    base,
+                    &format!("b{i}.{run_tag}@bench.flashmall"),
+                    PASSWORD,
+                )
+                .await;
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                token
+            }
+        })
+        .buffered(64)
+        .collect()
+        .await;
+    progress.finish();
+    let tokens: Vec<HeaderValue> = tokens
+        .into_iter()
+        .map(|t| t.and_then(|t| bearer(&t)))
+        .collect::<Result<_, _>>()?;
+    let tokens = Arc::new(tokens);
+    let accounts_seconds = accounts_started.elapsed().as_secs_f64();
+
+    // The sale opens once every connection can be open.
+    let lead = Duration::from_millis(1_000 + options.connections as u64 * 4);
+    let opens_at = OffsetDateTime::now_utc() + lead;
+    let opening = Instant::now() + lead;
+    let (status, sale) = json_of(
+        client
+            .post(format!("{base}/api/v1/sales"))
+            .bearer_auth(&admin)
+            .json(&json!({
+                "product_id": format!("bench-{run_tag}"),
+                "price": 1999,
+                "stock": options.stock,
+                "per_user_limit": options.per_user_limit,
+                "starts_at": flashmall_engine::sale::rfc3339(opens_at),
+                "ends_at": flashmall_engine::sale::rfc3339(opens_at + time::Duration::hours(1)),
+            })),
+    )
+    .await?;
+    if status != 201 {
+        return Err(format!("creating the sale failed: {status} {sale}"));
+    }
+    let sale_id = sale["id"].as_str().ok_or("the sale has no id")?.to_owned();
+    let sale_url = format!("{base}/api/v1/sales/{sale_id}");
+
+    let attempts = plan(
+        options.seed,
+        options.attempts,
+        options.buyers,
+        options.retry_percent,
+        &format!("{run_tag}-"),
+    );
+    let early = options.early.min(attempts.len());
+    let keyed = |a: &Attempt| -> Result<(usize, HeaderValue), String> {
+        Ok((
+            a.buyer,
+            HeaderValue::from_str(&a.key).map_err(|e| e.to_string())?,
+        ))
+    };
+    let job = Arc::new(Purchases {
+        path: format!("/api/v1/sales/{sale_id}/purchase"),
+        tokens: Arc::clone(&tokens),
+        attempts: attempts.iter().map(keyed).collect::<Result<_, _>>()?,
+        body: Bytes::from_static(br#"{"quantity":1}"#),
+        granted: Mutex::new(Vec::new()),
+    });
+    // Early attempts: before the opening, one connection.
+    let mut early_outcomes: BTreeMap<String, u64> = BTreeMap::new();
+    if early > 0 {
+        let mut conn = Conn::open(&endpoint).await?;
+        for i in 0..early {
+            let outcome = job.call(&mut conn, i).await?;
+            *early_outcomes
+                .entry(format!("{outcome} (before the opening)"))
+                .or_default() += 1;
+        }
+    }
+    let storm_job = Arc::new(Purchases {
+        path: job.path.clone(),
+        tokens: Arc::clone(&tokens),
+        attempts: job.attempts[early..].to_vec(),
+        body: job.body.clone(),
+        granted: Mutex::new(Vec::new()),
+    });
+
+    // Watch the sale's pending units from the opening on.
+    let series = Arc::new(Mutex::new(Vec::<(f64, i64, i64)>::new()));
+    let poll = Duration::from_millis(20);
+    let watcher = {
+        let client = client.clone();
+        let url = sale_url.clone();
+        let series = Arc::clone(&series);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(opening.into()).await;
+            loop {
+                if let Ok((200, view)) = json_of(client.get(&url)).await {
+                    let t = opening.elapsed().as_secs_f64();
+                    let entry = (
+                        t,
+                        view["pending"].as_i64().unwrap_or(-1),
+                        view["remaining"].as_i64().unwrap_or(-1),
+                    );
+                    if let Ok(mut s) = series.lock() {
+                        s.push(entry);
+                    }
+                }
+                tokio::time::sleep(poll).await;
+            }
+        })
+    };
+
+    let requests = attempts.len() - early;
+    let progress = Progress::start("seckill", requests as u64, visible);
+    let recording = load::drive(
+        Arc::clone(&storm_job),
+        &endpoint,
+        load::Run {
+            mode: options.mode(),
+            requests,
+            start: Some(opening),
+            duration: None,
+        },
+        &progress,
+    )
+    .await;
+    progress.finish();
+    let recording = recording?;
+
+    // Settlement: wait (up to 30 s) until nothing is pending.
+    let last_reserved_us = recording
+        .samples
+        .iter()
+        .filter(|s| s.outcome == "reserved")
+        .map(|s| s.done_us)
+        .max();
+    let drain_deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let drained = series
+            .lock()
+            .map_err(|_| "poisoned")?
+            .last()
+            .is_some_and(|(t, p, _)| *p == 0 && *t * 1e6 >= recording.elapsed.as_micros() as f64);
+        if drained || Instant::now() > drain_deadline {
+            break;
+        }
+        tokio::time::sleep(poll).await;
+    }
+    watcher.abort();
+    let series = series.lock().map_err(|_| "poisoned")?.clone();
+    let lag_ms = last_reserved_us.and_then(|last| {
+        let last = last as f64 / 1e6;
+        series
+            .iter()
+            .find(|(t, p, _)| *t >= last && *p == 0)
+            .map(|(t, _, _)| (t - last) * 1000.0)
+    });
+
+    // The ledger's view: reconcile (drains, rebuilds, reports), the sale,
+    // and every reservation a client was told about.
+    let (status, reconciled) = json_of(
+        client
+            .post(format!("{base}/api/v1/admin/reconcile"))
+            .bearer_auth(&admin)
+            .json(&json!({"sale_id": sale_id})),
+    )
+    .await?;
+    if status != 200 {
+        return Err(format!("reconcile failed: {status} {reconciled}"));
+    }
+    let (_, view) = json_of(client.get(&sale_url)).await?;
+    let granted = storm_job.granted.lock().map_err(|_| "poisoned")?.clone();
+    let ids: HashSet<&String> = granted.iter().map(|(_, id)| id).collect();
+    let missing: Vec<String> = futures::stream::iter(ids)
+        .map(|id| {
+            let client = &client;
+            let base = &base;
+            let admin = &admin;
+            async move {
+                let held = json_of(
+                    client
+                        .get(format!("{base}/api/v1/reservations/{id}"))
+                        .bearer_auth(admin),
+                )
+                .await
+                .is_ok_and(|(status, r)| status == 200 && r["status"] == "held");
+                (!held).then(|| id.clone())
+            }
+        })
+        .buffer_unordered(64)
+        .filter_map(|m| async move { m })
+        .collect()
+        .await;
+    let reservation_of: HashMap<usize, &String> = granted.iter().map(|(i, id)| (*i, id)).collect();
+    let report = &reconciled["sales"][0];
+    let facts = Facts {
+        stock: options.stock,
+        per_user_limit: options.per_user_limit,
+        answers: answers_of(&recording, &attempts[early..], &reservation_of),
+        sold: view["settled"].as_i64().unwrap_or(-1),
+        remaining: view["remaining"].as_i64().unwrap_or(-1),
+        pending: view["pending"].as_i64().unwrap_or(-1),
+        conserved: report["conserved"] == true,
+        drift: report["drift"].as_i64().unwrap_or(i64::MAX),
+        missing_in_ledger: missing,
+    };
+    let checks = check(&facts);
+
+    let gate = if options.gate_seconds > 0.0 && facts.remaining == 0 {
+        let holders: HashSet<usize> = facts
+            .answers
+            .iter()
+            .filter(|a| a.reservation_id.is_some())
+            .map(|a| a.buyer)
+            .collect();
+        Some(
+            gate_phase(
+                &client, &endpoint, options, &sale_id, &tokens, &holders, run_tag, visible,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+
+    let mut storm = Summary::of(&recording);
+    for (outcome, n) in early_outcomes {
+        storm.outcomes.insert(outcome, n);
+    }
+    let sold_out_after_s = (facts.sold == options.stock)
+        .then_some(last_reserved_us)
+        .flatten()
+        .map(|us| us as f64 / 1e6);
+    Ok(SeckillReport {
+        machine: Machine::this(),
+        target: base,
+        options: options.clone(),
+        mode: options.mode(),
+        accounts_seconds,
+        timeline: timeline(&recording.samples, recording.elapsed.as_micros() as u64),
+        storm,
+        sold: facts.sold,
+        remaining: facts.remaining,
+        sold_out_after_s,
+        settlement: Settlement {
+            lag_ms,
+            poll_ms: poll.as_secs_f64() * 1000.0,
+            max_pending: series.iter().map(|s| s.1).max().unwrap_or(0),
+            series,
+        },
+        gate,
+        checks,
+    })
+}
+
+/// Each attempt's answer (a connection error is an answer too).
+fn answers_of(
+    recording: &Recording,
+    attempts: &[Attempt],
+    reservation_of: &HashMap<usize, &String>,
+) -> Vec<Answered> {
+    recording
+        .samples
+        .iter()
+        .filter_map(|s| {
+            let a = attempts.get(s.index)?;
+            Some(Answered {
+                buyer: a.buyer,
+                key: a.key.clone(),
+                outcome: s.outcome,
+                reservation_id: reservation_of.get(&s.index).map(|id| (*id).clone()),
+            })
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn gate_phase(
+    client: &reqwest::Client,
+    endpoint: &Endpoint,
+    options: &SeckillOptions,
+    sale_id: &str,
+    tokens: &Arc<Vec<HeaderValue>>,
+    holders: &HashSet<usize>,
+    run_tag: &str,
+    visible: bool,
+) -> Result<GateReport, String> {
+    let gate_series = "flashmall_proxy_rejections_total{reason=\"sold_out_gate\"}";
+    let metrics_url = format!("{}/metrics", endpoint.base);
+    let read_gate = || async {
+        let text = client
+            .get(&metrics_url)
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        Some(metric(&text, gate_series))
+    };
+    let duration = Duration::from_secs_f64(options.gate_seconds);
+    let run = load::Run {
+        mode: Mode::Closed {
+            connections: options.connections,
+        },
+        requests: usize::MAX,
+        start: None,
+        duration: Some(duration),
+    };
+    let progress = Progress::start("static", 0, visible);
+    let static_answer = load::drive(Arc::new(Static), endpoint, run, &progress).await;
+    progress.finish();
+    let static_answer = Summary::of(&static_answer?);
+
+    let buyers: Vec<usize> = (0..tokens.len()).filter(|b| !holders.contains(b)).collect();
+    if buyers.is_empty() {
+        return Err("every buyer holds units: no one left to be turned away by the gate".into());
+    }
+    // Attempts cycle over the buyers who hold nothing, each with a new key.
+    let count = 4_000_000usize;
+    let attempts: Vec<(usize, HeaderValue)> = (0..count.min(1_000_000))
+        .map(|i| {
+            let key =
+                HeaderValue::from_str(&format!("{run_tag}-gate-{i}")).map_err(|e| e.to_string())?;
+            Ok((buyers[i % buyers.len()], key))
+        })
+        .collect::<Result<_, String>>()?;
+    let job = Arc::new(Purchases {
+        path: format!("/api/v1/sales/{sale_id}/purchase"),
+        tokens: Arc::clone(tokens),
+        attempts,
+        body: Bytes::from_static(br#"{"quantity":1}"#),
+        granted: Mutex::new(Vec::new()),
+    });
+    let before = read_gate().await.unwrap_or(0.0);
+    let progress = Progress::start("sold-out gate", 0, visible);
+    let run = load::Run {
+        requests: job.attempts.len(),
+        ..run
+    };
+    let gated = load::drive(Arc::clone(&job), endpoint, run, &progress).await;
+    progress.finish();
+    let sold_out_purchases = Summary::of(&gated?);
+    let after = read_gate().await.unwrap_or(0.0);
+    if !job.granted.lock().map_err(|_| "poisoned")?.is_empty() {
+        return Err("a purchase of the sold-out sale was granted".into());
+    }
+    Ok(GateReport {
+        ratio: sold_out_purchases.throughput / static_answer.throughput.max(1e-9),
+        answered_at_gate: after - before,
+        static_answer,
+        sold_out_purchases,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(buyer: usize, key: &str, outcome: &'static str, id: Option<&str>) -> Answered {
+        Answered {
+            buyer,
+            key: key.into(),
+            outcome,
+            reservation_id: id.map(str::to_owned),
+        }
+    }
+
+    /// A clean run: 2 units, 3 buyers, one buyer retried, one turned away.
+    fn clean() -> Facts {
+        Facts {
+            stock: 2,
+            per_user_limit: 1,
+            answers: vec![
+                answer(0, "k0", "reserved", Some("r0")),
+                answer(0, "k0", "replayed", Some("r0")),
+                answer(1, "k1", "reserved", Some("r1")),
+                answer(2, "k2", "sold_out", None),
+                answer(0, "k3", "limit_exceeded", None),
+                answer(2, "k4", "unavailable", None),
+            ],
+            sold: 2,
+            remaining: 0,
+            pending: 0,
+            conserved: true,
+            drift: 0,
+            missing_in_ledger: vec![],
+        }
+    }
+
+    fn failed(facts: &Facts) -> Vec<&'static str> {
+        check(facts)
+            .into_iter()
+            .filter(|c| !c.held)
+            .map(|c| c.name)
+            .collect()
+    }
+
+    #[test]
+    fn a_clean_run_passes_every_check() {
+        assert_eq!(failed(&clean()), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn an_oversell_is_caught() {
+        let mut f = clean();
+        f.answers.push(answer(2, "k5", "reserved", Some("r2")));
+        f.sold = 3;
+        f.remaining = -1;
+        let failed = failed(&f);
+        assert!(failed.contains(&"no oversell"), "{failed:?}");
+        assert!(failed.contains(&"sold == min(stock, demand)"), "{failed:?}");
+    }
+
+    #[test]
+    fn an_undersell_is_caught() {
+        let mut f = clean();
+        f.stock = 3;
+        f.remaining = 1;
+        // Buyer 2 asked (sold_out) while a unit was left.
+        assert_eq!(failed(&f), vec!["sold == min(stock, demand)"]);
+    }
+
+    #[test]
+    fn duplicates_are_caught() {
+        // One key answered with two reservations.
+        let mut f = clean();
+        f.answers[1].reservation_id = Some("r9".into());
+        assert!(failed(&f).contains(&"no duplicates"));
+        // One reservation answered to two keys.
+        let mut f = clean();
+        f.answers[2].reservation_id = Some("r0".into());
+        assert!(failed(&f).contains(&"no duplicates"));
+        // A buyer past the limit.
+        let mut f = clean();
+        f.answers[4] = answer(0, "k3", "reserved", Some("r3"));
+        assert!(failed(&f).contains(&"no duplicates"));
+    }
+
+    #[test]
+    fn an_acknowledgement_missing_from_the_ledger_is_caught() {
+        let mut f = clean();
+        f.missing_in_ledger = vec!["r1".into()];
+        assert_eq!(failed(&f), vec!["every 201 in the ledger"]);
+    }
+
+    #[test]
+    fn drift_and_pending_are_caught() {
+        let mut f = clean();
+        f.drift = 1;
+        assert_eq!(failed(&f), vec!["conservation"]);
+        let mut f = clean();
+        f.pending = 1;
+        assert_eq!(failed(&f), vec!["settled"]);
+    }
+
+    #[test]
+    fn the_plan_is_reproducible_and_retries_keys() {
+        let a = plan(7, 1000, 100, 20, "p-");
+        assert_eq!(a, plan(7, 1000, 100, 20, "p-"));
+        let distinct: HashSet<&str> = a.iter().map(|x| x.key.as_str()).collect();
+        assert!(
+            distinct.len() < 1000 && distinct.len() > 600,
+            "{}",
+            distinct.len()
+        );
+        assert!(a.iter().all(|x| x.buyer < 100));
+    }
+
+    #[test]
+    fn answers_are_labelled_by_status_and_code() {
+        assert_eq!(outcome_of(201, false, &Value::Null), "reserved");
+        assert_eq!(outcome_of(201, true, &Value::Null), "replayed");
+        assert_eq!(
+            outcome_of(409, false, &json!({"error": {"code": "sold_out"}})),
+            "sold_out"
+        );
+        assert_eq!(outcome_of(502, false, &json!("<html>")), "http_error");
+    }
+}

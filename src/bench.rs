@@ -1,0 +1,159 @@
+//! `flashmall bench`: the bench suite's command line. Each bench runs
+//! against what it is given, or starts what it needs here: `seckill` a
+//! throwaway stack (`--url` for a running one), `proxy` its upstream, the
+//! edge and nginx, `redis` a redis-server (`--redis` for a running one).
+//! Every run prints its Markdown summary and writes JSON, Markdown and SVG
+//! into `--out`.
+
+use std::path::PathBuf;
+
+use flashmall_bench::proxy::ProxyOptions;
+use flashmall_bench::redis::RedisOptions;
+use flashmall_bench::report::write_files;
+use flashmall_bench::seckill::{SeckillOptions, SeckillReport, Target};
+
+use crate::stack::Throwaway;
+
+/// Where results go and whether progress shows.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Output {
+    /// Directory for NAME.json, NAME.md and NAME.svg.
+    #[arg(long, default_value = "bench-out")]
+    pub out: PathBuf,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Bench {
+    /// A flash sale under load through the edge, checked against the ledger.
+    Seckill(SeckillArgs),
+    /// One trivial upstream: direct, through the flashmall edge, through nginx.
+    Proxy {
+        #[command(flatten)]
+        options: ProxyOptions,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// The engine's reserve call against redis-benchmark EVALSHA.
+    Redis {
+        #[command(flatten)]
+        options: RedisOptions,
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SeckillArgs {
+    #[command(flatten)]
+    pub options: SeckillOptions,
+    /// A running stack's edge (`http://host:port`); default: a throwaway
+    /// stack in this process.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// The admin the bench creates sales as (with `--url`).
+    #[arg(long, default_value = "admin@bench.flashmall")]
+    pub admin_email: String,
+    /// Its password (with `--url`).
+    #[arg(long, env = "FLASHMALL_BENCH_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+    /// Throwaway stack: Redis URL of the stock front (default in-process).
+    #[arg(long)]
+    pub redis: Option<String>,
+    /// Throwaway stack: answer purchases right after the Redis script.
+    #[arg(long)]
+    pub fast_ack: bool,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+const LOCAL_ADMIN_PASSWORD: &str = "bench admin password 0123";
+
+/// Runs a seckill bench: against `--url`, or a throwaway stack.
+pub async fn seckill(args: &SeckillArgs) -> Result<SeckillReport, String> {
+    let visible = !args.output.quiet;
+    match &args.url {
+        Some(url) => {
+            if args.redis.is_some() || args.fast_ack {
+                return Err("--redis and --fast-ack shape a throwaway stack; with --url the running stack's config decides".into());
+            }
+            let password = args.admin_password.clone().ok_or(
+                "with --url, give the admin's password (--admin-password or FLASHMALL_BENCH_ADMIN_PASSWORD)",
+            )?;
+            let target = Target {
+                base: url.clone(),
+                admin_email: args.admin_email.clone(),
+                admin_password: password,
+                register_admin: false,
+            };
+            flashmall_bench::seckill::run(&target, &args.options, visible).await
+        }
+        None => {
+            let (stack, _data) = Throwaway {
+                redis: args.redis.clone(),
+                fast_ack: args.fast_ack,
+                max_quantity: args.options.per_user_limit,
+                payment_timeout: std::time::Duration::from_secs(900),
+                admin: args.admin_email.clone(),
+            }
+            .start()
+            .await?;
+            let target = Target {
+                base: stack.base(),
+                admin_email: args.admin_email.clone(),
+                admin_password: LOCAL_ADMIN_PASSWORD.to_owned(),
+                register_admin: true,
+            };
+            let report = flashmall_bench::seckill::run(&target, &args.options, visible).await;
+            stack.stop().await;
+            report
+        }
+    }
+}
+
+/// Runs the chosen bench, prints its summary and writes its files; false
+/// when an invariant failed.
+pub async fn run(bench: &Bench) -> Result<bool, String> {
+    let (name, output, json, markdown, svg, held) = match bench {
+        Bench::Seckill(args) => {
+            let r = seckill(args).await?;
+            (
+                "seckill",
+                &args.output,
+                serde_json::to_value(&r),
+                r.markdown(),
+                r.svg(),
+                r.invariants_hold(),
+            )
+        }
+        Bench::Proxy { options, output } => {
+            let r = flashmall_bench::proxy::run(options, !output.quiet).await?;
+            (
+                "proxy",
+                output,
+                serde_json::to_value(&r),
+                r.markdown(),
+                r.svg(),
+                r.all_answered(),
+            )
+        }
+        Bench::Redis { options, output } => {
+            let r = flashmall_bench::redis::run(options, !output.quiet).await?;
+            (
+                "redis",
+                output,
+                serde_json::to_value(&r),
+                r.markdown(),
+                r.svg(),
+                r.invariants_hold(),
+            )
+        }
+    };
+    let json = json.map_err(|e| e.to_string())?;
+    let written = write_files(&output.out, name, &json, &markdown, &svg)?;
+    println!("{markdown}");
+    println!("written: {}", written.join(", "));
+    Ok(held)
+}
