@@ -56,9 +56,9 @@ pub struct SeckillArgs {
     /// The admin the bench creates sales as (with `--url`).
     #[arg(long, default_value = "admin@bench.flashmall")]
     pub admin_email: String,
-    /// Its password (with `--url`).
-    #[arg(long, env = "FLASHMALL_BENCH_ADMIN_PASSWORD", hide_env_values = true)]
-    pub admin_password: Option<String>,
+    /// A file holding its password (with `--url`; a mounted Secret, say).
+    #[arg(long)]
+    pub admin_password_file: Option<PathBuf>,
     /// Throwaway stack: Redis URL of the stock front (default in-process).
     #[arg(long)]
     pub redis: Option<String>,
@@ -79,9 +79,14 @@ pub async fn seckill(args: &SeckillArgs) -> Result<SeckillReport, String> {
             if args.redis.is_some() || args.fast_ack {
                 return Err("--redis and --fast-ack shape a throwaway stack; with --url the running stack's config decides".into());
             }
-            let password = args.admin_password.clone().ok_or(
-                "with --url, give the admin's password (--admin-password or FLASHMALL_BENCH_ADMIN_PASSWORD)",
-            )?;
+            let file = args
+                .admin_password_file
+                .as_ref()
+                .ok_or("with --url, give the admin's password in --admin-password-file")?;
+            let password = std::fs::read_to_string(file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned();
             let target = Target {
                 base: url.clone(),
                 admin_email: args.admin_email.clone(),

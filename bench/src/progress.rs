@@ -84,6 +84,13 @@ impl Drop for Progress {
 }
 
 fn line(label: &str, done: u64, total: u64, rate: f64, elapsed: Duration) -> String {
+    if total == 0 {
+        // A timed phase: no end to fill towards.
+        return format!(
+            "{label:<14} {done} answers, {rate:.0}/s, {:.1}s",
+            elapsed.as_secs_f64()
+        );
+    }
     let fraction = if total == 0 {
         1.0
     } else {
@@ -114,5 +121,10 @@ mod tests {
         assert!(l.contains(" 50% 50/100 answers, 1234/s"), "{l}");
         let full = super::line("x", 7, 5, 0.0, std::time::Duration::ZERO);
         assert!(full.contains("100%"), "{full}");
+        let timed = super::line("x", 7, 0, 3.0, std::time::Duration::ZERO);
+        assert!(
+            timed.contains("7 answers, 3/s") && !timed.contains('%'),
+            "{timed}"
+        );
     }
 }

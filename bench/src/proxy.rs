@@ -8,8 +8,11 @@
 //!   identity signed for the upstream;
 //! - **nginx**: through Debian's nginx with a plain `proxy_pass`.
 //!
-//! Each phase warms up for half a second, unrecorded. The ratios compare
-//! flashmall with nginx (throughput and p99) and both with direct.
+//! The three take turns for `--rounds` rounds, so a drift of the machine
+//! (another process, a frequency change) falls on all three alike; each
+//! turn warms up for half a second, unrecorded, and a path's figures are
+//! over all its turns. The ratios compare flashmall with nginx (throughput
+//! and p99) and both with direct.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -25,7 +28,7 @@ use serde::Serialize;
 
 use crate::chart::{Panel, Series};
 use crate::http::{Conn, Endpoint};
-use crate::load::{self, Job, Mode};
+use crate::load::{self, Job, Mode, Recording, Sample};
 use crate::progress::Progress;
 use crate::report::{Bucket, Machine, Summary, latency_cells, timeline};
 use crate::servers::{UPSTREAM_BODY, Upstream, free_addr, nginx};
@@ -42,6 +45,9 @@ pub struct ProxyOptions {
     /// Worker threads of the flashmall edge, and worker processes of nginx.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// Turns each path gets, alternating.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
 }
 
 impl Default for ProxyOptions {
@@ -50,6 +56,7 @@ impl Default for ProxyOptions {
             connections: 64,
             seconds: 5.0,
             workers: 2,
+            rounds: 3,
         }
     }
 }
@@ -90,8 +97,8 @@ impl ProxyReport {
         let mut t = String::new();
         let _ = writeln!(
             t,
-            "## proxy: one trivial upstream, {} connections, {:.0} s per phase, {} edge threads / nginx workers\n",
-            o.connections, o.seconds, o.workers
+            "## proxy: one trivial upstream, {} connections, {} rounds of {:.0} s per path, {} edge threads / nginx workers\n",
+            o.connections, o.rounds, o.seconds, o.workers
         );
         let _ = writeln!(
             t,
@@ -257,13 +264,14 @@ async fn edge(
     Ok(running)
 }
 
-async fn phase(
+/// One measured turn of a path (after an unrecorded warm-up).
+async fn turn(
     name: &'static str,
     endpoint: &Endpoint,
     job: &Arc<Fetch>,
     options: &ProxyOptions,
     visible: bool,
-) -> Result<Phase, String> {
+) -> Result<Recording, String> {
     let mode = Mode::Closed {
         connections: options.connections,
     };
@@ -292,12 +300,24 @@ async fn phase(
     )
     .await;
     progress.finish();
-    let recording = recording?;
-    Ok(Phase {
-        name,
-        summary: Summary::of(&recording),
-        timeline: timeline(&recording.samples, recording.elapsed.as_micros() as u64),
-    })
+    recording
+}
+
+/// A path's turns as one recording: each turn's samples shifted to follow
+/// the last, so throughput is answers over the measured time.
+fn joined(turns: Vec<Recording>) -> Option<Recording> {
+    let mut turns = turns.into_iter();
+    let mut all = turns.next()?;
+    for t in turns {
+        let offset = all.elapsed.as_micros() as u64;
+        all.samples.extend(t.samples.into_iter().map(|s| Sample {
+            done_us: s.done_us + offset,
+            ..s
+        }));
+        all.elapsed += t.elapsed;
+        all.reconnects += t.reconnects;
+    }
+    Some(all)
 }
 
 /// Runs the three phases.
@@ -307,6 +327,9 @@ pub async fn run(options: &ProxyOptions, visible: bool) -> Result<ProxyReport, S
     }
     if options.workers == 0 || options.workers > 64 {
         return Err("workers must be between 1 and 64".into());
+    }
+    if options.rounds == 0 || options.rounds > 100 {
+        return Err("rounds must be between 1 and 100".into());
     }
     let upstream = Upstream::start().await?;
     let nginx = nginx(upstream.addr, options.workers)?;
@@ -323,25 +346,39 @@ pub async fn run(options: &ProxyOptions, visible: bool) -> Result<ProxyReport, S
         authorization: HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|e| e.to_string())?,
     });
-    let mut phases = Vec::new();
     let paths = [
         ("direct", Endpoint::local(upstream.addr)),
         ("flashmall", Endpoint::local(edge.addr)),
         ("nginx", Endpoint::local(nginx.addr)),
     ];
+    let mut turns: Vec<Vec<Recording>> = paths.iter().map(|_| Vec::new()).collect();
     let mut result = Ok(());
-    for (name, endpoint) in &paths {
-        match phase(name, endpoint, &job, options, visible).await {
-            Ok(p) => phases.push(p),
-            Err(e) => {
-                result = Err(format!("{name}: {e}"));
-                break;
+    'rounds: for _ in 0..options.rounds {
+        for (i, (name, endpoint)) in paths.iter().enumerate() {
+            match turn(name, endpoint, &job, options, visible).await {
+                Ok(r) => turns[i].push(r),
+                Err(e) => {
+                    result = Err(format!("{name}: {e}"));
+                    break 'rounds;
+                }
             }
         }
     }
     edge.stop().await;
     drop(nginx);
     result?;
+    let phases: Vec<Phase> = paths
+        .iter()
+        .zip(turns)
+        .filter_map(|((name, _), turns)| {
+            let r = joined(turns)?;
+            Some(Phase {
+                name,
+                summary: Summary::of(&r),
+                timeline: timeline(&r.samples, r.elapsed.as_micros() as u64),
+            })
+        })
+        .collect();
     let rate = |name: &str| {
         phases
             .iter()

@@ -38,7 +38,7 @@ pub struct Ctx {
     request_id: String,
     started: Option<Instant>,
     client_ip: Option<IpAddr>,
-    claims: Option<AccessClaims>,
+    claims: Option<Arc<AccessClaims>>,
     pool: Option<String>,
     route: &'static str,
     idempotent: bool,
@@ -130,6 +130,33 @@ fn address_key(ip: IpAddr) -> String {
 /// limits, rules and gate, so they are refused.
 fn canonical_sale_id(id: &str) -> bool {
     uuid::Uuid::try_parse(id).is_ok_and(|u| u.hyphenated().to_string() == id)
+}
+
+/// A new request id: a UUIDv7 whose random bits come from a per-thread
+/// generator seeded once from the OS, instead of a `getrandom` system call
+/// per request (about 1% of the edge's time under load). Request ids
+/// correlate logs; nothing relies on them being unguessable.
+fn request_id() -> String {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(uuid::Uuid::new_v4().as_u64_pair().0 | 1);
+    }
+    let mut random = [0u8; 10];
+    STATE.with(|state| {
+        // xorshift64*
+        let mut x = state.get();
+        for chunk in random.chunks_mut(8) {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            let bytes = x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+        state.set(x);
+    });
+    uuid::Builder::from_unix_timestamp_millis(now_ms(), &random)
+        .into_uuid()
+        .to_string()
 }
 
 fn reject(reason: &'static str) {
@@ -267,7 +294,7 @@ impl ProxyHttp for Edge {
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
             .map(str::to_owned)
-            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+            .unwrap_or_else(request_id);
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -641,6 +668,17 @@ impl ProxyHttp for Edge {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_distinct_uuid_v7s() {
+        let ids: std::collections::HashSet<String> =
+            (0..10_000).map(|_| super::request_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+        for id in ids.iter().take(10) {
+            let uuid = uuid::Uuid::parse_str(id).unwrap();
+            assert_eq!(uuid.get_version_num(), 7, "{id}");
+        }
+    }
 
     #[test]
     fn forwarded_for_counts_only_behind_trusted_proxies() {

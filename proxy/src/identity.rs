@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flashmall_mesh::identity::AccessClaims;
 use flashmall_mesh::valid_user_id;
@@ -24,11 +24,22 @@ pub enum Refused {
 
 type KeyRing = HashMap<String, (Arc<DecodingKey>, Algorithm)>;
 
+/// How many verified tokens are remembered.
+pub const VERIFIED_CAPACITY: usize = 65_536;
+
 /// Checks access tokens.
 pub struct Verifier {
     hs256: Option<Arc<DecodingKey>>,
     keys: RwLock<Arc<KeyRing>>,
     validation: Validation,
+    /// Tokens that verified, by their text.
+    verified: RwLock<HashMap<Box<str>, Arc<AccessClaims>>>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The algorithm a JWK is pinned to: its `alg`, or the one its key type implies.
@@ -60,6 +71,26 @@ impl Verifier {
             hs256: secret.map(|s| Arc::new(DecodingKey::from_secret(s))),
             keys: RwLock::new(Arc::new(HashMap::new())),
             validation,
+            verified: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// A remembered token's claims, while its time window still holds.
+    fn remembered(&self, token: &str) -> Option<Arc<AccessClaims>> {
+        let claims = self.verified.read().ok()?.get(token).cloned()?;
+        let now = now_secs();
+        let leeway = self.validation.leeway;
+        (claims.exp.saturating_add(leeway) > now && claims.nbf <= now.saturating_add(leeway))
+            .then_some(claims)
+    }
+
+    fn remember(&self, token: &str, claims: &Arc<AccessClaims>) {
+        if let Ok(mut verified) = self.verified.write() {
+            if verified.len() >= VERIFIED_CAPACITY {
+                // Bounded memory: start over (expired entries go too).
+                verified.clear();
+            }
+            verified.insert(token.into(), Arc::clone(claims));
         }
     }
 
@@ -83,11 +114,15 @@ impl Verifier {
         if let Ok(mut slot) = self.keys.write() {
             *slot = Arc::new(ring);
         }
+        // A token verified with a key that is gone must not stay valid.
+        if let Ok(mut verified) = self.verified.write() {
+            verified.clear();
+        }
         n
     }
 
     /// The claims of a bearer token from an `Authorization` header value.
-    pub fn verify_header(&self, authorization: Option<&str>) -> Result<AccessClaims, Refused> {
+    pub fn verify_header(&self, authorization: Option<&str>) -> Result<Arc<AccessClaims>, Refused> {
         let value = authorization.ok_or(Refused::Missing)?;
         let token = value
             .strip_prefix("Bearer ")
@@ -96,6 +131,9 @@ impl Verifier {
             .trim();
         if token.is_empty() || token.len() > 8 * 1024 {
             return Err(Refused::Malformed);
+        }
+        if let Some(claims) = self.remembered(token) {
+            return Ok(claims);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| Refused::Malformed)?;
         let (key, alg) = match &header.kid {
@@ -135,6 +173,8 @@ impl Verifier {
         {
             return Err(Refused::Invalid("claims out of shape".into()));
         }
+        let claims = Arc::new(claims);
+        self.remember(token, &claims);
         Ok(claims)
     }
 }

@@ -66,9 +66,33 @@ pub async fn json(
     write(session, status, "application/json", body, request_id, &[]).await
 }
 
+/// The API's error shape, borrowed: serialized straight into the body
+/// (the same bytes as `ApiError::body`, without building a JSON tree per
+/// answer on the edge's hottest refusals).
+#[derive(serde::Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorFields<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct ErrorFields<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+fn error_body(err: &ApiError) -> Bytes {
+    let body = ErrorBody {
+        error: ErrorFields {
+            code: err.code.as_str(),
+            message: &err.message,
+        },
+    };
+    Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+}
+
 /// Writes an error in the API's shape, with `Retry-After` when it has one.
 pub async fn error(session: &mut Session, err: &ApiError, request_id: &str) -> pingora::Result<()> {
-    let body = Bytes::from(serde_json::to_vec(&err.body()).unwrap_or_default());
+    let body = error_body(err);
     let extra: Vec<(&'static str, String)> = err
         .retry_after
         .map(|s| vec![("retry-after", s.to_string())])
@@ -82,4 +106,21 @@ pub async fn error(session: &mut Session, err: &ApiError, request_id: &str) -> p
         &extra,
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use flashmall_mesh::{ApiError, ErrorCode};
+
+    #[test]
+    fn error_bodies_are_the_apis_shape() {
+        for err in [
+            ApiError::new(ErrorCode::SoldOut, "the sale is sold out"),
+            ApiError::new(ErrorCode::RateLimited, "a \"quoted\" message\n"),
+        ] {
+            let written: serde_json::Value =
+                serde_json::from_slice(&super::error_body(&err)).unwrap();
+            assert_eq!(written, err.body());
+        }
+    }
 }

@@ -1,0 +1,270 @@
+//! The bench suite at small sizes: each bench runs for real (a throwaway
+//! stack, the edge, nginx, redis-server and redis-benchmark) and its report
+//! must be complete and its checks must hold. No timing is asserted: these
+//! runs check the harness, not the machine.
+
+use flashmall::bench::{Output, SeckillArgs};
+use flashmall_bench::proxy::ProxyOptions;
+use flashmall_bench::redis::RedisOptions;
+use flashmall_bench::seckill::{SeckillOptions, SeckillReport};
+
+fn small(options: SeckillOptions) -> SeckillArgs {
+    SeckillArgs {
+        options,
+        url: None,
+        admin_email: "admin@bench.flashmall".into(),
+        admin_password_file: None,
+        redis: None,
+        fast_ack: false,
+        output: Output {
+            out: std::env::temp_dir(),
+            quiet: true,
+        },
+    }
+}
+
+fn options() -> SeckillOptions {
+    SeckillOptions {
+        stock: 40,
+        buyers: 400,
+        attempts: 1_500,
+        connections: 16,
+        gate_seconds: 0.5,
+        ..SeckillOptions::default()
+    }
+}
+
+fn assert_complete(r: &SeckillReport) {
+    let md = r.markdown();
+    assert!(r.invariants_hold(), "{md}");
+    assert_eq!(r.checks.len(), 6, "{md}");
+    assert_eq!(r.sold, r.options.stock, "{md}");
+    assert_eq!(r.remaining, 0, "{md}");
+    // Every attempt after the opening was answered, and the mix happened:
+    // retries, buyers past their limit, traffic after the sell-out.
+    let answered: u64 = r
+        .storm
+        .outcomes
+        .iter()
+        .filter(|(k, _)| !k.ends_with("(before the opening)"))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(
+        answered,
+        (r.options.attempts - r.options.early) as u64,
+        "{md}"
+    );
+    assert_eq!(r.storm.requests, answered, "{md}");
+    assert_eq!(
+        r.storm.outcomes.get("reserved"),
+        Some(&(r.options.stock as u64)),
+        "{md}"
+    );
+    for mix in ["replayed", "limit_exceeded", "sold_out"] {
+        assert!(
+            r.storm.outcomes.get(mix).is_some_and(|n| *n > 0),
+            "no {mix}: {md}"
+        );
+    }
+    assert_eq!(
+        r.storm.outcomes.get("sale_not_open (before the opening)"),
+        Some(&(r.options.early as u64)),
+        "{md}"
+    );
+    let l = r.storm.latency;
+    assert!(
+        l.p50_ms > 0.0
+            && l.p50_ms <= l.p90_ms
+            && l.p90_ms <= l.p99_ms
+            && l.p99_ms <= l.p999_ms
+            && l.p999_ms <= l.max_ms,
+        "{l:?}"
+    );
+    assert!(r.sold_out_after_s.is_some(), "{md}");
+    assert!(r.settlement.lag_ms.is_some(), "{md}");
+    assert!(
+        !r.settlement.series.is_empty() && !r.timeline.is_empty(),
+        "{md}"
+    );
+    let timeline_answers: f64 = r.timeline.iter().map(|b| b.per_second).sum::<f64>()
+        * (r.timeline.get(1).map_or(1.0, |b| b.t_s));
+    assert!(
+        (timeline_answers - answered as f64).abs() < 1.0,
+        "{timeline_answers} vs {answered}"
+    );
+    // The gate turned every purchase of the sold-out sale away.
+    let gate = r.gate.as_ref().expect("the gate phase ran");
+    assert!(
+        gate.static_answer.requests > 0 && gate.sold_out_purchases.requests > 0,
+        "{md}"
+    );
+    assert!(
+        gate.sold_out_purchases
+            .outcomes
+            .keys()
+            .all(|k| k == "sold_out" || k == "rate_limited"),
+        "{md}"
+    );
+    assert!(gate.answered_at_gate > 0.0, "{md}");
+    assert!(r.svg().matches("<polyline").count() >= 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_loop_seckill_bench_holds_every_check() {
+    let report = flashmall::bench::seckill(&small(options())).await.unwrap();
+    assert_complete(&report);
+    assert!(
+        report.storm.service_time.is_none(),
+        "closed loop has no separate service time"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_loop_seckill_bench_corrects_for_coordinated_omission() {
+    let report = flashmall::bench::seckill(&small(SeckillOptions {
+        rate: Some(3_000.0),
+        burst: 300,
+        ..options()
+    }))
+    .await
+    .unwrap();
+    assert_complete(&report);
+    // Latency counts from when each attempt was due, so it is never below
+    // the time the server took.
+    let service = report
+        .storm
+        .service_time
+        .expect("open loop keeps the service time");
+    assert!(report.storm.latency.max_ms >= service.max_ms);
+    assert!(report.storm.latency.p50_ms >= service.p50_ms);
+    assert!(
+        report
+            .markdown()
+            .contains("corrected for coordinated omission")
+    );
+}
+
+#[test]
+fn the_bench_command_writes_json_markdown_and_svg() {
+    let out = tempfile::tempdir().unwrap();
+    let result = flashmall_testing::flashmall_command(env!("CARGO_BIN_EXE_flashmall"))
+        .args([
+            "bench",
+            "seckill",
+            "--quiet",
+            "--stock",
+            "20",
+            "--buyers",
+            "200",
+            "--attempts",
+            "600",
+        ])
+        .args(["--connections", "8", "--gate-seconds", "0"])
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(
+        result.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert!(stdout.contains("| no oversell | yes |"), "{stdout}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("seckill.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["sold"], 20);
+    assert!(
+        json["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["held"] == true),
+        "{json}"
+    );
+    assert!(json["storm"]["latency"]["p99_ms"].as_f64().unwrap() > 0.0);
+    let md = std::fs::read_to_string(out.path().join("seckill.md")).unwrap();
+    assert!(md.starts_with("## seckill"));
+    let svg = std::fs::read_to_string(out.path().join("seckill.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+}
+
+#[test]
+fn bad_bench_arguments_are_refused_with_a_message() {
+    for args in [
+        vec!["bench", "seckill", "--stock", "0"],
+        vec!["bench", "seckill", "--rate", "0"],
+        vec!["bench", "seckill", "--url", "https://example.com"],
+        vec!["bench", "seckill", "--url", "http://127.0.0.1:1"],
+        vec!["bench", "proxy", "--connections", "0"],
+        vec!["bench", "redis", "--redis", "redis://user:pw@h:1"],
+    ] {
+        let result = flashmall_testing::flashmall_command(env!("CARGO_BIN_EXE_flashmall"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert!(!result.status.success(), "{args:?} succeeded");
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_bench_measures_three_paths_to_one_upstream() {
+    let report = flashmall_bench::proxy::run(
+        &ProxyOptions {
+            connections: 8,
+            seconds: 0.3,
+            workers: 1,
+            rounds: 2,
+        },
+        false,
+    )
+    .await
+    .unwrap();
+    let md = report.markdown();
+    let names: Vec<&str> = report.phases.iter().map(|p| p.name).collect();
+    assert_eq!(names, ["direct", "flashmall", "nginx"]);
+    // Every answer on every path was the upstream's 200, on kept connections.
+    assert!(report.all_answered(), "{md}");
+    for p in &report.phases {
+        assert!(p.summary.requests > 0 && p.summary.reconnects == 0, "{md}");
+    }
+    for ratio in [
+        report.throughput_vs_nginx,
+        report.p99_vs_nginx,
+        report.flashmall_vs_direct,
+        report.nginx_vs_direct,
+    ] {
+        assert!(ratio.is_finite() && ratio > 0.0, "{md}");
+    }
+    assert_eq!(report.svg().matches("<polyline").count(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_bench_runs_the_same_script_on_both_sides_and_conserves() {
+    let report = flashmall_bench::redis::run(
+        &RedisOptions {
+            concurrency: 8,
+            requests: 3_000,
+            ..RedisOptions::default()
+        },
+        false,
+    )
+    .await
+    .unwrap();
+    let md = report.markdown();
+    assert!(report.invariants_hold(), "{md}");
+    assert_eq!(report.engine.requests, 3_000);
+    assert!(
+        report.redis_benchmark.rps > 0.0 && report.ratio > 0.0,
+        "{md}"
+    );
+    assert!(report.redis_benchmark_command.contains(" EVALSHA "), "{md}");
+    assert!(
+        report.redis_benchmark_command.contains(" -c 8 -n 3000 "),
+        "{md}"
+    );
+}
