@@ -204,3 +204,85 @@ pub async fn load_jwks(source: &JwksSource, http: &reqwest::Client) -> Result<Jw
     };
     serde_json::from_str(&text).map_err(|e| format!("the JWKS is not valid: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flashmall_mesh::Role;
+    use jsonwebtoken::{EncodingKey, Header};
+
+    const SECRET: &[u8] = b"a test secret of at least thirty-two bytes";
+
+    fn token(secret: &[u8], exp: u64) -> String {
+        let now = now_secs();
+        let claims = AccessClaims {
+            sub: "0190a0a0-0000-7000-8000-000000000001".into(),
+            roles: vec![Role::Customer],
+            iat: now,
+            nbf: now,
+            exp,
+            iss: "flashmall".into(),
+            aud: "flashmall-api".into(),
+            jti: "0123456789abcdef0123456789abcdef0123".into(),
+        };
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap()
+    }
+
+    fn verifier() -> Verifier {
+        Verifier::new(Some(SECRET), "flashmall", "flashmall-api", Duration::ZERO)
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires() {
+        let v = verifier();
+        let t = token(SECRET, now_secs() + 2);
+        let header = format!("Bearer {t}");
+        let first = v.verify_header(Some(&header)).unwrap();
+        let again = v.verify_header(Some(&header)).unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "the second check is the remembered one"
+        );
+        std::thread::sleep(Duration::from_millis(3_100));
+        assert!(matches!(
+            v.verify_header(Some(&header)),
+            Err(Refused::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn only_the_exact_token_is_remembered() {
+        let v = verifier();
+        let exp = now_secs() + 600;
+        let good = token(SECRET, exp);
+        v.verify_header(Some(&format!("Bearer {good}"))).unwrap();
+        // The same claims signed with another key, and the good token with
+        // its signature altered: neither passes on the strength of the
+        // remembered one.
+        let forged = token(b"another secret of at least thirty-two bytes", exp);
+        assert!(v.verify_header(Some(&format!("Bearer {forged}"))).is_err());
+        let mut altered = good.clone();
+        let last = altered.pop().unwrap();
+        altered.push(if last == 'A' { 'B' } else { 'A' });
+        assert!(v.verify_header(Some(&format!("Bearer {altered}"))).is_err());
+        assert!(v.verify_header(Some(&format!("Bearer {good}"))).is_ok());
+    }
+
+    #[test]
+    fn new_keys_forget_every_remembered_token() {
+        let v = verifier();
+        let header = format!("Bearer {}", token(SECRET, now_secs() + 600));
+        let first = v.verify_header(Some(&header)).unwrap();
+        v.set_jwks(&JwkSet { keys: Vec::new() });
+        let again = v.verify_header(Some(&header)).unwrap();
+        assert!(
+            !Arc::ptr_eq(&first, &again),
+            "verified afresh after new keys"
+        );
+    }
+}
