@@ -23,7 +23,7 @@ const WIDTH: f64 = 900.0;
 const PANEL: f64 = 220.0;
 const LEFT: f64 = 80.0;
 const RIGHT: f64 = 20.0;
-const TOP: f64 = 40.0;
+const TOP: f64 = 56.0;
 const GAP: f64 = 50.0;
 const COLORS: [&str; 5] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd"];
 

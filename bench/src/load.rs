@@ -112,6 +112,24 @@ pub struct Recording {
     pub reconnects: u64,
 }
 
+/// Turns of one kind of load as one recording: each turn's samples
+/// shifted to follow the last, so throughput is answers over the time
+/// measured.
+pub fn join(turns: Vec<Recording>) -> Option<Recording> {
+    let mut turns = turns.into_iter();
+    let mut all = turns.next()?;
+    for t in turns {
+        let offset = all.elapsed.as_micros() as u64;
+        all.samples.extend(t.samples.into_iter().map(|s| Sample {
+            done_us: s.done_us + offset,
+            ..s
+        }));
+        all.elapsed += t.elapsed;
+        all.reconnects += t.reconnects;
+    }
+    Some(all)
+}
+
 /// One kind of request: what request `i` is and how its answer counts.
 pub trait Job: Send + Sync + 'static {
     /// Sends request `i` on `conn`; the outcome's label, or an error when
@@ -226,7 +244,7 @@ async fn connection_loop<J: Job>(
             done_us: micros(answered.saturating_duration_since(start)),
             latency_us: micros(answered.saturating_duration_since(from)),
             service_us: micros(answered.saturating_duration_since(sent)),
-            outcome: *result.as_ref().unwrap_or(&CONNECTION_ERROR),
+            outcome: result.as_ref().map_or(CONNECTION_ERROR, |o| o),
         });
         done.fetch_add(1, Ordering::Relaxed);
         if result.is_err() {
@@ -274,6 +292,31 @@ mod tests {
         assert_eq!(mode.due(11), Some(Duration::from_millis(1)));
         assert_eq!(mode.due(1010), Some(Duration::from_secs(1)));
         assert_eq!(Mode::Closed { connections: 3 }.due(5), None);
+    }
+
+    #[test]
+    fn turns_join_end_to_end() {
+        let turn = |n: u64, reconnects| Recording {
+            mode: Mode::Closed { connections: 1 },
+            samples: (1..=n)
+                .map(|i| Sample {
+                    index: i as usize,
+                    done_us: i * 100,
+                    latency_us: 10,
+                    service_us: 10,
+                    outcome: "ok",
+                })
+                .collect(),
+            elapsed: Duration::from_micros(n * 100),
+            reconnects,
+        };
+        let all = join(vec![turn(3, 1), turn(2, 2)]).unwrap();
+        assert_eq!(all.samples.len(), 5);
+        assert_eq!(all.elapsed, Duration::from_micros(500));
+        assert_eq!(all.reconnects, 3);
+        let done: Vec<u64> = all.samples.iter().map(|s| s.done_us).collect();
+        assert_eq!(done, [100, 200, 300, 400, 500]);
+        assert!(join(Vec::new()).is_none());
     }
 
     #[test]

@@ -28,7 +28,7 @@ use serde::Serialize;
 
 use crate::chart::{Panel, Series};
 use crate::http::{Conn, Endpoint};
-use crate::load::{self, Job, Mode, Recording, Sample};
+use crate::load::{self, Job, Mode, Recording};
 use crate::progress::Progress;
 use crate::report::{Bucket, Machine, Summary, latency_cells, timeline};
 use crate::servers::{UPSTREAM_BODY, Upstream, free_addr, nginx};
@@ -121,7 +121,7 @@ impl ProxyReport {
                 "| {} | {:.0} | {} | {} |",
                 p.name,
                 p.summary.throughput,
-                latency_cells(&p.summary.latency).replace(" | ", " | "),
+                latency_cells(&p.summary.latency),
                 outcomes.join(", ")
             );
         }
@@ -303,23 +303,6 @@ async fn turn(
     recording
 }
 
-/// A path's turns as one recording: each turn's samples shifted to follow
-/// the last, so throughput is answers over the measured time.
-fn joined(turns: Vec<Recording>) -> Option<Recording> {
-    let mut turns = turns.into_iter();
-    let mut all = turns.next()?;
-    for t in turns {
-        let offset = all.elapsed.as_micros() as u64;
-        all.samples.extend(t.samples.into_iter().map(|s| Sample {
-            done_us: s.done_us + offset,
-            ..s
-        }));
-        all.elapsed += t.elapsed;
-        all.reconnects += t.reconnects;
-    }
-    Some(all)
-}
-
 /// Runs the three phases.
 pub async fn run(options: &ProxyOptions, visible: bool) -> Result<ProxyReport, String> {
     if options.connections == 0 || !(options.seconds > 0.0 && options.seconds <= 3600.0) {
@@ -371,7 +354,7 @@ pub async fn run(options: &ProxyOptions, visible: bool) -> Result<ProxyReport, S
         .iter()
         .zip(turns)
         .filter_map(|((name, _), turns)| {
-            let r = joined(turns)?;
+            let r = load::join(turns)?;
             Some(Phase {
                 name,
                 summary: Summary::of(&r),
