@@ -381,21 +381,16 @@ async fn storm(
     let accounts_seconds = accounts_started.elapsed().as_secs_f64();
     let admin = |request: reqwest::RequestBuilder| request.bearer_auth(&accounts.admin);
     let opens_at = OffsetDateTime::now_utc() + time::Duration::milliseconds(800);
-    let (status, sale) = json_of(
-        admin(client.post(format!("{base}/api/v1/sales"))).json(&json!({
-            "product_id": "demo-product",
-            "price": 1999,
-            "stock": options.stock,
-            "per_user_limit": options.per_user_limit,
-            "starts_at": flashmall_engine::sale::rfc3339(opens_at),
-            "ends_at": flashmall_engine::sale::rfc3339(opens_at + time::Duration::hours(1)),
-        })),
+    let sale_id = flashmall_bench::api::create_sale(
+        &client,
+        base,
+        &accounts.admin,
+        "demo-product",
+        options.stock,
+        options.per_user_limit,
+        opens_at,
     )
     .await?;
-    if status != 201 {
-        return Err(format!("creating the sale failed: {status} {sale}"));
-    }
-    let sale_id = sale["id"].as_str().ok_or("the sale has no id")?.to_owned();
     let purchase_url = format!("{base}/api/v1/sales/{sale_id}/purchase");
     let attempts = plan(options);
     let early = options.early.min(attempts.len());

@@ -17,6 +17,21 @@ pub async fn json_of(request: reqwest::RequestBuilder) -> Result<(u16, Value), S
     Ok((status, body))
 }
 
+/// Posts an account's credentials to an auth endpoint.
+async fn credentials(
+    client: &reqwest::Client,
+    url: String,
+    email: &str,
+    password: &str,
+) -> Result<(u16, Value), String> {
+    json_of(
+        client
+            .post(url)
+            .json(&json!({"email": email, "password": password})),
+    )
+    .await
+}
+
 /// Logs an account in; its access token.
 pub async fn login(
     client: &reqwest::Client,
@@ -24,12 +39,8 @@ pub async fn login(
     email: &str,
     password: &str,
 ) -> Result<String, String> {
-    let (status, body) = json_of(
-        client
-            .post(format!("{base}/api/v1/auth/login"))
-            .json(&json!({"email": email, "password": password})),
-    )
-    .await?;
+    let url = format!("{base}/api/v1/auth/login");
+    let (status, body) = credentials(client, url, email, password).await?;
     match body["access_token"].as_str() {
         Some(token) if status == 200 => Ok(token.to_owned()),
         _ => Err(format!("logging in {email} failed: {status} {body}")),
@@ -43,16 +54,43 @@ pub async fn register(
     email: &str,
     password: &str,
 ) -> Result<String, String> {
-    let (status, body) = json_of(
-        client
-            .post(format!("{base}/api/v1/auth/register"))
-            .json(&json!({"email": email, "password": password})),
-    )
-    .await?;
+    let url = format!("{base}/api/v1/auth/register");
+    let (status, body) = credentials(client, url, email, password).await?;
     if status != 201 {
         return Err(format!("registering {email} failed: {status} {body}"));
     }
     login(client, base, email, password).await
+}
+
+/// Creates a sale of `stock` units (`limit` per buyer) opening at
+/// `opens_at` for an hour, as `admin`; its id.
+pub async fn create_sale(
+    client: &reqwest::Client,
+    base: &str,
+    admin: &str,
+    product_id: &str,
+    stock: i64,
+    limit: i64,
+    opens_at: time::OffsetDateTime,
+) -> Result<String, String> {
+    let (status, sale) = json_of(
+        client
+            .post(format!("{base}/api/v1/sales"))
+            .bearer_auth(admin)
+            .json(&json!({
+                "product_id": product_id,
+                "price": 1999,
+                "stock": stock,
+                "per_user_limit": limit,
+                "starts_at": flashmall_engine::sale::rfc3339(opens_at),
+                "ends_at": flashmall_engine::sale::rfc3339(opens_at + time::Duration::hours(1)),
+            })),
+    )
+    .await?;
+    if status != 201 {
+        return Err(format!("creating the sale failed: {status} {sale}"));
+    }
+    Ok(sale["id"].as_str().ok_or("the sale has no id")?.to_owned())
 }
 
 /// The value of one Prometheus sample line (`name{labels} value`) in a

@@ -158,16 +158,7 @@ impl RedisReport {
             "\nRatio {:.2} (target ≥ 1.0).\n\n`{}`\n",
             self.ratio, self.redis_benchmark_command
         );
-        let _ = writeln!(t, "| check | held | detail |\n|---|---|---|");
-        for c in &self.checks {
-            let _ = writeln!(
-                t,
-                "| {} | {} | {} |",
-                c.name,
-                if c.held { "yes" } else { "**NO**" },
-                c.detail
-            );
-        }
+        t.push_str(&crate::seckill::checks_table(&self.checks));
         t
     }
 

@@ -28,7 +28,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use crate::api::{json_of, login, metric, register};
+use crate::api::{create_sale, json_of, login, metric, register};
 use crate::chart::{Panel, Series};
 use crate::http::{Conn, Endpoint};
 use crate::load::{self, Job, Mode, Recording};
@@ -136,6 +136,16 @@ pub struct Check {
     pub name: &'static str,
     pub held: bool,
     pub detail: String,
+}
+
+/// The checks as a Markdown table.
+pub fn checks_table(checks: &[Check]) -> String {
+    let mut t = String::from("| check | held | detail |\n|---|---|---|\n");
+    for c in checks {
+        let held = if c.held { "yes" } else { "**NO**" };
+        let _ = writeln!(t, "| {} | {held} | {} |", c.name, c.detail);
+    }
+    t
 }
 
 /// One planned attempt: who, with which Idempotency-Key.
@@ -485,16 +495,8 @@ impl SeckillReport {
                 g.sold_out_purchases.reconnects
             );
         }
-        let _ = writeln!(t, "\n| check | held | detail |\n|---|---|---|");
-        for c in &self.checks {
-            let _ = writeln!(
-                t,
-                "| {} | {} | {} |",
-                c.name,
-                if c.held { "yes" } else { "**NO**" },
-                c.detail
-            );
-        }
+        t.push('\n');
+        t.push_str(&checks_table(&self.checks));
         t
     }
 
@@ -679,24 +681,16 @@ pub async fn run(
     let lead = Duration::from_millis(1_000 + options.connections as u64 * 4);
     let opens_at = OffsetDateTime::now_utc() + lead;
     let opening = Instant::now() + lead;
-    let (status, sale) = json_of(
-        client
-            .post(format!("{base}/api/v1/sales"))
-            .bearer_auth(&admin)
-            .json(&json!({
-                "product_id": format!("bench-{run_tag}"),
-                "price": 1999,
-                "stock": options.stock,
-                "per_user_limit": options.per_user_limit,
-                "starts_at": flashmall_engine::sale::rfc3339(opens_at),
-                "ends_at": flashmall_engine::sale::rfc3339(opens_at + time::Duration::hours(1)),
-            })),
+    let sale_id = create_sale(
+        &client,
+        &base,
+        &admin,
+        &format!("bench-{run_tag}"),
+        options.stock,
+        options.per_user_limit,
+        opens_at,
     )
     .await?;
-    if status != 201 {
-        return Err(format!("creating the sale failed: {status} {sale}"));
-    }
-    let sale_id = sale["id"].as_str().ok_or("the sale has no id")?.to_owned();
     let sale_url = format!("{base}/api/v1/sales/{sale_id}");
 
     let attempts = plan(
