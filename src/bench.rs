@@ -36,6 +36,12 @@ pub enum Bench {
         #[command(flatten)]
         output: Output,
     },
+    /// Serves the proxy bench's trivial upstream on `--listen` until
+    /// stopped (to measure running proxies with `bench proxy --direct`).
+    Upstream {
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: std::net::SocketAddr,
+    },
     /// The engine's reserve call against redis-benchmark EVALSHA.
     Redis {
         #[command(flatten)]
@@ -143,6 +149,14 @@ pub async fn run(bench: &Bench) -> Result<bool, String> {
                 r.svg(),
                 r.all_answered(),
             )
+        }
+        Bench::Upstream { listen } => {
+            let upstream = flashmall_bench::servers::Upstream::bind(*listen).await?;
+            println!("serving the bench upstream on http://{}", upstream.addr);
+            let stop = flashmall_mesh::Shutdown::new();
+            stop.trigger_on_signals();
+            stop.wait().await;
+            return Ok(true);
         }
         Bench::Redis { options, output } => {
             let r = flashmall_bench::redis::run(options, !output.quiet).await?;

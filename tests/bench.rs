@@ -219,6 +219,7 @@ async fn the_proxy_bench_measures_three_paths_to_one_upstream() {
             seconds: 0.3,
             workers: 1,
             rounds: 2,
+            ..ProxyOptions::default()
         },
         false,
     )
@@ -241,6 +242,41 @@ async fn the_proxy_bench_measures_three_paths_to_one_upstream() {
         assert!(ratio.is_finite() && ratio > 0.0, "{md}");
     }
     assert_eq!(report.svg().matches("<polyline").count(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_bench_measures_running_paths_when_given_them() {
+    // One running upstream stands for all three paths: the bench must
+    // measure exactly the addresses it was given, with the given token.
+    let upstream = flashmall_bench::servers::Upstream::start().await.unwrap();
+    let url = format!("http://{}", upstream.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "a.b.c\n").unwrap();
+    let options = ProxyOptions {
+        connections: 4,
+        seconds: 0.2,
+        rounds: 1,
+        direct: Some(url.clone()),
+        edge: Some(url.clone()),
+        nginx: Some(url.clone()),
+        token_file: Some(token),
+        ..ProxyOptions::default()
+    };
+    let report = flashmall_bench::proxy::run(&options, false).await.unwrap();
+    assert!(report.all_answered(), "{}", report.markdown());
+    assert_eq!(report.phases.len(), 3);
+    // Only some of the running paths: refused, with what is missing.
+    let err = flashmall_bench::proxy::run(
+        &ProxyOptions {
+            nginx: None,
+            ..options
+        },
+        false,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("--nginx"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,12 @@
 //!   identity signed for the upstream;
 //! - **nginx**: through Debian's nginx with a plain `proxy_pass`.
 //!
+//! Without `--edge`, the bench starts all three here (the upstream, the
+//! edge in front of it, nginx in front of it). With `--direct`, `--edge`,
+//! `--nginx` and `--token-file` it measures running ones instead: an
+//! upstream (`flashmall bench upstream` serves the same trivial answer),
+//! an edge routing `--path` to it, an nginx proxying to it.
+//!
 //! The three take turns for `--rounds` rounds, so a drift of the machine
 //! (another process, a frequency change) falls on all three alike; each
 //! turn warms up for half a second, unrecorded, and a path's figures are
@@ -31,7 +37,7 @@ use crate::http::{Conn, Endpoint};
 use crate::load::{self, Job, Mode, Recording};
 use crate::progress::Progress;
 use crate::report::{Bucket, Machine, Summary, latency_cells, timeline};
-use crate::servers::{UPSTREAM_BODY, Upstream, free_addr, nginx};
+use crate::servers::{Process, Upstream, free_addr, nginx};
 
 /// The shape of a proxy run.
 #[derive(Debug, Clone, clap::Args, Serialize)]
@@ -48,6 +54,21 @@ pub struct ProxyOptions {
     /// Turns each path gets, alternating.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    /// A running upstream (`http://host:port`); with --edge and --nginx.
+    #[arg(long)]
+    pub direct: Option<String>,
+    /// A running flashmall edge routing --path to that upstream.
+    #[arg(long)]
+    pub edge: Option<String>,
+    /// A running nginx proxying to that upstream.
+    #[arg(long)]
+    pub nginx: Option<String>,
+    /// A file holding an access token the running edge accepts.
+    #[arg(long)]
+    pub token_file: Option<std::path::PathBuf>,
+    /// The path requested on every path.
+    #[arg(long, default_value = "/bench/item")]
+    pub path: String,
 }
 
 impl Default for ProxyOptions {
@@ -57,6 +78,11 @@ impl Default for ProxyOptions {
             seconds: 5.0,
             workers: 2,
             rounds: 3,
+            direct: None,
+            edge: None,
+            nginx: None,
+            token_file: None,
+            path: "/bench/item".into(),
         }
     }
 }
@@ -168,8 +194,9 @@ impl ProxyReport {
     }
 }
 
-/// `GET /bench/item` with a token; the answer must be the upstream's.
+/// `GET path` with a token; the answer must be the upstream's 200.
 struct Fetch {
+    path: String,
     authorization: HeaderValue,
 }
 
@@ -178,20 +205,18 @@ impl Job for Fetch {
         let answer = conn
             .send(
                 Method::GET,
-                "/bench/item",
+                &self.path,
                 &[(http::header::AUTHORIZATION, self.authorization.clone())],
                 Bytes::new(),
             )
             .await?;
-        Ok(
-            if answer.status == 200 && answer.body.as_ref() == UPSTREAM_BODY {
-                "ok"
-            } else if answer.status == 429 {
-                "rate_limited"
-            } else {
-                "http_error"
-            },
-        )
+        Ok(if answer.status == 200 {
+            "ok"
+        } else if answer.status == 429 {
+            "rate_limited"
+        } else {
+            "http_error"
+        })
     }
 }
 
@@ -303,6 +328,39 @@ async fn turn(
     recording
 }
 
+/// The three paths started here.
+struct Local {
+    upstream: Upstream,
+    nginx: Process,
+    edge: RunningProxy,
+}
+
+impl Local {
+    /// Starts them, and mints a token the edge accepts.
+    async fn start(workers: usize) -> Result<(Local, String), String> {
+        let upstream = Upstream::start().await?;
+        let nginx = nginx(upstream.addr, workers)?;
+        let secret: Vec<u8> = uuid::Uuid::new_v4().as_bytes().repeat(2);
+        let edge = edge(upstream.addr, workers, &secret).await?;
+        let issuer = flashmall_services::auth::tokens::Issuer::new(
+            &secret,
+            "flashmall",
+            "flashmall-api",
+            Duration::from_secs(3600),
+        );
+        let (token, _) =
+            issuer.access_token("bench-user", &[Role::Customer], uuid::Uuid::new_v4())?;
+        Ok((
+            Local {
+                upstream,
+                nginx,
+                edge,
+            },
+            token,
+        ))
+    }
+}
+
 /// Runs the three phases.
 pub async fn run(options: &ProxyOptions, visible: bool) -> Result<ProxyReport, String> {
     if options.connections == 0 || !(options.seconds > 0.0 && options.seconds <= 3600.0) {
@@ -314,26 +372,49 @@ pub async fn run(options: &ProxyOptions, visible: bool) -> Result<ProxyReport, S
     if options.rounds == 0 || options.rounds > 100 {
         return Err("rounds must be between 1 and 100".into());
     }
-    let upstream = Upstream::start().await?;
-    let nginx = nginx(upstream.addr, options.workers)?;
-    let secret: Vec<u8> = uuid::Uuid::new_v4().as_bytes().repeat(2);
-    let edge = edge(upstream.addr, options.workers, &secret).await?;
-    let issuer = flashmall_services::auth::tokens::Issuer::new(
-        &secret,
-        "flashmall",
-        "flashmall-api",
-        Duration::from_secs(3600),
-    );
-    let (token, _) = issuer.access_token("bench-user", &[Role::Customer], uuid::Uuid::new_v4())?;
+    if !options.path.starts_with('/') {
+        return Err("--path must start with /".into());
+    }
+    let running = [&options.direct, &options.edge, &options.nginx];
+    let (local, token, endpoints) = if running.iter().all(|u| u.is_none()) {
+        let (local, token) = Local::start(options.workers).await?;
+        let endpoints = [
+            Endpoint::local(local.upstream.addr),
+            Endpoint::local(local.edge.addr),
+            Endpoint::local(local.nginx.addr),
+        ];
+        (Some(local), token, endpoints)
+    } else {
+        let (Some(direct), Some(edge), Some(nginx), Some(file)) = (
+            &options.direct,
+            &options.edge,
+            &options.nginx,
+            &options.token_file,
+        ) else {
+            return Err(
+                "running paths need all of --direct, --edge, --nginx and --token-file".into(),
+            );
+        };
+        let token = std::fs::read_to_string(file)
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?
+            .trim()
+            .to_owned();
+        let endpoints = [
+            Endpoint::resolve(direct).await?,
+            Endpoint::resolve(edge).await?,
+            Endpoint::resolve(nginx).await?,
+        ];
+        (None, token, endpoints)
+    };
     let job = Arc::new(Fetch {
+        path: options.path.clone(),
         authorization: HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|e| e.to_string())?,
+            .map_err(|e| format!("the token is not a header value: {e}"))?,
     });
-    let paths = [
-        ("direct", Endpoint::local(upstream.addr)),
-        ("flashmall", Endpoint::local(edge.addr)),
-        ("nginx", Endpoint::local(nginx.addr)),
-    ];
+    let paths: Vec<(&'static str, Endpoint)> = ["direct", "flashmall", "nginx"]
+        .into_iter()
+        .zip(endpoints)
+        .collect();
     let mut turns: Vec<Vec<Recording>> = paths.iter().map(|_| Vec::new()).collect();
     let mut result = Ok(());
     'rounds: for _ in 0..options.rounds {
@@ -347,13 +428,15 @@ pub async fn run(options: &ProxyOptions, visible: bool) -> Result<ProxyReport, S
             }
         }
     }
-    edge.stop().await;
-    drop(nginx);
+    if let Some(local) = local {
+        local.edge.stop().await;
+    }
     result?;
     let phases: Vec<Phase> = paths
         .iter()
+        .map(|(name, _)| *name)
         .zip(turns)
-        .filter_map(|((name, _), turns)| {
+        .filter_map(|(name, turns)| {
             let r = load::join(turns)?;
             Some(Phase {
                 name,

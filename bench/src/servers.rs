@@ -34,10 +34,16 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// On a free loopback port.
     pub async fn start() -> Result<Upstream, String> {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        Upstream::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// On `addr` (`flashmall bench upstream` for a running proxy bench).
+    pub async fn bind(addr: SocketAddr) -> Result<Upstream, String> {
+        let listener = TcpListener::bind(addr)
             .await
-            .map_err(|e| format!("cannot bind the upstream: {e}"))?;
+            .map_err(|e| format!("cannot bind the upstream on {addr}: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
