@@ -304,3 +304,58 @@ async fn the_redis_bench_runs_the_same_script_on_both_sides_and_conserves() {
         "{md}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seckill_bench_runs_twice_against_one_running_stack() {
+    // A running stack, as `--url` finds it: its admin already registered.
+    let (stack, _data) = flashmall::stack::Throwaway {
+        redis: None,
+        fast_ack: false,
+        max_quantity: 1,
+        payment_timeout: std::time::Duration::from_secs(900),
+        admin: "ops@bench.flashmall".into(),
+    }
+    .start()
+    .await
+    .unwrap();
+    let client = reqwest::Client::new();
+    let password = "ops password 0123456";
+    flashmall_bench::api::register(&client, &stack.base(), "ops@bench.flashmall", password)
+        .await
+        .unwrap();
+    let target = flashmall_bench::seckill::Target {
+        base: stack.base(),
+        admin_email: "ops@bench.flashmall".into(),
+        admin_password: password.into(),
+        register_admin: false,
+    };
+    let options = SeckillOptions {
+        gate_seconds: 0.0,
+        ..options()
+    };
+    // Each run brings its own buyers and sale, so a second run holds too.
+    for _ in 0..2 {
+        let report = flashmall_bench::seckill::run(&target, &options, false)
+            .await
+            .unwrap();
+        assert!(report.invariants_hold(), "{}", report.markdown());
+        assert_eq!(report.sold, options.stock);
+        assert!(report.gate.is_none());
+    }
+    // A wrong admin password is a clear error, not a run.
+    let err = flashmall_bench::seckill::run(
+        &flashmall_bench::seckill::Target {
+            admin_password: "wrong password 000".into(),
+            ..target
+        },
+        &options,
+        false,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.contains("logging in ops@bench.flashmall failed: 401"),
+        "{err}"
+    );
+    stack.stop().await;
+}
