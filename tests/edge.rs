@@ -982,6 +982,12 @@ async fn request_ids_are_propagated_and_the_edge_exports_metrics() {
         metrics.contains("route=\"sales\""),
         "requests are labelled by route family"
     );
+    // The in-flight gauge is exported (its counting is unit-tested in
+    // proxy/src/edge.rs: this process runs other edges in parallel).
+    assert!(
+        metrics.contains("\nflashmall_proxy_requests_in_flight "),
+        "{metrics}"
+    );
     s.stop().await;
 }
 

@@ -32,9 +32,28 @@ const MAX_ACCESS_TOKEN_LIFE_MS: u64 = 24 * 3600 * 1000;
 pub use flashmall_mesh::headers::CLIENT_IP as CLIENT_IP_HEADER;
 pub use flashmall_mesh::headers::SOLD_OUT as SOLD_OUT_HEADER;
 
+/// Counts a request in `flashmall_proxy_requests_in_flight` from its
+/// first phase until its context is dropped: answered, failed or
+/// abandoned by the client. The autoscaler's signal for the edge.
+pub struct InFlight(());
+
+impl InFlight {
+    fn enter() -> InFlight {
+        metrics::gauge!("flashmall_proxy_requests_in_flight").increment(1.0);
+        InFlight(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!("flashmall_proxy_requests_in_flight").decrement(1.0);
+    }
+}
+
 /// One request's state across the proxy phases.
 #[derive(Default)]
 pub struct Ctx {
+    in_flight: Option<InFlight>,
     request_id: String,
     started: Option<Instant>,
     client_ip: Option<IpAddr>,
@@ -281,7 +300,10 @@ impl ProxyHttp for Edge {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx::default()
+        Ctx {
+            in_flight: Some(InFlight::enter()),
+            ..Ctx::default()
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -668,6 +690,28 @@ impl ProxyHttp for Edge {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_is_in_flight_until_its_context_is_dropped() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let gauge = || {
+            handle
+                .render()
+                .lines()
+                .find_map(|l| l.strip_prefix("flashmall_proxy_requests_in_flight "))
+                .map(|v| v.trim().to_owned())
+        };
+        metrics::with_local_recorder(&recorder, || {
+            let first = InFlight::enter();
+            let second = InFlight::enter();
+            assert_eq!(gauge().as_deref(), Some("2"));
+            drop(first);
+            assert_eq!(gauge().as_deref(), Some("1"));
+            drop(second);
+            assert_eq!(gauge().as_deref(), Some("0"));
+        });
+    }
 
     #[test]
     fn request_ids_are_distinct_uuid_v7s() {
