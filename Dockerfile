@@ -8,8 +8,10 @@
 #
 # Stage 1 builds the release binary; stage 2 is distroless (glibc and
 # libgcc, no shell, no package manager) and runs as the non-root user
-# 65532. Config: /etc/flashmall/flashmall.toml (the documented defaults of
-# flashmall.example.toml); mount another with --config or set FLASHMALL_*.
+# 65532. The image carries flashmall.example.toml (every field at its
+# documented default) as /etc/flashmall/flashmall.toml; a component reads a
+# config only when given `--config FILE` (Kubernetes mounts its ConfigMap
+# and passes it), and FLASHMALL_* variables override either.
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
