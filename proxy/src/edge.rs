@@ -53,7 +53,8 @@ impl Drop for InFlight {
 /// One request's state across the proxy phases.
 #[derive(Default)]
 pub struct Ctx {
-    in_flight: Option<InFlight>,
+    /// Held for its drop: the request leaves the in-flight gauge.
+    _in_flight: Option<InFlight>,
     request_id: String,
     started: Option<Instant>,
     client_ip: Option<IpAddr>,
@@ -301,7 +302,7 @@ impl ProxyHttp for Edge {
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
-            in_flight: Some(InFlight::enter()),
+            _in_flight: Some(InFlight::enter()),
             ..Ctx::default()
         }
     }
