@@ -557,6 +557,43 @@ async fn an_early_answer_to_a_small_post_keeps_the_connection_and_a_large_one_cl
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failed_upstream_the_connection_is_closed_or_still_serves() {
+    // The engine pool is a dead address: a POST with a body gets 502 or 503
+    // after the edge tried the upstream. The connection must then either
+    // be announced closed or answer the next request: never left open and
+    // then dropped under the client.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = dead.local_addr().unwrap().to_string();
+    drop(dead);
+    let s = EdgeStack::start(|p| {
+        p.upstreams.insert("engine".into(), vec![addr.clone()]);
+    })
+    .await;
+    let admin = s.admin().await;
+    let body = "{}";
+    let post = format!(
+        "POST /api/v1/admin/reconcile HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        admin.access,
+        body.len()
+    );
+    let get = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".to_owned();
+    for _ in 0..20 {
+        let first = on_one_connection(s.proxy_addr, std::slice::from_ref(&post)).await;
+        assert!(matches!(first[0].0, 502 | 503), "{first:?}");
+        if first[0]
+            .1
+            .to_ascii_lowercase()
+            .contains("connection: close")
+        {
+            continue;
+        }
+        let both = on_one_connection(s.proxy_addr, &[post.clone(), get.clone()]).await;
+        assert_eq!(both[1].0, 200, "{both:?}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_answer_429_near_the_configured_rate_on_an_open_connection() {
     let s = EdgeStack::start(|p| {
         p.limits.push(flashmall_proxy::config::LimitConfig {

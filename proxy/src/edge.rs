@@ -309,6 +309,10 @@ impl ProxyHttp for Edge {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.started = Some(Instant::now());
+        // Whatever this filter answers itself keeps a small request's
+        // connection (its body is drained); proxied requests keep
+        // Pingora's own rule.
+        respond::keep_alive_when_drainable(session);
         // 1. A request id, taken from the client when well-formed.
         ctx.request_id = session
             .req_header()
@@ -502,6 +506,10 @@ impl ProxyHttp for Edge {
                     .await;
             }
         }
+        // Proxied from here on: back to Pingora's rule for a response that
+        // comes before the body was read (the upstream's early answer, or
+        // an error after an upstream attempt began reading it).
+        session.set_close_on_response_before_downstream_finish(true);
         Ok(false)
     }
 

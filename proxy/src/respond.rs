@@ -18,15 +18,22 @@ use pingora::proxy::Session;
 /// Request bodies up to this size are drained after an early answer.
 pub const DRAIN_LIMIT: u64 = 64 * 1024;
 
-/// Whether the connection may stay open when answered before its body was read.
-fn drainable(session: &Session) -> bool {
-    session
+/// Keeps the connection of a request the edge answers itself, before any
+/// upstream saw it, when its body is small enough to drain (a declared
+/// Content-Length up to [`DRAIN_LIMIT`]). Only for answers from the request
+/// filter: after an upstream attempt the body may be half-read, and Pingora
+/// then closes the connection as it should.
+pub fn keep_alive_when_drainable(session: &mut Session) {
+    let drainable = session
         .req_header()
         .headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|n| n <= DRAIN_LIMIT)
+        .is_some_and(|n| n <= DRAIN_LIMIT);
+    if drainable {
+        session.set_close_on_response_before_downstream_finish(false);
+    }
 }
 
 /// Writes a complete response; the connection stays open.
@@ -38,9 +45,6 @@ pub async fn write(
     request_id: &str,
     extra: &[(&'static str, String)],
 ) -> pingora::Result<()> {
-    if drainable(session) {
-        session.set_close_on_response_before_downstream_finish(false);
-    }
     let mut header = ResponseHeader::build(status, Some(4 + extra.len()))?;
     header.insert_header("content-type", content_type)?;
     header.insert_header("content-length", body.len().to_string())?;
