@@ -15,7 +15,7 @@
 //! pay it, the rest let it expire (`--payment-timeout`), their units go
 //! back on sale, and buyers who got nothing in the storm buy them.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,7 +27,8 @@ use time::OffsetDateTime;
 
 use crate::stack::Throwaway;
 use flashmall_bench::api::json_of;
-use flashmall_bench::seckill::Attempt;
+use flashmall_bench::api::missing_in_ledger;
+use flashmall_bench::seckill::{Answered, Attempt, Facts, check, outcome_of};
 
 /// Sizes and switches of a demo run.
 #[derive(Debug, Clone, clap::Args)]
@@ -264,7 +265,7 @@ fn plan(options: &DemoOptions) -> Vec<Attempt> {
 struct Answer {
     buyer: usize,
     key: String,
-    outcome: String,
+    outcome: &'static str,
     reservation_id: Option<String>,
     latency: Duration,
 }
@@ -312,26 +313,17 @@ async fn fire(client: &reqwest::Client, url: &str, token: &str, attempt: &Attemp
         .await;
     let (outcome, reservation_id) = match result {
         Ok(response) => {
-            let status = response.status();
+            let status = response.status().as_u16();
             let replayed = response.headers().contains_key("idempotent-replayed");
-            let body: Value = response.json().await.unwrap_or(Value::Null);
-            if status.as_u16() == 201 {
-                let id = body["reservation_id"].as_str().map(str::to_owned);
-                (
-                    (if replayed { "replayed" } else { "reserved" }).to_owned(),
-                    id,
-                )
-            } else {
-                (
-                    body["error"]["code"]
-                        .as_str()
-                        .unwrap_or("http_error")
-                        .to_owned(),
-                    None,
-                )
-            }
+            let body = response.bytes().await.unwrap_or_default();
+            let outcome = outcome_of(status, replayed, &body);
+            let id = (status == 201)
+                .then(|| serde_json::from_slice::<Value>(&body).ok())
+                .flatten()
+                .and_then(|b| b["reservation_id"].as_str().map(str::to_owned));
+            (outcome, id)
         }
-        Err(_) => ("connection_error".to_owned(), None),
+        Err(_) => ("connection_error", None),
     };
     Answer {
         buyer: attempt.buyer,
@@ -457,18 +449,13 @@ async fn storm(
     let mut histogram =
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
     let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
-    let mut by_key: HashMap<(usize, String), HashSet<String>> = HashMap::new();
     let mut granted: HashMap<String, usize> = HashMap::new();
     for a in &answers[early..] {
         let _ = histogram.record(a.latency.as_micros().max(1) as u64);
     }
     for a in &answers {
-        *outcomes.entry(a.outcome.clone()).or_default() += 1;
+        *outcomes.entry(a.outcome.to_owned()).or_default() += 1;
         if let Some(id) = &a.reservation_id {
-            by_key
-                .entry((a.buyer, a.key.clone()))
-                .or_default()
-                .insert(id.clone());
             granted.insert(id.clone(), a.buyer);
         }
     }
@@ -476,87 +463,30 @@ async fn storm(
     for buyer in granted.values() {
         *per_buyer.entry(*buyer).or_default() += 1;
     }
-    let mut keys_per_buyer: HashMap<usize, HashSet<&str>> = HashMap::new();
-    for a in &attempts[early..] {
-        keys_per_buyer.entry(a.buyer).or_default().insert(&a.key);
-    }
-    let demand: i64 = keys_per_buyer
-        .values()
-        .map(|keys| (keys.len() as i64).min(options.per_user_limit))
-        .sum();
-
-    let mut missing = 0usize;
-    for id in granted.keys() {
-        let (status, r) = json_of(admin(
-            client.get(format!("{base}/api/v1/reservations/{id}")),
-        ))
-        .await?;
-        if status != 200 || r["status"] != "held" {
-            missing += 1;
-        }
-    }
+    let missing = missing_in_ledger(&client, base, &accounts.admin, granted.keys()).await;
     let sold = view_after["settled"].as_i64().unwrap_or(-1);
     let remaining = view_after["remaining"].as_i64().unwrap_or(-1);
     let report = &reconciled["sales"][0];
-    let expected = demand.min(options.stock);
-    let checks = vec![
-        Check {
-            name: "no oversell",
-            held: sold <= options.stock && granted.len() as i64 <= options.stock,
-            detail: format!(
-                "{sold} sold, {} granted to clients, stock {}",
-                granted.len(),
-                options.stock
-            ),
-        },
-        Check {
-            name: "no undersell",
-            held: sold == expected,
-            detail: format!(
-                "{sold} sold == min(stock {}, demand {demand}) = {expected}",
-                options.stock
-            ),
-        },
-        Check {
-            name: "per-user limit",
-            held: per_buyer.values().all(|n| *n <= options.per_user_limit),
-            detail: format!(
-                "max {} per buyer",
-                per_buyer.values().max().copied().unwrap_or(0)
-            ),
-        },
-        Check {
-            name: "idempotency",
-            held: by_key.values().all(|ids| ids.len() == 1),
-            detail: format!(
-                "{} keys answered 201, each with one reservation",
-                by_key.len()
-            ),
-        },
-        Check {
-            name: "acknowledged in ledger",
-            held: options.fast_ack || missing == 0,
-            detail: format!(
-                "{missing} of {} acknowledged reservations missing",
-                granted.len()
-            ),
-        },
-        Check {
-            name: "conservation",
-            held: report["conserved"] == true
-                && report["drift"] == 0
-                && sold + remaining == options.stock,
-            detail: format!(
-                "drift {}, {sold} sold + {remaining} remaining",
-                report["drift"]
-            ),
-        },
-        Check {
-            name: "settled",
-            held: view["pending"].as_i64() == Some(0),
-            detail: format!("pending {} after the storm", view["pending"]),
-        },
-    ];
+    // The storm's invariants, as the bench checks them.
+    let checks = check(&Facts {
+        stock: options.stock,
+        per_user_limit: options.per_user_limit,
+        answers: answers[early..]
+            .iter()
+            .map(|a| Answered {
+                buyer: a.buyer,
+                key: a.key.clone(),
+                outcome: a.outcome,
+                reservation_id: a.reservation_id.clone(),
+            })
+            .collect(),
+        sold,
+        remaining,
+        pending: view["pending"].as_i64().unwrap_or(-1),
+        conserved: report["conserved"] == true,
+        drift: report["drift"].as_i64().unwrap_or(i64::MAX),
+        missing_in_ledger: missing,
+    });
     let mut checks = checks;
     checks.extend(shop_checks);
     let orders = if options.pay_percent > 0 || options.payment_timeout > Duration::ZERO {

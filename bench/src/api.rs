@@ -93,6 +93,32 @@ pub async fn create_sale(
     Ok(sale["id"].as_str().ok_or("the sale has no id")?.to_owned())
 }
 
+/// The reservations among `ids` the ledger does not hold (`held`), read
+/// through the admin API, 64 at a time.
+pub async fn missing_in_ledger<'a>(
+    client: &reqwest::Client,
+    base: &str,
+    admin: &str,
+    ids: impl IntoIterator<Item = &'a String>,
+) -> Vec<String> {
+    use futures::StreamExt;
+    futures::stream::iter(ids)
+        .map(|id| async move {
+            let held = json_of(
+                client
+                    .get(format!("{base}/api/v1/reservations/{id}"))
+                    .bearer_auth(admin),
+            )
+            .await
+            .is_ok_and(|(status, r)| status == 200 && r["status"] == "held");
+            (!held).then(|| id.clone())
+        })
+        .buffer_unordered(64)
+        .filter_map(|m| async move { m })
+        .collect()
+        .await
+}
+
 /// The value of one Prometheus sample line (`name{labels} value`) in a
 /// `/metrics` text, or 0 when the series was never recorded.
 pub fn metric(text: &str, series: &str) -> f64 {

@@ -28,7 +28,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use crate::api::{create_sale, json_of, login, metric, register};
+use crate::api::{create_sale, json_of, login, metric, missing_in_ledger, register};
 use crate::chart::{Panel, Series};
 use crate::http::{Conn, Endpoint};
 use crate::load::{self, Job, Mode, Recording};
@@ -193,34 +193,35 @@ pub fn plan(
 }
 
 /// The label of an answer: `reserved`, `replayed`, or the error code.
-pub fn outcome_of(status: u16, replayed: bool, body: &Value) -> &'static str {
-    if status == 201 {
-        return if replayed { "replayed" } else { "reserved" };
+/// Refusals are read without parsing their JSON (most answers of a storm
+/// are refusals, and the generator shares the CPU with the server).
+pub fn outcome_of(status: u16, replayed: bool, body: &[u8]) -> &'static str {
+    match (status, replayed) {
+        (201, true) => "replayed",
+        (201, false) => "reserved",
+        _ => refusal_of(body),
     }
-    let code = body["error"]["code"].as_str().unwrap_or("");
-    ErrorCode::ALL
-        .iter()
-        .map(|c| c.as_str())
-        .find(|c| *c == code)
-        .unwrap_or("http_error")
 }
 
 /// The error code of a refusal body `{"error":{"code":"...",...}}`, read
 /// without parsing the JSON; `http_error` when there is none.
 pub fn refusal_of(body: &[u8]) -> &'static str {
-    const NEEDLE: &[u8] = b"\"code\":\"";
-    let code = body
-        .windows(NEEDLE.len())
-        .position(|w| w == NEEDLE)
-        .map(|at| &body[at + NEEDLE.len()..])
+    const KEY: &[u8] = b"\"code\"";
+    let value = body
+        .windows(KEY.len())
+        .position(|w| w == KEY)
+        .map(|at| body[at + KEY.len()..].trim_ascii_start())
+        .and_then(|rest| rest.strip_prefix(b":"))
+        .and_then(|rest| rest.trim_ascii_start().strip_prefix(b"\""))
         .and_then(|rest| rest.iter().position(|b| *b == b'"').map(|end| &rest[..end]));
-    code.and_then(|code| {
-        ErrorCode::ALL
-            .iter()
-            .map(|c| c.as_str())
-            .find(|c| c.as_bytes() == code)
-    })
-    .unwrap_or("http_error")
+    value
+        .and_then(|code| {
+            ErrorCode::ALL
+                .iter()
+                .map(|c| c.as_str())
+                .find(|c| c.as_bytes() == code)
+        })
+        .unwrap_or("http_error")
 }
 
 /// Outcomes the engine (or the gate, on its behalf) decided: the attempt
@@ -591,19 +592,17 @@ impl Job for Purchases {
                 self.body.clone(),
             )
             .await?;
-        if answer.status != 201 {
-            // Refusals are most answers: read their code without building
-            // a JSON tree, so the generator spends little CPU on them.
-            return Ok(refusal_of(&answer.body));
+        let outcome = outcome_of(answer.status.as_u16(), answer.replayed, &answer.body);
+        if answer.status == 201 {
+            let body: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+            if let Some(id) = body["reservation_id"].as_str() {
+                self.granted
+                    .lock()
+                    .map_err(|_| "poisoned")?
+                    .push((i, id.to_owned()));
+            }
         }
-        let body: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
-        if let Some(id) = body["reservation_id"].as_str() {
-            self.granted
-                .lock()
-                .map_err(|_| "poisoned")?
-                .push((i, id.to_owned()));
-        }
-        Ok(outcome_of(201, answer.replayed, &body))
+        Ok(outcome)
     }
 }
 
@@ -805,8 +804,10 @@ pub async fn run(
             .map(|(t, _, _)| (t - last) * 1000.0)
     });
 
-    // The ledger's view: reconcile (drains, rebuilds, reports), the sale,
-    // and every reservation a client was told about.
+    // The ledger's view: what settlement left pending (before reconcile,
+    // which would settle it), reconcile (drains, rebuilds, reports), the
+    // sale, and every reservation a client was told about.
+    let (_, before) = json_of(client.get(&sale_url)).await?;
     let (status, reconciled) = json_of(
         client
             .post(format!("{base}/api/v1/admin/reconcile"))
@@ -820,26 +821,7 @@ pub async fn run(
     let (_, view) = json_of(client.get(&sale_url)).await?;
     let granted = storm_job.granted.lock().map_err(|_| "poisoned")?.clone();
     let ids: HashSet<&String> = granted.iter().map(|(_, id)| id).collect();
-    let missing: Vec<String> = futures::stream::iter(ids)
-        .map(|id| {
-            let client = &client;
-            let base = &base;
-            let admin = &admin;
-            async move {
-                let held = json_of(
-                    client
-                        .get(format!("{base}/api/v1/reservations/{id}"))
-                        .bearer_auth(admin),
-                )
-                .await
-                .is_ok_and(|(status, r)| status == 200 && r["status"] == "held");
-                (!held).then(|| id.clone())
-            }
-        })
-        .buffer_unordered(64)
-        .filter_map(|m| async move { m })
-        .collect()
-        .await;
+    let missing = missing_in_ledger(&client, &base, &admin, ids).await;
     let reservation_of: HashMap<usize, &String> = granted.iter().map(|(i, id)| (*i, id)).collect();
     let report = &reconciled["sales"][0];
     let facts = Facts {
@@ -848,7 +830,7 @@ pub async fn run(
         answers: answers_of(&recording, &attempts[early..], &reservation_of),
         sold: view["settled"].as_i64().unwrap_or(-1),
         remaining: view["remaining"].as_i64().unwrap_or(-1),
-        pending: view["pending"].as_i64().unwrap_or(-1),
+        pending: before["pending"].as_i64().unwrap_or(-1),
         conserved: report["conserved"] == true,
         drift: report["drift"].as_i64().unwrap_or(i64::MAX),
         missing_in_ledger: missing,
@@ -1130,13 +1112,13 @@ mod tests {
 
     #[test]
     fn answers_are_labelled_by_status_and_code() {
-        assert_eq!(outcome_of(201, false, &Value::Null), "reserved");
-        assert_eq!(outcome_of(201, true, &Value::Null), "replayed");
+        assert_eq!(outcome_of(201, false, b""), "reserved");
+        assert_eq!(outcome_of(201, true, b""), "replayed");
         assert_eq!(
-            outcome_of(409, false, &json!({"error": {"code": "sold_out"}})),
+            outcome_of(409, false, br#"{"error": {"code": "sold_out"}}"#),
             "sold_out"
         );
-        assert_eq!(outcome_of(502, false, &json!("<html>")), "http_error");
+        assert_eq!(outcome_of(502, false, b"<html>"), "http_error");
         assert_eq!(
             refusal_of(br#"{"error":{"code":"sold_out","message":"x"}}"#),
             "sold_out"
