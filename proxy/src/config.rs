@@ -104,6 +104,10 @@ pub struct ProxyConfig {
     /// How often each upstream backend's TCP health check runs.
     #[serde(with = "humantime_serde")]
     pub health_check_interval: Duration,
+    /// How often upstream host names are resolved again (a Kubernetes
+    /// headless Service name resolves to every ready pod).
+    #[serde(with = "humantime_serde")]
+    pub dns_refresh: Duration,
     /// Deadline to connect to an upstream.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -171,6 +175,7 @@ impl Default for ProxyConfig {
             redis_url: String::new(),
             state_poll: Duration::from_millis(200),
             health_check_interval: Duration::from_secs(1),
+            dns_refresh: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(10),
             sold_out_ttl: Duration::from_secs(1),
@@ -224,13 +229,13 @@ impl ProxyConfig {
             }
         }
         for (name, pool) in &self.upstreams {
-            for backend in pool {
-                if backend.parse::<SocketAddr>().is_err() && !backend.contains(':') {
-                    return Err(format!(
-                        "proxy.upstreams.{name}: {backend:?} is not host:port"
-                    ));
-                }
-            }
+            flashmall_mesh::client::discover::Resolver::new(name, pool)
+                .map_err(|e| format!("proxy.upstreams.{name}: {e}"))?;
+        }
+        if self.dns_refresh < Duration::from_millis(100)
+            || self.dns_refresh > Duration::from_secs(300)
+        {
+            return Err("proxy.dns_refresh must be between 100ms and 5m".into());
         }
         for p in &self.public {
             regex::Regex::new(&p.path)

@@ -20,6 +20,7 @@ pub mod limits;
 mod openapi;
 pub mod respond;
 pub mod state;
+mod upstreams;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,9 +29,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use flashmall_mesh::{IdentityKey, Shutdown};
-use pingora::lb::LoadBalancer;
-use pingora::lb::health_check::TcpHealthCheck;
-use pingora::lb::selection::RoundRobin;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
@@ -119,16 +117,13 @@ pub async fn launch(settings: &ProxySettings) -> Result<RunningProxy, String> {
     server.bootstrap();
     let mut pools = HashMap::new();
     let mut checks = Vec::new();
-    for (name, backends) in &config.upstreams {
-        let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(backends.iter().map(String::as_str))
-            .map_err(|e| format!("proxy.upstreams.{name}: {e}"))?;
-        let mut check = TcpHealthCheck::new();
-        check.peer_template.options.connection_timeout = Some(Duration::from_secs(1));
-        // One slow check on a loaded node must not take a backend out.
-        check.consecutive_failure = 3;
-        lb.set_health_check(check);
-        lb.health_check_frequency = Some(config.health_check_interval);
-        let service = background_service(&format!("health check {name}"), lb);
+    let pool_options = upstreams::PoolOptions {
+        dns_refresh: config.dns_refresh,
+        health_check_interval: config.health_check_interval,
+    };
+    for (name, entries) in &config.upstreams {
+        let lb = upstreams::pool(name, entries, &pool_options).await?;
+        let service = background_service(&format!("upstream pool {name}"), lb);
         pools.insert(name.clone(), service.task());
         checks.push(service);
     }

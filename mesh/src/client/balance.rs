@@ -66,10 +66,6 @@ impl EndpointSet {
         }
     }
 
-    pub(crate) fn service(&self) -> &'static str {
-        self.service
-    }
-
     fn snapshot(&self) -> Snapshot {
         self.current
             .read()

@@ -6,21 +6,21 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::Weak;
+use std::sync::{Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use super::balance::EndpointSet;
 
 /// One configured endpoint entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Target {
+pub enum Target {
     Addr(SocketAddr),
     Name { host: String, port: u16 },
 }
 
 impl Target {
     /// Parses a `host:port` entry (`[v6]:port` for an IPv6 literal).
-    pub(crate) fn parse(entry: &str) -> Result<Target, String> {
+    pub fn parse(entry: &str) -> Result<Target, String> {
         let bad = |why: &str| format!("endpoint {entry:?} is not host:port ({why})");
         let entry = entry.trim();
         if let Ok(addr) = entry.parse::<SocketAddr>() {
@@ -49,41 +49,85 @@ impl Target {
     }
 }
 
-/// Resolves `targets` now and every `every`, updating `set`, until the set
-/// is dropped (every client and channel using it is gone).
-pub(crate) async fn refresh(set: Weak<EndpointSet>, targets: Vec<Target>, every: Duration) {
-    // The last answer for each name, kept when a lookup fails: a resolver
-    // hiccup must not empty a healthy service.
-    let mut last: HashMap<(String, u16), Vec<SocketAddr>> = HashMap::new();
-    loop {
-        let Some(service) = set.upgrade().map(|s| s.service()) else {
-            return;
-        };
-        let mut addrs = BTreeSet::new();
-        for target in &targets {
-            match target {
-                Target::Addr(addr) => {
-                    addrs.insert(*addr);
-                }
-                Target::Name { host, port } => {
-                    let key = (host.clone(), *port);
-                    match tokio::net::lookup_host((host.as_str(), *port)).await {
-                        Ok(found) => {
-                            let found: Vec<SocketAddr> = found.collect();
-                            if found.is_empty() {
-                                tracing::warn!(service, host = %host, "dns returned no address");
-                            }
-                            addrs.extend(found.iter().copied());
-                            last.insert(key, found);
-                        }
-                        Err(e) => {
-                            tracing::warn!(service, host = %host, error = %e, "dns lookup failed, keeping the last answer");
-                            addrs.extend(last.get(&key).into_iter().flatten().copied());
-                        }
+/// Resolves a service's configured entries to socket addresses, again on
+/// each call. A name whose lookup fails keeps its last answer: a resolver
+/// hiccup must not empty a healthy service.
+pub struct Resolver {
+    service: String,
+    targets: Vec<Target>,
+    last: Mutex<HashMap<(String, u16), Vec<SocketAddr>>>,
+}
+
+impl Resolver {
+    /// Parses every entry; `service` names the service in logs.
+    pub fn new(service: &str, entries: &[String]) -> Result<Resolver, String> {
+        let targets = entries
+            .iter()
+            .map(|e| Target::parse(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Resolver {
+            service: service.to_owned(),
+            targets,
+            last: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The addresses given as IP literals, known without a lookup.
+    pub fn literal_addrs(&self) -> BTreeSet<SocketAddr> {
+        self.targets
+            .iter()
+            .filter_map(|t| match t {
+                Target::Addr(addr) => Some(*addr),
+                Target::Name { .. } => None,
+            })
+            .collect()
+    }
+
+    /// True when every entry is an IP literal, so nothing ever changes.
+    pub fn is_static(&self) -> bool {
+        self.targets.iter().all(|t| matches!(t, Target::Addr(_)))
+    }
+
+    /// Every address the entries stand for now.
+    pub async fn resolve(&self) -> BTreeSet<SocketAddr> {
+        let service = self.service.as_str();
+        let mut addrs = self.literal_addrs();
+        for target in &self.targets {
+            let Target::Name { host, port } = target else {
+                continue;
+            };
+            let key = (host.clone(), *port);
+            match tokio::net::lookup_host((host.as_str(), *port)).await {
+                Ok(found) => {
+                    let found: Vec<SocketAddr> = found.collect();
+                    if found.is_empty() {
+                        tracing::warn!(service, host = %host, "dns returned no address");
                     }
+                    addrs.extend(found.iter().copied());
+                    self.last
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(key, found);
+                }
+                Err(e) => {
+                    tracing::warn!(service, host = %host, error = %e, "dns lookup failed, keeping the last answer");
+                    let last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+                    addrs.extend(last.get(&key).into_iter().flatten().copied());
                 }
             }
         }
+        addrs
+    }
+}
+
+/// Resolves `resolver` now and every `every`, updating `set`, until the set
+/// is dropped (every client and channel using it is gone).
+pub(crate) async fn refresh(set: Weak<EndpointSet>, resolver: Resolver, every: Duration) {
+    loop {
+        if set.strong_count() == 0 {
+            return;
+        }
+        let addrs = resolver.resolve().await;
         let Some(set_now) = set.upgrade() else {
             return;
         };

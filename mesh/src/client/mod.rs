@@ -24,7 +24,7 @@
 mod balance;
 mod breaker;
 mod config;
-mod discover;
+pub mod discover;
 mod metrics;
 mod propagate;
 mod retry;
@@ -44,7 +44,7 @@ pub use config::{ClientConfig, RETRY_BUDGET_MIN_PER_SECOND};
 
 use crate::context::{self, RequestContext};
 use balance::{Balance, EndpointSet};
-use discover::Target;
+use discover::Resolver;
 use retry::RetryBudget;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -134,29 +134,18 @@ impl MeshClient {
         if endpoints.is_empty() {
             return Err(fail("no endpoints configured".into()));
         }
-        let targets = endpoints
-            .iter()
-            .map(|e| Target::parse(e))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(fail)?;
+        let resolver = Resolver::new(service, endpoints).map_err(fail)?;
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(fail("it must be created inside a tokio runtime".into()));
         }
         let set = Arc::new(EndpointSet::new(service, config));
-        let addrs = targets
-            .iter()
-            .filter_map(|t| match t {
-                Target::Addr(addr) => Some(*addr),
-                Target::Name { .. } => None,
-            })
-            .collect();
-        set.update(&addrs);
-        if addrs.len() == targets.len() {
+        set.update(&resolver.literal_addrs());
+        if resolver.is_static() {
             set.mark_discovered();
         } else {
             tokio::spawn(discover::refresh(
                 Arc::downgrade(&set),
-                targets,
+                resolver,
                 config.dns_refresh,
             ));
         }
