@@ -1,0 +1,1005 @@
+#!/usr/bin/env python3
+"""Offline validator of flashmall's Kubernetes manifests (k8s/overlays/*, k8s/bench).
+
+Run from the repository root:
+
+    python3 k8s/check.py --flashmall target/release/flashmall [--overlay NAME]...
+
+Without --overlay (which can be repeated) every directory under k8s/overlays/
+is checked, and k8s/bench. For each overlay the script renders
+`kustomize build k8s/overlays/NAME` and then:
+
+1. validates every document without a cluster, the way the API server's strict
+   field validation would (unknown fields are errors):
+   * built-in kinds against the Kubernetes JSON schemas bundled with the
+     kubernetes-validate package, for Kubernetes 1.30.0 and 1.34.0;
+   * ServiceMonitor, TidbCluster and ScyllaCluster against the openAPIV3Schema
+     of their CustomResourceDefinition;
+   * any other kind is an error;
+2. runs `flashmall check-config` on the config file of every flashmall
+   container (the ConfigMap mounted where its --config points), with the
+   container's environment rebuilt from its env/envFrom;
+3. runs consistency_checks() on the rendered documents and effective configs.
+
+It prints a one-line summary and exits 0 only when everything passed.
+
+Tools and schemas are installed on first use into
+${FLASHMALL_K8S_TOOLS:-~/.cache/flashmall/k8s-tools}, and reused after:
+* bin/kustomize: `go install sigs.k8s.io/kustomize/kustomize/v5@v5.8.2`;
+* venv/: a virtualenv with kubernetes-validate (which brings PyYAML and
+  jsonschema) from PyPI; the script re-executes itself inside it, so the
+  third-party imports are local to the functions that need them;
+* crds/: the three CRD files, cut out of their Go module's zip downloaded from
+  the Go module proxy (proxy.golang.org) and checked against a pinned sha256.
+Nothing downloaded is ever written into the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+import urllib.request
+import zipfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+K8S_DIR = Path(__file__).resolve().parent
+KUSTOMIZE_VERSION = "v5.8.2"
+KUBERNETES_VALIDATE_VERSION = "1.37.0"
+# The oldest Kubernetes we support and a current one.
+KUBERNETES_VERSIONS = ("1.30.0", "1.34.0")
+GO_PROXY = "https://proxy.golang.org"
+
+
+@dataclass(frozen=True)
+class CrdSource:
+    """A CRD file inside a Go module, as served by the Go module proxy."""
+
+    module: str
+    version: str
+    zip_sha256: str
+    path: str
+
+    def cache_path(self, cache: Path) -> Path:
+        name = self.module.rsplit("/", 1)[-1]
+        return cache / "crds" / f"{name}@{self.version}" / PurePosixPath(self.path).name
+
+
+CRD_SOURCES = (
+    CrdSource(  # ServiceMonitor
+        module="github.com/prometheus-operator/prometheus-operator",
+        version="v0.85.0",
+        zip_sha256="0bdb88ed823d0f2e86cf909638439b6ad1da744a228172c7411d9987527dc5d1",
+        path="example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml",
+    ),
+    CrdSource(  # TidbCluster
+        module="github.com/pingcap/tidb-operator",
+        version="v1.6.6",
+        zip_sha256="0f7a027189612ad6a7999dec8acc6c77702cd2a002bff07d7d53551668d1ec53",
+        path="manifests/crd/v1/pingcap.com_tidbclusters.yaml",
+    ),
+    CrdSource(  # ScyllaCluster
+        module="github.com/scylladb/scylla-operator",
+        version="v1.18.0",
+        zip_sha256="48ce4a2afb92314f1913732022854d7d7398a8a15956e5f81c2c40d61449b619",
+        path="pkg/api/scylla/v1/scylla.scylladb.com_scyllaclusters.yaml",
+    ),
+)
+
+# Stand-ins for what only exists in a running pod or a cluster.
+DUMMY_SECRET = "dummy-secret-value-for-check-config-0123456789ab"
+assert len(DUMMY_SECRET) == 48
+SAMPLE_POD_IP = "10.0.0.7"
+SAMPLE_HOST_IP = "10.0.0.1"
+SAMPLE_NODE = "node-1"
+SAMPLE_POD_UID = "3f1c2a9e-7b4d-4c55-9a0e-2d8f6b1e4c70"
+
+FLASHMALL_CONTAINER = "flashmall"
+
+
+class CheckError(Exception):
+    """A failure that stops the check of one overlay or the whole run."""
+
+
+def log(message: str) -> None:
+    print(f"k8s-tools: {message}", file=sys.stderr, flush=True)
+
+
+# --- tools: venv, kustomize, CRDs -------------------------------------------
+
+
+def tools_dir() -> Path:
+    default = Path.home() / ".cache" / "flashmall" / "k8s-tools"
+    return Path(os.environ.get("FLASHMALL_K8S_TOOLS") or default)
+
+
+def ensure_venv(cache: Path) -> Path:
+    """The venv with kubernetes-validate, created when missing; its python."""
+    venv = cache / "venv"
+    python = venv / "bin" / "python"
+    marker = venv / f"kubernetes-validate-{KUBERNETES_VALIDATE_VERSION}.installed"
+    if marker.exists():
+        return python
+    log(f"creating {venv} with kubernetes-validate=={KUBERNETES_VALIDATE_VERSION} (pip)")
+    run_install_step([sys.executable, "-m", "venv", "--clear", str(venv)])
+    run_install_step([str(python), "-m", "pip", "install", "--quiet",
+                      f"kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"])
+    marker.touch()
+    return python
+
+
+def run_inside_venv(python: Path) -> None:
+    """Re-executes this script with the venv's python unless already there."""
+    venv = python.parent.parent
+    if Path(sys.prefix).resolve() == venv.resolve():
+        return
+    sys.stdout.flush()
+    os.execv(str(python), [str(python), str(Path(__file__).resolve()), *sys.argv[1:]])
+
+
+def ensure_kustomize(cache: Path) -> Path:
+    kustomize = cache / "bin" / "kustomize"
+    if kustomize.exists() and tool_output([str(kustomize), "version"]) == KUSTOMIZE_VERSION:
+        return kustomize
+    log(f"installing kustomize {KUSTOMIZE_VERSION} into {kustomize.parent} (go install)")
+    if shutil.which("go") is None:
+        raise CheckError("installing kustomize needs the go command on PATH")
+    run_install_step(["go", "install", f"sigs.k8s.io/kustomize/kustomize/v5@{KUSTOMIZE_VERSION}"],
+                     env={**os.environ, "GOBIN": str(kustomize.parent)})
+    return kustomize
+
+
+def ensure_crd(cache: Path, source: CrdSource) -> Path:
+    """The cached CRD file, cut out of its module zip when not there yet."""
+    target = source.cache_path(cache)
+    if target.exists():
+        return target
+    url = f"{GO_PROXY}/{source.module}/@v/{source.version}.zip"
+    started = time.monotonic()
+    archive = download(url)
+    log(f"fetched {source.module}@{source.version} from {GO_PROXY} "
+        f"({len(archive) / 1e6:.1f} MB in {time.monotonic() - started:.1f}s), "
+        f"extracting {source.path}")
+    digest = hashlib.sha256(archive).hexdigest()
+    if digest != source.zip_sha256:
+        raise CheckError(f"{url}: sha256 {digest}, expected {source.zip_sha256}")
+    member = f"{source.module}@{source.version}/{source.path}"
+    with zipfile.ZipFile(io.BytesIO(archive)) as module_zip:
+        if member not in module_zip.namelist():
+            raise CheckError(f"{url} has no {member}")
+        content = module_zip.read(member)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".partial")
+    partial.write_bytes(content)
+    partial.replace(target)
+    return target
+
+
+def download(url: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=120) as response:
+            return response.read()
+    except OSError as error:
+        raise CheckError(f"downloading {url}: {error}") from error
+
+
+def run_install_step(command: list[str], env: dict[str, str] | None = None) -> None:
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise CheckError(f"{' '.join(command)} failed:\n{result.stdout}{result.stderr}")
+
+
+def tool_output(command: list[str]) -> str:
+    result = subprocess.run(command, capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 else ""
+
+
+# --- rendering ----------------------------------------------------------------
+
+
+def find_overlays(root: Path, names: list[str]) -> list[Path]:
+    overlays_dir = root / "overlays"
+    if names:
+        overlays = [overlays_dir / name for name in names]
+    else:
+        # Every overlay, and the bench Job (a kustomization of its own).
+        overlays = sorted(path for path in overlays_dir.glob("*") if path.is_dir())
+        overlays += [root / "bench"] if (root / "bench").is_dir() else []
+    for overlay in overlays:
+        if not any((overlay / name).exists()
+                   for name in ("kustomization.yaml", "kustomization.yml", "Kustomization")):
+            raise CheckError(f"{overlay}: no kustomization file")
+    if not overlays:
+        raise CheckError(f"{overlays_dir}: no overlays")
+    return overlays
+
+
+def render(kustomize: Path, overlay: Path) -> list[dict]:
+    import yaml
+
+    result = subprocess.run([str(kustomize), "build", str(overlay)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise CheckError(f"kustomize build {overlay} failed:\n{result.stderr.strip()}")
+    try:
+        docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc is not None]
+    except yaml.YAMLError as error:
+        raise CheckError(f"kustomize build {overlay}: unreadable output: {error}") from error
+    for index, doc in enumerate(docs):
+        if not isinstance(doc, dict) or not isinstance(doc.get("kind"), str) \
+                or not isinstance(doc.get("apiVersion"), str):
+            raise CheckError(f"document {index} of kustomize build {overlay} has no kind/apiVersion")
+    return docs
+
+
+def doc_name(doc: dict) -> str:
+    return f"{doc['kind']}/{(doc.get('metadata') or {}).get('name', '?')}"
+
+
+def doc_namespace(doc: dict) -> str:
+    return (doc.get("metadata") or {}).get("namespace", "")
+
+
+def group_and_version(api_version: str) -> tuple[str, str]:
+    group, _, version = api_version.rpartition("/")
+    return group, version
+
+
+# --- schema validation --------------------------------------------------------
+
+
+def json_path(path) -> str:
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif re.fullmatch(r"[A-Za-z_$][A-Za-z0-9_$-]*", part):
+            text += f".{part}"
+        else:
+            text += f"[{json.dumps(part)}]"
+    return text.lstrip(".") or "(root)"
+
+
+def schema_errors(validator, doc: dict) -> list[str]:
+    """Every error of doc, as 'path: message'; unknown fields one by one."""
+    errors = []
+    for error in validator.iter_errors(doc):
+        if error.validator == "additionalProperties" and error.validator_value is False:
+            known = error.schema.get("properties", {})
+            errors += [f"{json_path([*error.absolute_path, field])}: unknown field"
+                       for field in error.instance if field not in known]
+        else:
+            errors.append(f"{json_path(error.absolute_path)}: {error.message}")
+    return sorted(errors)
+
+
+class BuiltinSchemas:
+    """Strict schemas of the built-in kinds of one Kubernetes version, as bundled
+    with kubernetes-validate (kubernetes_validate.validate() stops at the first
+    error and only warns about unknown kinds, so its files are used directly)."""
+
+    def __init__(self, version: str):
+        import importlib.resources
+        import referencing
+        import referencing.jsonschema
+
+        self.version = version
+        self.dir = (importlib.resources.files("kubernetes_validate")
+                    / "kubernetes-json-schema" / f"v{version}-local-strict")
+        if not self.dir.is_dir():
+            raise CheckError(f"kubernetes-validate {KUBERNETES_VALIDATE_VERSION} has no schemas "
+                             f"for Kubernetes {version}")
+        definitions = json.loads((self.dir / "_definitions.json").read_text())
+        self.definitions_uri = definitions["$id"]
+        self.registry = referencing.Registry().with_resource(
+            self.definitions_uri, referencing.jsonschema.DRAFT202012.create_resource(definitions))
+        self.validators: dict[tuple[str, str], object] = {}
+
+    def object_meta_ref(self) -> dict:
+        return {"$ref": f"{self.definitions_uri}#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"}
+
+    def validator(self, api_version: str, kind: str):
+        """The validator of a built-in kind, or None when the kind isn't one."""
+        key = (api_version, kind)
+        if key not in self.validators:
+            self.validators[key] = self.load_validator(api_version, kind)
+        return self.validators[key]
+
+    def load_validator(self, api_version: str, kind: str):
+        import jsonschema
+
+        group, version = group_and_version(api_version)
+        short_group = group.split(".")[0]
+        file = self.dir / f"{kind.lower()}-{short_group + '-' if group else ''}{version}.json"
+        if not file.is_file():
+            return None
+        schema = json.loads(file.read_text())
+        gvk = {"group": group, "kind": kind, "version": version}
+        if gvk not in schema.get("x-kubernetes-group-version-kind", []):
+            return None
+        return jsonschema.Draft202012Validator(schema, registry=self.registry)
+
+
+class CustomSchemas:
+    """Validators of the custom resources, from their CRDs' openAPIV3Schema made
+    strict like the API server: fields a structural schema would prune are
+    errors, and metadata is a Kubernetes ObjectMeta with a name."""
+
+    def __init__(self, crd_files: list[Path], builtins: BuiltinSchemas):
+        self.builtins = builtins
+        # (group, kind) -> {version name: that version's entry in the CRD}
+        self.versions: dict[tuple[str, str], dict[str, dict]] = {}
+        for file in crd_files:
+            crd = load_crd(file)
+            key = (crd["spec"]["group"], crd["spec"]["names"]["kind"])
+            self.versions[key] = {entry["name"]: entry for entry in crd["spec"]["versions"]}
+        self.validators: dict[tuple[str, str], object] = {}
+
+    def handles(self, api_version: str, kind: str) -> bool:
+        group, _ = group_and_version(api_version)
+        return (group, kind) in self.versions
+
+    def errors(self, doc: dict) -> list[str]:
+        group, version = group_and_version(doc["apiVersion"])
+        entry = self.versions[(group, doc["kind"])].get(version)
+        if entry is None or not entry.get("served", False):
+            return [f"apiVersion: {doc['apiVersion']} is not a served version of {doc['kind']}"]
+        if (doc["apiVersion"], doc["kind"]) not in self.validators:
+            self.validators[(doc["apiVersion"], doc["kind"])] = self.make_validator(entry)
+        return schema_errors(self.validators[(doc["apiVersion"], doc["kind"])], doc)
+
+    def make_validator(self, entry: dict):
+        import jsonschema
+
+        schema = strict_crd_schema(entry["schema"]["openAPIV3Schema"])
+        schema["properties"]["metadata"] = {
+            **self.builtins.object_meta_ref(), "type": "object", "required": ["name"]}
+        schema["required"] = sorted({*schema.get("required", []), "metadata"})
+        return jsonschema.Draft202012Validator(schema, registry=self.builtins.registry)
+
+
+def load_crd(file: Path) -> dict:
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    crds = [doc for doc in yaml.load_all(file.read_text(), Loader=loader) if doc]
+    if len(crds) != 1 or crds[0].get("kind") != "CustomResourceDefinition":
+        raise CheckError(f"{file}: expected one CustomResourceDefinition")
+    return crds[0]
+
+
+def strict_crd_schema(node: dict) -> dict:
+    """A copy of an OpenAPI v3 CRD schema node as a JSON schema that rejects
+    unknown fields: an object without additionalProperties and without
+    x-kubernetes-preserve-unknown-fields gets additionalProperties: false
+    (the API server prunes, or under strict validation rejects, such fields),
+    nullable adds null to the type and x-kubernetes-int-or-string allows both."""
+    node = dict(node)
+    if node.get("x-kubernetes-int-or-string") and "type" not in node and "anyOf" not in node:
+        node["type"] = ["integer", "string"]
+    if node.get("nullable") and "type" in node:
+        node["type"] = [*always_list(node["type"]), "null"]
+    if "properties" in node:
+        node["properties"] = {name: strict_crd_schema(child)
+                              for name, child in node["properties"].items()}
+    if isinstance(node.get("additionalProperties"), dict):
+        node["additionalProperties"] = strict_crd_schema(node["additionalProperties"])
+    if isinstance(node.get("items"), dict):
+        node["items"] = strict_crd_schema(node["items"])
+    if "object" in always_list(node.get("type")) and "additionalProperties" not in node \
+            and not node.get("x-kubernetes-preserve-unknown-fields"):
+        node["additionalProperties"] = False
+    return node
+
+
+def always_list(value) -> list:
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def document_errors(doc: dict, builtins: list[BuiltinSchemas], customs: CustomSchemas) -> list[str]:
+    """Errors of one document: a custom kind against its CRD, any other kind
+    against each Kubernetes version (an error found in several is listed once)."""
+    if customs.handles(doc["apiVersion"], doc["kind"]):
+        return [f"{doc_name(doc)} {error}" for error in customs.errors(doc)]
+    versions_of: dict[str, list[str]] = {}
+    for schemas in builtins:
+        validator = schemas.validator(doc["apiVersion"], doc["kind"])
+        found = (schema_errors(validator, doc) if validator else
+                 [f"apiVersion/kind: {doc['apiVersion']} {doc['kind']} is neither a built-in "
+                  "kind nor a known custom resource"])
+        for error in found:
+            versions_of.setdefault(error, []).append(schemas.version)
+    return [f"{doc_name(doc)} {error} (Kubernetes {', '.join(versions)})"
+            for error, versions in versions_of.items()]
+
+
+# --- config check -------------------------------------------------------------
+
+
+@dataclass
+class Workload:
+    doc: dict
+    container: dict
+
+    @property
+    def name(self) -> str:
+        return self.doc["metadata"]["name"]
+
+    @property
+    def pod_spec(self) -> dict:
+        return pod_spec(self.doc)
+
+    @property
+    def sample_pod_name(self) -> str:
+        if self.doc["kind"] == "StatefulSet":
+            return f"{self.name}-0"
+        return f"{self.name}-5d9c7b8f6-x2x7q"
+
+
+def pod_spec(doc: dict) -> dict:
+    return doc.get("spec", {}).get("template", {}).get("spec", {})
+
+
+def flashmall_workloads(docs: list[dict]) -> list[Workload]:
+    return [Workload(doc, container)
+            for doc in docs if doc["kind"] in ("Deployment", "StatefulSet")
+            for container in pod_spec(doc).get("containers", [])
+            if container.get("name") == FLASHMALL_CONTAINER]
+
+
+class Cluster:
+    """The rendered documents of one overlay, looked up by kind, namespace and name."""
+
+    def __init__(self, docs: list[dict]):
+        self.objects = {(doc["kind"], doc_namespace(doc), doc["metadata"].get("name")): doc
+                        for doc in docs if isinstance(doc.get("metadata"), dict)}
+
+    def config_map(self, namespace: str, name: str) -> dict[str, str] | None:
+        doc = self.objects.get(("ConfigMap", namespace, name))
+        return None if doc is None else dict(doc.get("data") or {})
+
+    def secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        doc = self.objects.get(("Secret", namespace, name))
+        if doc is None:
+            return None
+        data = {key: base64.b64decode(value).decode() for key, value in (doc.get("data") or {}).items()}
+        return {**data, **(doc.get("stringData") or {})}
+
+
+def config_path(container: dict) -> str:
+    words = [*container.get("command", []), *container.get("args", [])]
+    for index, word in enumerate(words):
+        if word == "--config" and index + 1 < len(words):
+            return words[index + 1]
+        if word.startswith("--config="):
+            return word.split("=", 1)[1]
+    raise CheckError("no --config in its command or args")
+
+
+def config_source(workload: Workload, path: str) -> tuple[str, str]:
+    """(ConfigMap name, key) of the file at path inside the container."""
+    for mount in workload.container.get("volumeMounts", []):
+        mount_path = mount["mountPath"].rstrip("/")
+        if mount.get("subPath") and mount_path == path:
+            file_name = mount["subPath"]
+        elif not mount.get("subPath") and mount_path == os.path.dirname(path):
+            file_name = os.path.basename(path)
+        else:
+            continue
+        volume = next((volume for volume in workload.pod_spec.get("volumes", [])
+                       if volume.get("name") == mount["name"]), None)
+        if volume is None or "configMap" not in volume:
+            raise CheckError(f"{path} is on volume {mount['name']}, which is not a ConfigMap")
+        items = volume["configMap"].get("items")
+        key = next((item["key"] for item in items or [] if item["path"] == file_name),
+                   None if items else file_name)
+        if key is None:
+            raise CheckError(f"ConfigMap volume {mount['name']} has no item with path {file_name}")
+        return volume["configMap"]["name"], key
+    raise CheckError(f"no volume mounted at {os.path.dirname(path)} (for {path})")
+
+
+def container_environment(workload: Workload, cluster: Cluster) -> dict[str, str]:
+    """The container's variables as the kubelet would set them, with stand-ins
+    for Secrets that are not in the output and for pod fields."""
+    namespace = doc_namespace(workload.doc)
+    env: dict[str, str] = {}
+    for source in workload.container.get("envFrom", []):
+        env.update({source.get("prefix", "") + key: value
+                    for key, value in env_from_source(source, namespace, cluster).items()})
+    for variable in workload.container.get("env", []):
+        if "valueFrom" in variable:
+            env[variable["name"]] = env_value_from(variable["valueFrom"], workload, cluster)
+        else:
+            env[variable["name"]] = expand_references(variable.get("value", ""), env)
+    return env
+
+
+def env_from_source(source: dict, namespace: str, cluster: Cluster) -> dict[str, str]:
+    if "configMapRef" in source:
+        ref = source["configMapRef"]
+        data = cluster.config_map(namespace, ref["name"])
+        if data is None and not ref.get("optional"):
+            raise CheckError(f"envFrom ConfigMap {ref['name']} is not in the output")
+        return data or {}
+    ref = source["secretRef"]
+    return cluster.secret(namespace, ref["name"]) or {}
+
+
+def env_value_from(value_from: dict, workload: Workload, cluster: Cluster) -> str:
+    namespace = doc_namespace(workload.doc)
+    if "secretKeyRef" in value_from:
+        ref = value_from["secretKeyRef"]
+        data = cluster.secret(namespace, ref["name"])
+        if data is None:
+            return DUMMY_SECRET
+        return referenced_key(data, ref, "Secret")
+    if "configMapKeyRef" in value_from:
+        ref = value_from["configMapKeyRef"]
+        data = cluster.config_map(namespace, ref["name"])
+        if data is None:
+            raise CheckError(f"ConfigMap {ref['name']} is not in the output")
+        return referenced_key(data, ref, "ConfigMap")
+    if "fieldRef" in value_from:
+        return sample_field(value_from["fieldRef"]["fieldPath"], workload)
+    raise CheckError(f"cannot stand in for env valueFrom {json.dumps(value_from)}")
+
+
+def referenced_key(data: dict[str, str], ref: dict, kind: str) -> str:
+    if ref["key"] in data:
+        return data[ref["key"]]
+    if ref.get("optional"):
+        return ""
+    raise CheckError(f"{kind} {ref['name']} has no key {ref['key']}")
+
+
+def sample_field(field_path: str, workload: Workload) -> str:
+    template_meta = workload.doc.get("spec", {}).get("template", {}).get("metadata", {})
+    samples = {
+        "metadata.name": workload.sample_pod_name,
+        "metadata.namespace": doc_namespace(workload.doc) or "default",
+        "metadata.uid": SAMPLE_POD_UID,
+        "spec.nodeName": SAMPLE_NODE,
+        "spec.serviceAccountName": workload.pod_spec.get("serviceAccountName", "default"),
+        "status.hostIP": SAMPLE_HOST_IP,
+        "status.podIP": SAMPLE_POD_IP,
+        "status.podIPs": SAMPLE_POD_IP,
+    }
+    if field_path in samples:
+        return samples[field_path]
+    match = re.fullmatch(r"metadata\.(labels|annotations)\['([^']+)'\]", field_path)
+    if match:
+        return (template_meta.get(match[1]) or {}).get(match[2], "")
+    raise CheckError(f"no sample value for fieldRef {field_path}")
+
+
+def expand_references(value: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion from earlier variables; $$ escapes a $."""
+    def replace(match: re.Match) -> str:
+        if match[0] == "$$":
+            return "$"
+        return env.get(match[1], match[0])
+    return re.sub(r"\$\$|\$\(([^)]*)\)", replace, value)
+
+
+def check_config(workload: Workload, cluster: Cluster, flashmall: Path) -> dict:
+    """Runs flashmall check-config on the workload's config; the effective config."""
+    path = config_path(workload.container)
+    config_map, key = config_source(workload, path)
+    data = cluster.config_map(doc_namespace(workload.doc), config_map)
+    if data is None:
+        raise CheckError(f"ConfigMap {config_map} (mounted for {path}) is not in the output")
+    if key not in data:
+        raise CheckError(f"ConfigMap {config_map} has no key {key} (for {path})")
+    env = {"PATH": os.environ.get("PATH", ""), **container_environment(workload, cluster)}
+    with tempfile.TemporaryDirectory(prefix="flashmall-k8s-") as scratch:
+        file = Path(scratch) / os.path.basename(path)
+        file.write_text(data[key])
+        try:
+            result = subprocess.run([str(flashmall), "check-config", str(file)],
+                                    env=env, capture_output=True, text=True, timeout=120)
+        except subprocess.TimeoutExpired as error:
+            raise CheckError(f"flashmall check-config did not finish in {error.timeout}s") from error
+    if result.returncode != 0:
+        raise CheckError(f"flashmall check-config (ConfigMap {config_map} key {key}) failed:\n"
+                         f"{result.stderr.strip()}")
+    return tomllib.loads(result.stdout)
+
+
+def check_configs(docs: list[dict], flashmall: Path) -> tuple[list[str], dict[str, dict]]:
+    """Errors (one per distinct failure, naming every workload it hit), and the
+    effective config of each flashmall workload that passed, by name."""
+    cluster = Cluster(docs)
+    failed: dict[str, list[str]] = {}
+    configs = {}
+    for workload in flashmall_workloads(docs):
+        try:
+            configs[workload.name] = check_config(workload, cluster, flashmall)
+        except CheckError as error:
+            failed.setdefault(str(error), []).append(doc_name(workload.doc))
+    errors = [f"{', '.join(names)} container {FLASHMALL_CONTAINER}: {error}"
+              for error, names in failed.items()]
+    return errors, configs
+
+
+# --- consistency --------------------------------------------------------------
+#
+# What the schemas cannot see: the manifests against the effective configs.
+# Components are named by their args (`proxy`, `engine`, `service NAME`);
+# their config section has the component's name.
+
+# Who calls whom: the config fields each component dials, by the component
+# they must reach.
+CALLS = {
+    "engine": {("engine", "order_endpoints"): "orders"},
+    "orders": {("orders", "engine_endpoints"): "engine",
+               ("orders", "product_endpoints"): "products"},
+    "payments": {("payments", "order_endpoints"): "orders"},
+    "cart": {("cart", "product_endpoints"): "products"},
+    "checkout": {("checkout", "cart_endpoints"): "cart",
+                 ("checkout", "product_endpoints"): "products",
+                 ("checkout", "order_endpoints"): "orders",
+                 ("checkout", "payment_endpoints"): "payments"},
+}
+SERVICES = ("auth", "orders", "payments", "products", "cart", "checkout")
+ADAPTER_VALUES = K8S_DIR / "base" / "monitoring" / "prometheus-adapter-values.yaml"
+
+
+def component_of(container: dict) -> str:
+    words = [w for w in container.get("args", []) if not w.startswith("-")]
+    words = words[1:] if words and words[0].endswith(".toml") else words
+    return words[1] if words[:1] == ["service"] and len(words) > 1 else (words or ["?"])[0]
+
+
+def seconds(text: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "min": 60, "h": 3600}
+    total = 0.0
+    for number, unit in re.findall(r"(\d+)\s*([a-z]+)", str(text)):
+        if unit not in units:
+            raise CheckError(f"duration {text!r}: unit {unit!r} not understood here")
+        total += int(number) * units[unit]
+    return total
+
+
+def selects(selector: dict | None, labels: dict) -> bool:
+    """A label selector (matchLabels, matchExpressions) against labels; an
+    empty selector selects everything."""
+    selector = selector or {}
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expression in selector.get("matchExpressions") or []:
+        key, op, values = expression["key"], expression["operator"], expression.get("values", [])
+        present = key in labels
+        if (op == "In" and labels.get(key) not in values) or (op == "NotIn" and labels.get(key) in values) \
+                or (op == "Exists" and not present) or (op == "DoesNotExist" and present):
+            return False
+    return True
+
+
+@dataclass
+class Pod:
+    """A workload's pods, as a NetworkPolicy or a Service sees them."""
+    owner: str
+    labels: dict
+    ports: dict  # port name -> number
+
+
+def pods_of(docs: list[dict]) -> list[Pod]:
+    pods = [Pod(doc_name(doc), doc["spec"]["template"]["metadata"].get("labels", {}),
+                {p.get("name", str(p["containerPort"])): p["containerPort"]
+                 for c in pod_spec(doc).get("containers", []) for p in c.get("ports", [])})
+            for doc in docs if doc["kind"] in ("Deployment", "StatefulSet")]
+    # Pods the store operators make, with the labels their docs give.
+    for doc in docs:
+        name = doc["metadata"]["name"]
+        if doc["kind"] == "TidbCluster":
+            pods.append(Pod(doc_name(doc), {"app.kubernetes.io/instance": name}, {"client": 2379}))
+        if doc["kind"] == "ScyllaCluster":
+            pods.append(Pod(doc_name(doc), {"scylla/cluster": name}, {"cql": 9042}))
+    return pods
+
+
+def ingress_allows(policies: list[dict], target: Pod, caller: Pod | None, port: int) -> bool:
+    """Whether the NetworkPolicies let `caller` (None: any address outside the
+    cluster) reach `target` on `port`. Pods no Ingress policy selects are open."""
+    selecting = [p for p in policies if "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
+                 and selects(p["spec"].get("podSelector"), target.labels)]
+    if not selecting:
+        return True
+    for policy in selecting:
+        for rule in policy["spec"].get("ingress") or []:
+            ports = rule.get("ports")
+            if ports and not any(target.ports.get(str(p.get("port"))) == port or p.get("port") == port
+                                 for p in ports):
+                continue
+            peers = rule.get("from")
+            if peers is None:
+                return True
+            if caller is not None and any(
+                    "podSelector" in peer and "namespaceSelector" not in peer
+                    and selects(peer["podSelector"], caller.labels) for peer in peers):
+                return True
+    return False
+
+
+def endpoint(entry: str) -> tuple[str, int]:
+    host, _, port = entry.rpartition(":")
+    return host, int(port)
+
+
+def consistency_checks(overlay: str, docs: list[dict], configs: dict[str, dict]) -> list[str]:
+    """Cross-checks between the rendered documents of an overlay and the
+    effective configs (keyed by Deployment/StatefulSet name; only those that
+    passed check-config); one message per problem."""
+    import yaml
+
+    errors: list[str] = []
+    by_kind: dict[str, list[dict]] = {}
+    for doc in docs:
+        by_kind.setdefault(doc["kind"], []).append(doc)
+    pods = pods_of(docs)
+    policies = by_kind.get("NetworkPolicy", [])
+    services = {doc["metadata"]["name"]: doc for doc in by_kind.get("Service", [])}
+    workloads = {w.name: w for w in flashmall_workloads(docs)}
+    component_pod = {component_of(w.container): next(p for p in pods if p.owner == doc_name(w.doc))
+                     for w in workloads.values()}
+    hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in by_kind.get("HorizontalPodAutoscaler", [])}
+
+    def pods_behind(service: dict) -> list[Pod]:
+        return [p for p in pods if service["spec"].get("selector")
+                and selects({"matchLabels": service["spec"]["selector"]}, p.labels)]
+
+    def reaches(caller: str, entry: str, expect: str, where: str, headless: bool = True) -> None:
+        """`entry` (host:port) names a Service of `expect`'s pods that `caller` may reach."""
+        host, port = endpoint(entry)
+        service = services.get(host)
+        if service is None:
+            errors.append(f"{where}: {entry}: no Service {host} in the output")
+            return
+        if headless and service["spec"].get("clusterIP") != "None":
+            errors.append(f"{where}: Service {host} is not headless; clients balance over its pods themselves")
+        target = [p for p in pods_behind(service) if p.owner == component_pod[expect].owner] \
+            if expect in component_pod else pods_behind(service)
+        ports = [p for p in service["spec"].get("ports", []) if p["port"] == port]
+        if not target or not ports:
+            errors.append(f"{where}: {entry}: Service {host} has no port {port} in front of {expect}")
+            return
+        target_port = ports[0].get("targetPort", port)
+        number = target[0].ports.get(target_port, target_port)
+        if not ingress_allows(policies, target[0], component_pod.get(caller), number):
+            errors.append(f"{where}: no NetworkPolicy lets {caller} reach {expect} on port {number}")
+
+    for name, workload in workloads.items():
+        component = component_of(workload.container)
+        config = configs.get(name)
+        spec = workload.pod_spec
+        where = doc_name(workload.doc)
+        if config is None:
+            continue
+        # Port and probes: the container serves where its config listens.
+        host, port = endpoint(config[component]["listen"])
+        if host not in ("0.0.0.0", "[::]"):
+            errors.append(f"{where}: {component}.listen {host} is not every address of the pod")
+        if component_pod[component].ports.get("http") != port:
+            errors.append(f"{where}: container port http is not {component}.listen's port {port}")
+        for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz"),
+                            ("startupProbe", "/healthz")):
+            get = (workload.container.get(probe) or {}).get("httpGet") or {}
+            if get.get("path") != path or get.get("port") not in ("http", port):
+                errors.append(f"{where}: {probe} must GET {path} on port http")
+        if spec.get("enableServiceLinks", True):
+            errors.append(f"{where}: enableServiceLinks must be false (FLASHMALL_*_PORT variables "
+                          "would be refused as unknown overrides)")
+        # Shutdown: preStop, then the proxy's grace period, within the pod's grace.
+        pre_stop = ((workload.container.get("lifecycle") or {}).get("preStop") or {}).get("sleep", {})
+        drain = seconds(config["proxy"]["grace_period"]) + 1 if component == "proxy" else 10
+        needed = pre_stop.get("seconds", 0) + drain + 5
+        if spec.get("terminationGracePeriodSeconds", 30) < needed:
+            errors.append(f"{where}: terminationGracePeriodSeconds must be at least {needed:g} "
+                          f"(preStop, then {drain:g} s of draining, and a margin)")
+        # Calls to the other components, and the edge's pools.
+        for (section, field), target in CALLS.get(component, {}).items():
+            for entry in config[section][field]:
+                reaches(component, entry, target, f"{where} {section}.{field}")
+        if component == "proxy":
+            for pool, entries in config["proxy"]["upstreams"].items():
+                for entry in entries:
+                    reaches("proxy", entry, pool, f"{where} proxy.upstreams.{pool}")
+        # Stores: shared ones must exist here; embedded ones forbid replicas.
+        embedded = []
+        if component == "engine":
+            if config["ledger"]["backend"] == "tikv":
+                for entry in config["ledger"]["pd_endpoints"]:
+                    cluster = entry.split(":")[0].removesuffix("-pd")
+                    if not any(d["metadata"]["name"] == cluster for d in by_kind.get("TidbCluster", [])):
+                        errors.append(f"{where}: ledger.pd_endpoints {entry}: no TidbCluster {cluster}")
+                    elif not ingress_allows(policies, Pod("", {"app.kubernetes.io/instance": cluster}, {}),
+                                            component_pod["engine"], 2379):
+                        errors.append(f"{where}: no NetworkPolicy lets the engine reach TidbCluster {cluster}")
+            else:
+                embedded.append("ledger")
+        if component in SERVICES:
+            if config["store"]["backend"] == "scylla":
+                for entry in config["store"]["scylla_nodes"]:
+                    cluster = entry.split(":")[0].removesuffix("-client")
+                    scylla = [d for d in by_kind.get("ScyllaCluster", []) if d["metadata"]["name"] == cluster]
+                    if not scylla:
+                        errors.append(f"{where}: store.scylla_nodes {entry}: no ScyllaCluster {cluster}")
+                        continue
+                    dc = scylla[0]["spec"]["datacenter"]
+                    members = sum(rack.get("members", 0) for rack in dc.get("racks", []))
+                    if config["store"]["datacenter"] not in ("", dc["name"]):
+                        errors.append(f"{where}: store.datacenter is not ScyllaCluster {cluster}'s {dc['name']}")
+                    if config["store"]["replication_factor"] > members:
+                        errors.append(f"{where}: store.replication_factor is above {cluster}'s {members} nodes")
+                    if not ingress_allows(policies, Pod("", {"scylla/cluster": cluster}, {}),
+                                          component_pod[component], 9042):
+                        errors.append(f"{where}: no NetworkPolicy lets {component} reach {cluster} on 9042")
+            else:
+                embedded.append("store")
+        redis_field = {"engine": ("redis", "url"), "proxy": ("proxy", "redis_url")}.get(component)
+        if redis_field:
+            url = config[redis_field[0]][redis_field[1]]
+            if url:
+                reaches(component, url.split("://", 1)[1].split("/")[0], "redis",
+                        f"{where} {'.'.join(redis_field)}", headless=False)
+            else:
+                embedded.append("in-process " + ("stock front" if component == "engine" else "edge state"))
+        replicas = workload.doc["spec"].get("replicas")
+        if name in hpas and "replicas" in workload.doc["spec"]:
+            errors.append(f"{where}: sets replicas, which its HorizontalPodAutoscaler owns")
+        if embedded:
+            if name in hpas or replicas != 1:
+                errors.append(f"{where}: {' and '.join(embedded)} of one process: needs replicas 1 and no HPA")
+            if workload.doc["spec"].get("strategy", {}).get("type") != "Recreate":
+                errors.append(f"{where}: {' and '.join(embedded)}: needs strategy Recreate")
+        stores = [e for e in embedded if e in ("ledger", "store")]
+        data = next((v for v in spec.get("volumes", [])
+                     for m in workload.container.get("volumeMounts", [])
+                     if m["name"] == v["name"] and m["mountPath"] == config["data"]["dir"]), None)
+        if stores and (data is None or "persistentVolumeClaim" not in data):
+            errors.append(f"{where}: the embedded {' and '.join(stores)} must be on a "
+                          f"PersistentVolumeClaim mounted at data.dir {config['data']['dir']}")
+    # Only the edge is reachable from outside the cluster.
+    for pod in pods:
+        public = ingress_allows(policies, pod, None, next(iter(pod.ports.values()), 0))
+        if public != (pod.labels.get("app.kubernetes.io/component") == "proxy"
+                      and pod.labels.get("app.kubernetes.io/name") == "flashmall"):
+            errors.append(f"{pod.owner}: {'reachable' if public else 'unreachable'} from outside the cluster")
+    # Redis keeps what it acknowledged and never evicts a sale's keys.
+    for doc in by_kind.get("ConfigMap", []):
+        conf = (doc.get("data") or {}).get("redis.conf")
+        if conf is not None:
+            settings = dict(line.split(None, 1) for line in conf.splitlines()
+                            if line.strip() and not line.startswith("#") and " " in line)
+            for key, value in (("appendonly", "yes"), ("maxmemory-policy", "noeviction")):
+                if settings.get(key) != value:
+                    errors.append(f"{doc_name(doc)}: redis.conf needs {key} {value}")
+    # Autoscalers, disruption budgets, Services and scraping hold together.
+    adapter = yaml.safe_load(ADAPTER_VALUES.read_text())["rules"]
+    served = {kind: {rule["name"]["as"] for rule in adapter.get(rules, [])}
+              for kind, rules in (("Pods", "custom"), ("External", "external"))}
+    for target, hpa in hpas.items():
+        if target not in workloads:
+            errors.append(f"{doc_name(hpa)}: scales {target}, which is not in the output")
+        for metric in hpa["spec"].get("metrics", []):
+            if metric["type"] in served:
+                name = metric[metric["type"].lower()]["metric"]["name"]
+                if name not in served[metric["type"]]:
+                    errors.append(f"{doc_name(hpa)}: no prometheus-adapter rule serves {name}")
+    for doc in by_kind.get("PodDisruptionBudget", []) + list(services.values()):
+        selector = doc["spec"].get("selector")
+        selector = {"matchLabels": selector} if doc["kind"] == "Service" else selector
+        owners = {p.owner for p in pods if selector and selects(selector, p.labels)}
+        if doc["kind"] == "Service" and not doc["spec"].get("selector"):
+            continue
+        if len(owners) != 1:
+            errors.append(f"{doc_name(doc)}: selects {sorted(owners) or 'nothing'}, not one workload")
+    for monitor in by_kind.get("ServiceMonitor", []):
+        ports = {e["port"] for e in monitor["spec"]["endpoints"]}
+        for name, workload in workloads.items():
+            scraped = [s for s in services.values()
+                       if selects(monitor["spec"]["selector"], s["metadata"].get("labels", {}))
+                       and any(p.get("name") in ports for p in s["spec"].get("ports", []))
+                       and doc_name(workload.doc) in {p.owner for p in pods_behind(s)}]
+            if not scraped:
+                errors.append(f"{doc_name(monitor)}: does not scrape {doc_name(workload.doc)}")
+    return errors
+
+
+# --- main -----------------------------------------------------------------------
+
+
+@dataclass
+class OverlayResult:
+    documents: int = 0
+    configs: int = 0
+    errors: int = 0
+
+
+def check_overlay(overlay: Path, kustomize: Path, builtins: list[BuiltinSchemas],
+                  customs: CustomSchemas, flashmall: Path) -> OverlayResult:
+    name = overlay.name
+    try:
+        docs = render(kustomize, overlay)
+    except CheckError as error:
+        report(name, [str(error)])
+        return OverlayResult(errors=1)
+    kinds = Counter(doc["kind"] for doc in docs)
+    per_document = [document_errors(doc, builtins, customs) for doc in docs]
+    schema_problems = [error for errors in per_document for error in errors]
+    valid = sum(1 for errors in per_document if not errors)
+    summary = ", ".join(f"{kind} {count}" for kind, count in sorted(kinds.items()))
+    print(f"{name}: {len(docs)} documents ({summary}) "
+          f"{'valid' if not schema_problems else f'{len(docs) - valid} INVALID'}")
+    report(name, schema_problems)
+    config_problems, configs = check_configs(docs, flashmall)
+    if configs:
+        print(f"{name}: configs of {', '.join(sorted(configs))} checked")
+    report(name, config_problems)
+    consistency_problems = consistency_checks(name, docs, configs)
+    report(name, consistency_problems)
+    return OverlayResult(
+        documents=valid,
+        configs=len(configs),
+        errors=len(schema_problems) + len(config_problems) + len(consistency_problems))
+
+
+def report(overlay: str, errors: list[str]) -> None:
+    for error in errors:
+        print(f"ERROR {overlay}: {error}")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--flashmall", required=True, type=Path,
+                        help="the flashmall binary (runs check-config)")
+    parser.add_argument("--overlay", action="append", default=[],
+                        help="an overlay under k8s/overlays/ (default: all)")
+    parser.add_argument("--root", type=Path, default=K8S_DIR, help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    cache = tools_dir()
+    try:
+        run_inside_venv(ensure_venv(cache))
+        kustomize = ensure_kustomize(cache)
+        crd_files = [ensure_crd(cache, source) for source in CRD_SOURCES]
+        if not os.access(args.flashmall, os.X_OK):
+            raise CheckError(f"{args.flashmall}: not an executable")
+        overlays = find_overlays(args.root, args.overlay)
+        builtins = [BuiltinSchemas(version) for version in KUBERNETES_VERSIONS]
+        customs = CustomSchemas(crd_files, builtins[0])
+    except CheckError as error:
+        print(f"k8s: {error}", file=sys.stderr)
+        return 2
+    results = [check_overlay(overlay, kustomize, builtins, customs, args.flashmall.resolve())
+               for overlay in overlays]
+    documents = sum(result.documents for result in results)
+    configs = sum(result.configs for result in results)
+    errors = sum(result.errors for result in results)
+    if errors:
+        print(f"k8s: {len(overlays)} overlays, {errors} errors "
+              f"({documents} documents valid, {configs} configs checked)")
+        return 1
+    print(f"k8s: {len(overlays)} overlays, {documents} documents valid, {configs} configs checked")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
