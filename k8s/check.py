@@ -744,180 +744,233 @@ def consistency_checks(overlay: str, docs: list[dict], configs: dict[str, dict])
     """Cross-checks between the rendered documents of an overlay and the
     effective configs (keyed by Deployment/StatefulSet name; only those that
     passed check-config); one message per problem."""
-    import yaml
+    manifests = Manifests(docs)
+    for name, workload in manifests.workloads.items():
+        if name in configs:
+            manifests.check_workload(workload, configs[name])
+    manifests.check_exposure()
+    manifests.check_redis()
+    manifests.check_autoscalers()
+    manifests.check_selectors()
+    manifests.check_scraping()
+    return manifests.errors
 
-    errors: list[str] = []
-    by_kind: dict[str, list[dict]] = {}
-    for doc in docs:
-        by_kind.setdefault(doc["kind"], []).append(doc)
-    pods = pods_of(docs)
-    policies = by_kind.get("NetworkPolicy", [])
-    services = {doc["metadata"]["name"]: doc for doc in by_kind.get("Service", [])}
-    workloads = {w.name: w for w in flashmall_workloads(docs)}
-    component_pod = {component_of(w.container): next(p for p in pods if p.owner == doc_name(w.doc))
-                     for w in workloads.values()}
-    hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in by_kind.get("HorizontalPodAutoscaler", [])}
 
-    def pods_behind(service: dict) -> list[Pod]:
-        return [p for p in pods if service["spec"].get("selector")
-                and selects({"matchLabels": service["spec"]["selector"]}, p.labels)]
+class Manifests:
+    """One overlay's rendered documents, indexed for the checks; each check
+    appends its findings to `errors`."""
 
-    def reaches(caller: str, entry: str, expect: str, where: str, headless: bool = True) -> None:
+    def __init__(self, docs: list[dict]):
+        self.errors: list[str] = []
+        self.by_kind: dict[str, list[dict]] = {}
+        for doc in docs:
+            self.by_kind.setdefault(doc["kind"], []).append(doc)
+        self.pods = pods_of(docs)
+        self.policies = self.by_kind.get("NetworkPolicy", [])
+        self.services = {doc["metadata"]["name"]: doc for doc in self.by_kind.get("Service", [])}
+        self.workloads = {w.name: w for w in flashmall_workloads(docs)}
+        self.component_pod = {component_of(w.container): self.pod_of(w.doc) for w in self.workloads.values()}
+        self.hpas = {h["spec"]["scaleTargetRef"]["name"]: h
+                     for h in self.by_kind.get("HorizontalPodAutoscaler", [])}
+
+    def pod_of(self, doc: dict) -> Pod:
+        return next(p for p in self.pods if p.owner == doc_name(doc))
+
+    def named(self, kind: str, name: str) -> dict | None:
+        return next((d for d in self.by_kind.get(kind, []) if d["metadata"]["name"] == name), None)
+
+    def pods_behind(self, service: dict) -> list[Pod]:
+        selector = service["spec"].get("selector")
+        return [p for p in self.pods if selector and selects({"matchLabels": selector}, p.labels)]
+
+    def reaches(self, caller: str, entry: str, expect: str, where: str, headless: bool = True) -> None:
         """`entry` (host:port) names a Service of `expect`'s pods that `caller` may reach."""
         host, port = endpoint(entry)
-        service = services.get(host)
+        service = self.services.get(host)
         if service is None:
-            errors.append(f"{where}: {entry}: no Service {host} in the output")
+            self.errors.append(f"{where}: {entry}: no Service {host} in the output")
             return
         if headless and service["spec"].get("clusterIP") != "None":
-            errors.append(f"{where}: Service {host} is not headless; clients balance over its pods themselves")
-        target = [p for p in pods_behind(service) if p.owner == component_pod[expect].owner] \
-            if expect in component_pod else pods_behind(service)
+            self.errors.append(f"{where}: Service {host} is not headless; clients balance over its pods themselves")
+        target = self.pods_behind(service)
+        if expect in self.component_pod:
+            target = [p for p in target if p.owner == self.component_pod[expect].owner]
         ports = [p for p in service["spec"].get("ports", []) if p["port"] == port]
         if not target or not ports:
-            errors.append(f"{where}: {entry}: Service {host} has no port {port} in front of {expect}")
+            self.errors.append(f"{where}: {entry}: Service {host} has no port {port} in front of {expect}")
             return
         target_port = ports[0].get("targetPort", port)
         number = target[0].ports.get(target_port, target_port)
-        if not ingress_allows(policies, target[0], component_pod.get(caller), number):
-            errors.append(f"{where}: no NetworkPolicy lets {caller} reach {expect} on port {number}")
+        if not ingress_allows(self.policies, target[0], self.component_pod.get(caller), number):
+            self.errors.append(f"{where}: no NetworkPolicy lets {caller} reach {expect} on port {number}")
 
-    for name, workload in workloads.items():
+    def check_workload(self, workload: Workload, config: dict) -> None:
         component = component_of(workload.container)
-        config = configs.get(name)
-        spec = workload.pod_spec
         where = doc_name(workload.doc)
-        if config is None:
-            continue
-        # Port and probes: the container serves where its config listens.
+        self.check_serving(workload, component, config, where)
+        for (section, field), target in CALLS.get(component, {}).items():
+            for entry in config[section][field]:
+                self.reaches(component, entry, target, f"{where} {section}.{field}")
+        if component == "proxy":
+            for pool, entries in config["proxy"]["upstreams"].items():
+                for entry in entries:
+                    self.reaches("proxy", entry, pool, f"{where} proxy.upstreams.{pool}")
+        self.check_replicas(workload, where, self.one_process_state(component, config, where),
+                            config["data"]["dir"])
+
+    def check_serving(self, workload: Workload, component: str, config: dict, where: str) -> None:
+        """Port, probes, env links and shutdown against the component's config."""
+        spec = workload.pod_spec
         host, port = endpoint(config[component]["listen"])
         if host not in ("0.0.0.0", "[::]"):
-            errors.append(f"{where}: {component}.listen {host} is not every address of the pod")
-        if component_pod[component].ports.get("http") != port:
-            errors.append(f"{where}: container port http is not {component}.listen's port {port}")
+            self.errors.append(f"{where}: {component}.listen {host} is not every address of the pod")
+        if self.component_pod[component].ports.get("http") != port:
+            self.errors.append(f"{where}: container port http is not {component}.listen's port {port}")
         for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz"),
                             ("startupProbe", "/healthz")):
             get = (workload.container.get(probe) or {}).get("httpGet") or {}
             if get.get("path") != path or get.get("port") not in ("http", port):
-                errors.append(f"{where}: {probe} must GET {path} on port http")
+                self.errors.append(f"{where}: {probe} must GET {path} on port http")
         if spec.get("enableServiceLinks", True):
-            errors.append(f"{where}: enableServiceLinks must be false (FLASHMALL_*_PORT variables "
-                          "would be refused as unknown overrides)")
-        # Shutdown: preStop, then the proxy's grace period, within the pod's grace.
+            self.errors.append(f"{where}: enableServiceLinks must be false (FLASHMALL_*_PORT variables "
+                               "would be refused as unknown overrides)")
+        # preStop, then the proxy's grace period (or a service's drain), within the pod's grace.
         pre_stop = ((workload.container.get("lifecycle") or {}).get("preStop") or {}).get("sleep", {})
         drain = seconds(config["proxy"]["grace_period"]) + 1 if component == "proxy" else 10
         needed = pre_stop.get("seconds", 0) + drain + 5
         if spec.get("terminationGracePeriodSeconds", 30) < needed:
-            errors.append(f"{where}: terminationGracePeriodSeconds must be at least {needed:g} "
-                          f"(preStop, then {drain:g} s of draining, and a margin)")
-        # Calls to the other components, and the edge's pools.
-        for (section, field), target in CALLS.get(component, {}).items():
-            for entry in config[section][field]:
-                reaches(component, entry, target, f"{where} {section}.{field}")
-        if component == "proxy":
-            for pool, entries in config["proxy"]["upstreams"].items():
-                for entry in entries:
-                    reaches("proxy", entry, pool, f"{where} proxy.upstreams.{pool}")
-        # Stores: shared ones must exist here; embedded ones forbid replicas.
-        embedded = []
+            self.errors.append(f"{where}: terminationGracePeriodSeconds must be at least {needed:g} "
+                               f"(preStop, then {drain:g} s of draining, and a margin)")
+
+    def one_process_state(self, component: str, config: dict, where: str) -> list[str]:
+        """Checks the shared stores the component's config names; the state it
+        keeps in its own process or volume instead."""
+        local = []
         if component == "engine":
             if config["ledger"]["backend"] == "tikv":
-                for entry in config["ledger"]["pd_endpoints"]:
-                    cluster = entry.split(":")[0].removesuffix("-pd")
-                    if not any(d["metadata"]["name"] == cluster for d in by_kind.get("TidbCluster", [])):
-                        errors.append(f"{where}: ledger.pd_endpoints {entry}: no TidbCluster {cluster}")
-                    elif not ingress_allows(policies, Pod("", {"app.kubernetes.io/instance": cluster}, {}),
-                                            component_pod["engine"], 2379):
-                        errors.append(f"{where}: no NetworkPolicy lets the engine reach TidbCluster {cluster}")
+                self.check_ledger(config, where)
             else:
-                embedded.append("ledger")
+                local.append("ledger")
         if component in SERVICES:
             if config["store"]["backend"] == "scylla":
-                for entry in config["store"]["scylla_nodes"]:
-                    cluster = entry.split(":")[0].removesuffix("-client")
-                    scylla = [d for d in by_kind.get("ScyllaCluster", []) if d["metadata"]["name"] == cluster]
-                    if not scylla:
-                        errors.append(f"{where}: store.scylla_nodes {entry}: no ScyllaCluster {cluster}")
-                        continue
-                    dc = scylla[0]["spec"]["datacenter"]
-                    members = sum(rack.get("members", 0) for rack in dc.get("racks", []))
-                    if config["store"]["datacenter"] not in ("", dc["name"]):
-                        errors.append(f"{where}: store.datacenter is not ScyllaCluster {cluster}'s {dc['name']}")
-                    if config["store"]["replication_factor"] > members:
-                        errors.append(f"{where}: store.replication_factor is above {cluster}'s {members} nodes")
-                    if not ingress_allows(policies, Pod("", {"scylla/cluster": cluster}, {}),
-                                          component_pod[component], 9042):
-                        errors.append(f"{where}: no NetworkPolicy lets {component} reach {cluster} on 9042")
+                self.check_scylla(component, config, where)
             else:
-                embedded.append("store")
+                local.append("store")
         redis_field = {"engine": ("redis", "url"), "proxy": ("proxy", "redis_url")}.get(component)
         if redis_field:
             url = config[redis_field[0]][redis_field[1]]
             if url:
-                reaches(component, url.split("://", 1)[1].split("/")[0], "redis",
-                        f"{where} {'.'.join(redis_field)}", headless=False)
+                self.reaches(component, url.split("://", 1)[1].split("/")[0], "redis",
+                             f"{where} {'.'.join(redis_field)}", headless=False)
             else:
-                embedded.append("in-process " + ("stock front" if component == "engine" else "edge state"))
-        replicas = workload.doc["spec"].get("replicas")
-        if name in hpas and "replicas" in workload.doc["spec"]:
-            errors.append(f"{where}: sets replicas, which its HorizontalPodAutoscaler owns")
-        if embedded:
-            if name in hpas or replicas != 1:
-                errors.append(f"{where}: {' and '.join(embedded)} of one process: needs replicas 1 and no HPA")
-            if workload.doc["spec"].get("strategy", {}).get("type") != "Recreate":
-                errors.append(f"{where}: {' and '.join(embedded)}: needs strategy Recreate")
-        stores = [e for e in embedded if e in ("ledger", "store")]
-        data = next((v for v in spec.get("volumes", [])
+                local.append("in-process " + ("stock front" if component == "engine" else "edge state"))
+        return local
+
+    def check_ledger(self, config: dict, where: str) -> None:
+        for entry in config["ledger"]["pd_endpoints"]:
+            cluster = entry.split(":")[0].removesuffix("-pd")
+            if self.named("TidbCluster", cluster) is None:
+                self.errors.append(f"{where}: ledger.pd_endpoints {entry}: no TidbCluster {cluster}")
+            elif not ingress_allows(self.policies, Pod("", {"app.kubernetes.io/instance": cluster}, {}),
+                                    self.component_pod["engine"], 2379):
+                self.errors.append(f"{where}: no NetworkPolicy lets the engine reach TidbCluster {cluster}")
+
+    def check_scylla(self, component: str, config: dict, where: str) -> None:
+        for entry in config["store"]["scylla_nodes"]:
+            cluster = entry.split(":")[0].removesuffix("-client")
+            scylla = self.named("ScyllaCluster", cluster)
+            if scylla is None:
+                self.errors.append(f"{where}: store.scylla_nodes {entry}: no ScyllaCluster {cluster}")
+                continue
+            dc = scylla["spec"]["datacenter"]
+            members = sum(rack.get("members", 0) for rack in dc.get("racks", []))
+            if config["store"]["datacenter"] not in ("", dc["name"]):
+                self.errors.append(f"{where}: store.datacenter is not ScyllaCluster {cluster}'s {dc['name']}")
+            if config["store"]["replication_factor"] > members:
+                self.errors.append(f"{where}: store.replication_factor is above {cluster}'s {members} nodes")
+            if not ingress_allows(self.policies, Pod("", {"scylla/cluster": cluster}, {}),
+                                  self.component_pod[component], 9042):
+                self.errors.append(f"{where}: no NetworkPolicy lets {component} reach {cluster} on 9042")
+
+    def check_replicas(self, workload: Workload, where: str, local: list[str], data_dir: str) -> None:
+        """State of one process means one replica, replaced not rolled, and
+        embedded stores on a claim."""
+        spec = workload.doc["spec"]
+        if workload.name in self.hpas and "replicas" in spec:
+            self.errors.append(f"{where}: sets replicas, which its HorizontalPodAutoscaler owns")
+        if local:
+            if workload.name in self.hpas or spec.get("replicas") != 1:
+                self.errors.append(f"{where}: {' and '.join(local)} of one process: needs replicas 1 and no HPA")
+            if spec.get("strategy", {}).get("type") != "Recreate":
+                self.errors.append(f"{where}: {' and '.join(local)}: needs strategy Recreate")
+        stores = [e for e in local if e in ("ledger", "store")]
+        data = next((v for v in workload.pod_spec.get("volumes", [])
                      for m in workload.container.get("volumeMounts", [])
-                     if m["name"] == v["name"] and m["mountPath"] == config["data"]["dir"]), None)
+                     if m["name"] == v["name"] and m["mountPath"] == data_dir), None)
         if stores and (data is None or "persistentVolumeClaim" not in data):
-            errors.append(f"{where}: the embedded {' and '.join(stores)} must be on a "
-                          f"PersistentVolumeClaim mounted at data.dir {config['data']['dir']}")
-    # Only the edge is reachable from outside the cluster.
-    for pod in pods:
-        public = ingress_allows(policies, pod, None, next(iter(pod.ports.values()), 0))
-        if public != (pod.labels.get("app.kubernetes.io/component") == "proxy"
-                      and pod.labels.get("app.kubernetes.io/name") == "flashmall"):
-            errors.append(f"{pod.owner}: {'reachable' if public else 'unreachable'} from outside the cluster")
-    # Redis keeps what it acknowledged and never evicts a sale's keys.
-    for doc in by_kind.get("ConfigMap", []):
-        conf = (doc.get("data") or {}).get("redis.conf")
-        if conf is not None:
+            self.errors.append(f"{where}: the embedded {' and '.join(stores)} must be on a "
+                               f"PersistentVolumeClaim mounted at data.dir {data_dir}")
+
+    def check_exposure(self) -> None:
+        """Only the edge is reachable from outside the cluster."""
+        for pod in self.pods:
+            public = ingress_allows(self.policies, pod, None, next(iter(pod.ports.values()), 0))
+            if public != (pod.labels.get("app.kubernetes.io/component") == "proxy"
+                          and pod.labels.get("app.kubernetes.io/name") == "flashmall"):
+                self.errors.append(f"{pod.owner}: {'reachable' if public else 'unreachable'} "
+                                   "from outside the cluster")
+
+    def check_redis(self) -> None:
+        """Redis keeps what it acknowledged and never evicts a sale's keys."""
+        for doc in self.by_kind.get("ConfigMap", []):
+            conf = (doc.get("data") or {}).get("redis.conf")
+            if conf is None:
+                continue
             settings = dict(line.split(None, 1) for line in conf.splitlines()
                             if line.strip() and not line.startswith("#") and " " in line)
             for key, value in (("appendonly", "yes"), ("maxmemory-policy", "noeviction")):
                 if settings.get(key) != value:
-                    errors.append(f"{doc_name(doc)}: redis.conf needs {key} {value}")
-    # Autoscalers, disruption budgets, Services and scraping hold together.
-    adapter = yaml.safe_load(ADAPTER_VALUES.read_text())["rules"]
-    served = {kind: {rule["name"]["as"] for rule in adapter.get(rules, [])}
-              for kind, rules in (("Pods", "custom"), ("External", "external"))}
-    for target, hpa in hpas.items():
-        if target not in workloads:
-            errors.append(f"{doc_name(hpa)}: scales {target}, which is not in the output")
-        for metric in hpa["spec"].get("metrics", []):
-            if metric["type"] in served:
-                name = metric[metric["type"].lower()]["metric"]["name"]
-                if name not in served[metric["type"]]:
-                    errors.append(f"{doc_name(hpa)}: no prometheus-adapter rule serves {name}")
-    for doc in by_kind.get("PodDisruptionBudget", []) + list(services.values()):
-        selector = doc["spec"].get("selector")
-        selector = {"matchLabels": selector} if doc["kind"] == "Service" else selector
-        owners = {p.owner for p in pods if selector and selects(selector, p.labels)}
-        if doc["kind"] == "Service" and not doc["spec"].get("selector"):
-            continue
-        if len(owners) != 1:
-            errors.append(f"{doc_name(doc)}: selects {sorted(owners) or 'nothing'}, not one workload")
-    for monitor in by_kind.get("ServiceMonitor", []):
-        ports = {e["port"] for e in monitor["spec"]["endpoints"]}
-        for name, workload in workloads.items():
-            scraped = [s for s in services.values()
-                       if selects(monitor["spec"]["selector"], s["metadata"].get("labels", {}))
-                       and any(p.get("name") in ports for p in s["spec"].get("ports", []))
-                       and doc_name(workload.doc) in {p.owner for p in pods_behind(s)}]
-            if not scraped:
-                errors.append(f"{doc_name(monitor)}: does not scrape {doc_name(workload.doc)}")
-    return errors
+                    self.errors.append(f"{doc_name(doc)}: redis.conf needs {key} {value}")
+
+    def check_autoscalers(self) -> None:
+        """HPAs scale workloads that exist, on metrics the adapter serves."""
+        import yaml
+
+        adapter = yaml.safe_load(ADAPTER_VALUES.read_text())["rules"]
+        served = {kind: {rule["name"]["as"] for rule in adapter.get(rules, [])}
+                  for kind, rules in (("Pods", "custom"), ("External", "external"))}
+        for target, hpa in self.hpas.items():
+            if target not in self.workloads:
+                self.errors.append(f"{doc_name(hpa)}: scales {target}, which is not in the output")
+            for metric in hpa["spec"].get("metrics", []):
+                if metric["type"] in served:
+                    name = metric[metric["type"].lower()]["metric"]["name"]
+                    if name not in served[metric["type"]]:
+                        self.errors.append(f"{doc_name(hpa)}: no prometheus-adapter rule serves {name}")
+
+    def check_selectors(self) -> None:
+        """Each disruption budget and Service selects exactly one workload."""
+        for doc in self.by_kind.get("PodDisruptionBudget", []) + list(self.services.values()):
+            selector = doc["spec"].get("selector")
+            if doc["kind"] == "Service":
+                if not selector:
+                    continue
+                selector = {"matchLabels": selector}
+            owners = {p.owner for p in self.pods if selector and selects(selector, p.labels)}
+            if len(owners) != 1:
+                self.errors.append(f"{doc_name(doc)}: selects {sorted(owners) or 'nothing'}, not one workload")
+
+    def check_scraping(self) -> None:
+        """The ServiceMonitor scrapes every component through its Service."""
+        for monitor in self.by_kind.get("ServiceMonitor", []):
+            ports = {e["port"] for e in monitor["spec"]["endpoints"]}
+            for workload in self.workloads.values():
+                scraped = [s for s in self.services.values()
+                           if selects(monitor["spec"]["selector"], s["metadata"].get("labels", {}))
+                           and any(p.get("name") in ports for p in s["spec"].get("ports", []))
+                           and doc_name(workload.doc) in {p.owner for p in self.pods_behind(s)}]
+                if not scraped:
+                    self.errors.append(f"{doc_name(monitor)}: does not scrape {doc_name(workload.doc)}")
 
 
 # --- main -----------------------------------------------------------------------

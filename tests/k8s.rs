@@ -5,11 +5,14 @@
 //! validates them against the Kubernetes schemas and checks their configs
 //! with `flashmall check-config`.)
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flashmall_bench::api;
+use support::eventually;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -307,8 +310,7 @@ async fn the_autoscaling_metrics_are_served_with_the_labels_the_rules_use() {
         .status();
     assert_eq!(status, 401);
     // The buyer's purchase, once the sale opens.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually(Duration::from_secs(10), "the sale to open", || async {
         let (status, body) = api::json_of(
             client
                 .post(&purchase)
@@ -318,35 +320,27 @@ async fn the_autoscaling_metrics_are_served_with_the_labels_the_rules_use() {
         )
         .await
         .unwrap();
-        if status == 201 {
-            break;
-        }
-        assert!(
-            status == 409 && Instant::now() < deadline,
-            "{status} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        assert!(status == 201 || status == 409, "{status} {body}");
+        (status == 201).then_some(())
+    })
+    .await;
     // Settlement reports the sale's backlog; the edge its requests in flight.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let page = loop {
-        let page = client
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if !series(&page, "flashmall_engine_settlement_backlog").is_empty() {
-            break page;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no settlement backlog in\n{page}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let page = eventually(
+        Duration::from_secs(10),
+        "flashmall_engine_settlement_backlog in /metrics",
+        || async {
+            let page = client
+                .get(format!("{base}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            (!series(&page, "flashmall_engine_settlement_backlog").is_empty()).then_some(page)
+        },
+    )
+    .await;
     let backlog = series(&page, "flashmall_engine_settlement_backlog");
     assert!(
         backlog
