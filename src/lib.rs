@@ -7,6 +7,5 @@
 pub mod bench;
 pub mod config;
 pub mod demo;
-pub mod shop_demo;
 pub mod stack;
 pub mod up;

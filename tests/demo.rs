@@ -16,13 +16,27 @@ fn small() -> DemoOptions {
 
 fn assert_holds(report: &flashmall::demo::DemoReport) {
     assert!(report.invariants_hold(), "{}", report.table());
-    assert_eq!(report.sold, report.options.stock, "{}", report.table());
-    assert_eq!(
-        report.outcomes.get("reserved").copied(),
-        Some(report.options.stock as u64),
+    // Exactly the stock was granted, unless orders expired while the storm
+    // still ran (a storm longer than the payment window): their units were
+    // sold again, and the checks above count them.
+    if report.released_in_storm == 0 {
+        assert_eq!(report.sold, report.options.stock, "{}", report.table());
+        assert_eq!(
+            report.outcomes.get("reserved").copied(),
+            Some(report.options.stock as u64),
+            "{}",
+            report.table()
+        );
+    }
+    // The orders phase showed both paths: orders paid, orders expired
+    // and their units sold again (the checks say every one was right).
+    let orders = &report.orders;
+    assert!(
+        orders.paying > 0 && orders.expired > 0,
         "{}",
         report.table()
     );
+    assert!(orders.resold > 0, "{}", report.table());
     assert!(
         report.outcomes.get("sold_out").copied().unwrap_or(0) > 0,
         "traffic after sell-out"

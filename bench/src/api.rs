@@ -93,30 +93,53 @@ pub async fn create_sale(
     Ok(sale["id"].as_str().ok_or("the sale has no id")?.to_owned())
 }
 
-/// The reservations among `ids` the ledger does not hold (`held`), read
-/// through the admin API, 64 at a time.
-pub async fn missing_in_ledger<'a>(
+/// Where the ledger has the reservations a client was told about.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LedgerStates {
+    /// Answered 201, yet the ledger has no such reservation.
+    pub missing: Vec<String>,
+    /// In the ledger, released since (`releasing` or `released`): an order
+    /// that expired or was cancelled gave its units back.
+    pub released: Vec<String>,
+}
+
+/// Reads where the ledger has each of `ids`, through the admin API, 64 at a
+/// time. A reservation counts as present in any state: one acknowledged,
+/// settled and later released by an expired order was not lost.
+pub async fn ledger_states<'a>(
     client: &reqwest::Client,
     base: &str,
     admin: &str,
     ids: impl IntoIterator<Item = &'a String>,
-) -> Vec<String> {
+) -> LedgerStates {
     use futures::StreamExt;
-    futures::stream::iter(ids)
+    let found: Vec<(String, Option<String>)> = futures::stream::iter(ids)
         .map(|id| async move {
-            let held = json_of(
+            let status = json_of(
                 client
                     .get(format!("{base}/api/v1/reservations/{id}"))
                     .bearer_auth(admin),
             )
             .await
-            .is_ok_and(|(status, r)| status == 200 && r["status"] == "held");
-            (!held).then(|| id.clone())
+            .ok()
+            .filter(|(status, _)| *status == 200)
+            .and_then(|(_, r)| r["status"].as_str().map(str::to_owned));
+            (id.clone(), status)
         })
         .buffer_unordered(64)
-        .filter_map(|m| async move { m })
         .collect()
-        .await
+        .await;
+    let mut states = LedgerStates::default();
+    for (id, status) in found {
+        match status.as_deref() {
+            Some("held") => {}
+            Some("releasing" | "released") => states.released.push(id),
+            _ => states.missing.push(id),
+        }
+    }
+    states.missing.sort();
+    states.released.sort();
+    states
 }
 
 /// The value of one Prometheus sample line (`name{labels} value`) in a

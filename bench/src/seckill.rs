@@ -28,7 +28,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use crate::api::{create_sale, json_of, login, metric, missing_in_ledger, register};
+use crate::api::{create_sale, json_of, ledger_states, login, metric, register};
 use crate::chart::{Panel, Series};
 use crate::http::{Conn, Endpoint};
 use crate::load::{self, Job, Mode, Recording};
@@ -253,6 +253,11 @@ pub struct Facts {
     pub drift: i64,
     /// Reservation ids answered 201 that the ledger does not hold.
     pub missing_in_ledger: Vec<String>,
+    /// Units the sale had given back when the facts were read (orders that
+    /// expired or were cancelled during the run; 0 when none could).
+    pub released: i64,
+    /// Reservation ids answered 201 that the ledger holds as released since.
+    pub released_ids: Vec<String>,
 }
 
 /// The run's invariants, checked from the facts alone.
@@ -269,11 +274,22 @@ pub fn check(f: &Facts) -> Vec<Check> {
             keys_by_id.entry(id).or_default().insert((a.buyer, &a.key));
         }
     }
+    // A buyer's limit counts the units they hold: a released reservation
+    // (its order expired or was cancelled) frees the allowance.
+    let released_ids: HashSet<&str> = f.released_ids.iter().map(String::as_str).collect();
     let mut per_buyer: HashMap<usize, i64> = HashMap::new();
-    for (buyer, _) in keys_by_id.values().flatten() {
-        *per_buyer.entry(*buyer).or_default() += 1;
+    for (id, keys) in &keys_by_id {
+        if !released_ids.contains(id) {
+            for (buyer, _) in keys {
+                *per_buyer.entry(*buyer).or_default() += 1;
+            }
+        }
     }
     let granted = keys_by_id.len() as i64;
+    let released_granted = keys_by_id
+        .keys()
+        .filter(|id| released_ids.contains(*id))
+        .count() as i64;
     let demand: i64 = decided_keys
         .values()
         .map(|keys| (keys.len() as i64).min(f.per_user_limit))
@@ -285,15 +301,11 @@ pub fn check(f: &Facts) -> Vec<Check> {
         .values()
         .filter(|n| **n > f.per_user_limit)
         .count();
-    vec![
-        Check {
-            name: "no oversell",
-            held: f.sold <= f.stock && granted <= f.stock,
-            detail: format!(
-                "{} sold, {granted} granted to clients, stock {}",
-                f.sold, f.stock
-            ),
-        },
+    // Units that came back during the run (expired orders) may be sold
+    // again: then every unit of the stock was still sold at least once
+    // (held now or released since), and a returned unit left unsold is
+    // not an undersell. With nothing released, the count is exact.
+    let undersold = if f.released == 0 {
         Check {
             name: "sold == min(stock, demand)",
             held: f.sold == expected,
@@ -301,7 +313,29 @@ pub fn check(f: &Facts) -> Vec<Check> {
                 "{} sold, min(stock {}, distinct demand {demand}) = {expected}",
                 f.sold, f.stock
             ),
+        }
+    } else {
+        Check {
+            name: "sold == min(stock, demand)",
+            held: f.sold + f.released >= expected,
+            detail: format!(
+                "{} sold + {} released since (orders closed during the run) >= min(stock {}, distinct demand {demand}) = {expected}",
+                f.sold, f.released, f.stock
+            ),
+        }
+    };
+    vec![
+        Check {
+            name: "no oversell",
+            held: f.sold <= f.stock
+                && granted - released_granted <= f.stock
+                && granted <= f.stock + f.released.max(0),
+            detail: format!(
+                "{} sold, {granted} granted to clients ({released_granted} released since), stock {} (+{} returned)",
+                f.sold, f.stock, f.released
+            ),
         },
+        undersold,
         Check {
             name: "no duplicates",
             held: key_twice == 0 && id_twice == 0 && over_limit == 0,
@@ -821,7 +855,7 @@ pub async fn run(
     let (_, view) = json_of(client.get(&sale_url)).await?;
     let granted = storm_job.granted.lock().map_err(|_| "poisoned")?.clone();
     let ids: HashSet<&String> = granted.iter().map(|(_, id)| id).collect();
-    let missing = missing_in_ledger(&client, &base, &admin, ids).await;
+    let states = ledger_states(&client, &base, &admin, ids).await;
     let reservation_of: HashMap<usize, &String> = granted.iter().map(|(i, id)| (*i, id)).collect();
     let report = &reconciled["sales"][0];
     let facts = Facts {
@@ -833,7 +867,9 @@ pub async fn run(
         pending: before["pending"].as_i64().unwrap_or(-1),
         conserved: report["conserved"] == true,
         drift: report["drift"].as_i64().unwrap_or(i64::MAX),
-        missing_in_ledger: missing,
+        missing_in_ledger: states.missing,
+        released: view["released"].as_i64().unwrap_or(-1),
+        released_ids: states.released,
     };
     let checks = check(&facts);
 
@@ -1028,6 +1064,8 @@ mod tests {
             conserved: true,
             drift: 0,
             missing_in_ledger: vec![],
+            released: 0,
+            released_ids: vec![],
         }
     }
 
@@ -1085,6 +1123,61 @@ mod tests {
         let mut f = clean();
         f.missing_in_ledger = vec!["r1".into()];
         assert_eq!(failed(&f), vec!["every 201 in the ledger"]);
+    }
+
+    #[test]
+    fn units_returned_during_the_run_are_neither_oversell_nor_undersell() {
+        // r0's order expired; its unit came back and buyer 2 bought it.
+        let mut f = clean();
+        f.answers[3] = answer(2, "k2", "reserved", Some("r2"));
+        f.released = 1;
+        f.released_ids = vec!["r0".into()];
+        assert_eq!(failed(&f), Vec::<&str>::new());
+        // The same, and buyer 0 bought again within the allowance r0 freed.
+        let mut g = f.clone();
+        g.stock = 3;
+        g.answers[4] = answer(0, "k3", "reserved", Some("r3"));
+        g.sold = 3;
+        assert_eq!(failed(&g), Vec::<&str>::new());
+        // A unit came back and was left unsold after the last buyer asked:
+        // the stock was still sold once.
+        let mut h = clean();
+        h.sold = 1;
+        h.remaining = 1;
+        h.released = 1;
+        h.released_ids = vec!["r0".into()];
+        assert_eq!(failed(&h), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn returned_units_do_not_hide_an_oversell_or_an_undersell() {
+        // Three grants of two units with one returned: fine; a fourth
+        // grant held at the same time is one more than exists.
+        let mut f = clean();
+        f.answers[3] = answer(2, "k2", "reserved", Some("r2"));
+        f.answers.push(answer(3, "k5", "reserved", Some("r4")));
+        f.released = 1;
+        f.released_ids = vec!["r0".into()];
+        assert!(failed(&f).contains(&"no oversell"), "{:?}", failed(&f));
+        // A released reservation frees its buyer's allowance, a held one
+        // does not.
+        let mut g = clean();
+        g.answers[4] = answer(0, "k3", "reserved", Some("r3"));
+        g.released = 1;
+        g.released_ids = vec!["r1".into()];
+        assert!(failed(&g).contains(&"no duplicates"), "{:?}", failed(&g));
+        // A unit of the stock never sold while buyers were turned away.
+        let mut h = clean();
+        h.stock = 3;
+        h.remaining = 1;
+        h.released = 1;
+        h.sold = 1;
+        h.released_ids = vec!["r1".into()];
+        assert!(
+            failed(&h).contains(&"sold == min(stock, demand)"),
+            "{:?}",
+            failed(&h)
+        );
     }
 
     #[test]

@@ -8,16 +8,15 @@
 //! with new keys past their limit; traffic keeps coming after sell-out.
 //!
 //! Beside the storm, shoppers buy from the catalogue through cart and
-//! checkout (`shop_demo.rs`): normal checkout holds stock and cannot
+//! checkout (`shop.rs`): normal checkout holds stock and cannot
 //! oversell either.
 //!
 //! Then the orders: every winner finds an order; `--pay-percent` of them
 //! pay it, the rest let it expire (`--payment-timeout`), their units go
 //! back on sale, and buyers who got nothing in the storm buy them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -26,8 +25,11 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use crate::stack::Throwaway;
-use flashmall_bench::api::json_of;
-use flashmall_bench::api::missing_in_ledger;
+pub use orders::OrdersPhase;
+
+mod orders;
+pub mod shop;
+use flashmall_bench::api::{json_of, ledger_states};
 use flashmall_bench::seckill::{Answered, Attempt, Facts, check, outcome_of};
 
 /// Sizes and switches of a demo run.
@@ -100,9 +102,12 @@ pub struct DemoReport {
     pub front: &'static str,
     /// Answers by outcome (`reserved`, `replayed`, or the error code).
     pub outcomes: BTreeMap<String, u64>,
-    /// Units the ledger holds as sold.
+    /// Units the ledger holds as sold when the storm was read.
     pub sold: i64,
     pub remaining: i64,
+    /// Units given back by orders that expired before the storm was read
+    /// (0 unless the storm outlasted the payment window).
+    pub released_in_storm: i64,
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
@@ -112,29 +117,11 @@ pub struct DemoReport {
     pub settle_drain_ms: f64,
     /// Registering and logging in every buyer through the edge.
     pub accounts_seconds: f64,
-    /// The orders phase, when it ran.
-    pub orders: Option<OrdersPhase>,
+    /// The orders phase.
+    pub orders: OrdersPhase,
     /// The normal purchases made beside the storm.
-    pub shop: crate::shop_demo::ShopPhase,
+    pub shop: shop::ShopPhase,
     pub checks: Vec<Check>,
-}
-
-/// What the orders phase did.
-#[derive(Debug, Clone, Default)]
-pub struct OrdersPhase {
-    /// Orders the winners found.
-    pub orders: usize,
-    /// Orders paid (payment succeeded).
-    pub paid: usize,
-    /// Orders left unpaid, expired, units returned.
-    pub expired: usize,
-    /// Returned units bought again by new buyers.
-    pub resold: usize,
-    /// From the end of the storm until every winner saw an order.
-    pub orders_visible_seconds: f64,
-    /// Payment latency.
-    pub pay_p50_ms: f64,
-    pub pay_p99_ms: f64,
 }
 
 impl DemoReport {
@@ -186,22 +173,26 @@ impl DemoReport {
             "{:<34}{:>30.2}",
             "buyer accounts ready in (s)", self.accounts_seconds
         );
-        if let Some(p) = &self.orders {
-            let rows: [(&str, String); 7] = [
-                ("orders made", p.orders.to_string()),
-                (
-                    "orders visible after storm (s)",
-                    format!("{:.2}", p.orders_visible_seconds),
-                ),
-                ("orders paid", p.paid.to_string()),
-                ("payment latency p50 (ms)", format!("{:.2}", p.pay_p50_ms)),
-                ("payment latency p99 (ms)", format!("{:.2}", p.pay_p99_ms)),
-                ("orders expired, units returned", p.expired.to_string()),
-                ("returned units sold again", p.resold.to_string()),
-            ];
-            for (name, value) in rows {
-                let _ = writeln!(t, "{name:<34}{value:>30}");
-            }
+        let p = &self.orders;
+        let rows: [(&str, String); 9] = [
+            ("orders made", p.orders.to_string()),
+            (
+                "order visible after 201 p50/p99 (ms)",
+                format!("{:.1} / {:.1}", p.visible_p50_ms, p.visible_p99_ms),
+            ),
+            ("orders paid / paying", format!("{} / {}", p.paid, p.paying)),
+            ("payments too late, not charged", p.paid_late.to_string()),
+            ("payment latency p50 (ms)", format!("{:.2}", p.pay_p50_ms)),
+            ("payment latency p99 (ms)", format!("{:.2}", p.pay_p99_ms)),
+            ("orders expired, units returned", p.expired.to_string()),
+            (
+                "units returned during the storm",
+                self.released_in_storm.to_string(),
+            ),
+            ("returned units sold again", p.resold.to_string()),
+        ];
+        for (name, value) in rows {
+            let _ = writeln!(t, "{name:<34}{value:>30}");
         }
         let s = &self.shop;
         let rows: [(&str, String); 4] = [
@@ -210,8 +201,8 @@ impl DemoReport {
                 format!("{} shoppers, {} scarce units", s.shoppers, s.scarce_stock),
             ),
             (
-                "checkouts paid / out of stock",
-                format!("{} / {}", s.paid, s.out_of_stock),
+                "checkouts paid / sold out / late",
+                format!("{} / {} / {}", s.paid, s.out_of_stock, s.too_late),
             ),
             (
                 "checkout latency p50 (ms)",
@@ -371,7 +362,6 @@ async fn storm(
     let accounts_started = Instant::now();
     let accounts = accounts(&client, base, options).await?;
     let accounts_seconds = accounts_started.elapsed().as_secs_f64();
-    let admin = |request: reqwest::RequestBuilder| request.bearer_auth(&accounts.admin);
     let opens_at = OffsetDateTime::now_utc() + time::Duration::milliseconds(800);
     let sale_id = flashmall_bench::api::create_sale(
         &client,
@@ -401,74 +391,155 @@ async fn storm(
     }
     // The shop beside the sale: products and carts ready before it opens.
     let shoppers = &accounts.buyers[..accounts.buyers.len().min(SHOPPERS)];
-    let shop = crate::shop_demo::prepare(&client, base, &accounts.admin, shoppers).await?;
+    let shop = shop::prepare(&client, base, &accounts.admin, shoppers).await?;
     let wait = opens_at - OffsetDateTime::now_utc();
     if wait.is_positive() {
         tokio::time::sleep(Duration::from_micros(wait.whole_microseconds() as u64)).await;
     }
     let started = Instant::now();
-    let client = Arc::new(client);
-    let url = Arc::new(purchase_url);
+    // Winners go to their orders (and pay) while the storm still runs.
+    let (wins_tx, mut wins_rx) = tokio::sync::mpsc::unbounded_channel::<orders::Win>();
     let storm = async {
+        let wins_tx = wins_tx;
         let storm: Vec<Answer> = futures::stream::iter(attempts[early..].iter())
             .map(|attempt| {
-                let client = Arc::clone(&client);
-                let url = Arc::clone(&url);
                 let token = accounts.buyers[attempt.buyer].as_str();
-                async move { fire(&client, &url, token, attempt).await }
+                let (client, url, wins) = (&client, &purchase_url, &wins_tx);
+                async move {
+                    let answer = fire(client, url, token, attempt).await;
+                    if let (Some(id), "reserved") = (&answer.reservation_id, answer.outcome) {
+                        let _ = wins.send(orders::Win {
+                            reservation_id: id.clone(),
+                            buyer: answer.buyer,
+                            at: Instant::now(),
+                        });
+                    }
+                    answer
+                }
             })
             .buffer_unordered(options.concurrency)
             .collect()
             .await;
         (storm, started.elapsed())
     };
-    let ((storm, burst), shopped) =
-        tokio::join!(storm, crate::shop_demo::checkout_all(&client, base, shop));
+    let wins = futures::stream::poll_fn(move |cx| wins_rx.poll_recv(cx));
+    let checked = async {
+        let ((storm, burst), shopped) =
+            tokio::join!(storm, shop::checkout_all(&client, base, shop));
+        answers.extend(storm);
+        let checked =
+            check_storm(&client, base, &accounts.admin, &sale_id, options, &answers).await;
+        (burst, shopped, checked)
+    };
+    let ((burst, shopped, checked), fates) = tokio::join!(
+        checked,
+        orders::follow(&client, base, &accounts.buyers, wins, options.pay_percent)
+    );
     let (shop, shop_checks) = shopped?;
-    answers.extend(storm);
-
-    // Settlement: wait until nothing is pending.
-    let drain_started = Instant::now();
-    let mut view = Value::Null;
-    for _ in 0..500 {
-        let (_, v) = json_of(client.get(format!("{base}/api/v1/sales/{sale_id}"))).await?;
-        view = v;
-        if view["pending"].as_i64() == Some(0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let drain = drain_started.elapsed();
-    let (_, reconciled) = json_of(
-        admin(client.post(format!("{base}/api/v1/admin/reconcile")))
-            .json(&json!({"sale_id": sale_id})),
-    )
-    .await?;
-    let (_, view_after) = json_of(client.get(format!("{base}/api/v1/sales/{sale_id}"))).await?;
+    let storm_facts = checked?;
+    let mut checks = storm_facts.checks;
+    checks.extend(shop_checks);
 
     let mut histogram =
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
     let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
-    let mut granted: HashMap<String, usize> = HashMap::new();
+    let mut winners: HashSet<usize> = HashSet::new();
     for a in &answers[early..] {
         let _ = histogram.record(a.latency.as_micros().max(1) as u64);
     }
     for a in &answers {
         *outcomes.entry(a.outcome.to_owned()).or_default() += 1;
-        if let Some(id) = &a.reservation_id {
-            granted.insert(id.clone(), a.buyer);
+        if a.reservation_id.is_some() {
+            winners.insert(a.buyer);
         }
     }
-    let mut per_buyer: HashMap<usize, i64> = HashMap::new();
-    for buyer in granted.values() {
-        *per_buyer.entry(*buyer).or_default() += 1;
+    let losers: Vec<usize> = (0..options.buyers)
+        .filter(|b| !winners.contains(b))
+        .collect();
+    let sale = orders::Sale {
+        base,
+        id: &sale_id,
+        stock: options.stock,
+        admin: &accounts.admin,
+        buyers: &accounts.buyers,
+    };
+    let (orders, order_checks) = orders::finish(&client, &sale, fates, &losers).await?;
+    checks.extend(order_checks);
+    let ms = |v: u64| v as f64 / 1000.0;
+    Ok(DemoReport {
+        orders,
+        shop,
+        options: options.clone(),
+        front,
+        outcomes,
+        sold: storm_facts.sold,
+        remaining: storm_facts.remaining,
+        released_in_storm: storm_facts.released,
+        p50_ms: ms(histogram.value_at_quantile(0.5)),
+        p99_ms: ms(histogram.value_at_quantile(0.99)),
+        max_ms: ms(histogram.max()),
+        throughput: (answers.len() - early) as f64 / burst.as_secs_f64().max(1e-9),
+        burst_seconds: burst.as_secs_f64(),
+        settle_drain_ms: storm_facts.drain_ms,
+        accounts_seconds,
+        checks,
+    })
+}
+
+/// The storm as the ledger saw it, and its checks.
+struct StormFacts {
+    sold: i64,
+    remaining: i64,
+    /// Units given back by orders that expired before the storm was read.
+    released: i64,
+    drain_ms: f64,
+    checks: Vec<Check>,
+}
+
+/// Waits until nothing is pending settlement, reconciles the sale, and
+/// checks the storm's answers against the ledger, as the bench does.
+async fn check_storm(
+    client: &reqwest::Client,
+    base: &str,
+    admin: &str,
+    sale_id: &str,
+    options: &DemoOptions,
+    answers: &[Answer],
+) -> Result<StormFacts, String> {
+    let early = options.early.min(answers.len());
+    let sale_url = format!("{base}/api/v1/sales/{sale_id}");
+    let drain_started = Instant::now();
+    let progress = orders::Progress::new();
+    let mut view;
+    let mut last_pending = None;
+    loop {
+        view = json_of(client.get(&sale_url)).await?.1;
+        let pending = view["pending"].as_i64();
+        if pending == Some(0) || progress.stalled() {
+            break;
+        }
+        if pending != last_pending {
+            progress.moved();
+            last_pending = pending;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let missing = missing_in_ledger(&client, base, &accounts.admin, granted.keys()).await;
-    let sold = view_after["settled"].as_i64().unwrap_or(-1);
-    let remaining = view_after["remaining"].as_i64().unwrap_or(-1);
+    let drain = drain_started.elapsed();
+    let (_, reconciled) = json_of(
+        client
+            .post(format!("{base}/api/v1/admin/reconcile"))
+            .bearer_auth(admin)
+            .json(&json!({"sale_id": sale_id})),
+    )
+    .await?;
+    let (_, after) = json_of(client.get(&sale_url)).await?;
+    let granted: HashSet<&String> = answers
+        .iter()
+        .filter_map(|a| a.reservation_id.as_ref())
+        .collect();
+    let states = ledger_states(client, base, admin, granted).await;
     let report = &reconciled["sales"][0];
-    // The storm's invariants, as the bench checks them.
-    let checks = check(&Facts {
+    let facts = Facts {
         stock: options.stock,
         per_user_limit: options.per_user_limit,
         answers: answers[early..]
@@ -480,243 +551,20 @@ async fn storm(
                 reservation_id: a.reservation_id.clone(),
             })
             .collect(),
-        sold,
-        remaining,
+        sold: after["settled"].as_i64().unwrap_or(-1),
+        remaining: after["remaining"].as_i64().unwrap_or(-1),
         pending: view["pending"].as_i64().unwrap_or(-1),
         conserved: report["conserved"] == true,
         drift: report["drift"].as_i64().unwrap_or(i64::MAX),
-        missing_in_ledger: missing,
-    });
-    let mut checks = checks;
-    checks.extend(shop_checks);
-    let orders = if options.pay_percent > 0 || options.payment_timeout > Duration::ZERO {
-        let winners: Vec<(String, usize)> = granted.iter().map(|(r, b)| (r.clone(), *b)).collect();
-        let losers: Vec<usize> = (0..options.buyers)
-            .filter(|b| !per_buyer.contains_key(b))
-            .collect();
-        let phase = orders_phase(
-            &client, base, &accounts, &sale_id, &winners, &losers, options,
-        )
-        .await?;
-        checks.extend(phase.1);
-        Some(phase.0)
-    } else {
-        None
+        missing_in_ledger: states.missing,
+        released: after["released"].as_i64().unwrap_or(-1),
+        released_ids: states.released,
     };
-    let ms = |v: u64| v as f64 / 1000.0;
-    Ok(DemoReport {
-        orders,
-        shop,
-        options: options.clone(),
-        front,
-        outcomes,
-        sold,
-        remaining,
-        p50_ms: ms(histogram.value_at_quantile(0.5)),
-        p99_ms: ms(histogram.value_at_quantile(0.99)),
-        max_ms: ms(histogram.max()),
-        throughput: (answers.len() - early) as f64 / burst.as_secs_f64().max(1e-9),
-        burst_seconds: burst.as_secs_f64(),
-        settle_drain_ms: drain.as_secs_f64() * 1000.0,
-        accounts_seconds,
-        checks,
+    Ok(StormFacts {
+        sold: facts.sold,
+        remaining: facts.remaining,
+        released: facts.released,
+        drain_ms: drain.as_secs_f64() * 1000.0,
+        checks: check(&facts),
     })
-}
-
-/// The orders phase: winners find their orders, some pay, the rest expire,
-/// and buyers who got nothing buy the returned units.
-async fn orders_phase(
-    client: &reqwest::Client,
-    base: &str,
-    accounts: &Accounts,
-    sale_id: &str,
-    winners: &[(String, usize)],
-    losers: &[usize],
-    options: &DemoOptions,
-) -> Result<(OrdersPhase, Vec<Check>), String> {
-    let started = Instant::now();
-    let buyer_token = |b: usize| accounts.buyers[b].as_str();
-    // Every winner's order, as the winner sees it (orders are made after
-    // settlement, asynchronously).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut orders: HashMap<String, Value> = HashMap::new();
-    while orders.len() < winners.len() && Instant::now() < deadline {
-        let missing: Vec<&(String, usize)> = winners
-            .iter()
-            .filter(|(r, _)| !orders.contains_key(r))
-            .collect();
-        let found: Vec<Option<(String, Value)>> = futures::stream::iter(missing)
-            .map(|(reservation, buyer)| async move {
-                let (status, list) = json_of(
-                    client
-                        .get(format!("{base}/api/v1/orders"))
-                        .bearer_auth(buyer_token(*buyer)),
-                )
-                .await
-                .ok()?;
-                if status != 200 {
-                    return None;
-                }
-                let order = list["orders"]
-                    .as_array()?
-                    .iter()
-                    .find(|o| o["reservation_id"] == reservation.as_str())?
-                    .clone();
-                Some((reservation.clone(), order))
-            })
-            .buffer_unordered(64)
-            .collect()
-            .await;
-        orders.extend(found.into_iter().flatten());
-        if orders.len() < winners.len() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    let orders_visible_seconds = started.elapsed().as_secs_f64();
-    let made = orders.len();
-    // Pay the first pay_percent of the orders (in reservation order, so the
-    // split is reproducible); the rest are left to expire.
-    let mut ids: Vec<&String> = orders.keys().collect();
-    ids.sort();
-    let paying = ids.len() * options.pay_percent.min(100) as usize / 100;
-    let buyer_of: HashMap<&str, usize> = winners.iter().map(|(r, b)| (r.as_str(), *b)).collect();
-    let pay_answers: Vec<(u16, Value, Duration)> = futures::stream::iter(ids[..paying].iter())
-        .map(|reservation| {
-            let order = &orders[*reservation];
-            let token = buyer_token(buyer_of[reservation.as_str()]);
-            async move {
-                let t = Instant::now();
-                let answer = json_of(
-                    client
-                        .post(format!("{base}/api/v1/payments"))
-                        .bearer_auth(token)
-                        .header(
-                            "idempotency-key",
-                            format!("pay-{}", order["id"].as_str().unwrap_or("")),
-                        )
-                        .json(&json!({"order_id": order["id"], "amount": order["total"]})),
-                )
-                .await;
-                match answer {
-                    Ok((status, body)) => (status, body, t.elapsed()),
-                    Err(e) => (0, json!({"error": e}), t.elapsed()),
-                }
-            }
-        })
-        .buffer_unordered(64)
-        .collect()
-        .await;
-    let mut pay_latency =
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
-    for (_, _, latency) in &pay_answers {
-        let _ = pay_latency.record(latency.as_micros().max(1) as u64);
-    }
-    let paid = pay_answers
-        .iter()
-        .filter(|(status, body, _)| *status == 201 && body["status"] == "succeeded")
-        .count();
-    let unpaid = made - paying;
-    // The unpaid orders expire and their units return to the sale.
-    let stock_deadline = Instant::now() + options.payment_timeout + Duration::from_secs(30);
-    let mut view = Value::Null;
-    while Instant::now() < stock_deadline {
-        let (_, v) = json_of(client.get(format!("{base}/api/v1/sales/{sale_id}"))).await?;
-        view = v;
-        if view["released"].as_i64() == Some(unpaid as i64)
-            && view["remaining"].as_i64() == Some(unpaid as i64)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let returned = view["released"].as_i64().unwrap_or(-1);
-    // The edge and the engine trust a sold-out flag briefly; after that the
-    // returned units sell again, to buyers who got nothing.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let url = format!("{base}/api/v1/sales/{sale_id}/purchase");
-    let second: Vec<u16> = futures::stream::iter(losers.iter().take(unpaid * 2))
-        .map(|buyer| {
-            let url = url.clone();
-            async move {
-                client
-                    .post(&url)
-                    .bearer_auth(buyer_token(*buyer))
-                    .header("idempotency-key", format!("second-wave-{buyer}"))
-                    .json(&json!({"quantity": 1}))
-                    .send()
-                    .await
-                    .map(|r| r.status().as_u16())
-                    .unwrap_or(0)
-            }
-        })
-        .buffer_unordered(64)
-        .collect()
-        .await;
-    let resold = second.iter().filter(|s| **s == 201).count();
-    // Settle, then check conservation once more.
-    for _ in 0..500 {
-        let (_, v) = json_of(client.get(format!("{base}/api/v1/sales/{sale_id}"))).await?;
-        if v["pending"].as_i64() == Some(0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let (_, reconciled) = json_of(
-        client
-            .post(format!("{base}/api/v1/admin/reconcile"))
-            .bearer_auth(&accounts.admin)
-            .json(&json!({"sale_id": sale_id})),
-    )
-    .await?;
-    let (_, after) = json_of(client.get(format!("{base}/api/v1/sales/{sale_id}"))).await?;
-    let report = &reconciled["sales"][0];
-    let settled = after["settled"].as_i64().unwrap_or(-1);
-    let remaining = after["remaining"].as_i64().unwrap_or(-1);
-    let released = after["released"].as_i64().unwrap_or(-1);
-    let expected_resold = unpaid.min(losers.len());
-    let checks = vec![
-        Check {
-            name: "every winner has an order",
-            held: made == winners.len(),
-            detail: format!("{made} of {} reservations have an order", winners.len()),
-        },
-        Check {
-            name: "payments succeed",
-            held: paid == paying,
-            detail: format!("{paid} of {paying} orders paid"),
-        },
-        Check {
-            name: "expired units return",
-            held: returned == unpaid as i64,
-            detail: format!("{returned} units released for {unpaid} unpaid orders"),
-        },
-        Check {
-            name: "returned units sell again",
-            held: resold == expected_resold,
-            detail: format!("{resold} of {expected_resold} returned units bought by new buyers"),
-        },
-        Check {
-            name: "conservation after expiry",
-            held: report["conserved"] == true
-                && report["drift"] == 0
-                && settled + remaining == options.stock,
-            detail: format!(
-                "drift {}, {settled} held + {remaining} remaining ({released} released over time)",
-                report["drift"]
-            ),
-        },
-    ];
-    let ms = |v: u64| v as f64 / 1000.0;
-    Ok((
-        OrdersPhase {
-            orders: made,
-            paid,
-            expired: unpaid,
-            resold,
-            orders_visible_seconds,
-            pay_p50_ms: ms(pay_latency.value_at_quantile(0.5)),
-            pay_p99_ms: ms(pay_latency.value_at_quantile(0.99)),
-        },
-        checks,
-    ))
 }
