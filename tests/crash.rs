@@ -25,7 +25,7 @@ async fn storm(
     client: &reqwest::Client,
     base: &str,
     sale: &str,
-    users: std::ops::Range<usize>,
+    users: impl IntoIterator<Item = usize>,
 ) -> HashMap<usize, Option<(u16, Value)>> {
     let client = Arc::new(client.clone());
     let mut tasks = Vec::new();
@@ -50,6 +50,54 @@ async fn storm(
         out.insert(u, a);
     }
     out
+}
+
+/// Fires `users`, then asks again with the same key whoever got no verdict
+/// (the connection failed, or `503`: the durable acknowledgement timed out
+/// while the ledger was slow), as a client does, until every buyer has a
+/// verdict or no verdict came for 30 s. A unit reserved without a 201 is
+/// then either that buyer's 201 or back on sale.
+async fn storm_until_decided(
+    client: &reqwest::Client,
+    base: &str,
+    sale: &str,
+    users: std::ops::Range<usize>,
+) -> HashMap<usize, Option<(u16, Value)>> {
+    let mut answers = storm(client, base, sale, users).await;
+    let undecided = |answers: &HashMap<usize, Option<(u16, Value)>>| -> Vec<usize> {
+        answers
+            .iter()
+            .filter(|(_, a)| a.as_ref().is_none_or(|(status, _)| *status >= 500))
+            .map(|(u, _)| *u)
+            .collect()
+    };
+    let mut last_progress = std::time::Instant::now();
+    let mut open = undecided(&answers);
+    while !open.is_empty() && last_progress.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        answers.extend(storm(client, base, sale, open.clone()).await);
+        let now = undecided(&answers);
+        if now.len() < open.len() {
+            last_progress = std::time::Instant::now();
+        }
+        open = now;
+    }
+    assert!(
+        open.is_empty(),
+        "{} buyers got no verdict for 30 s, e.g. {:?}",
+        open.len(),
+        answers.get(&open[0])
+    );
+    answers
+}
+
+/// How many answers had each status (None: no answer).
+fn statuses(answers: &HashMap<usize, Option<(u16, Value)>>) -> HashMap<Option<u16>, usize> {
+    let mut by = HashMap::new();
+    for a in answers.values() {
+        *by.entry(a.as_ref().map(|(s, _)| *s)).or_default() += 1;
+    }
+    by
 }
 
 fn granted(answers: &HashMap<usize, Option<(u16, Value)>>) -> HashMap<usize, String> {
@@ -95,13 +143,14 @@ async fn check_after_restart(
             "acknowledged reservation {id} of u{u} lost: {r}"
         );
     }
-    // Everyone retries with the same key, and new buyers come.
-    let retried = storm(client, base, sale, 0..tried).await;
+    // Everyone retries with the same key, and new buyers come; each asks
+    // until they have a verdict.
+    let retried = storm_until_decided(client, base, sale, 0..tried).await;
     let after = granted(&retried);
     for (u, id) in before {
         assert_eq!(after.get(u), Some(id), "u{u}'s retry changed its answer");
     }
-    let fresh = storm(client, base, sale, tried..tried + stock as usize * 2).await;
+    let fresh = storm_until_decided(client, base, sale, tried..tried + stock as usize * 2).await;
     let all: HashSet<String> = after
         .values()
         .chain(granted(&fresh).values())
@@ -110,7 +159,9 @@ async fn check_after_restart(
     assert_eq!(
         all.len() as i64,
         stock,
-        "exactly the stock is sold across the crash"
+        "exactly the stock is sold across the crash; retries {:?}, new buyers {:?}",
+        statuses(&retried),
+        statuses(&fresh)
     );
     let (_, view) = send(client.get(format!("{base}/api/v1/sales/{sale}")))
         .await
