@@ -96,11 +96,14 @@ impl Fate {
     /// Paid and charged, or closed and not charged (refunded or refused):
     /// never both, never neither.
     fn paid_correctly(&self) -> bool {
-        match (self.order_status(), self.payment_status()) {
-            ("paid", Some("succeeded")) => true,
-            ("expired" | "cancelled", None | Some("refunded" | "refused" | "failed")) => true,
-            _ => false,
-        }
+        matches!(
+            (self.order_status(), self.payment_status()),
+            ("paid", Some("succeeded"))
+                | (
+                    "expired" | "cancelled",
+                    None | Some("refunded" | "refused" | "failed")
+                )
+        )
     }
 
     fn expires_at_ms(&self) -> Option<i128> {
