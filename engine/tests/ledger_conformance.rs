@@ -8,8 +8,8 @@ use std::sync::{Arc, LazyLock, Mutex};
 use flashmall_engine::config::LedgerConfig;
 use flashmall_engine::front::StreamEntry;
 use flashmall_engine::ledger::{
-    EmbeddedLedger, Ledger, LedgerError, ReleaseStep, ReservationRecord, ReservationStatus,
-    TikvLedger, Write,
+    EmbeddedLedger, Ledger, LedgerError, Refusal, ReleaseStep, ReservationRecord,
+    ReservationStatus, TikvLedger, Write,
 };
 use flashmall_engine::sale::Sale;
 use time::OffsetDateTime;
@@ -71,13 +71,17 @@ async fn tikv() -> Option<Subject> {
 }
 
 fn sale(stock: i64) -> Sale {
+    sale_with_limit(stock, 5)
+}
+
+fn sale_with_limit(stock: i64, per_user_limit: i64) -> Sale {
     let now = OffsetDateTime::now_utc();
     Sale {
         id: Uuid::now_v7(),
         product_id: "p-1".into(),
         price: 1999,
         stock,
-        per_user_limit: 5,
+        per_user_limit,
         starts_at: now,
         ends_at: now + time::Duration::hours(1),
         created_at: now,
@@ -271,7 +275,8 @@ async fn a_reconcile_fences_older_batches(l: &Ledger) {
 /// Two settlement workers racing over overlapping batches of one sale (a
 /// claim after a stall): write conflicts are retried, nothing counts twice.
 async fn concurrent_settlers_count_once(l: &Ledger) {
-    let s = sale(1_000);
+    // Limits are not this test's subject: every buyer may hold all of theirs.
+    let s = sale_with_limit(1_000, 10);
     l.create_sale(&s).await.unwrap();
     let entries: Vec<StreamEntry> = (0..200)
         .map(|i| entry(s.id, &format!("u{}", i % 37), 1))
@@ -324,6 +329,242 @@ async fn the_order_outbox_drains_as_orders_are_made(l: &Ledger) {
     assert!(l.reservation(want[0]).await.unwrap().is_some());
 }
 
+/// One settlement of `batch`; (held ids, revoked ids with their reasons).
+async fn settle_all(
+    l: &Ledger,
+    sale: Uuid,
+    batch: &[StreamEntry],
+) -> (Vec<Uuid>, Vec<(Uuid, Refusal)>) {
+    let settled = l.settle(sale, batch, 0).await.unwrap();
+    let held = batch
+        .iter()
+        .map(|e| e.reservation_id)
+        .filter(|id| !settled.revoked.iter().any(|(r, _)| r == id))
+        .collect();
+    (held, settled.revoked)
+}
+
+async fn status_of(l: &Ledger, id: Uuid) -> (ReservationStatus, Option<Refusal>) {
+    let r = l.reservation(id).await.unwrap().unwrap();
+    (r.status, r.refusal)
+}
+
+/// The stock front granted more than the sale has (it lost writes): the
+/// ledger settles exactly the stock and revokes the rest, within a batch
+/// and across batches; units on their way back are not on sale yet.
+async fn the_ledger_never_holds_more_than_the_stock(l: &Ledger) {
+    let s = sale_with_limit(3, 1);
+    l.create_sale(&s).await.unwrap();
+    let batch: Vec<StreamEntry> = (0..5).map(|i| entry(s.id, &format!("u{i}"), 1)).collect();
+    let (held, revoked) = settle_all(l, s.id, &batch).await;
+    assert_eq!(held.len(), 3);
+    assert_eq!(
+        revoked,
+        vec![
+            (batch[3].reservation_id, Refusal::SoldOut),
+            (batch[4].reservation_id, Refusal::SoldOut)
+        ]
+    );
+    let (_, c) = l.sale(s.id).await.unwrap().unwrap();
+    assert_eq!((c.settled, c.reservations, c.revoked), (3, 3, 2));
+    assert_eq!(
+        status_of(l, batch[4].reservation_id).await,
+        (ReservationStatus::Revoked, Some(Refusal::SoldOut))
+    );
+    // Revoked reservations hold nothing and become no order.
+    let snap = l.snapshot(s.id).await.unwrap().unwrap();
+    assert_eq!(snap.buyers.len(), 3);
+    let outbox: Vec<Uuid> = l
+        .order_outbox(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert!(!outbox.contains(&batch[3].reservation_id));
+    assert_eq!(
+        l.begin_release(batch[3].reservation_id).await.unwrap(),
+        ReleaseStep::Revoked(
+            l.reservation(batch[3].reservation_id)
+                .await
+                .unwrap()
+                .unwrap()
+        )
+    );
+    // A replayed batch changes nothing and reports the earlier verdicts.
+    let again = l.settle(s.id, &batch, 0).await.unwrap();
+    assert_eq!((again.new, again.replayed), (0, 5));
+    assert!(again.revoked.is_empty());
+    assert_eq!(again.revoked_earlier.len(), 2);
+    // A later batch is refused too, until a unit is back on sale.
+    let late = entry(s.id, "u9", 1);
+    let (_, revoked) = settle_all(l, s.id, std::slice::from_ref(&late)).await;
+    assert_eq!(revoked, vec![(late.reservation_id, Refusal::SoldOut)]);
+    l.begin_release(held[0]).await.unwrap();
+    let returning = entry(s.id, "u10", 1);
+    let (_, revoked) = settle_all(l, s.id, std::slice::from_ref(&returning)).await;
+    assert_eq!(
+        revoked,
+        vec![(returning.reservation_id, Refusal::SoldOut)],
+        "a unit still returning to the front is not on sale"
+    );
+    l.finish_release(held[0], s.id).await.unwrap();
+    let after = entry(s.id, "u11", 1);
+    let (held_after, _) = settle_all(l, s.id, std::slice::from_ref(&after)).await;
+    assert_eq!(held_after, vec![after.reservation_id]);
+    let (_, c) = l.sale(s.id).await.unwrap().unwrap();
+    assert_eq!((c.settled, c.released, c.revoked), (3, 1, 4));
+}
+
+/// A buyer granted past the limit (the front forgot their earlier units):
+/// the ledger holds at most the limit; a released unit frees the allowance.
+async fn the_ledger_never_holds_more_than_the_limit(l: &Ledger) {
+    let s = sale_with_limit(100, 2);
+    l.create_sale(&s).await.unwrap();
+    let batch = vec![
+        entry(s.id, "u1", 1),
+        entry(s.id, "u1", 1),
+        entry(s.id, "u1", 1),
+        entry(s.id, "u2", 2),
+    ];
+    let (held, revoked) = settle_all(l, s.id, &batch).await;
+    assert_eq!(
+        held,
+        vec![
+            batch[0].reservation_id,
+            batch[1].reservation_id,
+            batch[3].reservation_id
+        ]
+    );
+    assert_eq!(
+        revoked,
+        vec![(batch[2].reservation_id, Refusal::LimitExceeded)]
+    );
+    let next = entry(s.id, "u2", 1);
+    let (_, revoked) = settle_all(l, s.id, std::slice::from_ref(&next)).await;
+    assert_eq!(revoked, vec![(next.reservation_id, Refusal::LimitExceeded)]);
+    l.begin_release(batch[0].reservation_id).await.unwrap();
+    l.finish_release(batch[0].reservation_id, s.id)
+        .await
+        .unwrap();
+    let again = entry(s.id, "u1", 1);
+    let (held, _) = settle_all(l, s.id, std::slice::from_ref(&again)).await;
+    assert_eq!(held, vec![again.reservation_id], "the release freed one");
+    let mut buyers = l.snapshot(s.id).await.unwrap().unwrap().buyers;
+    buyers.sort();
+    assert_eq!(buyers, vec![("u1".to_owned(), 2), ("u2".to_owned(), 2)]);
+}
+
+/// One reservation per buyer and Idempotency-Key, whatever the front
+/// forgot: a second is revoked and points at the first, in one batch or
+/// later; the same key of another buyer is another key.
+async fn the_ledger_keeps_one_reservation_per_key(l: &Ledger) {
+    let s = sale_with_limit(100, 10);
+    l.create_sale(&s).await.unwrap();
+    let first = entry(s.id, "u1", 1);
+    let twin = StreamEntry {
+        reservation_id: Uuid::now_v7(),
+        ..first.clone()
+    };
+    let other_buyer = StreamEntry {
+        reservation_id: Uuid::now_v7(),
+        user_id: "u2".into(),
+        ..first.clone()
+    };
+    let (held, revoked) =
+        settle_all(l, s.id, &[first.clone(), twin.clone(), other_buyer.clone()]).await;
+    assert_eq!(held, vec![first.reservation_id, other_buyer.reservation_id]);
+    let dup = Refusal::DuplicateKey {
+        first: first.reservation_id,
+    };
+    assert_eq!(revoked, vec![(twin.reservation_id, dup)]);
+    let later = StreamEntry {
+        reservation_id: Uuid::now_v7(),
+        ..first.clone()
+    };
+    let (_, revoked) = settle_all(l, s.id, std::slice::from_ref(&later)).await;
+    assert_eq!(revoked, vec![(later.reservation_id, dup)]);
+    // A key whose reservation was revoked stays answered by it.
+    let small = sale_with_limit(1, 1);
+    l.create_sale(&small).await.unwrap();
+    let winner = entry(small.id, "u1", 1);
+    let refused = entry(small.id, "u2", 1);
+    settle_all(l, small.id, &[winner, refused.clone()]).await;
+    let retry = StreamEntry {
+        reservation_id: Uuid::now_v7(),
+        ..refused.clone()
+    };
+    let (_, revoked) = settle_all(l, small.id, std::slice::from_ref(&retry)).await;
+    assert_eq!(
+        revoked,
+        vec![(
+            retry.reservation_id,
+            Refusal::DuplicateKey {
+                first: refused.reservation_id
+            }
+        )]
+    );
+    let (_, c) = l.sale(s.id).await.unwrap().unwrap();
+    assert_eq!((c.settled, c.reservations, c.revoked), (2, 2, 2));
+}
+
+/// Settlement workers racing over batches that together ask for far more
+/// than the stock, from buyers past their limits and repeated keys: the
+/// ledger holds exactly the stock, no buyer past the limit, one
+/// reservation per key.
+async fn racing_settlers_hold_exactly_the_stock(l: &Ledger) {
+    let s = sale_with_limit(50, 2);
+    l.create_sale(&s).await.unwrap();
+    let entries: Vec<StreamEntry> = (0..240)
+        .map(|i| {
+            let mut e = entry(s.id, &format!("u{}", i % 40), 1);
+            // Every third entry repeats its buyer's key from 40 entries back.
+            if i % 3 == 0 && i >= 40 {
+                e.idempotency_key = format!("key-of-{}", i - 40);
+            } else {
+                e.idempotency_key = format!("key-of-{i}");
+            }
+            e
+        })
+        .collect();
+    let mut tasks = Vec::new();
+    for worker in 0..4 {
+        let l = l.clone();
+        let mine: Vec<StreamEntry> = entries.iter().skip(worker).step_by(4).cloned().collect();
+        tasks.push(tokio::spawn(async move {
+            for chunk in mine.chunks(10) {
+                l.settle(s.id, chunk, 0).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let snap = l.snapshot(s.id).await.unwrap().unwrap();
+    let held: Vec<&ReservationRecord> = snap
+        .reservations
+        .iter()
+        .filter(|r| r.status == ReservationStatus::Held)
+        .collect();
+    assert_eq!(snap.counts.settled, 50, "exactly the stock is held");
+    assert_eq!(held.len(), 50);
+    assert_eq!(snap.reservations.len(), 240, "every entry has a verdict");
+    assert_eq!(snap.counts.revoked, 190);
+    assert!(
+        snap.buyers.iter().all(|(_, n)| *n <= 2),
+        "{:?}",
+        snap.buyers
+    );
+    let mut keys: Vec<(&str, &str)> = held
+        .iter()
+        .map(|r| (r.user_id.as_str(), r.idempotency_key.as_str()))
+        .collect();
+    keys.sort_unstable();
+    let before = keys.len();
+    keys.dedup();
+    assert_eq!(keys.len(), before, "one reservation per key");
+}
+
 macro_rules! conformance {
     ($name:ident, $make:ident) => {
         mod $name {
@@ -368,6 +609,26 @@ macro_rules! conformance {
             async fn the_order_outbox_drains_as_orders_are_made() {
                 let Some(s) = $make().await else { return };
                 super::the_order_outbox_drains_as_orders_are_made(&s.ledger).await;
+            }
+            #[tokio::test]
+            async fn the_ledger_never_holds_more_than_the_stock() {
+                let Some(s) = $make().await else { return };
+                super::the_ledger_never_holds_more_than_the_stock(&s.ledger).await;
+            }
+            #[tokio::test]
+            async fn the_ledger_never_holds_more_than_the_limit() {
+                let Some(s) = $make().await else { return };
+                super::the_ledger_never_holds_more_than_the_limit(&s.ledger).await;
+            }
+            #[tokio::test]
+            async fn the_ledger_keeps_one_reservation_per_key() {
+                let Some(s) = $make().await else { return };
+                super::the_ledger_keeps_one_reservation_per_key(&s.ledger).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn racing_settlers_hold_exactly_the_stock() {
+                let Some(s) = $make().await else { return };
+                super::racing_settlers_hold_exactly_the_stock(&s.ledger).await;
             }
         }
     };

@@ -6,7 +6,7 @@
 
 mod redis;
 
-pub use redis::RedisServer;
+pub use redis::{RedisServer, Snapshot};
 
 /// Replies of the test RESP client.
 pub mod redis_reply {

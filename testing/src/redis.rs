@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,12 @@ pub struct RedisServer {
     port: u16,
     _dir: TempDir,
 }
+
+/// A copy of the server's data at one instant (an RDB file), to restart
+/// from: the state an asynchronous replica has when it is promoted, or an
+/// older RDB or AOF point.
+#[derive(Debug, Clone)]
+pub struct Snapshot(PathBuf);
 
 /// A reply of the RESP protocol, as tests need it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,16 +40,7 @@ impl RedisServer {
         for _ in 0..5 {
             let dir = tempfile::tempdir().expect("temp dir for redis");
             let port = crate::free_port();
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!("cannot start redis-server ({e}); install it (scripts/test does: apt-get install redis-server)")
-                });
+            let child = spawn(port, dir.path());
             let mut server = RedisServer {
                 child: Some(child),
                 port,
@@ -100,6 +98,30 @@ impl RedisServer {
         read_reply(&mut reader)
     }
 
+    /// Writes the data set to disk now (`SAVE`) and keeps a copy of it.
+    pub fn snapshot(&self) -> Snapshot {
+        assert_eq!(self.command(&["SAVE"]), Reply::Status("OK".into()));
+        let dir = self._dir.path();
+        let copy = dir.join(format!("snapshot-{}.rdb", uuid_like()));
+        std::fs::copy(dir.join("dump.rdb"), &copy).expect("copy the snapshot");
+        Snapshot(copy)
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same port from
+    /// `snapshot`: every write made after it is lost, as after a failover
+    /// to a replica that lagged.
+    pub fn restart_from(&mut self, snapshot: &Snapshot) {
+        self.kill();
+        std::fs::copy(&snapshot.0, self._dir.path().join("dump.rdb"))
+            .expect("put the snapshot in place");
+        self.child = Some(spawn(self.port, self._dir.path()));
+        assert!(
+            self.wait_ready(Duration::from_secs(10)),
+            "redis-server did not come back on port {}",
+            self.port
+        );
+    }
+
     /// Kills the server (SIGKILL) and waits for it.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -113,6 +135,32 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Starts `redis-server` on `port` with its files in `dir` (no automatic
+/// saves, no AOF: a test saves when it wants a snapshot).
+fn spawn(port: u16, dir: &Path) -> Child {
+    Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start redis-server ({e}); install it (scripts/test does: apt-get install redis-server)")
+        })
+}
+
+/// A name unique within the process.
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 fn read_reply(reader: &mut impl BufRead) -> std::io::Result<Reply> {

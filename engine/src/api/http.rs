@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::identity;
-use crate::ledger::ReservationRecord;
+use crate::ledger::{Refusal, ReservationRecord};
 use crate::sale::{NewSale, rfc3339};
 use crate::{Engine, SaleView, reconcile, reserve};
 
@@ -46,6 +46,7 @@ pub(crate) fn sale_json(view: &SaleView) -> serde_json::Value {
         "pending": view.pending,
         "settled": view.counts.settled,
         "released": view.counts.released,
+        "revoked": view.counts.revoked,
     })
 }
 
@@ -55,9 +56,22 @@ pub(crate) fn reservation_json(r: &ReservationRecord) -> serde_json::Value {
         "sale_id": r.sale_id.to_string(),
         "user_id": r.user_id,
         "quantity": r.quantity,
-        "order_id": r.order_id().to_string(),
+        // A revoked reservation never becomes an order.
+        "order_id": r.refusal.is_none().then(|| r.order_id().to_string()),
         "status": r.status.as_str(),
         "settled_at": rfc3339(r.settled_at),
+        "revoked": r.refusal.map(|refusal| json!({
+            "reason": refusal.as_str(),
+            "message": match refusal {
+                Refusal::SoldOut => "the ledger found every unit of the sale already held",
+                Refusal::LimitExceeded => "the ledger found the buyer already at the per-user limit",
+                Refusal::DuplicateKey { .. } => "the ledger already has a reservation for this Idempotency-Key",
+            },
+            "first_reservation_id": match refusal {
+                Refusal::DuplicateKey { first } => Some(first.to_string()),
+                _ => None,
+            },
+        })),
     })
 }
 

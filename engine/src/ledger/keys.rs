@@ -6,6 +6,9 @@
 //! - `u/{sale}/{user}` → units the user holds in the sale
 //! - `o/{reservation}` → empty: the reservation's order is not made yet
 //!   (the order outbox, written with the reservation in one transaction)
+//! - `k/{sale}/{user length}:{user}{idempotency key}` → the reservation id
+//!   the ledger settled for that buyer's key (one per key, whatever the
+//!   stock front remembers)
 
 use uuid::Uuid;
 
@@ -61,6 +64,12 @@ pub fn buyer_of(prefix: &[u8], key: &[u8]) -> String {
     String::from_utf8_lossy(key.strip_prefix(prefix).unwrap_or(key)).into_owned()
 }
 
+/// The ledger's record of one buyer's Idempotency-Key in a sale. The
+/// user's length comes first, so no user and key pair spells another's.
+pub fn idempotency(sale: Uuid, user: &str, key: &str) -> Key {
+    format!("k/{sale}/{}:{user}{key}", user.len()).into_bytes()
+}
+
 pub use flashmall_embedded_kv::prefix_end;
 
 #[cfg(test)]
@@ -76,5 +85,7 @@ mod tests {
             Some(id)
         );
         assert_eq!(buyer_of(&buyer_prefix(sale), &buyer(sale, "u-7")), "u-7");
+        // A user id that ends like another's key does not collide.
+        assert_ne!(idempotency(sale, "u1", "2k"), idempotency(sale, "u12", "k"));
     }
 }

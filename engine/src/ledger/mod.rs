@@ -1,6 +1,16 @@
 //! The ledger: the durable source of truth for sales, reservations, the
 //! units they hold and each buyer's count. Redis is rebuilt from it.
 //!
+//! Redis filters fast; the ledger decides. The stock front can lose writes
+//! (a failover to a replica that lagged, a restart from an older AOF or RDB
+//! point) and then grant what it should not: a unit that was already sold,
+//! a unit past a buyer's limit, a second reservation for a key it forgot.
+//! The settlement transaction checks every reservation against the ledger's
+//! own counts and refuses (revokes) any that would hold more than the
+//! sale's stock, more than the buyer's limit, or a second reservation for
+//! one buyer's Idempotency-Key. A revoked reservation is recorded with its
+//! reason, holds nothing and never becomes an order.
+//!
 //! The boundary (`LedgerStore`) is a small transactional key-value store:
 //! read a set of keys, compute writes, commit atomically, retried on
 //! conflict. The domain logic (`Ledger`) is written once on top of it, as
@@ -77,6 +87,7 @@ pub trait LedgerStore: Send + Sync + 'static {
 
 /// Settled counts of one sale, written once per settlement batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SaleCounts {
     /// Units held by settled, unreleased reservations.
     pub settled: i64,
@@ -86,6 +97,9 @@ pub struct SaleCounts {
     pub returning: i64,
     /// Reservations settled.
     pub reservations: i64,
+    /// Units of reservations the ledger revoked (the stock front had
+    /// granted them from state it lost); they hold nothing.
+    pub revoked: i64,
 }
 
 /// Where a settled reservation is.
@@ -98,6 +112,41 @@ pub enum ReservationStatus {
     Releasing,
     /// Released; the units are back on sale.
     Released,
+    /// Refused by the ledger at settlement (`refusal` says why): it never
+    /// held a unit and never becomes an order.
+    Revoked,
+}
+
+/// What the ledger decided for a reservation at settlement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Settled: the units were the buyer's (they may be released since).
+    Held,
+    /// Revoked, for this reason.
+    Revoked(Refusal),
+}
+
+/// Why the ledger revoked a reservation the stock front had granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "reason")]
+pub enum Refusal {
+    /// It would have held more units than the sale has.
+    SoldOut,
+    /// It would have given its buyer more than the per-user limit.
+    LimitExceeded,
+    /// Its buyer's Idempotency-Key already has a reservation, `first`:
+    /// that one is the key's answer.
+    DuplicateKey { first: Uuid },
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::SoldOut => "sold_out",
+            Refusal::LimitExceeded => "limit_exceeded",
+            Refusal::DuplicateKey { .. } => "duplicate_key",
+        }
+    }
 }
 
 impl ReservationStatus {
@@ -106,6 +155,7 @@ impl ReservationStatus {
             ReservationStatus::Held => "held",
             ReservationStatus::Releasing => "releasing",
             ReservationStatus::Released => "released",
+            ReservationStatus::Revoked => "revoked",
         }
     }
 }
@@ -122,9 +172,22 @@ pub struct ReservationRecord {
     pub created_at_ms: u64,
     #[serde(with = "time::serde::rfc3339")]
     pub settled_at: OffsetDateTime,
+    /// Why the ledger revoked it (status `revoked` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<Refusal>,
 }
 
 impl ReservationRecord {
+    /// What the ledger decided for this reservation.
+    pub fn verdict(&self) -> Verdict {
+        match self.status {
+            ReservationStatus::Revoked => {
+                Verdict::Revoked(self.refusal.unwrap_or(Refusal::SoldOut))
+            }
+            _ => Verdict::Held,
+        }
+    }
+
     /// The order this reservation becomes: derived from the reservation id,
     /// so creating it again is idempotent.
     pub fn order_id(&self) -> Uuid {
@@ -139,14 +202,18 @@ pub fn order_id_for(reservation_id: Uuid) -> Uuid {
 }
 
 /// What one settlement transaction did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settled {
-    /// Reservations written by this transaction.
+    /// Reservations written by this transaction (held).
     pub new: usize,
     /// Units they hold.
     pub units: i64,
     /// Entries already in the ledger (replays after a crash or a claim).
     pub replayed: usize,
+    /// Reservations this transaction revoked, and why.
+    pub revoked: Vec<(Uuid, Refusal)>,
+    /// Replayed entries an earlier transaction revoked, and why.
+    pub revoked_earlier: Vec<(Uuid, Refusal)>,
 }
 
 /// What releasing in the ledger found.
@@ -157,6 +224,8 @@ pub enum ReleaseStep {
     Releasing(ReservationRecord),
     /// Released earlier; nothing to do.
     AlreadyReleased(ReservationRecord),
+    /// Revoked at settlement: it holds nothing to release.
+    Revoked(ReservationRecord),
     NotFound,
 }
 
@@ -304,9 +373,12 @@ impl Ledger {
 
     /// Settles a batch of one sale's reservations in one transaction:
     /// reservation records (skipping ids already present), per-buyer counts,
-    /// and the sale's counts written once. `epoch` is the settlement epoch
-    /// read before the batch was read from the stream; if a reconcile has
-    /// started a newer one since, nothing is written (`Fenced`).
+    /// the buyers' idempotency records and the sale's counts written once.
+    /// A reservation that would break the sale's stock, its buyer's limit
+    /// or one-reservation-per-key is written revoked instead (see the module
+    /// comment). `epoch` is the settlement epoch read before the batch was
+    /// read from the stream; if a reconcile has started a newer one since,
+    /// nothing is written (`Fenced`).
     pub async fn settle(
         &self,
         sale_id: Uuid,
@@ -320,21 +392,35 @@ impl Ledger {
                 entries.push(e.clone());
             }
         }
+        let sale_key = keys::sale(sale_id);
         let counts_key = keys::counts(sale_id);
         let epoch_key = keys::epoch(sale_id);
-        let mut read_keys = vec![counts_key.clone(), epoch_key.clone()];
+        let mut read_keys = vec![sale_key.clone(), counts_key.clone(), epoch_key.clone()];
         read_keys.extend(entries.iter().map(|e| keys::reservation(e.reservation_id)));
+        read_keys.extend(
+            entries
+                .iter()
+                .map(|e| keys::idempotency(sale_id, &e.user_id, &e.idempotency_key)),
+        );
         let mut users: Vec<&str> = entries.iter().map(|e| e.user_id.as_str()).collect();
         users.sort_unstable();
         users.dedup();
         read_keys.extend(users.iter().map(|u| keys::buyer(sale_id, u)));
+        read_keys.sort_unstable();
+        read_keys.dedup();
         let replays_in_batch = batch.len() - entries.len();
         transact_with(&*self.store, read_keys, move |reads| {
             if read::<u64>(reads, &epoch_key)?.unwrap_or(0) != epoch {
                 return Err(LedgerError::Fenced { sale: sale_id });
             }
+            let sale = read::<Sale>(reads, &sale_key)?.ok_or_else(|| LedgerError::Corrupt {
+                key: String::from_utf8_lossy(&sale_key).into_owned(),
+                reason: "reservations of a sale the ledger does not have".into(),
+            })?;
             let mut counts = read::<SaleCounts>(reads, &counts_key)?.unwrap_or_default();
             let mut held: HashMap<&str, i64> = HashMap::new();
+            // Keys given a reservation by this batch, before its writes land.
+            let mut keyed: HashMap<Key, Uuid> = HashMap::new();
             let mut writes = Vec::new();
             let mut settled = Settled {
                 replayed: replays_in_batch,
@@ -343,43 +429,80 @@ impl Ledger {
             let now = OffsetDateTime::now_utc();
             for e in &entries {
                 let rkey = keys::reservation(e.reservation_id);
-                if reads.get(&rkey).is_some() {
+                if let Some(earlier) = read::<ReservationRecord>(reads, &rkey)? {
                     settled.replayed += 1;
+                    if let Some(refusal) = earlier.refusal {
+                        settled.revoked_earlier.push((e.reservation_id, refusal));
+                    }
                     continue;
                 }
+                let ikey = keys::idempotency(sale_id, &e.user_id, &e.idempotency_key);
+                let first = match keyed.get(&ikey) {
+                    Some(id) => Some(*id),
+                    None => read::<Uuid>(reads, &ikey)?,
+                };
+                let user_held = match held.get(e.user_id.as_str()) {
+                    Some(h) => *h,
+                    None => read_i64(reads, &keys::buyer(sale_id, &e.user_id))?,
+                };
+                // Units on their way back to the front are not on sale yet.
+                let refusal = match first {
+                    Some(first) if first != e.reservation_id => {
+                        Some(Refusal::DuplicateKey { first })
+                    }
+                    _ if counts.settled + counts.returning + e.quantity > sale.stock => {
+                        Some(Refusal::SoldOut)
+                    }
+                    _ if user_held + e.quantity > sale.per_user_limit => {
+                        Some(Refusal::LimitExceeded)
+                    }
+                    _ => None,
+                };
                 let record = ReservationRecord {
                     id: e.reservation_id,
                     sale_id,
                     user_id: e.user_id.clone(),
                     quantity: e.quantity,
                     idempotency_key: e.idempotency_key.clone(),
-                    status: ReservationStatus::Held,
+                    status: if refusal.is_some() {
+                        ReservationStatus::Revoked
+                    } else {
+                        ReservationStatus::Held
+                    },
                     created_at_ms: e.created_at_ms,
                     settled_at: now,
+                    refusal,
                 };
                 writes.push(Write::Put(rkey, encode(&record)));
                 writes.push(Write::Put(
                     keys::sale_reservation(sale_id, e.reservation_id),
                     Vec::new(),
                 ));
+                if first.is_none() {
+                    // The key's answer from now on, whatever the front forgets:
+                    // this reservation, held or revoked.
+                    writes.push(Write::Put(ikey.clone(), encode(&e.reservation_id)));
+                    keyed.insert(ikey, e.reservation_id);
+                }
+                if let Some(refusal) = refusal {
+                    counts.revoked += e.quantity;
+                    settled.revoked.push((e.reservation_id, refusal));
+                    continue;
+                }
                 // The order is made from the outbox after the commit
                 // (step 12), so a slow or absent order service never
                 // holds settlement up.
                 writes.push(Write::Put(keys::order_outbox(e.reservation_id), Vec::new()));
-                let user_held = match held.get(e.user_id.as_str()) {
-                    Some(h) => *h,
-                    None => read_i64(reads, &keys::buyer(sale_id, &e.user_id))?,
-                };
                 held.insert(e.user_id.as_str(), user_held + e.quantity);
+                counts.settled += e.quantity;
+                counts.reservations += 1;
                 settled.new += 1;
                 settled.units += e.quantity;
             }
-            if settled.new > 0 {
+            if settled.new > 0 || !settled.revoked.is_empty() {
                 for (user, units) in &held {
                     writes.push(Write::Put(keys::buyer(sale_id, user), encode(units)));
                 }
-                counts.settled += settled.units;
-                counts.reservations += settled.new as i64;
                 writes.push(Write::Put(counts_key.clone(), encode(&counts)));
                 // Written back unchanged, so on TiKV a concurrent bump is a
                 // write conflict, and the retry sees the new epoch.
@@ -446,6 +569,7 @@ impl Ledger {
                     Ok((Vec::new(), ReleaseStep::AlreadyReleased(record)))
                 }
                 ReservationStatus::Releasing => Ok((Vec::new(), ReleaseStep::Releasing(record))),
+                ReservationStatus::Revoked => Ok((Vec::new(), ReleaseStep::Revoked(record))),
                 ReservationStatus::Held => {
                     let mut counts = read::<SaleCounts>(reads, &counts_key)?.unwrap_or_default();
                     let held = read_i64(reads, &buyer_key)? - record.quantity;

@@ -18,7 +18,7 @@ use flashmall_mesh::{ApiError, ErrorCode};
 use uuid::Uuid;
 
 use crate::front::{IdemRecord, Rebuild, idempotency_field};
-use crate::ledger::ReservationStatus;
+use crate::ledger::{Refusal, ReservationStatus};
 use crate::sale::LiveSale;
 use crate::{Engine, now_ms, settle};
 
@@ -180,9 +180,12 @@ async fn rebuild(
         .filter(|r| r.status != ReservationStatus::Held)
         .map(|r| r.id)
         .collect();
+    // One record per key: a reservation revoked as a key's second one is
+    // not that key's answer (its first is).
     let idempotency = snapshot
         .reservations
         .iter()
+        .filter(|r| !matches!(r.refusal, Some(Refusal::DuplicateKey { .. })))
         .inspect(|r| {
             if r.status == ReservationStatus::Releasing {
                 releasing.push(r.id);

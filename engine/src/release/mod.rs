@@ -46,6 +46,12 @@ pub async fn release(
                 "no such settled reservation",
             ));
         }
+        ReleaseStep::Revoked(_) => {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "the ledger revoked this reservation at settlement; it holds no units",
+            ));
+        }
         ReleaseStep::AlreadyReleased(r) => Released::AlreadyReleased {
             quantity: r.quantity,
         },

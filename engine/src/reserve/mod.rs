@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::front::{IdemRecord, ReserveCall, ReserveOutcome, idempotency_field};
-use crate::ledger::order_id_for;
+use crate::ledger::{Refusal, Verdict, order_id_for};
 use crate::sale::{LiveSale, parse_sale_id};
 use crate::{Engine, now_ms, reconcile, settle};
 use flashmall_mesh::Identity as Caller;
@@ -193,8 +193,8 @@ async fn decide(
             };
             match waiter {
                 Some(waiter) => {
-                    settle::wait_durable(engine, reservation_id, waiter).await?;
-                    Ok(answer(sale_id, record, false))
+                    let verdict = settle::wait_durable(engine, reservation_id, waiter).await?;
+                    verdict_answer(engine, &live, record, verdict, false).await
                 }
                 None => Ok(answer(sale_id, record, false)),
             }
@@ -260,10 +260,59 @@ async fn durable_answer(
     record: IdemRecord,
     replayed: bool,
 ) -> Result<Purchase, ApiError> {
-    if engine.config.durable_ack {
-        settle::wait_durable_existing(engine, record.reservation_id).await?;
+    let verdict = if engine.config.durable_ack {
+        settle::wait_durable_existing(engine, record.reservation_id).await?
+    } else {
+        // Fast acknowledgement answers before the ledger; once the ledger
+        // has decided, its verdict is the key's answer.
+        match engine.ledger.reservation(record.reservation_id).await {
+            Ok(Some(settled)) => settled.verdict(),
+            _ => Verdict::Held,
+        }
+    };
+    verdict_answer(engine, live, record, verdict, replayed).await
+}
+
+/// The answer for a reservation the ledger decided: the reservation, or
+/// the refusal the ledger found for it (the stock front had granted it from
+/// state it lost). A second reservation for a key answers the key's first.
+async fn verdict_answer(
+    engine: &Arc<Engine>,
+    live: &LiveSale,
+    record: IdemRecord,
+    verdict: Verdict,
+    replayed: bool,
+) -> Result<Purchase, ApiError> {
+    let first = match verdict {
+        Verdict::Held => return Ok(answer(live.sale.id, record, replayed)),
+        Verdict::Revoked(Refusal::DuplicateKey { first }) => first,
+        Verdict::Revoked(refusal) => return Err(refused(live, refusal)),
+    };
+    let earlier = engine.ledger.reservation(first).await?.ok_or_else(|| {
+        ApiError::unavailable("the key's first reservation is not readable yet, retry shortly")
+    })?;
+    match earlier.verdict() {
+        Verdict::Held => Ok(answer(
+            live.sale.id,
+            IdemRecord {
+                reservation_id: first,
+                quantity: earlier.quantity,
+            },
+            true,
+        )),
+        Verdict::Revoked(refusal) => Err(refused(live, refusal)),
     }
-    Ok(answer(live.sale.id, record, replayed))
+}
+
+/// The refusal a revoked reservation answers with.
+fn refused(live: &LiveSale, refusal: Refusal) -> ApiError {
+    match refusal {
+        Refusal::LimitExceeded => ApiError::new(
+            ErrorCode::LimitExceeded,
+            format!("at most {} units per buyer", live.sale.per_user_limit),
+        ),
+        Refusal::SoldOut | Refusal::DuplicateKey { .. } => sold_out(),
+    }
 }
 
 /// Reloads the sold-out snapshot of idempotency records when it is stale

@@ -7,7 +7,9 @@
 //!
 //! Durable acknowledgement: a purchase waits on `Waiters` until the batch
 //! holding its reservation committed (or, when another replica settled it,
-//! until the ledger shows it).
+//! until the ledger shows it), and learns the ledger's verdict: held, or
+//! revoked because the stock front had granted from state it lost. A
+//! revoke means the front is stale: the worker reconciles the sale.
 
 pub mod orders;
 
@@ -21,7 +23,7 @@ use uuid::Uuid;
 
 use crate::Engine;
 use crate::front::StreamEntry;
-use crate::ledger::Settled;
+use crate::ledger::{Settled, Verdict};
 use crate::sale::LiveSale;
 
 const SHARDS: usize = 32;
@@ -29,7 +31,7 @@ const SHARDS: usize = 32;
 /// Purchases waiting for their reservation to be durable, by reservation id.
 /// Sharded so concurrent purchases rarely meet on one lock.
 pub struct Waiters {
-    shards: Vec<Mutex<HashMap<Uuid, oneshot::Sender<()>>>>,
+    shards: Vec<Mutex<HashMap<Uuid, oneshot::Sender<Verdict>>>>,
 }
 
 impl Default for Waiters {
@@ -41,12 +43,15 @@ impl Default for Waiters {
 }
 
 impl Waiters {
-    fn shard(&self, id: &Uuid) -> std::sync::MutexGuard<'_, HashMap<Uuid, oneshot::Sender<()>>> {
+    fn shard(
+        &self,
+        id: &Uuid,
+    ) -> std::sync::MutexGuard<'_, HashMap<Uuid, oneshot::Sender<Verdict>>> {
         let i = (id.as_u128() as usize) % SHARDS;
         self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn register(&self, id: Uuid) -> oneshot::Receiver<()> {
+    pub fn register(&self, id: Uuid) -> oneshot::Receiver<Verdict> {
         let (tx, rx) = oneshot::channel();
         self.shard(&id).insert(id, tx);
         rx
@@ -56,11 +61,18 @@ impl Waiters {
         self.shard(&id).remove(&id);
     }
 
-    /// Wakes the purchases waiting on these reservations.
-    pub fn notify(&self, ids: impl IntoIterator<Item = Uuid>) {
-        for id in ids {
-            if let Some(tx) = self.shard(&id).remove(&id) {
-                let _ = tx.send(());
+    /// Wakes the purchases waiting on a settled batch's reservations, each
+    /// with the ledger's verdict.
+    pub fn notify(&self, batch: &[StreamEntry], settled: &Settled) {
+        for e in batch {
+            if let Some(tx) = self.shard(&e.reservation_id).remove(&e.reservation_id) {
+                let verdict = settled
+                    .revoked
+                    .iter()
+                    .chain(&settled.revoked_earlier)
+                    .find(|(id, _)| *id == e.reservation_id)
+                    .map_or(Verdict::Held, |(_, refusal)| Verdict::Revoked(*refusal));
+                let _ = tx.send(verdict);
             }
         }
     }
@@ -83,26 +95,27 @@ impl Drop for ForgetOnDrop<'_> {
 /// that another replica's worker settles).
 const LEDGER_POLL: Duration = Duration::from_millis(200);
 
-/// Waits until a reservation this request just made is in the ledger.
+/// Waits until a reservation this request just made is in the ledger;
+/// the ledger's verdict.
 pub async fn wait_durable(
     engine: &Engine,
     id: Uuid,
-    mut notified: oneshot::Receiver<()>,
-) -> Result<(), ApiError> {
+    mut notified: oneshot::Receiver<Verdict>,
+) -> Result<Verdict, ApiError> {
     let deadline = tokio::time::Instant::now() + engine.config.durable_ack_timeout;
     loop {
         tokio::select! {
             result = &mut notified => {
-                if result.is_ok() {
-                    return Ok(());
+                if let Ok(verdict) = result {
+                    return Ok(verdict);
                 }
                 // The sender went away (a claim by another replica): poll.
                 return wait_durable_existing(engine, id).await;
             }
             _ = tokio::time::sleep(LEDGER_POLL) => {
-                if engine.ledger.reservation(id).await?.is_some() {
+                if let Some(record) = engine.ledger.reservation(id).await? {
                     engine.waiters.forget(id);
-                    return Ok(());
+                    return Ok(record.verdict());
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {
@@ -113,12 +126,13 @@ pub async fn wait_durable(
     }
 }
 
-/// Waits until an earlier reservation (a replayed key) is in the ledger.
-pub async fn wait_durable_existing(engine: &Engine, id: Uuid) -> Result<(), ApiError> {
+/// Waits until an earlier reservation (a replayed key) is in the ledger;
+/// the ledger's verdict.
+pub async fn wait_durable_existing(engine: &Engine, id: Uuid) -> Result<Verdict, ApiError> {
     let deadline = Instant::now() + engine.config.durable_ack_timeout;
     loop {
-        if engine.ledger.reservation(id).await?.is_some() {
-            return Ok(());
+        if let Some(record) = engine.ledger.reservation(id).await? {
+            return Ok(record.verdict());
         }
         if Instant::now() >= deadline {
             return Err(not_durable_yet());
@@ -161,11 +175,14 @@ pub async fn settle_batch(
         .ack(sale_id, batch)
         .await
         .map_err(|e| e.to_string())?;
-    engine
-        .waiters
-        .notify(batch.iter().map(|e| e.reservation_id));
+    engine.waiters.notify(batch, &settled);
     if settled.new > 0 {
         engine.orders_wake.notify_one();
+    }
+    for (id, refusal) in &settled.revoked {
+        metrics::counter!("flashmall_engine_revoked_reservations_total", "reason" => refusal.as_str())
+            .increment(1);
+        tracing::warn!(sale_id = %sale_id, reservation_id = %id, reason = refusal.as_str(), "the ledger revoked a reservation the stock front granted");
     }
     metrics::histogram!("flashmall_engine_settle_batch_size").record(batch.len() as f64);
     metrics::histogram!("flashmall_engine_settle_duration_seconds")
@@ -298,7 +315,12 @@ async fn worker(engine: Arc<Engine>, live: Arc<LiveSale>) {
                 }
                 batch
             };
-            settle_batch(&engine, sale_id, &batch, epoch).await?;
+            let settled = settle_batch(&engine, sale_id, &batch, epoch).await?;
+            if !settled.revoked.is_empty() {
+                // The front granted from state it lost: rebuild it from the
+                // ledger (purchases answer 503 meanwhile).
+                crate::reconcile::spawn(&engine, &live);
+            }
             if let Ok(backlog) = engine.front.backlog(sale_id).await {
                 metrics::gauge!("flashmall_engine_settlement_backlog", "sale" => sale_id.to_string()).set(backlog as f64);
             }
