@@ -194,18 +194,7 @@ impl EngineConfig {
 
 impl RedisConfig {
     pub fn validate(&self) -> Result<(), String> {
-        const SCHEMES: [&str; 4] = [
-            "redis://",
-            "rediss://",
-            "redis-cluster://",
-            "rediss-cluster://",
-        ];
-        if !self.url.is_empty() && !SCHEMES.iter().any(|s| self.url.starts_with(s)) {
-            return Err(format!(
-                "redis.url must start with redis://, rediss://, redis-cluster:// or rediss-cluster://, got {:?}",
-                self.url
-            ));
-        }
+        flashmall_mesh::config::check_redis_url("redis.url", &self.url)?;
         if self.pool_size == 0 || self.pool_size > 256 {
             return Err("redis.pool_size must be between 1 and 256".into());
         }

@@ -171,6 +171,7 @@ impl Engine {
                 }
             }
         }
+        reconcile::watch_generation(&engine);
         tracing::info!(
             front = engine.front.kind(),
             ledger = engine.ledger.kind(),

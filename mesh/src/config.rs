@@ -47,3 +47,55 @@ impl MeshConfig {
         }
     }
 }
+
+/// The Redis URL schemes the engine and the edge accept: one server, a
+/// Redis Cluster, or a primary found through Redis Sentinel (`?sentinelServiceName=NAME`
+/// names the monitored primary), each with or without TLS.
+pub const REDIS_SCHEMES: [&str; 6] = [
+    "redis://",
+    "rediss://",
+    "redis-cluster://",
+    "rediss-cluster://",
+    "redis-sentinel://",
+    "rediss-sentinel://",
+];
+
+/// Checks a Redis URL field (`field` names it in the error); empty passes.
+pub fn check_redis_url(field: &str, url: &str) -> Result<(), String> {
+    if !url.is_empty() && !REDIS_SCHEMES.iter().any(|s| url.starts_with(s)) {
+        return Err(format!(
+            "{field} must start with one of {}, got {url:?}",
+            REDIS_SCHEMES.join(", ")
+        ));
+    }
+    if url.contains("-sentinel://") && !url.contains("sentinelServiceName=") {
+        return Err(format!(
+            "{field}: a redis-sentinel:// URL names the primary with ?sentinelServiceName=NAME, got {url:?}"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod redis_url_tests {
+    use super::check_redis_url;
+
+    #[test]
+    fn redis_urls_are_checked_by_scheme() {
+        for ok in [
+            "",
+            "redis://127.0.0.1:6379",
+            "redis-cluster://10.0.0.1:7000",
+            "redis-sentinel://127.0.0.1:26379?sentinelServiceName=mymaster",
+        ] {
+            assert!(check_redis_url("redis.url", ok).is_ok(), "{ok}");
+        }
+        let e = check_redis_url("redis.url", "http://nope").unwrap_err();
+        assert!(
+            e.contains("redis.url") && e.contains("redis-sentinel://"),
+            "{e}"
+        );
+        let e = check_redis_url("proxy.redis_url", "redis-sentinel://127.0.0.1:26379").unwrap_err();
+        assert!(e.contains("sentinelServiceName"), "{e}");
+    }
+}

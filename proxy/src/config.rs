@@ -205,6 +205,7 @@ impl Default for ProxyConfig {
 
 impl ProxyConfig {
     pub fn validate(&self) -> Result<(), String> {
+        flashmall_mesh::config::check_redis_url("proxy.redis_url", &self.redis_url)?;
         if self.threads == 0 || self.threads > 256 {
             return Err("proxy.threads must be between 1 and 256".into());
         }

@@ -13,6 +13,8 @@ use tempfile::TempDir;
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
+    /// Arguments beyond the defaults (a replica's `--replicaof`).
+    extra: Vec<String>,
     _dir: TempDir,
 }
 
@@ -37,13 +39,40 @@ impl RedisServer {
     /// Panics with a clear message when `redis-server` is not installed:
     /// `scripts/test` installs it.
     pub fn start() -> RedisServer {
+        Self::start_with(Vec::new())
+    }
+
+    /// A replica of `primary`, replicating asynchronously (as Redis does),
+    /// ready once its first sync is done.
+    pub fn start_replica_of(primary: &RedisServer) -> RedisServer {
+        let replica = Self::start_with(vec![
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            primary.port.to_string(),
+        ]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !replica
+            .info("replication")
+            .contains("master_link_status:up")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the replica did not sync within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        replica
+    }
+
+    fn start_with(extra: Vec<String>) -> RedisServer {
         for _ in 0..5 {
             let dir = tempfile::tempdir().expect("temp dir for redis");
             let port = crate::free_port();
-            let child = spawn(port, dir.path());
+            let child = spawn(port, dir.path(), &extra);
             let mut server = RedisServer {
                 child: Some(child),
                 port,
+                extra: extra.clone(),
                 _dir: dir,
             };
             if server.wait_ready(Duration::from_secs(10)) {
@@ -87,15 +116,15 @@ impl RedisServer {
 
     /// Sends one command on a fresh connection.
     pub fn try_command(&self, args: &[&str]) -> std::io::Result<Reply> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let mut out = format!("*{}\r\n", args.len());
-        for a in args {
-            out.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
+        command_on(self.port, args)
+    }
+
+    /// One section of `INFO` (empty when the server does not answer).
+    pub fn info(&self, section: &str) -> String {
+        match self.try_command(&["INFO", section]) {
+            Ok(Reply::Bulk(Some(text))) => text,
+            _ => String::new(),
         }
-        stream.write_all(out.as_bytes())?;
-        let mut reader = BufReader::new(stream);
-        read_reply(&mut reader)
     }
 
     /// Writes the data set to disk now (`SAVE`) and keeps a copy of it.
@@ -114,7 +143,7 @@ impl RedisServer {
         self.kill();
         std::fs::copy(&snapshot.0, self._dir.path().join("dump.rdb"))
             .expect("put the snapshot in place");
-        self.child = Some(spawn(self.port, self._dir.path()));
+        self.child = Some(spawn(self.port, self._dir.path(), &self.extra));
         assert!(
             self.wait_ready(Duration::from_secs(10)),
             "redis-server did not come back on port {}",
@@ -137,13 +166,27 @@ impl Drop for RedisServer {
     }
 }
 
+/// Sends one command to the server on `port`, on a fresh connection.
+fn command_on(port: u16, args: &[&str]) -> std::io::Result<Reply> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut out = format!("*{}\r\n", args.len());
+    for a in args {
+        out.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
+    }
+    stream.write_all(out.as_bytes())?;
+    let mut reader = BufReader::new(stream);
+    read_reply(&mut reader)
+}
+
 /// Starts `redis-server` on `port` with its files in `dir` (no automatic
-/// saves, no AOF: a test saves when it wants a snapshot).
-fn spawn(port: u16, dir: &Path) -> Child {
+/// saves, no AOF: a test saves when it wants a snapshot), and `extra`.
+fn spawn(port: u16, dir: &Path, extra: &[String]) -> Child {
     Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .arg("--dir")
         .arg(dir)
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -199,4 +242,121 @@ fn read_reply(reader: &mut impl BufRead) -> std::io::Result<Reply> {
         }
         _ => return Err(bad()),
     })
+}
+
+/// A primary with one asynchronous replica behind one Redis Sentinel, all
+/// on loopback: what `redis-sentinel://` URLs point at. Killing the primary
+/// makes Sentinel promote the replica, which lacks whatever the primary had
+/// not replicated yet.
+pub struct SentinelSet {
+    pub primary: RedisServer,
+    pub replica: RedisServer,
+    sentinel: Option<Child>,
+    sentinel_port: u16,
+    _dir: TempDir,
+}
+
+impl SentinelSet {
+    /// The name Sentinel monitors the primary under.
+    pub const SERVICE: &'static str = "flashmall";
+
+    /// Starts the three and waits until Sentinel knows the replica.
+    pub fn start() -> SentinelSet {
+        let primary = RedisServer::start();
+        let replica = RedisServer::start_replica_of(&primary);
+        let dir = tempfile::tempdir().expect("temp dir for sentinel");
+        let sentinel_port = crate::free_port();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {sentinel_port}\nbind 127.0.0.1\ndir {}\n\
+                 sentinel monitor {service} 127.0.0.1 {} 1\n\
+                 sentinel down-after-milliseconds {service} 1000\n\
+                 sentinel failover-timeout {service} 10000\n\
+                 sentinel parallel-syncs {service} 1\n",
+                dir.path().display(),
+                primary.port,
+                service = Self::SERVICE,
+            ),
+        )
+        .expect("write sentinel.conf");
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start redis-server --sentinel ({e})"));
+        let set = SentinelSet {
+            primary,
+            replica,
+            sentinel: Some(child),
+            sentinel_port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let replicas = command_on(sentinel_port, &["SENTINEL", "REPLICAS", Self::SERVICE]);
+            if matches!(&replicas, Ok(Reply::Array(r)) if !r.is_empty()) {
+                return set;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sentinel did not discover the replica within 20 s: {replicas:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `redis-sentinel://127.0.0.1:PORT?sentinelServiceName=flashmall`.
+    pub fn url(&self) -> String {
+        format!(
+            "redis-sentinel://127.0.0.1:{}?sentinelServiceName={}",
+            self.sentinel_port,
+            Self::SERVICE
+        )
+    }
+
+    /// The port of the server Sentinel names as primary now.
+    pub fn primary_port(&self) -> Option<u16> {
+        match command_on(
+            self.sentinel_port,
+            &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", Self::SERVICE],
+        ) {
+            Ok(Reply::Array(parts)) => match parts.get(1) {
+                Some(Reply::Bulk(Some(port))) => port.parse().ok(),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Kills the primary (SIGKILL): whatever it had not replicated is lost.
+    pub fn kill_primary(&mut self) {
+        self.primary.kill();
+    }
+
+    /// Waits until Sentinel has promoted the replica; false after `limit`.
+    pub fn wait_promoted(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.primary_port() == Some(self.replica.port())
+                && self.replica.info("replication").contains("role:master")
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for SentinelSet {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.sentinel.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }

@@ -160,6 +160,16 @@ pub trait StockFront: Send + Sync + 'static {
     /// Checks the store answers.
     async fn ping(&self) -> Result<(), FrontError>;
 
+    /// Names the store's current life: for Redis its `run_id` (new on every
+    /// restart, whatever it reloaded) and `master_replid` (new when a
+    /// replica is promoted). A change means the front may have lost writes.
+    /// `None` where there is nothing to watch (the in-process front, whose
+    /// loss is a restart of the engine itself, or Redis Cluster, whose
+    /// nodes each have their own).
+    async fn generation(&self) -> Result<Option<String>, FrontError> {
+        Ok(None)
+    }
+
     /// The purchase decision, atomically: idempotency, limit, stock,
     /// decrement, buyer record, stream append.
     async fn reserve(&self, call: &ReserveCall<'_>) -> Result<ReserveOutcome, FrontError>;

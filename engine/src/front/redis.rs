@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use fred::prelude::*;
-use fred::types::{ClusterHash, CustomCommand};
+use fred::types::{ClusterHash, CustomCommand, InfoKind};
 use uuid::Uuid;
 
 use super::{
@@ -365,6 +365,32 @@ impl StockFront for RedisFront {
 
     async fn ping(&self) -> Result<(), FrontError> {
         self.client().ping::<()>(None).await.map_err(reply_error)
+    }
+
+    async fn generation(&self) -> Result<Option<String>, FrontError> {
+        let client = self.client();
+        if client.is_clustered() {
+            return Ok(None);
+        }
+        let server: String = client
+            .info(Some(InfoKind::Server))
+            .await
+            .map_err(reply_error)?;
+        let replication: String = client
+            .info(Some(InfoKind::Replication))
+            .await
+            .map_err(reply_error)?;
+        let field = |text: &str, name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_default()
+        };
+        Ok(Some(format!(
+            "{}/{}",
+            field(&server, "run_id"),
+            field(&replication, "master_replid")
+        )))
     }
 
     async fn reserve(&self, call: &ReserveCall<'_>) -> Result<ReserveOutcome, FrontError> {

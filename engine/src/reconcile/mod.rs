@@ -88,6 +88,51 @@ pub fn spawn(engine: &Arc<Engine>, live: &Arc<LiveSale>) {
     });
 }
 
+/// How often the front's generation (Redis `run_id` and replication id)
+/// is read. A restart or a failover is then noticed within about this,
+/// before any purchase or settlement has to meet what it lost.
+pub const GENERATION_POLL: Duration = Duration::from_secs(1);
+
+/// Watches the stock front's generation and reconciles every sale when it
+/// changes: a Redis that restarted (from an AOF written every second, an
+/// older RDB) or a replica promoted by a failover may have lost writes,
+/// and a rebuild from the ledger puts back what it lost (units sold or
+/// returned, buyers' counts, keys). The settlement transaction refuses
+/// whatever a stale front grants meanwhile.
+pub fn watch_generation(engine: &Arc<Engine>) {
+    let engine = Arc::clone(engine);
+    tokio::spawn(async move {
+        // What the engine started on (its start-up reconciled from it).
+        let mut known: Option<String> = engine.front.generation().await.ok().flatten();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(GENERATION_POLL) => {}
+                _ = engine.shutdown.wait() => return,
+            }
+            let now = match engine.front.generation().await {
+                Ok(Some(now)) => now,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, "stock front generation not read");
+                    continue;
+                }
+            };
+            match &known {
+                Some(before) if *before != now => {
+                    metrics::counter!("flashmall_engine_front_generation_changes_total")
+                        .increment(1);
+                    tracing::warn!(before = %before, now = %now, "the stock front restarted or failed over; reconciling every sale");
+                    for live in engine.sales.all() {
+                        spawn(&engine, &live);
+                    }
+                }
+                _ => {}
+            }
+            known = Some(now);
+        }
+    });
+}
+
 /// Clears the `reconciling` flag however the rebuild ends.
 struct Running<'a>(&'a LiveSale);
 
