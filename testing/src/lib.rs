@@ -6,7 +6,7 @@
 
 mod redis;
 
-pub use redis::{RedisServer, SentinelSet, Snapshot};
+pub use redis::{RedisCluster, RedisServer, SentinelSet, Snapshot};
 
 /// Replies of the test RESP client.
 pub mod redis_reply {

@@ -64,7 +64,7 @@ impl RedisServer {
         replica
     }
 
-    fn start_with(extra: Vec<String>) -> RedisServer {
+    pub(crate) fn start_with(extra: Vec<String>) -> RedisServer {
         for _ in 0..5 {
             let dir = tempfile::tempdir().expect("temp dir for redis");
             let port = crate::free_port();
@@ -358,5 +358,114 @@ impl Drop for SentinelSet {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A Redis Cluster of three primaries, each with one replica, on loopback
+/// (`redis-cli --cluster create`): what `redis-cluster://` URLs point at.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts six nodes, makes them a cluster and waits until every node
+    /// says the cluster is ok.
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..6)
+            .map(|_| {
+                RedisServer::start_with(
+                    [
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "1000",
+                    ]
+                    .map(str::to_owned)
+                    .to_vec(),
+                )
+            })
+            .collect();
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for n in &nodes {
+            create.arg(format!("127.0.0.1:{}", n.port));
+        }
+        let out = create
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run redis-cli ({e}); install it (scripts/test does: apt-get install redis-tools)")
+            });
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = RedisCluster { nodes };
+        assert!(
+            cluster.wait_ok(Duration::from_secs(30)),
+            "the cluster did not become ok within 30 s"
+        );
+        cluster
+    }
+
+    /// `redis-cluster://127.0.0.1:PORT?node=...` naming every node.
+    pub fn url(&self) -> String {
+        let mut url = format!("redis-cluster://127.0.0.1:{}", self.nodes[0].port);
+        for (i, n) in self.nodes.iter().enumerate().skip(1) {
+            url.push(if i == 1 { '?' } else { '&' });
+            url.push_str(&format!("node=127.0.0.1:{}", n.port));
+        }
+        url
+    }
+
+    /// Every live node says `cluster_state:ok` and every slot is served.
+    pub fn wait_ok(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            let ok = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+                let info = match n.try_command(&["CLUSTER", "INFO"]) {
+                    Ok(Reply::Bulk(Some(text))) => text,
+                    _ => String::new(),
+                };
+                info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
+            });
+            if ok {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    /// The port of the primary that serves `key`'s slot.
+    pub fn node_serving(&self, key: &str) -> u16 {
+        let node = &self.nodes[0];
+        let slot = match node.command(&["CLUSTER", "KEYSLOT", key]) {
+            Reply::Int(slot) => slot,
+            other => panic!("CLUSTER KEYSLOT answered {other:?}"),
+        };
+        // CLUSTER NODES: id addr flags master ping pong epoch state slots...
+        let nodes = match node.command(&["CLUSTER", "NODES"]) {
+            Reply::Bulk(Some(text)) => text,
+            other => panic!("CLUSTER NODES answered {other:?}"),
+        };
+        nodes
+            .lines()
+            .filter(|l| l.contains("master"))
+            .find(|l| {
+                l.split_whitespace().skip(8).any(|range| {
+                    let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                    matches!((lo.parse::<i64>(), hi.parse::<i64>()), (Ok(lo), Ok(hi)) if lo <= slot && slot <= hi)
+                })
+            })
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|addr| addr.split('@').next())
+            .and_then(|addr| addr.rsplit_once(':'))
+            .and_then(|(_, port)| port.parse::<u16>().ok())
+            .unwrap_or_else(|| panic!("no primary serves slot {slot}:\n{nodes}"))
     }
 }

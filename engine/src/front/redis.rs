@@ -205,8 +205,11 @@ impl RedisFront {
             call.extend(args);
             call
         };
-        // Route by the first key (argument 2), which carries the sale's hash tag.
-        let evalsha = CustomCommand::new("EVALSHA", ClusterHash::Offset(2), false);
+        // Route by the first key, which carries the sale's hash tag. The
+        // slot is computed here: fred routes a custom command by its first
+        // string argument (the SHA) unless it is given the slot itself.
+        let slot = || ClusterHash::from(keys.first().copied().unwrap_or_default());
+        let evalsha = CustomCommand::new("EVALSHA", slot(), false);
         // Argument values share their buffers, so keeping a copy for the
         // fallback copies no bytes.
         let fallback = args.clone();
@@ -217,7 +220,7 @@ impl RedisFront {
         {
             Err(e) if e.details().starts_with("NOSCRIPT") => {
                 tracing::debug!(sha = %script.sha, "script not cached, falling back to eval");
-                let eval = CustomCommand::new("EVAL", ClusterHash::Offset(2), false);
+                let eval = CustomCommand::new("EVAL", slot(), false);
                 self.client()
                     .custom(eval, command(Value::from(script.body), fallback))
                     .await
