@@ -381,6 +381,11 @@ impl RedisCluster {
                         "nodes.conf",
                         "--cluster-node-timeout",
                         "1000",
+                        // A replica may be promoted however long ago it
+                        // last heard from its primary: what it lacks, the
+                        // ledger refuses and reconcile restores.
+                        "--cluster-replica-validity-factor",
+                        "0",
                     ]
                     .map(str::to_owned)
                     .to_vec(),
@@ -425,7 +430,7 @@ impl RedisCluster {
     /// Every live node says `cluster_state:ok` and every slot is served.
     pub fn wait_ok(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
+        loop {
             let ok = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
                 let info = match n.try_command(&["CLUSTER", "INFO"]) {
                     Ok(Reply::Bulk(Some(text))) => text,
@@ -436,14 +441,54 @@ impl RedisCluster {
             if ok {
                 return true;
             }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills (SIGKILL) the primary that serves `key`'s slot; its port.
+    pub fn kill_primary_of(&mut self, key: &str) -> u16 {
+        let port = self.node_serving(key);
+        if let Some(node) = self.nodes.iter_mut().find(|n| n.port == port) {
+            node.kill();
+        }
+        port
+    }
+
+    /// Waits until a live primary serves `key`'s slot again (the cluster
+    /// promoted the dead primary's replica); false after `limit`.
+    pub fn wait_served(&self, key: &str, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(port) = self.primary_of(key)
+                && self
+                    .nodes
+                    .iter()
+                    .any(|n| n.port == port && n.child.is_some())
+                && self.wait_ok(Duration::ZERO)
+            {
+                return true;
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
         false
     }
 
-    /// The port of the primary that serves `key`'s slot.
+    /// The port of the primary that serves `key`'s slot, as a live node
+    /// sees it.
     pub fn node_serving(&self, key: &str) -> u16 {
-        let node = &self.nodes[0];
+        self.primary_of(key)
+            .unwrap_or_else(|| panic!("no live primary serves the slot of {key}"))
+    }
+
+    fn primary_of(&self, key: &str) -> Option<u16> {
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.child.is_some())
+            .expect("a live node");
         let slot = match node.command(&["CLUSTER", "KEYSLOT", key]) {
             Reply::Int(slot) => slot,
             other => panic!("CLUSTER KEYSLOT answered {other:?}"),
@@ -455,7 +500,7 @@ impl RedisCluster {
         };
         nodes
             .lines()
-            .filter(|l| l.contains("master"))
+            .filter(|l| l.contains("master") && !l.contains("fail"))
             .find(|l| {
                 l.split_whitespace().skip(8).any(|range| {
                     let (lo, hi) = range.split_once('-').unwrap_or((range, range));
@@ -466,6 +511,5 @@ impl RedisCluster {
             .and_then(|addr| addr.split('@').next())
             .and_then(|addr| addr.rsplit_once(':'))
             .and_then(|(_, port)| port.parse::<u16>().ok())
-            .unwrap_or_else(|| panic!("no primary serves slot {slot}:\n{nodes}"))
     }
 }

@@ -162,10 +162,10 @@ pub trait StockFront: Send + Sync + 'static {
 
     /// Names the store's current life: for Redis its `run_id` (new on every
     /// restart, whatever it reloaded) and `master_replid` (new when a
-    /// replica is promoted). A change means the front may have lost writes.
-    /// `None` where there is nothing to watch (the in-process front, whose
-    /// loss is a restart of the engine itself, or Redis Cluster, whose
-    /// nodes each have their own).
+    /// replica is promoted; on Redis Cluster, every primary's `run_id`). A
+    /// change means the front may have lost writes. `None` where there is
+    /// nothing to watch (the in-process front, whose loss is a restart of
+    /// the engine itself).
     async fn generation(&self) -> Result<Option<String>, FrontError> {
         Ok(None)
     }

@@ -371,10 +371,30 @@ impl StockFront for RedisFront {
     }
 
     async fn generation(&self) -> Result<Option<String>, FrontError> {
-        let client = self.client();
-        if client.is_clustered() {
-            return Ok(None);
+        let field = |text: &str, name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_default()
+        };
+        let node = self.pool.next();
+        if node.is_clustered() {
+            // Every primary's run_id: a failover puts a promoted replica
+            // (another run_id) in a dead primary's place.
+            let mut servers = node.active_connections();
+            servers.sort_by_key(|s| s.to_string());
+            let mut parts = Vec::with_capacity(servers.len());
+            for server in servers {
+                let info: String = node
+                    .with_cluster_node(server.clone())
+                    .info(Some(InfoKind::Server))
+                    .await
+                    .map_err(reply_error)?;
+                parts.push(format!("{server}={}", field(&info, "run_id")));
+            }
+            return Ok(Some(parts.join(",")));
         }
+        let client = self.client();
         let server: String = client
             .info(Some(InfoKind::Server))
             .await
@@ -383,12 +403,6 @@ impl StockFront for RedisFront {
             .info(Some(InfoKind::Replication))
             .await
             .map_err(reply_error)?;
-        let field = |text: &str, name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-                .map(|v| v.trim().to_owned())
-                .unwrap_or_default()
-        };
         Ok(Some(format!(
             "{}/{}",
             field(&server, "run_id"),
