@@ -60,6 +60,76 @@ fn reservation(answer: &(u16, Value)) -> Option<String> {
     (answer.0 == 201).then(|| answer.1["reservation_id"].as_str().map(str::to_owned))?
 }
 
+/// One sale after its storm (`answers`: buyer → verdict), through the
+/// engine's API: no buyer past the limit of 1, exactly `stock` granted,
+/// every 201 a held reservation in the ledger, and a reconcile (once one
+/// already running is done) that finds the sale conserved with nothing
+/// left on sale. Returns the reconcile report.
+async fn assert_sale_holds(
+    client: &reqwest::Client,
+    base: &str,
+    sale: &str,
+    stock: usize,
+    answers: &HashMap<usize, (u16, Value)>,
+) -> Value {
+    let mut by_buyer: HashMap<usize, HashSet<String>> = HashMap::new();
+    for (u, a) in answers {
+        if let Some(id) = reservation(a) {
+            by_buyer.entry(*u).or_default().insert(id);
+        }
+    }
+    let outcomes: HashMap<u16, usize> = answers.values().fold(HashMap::new(), |mut m, (s, _)| {
+        *m.entry(*s).or_default() += 1;
+        m
+    });
+    assert!(
+        by_buyer.values().all(|ids| ids.len() == 1),
+        "a buyer past the limit in {sale}"
+    );
+    let granted: HashSet<&String> = by_buyer.values().flatten().collect();
+    assert_eq!(
+        granted.len(),
+        stock,
+        "exactly the stock granted in {sale}; answers by status {outcomes:?}"
+    );
+    for id in &granted {
+        let (status, r) = send(
+            client
+                .get(format!("{base}/api/v1/reservations/{id}"))
+                .header(
+                    flashmall_mesh::identity::IDENTITY_HEADER,
+                    support::sign("admin-1", true),
+                ),
+        )
+        .await
+        .unwrap();
+        assert_eq!((status, r["status"].as_str()), (200, Some("held")), "{r}");
+    }
+    let report = support::eventually(Duration::from_secs(30), "a reconcile report", || async {
+        let (status, report) = send(
+            admin(client.post(format!("{base}/api/v1/admin/reconcile")))
+                .json(&json!({"sale_id": sale})),
+        )
+        .await?;
+        if status != 200 {
+            eprintln!("reconcile of {sale}: {status} {report}");
+        }
+        (status == 200).then_some(report)
+    })
+    .await;
+    let report = report["sales"][0].clone();
+    assert_eq!(
+        (
+            report["conserved"].as_bool(),
+            report["remaining"].as_i64(),
+            report["settled"].as_i64()
+        ),
+        (Some(true), Some(0), Some(stock as i64)),
+        "{sale}: {report}"
+    );
+    report
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_from_an_older_snapshot_oversells_nothing() {
     let mut redis = RedisServer::start();
@@ -318,60 +388,8 @@ async fn a_sentinel_failover_mid_sale_oversells_nothing() {
     );
     let promoted = killed.elapsed();
     let answers = storm.await.unwrap();
-
-    let mut by_buyer: HashMap<usize, HashSet<String>> = HashMap::new();
-    for (u, a) in &answers {
-        if let Some(id) = reservation(a) {
-            by_buyer.entry(*u).or_default().insert(id);
-        }
-    }
-    let granted: HashSet<&String> = by_buyer.values().flatten().collect();
-    assert!(
-        by_buyer.values().all(|ids| ids.len() == 1),
-        "a buyer past the limit"
-    );
-    let outcomes: HashMap<u16, usize> = answers.values().fold(HashMap::new(), |mut m, (s, _)| {
-        *m.entry(*s).or_default() += 1;
-        m
-    });
-    eprintln!("sentinel failover: promoted after {promoted:?}; answers by status {outcomes:?}");
-    assert_eq!(
-        granted.len(),
-        100,
-        "exactly the stock granted: {outcomes:?}"
-    );
-    for id in &granted {
-        let (status, r) = send(
-            client
-                .get(format!("{base}/api/v1/reservations/{id}"))
-                .header(
-                    flashmall_mesh::identity::IDENTITY_HEADER,
-                    support::sign("admin-1", true),
-                ),
-        )
-        .await
-        .unwrap();
-        assert_eq!((status, r["status"].as_str()), (200, Some("held")), "{r}");
-    }
-    let report = support::eventually(Duration::from_secs(30), "a reconcile report", || async {
-        let (status, report) = send(
-            admin(client.post(format!("{base}/api/v1/admin/reconcile")))
-                .json(&json!({"sale_id": sale})),
-        )
-        .await?;
-        (status == 200).then_some(report)
-    })
-    .await;
-    let report = &report["sales"][0];
-    assert_eq!(
-        (
-            report["conserved"].as_bool(),
-            report["remaining"].as_i64(),
-            report["settled"].as_i64()
-        ),
-        (Some(true), Some(0), Some(100)),
-        "{report}"
-    );
+    eprintln!("sentinel failover: promoted after {promoted:?}");
+    assert_sale_holds(&client, &base, &sale, 100, &answers).await;
 }
 
 /// Releases a reservation as the order service does (gRPC, signed).
@@ -474,55 +492,15 @@ async fn sales_on_a_redis_cluster_keep_every_invariant() {
         .collect();
     for (sale, storm) in sales.iter().zip(storms) {
         let answers = storm.await.unwrap();
-        let mut by_buyer: HashMap<usize, HashSet<String>> = HashMap::new();
-        for (u, a) in &answers {
-            if let Some(id) = reservation(a) {
-                by_buyer.entry(*u).or_default().insert(id);
-            }
-        }
-        assert!(
-            by_buyer.values().all(|ids| ids.len() == 1),
-            "a buyer past the limit in {sale}"
-        );
-        let granted: HashSet<&String> = by_buyer.values().flatten().collect();
-        assert_eq!(granted.len(), 50, "exactly the stock granted in {sale}");
-        for id in &granted {
-            let (status, r) = send(
-                client
-                    .get(format!("{base}/api/v1/reservations/{id}"))
-                    .header(
-                        flashmall_mesh::identity::IDENTITY_HEADER,
-                        support::sign("admin-1", true),
-                    ),
-            )
-            .await
-            .unwrap();
-            assert_eq!((status, r["status"].as_str()), (200, Some("held")), "{r}");
-        }
-        let (status, report) = send(
-            admin(client.post(format!("{base}/api/v1/admin/reconcile")))
-                .json(&json!({"sale_id": sale})),
-        )
-        .await
-        .unwrap();
-        let report = &report["sales"][0];
-        assert_eq!(
-            (
-                status,
-                report["conserved"].as_bool(),
-                report["remaining"].as_i64(),
-                report["drift"].as_i64()
-            ),
-            (200, Some(true), Some(0), Some(0)),
-            "{sale}: {report}"
-        );
+        let report = assert_sale_holds(&client, &base, sale, 50, &answers).await;
+        assert_eq!(report["drift"], 0, "{sale}: {report}");
     }
 }
 
 /// The same cluster, the primary serving the first sale killed mid-storm:
 /// the cluster promotes its replica (which lacks what was not replicated),
-/// the engine reconnects (its client kept asking the dead primary) and
-/// reconciles, and buyers asking again with their keys get their verdicts.
+/// the engine sees a new primary `run_id` and reconciles every sale, and
+/// buyers asking again with their keys get their verdicts.
 /// For every sale: exactly the stock granted, no buyer past the limit,
 /// every 201 held in the ledger, conserved after reconcile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -573,52 +551,6 @@ async fn a_cluster_failover_mid_sale_oversells_nothing() {
     );
     for (sale, storm) in sales.iter().zip(storms) {
         let answers = storm.await.unwrap();
-        let mut by_buyer: HashMap<usize, HashSet<String>> = HashMap::new();
-        for (u, a) in &answers {
-            if let Some(id) = reservation(a) {
-                by_buyer.entry(*u).or_default().insert(id);
-            }
-        }
-        assert!(
-            by_buyer.values().all(|ids| ids.len() == 1),
-            "a buyer past the limit in {sale}"
-        );
-        let granted: HashSet<&String> = by_buyer.values().flatten().collect();
-        assert_eq!(granted.len(), 50, "exactly the stock granted in {sale}");
-        for id in &granted {
-            let (status, r) = send(
-                client
-                    .get(format!("{base}/api/v1/reservations/{id}"))
-                    .header(
-                        flashmall_mesh::identity::IDENTITY_HEADER,
-                        support::sign("admin-1", true),
-                    ),
-            )
-            .await
-            .unwrap();
-            assert_eq!((status, r["status"].as_str()), (200, Some("held")), "{r}");
-        }
-        let report = support::eventually(Duration::from_secs(30), "a reconcile report", || async {
-            let (status, report) = send(
-                admin(client.post(format!("{base}/api/v1/admin/reconcile")))
-                    .json(&json!({"sale_id": sale})),
-            )
-            .await?;
-            if status != 200 {
-                eprintln!("reconcile of {sale}: {status} {report}");
-            }
-            (status == 200).then_some(report)
-        })
-        .await;
-        let report = &report["sales"][0];
-        assert_eq!(
-            (
-                report["conserved"].as_bool(),
-                report["remaining"].as_i64(),
-                report["settled"].as_i64()
-            ),
-            (Some(true), Some(0), Some(50)),
-            "{sale}: {report}"
-        );
+        assert_sale_holds(&client, &base, sale, 50, &answers).await;
     }
 }
