@@ -60,6 +60,20 @@ fn reservation(answer: &(u16, Value)) -> Option<String> {
     (answer.0 == 201).then(|| answer.1["reservation_id"].as_str().map(str::to_owned))?
 }
 
+/// A reservation as the ledger has it (read as an admin): status and body.
+async fn ledger_view(client: &reqwest::Client, base: &str, id: &str) -> (u16, Value) {
+    send(
+        client
+            .get(format!("{base}/api/v1/reservations/{id}"))
+            .header(
+                flashmall_mesh::identity::IDENTITY_HEADER,
+                support::sign("admin-1", true),
+            ),
+    )
+    .await
+    .expect("the engine answers")
+}
+
 /// One sale after its storm (`answers`: buyer → verdict), through the
 /// engine's API: no buyer past the limit of 1, exactly `stock` granted,
 /// every 201 a held reservation in the ledger, and a reconcile (once one
@@ -93,16 +107,7 @@ async fn assert_sale_holds(
         "exactly the stock granted in {sale}; answers by status {outcomes:?}"
     );
     for id in &granted {
-        let (status, r) = send(
-            client
-                .get(format!("{base}/api/v1/reservations/{id}"))
-                .header(
-                    flashmall_mesh::identity::IDENTITY_HEADER,
-                    support::sign("admin-1", true),
-                ),
-        )
-        .await
-        .unwrap();
+        let (status, r) = ledger_view(client, base, id).await;
         assert_eq!((status, r["status"].as_str()), (200, Some("held")), "{r}");
     }
     let report = support::eventually(Duration::from_secs(30), "a reconcile report", || async {
@@ -190,16 +195,7 @@ async fn a_redis_restart_from_an_older_snapshot_oversells_nothing() {
 
     // Every 201 is a held reservation in the ledger.
     for id in &granted {
-        let (status, r) = send(
-            client
-                .get(format!("{base}/api/v1/reservations/{id}"))
-                .header(
-                    flashmall_mesh::identity::IDENTITY_HEADER,
-                    support::sign("admin-1", true),
-                ),
-        )
-        .await
-        .unwrap();
+        let (status, r) = ledger_view(&client, &base, id).await;
         assert_eq!((status, r["status"].as_str()), (200, Some("held")), "{r}");
     }
     // The ledger revoked what the stale front granted, and the rebuilt
@@ -285,16 +281,7 @@ async fn fast_ack_after_a_redis_loss_revokes_instead_of_overselling() {
             .filter_map(reservation)
             .filter(|id| seen.insert(id.clone()))
         {
-            let (status, r) = send(
-                client
-                    .get(format!("{base}/api/v1/reservations/{id}"))
-                    .header(
-                        flashmall_mesh::identity::IDENTITY_HEADER,
-                        support::sign("admin-1", true),
-                    ),
-            )
-            .await
-            .unwrap();
+            let (status, r) = ledger_view(&client, &base, &id).await;
             match (status, r["status"].as_str()) {
                 (200, Some("held")) => {
                     *held_by
