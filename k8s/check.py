@@ -860,7 +860,7 @@ class Manifests:
         if redis_field:
             url = config[redis_field[0]][redis_field[1]]
             if url:
-                self.reaches(component, url.split("://", 1)[1].split("/")[0], "redis",
+                self.reaches(component, url.split("://", 1)[1].split("/")[0].split("?")[0], "redis",
                              f"{where} {'.'.join(redis_field)}", headless=False)
             else:
                 local.append("in-process " + ("stock front" if component == "engine" else "edge state"))
