@@ -74,7 +74,45 @@ pub struct Config {
     pub checkout: CheckoutConfig,
 }
 
+/// What a printed configuration shows instead of a secret.
+pub const REDACTED: &str = "<redacted>";
+
+/// A URL with the password of its user part (`scheme://user:password@host`)
+/// replaced by [`REDACTED`].
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:{REDACTED}@{host}"),
+        None => url.to_owned(),
+    }
+}
+
 impl Config {
+    /// The configuration with its secrets hidden, for printing: the JWT
+    /// secret, the mesh identity key, the store password and any password
+    /// in a Redis URL. Empty ones stay empty (so a missing secret shows).
+    pub fn redacted(&self) -> Config {
+        let hide = |secret: &str| {
+            if secret.is_empty() {
+                String::new()
+            } else {
+                REDACTED.to_owned()
+            }
+        };
+        let mut shown = self.clone();
+        shown.auth.jwt_secret = hide(&self.auth.jwt_secret);
+        shown.mesh.identity_key = hide(&self.mesh.identity_key);
+        shown.store.password = hide(&self.store.password);
+        shown.redis.url = redact_url(&self.redis.url);
+        shown.proxy.redis_url = redact_url(&self.proxy.redis_url);
+        shown
+    }
+
     /// Loads `file` (or the defaults), applies `FLASHMALL_*` overrides from
     /// `env`, and validates. Tests pass their own `env`.
     pub fn load(

@@ -177,9 +177,11 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         }
         Command::CheckConfig { file } => {
             let config = Config::load(Some(&file), env())?;
+            // The effective configuration, secrets hidden: its output ends
+            // up in terminals, CI logs and tickets.
             println!(
                 "{}",
-                toml::to_string_pretty(&config).map_err(|e| e.to_string())?
+                toml::to_string_pretty(&config.redacted()).map_err(|e| e.to_string())?
             );
             eprintln!("{} is valid", file.display());
         }

@@ -123,6 +123,48 @@ fn check_config_accepts_the_example_and_rejects_a_bad_file() {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
+    // Secrets are never printed: the JWT secret, the identity key, the
+    // store password and a Redis URL's password show as redacted.
+    let secrets = [
+        (
+            "FLASHMALL_AUTH__JWT_SECRET",
+            "jwt-secret-0123456789abcdef0123456789",
+        ),
+        (
+            "FLASHMALL_MESH__IDENTITY_KEY",
+            "identity-key-0123456789abcdef01234567",
+        ),
+        ("FLASHMALL_STORE__PASSWORD", "store-password-4711"),
+        (
+            "FLASHMALL_REDIS__URL",
+            "redis://user:redis-password-4711@127.0.0.1:6379",
+        ),
+    ];
+    let shown = flashmall_testing::flashmall_command(bin)
+        .arg("check-config")
+        .arg(&example)
+        .envs(secrets)
+        .output()
+        .unwrap();
+    assert!(
+        shown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&shown.stdout);
+    for hidden in [
+        secrets[0].1,
+        secrets[1].1,
+        secrets[2].1,
+        "redis-password-4711",
+    ] {
+        assert!(!stdout.contains(hidden), "{hidden} printed:\n{stdout}");
+    }
+    assert!(
+        stdout.contains("redis://user:<redacted>@127.0.0.1:6379"),
+        "{stdout}"
+    );
+    assert!(stdout.matches("\"<redacted>\"").count() >= 3, "{stdout}");
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[redis]\nurl = \"http://nope\"\n").unwrap();
