@@ -82,9 +82,9 @@ impl<E: Send + 'static> EmbeddedKv<E> {
     /// labels the group-commit metric.
     pub fn open(path: &Path, name: &'static str) -> Result<Self, KvError<E>> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| KvError::Io(format!("create {}: {e}", dir.display())))?;
+            private_dir(dir).map_err(|e| KvError::Io(format!("create {}: {e}", dir.display())))?;
         }
+        private_file(path).map_err(|e| KvError::Io(format!("create {}: {e}", path.display())))?;
         let db = Database::create(path)
             .map_err(|e| KvError::Io(format!("open {}: {e}", path.display())))?;
         {
@@ -297,9 +297,52 @@ fn commit_group<E: Send + 'static>(db: &Database, group: Vec<Job<E>>, name: &'st
     }
 }
 
+/// Creates `dir` (and its parents) readable by the owner only, when it
+/// does not exist; an existing directory is left as its owner made it.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// Makes the store's file readable and writable by its owner only (it
+/// holds accounts, orders and the ledger): created so when new, and
+/// narrowed when an older run left it wider.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?;
+    #[cfg(unix)]
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn the_store_file_and_its_new_directory_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = std::env::temp_dir().join(format!("fm-kv-{}", std::process::id()));
+        let dir = root.join("data");
+        let path = dir.join("store.redb");
+        private_dir(&dir).unwrap();
+        private_file(&path).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&dir), 0o700);
+        // A file an older run left readable by all is narrowed.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        private_file(&path).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn prefix_end_bounds_the_prefix() {
