@@ -279,10 +279,12 @@ impl ProxyConfig {
         if !self.jwks_file.is_empty() && !self.jwks_url.is_empty() {
             return Err("proxy.jwks_file and proxy.jwks_url: set at most one".into());
         }
-        let http_url =
-            self.jwks_url.starts_with("http://") || self.jwks_url.starts_with("https://");
-        if !self.jwks_url.is_empty() && !http_url {
-            return Err("proxy.jwks_url must be an http(s) URL".into());
+        if !self.jwks_url.is_empty() && !jwks_url_is_safe(&self.jwks_url) {
+            return Err(
+                "proxy.jwks_url must be an https:// URL (plain http:// only to a loopback host: \
+                 the keys that verify every token must not be read or replaced on the way)"
+                    .into(),
+            );
         }
         if self.jwks_refresh < Duration::from_secs(1) {
             return Err("proxy.jwks_refresh must be at least 1s".into());
@@ -297,5 +299,52 @@ impl ProxyConfig {
             return Err("proxy.state_poll must be above zero and at most 1s (changes must reach every replica within 1 s)".into());
         }
         Ok(())
+    }
+}
+
+/// `https://` anywhere; plain `http://` only to a loopback host (a sidecar
+/// or a test server on the same machine).
+fn jwks_url_is_safe(url: &str) -> bool {
+    if url.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod jwks_url_tests {
+    use super::jwks_url_is_safe;
+
+    #[test]
+    fn jwks_urls_need_https_except_to_loopback() {
+        for ok in [
+            "https://idp.example.com/.well-known/jwks.json",
+            "http://127.0.0.1:8900/jwks.json",
+            "http://localhost/jwks.json",
+            "http://[::1]:80/jwks",
+        ] {
+            assert!(jwks_url_is_safe(ok), "{ok}");
+        }
+        for bad in [
+            "http://idp.example.com/jwks.json",
+            "http://10.0.0.5/jwks.json",
+            "http://127.0.0.1.evil.example/jwks",
+            "http://user@evil.example/x@127.0.0.1",
+            "ftp://127.0.0.1/jwks",
+        ] {
+            assert!(!jwks_url_is_safe(bad), "{bad}");
+        }
     }
 }
