@@ -444,11 +444,24 @@ async fn concurrent_buyers_never_oversell(front: Arc<dyn StockFront>) {
     assert_eq!(front.backlog(sale).await.unwrap(), 50);
 }
 
+/// The store's generation names one life of it: it does not change while
+/// the store lives (a change makes the engine rebuild every sale).
+async fn the_generation_holds_while_the_store_lives(front: &dyn StockFront) {
+    let first = front.generation().await.unwrap();
+    open_sale(front, 3).await;
+    assert_eq!(front.generation().await.unwrap(), first);
+}
+
 macro_rules! conformance {
     ($name:ident, $make:ident) => {
         mod $name {
             use super::*;
 
+            #[tokio::test]
+            async fn the_generation_holds_while_the_store_lives() {
+                let s = $make().await;
+                super::the_generation_holds_while_the_store_lives(&*s.front).await;
+            }
             #[tokio::test]
             async fn reserve_decrements_and_counts() {
                 let s = $make().await;
@@ -556,4 +569,32 @@ async fn redis_keys_share_one_hash_tag() {
         };
         assert!(key.contains(&tag), "{key} lacks the hash tag {tag}");
     }
+}
+
+/// A restart (here from an older snapshot) is a new generation of the
+/// Redis front, whatever it reloaded.
+#[tokio::test]
+async fn redis_generation_changes_with_a_restart() {
+    let mut server = RedisServer::start();
+    let config = RedisConfig {
+        url: server.url(),
+        ..RedisConfig::default()
+    };
+    let front = RedisFront::connect(&config).await.expect("connect");
+    let before = front.generation().await.unwrap();
+    assert!(before.is_some());
+    let snapshot = server.snapshot();
+    server.restart_from(&snapshot);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let after = loop {
+        if let Ok(now) = front.generation().await {
+            break now;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the front never reconnected"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_ne!(after, before);
 }

@@ -117,16 +117,27 @@ pub fn watch_generation(engine: &Arc<Engine>) {
                     continue;
                 }
             };
-            match &known {
-                Some(before) if *before != now => {
-                    metrics::counter!("flashmall_engine_front_generation_changes_total")
-                        .increment(1);
-                    tracing::warn!(before = %before, now = %now, "the stock front restarted or failed over; reconciling every sale");
-                    for live in engine.sales.all() {
-                        spawn(&engine, &live);
+            if let Some(before) = known.as_ref().filter(|before| **before != now) {
+                metrics::counter!("flashmall_engine_front_generation_changes_total").increment(1);
+                tracing::warn!(before = %before, now = %now, "the stock front restarted or failed over; reconciling every sale");
+                // The change counts as handled only once every sale is
+                // rebuilt: a rebuild that fails (the new primary still
+                // loading, say) is tried again at the next poll.
+                let mut rebuilt = true;
+                for live in engine.sales.all() {
+                    match reconcile_sale(&engine, &live).await {
+                        Ok(_) => {}
+                        // Another replica's rebuild of this sale stands.
+                        Err(e) if e.code == ErrorCode::Conflict => {}
+                        Err(e) => {
+                            rebuilt = false;
+                            tracing::warn!(sale_id = %live.sale.id, error = %e.message, "reconcile after a front change failed; trying again");
+                        }
                     }
                 }
-                _ => {}
+                if !rebuilt {
+                    continue;
+                }
             }
             known = Some(now);
         }
