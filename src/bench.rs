@@ -7,10 +7,11 @@
 
 use std::path::PathBuf;
 
+use flashmall_bench::fault::{Fault, FaultyRedis};
 use flashmall_bench::proxy::ProxyOptions;
 use flashmall_bench::redis::RedisOptions;
 use flashmall_bench::report::write_files;
-use flashmall_bench::seckill::{SeckillOptions, SeckillReport, Target};
+use flashmall_bench::seckill::{FaultPlan, SeckillOptions, SeckillReport, Target};
 
 use crate::stack::Throwaway;
 
@@ -71,6 +72,13 @@ pub struct SeckillArgs {
     /// Throwaway stack: answer purchases right after the Redis script.
     #[arg(long)]
     pub fast_ack: bool,
+    /// Throwaway stack on a Redis topology the bench starts, struck by
+    /// this fault mid-storm (see `--fault-at`).
+    #[arg(long, value_enum)]
+    pub fault: Option<Fault>,
+    /// When the fault strikes, after the opening (`1.5s`, `800ms`).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub fault_at: std::time::Duration,
     #[command(flatten)]
     pub output: Output,
 }
@@ -82,8 +90,8 @@ pub async fn seckill(args: &SeckillArgs) -> Result<SeckillReport, String> {
     let visible = !args.output.quiet;
     match &args.url {
         Some(url) => {
-            if args.redis.is_some() || args.fast_ack {
-                return Err("--redis and --fast-ack shape a throwaway stack; with --url the running stack's config decides".into());
+            if args.redis.is_some() || args.fast_ack || args.fault.is_some() {
+                return Err("--redis, --fast-ack and --fault shape a throwaway stack; with --url the running stack's config decides".into());
             }
             let file = args
                 .admin_password_file
@@ -99,11 +107,22 @@ pub async fn seckill(args: &SeckillArgs) -> Result<SeckillReport, String> {
                 admin_password: password,
                 register_admin: false,
             };
-            flashmall_bench::seckill::run(&target, &args.options, visible).await
+            flashmall_bench::seckill::run(&target, &args.options, None, visible).await
         }
         None => {
+            let faulty = match args.fault {
+                Some(_) if args.redis.is_some() => {
+                    return Err("--fault starts its own Redis topology; leave out --redis".into());
+                }
+                Some(fault) => Some(FaultyRedis::start(fault).await?),
+                None => None,
+            };
+            let redis = match &faulty {
+                Some(f) => Some(f.url().to_owned()),
+                None => args.redis.clone(),
+            };
             let (stack, _data) = Throwaway {
-                redis: args.redis.clone(),
+                redis,
                 fast_ack: args.fast_ack,
                 max_quantity: args.options.per_user_limit,
                 payment_timeout: std::time::Duration::from_secs(900),
@@ -117,7 +136,11 @@ pub async fn seckill(args: &SeckillArgs) -> Result<SeckillReport, String> {
                 admin_password: LOCAL_ADMIN_PASSWORD.to_owned(),
                 register_admin: true,
             };
-            let report = flashmall_bench::seckill::run(&target, &args.options, visible).await;
+            let plan = faulty.as_ref().map(|redis| FaultPlan {
+                redis,
+                at: args.fault_at,
+            });
+            let report = flashmall_bench::seckill::run(&target, &args.options, plan, visible).await;
             stack.stop().await;
             report
         }

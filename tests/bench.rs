@@ -16,6 +16,8 @@ fn small(options: SeckillOptions) -> SeckillArgs {
         admin_password_file: None,
         redis: None,
         fast_ack: false,
+        fault: None,
+        fault_at: std::time::Duration::from_secs(1),
         output: Output {
             out: std::env::temp_dir(),
             quiet: true,
@@ -117,6 +119,43 @@ async fn a_closed_loop_seckill_bench_holds_every_check() {
         report.storm.service_time.is_none(),
         "closed loop has no separate service time"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seckill_bench_with_a_redis_restart_mid_storm_holds_every_check() {
+    // Open loop, so the storm lasts its schedule however fast the machine
+    // is: 1_450 attempts at 1_000/s after a burst of 50 run past the fault
+    // at 300 ms, and the sale (600 units) cannot sell out before it.
+    let mut args = small(SeckillOptions {
+        stock: 600,
+        buyers: 1_200,
+        attempts: 1_500,
+        rate: Some(1_000.0),
+        burst: 50,
+        gate_seconds: 0.0,
+        ..options()
+    });
+    args.fault = Some(flashmall_bench::fault::Fault::RedisRestart);
+    args.fault_at = std::time::Duration::from_millis(300);
+    let report = flashmall::bench::seckill(&args).await.unwrap();
+    let md = report.markdown();
+    assert!(report.invariants_hold(), "{md}");
+    let fault = report.fault.as_ref().expect("the fault struck");
+    assert_eq!(fault.fault, flashmall_bench::fault::Fault::RedisRestart);
+    assert!(fault.injected_at_s >= 0.3, "{md}");
+    assert!(
+        fault.snapshot_at_s.is_some_and(|s| s < fault.injected_at_s),
+        "{md}"
+    );
+    // Purchases were served again after the restart, and the report says
+    // when: a decision comes no later than the first new reservation.
+    let served = fault.served_again_after_ms.expect("served again");
+    assert!(
+        fault.decided_again_after_ms.is_some_and(|d| d <= served),
+        "{md}"
+    );
+    assert!(md.contains("fault struck at"), "{md}");
+    assert_eq!(report.sold, 600, "{md}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,7 +374,7 @@ async fn the_seckill_bench_runs_twice_against_one_running_stack() {
     };
     // Each run brings its own buyers and sale, so a second run holds too.
     for _ in 0..2 {
-        let report = flashmall_bench::seckill::run(&target, &options, false)
+        let report = flashmall_bench::seckill::run(&target, &options, None, false)
             .await
             .unwrap();
         assert!(report.invariants_hold(), "{}", report.markdown());
@@ -349,6 +388,7 @@ async fn the_seckill_bench_runs_twice_against_one_running_stack() {
             ..target
         },
         &options,
+        None,
         false,
     )
     .await

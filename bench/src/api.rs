@@ -101,6 +101,9 @@ pub struct LedgerStates {
     /// In the ledger, released since (`releasing` or `released`): an order
     /// that expired or was cancelled gave its units back.
     pub released: Vec<String>,
+    /// In the ledger as refused (`revoked`): a fast acknowledgement the
+    /// ledger did not honour.
+    pub revoked: Vec<String>,
 }
 
 /// Reads where the ledger has each of `ids`, through the admin API, 64 at a
@@ -134,11 +137,13 @@ pub async fn ledger_states<'a>(
         match status.as_deref() {
             Some("held") => {}
             Some("releasing" | "released") => states.released.push(id),
+            Some("revoked") => states.revoked.push(id),
             _ => states.missing.push(id),
         }
     }
     states.missing.sort();
     states.released.sort();
+    states.revoked.sort();
     states
 }
 

@@ -8,11 +8,14 @@
 //!   flashmall edge with every check on, and through nginx.
 //! - [`redis`]: the engine's reserve call against `redis-benchmark`
 //!   running EVALSHA of the same script at the same concurrency.
+//! - [`fault`]: the Redis topologies `seckill --fault` starts and strikes
+//!   mid-storm (restart from a snapshot, Sentinel or cluster failover).
 //!
 //! Each writes JSON, a Markdown summary and an SVG chart (see [`report`]).
 
 pub mod api;
 pub mod chart;
+pub mod fault;
 pub mod http;
 pub mod load;
 pub mod progress;

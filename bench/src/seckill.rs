@@ -30,6 +30,7 @@ use time::OffsetDateTime;
 
 use crate::api::{create_sale, json_of, ledger_states, login, metric, register};
 use crate::chart::{Panel, Series};
+use crate::fault::{FaultReport, FaultyRedis};
 use crate::http::{Conn, Endpoint};
 use crate::load::{self, Job, Mode, Recording};
 use crate::progress::Progress;
@@ -258,6 +259,9 @@ pub struct Facts {
     pub released: i64,
     /// Reservation ids answered 201 that the ledger holds as released since.
     pub released_ids: Vec<String>,
+    /// Reservation ids answered 201 that the ledger refused (a fast
+    /// acknowledgement the ledger revoked): no unit, no order.
+    pub revoked_ids: Vec<String>,
 }
 
 /// The run's invariants, checked from the facts alone.
@@ -277,9 +281,10 @@ pub fn check(f: &Facts) -> Vec<Check> {
     // A buyer's limit counts the units they hold: a released reservation
     // (its order expired or was cancelled) frees the allowance.
     let released_ids: HashSet<&str> = f.released_ids.iter().map(String::as_str).collect();
+    let revoked_ids: HashSet<&str> = f.revoked_ids.iter().map(String::as_str).collect();
     let mut per_buyer: HashMap<usize, i64> = HashMap::new();
     for (id, keys) in &keys_by_id {
-        if !released_ids.contains(id) {
+        if !released_ids.contains(id) && !revoked_ids.contains(id) {
             for (buyer, _) in keys {
                 *per_buyer.entry(*buyer).or_default() += 1;
             }
@@ -289,6 +294,10 @@ pub fn check(f: &Facts) -> Vec<Check> {
     let released_granted = keys_by_id
         .keys()
         .filter(|id| released_ids.contains(*id))
+        .count() as i64;
+    let revoked_granted = keys_by_id
+        .keys()
+        .filter(|id| revoked_ids.contains(*id))
         .count() as i64;
     let demand: i64 = decided_keys
         .values()
@@ -328,10 +337,10 @@ pub fn check(f: &Facts) -> Vec<Check> {
         Check {
             name: "no oversell",
             held: f.sold <= f.stock
-                && granted - released_granted <= f.stock
-                && granted <= f.stock + f.released.max(0),
+                && granted - released_granted - revoked_granted <= f.stock
+                && granted - revoked_granted <= f.stock + f.released.max(0),
             detail: format!(
-                "{} sold, {granted} granted to clients ({released_granted} released since), stock {} (+{} returned)",
+                "{} sold, {granted} granted to clients ({released_granted} released since, {revoked_granted} revoked by the ledger), stock {} (+{} returned)",
                 f.sold, f.stock, f.released
             ),
         },
@@ -347,9 +356,9 @@ pub fn check(f: &Facts) -> Vec<Check> {
         },
         Check {
             name: "every 201 in the ledger",
-            held: f.missing_in_ledger.is_empty(),
+            held: f.missing_in_ledger.is_empty() && revoked_granted == 0,
             detail: format!(
-                "{} of {granted} acknowledged reservations missing{}",
+                "{} of {granted} acknowledged reservations missing, {revoked_granted} revoked by the ledger (fast ack){}",
                 f.missing_in_ledger.len(),
                 f.missing_in_ledger
                     .first()
@@ -415,6 +424,8 @@ pub struct SeckillReport {
     pub sold_out_after_s: Option<f64>,
     pub settlement: Settlement,
     pub gate: Option<GateReport>,
+    /// What a fault struck mid-storm cost (`--fault`).
+    pub fault: Option<FaultReport>,
     pub checks: Vec<Check>,
 }
 
@@ -473,6 +484,11 @@ impl SeckillReport {
         ];
         for (name, value) in rows {
             let _ = writeln!(t, "| {name} | {value} |");
+        }
+        if let Some(f) = &self.fault {
+            for (name, value) in f.rows() {
+                let _ = writeln!(t, "| {name} | {value} |");
+            }
         }
         let corrected = if matches!(self.mode, Mode::Open { .. }) {
             " (from the due instant: corrected for coordinated omission)"
@@ -657,9 +673,18 @@ impl Job for Static {
 }
 
 /// Runs the bench against `target` (whose admin may create sales).
+/// A fault to strike the stack's Redis with, `at` after the opening.
+pub struct FaultPlan<'a> {
+    pub redis: &'a FaultyRedis,
+    pub at: Duration,
+}
+
+/// Runs the bench against `target` (whose admin may create sales), with
+/// `fault` striking its Redis mid-storm when given.
 pub async fn run(
     target: &Target,
     options: &SeckillOptions,
+    fault: Option<FaultPlan<'_>>,
     visible: bool,
 ) -> Result<SeckillReport, String> {
     options.validate()?;
@@ -725,6 +750,8 @@ pub async fn run(
     )
     .await?;
     let sale_url = format!("{base}/api/v1/sales/{sale_id}");
+    let sale_uuid = uuid::Uuid::try_parse(&sale_id)
+        .map_err(|e| format!("the sale id {sale_id} is not a UUID: {e}"))?;
 
     let attempts = plan(
         options.seed,
@@ -794,7 +821,7 @@ pub async fn run(
 
     let requests = attempts.len() - early;
     let progress = Progress::start("seckill", requests as u64, visible);
-    let recording = load::drive(
+    let drive = load::drive(
         Arc::clone(&storm_job),
         &endpoint,
         load::Run {
@@ -804,10 +831,51 @@ pub async fn run(
             duration: None,
         },
         &progress,
-    )
-    .await;
+    );
+    let strike = async {
+        let Some(plan) = &fault else {
+            return std::future::pending().await;
+        };
+        let mut snapshot_at = None;
+        if plan.redis.fault() == crate::fault::Fault::RedisRestart {
+            tokio::time::sleep_until((opening + plan.at / 2).into()).await;
+            plan.redis.prepare().await?;
+            snapshot_at = Some(opening.elapsed());
+        }
+        tokio::time::sleep_until((opening + plan.at).into()).await;
+        let injected_at = opening.elapsed();
+        let detail = plan.redis.inject(sale_uuid).await?;
+        Ok::<_, String>((snapshot_at, injected_at, detail))
+    };
+    let (recording, struck) = {
+        tokio::pin!(drive, strike);
+        let mut struck = None;
+        loop {
+            tokio::select! {
+                recording = &mut drive => break (recording, struck),
+                done = &mut strike, if struck.is_none() => struck = Some(done?),
+            }
+        }
+    };
     progress.finish();
     let recording = recording?;
+    let fault_report = match (&fault, struck) {
+        (None, _) => None,
+        (Some(plan), Some((snapshot_at, injected_at, detail))) => Some(FaultReport::measure(
+            plan.redis.fault(),
+            snapshot_at,
+            injected_at,
+            detail,
+            &recording,
+        )),
+        (Some(plan), None) => {
+            return Err(format!(
+                "the storm ended {:.3} s after the opening, before the fault at {:.3} s: choose an earlier --fault-at or a longer storm (--rate, --attempts)",
+                recording.elapsed.as_secs_f64(),
+                plan.at.as_secs_f64()
+            ));
+        }
+    };
 
     // Settlement: wait (up to 30 s) until nothing is pending.
     let last_reserved_us = recording
@@ -870,6 +938,7 @@ pub async fn run(
         missing_in_ledger: states.missing,
         released: view["released"].as_i64().unwrap_or(-1),
         released_ids: states.released,
+        revoked_ids: states.revoked,
     };
     let checks = check(&facts);
 
@@ -916,6 +985,7 @@ pub async fn run(
             series,
         },
         gate,
+        fault: fault_report,
         checks,
     })
 }
@@ -1066,6 +1136,7 @@ mod tests {
             missing_in_ledger: vec![],
             released: 0,
             released_ids: vec![],
+            revoked_ids: vec![],
         }
     }
 
@@ -1122,6 +1193,16 @@ mod tests {
     fn an_acknowledgement_missing_from_the_ledger_is_caught() {
         let mut f = clean();
         f.missing_in_ledger = vec!["r1".into()];
+        assert_eq!(failed(&f), vec!["every 201 in the ledger"]);
+    }
+
+    #[test]
+    fn a_revoked_fast_acknowledgement_is_caught_and_is_no_unit() {
+        // r1 was answered 201 before the ledger refused it: the promise to
+        // the client broke, yet the unit was not granted twice.
+        let mut f = clean();
+        f.revoked_ids = vec!["r1".into()];
+        f.answers.push(answer(2, "k5", "reserved", Some("r2")));
         assert_eq!(failed(&f), vec!["every 201 in the ledger"]);
     }
 

@@ -98,7 +98,8 @@ pub struct RedisConfig {
     pub connect_timeout: Duration,
     /// Consecutive failures that open the circuit breaker.
     pub breaker_failures: u32,
-    /// How long an open breaker answers 503 without calling Redis.
+    /// The longest an open breaker answers 503 without calling Redis: it
+    /// opens for a sixteenth of this first and doubles after each failed probe.
     #[serde(with = "humantime_serde")]
     pub breaker_cooldown: Duration,
     /// Prefix of every key flashmall writes (several deployments can share
@@ -114,7 +115,7 @@ impl Default for RedisConfig {
             command_timeout: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(2),
             breaker_failures: 5,
-            breaker_cooldown: Duration::from_secs(1),
+            breaker_cooldown: Duration::from_millis(250),
             key_prefix: "fm".to_owned(),
         }
     }

@@ -559,6 +559,7 @@ async fn check_storm(
         missing_in_ledger: states.missing,
         released: after["released"].as_i64().unwrap_or(-1),
         released_ids: states.released,
+        revoked_ids: states.revoked,
     };
     Ok(StormFacts {
         sold: facts.sold,

@@ -222,6 +222,13 @@ async fn rebuild(
             })?;
         drained += settled.new;
     }
+    // Purchases here still waiting on this sale made reservations the
+    // stream no longer holds (the front lost them): tell them now rather
+    // than at their deadline. New purchases wait on the rebuilt front.
+    let lost = engine.waiters.lose_sale(sale_id);
+    if lost > 0 {
+        tracing::warn!(sale_id = %sale_id, lost, "purchases whose reservations the stock front lost were told to retry");
+    }
     // 3. Rebuild from the ledger, stock last.
     let snapshot = engine
         .ledger

@@ -146,7 +146,7 @@ async fn decide(
     let waiter = engine
         .config
         .durable_ack
-        .then(|| engine.waiters.register(reservation_id));
+        .then(|| engine.waiters.register(live.sale.id, reservation_id));
     let _forget = settle::ForgetOnDrop {
         waiters: &engine.waiters,
         id: reservation_id,

@@ -28,10 +28,22 @@ use crate::sale::LiveSale;
 
 const SHARDS: usize = 32;
 
-/// Purchases waiting for their reservation to be durable, by reservation id.
-/// Sharded so concurrent purchases rarely meet on one lock.
+/// What a waiting purchase is woken with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// Its reservation is in the ledger: the ledger's verdict.
+    Settled(Verdict),
+    /// A reconcile drained the sale's stream without meeting it: the stock
+    /// front lost it before settlement (a restart or a failover).
+    Lost,
+}
+
+type Slot = (Uuid, oneshot::Sender<Wake>);
+
+/// Purchases waiting for their reservation to be durable, by reservation id
+/// (with the sale). Sharded so concurrent purchases rarely meet on one lock.
 pub struct Waiters {
-    shards: Vec<Mutex<HashMap<Uuid, oneshot::Sender<Verdict>>>>,
+    shards: Vec<Mutex<HashMap<Uuid, Slot>>>,
 }
 
 impl Default for Waiters {
@@ -43,18 +55,37 @@ impl Default for Waiters {
 }
 
 impl Waiters {
-    fn shard(
-        &self,
-        id: &Uuid,
-    ) -> std::sync::MutexGuard<'_, HashMap<Uuid, oneshot::Sender<Verdict>>> {
+    fn shard(&self, id: &Uuid) -> std::sync::MutexGuard<'_, HashMap<Uuid, Slot>> {
         let i = (id.as_u128() as usize) % SHARDS;
         self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn register(&self, id: Uuid) -> oneshot::Receiver<Verdict> {
+    pub fn register(&self, sale_id: Uuid, id: Uuid) -> oneshot::Receiver<Wake> {
         let (tx, rx) = oneshot::channel();
-        self.shard(&id).insert(id, tx);
+        self.shard(&id).insert(id, (sale_id, tx));
         rx
+    }
+
+    /// Wakes, as lost, every purchase of `sale_id` still waiting here: to
+    /// be called by a reconcile once it drained the sale's stream while
+    /// purchases were suspended, when whatever is still awaited can no
+    /// longer reach the ledger. Returns how many.
+    pub fn lose_sale(&self, sale_id: Uuid) -> usize {
+        let mut lost = 0;
+        for shard in &self.shards {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let ids: Vec<Uuid> = shard
+                .iter()
+                .filter(|(_, (sale, _))| *sale == sale_id)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in ids {
+                if let Some((_, tx)) = shard.remove(&id) {
+                    lost += usize::from(tx.send(Wake::Lost).is_ok());
+                }
+            }
+        }
+        lost
     }
 
     pub fn forget(&self, id: Uuid) {
@@ -65,14 +96,14 @@ impl Waiters {
     /// with the ledger's verdict.
     pub fn notify(&self, batch: &[StreamEntry], settled: &Settled) {
         for e in batch {
-            if let Some(tx) = self.shard(&e.reservation_id).remove(&e.reservation_id) {
+            if let Some((_, tx)) = self.shard(&e.reservation_id).remove(&e.reservation_id) {
                 let verdict = settled
                     .revoked
                     .iter()
                     .chain(&settled.revoked_earlier)
                     .find(|(id, _)| *id == e.reservation_id)
                     .map_or(Verdict::Held, |(_, refusal)| Verdict::Revoked(*refusal));
-                let _ = tx.send(verdict);
+                let _ = tx.send(Wake::Settled(verdict));
             }
         }
     }
@@ -100,17 +131,25 @@ const LEDGER_POLL: Duration = Duration::from_millis(200);
 pub async fn wait_durable(
     engine: &Engine,
     id: Uuid,
-    mut notified: oneshot::Receiver<Verdict>,
+    mut notified: oneshot::Receiver<Wake>,
 ) -> Result<Verdict, ApiError> {
     let deadline = tokio::time::Instant::now() + engine.config.durable_ack_timeout;
     loop {
         tokio::select! {
             result = &mut notified => {
-                if let Ok(verdict) = result {
-                    return Ok(verdict);
+                match result {
+                    Ok(Wake::Settled(verdict)) => return Ok(verdict),
+                    // Another replica may have settled it just before
+                    // the drain: the ledger says.
+                    Ok(Wake::Lost) => {
+                        return match engine.ledger.reservation(id).await? {
+                            Some(record) => Ok(record.verdict()),
+                            None => Err(lost()),
+                        };
+                    }
+                    // The sender went away (a claim by another replica): poll.
+                    Err(_) => return wait_durable_existing(engine, id).await,
                 }
-                // The sender went away (a claim by another replica): poll.
-                return wait_durable_existing(engine, id).await;
             }
             _ = tokio::time::sleep(LEDGER_POLL) => {
                 if let Some(record) = engine.ledger.reservation(id).await? {
@@ -139,6 +178,12 @@ pub async fn wait_durable_existing(engine: &Engine, id: Uuid) -> Result<Verdict,
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+fn lost() -> ApiError {
+    ApiError::unavailable(
+        "the stock front lost this reservation before it reached the ledger (Redis restarted or failed over); retry with the same Idempotency-Key",
+    )
 }
 
 fn not_durable_yet() -> ApiError {
