@@ -910,13 +910,22 @@ pub async fn run(
     // which would settle it), reconcile (drains, rebuilds, reports), the
     // sale, and every reservation a client was told about.
     let (_, before) = json_of(client.get(&sale_url)).await?;
-    let (status, reconciled) = json_of(
-        client
-            .post(format!("{base}/api/v1/admin/reconcile"))
-            .bearer_auth(&admin)
-            .json(&json!({"sale_id": sale_id})),
-    )
-    .await?;
+    // A reconcile the engine runs by itself (after a fault) answers 409
+    // `conflict` meanwhile: ask again until this one runs (a lease is 30 s).
+    let reconcile_deadline = Instant::now() + Duration::from_secs(60);
+    let (status, reconciled) = loop {
+        let answer = json_of(
+            client
+                .post(format!("{base}/api/v1/admin/reconcile"))
+                .bearer_auth(&admin)
+                .json(&json!({"sale_id": sale_id})),
+        )
+        .await?;
+        if answer.0 != 409 || Instant::now() > reconcile_deadline {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     if status != 200 {
         return Err(format!("reconcile failed: {status} {reconciled}"));
     }

@@ -452,6 +452,48 @@ async fn the_generation_holds_while_the_store_lives(front: &dyn StockFront) {
     assert_eq!(front.generation().await.unwrap(), first);
 }
 
+/// A rebuild that fails after suspending gives its lease up: the sale is
+/// then not loaded (a purchase starts a fresh reconcile) instead of being
+/// rebuilt for the rest of the lease, and a new rebuild may start at once.
+/// Another rebuild's token abandons nothing.
+async fn an_abandoned_rebuild_frees_the_lease(front: &dyn StockFront) {
+    let sale = open_sale(front, 5).await;
+    let token = front.suspend(sale).await.unwrap().expect("lease free");
+    front.abandon(sale, Uuid::now_v7()).await.unwrap();
+    assert_eq!(
+        front.reserve(&call(sale, "u1", "a", 1, 5)).await.unwrap(),
+        ReserveOutcome::Rebuilding,
+        "a foreign token abandons nothing"
+    );
+    front.abandon(sale, token).await.unwrap();
+    assert_eq!(
+        front.reserve(&call(sale, "u1", "a", 1, 5)).await.unwrap(),
+        ReserveOutcome::NotReady
+    );
+    let again = front
+        .suspend(sale)
+        .await
+        .unwrap()
+        .expect("the lease is free again");
+    assert!(
+        front
+            .rebuild(
+                sale,
+                again,
+                &Rebuild {
+                    remaining: 5,
+                    ..Rebuild::default()
+                },
+            )
+            .await
+            .unwrap()
+    );
+    assert!(matches!(
+        front.reserve(&call(sale, "u1", "a", 1, 5)).await.unwrap(),
+        ReserveOutcome::Reserved { .. }
+    ));
+}
+
 macro_rules! conformance {
     ($name:ident, $make:ident) => {
         mod $name {
@@ -486,6 +528,11 @@ macro_rules! conformance {
             async fn missing_or_suspended_stock_is_not_ready() {
                 let s = $make().await;
                 super::missing_or_suspended_stock_is_not_ready(&*s.front).await;
+            }
+            #[tokio::test]
+            async fn an_abandoned_rebuild_frees_the_lease() {
+                let s = $make().await;
+                super::an_abandoned_rebuild_frees_the_lease(&*s.front).await;
             }
             #[tokio::test]
             async fn stream_delivers_acks_once() {

@@ -314,6 +314,15 @@ impl StockFront for LocalFront {
         Ok(Some(token))
     }
 
+    async fn abandon(&self, sale_id: Uuid, token: Uuid) -> Result<(), FrontError> {
+        let sale = self.sale(sale_id);
+        let mut f = Self::lock(&sale);
+        if f.rebuild_token.map(|(t, _)| t) == Some(token) {
+            f.rebuild_token = None;
+        }
+        Ok(())
+    }
+
     async fn rebuild(
         &self,
         sale_id: Uuid,

@@ -241,6 +241,12 @@ pub trait StockFront: Send + Sync + 'static {
     /// rebuild's token, or `None` while another rebuild holds the lease.
     async fn suspend(&self, sale_id: Uuid) -> Result<Option<Uuid>, FrontError>;
 
+    /// Gives up a rebuild that failed after `suspend`: drops its lease (if
+    /// still held) and leaves the stock out, so the next purchase finds
+    /// the sale not loaded and starts a fresh reconcile at once instead of
+    /// answering `Rebuilding` until the lease expires.
+    async fn abandon(&self, sale_id: Uuid, token: Uuid) -> Result<(), FrontError>;
+
     /// Writes buyers, idempotency records, zero pending and the stock, the
     /// last step atomic, so purchases resume only on a complete state.
     /// Commits nothing and returns false when a newer `suspend` of the same

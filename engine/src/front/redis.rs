@@ -24,6 +24,7 @@ const RESERVE: &str = include_str!("scripts/reserve.lua");
 const GIVE_BACK: &str = include_str!("scripts/give_back.lua");
 const ACK: &str = include_str!("scripts/ack.lua");
 const SUSPEND: &str = include_str!("scripts/suspend.lua");
+const ABANDON: &str = include_str!("scripts/abandon.lua");
 const REBUILD: &str = include_str!("scripts/rebuild.lua");
 
 /// The settlement consumer group of every sale stream.
@@ -110,6 +111,7 @@ pub struct RedisFront {
     give_back: Script,
     ack: Script,
     suspend: Script,
+    abandon: Script,
     rebuild: Script,
 }
 
@@ -176,6 +178,7 @@ impl RedisFront {
             give_back: Script::new(GIVE_BACK),
             ack: Script::new(ACK),
             suspend: Script::new(SUSPEND),
+            abandon: Script::new(ABANDON),
             rebuild: Script::new(REBUILD),
         })
     }
@@ -354,6 +357,7 @@ impl StockFront for RedisFront {
             &self.give_back,
             &self.ack,
             &self.suspend,
+            &self.abandon,
             &self.rebuild,
         ] {
             // Load on every pooled connection's node (one node unless clustered).
@@ -628,6 +632,17 @@ impl StockFront for RedisFront {
             )
             .await?;
         Ok((taken.as_i64() == Some(1)).then_some(token))
+    }
+
+    async fn abandon(&self, sale_id: Uuid, token: Uuid) -> Result<(), FrontError> {
+        let keys = self.keys(sale_id);
+        self.run(
+            &self.abandon,
+            &[keys.rebuild_marker.as_str()],
+            vec![Value::from(token.to_string())],
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn rebuild(

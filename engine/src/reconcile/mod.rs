@@ -196,88 +196,103 @@ async fn rebuild(
             "a reconcile of this sale is running elsewhere; retry for a report",
         ));
     };
-    // Batches other replicas read before this point may belong to a stream
-    // that is gone (a flush): a new epoch keeps them from committing.
-    let epoch = engine.ledger.bump_epoch(sale_id).await?;
-    front.ensure_stream(sale_id).await?;
-    // 2. Settle everything still in the stream, whoever it was delivered to.
-    let mut drained = 0usize;
-    let batch_size = engine.config.settle_batch_size;
-    loop {
-        let mut batch = front
-            .claim_idle(sale_id, &engine.consumer, Duration::ZERO, batch_size)
-            .await?;
-        if batch.is_empty() {
-            batch = front
-                .read_new(sale_id, &engine.consumer, batch_size)
+    // Whatever fails from here on gives the lease up, so the sale is not
+    // left suspended until it expires: the next purchase reconciles again.
+    let rebuilt = async {
+        // Batches other replicas read before this point may belong to a stream
+        // that is gone (a flush): a new epoch keeps them from committing.
+        let epoch = engine.ledger.bump_epoch(sale_id).await?;
+        front.ensure_stream(sale_id).await?;
+        // 2. Settle everything still in the stream, whoever it was delivered to.
+        let mut drained = 0usize;
+        let batch_size = engine.config.settle_batch_size;
+        loop {
+            let mut batch = front
+                .claim_idle(sale_id, &engine.consumer, Duration::ZERO, batch_size)
                 .await?;
-        }
-        if batch.is_empty() {
-            break;
-        }
-        let settled = settle::settle_batch(engine, sale_id, &batch, epoch)
-            .await
-            .map_err(|e| {
-                ApiError::unavailable(format!("reconcile could not settle the stream: {e}"))
-            })?;
-        drained += settled.new;
-    }
-    // Purchases here still waiting on this sale made reservations the
-    // stream no longer holds (the front lost them): tell them now rather
-    // than at their deadline. New purchases wait on the rebuilt front.
-    let lost = engine.waiters.lose_sale(sale_id);
-    if lost > 0 {
-        tracing::warn!(sale_id = %sale_id, lost, "purchases whose reservations the stock front lost were told to retry");
-    }
-    // 3. Rebuild from the ledger, stock last.
-    let snapshot = engine
-        .ledger
-        .snapshot(sale_id)
-        .await?
-        .ok_or_else(|| ApiError::new(ErrorCode::SaleNotFound, "no such sale"))?;
-    let remaining = live.sale.stock - snapshot.counts.settled;
-    let mut releasing = Vec::new();
-    let returned: Vec<Uuid> = snapshot
-        .reservations
-        .iter()
-        .filter(|r| r.status != ReservationStatus::Held)
-        .map(|r| r.id)
-        .collect();
-    // One record per key: a reservation revoked as a key's second one is
-    // not that key's answer (its first is).
-    let idempotency = snapshot
-        .reservations
-        .iter()
-        .filter(|r| !matches!(r.refusal, Some(Refusal::DuplicateKey { .. })))
-        .inspect(|r| {
-            if r.status == ReservationStatus::Releasing {
-                releasing.push(r.id);
+            if batch.is_empty() {
+                batch = front
+                    .read_new(sale_id, &engine.consumer, batch_size)
+                    .await?;
             }
-        })
-        .map(|r| {
-            (
-                idempotency_field(&r.user_id, &r.idempotency_key),
-                IdemRecord {
-                    reservation_id: r.id,
-                    quantity: r.quantity,
-                },
-            )
-        })
-        .collect();
-    let rebuild = Rebuild {
-        remaining,
-        buyers: snapshot.buyers.clone(),
-        idempotency,
-        returned,
-    };
-    if !front.rebuild(sale_id, token, &rebuild).await? {
-        // Another replica suspended the sale after us: its rebuild, from a
-        // later snapshot, is the one that counts.
-        return Err(ApiError::new(
-            ErrorCode::Conflict,
-            "another reconcile of this sale started meanwhile and superseded this one; retry for a report",
-        ));
+            if batch.is_empty() {
+                break;
+            }
+            let settled = settle::settle_batch(engine, sale_id, &batch, epoch)
+                .await
+                .map_err(|e| {
+                    ApiError::unavailable(format!("reconcile could not settle the stream: {e}"))
+                })?;
+            drained += settled.new;
+        }
+        // Purchases here still waiting on this sale made reservations the
+        // stream no longer holds (the front lost them): tell them now rather
+        // than at their deadline. New purchases wait on the rebuilt front.
+        let lost = engine.waiters.lose_sale(sale_id);
+        if lost > 0 {
+            tracing::warn!(sale_id = %sale_id, lost, "purchases whose reservations the stock front lost were told to retry");
+        }
+        // 3. Rebuild from the ledger, stock last.
+        let snapshot = engine
+            .ledger
+            .snapshot(sale_id)
+            .await?
+            .ok_or_else(|| ApiError::new(ErrorCode::SaleNotFound, "no such sale"))?;
+        let remaining = live.sale.stock - snapshot.counts.settled;
+        let mut releasing = Vec::new();
+        let returned: Vec<Uuid> = snapshot
+            .reservations
+            .iter()
+            .filter(|r| r.status != ReservationStatus::Held)
+            .map(|r| r.id)
+            .collect();
+        // One record per key: a reservation revoked as a key's second one is
+        // not that key's answer (its first is).
+        let idempotency = snapshot
+            .reservations
+            .iter()
+            .filter(|r| !matches!(r.refusal, Some(Refusal::DuplicateKey { .. })))
+            .inspect(|r| {
+                if r.status == ReservationStatus::Releasing {
+                    releasing.push(r.id);
+                }
+            })
+            .map(|r| {
+                (
+                    idempotency_field(&r.user_id, &r.idempotency_key),
+                    IdemRecord {
+                        reservation_id: r.id,
+                        quantity: r.quantity,
+                    },
+                )
+            })
+            .collect();
+        let rebuild = Rebuild {
+            remaining,
+            buyers: snapshot.buyers.clone(),
+            idempotency,
+            returned,
+        };
+        if !front.rebuild(sale_id, token, &rebuild).await? {
+            // Another replica suspended the sale after us: its rebuild, from a
+            // later snapshot, is the one that counts.
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "another reconcile of this sale started meanwhile and superseded this one; retry for a report",
+            ));
+        }
+        Ok::<_, ApiError>((rebuild, drained, releasing, remaining))
     }
+    .await;
+    let (rebuild, drained, releasing, remaining) = match rebuilt {
+        Ok(done) => done,
+        Err(e) => {
+            if let Err(abandon) = front.abandon(sale_id, token).await {
+                tracing::warn!(sale_id = %sale_id, error = %abandon, "a failed reconcile could not give up its lease; it expires");
+            }
+            return Err(e);
+        }
+    };
     // Units of interrupted releases are in `remaining` now: record them returned.
     engine.ledger.finish_releases(sale_id, releasing).await?;
 
