@@ -153,6 +153,19 @@ async fn sold_out_is_a_value(front: &dyn StockFront) {
     );
 }
 
+/// Commits a rebuild of 5 units under `token`; a purchase then reserves.
+async fn rebuild_and_sell(front: &dyn StockFront, sale: Uuid, token: Uuid) {
+    let rebuild = Rebuild {
+        remaining: 5,
+        ..Rebuild::default()
+    };
+    assert!(front.rebuild(sale, token, &rebuild).await.unwrap());
+    assert!(matches!(
+        front.reserve(&call(sale, "u1", "a", 1, 5)).await.unwrap(),
+        ReserveOutcome::Reserved { .. }
+    ));
+}
+
 async fn missing_or_suspended_stock_is_not_ready(front: &dyn StockFront) {
     let unknown = Uuid::now_v7();
     assert_eq!(
@@ -181,23 +194,7 @@ async fn missing_or_suspended_stock_is_not_ready(front: &dyn StockFront) {
             .unwrap(),
         ReturnOutcome::NotReady
     );
-    assert!(
-        front
-            .rebuild(
-                sale,
-                token,
-                &Rebuild {
-                    remaining: 5,
-                    ..Rebuild::default()
-                },
-            )
-            .await
-            .unwrap()
-    );
-    assert!(matches!(
-        front.reserve(&call(sale, "u1", "a", 1, 5)).await.unwrap(),
-        ReserveOutcome::Reserved { .. }
-    ));
+    rebuild_and_sell(front, sale, token).await;
 }
 
 /// Two rebuilds of one sale at once (two replicas reconciling): the lease
@@ -475,23 +472,7 @@ async fn an_abandoned_rebuild_frees_the_lease(front: &dyn StockFront) {
         .await
         .unwrap()
         .expect("the lease is free again");
-    assert!(
-        front
-            .rebuild(
-                sale,
-                again,
-                &Rebuild {
-                    remaining: 5,
-                    ..Rebuild::default()
-                },
-            )
-            .await
-            .unwrap()
-    );
-    assert!(matches!(
-        front.reserve(&call(sale, "u1", "a", 1, 5)).await.unwrap(),
-        ReserveOutcome::Reserved { .. }
-    ));
+    rebuild_and_sell(front, sale, again).await;
 }
 
 macro_rules! conformance {
