@@ -108,8 +108,12 @@ fn route_label(path: &str) -> &'static str {
 
 /// The client's address: the peer, unless the peer is a trusted load
 /// balancer, then the rightmost untrusted `X-Forwarded-For` entry (entries
-/// left of it were written by the client and prove nothing).
+/// left of it were written by the client and prove nothing). Every
+/// address is canonical: an IPv4 client of a dual-stack (`[::]`) listener
+/// arrives as `::ffff:a.b.c.d` and is taken as `a.b.c.d`, so IPv4
+/// blacklist entries, trusted proxies and per-address limits apply to it.
 fn client_address(peer: IpAddr, forwarded: &[&str], trusted: &[ipnet::IpNet]) -> IpAddr {
+    let peer = peer.to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return peer;
@@ -124,7 +128,7 @@ fn client_address(peer: IpAddr, forwarded: &[&str], trusted: &[ipnet::IpNet]) ->
         .into_iter()
         .rev()
     {
-        match entry.trim().parse::<IpAddr>() {
+        match entry.trim().parse::<IpAddr>().map(|ip| ip.to_canonical()) {
             Ok(ip) if is_trusted(&ip) => continue,
             Ok(ip) => return ip,
             Err(_) => return peer,
@@ -134,9 +138,9 @@ fn client_address(peer: IpAddr, forwarded: &[&str], trusted: &[ipnet::IpNet]) ->
 }
 
 /// The rate-limit key of an address: IPv6 per /64 (one subscriber's
-/// allocation), IPv4 per address.
+/// allocation), IPv4 per address (an IPv4-mapped IPv6 address is IPv4).
 fn address_key(ip: IpAddr) -> String {
-    match ip {
+    match ip.to_canonical() {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => {
             let s = v6.segments();
@@ -329,7 +333,7 @@ impl ProxyHttp for Edge {
         ctx.client_ip = peer.map(|peer| {
             // X-Forwarded-For is read only when a load balancer is trusted.
             if self.trusted_proxies.is_empty() {
-                return peer;
+                return peer.to_canonical();
             }
             let forwarded: Vec<&str> = session
                 .req_header()
@@ -731,6 +735,28 @@ mod tests {
             let uuid = uuid::Uuid::parse_str(id).unwrap();
             assert_eq!(uuid.get_version_num(), 7, "{id}");
         }
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_are_ipv4() {
+        let mapped: IpAddr = "::ffff:203.0.113.7".parse().unwrap();
+        let v4: IpAddr = "203.0.113.7".parse().unwrap();
+        // Two IPv4 clients of a dual-stack listener are two keys, not one /64.
+        assert_eq!(address_key(mapped), address_key(v4));
+        assert_ne!(
+            address_key(mapped),
+            address_key("::ffff:203.0.113.8".parse().unwrap())
+        );
+        let lb: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        // No trusted proxy: the peer itself, canonical.
+        assert_eq!(client_address(mapped, &[], &[]), v4);
+        // A mapped load balancer is trusted by its IPv4 range, and a mapped
+        // X-Forwarded-For entry is the IPv4 client.
+        let mapped_lb: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
+        assert_eq!(
+            client_address(mapped_lb, &["::ffff:203.0.113.7, ::ffff:10.9.9.9"], &lb),
+            v4
+        );
     }
 
     #[test]

@@ -41,6 +41,7 @@ fn client_ip<T>(request: &Request<T>) -> IpAddr {
                 .map(|c| c.0.ip())
         })
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+        .to_canonical()
 }
 
 fn tokens(pair: TokenPair) -> pb::LoginResp {

@@ -31,9 +31,10 @@ pub struct Limit {
 }
 
 /// The address key: IPv6 clients are counted per /64 (one subscriber's
-/// allocation), IPv4 per address.
+/// allocation), IPv4 per address (an IPv4-mapped IPv6 address, as a
+/// dual-stack listener reports IPv4 clients, is IPv4).
 pub fn address_key(ip: IpAddr) -> String {
-    match ip {
+    match ip.to_canonical() {
         IpAddr::V4(v4) => format!("ip:{v4}"),
         IpAddr::V6(v6) => {
             let s = v6.segments();
@@ -123,5 +124,18 @@ pub async fn record_failure(
         // Already backing off: the failure needs no further count.
         Err(e) if e.code == ErrorCode::RateLimited => Ok(()),
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_mapped_clients_are_counted_per_ipv4_address() {
+        let key = |s: &str| address_key(s.parse().unwrap());
+        assert_eq!(key("::ffff:198.51.100.1"), key("198.51.100.1"));
+        assert_ne!(key("::ffff:198.51.100.1"), key("::ffff:198.51.100.2"));
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2::ffff"));
     }
 }

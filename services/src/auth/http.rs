@@ -64,6 +64,7 @@ fn client_ip(headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(peer.ip())
+        .to_canonical()
 }
 
 async fn login(
