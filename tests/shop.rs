@@ -623,6 +623,165 @@ async fn an_unpaid_checkout_order_expires_and_its_units_come_back() {
     s.stop().await;
 }
 
+/// A component identity signed as the mesh signs it.
+fn as_component<T>(s: &EdgeStack, component: &str, message: T) -> tonic::Request<T> {
+    let identity = flashmall_mesh::Identity::service(component, Duration::from_secs(60));
+    let signed = s.stack().proxy_settings.identity.sign(&identity);
+    let mut request = tonic::Request::new(message);
+    flashmall_mesh::authorize(&mut request, &signed).unwrap();
+    request
+}
+
+/// Security review #18, finding 1: a buyer who knows their checkout's
+/// order id (it is derived from their own Idempotency-Key) pays it while
+/// checkout is still holding a long cart line by line. The payment is
+/// fired continuously from three clients through the edge, and straight
+/// at the order service as the payment service would (`MarkOrderPaid`),
+/// so it lands at every step of the hold. The last line is short, so the
+/// checkout must fail `out_of_stock`, the order must never be paid, and
+/// every unit held on the way must come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_checkout_order_cannot_be_paid_before_all_its_stock_is_held() {
+    use flashmall_proto::order::order_service_client::OrderServiceClient;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const ROUNDS: usize = 10;
+    const PLENTIFUL_LINES: usize = 49;
+    const PLENTY: i64 = 1_000_000;
+    const SCARCE: i64 = 5;
+    let s = EdgeStack::start(|proxy| proxy.limits.clear()).await;
+    let admin = s.admin().await;
+    let shop = merchant(&s, &admin, "shop@example.com").await;
+    // Held in id order: the scarce product, created last, is held last.
+    let mut plentiful = Vec::new();
+    for n in 0..PLENTIFUL_LINES {
+        plentiful.push(product(&s, &shop, &format!("Plenty {n}"), 100, PLENTY).await);
+    }
+    let scarce = product(&s, &shop, "Scarce", 700, SCARCE).await;
+    let total = 100 * PLENTIFUL_LINES as i64 + 700 * 99;
+    let orders = channel(&s, "orders").await;
+
+    let mut landed_mid_hold = 0;
+    for round in 0..ROUNDS {
+        let buyer = s.login(&format!("racer{round}@example.com")).await;
+        for p in &plentiful {
+            let (status, body) = add(&s, &buyer, json!({"product_id": p, "quantity": 1})).await;
+            assert_eq!(status, 200, "{body}");
+        }
+        let (status, body) = add(&s, &buyer, json!({"product_id": scarce, "quantity": 99})).await;
+        assert_eq!(status, 200, "{body}");
+        let key = format!("race-{round}");
+        let checkout_id = flashmall_services::checkout::checkout_id_for(&buyer.user_id, &key);
+        let order_id = flashmall_services::checkout::order_id_for(checkout_id).to_string();
+
+        let done = Arc::new(AtomicBool::new(false));
+        let payer = |n: usize| {
+            let (s, buyer, order_id, done) = (&s, &buyer, order_id.clone(), done.clone());
+            async move {
+                let mut answers = Vec::new();
+                let mut attempt = 0;
+                while !done.load(Ordering::Relaxed) {
+                    attempt += 1;
+                    let (status, body) = s
+                        .call(
+                            s.client
+                                .post(s.url("/api/v1/payments"))
+                                .bearer_auth(&buyer.access)
+                                .header("idempotency-key", format!("early-{n}-{attempt}"))
+                                .json(&json!({"order_id": order_id, "amount": total})),
+                        )
+                        .await;
+                    answers.push((status, body));
+                }
+                answers
+            }
+        };
+        let marker = {
+            let (s, order_id, done, orders) = (&s, order_id.clone(), done.clone(), orders.clone());
+            async move {
+                let mut outcomes = Vec::new();
+                while !done.load(Ordering::Relaxed) {
+                    let request = as_component(
+                        s,
+                        "payments",
+                        flashmall_proto::order::MarkOrderPaidReq {
+                            order_id: order_id.clone(),
+                            payment_id: uuid::Uuid::now_v7().to_string(),
+                            amount: total,
+                        },
+                    );
+                    match OrderServiceClient::new(orders.clone())
+                        .mark_order_paid(request)
+                        .await
+                    {
+                        Ok(answer) => {
+                            let answer = answer.into_inner();
+                            let order = answer.order.unwrap_or_default();
+                            let mid_hold = order.status == "pending_payment" && !order.stock_held;
+                            outcomes.push((answer.outcome, mid_hold));
+                        }
+                        // Not placed yet.
+                        Err(status) if status.code() == tonic::Code::NotFound => {}
+                        Err(status) => panic!("MarkOrderPaid failed: {status}"),
+                    }
+                }
+                outcomes
+            }
+        };
+        let checkout = async {
+            let answer = checkout(&s, &buyer, &key).await;
+            done.store(true, Ordering::Relaxed);
+            answer
+        };
+        let ((status, body, _), a, b, c, marked) =
+            tokio::join!(checkout, payer(1), payer(2), payer(3), marker);
+
+        assert_eq!(
+            (status, code(&body)),
+            (409, "out_of_stock"),
+            "round {round}: {body}"
+        );
+        for (status, body) in a.iter().chain(&b).chain(&c) {
+            assert!(
+                !(200..300).contains(status),
+                "round {round}: an early payment of a checkout order went through: {status} {body}"
+            );
+        }
+        assert!(
+            !marked.iter().any(|(o, _)| o == "paid"),
+            "round {round}: the order was marked paid before its stock was held: {marked:?}"
+        );
+        landed_mid_hold += marked.iter().filter(|(_, mid)| *mid).count();
+        let (_, o) = order(&s, &buyer, &order_id).await;
+        assert!(
+            o["status"] == "cancelled" || o["status"] == "expired",
+            "round {round}: {o}"
+        );
+    }
+    // The race was run: payments reached the order while it was placed
+    // and its lines were still being held.
+    eprintln!("{landed_mid_hold} MarkOrderPaid calls landed mid-hold");
+    assert!(
+        landed_mid_hold > 0,
+        "no payment landed while the stock was being held"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "every held unit comes back",
+        || async {
+            for p in &plentiful {
+                if stock_of(&s, p).await != PLENTY {
+                    return None;
+                }
+            }
+            (stock_of(&s, &scarce).await == SCARCE).then_some(())
+        },
+    )
+    .await;
+    s.stop().await;
+}
+
 /// A gRPC channel to one of the stack's services.
 async fn channel(s: &EdgeStack, service: &str) -> tonic::transport::Channel {
     let addr = s

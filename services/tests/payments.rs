@@ -12,7 +12,7 @@ use flashmall_mesh::{ApiError, ErrorCode, Identity, Role};
 use flashmall_services::config::PaymentsConfig;
 use flashmall_services::payments::orders::{MarkPaid, OrderDesk, OrderFacts};
 use flashmall_services::payments::provider::{Simulator, SimulatorConfig};
-use flashmall_services::payments::{ChargeRequest, PaymentStatus, Payments, sweep};
+use flashmall_services::payments::{ChargeOrigin, ChargeRequest, PaymentStatus, Payments, sweep};
 use flashmall_services::store::EmbeddedStore;
 use uuid::Uuid;
 
@@ -23,6 +23,7 @@ struct Desk {
     status: Mutex<String>,
     paid_by: Mutex<Option<Uuid>>,
     down: AtomicBool,
+    source: Mutex<&'static str>,
 }
 
 #[async_trait]
@@ -34,6 +35,7 @@ impl OrderDesk for Desk {
         Ok(OrderFacts {
             status: self.status.lock().unwrap().clone(),
             total: 1999,
+            source: (*self.source.lock().unwrap()).to_owned(),
         })
     }
 
@@ -82,6 +84,7 @@ fn subject(simulator: SimulatorConfig) -> Subject {
         status: Mutex::new("pending_payment".into()),
         paid_by: Mutex::new(None),
         down: AtomicBool::new(false),
+        source: Mutex::new("flash_sale"),
     });
     let (events, callbacks) = tokio::sync::mpsc::unbounded_channel();
     let config = PaymentsConfig {
@@ -121,6 +124,7 @@ fn charge(s: &Subject, key: &str, amount: i64) -> ChargeRequest {
         order_id: s.desk.order.to_string(),
         amount,
         idempotency_key: key.into(),
+        origin: ChargeOrigin::Storefront,
     }
 }
 
@@ -198,6 +202,40 @@ async fn a_wrong_amount_is_refused_and_charges_nothing() {
         .await
         .unwrap();
     assert_eq!((p.status, replayed), (PaymentStatus::Succeeded, false));
+}
+
+#[tokio::test]
+async fn a_checkout_order_is_paid_only_by_its_checkout() {
+    let s = subject(instant());
+    *s.desk.source.lock().unwrap() = "checkout";
+    let e = s
+        .payments
+        .charge(&s.buyer, charge(&s, "early", 1999))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Conflict, "{}", e.message);
+    assert!(e.message.contains("checkout"), "{}", e.message);
+    assert_eq!(*s.desk.paid_by.lock().unwrap(), None, "nothing was paid");
+    // Checkout itself, over the mesh, pays it.
+    let (p, _) = s
+        .payments
+        .charge(
+            &s.buyer,
+            ChargeRequest {
+                origin: ChargeOrigin::Component,
+                ..charge(&s, "checkout:1", 1999)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(p.status, PaymentStatus::Succeeded);
+    // The refused key was never recorded.
+    let e = s
+        .payments
+        .charge(&s.buyer, charge(&s, "early", 1999))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Conflict);
 }
 
 #[tokio::test]

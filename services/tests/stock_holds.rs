@@ -130,6 +130,46 @@ async fn a_hold_takes_units_once_and_settles_once() {
 }
 
 #[tokio::test]
+async fn a_commit_without_its_hold_is_an_error_and_sells_nothing() {
+    let s = shop().await;
+    let p = product(&s, 3).await;
+    let d = deadline();
+    // Never held.
+    let never = hold_id();
+    let e = s
+        .products
+        .settle(&component(), &never, &line(&p, 2), d, Settle::Commit)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Conflict, "{}", e.message);
+    assert_eq!(stock(&s, &p).await, 3);
+    // And the hold can still be taken later: the failed commit left no mark.
+    s.products
+        .hold(&component(), &never, &line(&p, 2), d)
+        .await
+        .unwrap();
+    assert_eq!(stock(&s, &p).await, 1);
+    // Released, then committed: an error, and the units stay back.
+    let released = hold_id();
+    s.products
+        .hold(&component(), &released, &line(&p, 1), d)
+        .await
+        .unwrap();
+    s.products
+        .settle(&component(), &released, &line(&p, 1), d, Settle::Release)
+        .await
+        .unwrap();
+    let e = s
+        .products
+        .settle(&component(), &released, &line(&p, 1), d, Settle::Commit)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Conflict, "{}", e.message);
+    assert!(e.message.contains("released"), "{}", e.message);
+    assert_eq!(stock(&s, &p).await, 1);
+}
+
+#[tokio::test]
 async fn a_release_before_its_hold_leaves_the_hold_nothing_to_take() {
     let s = shop().await;
     let p = product(&s, 3).await;

@@ -10,8 +10,12 @@
 //! 3. place the order (`PlaceOrder`, idempotent by that id). From here the
 //!    order's expiry covers every failure: an order nobody pays expires,
 //!    and its stock hold is released;
-//! 4. hold the stock (`HoldStock`, all lines or none): when a product is
-//!    short, the order is cancelled and the checkout fails `out_of_stock`;
+//! 4. hold the stock (the order service's `HoldOrderStock`, all lines or
+//!    none): when a product is short, the order is cancelled and the
+//!    checkout fails `out_of_stock`. Until this step has answered, the
+//!    order cannot be paid, however its buyer tries: the order service
+//!    pays a checkout order only once all its stock is held, and the
+//!    payment API refuses a checkout order outright (it is paid here);
 //! 5. charge the order through the payment service (`Charge`, idempotent
 //!    by a key derived from the checkout). Succeeded: the order is paid
 //!    (the order service commits the hold). Declined: the order is
@@ -39,7 +43,6 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::products::client::CatalogClient;
-use crate::products::stock::StockLine;
 use crate::store::records::{self, Step};
 use crate::store::{ServiceStore, Table};
 use peers::Peers;
@@ -122,7 +125,7 @@ pub fn checkout_id_for(user_id: &str, idempotency_key: &str) -> Uuid {
 }
 
 /// The order id of a checkout.
-fn order_id_for(checkout_id: Uuid) -> Uuid {
+pub fn order_id_for(checkout_id: Uuid) -> Uuid {
     Uuid::new_v5(&checkout_id, b"order")
 }
 
@@ -324,19 +327,7 @@ impl Checkouts {
                 return self.fail(&checkout, &e).await;
             }
         }
-        let stock: Vec<StockLine> = checkout
-            .lines
-            .iter()
-            .map(|l| StockLine {
-                product_id: l.product_id.clone(),
-                quantity: l.quantity,
-            })
-            .collect();
-        if let Err(e) = self
-            .catalog
-            .hold(&order_id, &stock, order.expires_at_ms)
-            .await
-        {
+        if let Err(e) = self.peers.hold_stock(caller, &order_id).await {
             if matches!(e.code, ErrorCode::OutOfStock | ErrorCode::Conflict) {
                 self.close_order(caller, &order_id).await;
                 return self.fail(&checkout, &e).await;

@@ -1,7 +1,7 @@
 //! The services checkout calls, over gRPC through the mesh. Calls about
 //! the buyer's own things (cart, order, payment) carry the buyer's
-//! verified identity, forwarded, so each service checks ownership itself;
-//! stock holds carry checkout's own identity.
+//! verified identity, forwarded, so each service checks ownership itself
+//! (the order service then holds the stock with its own identity).
 
 use flashmall_mesh::{ApiError, CallKind, Identity, IdentityKey, MeshClient};
 use flashmall_proto::{cart, order, payment};
@@ -20,7 +20,6 @@ pub struct Peers {
 /// An order as checkout needs it.
 pub struct PlacedOrder {
     pub status: String,
-    pub expires_at_ms: u64,
 }
 
 /// A payment as checkout needs it.
@@ -110,8 +109,26 @@ impl Peers {
         .await?;
         Ok(PlacedOrder {
             status: placed.order.map(|o| o.status).unwrap_or_default(),
-            expires_at_ms: placed.expires_at_ms,
         })
+    }
+
+    /// Holds the order's stock, every line or none (idempotent); only then
+    /// can the order be paid.
+    pub async fn hold_stock(&self, buyer: &Identity, order_id: &str) -> Result<(), ApiError> {
+        use order::order_service_client::OrderServiceClient as Client;
+        let request = order::HoldOrderStockReq {
+            order_id: order_id.to_owned(),
+        };
+        call_as(
+            &self.orders,
+            "HoldOrderStock",
+            CallKind::Idempotent,
+            &self.key.sign(buyer),
+            &request,
+            |channel, call| async move { Client::new(channel).hold_order_stock(call).await },
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Cancels the buyer's unpaid order (its stock hold is released).

@@ -48,6 +48,7 @@ pub fn order_pb(o: &Order) -> pb::Order {
         payment_id: o.payment_id.clone().unwrap_or_default(),
         closed_at: o.closed_at_ms.map(rfc3339_ms).unwrap_or_default(),
         released: o.released,
+        stock_held: o.stock_held(),
     }
 }
 
@@ -142,6 +143,18 @@ impl OrderService for OrderApi {
             outcome: outcome.to_owned(),
             order: Some(order_pb(&order)),
         }))
+    }
+
+    async fn hold_order_stock(
+        &self,
+        request: Request<pb::HoldOrderStockReq>,
+    ) -> Result<Response<pb::Order>, Status> {
+        let caller = caller_of(&self.key, &request)?;
+        let order = self
+            .orders
+            .hold_stock(&caller, &request.into_inner().order_id)
+            .await?;
+        Ok(Response::new(order_pb(&order)))
     }
 
     async fn place_order(

@@ -45,6 +45,7 @@ pub fn order_json(o: &Order) -> Value {
         "payment_id": o.payment_id,
         "closed_at": o.closed_at_ms.map(rfc3339_ms),
         "released": o.released,
+        "stock_held": o.stock_held(),
     })
 }
 

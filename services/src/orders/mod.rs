@@ -12,6 +12,14 @@
 //! `released`. A paid checkout order commits its stock hold and records
 //! `committed`.
 //!
+//! A checkout order is payable only once all its stock is held: checkout
+//! places it, then asks this service to hold its lines (`hold_stock`,
+//! which records `stock_held` with the same conditional write as every
+//! other move), and `mark_paid` refuses a checkout order without it. So a
+//! payment that lands while the holds are still being taken (the order id
+//! is derivable by its buyer) pays nothing, and a commit always finds
+//! every hold it makes final.
+//!
 //! - `sweep.rs`: the expiry worker over durable timers (`crate::timers`).
 //! - `stock.rs`: the engine and product clients that settle units.
 //! - `http.rs`: the JSON API; `grpc.rs`: the gRPC API.
@@ -112,6 +120,19 @@ pub struct Order {
     /// True once a paid checkout order's stock hold is committed.
     #[serde(default)]
     pub committed: bool,
+    /// Checkout orders: true once every line's stock is held, which makes
+    /// the order payable (flash-sale orders: see `stock_held()`).
+    #[serde(default)]
+    pub held: bool,
+}
+
+impl Order {
+    /// Every unit of the order is held or settled for it: a flash-sale
+    /// order's always (the engine settled them before the order existed),
+    /// a checkout order's once `hold_stock` has held every line.
+    pub fn stock_held(&self) -> bool {
+        self.source == OrderSource::FlashSale || self.held
+    }
 }
 
 /// A settled reservation to make an order of.
@@ -277,6 +298,7 @@ impl Orders {
             closed_at_ms: None,
             released: false,
             committed: false,
+            held: false,
         };
         Ok(self.store_new(order).await?.1)
     }
@@ -362,6 +384,7 @@ impl Orders {
             closed_at_ms: None,
             released: false,
             committed: false,
+            held: false,
         };
         let (order, created) = self.store_new(order).await?;
         if order.user_id != caller.user_id || order.source != OrderSource::Checkout {
@@ -375,6 +398,46 @@ impl Orders {
             metrics::counter!("flashmall_orders_created_total").increment(1);
         }
         Ok((order, created))
+    }
+
+    /// Holds the stock of the caller's pending checkout order, every line
+    /// or none, and records it: from then on the order can be paid.
+    /// Idempotent (the product service takes a hold once per order).
+    pub async fn hold_stock(&self, caller: &Identity, raw_id: &str) -> Result<Order, ApiError> {
+        let id = parse_id(raw_id)?;
+        let (order, _) = self.load(id).await?.ok_or_else(not_found)?;
+        visible(caller, &order)?;
+        if order.source != OrderSource::Checkout {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "only a checkout order's stock is held; a flash-sale order's units are settled",
+            ));
+        }
+        if order.held {
+            return Ok(order);
+        }
+        if order.status != OrderStatus::PendingPayment {
+            return Err(closed_for_hold(&order));
+        }
+        // A hold racing this order's close is safe both ways: a release
+        // before the hold leaves a tombstone the hold finds, and a release
+        // after it gives the held units back.
+        self.stock.hold(&order).await?;
+        let (order, _) = self
+            .moved(id, |o| match o.status {
+                OrderStatus::PendingPayment if !o.held => Step::Write(Order {
+                    held: true,
+                    ..o.clone()
+                }),
+                _ => Step::Keep,
+            })
+            .await?;
+        if !order.held {
+            // Closed while the hold was taken: its release gives the
+            // units back (or has already).
+            return Err(closed_for_hold(&order));
+        }
+        Ok(order)
     }
 
     /// One order, for its buyer, an admin or a service.
@@ -499,8 +562,11 @@ impl Orders {
         let (order, wrote) = self
             .moved(id, |o| match o.status {
                 // An order past its expiry is not payable, even when the
-                // sweeper has not come by yet. A wrong amount writes nothing.
-                OrderStatus::PendingPayment if o.expires_at_ms > now && amount == o.total => {
+                // sweeper has not come by yet, nor one whose stock is not
+                // all held yet. A wrong amount writes nothing.
+                OrderStatus::PendingPayment
+                    if o.expires_at_ms > now && amount == o.total && o.stock_held() =>
+                {
                     Step::Write(Order {
                         status: OrderStatus::Paid,
                         paid_at_ms: Some(now),
@@ -664,6 +730,16 @@ pub fn total_of(lines: impl IntoIterator<Item = (i64, i64)>) -> Option<i64> {
             .checked_mul(quantity)
             .and_then(|line| sum.checked_add(line))
     })
+}
+
+fn closed_for_hold(order: &Order) -> ApiError {
+    ApiError::new(
+        ErrorCode::Conflict,
+        format!(
+            "the order is {}; its stock can no longer be held",
+            order.status.as_str()
+        ),
+    )
 }
 
 /// Most items of one placed order.

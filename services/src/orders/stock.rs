@@ -2,8 +2,9 @@
 //! from:
 //!
 //! - a flash-sale order's units go back through the engine's Release;
-//! - a checkout order's stock hold is released (closed order) or committed
-//!   (paid order) through the product service.
+//! - a checkout order's stock is held (before it can be paid), then
+//!   released (closed order) or committed (paid order) through the product
+//!   service.
 //!
 //! Every call goes through the mesh with the order service's own identity,
 //! and every one is idempotent at the other end (the engine's ledger moves
@@ -22,6 +23,9 @@ use crate::{CALL_IDENTITY_TTL, call_as};
 /// Settles an order's units.
 #[async_trait]
 pub trait StockKeeper: Send + Sync + 'static {
+    /// Holds a checkout order's units, every line or none (its release
+    /// gives them back; a release that came first leaves nothing to take).
+    async fn hold(&self, order: &Order) -> Result<(), ApiError>;
     /// Gives a cancelled or expired order's units back.
     async fn release(&self, order: &Order) -> Result<(), ApiError>;
     /// Makes a paid order's held units final (nothing for a flash-sale
@@ -46,22 +50,40 @@ impl MeshStock {
     }
 
     async fn settle_hold(&self, order: &Order, how: Settle) -> Result<(), ApiError> {
-        let lines: Vec<StockLine> = order
-            .items
-            .iter()
-            .map(|i| StockLine {
-                product_id: i.product_id.clone(),
-                quantity: i.quantity,
-            })
-            .collect();
         self.products
-            .settle(&order.id.to_string(), &lines, order.expires_at_ms, how)
+            .settle(
+                &order.id.to_string(),
+                &stock_lines(order),
+                order.expires_at_ms,
+                how,
+            )
             .await
     }
 }
 
+fn stock_lines(order: &Order) -> Vec<StockLine> {
+    order
+        .items
+        .iter()
+        .map(|i| StockLine {
+            product_id: i.product_id.clone(),
+            quantity: i.quantity,
+        })
+        .collect()
+}
+
 #[async_trait]
 impl StockKeeper for MeshStock {
+    async fn hold(&self, order: &Order) -> Result<(), ApiError> {
+        self.products
+            .hold(
+                &order.id.to_string(),
+                &stock_lines(order),
+                order.expires_at_ms,
+            )
+            .await
+    }
+
     async fn release(&self, order: &Order) -> Result<(), ApiError> {
         match (order.source, order.reservation_id) {
             (OrderSource::FlashSale, Some(reservation)) => {

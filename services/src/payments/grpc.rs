@@ -8,7 +8,7 @@ use flashmall_proto::payment as pb;
 use pb::payment_service_server::{PaymentService, PaymentServiceServer};
 use tonic::{Request, Response, Status};
 
-use super::{ChargeRequest, Payment, Payments};
+use super::{ChargeOrigin, ChargeRequest, Payment, Payments};
 use crate::rfc3339_ms;
 
 /// The gRPC routes, to merge into the service's router.
@@ -54,6 +54,7 @@ impl PaymentService for PaymentApi {
                     order_id: r.order_id,
                     amount: r.amount,
                     idempotency_key: r.idempotency_key,
+                    origin: ChargeOrigin::Component,
                 },
             )
             .await?;

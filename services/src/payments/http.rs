@@ -15,7 +15,7 @@ use flashmall_mesh::{ApiError, Caller};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ChargeRequest, Payment, PaymentStatus, Payments};
+use super::{ChargeOrigin, ChargeRequest, Payment, PaymentStatus, Payments};
 use crate::rfc3339_ms;
 
 /// The JSON routes.
@@ -65,6 +65,7 @@ async fn charge(
                 order_id: b.order_id,
                 amount: b.amount,
                 idempotency_key: key,
+                origin: ChargeOrigin::Storefront,
             },
         )
         .await?;

@@ -100,6 +100,18 @@ pub struct ChargeRequest {
     pub order_id: String,
     pub amount: i64,
     pub idempotency_key: String,
+    pub origin: ChargeOrigin,
+}
+
+/// Where a charge request came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChargeOrigin {
+    /// The public JSON API (`POST /api/v1/payments`), through the edge: a
+    /// buyer paying a flash-sale order.
+    Storefront,
+    /// Another component over the mesh: checkout paying the order it
+    /// placed, once it has held the order's stock.
+    Component,
 }
 
 /// The payment id of a charge: derived from the payer and the
@@ -216,6 +228,14 @@ impl Payments {
                     "the order is {}; only an unpaid order can be paid",
                     order.status
                 ),
+            ));
+        }
+        if order.source == "checkout" && request.origin == ChargeOrigin::Storefront {
+            // Checkout pays its own order once the stock is held; paid
+            // from here it could be paid while its lines are still held.
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "this order is paid by its checkout: repeat POST /api/v1/checkout with the same Idempotency-Key",
             ));
         }
         if request.amount != order.total {

@@ -17,6 +17,8 @@ use uuid::Uuid;
 pub struct OrderFacts {
     pub status: String,
     pub total: i64,
+    /// `flash_sale` or `checkout`.
+    pub source: String,
 }
 
 /// What MarkOrderPaid answered.
@@ -80,6 +82,7 @@ impl OrderDesk for GrpcOrders {
         Ok(OrderFacts {
             status: order.status,
             total: order.total,
+            source: order.source,
         })
     }
 

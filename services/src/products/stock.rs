@@ -11,7 +11,8 @@
 //!
 //! A hold is then settled once: committed (the order was paid: the units
 //! stay sold) or released (the order was cancelled or expired: the units
-//! come back). A settled hold stays in the map, as a tombstone, until its
+//! come back). Committing a hold that was never taken, or was released,
+//! is an error: it would sell units nobody holds. A settled hold stays in the map, as a tombstone, until its
 //! deadline (the order's expiry) plus a margin, and no hold is taken past
 //! its deadline, so a late or repeated hold request after a release finds
 //! the tombstone and takes nothing. A release that arrives before its hold
@@ -260,51 +261,72 @@ impl Products {
         let now = now_ms();
         for (id, _) in lines {
             // A product that left the catalogue has nothing to settle.
-            self.stock_move(id, |p| {
-                let mut next = p.clone();
-                prune(&mut next, now);
-                match (p.holds.get(hold_id), how) {
-                    (Some(h), _) if h.state != HoldState::Held => return Step::Keep,
-                    (Some(h), Settle::Release) => {
-                        next.stock += h.quantity;
-                        next.holds.insert(
-                            hold_id.to_owned(),
-                            Hold {
-                                state: HoldState::Released,
-                                until_ms: h.until_ms.max(deadline_ms),
-                                ..h.clone()
-                            },
-                        );
+            let after = self
+                .stock_move(id, |p| {
+                    let mut next = p.clone();
+                    prune(&mut next, now);
+                    match (p.holds.get(hold_id), how) {
+                        (Some(h), _) if h.state != HoldState::Held => return Step::Keep,
+                        (Some(h), Settle::Release) => {
+                            next.stock += h.quantity;
+                            next.holds.insert(
+                                hold_id.to_owned(),
+                                Hold {
+                                    state: HoldState::Released,
+                                    until_ms: h.until_ms.max(deadline_ms),
+                                    ..h.clone()
+                                },
+                            );
+                        }
+                        (Some(h), Settle::Commit) => {
+                            next.holds.insert(
+                                hold_id.to_owned(),
+                                Hold {
+                                    state: HoldState::Committed,
+                                    until_ms: h.until_ms.max(deadline_ms),
+                                    ..h.clone()
+                                },
+                            );
+                        }
+                        (None, Settle::Release)
+                            if deadline_ms.saturating_add(MEMORY_MARGIN_MS) > now =>
+                        {
+                            // Released before held: remember it so the hold,
+                            // should it still come, takes nothing.
+                            next.holds.insert(
+                                hold_id.to_owned(),
+                                Hold {
+                                    quantity: 0,
+                                    state: HoldState::Released,
+                                    until_ms: deadline_ms,
+                                },
+                            );
+                        }
+                        (None, _) => return Step::Keep,
                     }
-                    (Some(h), Settle::Commit) => {
-                        next.holds.insert(
-                            hold_id.to_owned(),
-                            Hold {
-                                state: HoldState::Committed,
-                                until_ms: h.until_ms.max(deadline_ms),
-                                ..h.clone()
-                            },
-                        );
-                    }
-                    (None, Settle::Release)
-                        if deadline_ms.saturating_add(MEMORY_MARGIN_MS) > now =>
-                    {
-                        // Released before held: remember it so the hold,
-                        // should it still come, takes nothing.
-                        next.holds.insert(
-                            hold_id.to_owned(),
-                            Hold {
-                                quantity: 0,
-                                state: HoldState::Released,
-                                until_ms: deadline_ms,
-                            },
-                        );
-                    }
-                    (None, _) => return Step::Keep,
+                    Step::Write(next)
+                })
+                .await?;
+            // A commit makes held units sold: with no hold to commit (never
+            // taken, or released), committing would sell units nobody
+            // holds. The order service never pays an order before all its
+            // holds are in place, so this is a broken invariant, loudly.
+            if let (Some(p), Settle::Commit) = (&after, how) {
+                let state = p.holds.get(hold_id).map(|h| h.state);
+                if state != Some(HoldState::Committed) {
+                    tracing::error!(hold_id, product_id = %id, ?state, "a commit found no hold to commit");
+                    return Err(ApiError::new(
+                        ErrorCode::Conflict,
+                        format!(
+                            "product {id} has no units held for {hold_id} ({}); nothing to commit",
+                            match state {
+                                Some(HoldState::Released) => "the hold was released",
+                                _ => "no hold was taken",
+                            }
+                        ),
+                    ));
                 }
-                Step::Write(next)
-            })
-            .await?;
+            }
         }
         Ok(())
     }
