@@ -826,11 +826,22 @@ class Manifests:
             self.errors.append(f"{where}: {component}.listen {host} is not every address of the pod")
         if self.component_pod[component].ports.get("http") != port:
             self.errors.append(f"{where}: container port http is not {component}.listen's port {port}")
+        # The edge serves probes and metrics on its admin port only.
+        probe_port_name, probe_port = "http", port
+        if component == "proxy":
+            admin_host, probe_port = endpoint(config["proxy"]["admin_listen"])
+            probe_port_name = "admin"
+            if admin_host not in ("0.0.0.0", "[::]"):
+                self.errors.append(f"{where}: proxy.admin_listen {admin_host} is not every address "
+                                   "of the pod (the kubelet and Prometheus could not reach it)")
+            if self.component_pod[component].ports.get("admin") != probe_port:
+                self.errors.append(f"{where}: container port admin is not proxy.admin_listen's "
+                                   f"port {probe_port}")
         for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz"),
                             ("startupProbe", "/healthz")):
             get = (workload.container.get(probe) or {}).get("httpGet") or {}
-            if get.get("path") != path or get.get("port") not in ("http", port):
-                self.errors.append(f"{where}: {probe} must GET {path} on port http")
+            if get.get("path") != path or get.get("port") not in (probe_port_name, probe_port):
+                self.errors.append(f"{where}: {probe} must GET {path} on port {probe_port_name}")
         if spec.get("enableServiceLinks", True):
             self.errors.append(f"{where}: enableServiceLinks must be false (FLASHMALL_*_PORT variables "
                                "would be refused as unknown overrides)")
@@ -919,6 +930,10 @@ class Manifests:
                           and pod.labels.get("app.kubernetes.io/name") == "flashmall"):
                 self.errors.append(f"{pod.owner}: {'reachable' if public else 'unreachable'} "
                                    "from outside the cluster")
+            # Probes and metrics stay inside: the edge's admin port is never public.
+            admin = pod.ports.get("admin")
+            if admin is not None and ingress_allows(self.policies, pod, None, admin):
+                self.errors.append(f"{pod.owner}: admin port {admin} reachable from outside the cluster")
 
     def check_redis(self) -> None:
         """Redis keeps what it acknowledged and never evicts a sale's keys."""

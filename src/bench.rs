@@ -60,6 +60,11 @@ pub struct SeckillArgs {
     /// stack in this process.
     #[arg(long)]
     pub url: Option<String>,
+    /// With `--url`: the edge's admin address (`http://host:port` of
+    /// `proxy.admin_listen`), to count the purchases its sold-out gate
+    /// answered; without it that count is reported unknown.
+    #[arg(long)]
+    pub edge_admin: Option<String>,
     /// The admin the bench creates sales as (with `--url`).
     #[arg(long, default_value = "admin@bench.flashmall")]
     pub admin_email: String,
@@ -106,6 +111,7 @@ pub async fn seckill(args: &SeckillArgs) -> Result<SeckillReport, String> {
                 admin_email: args.admin_email.clone(),
                 admin_password: password,
                 register_admin: false,
+                edge_admin: args.edge_admin.clone(),
             };
             flashmall_bench::seckill::run(&target, &args.options, None, visible).await
         }
@@ -135,6 +141,7 @@ pub async fn seckill(args: &SeckillArgs) -> Result<SeckillReport, String> {
                 admin_email: args.admin_email.clone(),
                 admin_password: LOCAL_ADMIN_PASSWORD.to_owned(),
                 register_admin: true,
+                edge_admin: Some(stack.admin_base()),
             };
             let plan = faulty.as_ref().map(|redis| FaultPlan {
                 redis,

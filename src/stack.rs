@@ -184,6 +184,7 @@ impl Stack {
         config.checkout.payment_endpoints = at("payments");
         let mut proxy = ProxyConfig {
             listen: free_loopback_addr()?,
+            admin_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             grace_period: std::time::Duration::ZERO,
             ..ProxyConfig::default()
         };
@@ -273,6 +274,11 @@ impl Stack {
     /// The edge's base URL.
     pub fn base(&self) -> String {
         format!("http://{}", self.proxy.addr)
+    }
+
+    /// The edge's admin base URL (`/healthz`, `/readyz`, `/metrics`).
+    pub fn admin_base(&self) -> String {
+        format!("http://{}", self.proxy.admin_addr)
     }
 
     /// Stops the proxy, then the components, and waits for them.

@@ -68,6 +68,7 @@ pub async fn run(mut config: Config) -> Result<(), String> {
         .collect();
     tracing::info!(
         proxy = %proxy.proxy.listen,
+        proxy_admin = %proxy.proxy.admin_listen,
         engine = %engine.engine.listen,
         services = %ports.join(" "),
         data_dir = %engine.data_dir.display(),

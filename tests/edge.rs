@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use flashmall_mesh::Role;
 use flashmall_mesh::identity::AccessClaims;
 use serde_json::json;
+use support::eventually;
 use support::stack::{EdgeStack, JWT_SECRET, Login};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -738,7 +739,7 @@ async fn sold_out_sales_are_answered_at_the_edge_but_holders_get_their_answers()
     let gate_count = || async {
         let metrics = s
             .client
-            .get(s.url("/metrics"))
+            .get(s.admin_url("/metrics"))
             .send()
             .await
             .unwrap()
@@ -977,6 +978,95 @@ async fn upstream_failures_are_answered_as_json() {
     s.stop().await;
 }
 
+/// Security review #18, finding 2: probes and metrics are served on the
+/// admin port only; the public port answers a static `/healthz` and
+/// nothing else unchecked. `/readyz` is read from the last background
+/// refresh of the edge state: while Redis hangs (SIGSTOP) it still answers,
+/// turns unready once the state is stale without ever showing the store's
+/// error, and is ready again once Redis is back. A flood of probes is
+/// answered without touching the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_and_metrics_are_on_the_admin_port_and_readiness_never_calls_redis() {
+    let redis = flashmall_testing::RedisServer::start();
+    let url = redis.url();
+    let s = EdgeStack::start(|p| {
+        p.redis_url = url.clone();
+        p.state_poll = Duration::from_millis(100);
+    })
+    .await;
+    let admin = s.admin().await;
+    // The public port: no metrics, no readiness, with or without a token.
+    for path in ["/metrics", "/readyz"] {
+        for token in [None, Some(&admin.access)] {
+            let mut request = s.client.get(s.url(path));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let (status, body) = s.call(request).await;
+            assert!(
+                (400..500).contains(&status),
+                "public {path}: {status} {body}"
+            );
+            assert!(!body.to_string().contains("flashmall_"), "{body}");
+        }
+    }
+    assert_eq!(s.call(s.client.get(s.url("/healthz"))).await.0, 200);
+    // The admin port: all three.
+    let admin_get = |path: &'static str| {
+        let client = s.client.clone();
+        let url = s.admin_url(path);
+        async move {
+            let r = client
+                .get(url)
+                .send()
+                .await
+                .expect("the admin port answers");
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        }
+    };
+    assert_eq!(admin_get("/healthz").await, (200, "ok".to_owned()));
+    assert_eq!(admin_get("/readyz").await.0, 200);
+    let (status, metrics) = admin_get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("flashmall_proxy_requests_total"),
+        "{metrics}"
+    );
+    // A flood of probes: every one answered ready.
+    let flood = futures::future::join_all((0..400).map(|_| admin_get("/readyz"))).await;
+    assert!(flood.iter().all(|(status, _)| *status == 200), "{flood:?}");
+
+    // Redis hangs: readiness is still answered, and turns unready once the
+    // state is stale, naming staleness, never the store's error.
+    redis.pause();
+    let (status, body) = admin_get("/readyz").await;
+    assert!(
+        status == 200 || body.contains("last refreshed"),
+        "{status} {body}"
+    );
+    let body = eventually(
+        Duration::from_secs(60),
+        "the edge turns unready with a stale state",
+        || async {
+            let (status, body) = admin_get("/readyz").await;
+            (status == 503).then_some(body)
+        },
+    )
+    .await;
+    assert!(body.contains("last refreshed"), "{body}");
+    for store_words in ["redis", "Redis", "timeout", "Timeout", "IO", "connection"] {
+        assert!(!body.contains(store_words), "{body}");
+    }
+    redis.resume();
+    eventually(
+        Duration::from_secs(60),
+        "the edge is ready again once Redis answers",
+        || async { (admin_get("/readyz").await.0 == 200).then_some(()) },
+    )
+    .await;
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_ids_are_propagated_and_the_edge_exports_metrics() {
     let s = EdgeStack::start(|_| {}).await;
@@ -998,7 +1088,7 @@ async fn request_ids_are_propagated_and_the_edge_exports_metrics() {
     assert!(uuid::Uuid::try_parse(&id).is_ok(), "a generated id: {id}");
     let metrics = s
         .client
-        .get(s.url("/metrics"))
+        .get(s.admin_url("/metrics"))
         .send()
         .await
         .unwrap()

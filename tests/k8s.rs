@@ -79,6 +79,7 @@ fn the_cluster_config_is_the_example_with_cluster_values() {
         "data.dir",
         // Listen on the pod's address; endpoints are the headless Services.
         "proxy.listen",
+        "proxy.admin_listen",
         "engine.listen",
         "auth.listen",
         "orders.listen",
@@ -330,7 +331,7 @@ async fn the_autoscaling_metrics_are_served_with_the_labels_the_rules_use() {
         "flashmall_engine_settlement_backlog in /metrics",
         || async {
             let page = client
-                .get(format!("{base}/metrics"))
+                .get(format!("{}/metrics", stack.admin_base()))
                 .send()
                 .await
                 .unwrap()

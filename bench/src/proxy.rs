@@ -238,6 +238,7 @@ async fn edge(
     };
     let proxy = ProxyConfig {
         listen: free_addr()?,
+        admin_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         threads: workers,
         grace_period: Duration::ZERO,
         upstreams: [("bench".to_owned(), vec![upstream.to_string()])].into(),

@@ -129,6 +129,9 @@ pub struct Target {
     pub admin_password: String,
     /// Register the admin first (a fresh local stack that bootstraps it).
     pub register_admin: bool,
+    /// The edge's admin base URL (`proxy.admin_listen`), whose `/metrics`
+    /// counts the purchases the sold-out gate answered; `None`: not read.
+    pub edge_admin: Option<String>,
 }
 
 /// One invariant and whether it held.
@@ -404,8 +407,9 @@ pub struct GateReport {
     pub sold_out_purchases: Summary,
     /// sold-out purchases per second / static answers per second.
     pub ratio: f64,
-    /// Purchases the edge's gate answered (its rejection counter).
-    pub answered_at_gate: f64,
+    /// Purchases the edge's gate answered (its rejection counter, read
+    /// from the edge's admin port; `None` without one).
+    pub answered_at_gate: Option<f64>,
 }
 
 /// What a seckill run measured and checked.
@@ -537,9 +541,12 @@ impl SeckillReport {
                 .collect();
             let _ = writeln!(
                 t,
-                "\nRatio {:.2} (target ≥ 0.9); {:.0} of {} purchases answered by the gate (answers: {}; reconnects: static {}, purchases {}).",
+                "\nRatio {:.2} (target ≥ 0.9); {} of {} purchases answered by the gate (answers: {}; reconnects: static {}, purchases {}).",
                 g.ratio,
-                g.answered_at_gate,
+                g.answered_at_gate
+                    .map_or("unknown (no edge admin URL)".to_owned(), |n| format!(
+                        "{n:.0}"
+                    )),
                 g.sold_out_purchases.requests,
                 outcomes.join(", "),
                 g.static_answer.reconnects,
@@ -960,7 +967,15 @@ pub async fn run(
             .collect();
         Some(
             gate_phase(
-                &client, &endpoint, options, &sale_id, &tokens, &holders, run_tag, visible,
+                &client,
+                &endpoint,
+                target.edge_admin.as_deref(),
+                options,
+                &sale_id,
+                &tokens,
+                &holders,
+                run_tag,
+                visible,
             )
             .await?,
         )
@@ -1024,6 +1039,7 @@ fn answers_of(
 async fn gate_phase(
     client: &reqwest::Client,
     endpoint: &Endpoint,
+    edge_admin: Option<&str>,
     options: &SeckillOptions,
     sale_id: &str,
     tokens: &Arc<Vec<HeaderValue>>,
@@ -1032,10 +1048,10 @@ async fn gate_phase(
     visible: bool,
 ) -> Result<GateReport, String> {
     let gate_series = "flashmall_proxy_rejections_total{reason=\"sold_out_gate\"}";
-    let metrics_url = format!("{}/metrics", endpoint.base);
+    let metrics_url = edge_admin.map(|admin| format!("{}/metrics", admin.trim_end_matches('/')));
     let read_gate = || async {
         let text = client
-            .get(&metrics_url)
+            .get(metrics_url.as_deref()?)
             .send()
             .await
             .ok()?
@@ -1059,7 +1075,7 @@ async fn gate_phase(
         start: None,
         duration: Some(Duration::from_secs_f64(options.gate_seconds) / TURNS),
     };
-    let before = read_gate().await.unwrap_or(0.0);
+    let before = read_gate().await;
     let (mut statics, mut gated) = (Vec::new(), Vec::new());
     for turn in 0..TURNS {
         let progress = Progress::start("static", 0, visible);
@@ -1100,12 +1116,12 @@ async fn gate_phase(
             return Err("a purchase of the sold-out sale was granted".into());
         }
     }
-    let after = read_gate().await.unwrap_or(0.0);
+    let after = read_gate().await;
     let static_answer = Summary::of(&load::join(statics).ok_or("no static turn ran")?);
     let sold_out_purchases = Summary::of(&load::join(gated).ok_or("no gate turn ran")?);
     Ok(GateReport {
         ratio: sold_out_purchases.throughput / static_answer.throughput.max(1e-9),
-        answered_at_gate: after - before,
+        answered_at_gate: after.zip(before).map(|(a, b)| a - b),
         static_answer,
         sold_out_purchases,
     })

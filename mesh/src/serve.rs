@@ -90,6 +90,17 @@ pub async fn serve(
     .await
 }
 
+/// Serves only `/healthz`, `/readyz` and `/metrics` on `listener` (a
+/// component whose API is served elsewhere: the edge's admin port).
+pub async fn serve_probes(
+    component: &'static str,
+    listener: TcpListener,
+    readiness: Readiness,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
+    serve(component, listener, Router::new(), readiness, shutdown).await
+}
+
 async fn readyz(readiness: Readiness) -> Response {
     match (readiness.0)().await {
         Ok(()) => "ready".into_response(),

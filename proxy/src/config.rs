@@ -63,8 +63,15 @@ fn local() -> String {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProxyConfig {
-    /// The public address: the only port clients need.
+    /// The public address: the only port clients need. It answers a
+    /// static `GET /healthz` for load balancers; nothing else is served
+    /// without the edge's checks.
     pub listen: SocketAddr,
+    /// The operators' address: `/healthz`, `/readyz` (the edge state's
+    /// last background refresh, no store call) and `/metrics`. Keep it off
+    /// the public network (loopback by default; in Kubernetes, a port only
+    /// the kubelet and Prometheus may reach). Port 0 takes a free port.
+    pub admin_listen: SocketAddr,
     /// Worker threads of the proxy.
     pub threads: usize,
     /// How long a stopping proxy keeps serving in-flight requests; keep it
@@ -133,6 +140,7 @@ impl Default for ProxyConfig {
         };
         ProxyConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9080)),
             threads: 2,
             grace_period: Duration::from_secs(5),
             upstreams: BTreeMap::from([
@@ -206,6 +214,12 @@ impl Default for ProxyConfig {
 impl ProxyConfig {
     pub fn validate(&self) -> Result<(), String> {
         flashmall_mesh::config::check_redis_url("proxy.redis_url", &self.redis_url)?;
+        if self.admin_listen.port() != 0 && self.admin_listen.port() == self.listen.port() {
+            return Err(format!(
+                "proxy.admin_listen ({}) must be another port than proxy.listen ({}): probes and metrics stay off the public port",
+                self.admin_listen, self.listen
+            ));
+        }
         if self.threads == 0 || self.threads > 256 {
             return Err("proxy.threads must be between 1 and 256".into());
         }
@@ -346,5 +360,30 @@ mod jwks_url_tests {
         ] {
             assert!(!jwks_url_is_safe(bad), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod admin_listen_tests {
+    use super::ProxyConfig;
+
+    #[test]
+    fn the_admin_port_is_never_the_public_port() {
+        let config = ProxyConfig {
+            admin_listen: "0.0.0.0:8080".parse().unwrap(),
+            ..ProxyConfig::default()
+        };
+        let e = config.validate().unwrap_err();
+        assert!(e.contains("proxy.admin_listen"), "{e}");
+        assert!(ProxyConfig::default().validate().is_ok());
+        let any = ProxyConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
+            ..ProxyConfig::default()
+        };
+        assert!(
+            any.validate().is_ok(),
+            "port 0: each takes its own free port"
+        );
     }
 }

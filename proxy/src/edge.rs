@@ -85,7 +85,7 @@ pub struct Edge {
 
 fn route_label(path: &str) -> &'static str {
     // Bounded metric labels: the route family, never the raw path.
-    const FAMILIES: [(&str, &str); 9] = [
+    const FAMILIES: [(&str, &str); 8] = [
         ("/api/v1/sales/", "sales"),
         ("/api/v1/sales", "sales"),
         ("/api/v1/auth/", "auth"),
@@ -93,7 +93,6 @@ fn route_label(path: &str) -> &'static str {
         ("/api/v1/admin/", "admin"),
         ("/api/v1/reservations/", "reservations"),
         ("/api/v1/openapi.json", "openapi"),
-        ("/metrics", "metrics"),
         ("/healthz", "health"),
     ];
     if gate::purchase_sale(path).is_some() {
@@ -207,26 +206,15 @@ impl Edge {
         Ok(true)
     }
 
-    /// Infrastructure endpoints (probes, Prometheus): answered before any
-    /// check, since they come from the cluster, not from clients.
+    /// A load balancer's liveness check: a static answer before any check
+    /// (it reads nothing and says nothing). Readiness and metrics are on
+    /// the admin port (`proxy.admin_listen`), never here.
     async fn local(&self, session: &mut Session, ctx: &Ctx, path: &str) -> Result<Option<bool>> {
-        let (status, content_type, body) = match path {
-            "/healthz" => (200, "text/plain", Bytes::from_static(b"ok")),
-            "/readyz" => match self.state.refresh().await {
-                Ok(()) => (200, "text/plain", Bytes::from_static(b"ready")),
-                Err(e) => (503, "text/plain", Bytes::from(format!("not ready: {e}"))),
-            },
-            "/metrics" => match flashmall_mesh::telemetry::metrics_handle() {
-                Some(h) => (200, "text/plain; version=0.0.4", Bytes::from(h.render())),
-                None => (
-                    503,
-                    "text/plain",
-                    Bytes::from_static(b"no metrics recorder"),
-                ),
-            },
-            _ => return Ok(None),
-        };
-        respond::write(session, status, content_type, body, &ctx.request_id, &[]).await?;
+        if path != "/healthz" {
+            return Ok(None);
+        }
+        let body = Bytes::from_static(b"ok");
+        respond::write(session, 200, "text/plain", body, &ctx.request_id, &[]).await?;
         Ok(Some(true))
     }
 

@@ -67,7 +67,10 @@ impl ShutdownSignalWatch for Stop {
 /// A running proxy.
 pub struct RunningProxy {
     pub addr: SocketAddr,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    pub admin_addr: SocketAddr,
     stop: watch::Sender<bool>,
+    admin: Shutdown,
     thread: std::thread::JoinHandle<()>,
     /// The edge state this replica enforces.
     pub state: Arc<View>,
@@ -77,6 +80,7 @@ impl RunningProxy {
     /// Stops serving (in-flight requests get the grace period) and waits.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
+        self.admin.trigger();
         let thread = self.thread;
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
@@ -88,6 +92,11 @@ impl RunningProxy {
 pub async fn launch(settings: &ProxySettings) -> Result<RunningProxy, String> {
     let config = &settings.proxy;
     config.validate()?;
+    // First, so a taken admin port fails the start before anything runs.
+    let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|e| format!("proxy.admin_listen {}: {e}", config.admin_listen))?;
+    let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
     let (store, redis): (Arc<dyn EdgeStore>, _) = if config.redis_url.is_empty() {
         (Arc::new(LocalEdgeStore::default()), None)
     } else {
@@ -106,6 +115,13 @@ pub async fn launch(settings: &ProxySettings) -> Result<RunningProxy, String> {
     tokio::spawn(Arc::clone(&view).keep_fresh(config.state_poll, async move {
         let _ = poll_stop.wait_for(|s| *s).await;
     }));
+    let admin = Shutdown::new();
+    tokio::spawn(flashmall_mesh::serve::serve_probes(
+        "proxy",
+        admin_listener,
+        readiness(Arc::clone(&view), config.state_poll),
+        admin.clone(),
+    ));
 
     let conf = ServerConf {
         threads: config.threads,
@@ -232,7 +248,9 @@ pub async fn launch(settings: &ProxySettings) -> Result<RunningProxy, String> {
             tracing::info!(%addr, "proxy serving");
             return Ok(RunningProxy {
                 addr,
+                admin_addr,
                 stop,
+                admin,
                 thread,
                 state: view,
             });
@@ -240,9 +258,33 @@ pub async fn launch(settings: &ProxySettings) -> Result<RunningProxy, String> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = stop.send(true);
+    admin.trigger();
     Err(format!(
         "the proxy did not start listening on {addr} (is the port taken?)"
     ))
+}
+
+/// The edge is ready while its view of the shared edge state (blacklist,
+/// rules, logged-out tokens) is recent: the background refresh read the
+/// store within ten polls (at least 5 s). Answered from an atomic, with no
+/// lock and no store call, so a flood of probes costs nothing; the reason
+/// names no store error (the refresh's warnings log it).
+fn readiness(view: Arc<View>, poll: Duration) -> flashmall_mesh::serve::Readiness {
+    let limit = (poll * 10).max(Duration::from_secs(5));
+    flashmall_mesh::serve::Readiness::new(move || {
+        let staleness = view.staleness();
+        async move {
+            match staleness {
+                Some(age) if age <= limit => Ok(()),
+                Some(age) => Err(format!(
+                    "the edge state was last refreshed {} ms ago (limit {} ms)",
+                    age.as_millis(),
+                    limit.as_millis()
+                )),
+                None => Err("the edge state was never loaded".to_owned()),
+            }
+        }
+    })
 }
 
 /// Runs the proxy until `shutdown`.

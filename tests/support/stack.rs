@@ -168,6 +168,7 @@ impl EdgeStack {
         settings.proxy.listen = format!("127.0.0.1:{}", flashmall_testing::free_port())
             .parse()
             .unwrap();
+        settings.proxy.admin_listen = "127.0.0.1:0".parse().unwrap();
         flashmall_proxy::launch(&settings)
             .await
             .expect("replica starts")
@@ -180,6 +181,11 @@ impl EdgeStack {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// A URL on the edge's admin port (probes and metrics).
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("{}{path}", self.stack().admin_base())
     }
 
     pub async fn call(&self, request: reqwest::RequestBuilder) -> (u16, Value) {

@@ -271,6 +271,8 @@ pub struct View {
     refreshing: tokio::sync::Mutex<()>,
     current: RwLock<Arc<Snapshot>>,
     version: Mutex<Option<u64>>,
+    /// When a refresh last read the store successfully (Unix ms; 0: never).
+    fresh_at_ms: std::sync::atomic::AtomicU64,
 }
 
 impl View {
@@ -280,7 +282,17 @@ impl View {
             refreshing: tokio::sync::Mutex::new(()),
             current: RwLock::new(Arc::new(Snapshot::default())),
             version: Mutex::new(None),
+            fresh_at_ms: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// How long ago a refresh last read the store successfully (`None`:
+    /// never). Reads an atomic only: `/readyz` asks this, never the store.
+    pub fn staleness(&self) -> Option<Duration> {
+        match self.fresh_at_ms.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            at => Some(Duration::from_millis(now_ms().saturating_sub(at))),
+        }
     }
 
     pub fn current(&self) -> Arc<Snapshot> {
@@ -293,15 +305,18 @@ impl View {
     /// Reloads the snapshot if the store's version moved.
     pub async fn refresh(&self) -> Result<(), String> {
         let _one_at_a_time = self.refreshing.lock().await;
+        let started = now_ms();
         let version = self.store.version().await?;
-        if *self.version.lock().unwrap_or_else(|p| p.into_inner()) == Some(version) {
-            return Ok(());
+        if *self.version.lock().unwrap_or_else(|p| p.into_inner()) != Some(version) {
+            let snapshot = Snapshot::compile(self.store.load(now_ms()).await?)?;
+            if let Ok(mut slot) = self.current.write() {
+                *slot = Arc::new(snapshot);
+            }
+            *self.version.lock().unwrap_or_else(|p| p.into_inner()) = Some(version);
         }
-        let snapshot = Snapshot::compile(self.store.load(now_ms()).await?)?;
-        if let Ok(mut slot) = self.current.write() {
-            *slot = Arc::new(snapshot);
-        }
-        *self.version.lock().unwrap_or_else(|p| p.into_inner()) = Some(version);
+        // Fresh as of when this refresh began reading.
+        self.fresh_at_ms
+            .fetch_max(started, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
