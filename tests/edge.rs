@@ -1067,6 +1067,94 @@ async fn probes_and_metrics_are_on_the_admin_port_and_readiness_never_calls_redi
     s.stop().await;
 }
 
+/// Security review #18, finding 3: a login/logout loop through two edge
+/// replicas sharing Redis. Every logged-out token is refused by both; no
+/// logout reloads the blacklist-and-rules snapshot; each replica reads
+/// each revocation at most once (never the whole list again); a replica
+/// never holds more revocations than there were logouts, and they all go
+/// once their tokens have expired, from the replicas and from Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_logout_loop_keeps_the_edge_state_bounded_and_synced_incrementally() {
+    const LOGOUTS: usize = 30;
+    let redis = flashmall_testing::RedisServer::start();
+    let url = redis.url();
+    let s = EdgeStack::start_with(
+        support::stack::Options {
+            access_ttl: Duration::from_secs(10),
+            ..support::stack::Options::default()
+        },
+        |p| {
+            p.redis_url = url.clone();
+            p.limits.clear();
+            p.state_poll = Duration::from_millis(100);
+            p.jwt_leeway = Duration::ZERO;
+        },
+    )
+    .await;
+    let other = s.replica().await;
+    let views = [&s.stack().proxy.state, &other.state];
+    let reloads: Vec<u64> = views.iter().map(|v| v.reloads()).collect();
+    for n in 0..LOGOUTS {
+        let who = s.login("looper@example.com").await;
+        let (status, _) = s
+            .call(
+                s.client
+                    .post(s.url("/api/v1/auth/logout"))
+                    .bearer_auth(&who.access),
+            )
+            .await;
+        assert_eq!(status, 204);
+        for base in [s.url(""), format!("http://{}", other.addr)] {
+            eventually(
+                Duration::from_secs(10),
+                "a logged-out token is refused by every replica",
+                || async {
+                    let (status, _) = s
+                        .call(
+                            s.client
+                                .get(format!("{base}/api/v1/users/me"))
+                                .bearer_auth(&who.access),
+                        )
+                        .await;
+                    (status == 401).then_some(())
+                },
+            )
+            .await;
+        }
+        for view in views {
+            assert!(view.revocations() <= n + 1, "{}", view.revocations());
+        }
+    }
+    for (view, before) in views.iter().zip(&reloads) {
+        assert_eq!(view.reloads(), *before, "a logout reloaded the snapshot");
+        let read = view.revocations_read();
+        assert!(
+            (1..=LOGOUTS as u64).contains(&read),
+            "{read} revocations read for {LOGOUTS} logouts"
+        );
+    }
+    // Each lasts one token lifetime (10 s here), then goes everywhere.
+    eventually(
+        Duration::from_secs(60),
+        "the revocations expire with their tokens",
+        || async { views.iter().all(|v| v.revocations() == 0).then_some(()) },
+    )
+    .await;
+    let who = s.login("looper@example.com").await;
+    let (status, _) = s
+        .call(
+            s.client
+                .post(s.url("/api/v1/auth/logout"))
+                .bearer_auth(&who.access),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let stored = views[0].store.revocations_after(0).await.unwrap();
+    assert_eq!(stored.len(), 1, "Redis keeps only live revocations");
+    other.stop().await;
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_ids_are_propagated_and_the_edge_exports_metrics() {
     let s = EdgeStack::start(|_| {}).await;

@@ -21,11 +21,9 @@ use regex::Regex;
 use crate::gate::{self, Gate};
 use crate::identity::{Refused, Verifier};
 use crate::limits::{KeyKind, Limit, Limiter};
-use crate::state::{View, now_ms};
+use crate::state::{Revocation, View, now_ms};
 use crate::{admin, openapi, respond};
 
-/// Length of the login-family prefix of an access token's `jti`.
-pub const FAMILY_LEN: usize = 32;
 /// The longest an access token can live (the auth service caps it at 24 h).
 const MAX_ACCESS_TOKEN_LIFE_MS: u64 = 24 * 3600 * 1000;
 
@@ -81,6 +79,9 @@ pub struct Edge {
     pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
     pub(crate) connect_timeout: Duration,
     pub(crate) read_timeout: Duration,
+    /// Clock skew tolerated on `exp`: a revoked token is refused this long
+    /// past its expiry too.
+    pub(crate) jwt_leeway: Duration,
 }
 
 fn route_label(path: &str) -> &'static str {
@@ -352,7 +353,11 @@ impl ProxyHttp for Edge {
             .get("authorization")
             .and_then(|v| v.to_str().ok());
         match self.verifier.verify_header(authorization) {
-            Ok(claims) if snapshot.token_denied(&claims.jti) => {
+            Ok(claims)
+                if self
+                    .state
+                    .token_revoked(&claims.jti, &claims.sub, claims.iat, now) =>
+            {
                 if !public {
                     reject("token_revoked");
                     return self
@@ -567,11 +572,19 @@ impl ProxyHttp for Edge {
                 || (method == "DELETE" && path == "/api/v1/users/me"));
         if ends_token && let Some(claims) = &ctx.claims {
             // The whole login family: every access token of this login, not
-            // only the one presented, until the longest a token can live.
-            let family = claims.jti.get(..FAMILY_LEN).unwrap_or(&claims.jti);
-            let until = now_ms() + MAX_ACCESS_TOKEN_LIFE_MS;
-            if let Err(e) = self.state.store.deny_token(family, until).await {
-                tracing::error!(error = %e, "could not deny a logged-out token");
+            // only the one presented. The auth service issues the family no
+            // token after this, so the last one it issued expires at the
+            // latest one token lifetime (this token's) from now.
+            let now = now_ms();
+            let life_ms = claims
+                .exp
+                .saturating_sub(claims.iat)
+                .saturating_mul(1000)
+                .min(MAX_ACCESS_TOKEN_LIFE_MS);
+            let until = now + life_ms + self.jwt_leeway.as_millis() as u64;
+            let revocation = Revocation::login(&claims.jti, until);
+            if let Err(e) = self.state.store.revoke(&revocation, now).await {
+                tracing::error!(error = %e, "could not revoke a logged-out token");
             }
             let _ = self.state.refresh().await;
         }

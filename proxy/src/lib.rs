@@ -226,6 +226,7 @@ pub async fn launch(settings: &ProxySettings) -> Result<RunningProxy, String> {
         trusted_proxies: config.trusted_proxies.clone(),
         connect_timeout: config.connect_timeout,
         read_timeout: config.read_timeout,
+        jwt_leeway: config.jwt_leeway,
     };
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, edge);
     proxy.add_tcp(&config.listen.to_string());

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use flashmall_proxy::state::{
-    AccessRule, BlacklistEntry, EdgeStore, Effect, LocalEdgeStore, RedisEdgeStore,
+    AccessRule, BlacklistEntry, EdgeStore, Effect, LocalEdgeStore, REVOCATIONS_PER_READ,
+    RedisEdgeStore, Revocation,
 };
 use flashmall_testing::RedisServer;
 
@@ -41,6 +42,14 @@ fn entry(id: &str, user: &str) -> BlacklistEntry {
     }
 }
 
+fn revocation(key: &str, not_before_ms: Option<u64>, until_ms: u64) -> Revocation {
+    Revocation {
+        key: key.into(),
+        not_before_ms,
+        until_ms,
+    }
+}
+
 async fn every_write_moves_the_version(s: &dyn EdgeStore) {
     let v0 = s.version().await.unwrap();
     s.add_blacklist(entry("a", "u1")).await.unwrap();
@@ -49,8 +58,11 @@ async fn every_write_moves_the_version(s: &dyn EdgeStore) {
     s.set_rules(Vec::new()).await.unwrap();
     let v2 = s.version().await.unwrap();
     assert_ne!(v2, v1);
-    s.deny_token("jti", u64::MAX / 2).await.unwrap();
-    assert_ne!(s.version().await.unwrap(), v2);
+    // Revocations are versioned apart: the snapshot is not reloaded for them.
+    s.revoke(&revocation("f:a", None, u64::MAX / 4), 1)
+        .await
+        .unwrap();
+    assert_eq!(s.version().await.unwrap(), v2);
 }
 
 async fn blacklist_entries_are_added_and_removed(s: &dyn EdgeStore) {
@@ -64,14 +76,14 @@ async fn blacklist_entries_are_added_and_removed(s: &dyn EdgeStore) {
     })
     .await
     .unwrap();
-    let mut listed = s.load(0).await.unwrap().blacklist;
+    let mut listed = s.load().await.unwrap().blacklist;
     listed.sort_by(|x, y| x.id.cmp(&y.id));
     assert_eq!(listed.len(), 2);
     assert_eq!(listed[0], entry("a", "u1"));
     assert_eq!(listed[1].cidr, Some("10.0.0.0/8".parse().unwrap()));
     assert!(s.remove_blacklist("a").await.unwrap());
     assert!(!s.remove_blacklist("a").await.unwrap(), "removed once");
-    assert_eq!(s.load(0).await.unwrap().blacklist.len(), 1);
+    assert_eq!(s.load().await.unwrap().blacklist.len(), 1);
 }
 
 async fn rules_are_replaced_whole(s: &dyn EdgeStore) {
@@ -85,18 +97,70 @@ async fn rules_are_replaced_whole(s: &dyn EdgeStore) {
         .await
         .unwrap();
     s.set_rules(vec![rule("admin")]).await.unwrap();
-    assert_eq!(s.load(0).await.unwrap().rules, vec![rule("admin")]);
+    assert_eq!(s.load().await.unwrap().rules, vec![rule("admin")]);
 }
 
-async fn denied_tokens_last_until_they_expire(s: &dyn EdgeStore) {
-    s.deny_token("old", 1_000).await.unwrap();
-    s.deny_token("new", 10_000).await.unwrap();
-    let state = s.load(5_000).await.unwrap();
-    assert!(state.denied.contains_key("new"));
-    assert!(
-        !state.denied.contains_key("old"),
-        "expired denials are dropped"
+fn keys(found: &[(u64, Revocation)]) -> Vec<&str> {
+    found.iter().map(|(_, r)| r.key.as_str()).collect()
+}
+
+async fn revocations_are_read_once_in_order_and_last_until_they_expire(s: &dyn EdgeStore) {
+    s.revoke(&revocation("f:a", None, 10_000), 1_000)
+        .await
+        .unwrap();
+    s.revoke(&revocation("u:bob", Some(3_000), 10_000), 1_000)
+        .await
+        .unwrap();
+    let all = s.revocations_after(0).await.unwrap();
+    assert_eq!(keys(&all), ["f:a", "u:bob"]);
+    assert!(all[0].0 < all[1].0, "numbered in order");
+    assert_eq!(all[1].1, revocation("u:bob", Some(3_000), 10_000));
+    let last = all[1].0;
+    assert!(s.revocations_after(last).await.unwrap().is_empty());
+    // The same key again: merged (the stricter wins) and new to readers.
+    s.revoke(&revocation("u:bob", Some(2_000), 20_000), 2_000)
+        .await
+        .unwrap();
+    let new = s.revocations_after(last).await.unwrap();
+    assert_eq!(keys(&new), ["u:bob"]);
+    assert_eq!(new[0].1, revocation("u:bob", Some(3_000), 20_000));
+    s.revoke(&revocation("u:bob", None, 5_000), 2_000)
+        .await
+        .unwrap();
+    let all = s.revocations_after(0).await.unwrap();
+    assert_eq!(all.last().unwrap().1, revocation("u:bob", None, 20_000));
+    // Recording one drops the expired: the store holds only live ones.
+    s.revoke(&revocation("t:x", None, 30_000), 15_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        keys(&s.revocations_after(0).await.unwrap()),
+        ["u:bob", "t:x"]
     );
+    // Many: read a page at a time, each once.
+    let many = REVOCATIONS_PER_READ * 2 + 10;
+    for n in 0..many {
+        s.revoke(&revocation(&format!("f:{n}"), None, 40_000), 16_000)
+            .await
+            .unwrap();
+    }
+    let (mut after, mut read) = (0, 0);
+    loop {
+        let page = s.revocations_after(after).await.unwrap();
+        assert!(page.len() <= REVOCATIONS_PER_READ);
+        let Some(&(last, _)) = page.last() else { break };
+        assert!(page.windows(2).all(|w| w[0].0 < w[1].0));
+        read += page.len();
+        after = last;
+    }
+    assert_eq!(read, many + 2);
+    // All of them expire together, and the next record drops them.
+    for _ in 0..many / 100 + 1 {
+        s.revoke(&revocation("t:late", None, 90_000), 50_000)
+            .await
+            .unwrap();
+    }
+    assert_eq!(keys(&s.revocations_after(0).await.unwrap()), ["t:late"]);
 }
 
 macro_rules! conformance {
@@ -120,9 +184,10 @@ macro_rules! conformance {
                 super::rules_are_replaced_whole(&*s.store).await;
             }
             #[tokio::test]
-            async fn denied_tokens_last_until_they_expire() {
+            async fn revocations_are_read_once_in_order_and_last_until_they_expire() {
                 let s = $make().await;
-                super::denied_tokens_last_until_they_expire(&*s.store).await;
+                super::revocations_are_read_once_in_order_and_last_until_they_expire(&*s.store)
+                    .await;
             }
         }
     };

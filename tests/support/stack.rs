@@ -48,6 +48,8 @@ pub struct Options {
     pub ledger: LedgerConfig,
     /// The services' store (default: embedded, in the stack's temp dir).
     pub store: StoreConfig,
+    /// How long an access token lives.
+    pub access_ttl: Duration,
 }
 
 impl Default for Options {
@@ -63,6 +65,7 @@ impl Default for Options {
             pending_timeout: Duration::from_secs(600),
             ledger: LedgerConfig::default(),
             store: StoreConfig::default(),
+            access_ttl: AuthConfig::default().access_ttl,
         }
     }
 }
@@ -141,6 +144,7 @@ impl EdgeStack {
                     argon2_memory_kib: 64,
                     argon2_iterations: 1,
                     bootstrap_admins: vec![ADMIN_EMAIL.into()],
+                    access_ttl: options.access_ttl,
                     ..AuthConfig::default()
                 },
                 data_dir: dir.path().to_owned(),

@@ -1,17 +1,27 @@
 //! Edge state every replica enforces: the blacklist, the access rules and
-//! logged-out access tokens. Kept in an `EdgeStore` (in-process, or Redis
-//! shared by all replicas); each replica polls the store's version and
-//! reloads a compiled snapshot when it changes, so a change made through
-//! any replica is enforced by all within `state_poll` (≤ 1 s).
+//! revoked access tokens. Kept in an `EdgeStore` (in-process, or Redis
+//! shared by all replicas), and enforced by all replicas within
+//! `state_poll` (≤ 1 s) of a change made through any one:
 //!
-//! Hot path: `View::current` is a read lock and an `Arc` clone.
+//! - the blacklist and the rules are small and change rarely: each replica
+//!   polls their version and reloads a compiled snapshot when it moves;
+//! - revocations (a logout ends a login family; see `Revocation`) come with
+//!   every logout, so they are versioned apart and synced incrementally:
+//!   each has a sequence number, and a replica reads only those after the
+//!   last one it saw. Each lasts until the last token it revokes expires,
+//!   and the store and every replica drop it then: a login/logout loop
+//!   keeps at most the revocations of one token lifetime, and a refresh
+//!   reads only what is new.
+//!
+//! Hot path: `View::current` is a read lock and an `Arc` clone;
+//! `View::token_revoked` a read lock and up to three map lookups.
 
 mod redis;
 
 pub use redis::RedisEdgeStore;
 
 pub use flashmall_mesh::now_ms;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -58,32 +68,101 @@ fn any() -> String {
     "*".into()
 }
 
-/// Everything an edge store holds.
+/// The blacklist and the access rules: what the versioned snapshot holds.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EdgeState {
     pub blacklist: Vec<BlacklistEntry>,
     pub rules: Vec<AccessRule>,
-    /// Logged-out access tokens (`jti`) and when they expire anyway.
-    pub denied: HashMap<String, u64>,
 }
+
+/// Access tokens the edge refuses although they verify, until `until_ms`
+/// (by then every token it covers has expired).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// `f:<family>` (every token of one login), `t:<jti>` (one token not
+    /// issued by flashmall's auth service), or `u:<user id>` (every token
+    /// of the user issued before `not_before_ms`).
+    pub key: String,
+    /// Tokens issued before this instant are refused; `None`: all of them.
+    pub not_before_ms: Option<u64>,
+    pub until_ms: u64,
+}
+
+/// The login family of an access token's `jti`, when flashmall's auth
+/// service issued it: its `jti` is exactly 64 lowercase hex digits, the
+/// family's 32 then the token's own. Any other `jti` has no family.
+pub fn family_of(jti: &str) -> Option<&str> {
+    let hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    (jti.len() == 64 && jti.bytes().all(hex)).then(|| &jti[..32])
+}
+
+impl Revocation {
+    /// Ends the login a token belongs to: its whole family (every access
+    /// token that login was issued), or the token alone when it has none.
+    pub fn login(jti: &str, until_ms: u64) -> Revocation {
+        let key = match family_of(jti) {
+            Some(family) => format!("f:{family}"),
+            None => format!("t:{jti}"),
+        };
+        Revocation {
+            key,
+            not_before_ms: None,
+            until_ms,
+        }
+    }
+}
+
+/// A revocation as a replica holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Revoked {
+    not_before_ms: Option<u64>,
+    until_ms: u64,
+}
+
+impl Revoked {
+    /// Merged with another revocation of the same key: the stricter wins.
+    fn merge(self, other: Revoked) -> Revoked {
+        Revoked {
+            not_before_ms: self
+                .not_before_ms
+                .zip(other.not_before_ms)
+                .map(|(a, b)| a.max(b)),
+            until_ms: self.until_ms.max(other.until_ms),
+        }
+    }
+}
+
+/// Most revocations one read returns; a refresh reads until it has all.
+pub const REVOCATIONS_PER_READ: usize = 1_000;
 
 /// Where the edge state lives.
 #[async_trait]
 pub trait EdgeStore: Send + Sync + 'static {
-    /// Changes with every write.
+    /// The blacklist's and the rules' version: changes with every write of
+    /// either (never with a revocation).
     async fn version(&self) -> Result<u64, String>;
-    async fn load(&self, now_ms: u64) -> Result<EdgeState, String>;
+    async fn load(&self) -> Result<EdgeState, String>;
     async fn add_blacklist(&self, entry: BlacklistEntry) -> Result<(), String>;
     async fn remove_blacklist(&self, id: &str) -> Result<bool, String>;
     async fn set_rules(&self, rules: Vec<AccessRule>) -> Result<(), String>;
-    async fn deny_token(&self, jti: &str, expires_at_ms: u64) -> Result<(), String>;
+    /// Records a revocation (merged with one of the same key: the stricter
+    /// wins) under a new sequence number, and drops expired ones.
+    async fn revoke(&self, revocation: &Revocation, now_ms: u64) -> Result<(), String>;
+    /// The live revocations recorded after sequence number `after`, oldest
+    /// first, at most `REVOCATIONS_PER_READ`, each with its number.
+    async fn revocations_after(&self, after: u64) -> Result<Vec<(u64, Revocation)>, String>;
 }
 
 /// The edge state in this process (one replica).
 #[derive(Default)]
 pub struct LocalEdgeStore {
     inner: Mutex<(u64, EdgeState)>,
+    /// Revocations by key, with their sequence numbers; the last number.
+    revocations: Mutex<(Numbered, u64)>,
 }
+
+/// Revocations by key, each with its sequence number.
+type Numbered = HashMap<String, (u64, Revoked)>;
 
 impl LocalEdgeStore {
     fn write<T>(&self, f: impl FnOnce(&mut EdgeState) -> T) -> T {
@@ -99,10 +178,13 @@ impl EdgeStore for LocalEdgeStore {
         Ok(self.inner.lock().unwrap_or_else(|p| p.into_inner()).0)
     }
 
-    async fn load(&self, now_ms: u64) -> Result<EdgeState, String> {
-        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        guard.1.denied.retain(|_, exp| *exp > now_ms);
-        Ok(guard.1.clone())
+    async fn load(&self) -> Result<EdgeState, String> {
+        Ok(self
+            .inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone())
     }
 
     async fn add_blacklist(&self, entry: BlacklistEntry) -> Result<(), String> {
@@ -123,9 +205,42 @@ impl EdgeStore for LocalEdgeStore {
         Ok(())
     }
 
-    async fn deny_token(&self, jti: &str, expires_at_ms: u64) -> Result<(), String> {
-        self.write(|s| s.denied.insert(jti.to_owned(), expires_at_ms));
+    async fn revoke(&self, revocation: &Revocation, now_ms: u64) -> Result<(), String> {
+        let mut guard = self.revocations.lock().unwrap_or_else(|p| p.into_inner());
+        let (by_key, last) = &mut *guard;
+        by_key.retain(|_, (_, r)| r.until_ms > now_ms);
+        *last += 1;
+        let new = Revoked {
+            not_before_ms: revocation.not_before_ms,
+            until_ms: revocation.until_ms,
+        };
+        let merged = by_key
+            .get(&revocation.key)
+            .map_or(new, |(_, old)| old.merge(new));
+        by_key.insert(revocation.key.clone(), (*last, merged));
         Ok(())
+    }
+
+    async fn revocations_after(&self, after: u64) -> Result<Vec<(u64, Revocation)>, String> {
+        let guard = self.revocations.lock().unwrap_or_else(|p| p.into_inner());
+        let mut found: Vec<(u64, Revocation)> = guard
+            .0
+            .iter()
+            .filter(|(_, (seq, _))| *seq > after)
+            .map(|(key, (seq, r))| {
+                (
+                    *seq,
+                    Revocation {
+                        key: key.clone(),
+                        not_before_ms: r.not_before_ms,
+                        until_ms: r.until_ms,
+                    },
+                )
+            })
+            .collect();
+        found.sort_by_key(|(seq, _)| *seq);
+        found.truncate(REVOCATIONS_PER_READ);
+        Ok(found)
     }
 }
 
@@ -143,7 +258,6 @@ pub struct Snapshot {
     users: HashMap<String, Option<u64>>,
     nets: Vec<(IpNet, Option<u64>)>,
     rules: Vec<CompiledRule>,
-    denied: HashSet<String>,
     pub state: EdgeState,
 }
 
@@ -170,7 +284,6 @@ impl Snapshot {
             }
         }
         snap.rules = compile_rules(&state.rules)?;
-        snap.denied = state.denied.keys().cloned().collect();
         snap.state = state;
         Ok(snap)
     }
@@ -200,15 +313,6 @@ impl Snapshot {
             }
         }
         true
-    }
-
-    /// True for a logged-out token: its own id, or its login family (the
-    /// first 32 characters of the id) was denied.
-    pub fn token_denied(&self, jti: &str) -> bool {
-        self.denied.contains(jti)
-            || jti
-                .get(..32)
-                .is_some_and(|family| self.denied.contains(family))
     }
 }
 
@@ -267,10 +371,18 @@ pub fn check_rules(rules: &[AccessRule]) -> Result<(), String> {
 /// A replica's view of the edge state: the store and the latest snapshot.
 pub struct View {
     pub store: Arc<dyn EdgeStore>,
-    /// One refresh at a time, so an older snapshot never replaces a newer.
-    refreshing: tokio::sync::Mutex<()>,
+    /// One refresh at a time, so an older snapshot never replaces a newer;
+    /// holds the last revocation sequence number read.
+    refreshing: tokio::sync::Mutex<u64>,
     current: RwLock<Arc<Snapshot>>,
     version: Mutex<Option<u64>>,
+    /// Live revocations by key.
+    revoked: RwLock<HashMap<String, Revoked>>,
+    /// When expired revocations are next dropped (Unix ms).
+    next_prune_ms: std::sync::atomic::AtomicU64,
+    /// Snapshots compiled, and revocations read, since start.
+    reloads: std::sync::atomic::AtomicU64,
+    revocations_read: std::sync::atomic::AtomicU64,
     /// When a refresh last read the store successfully (Unix ms; 0: never).
     fresh_at_ms: std::sync::atomic::AtomicU64,
 }
@@ -279,9 +391,13 @@ impl View {
     pub fn new(store: Arc<dyn EdgeStore>) -> Arc<View> {
         Arc::new(View {
             store,
-            refreshing: tokio::sync::Mutex::new(()),
+            refreshing: tokio::sync::Mutex::new(0),
             current: RwLock::new(Arc::new(Snapshot::default())),
             version: Mutex::new(None),
+            revoked: RwLock::new(HashMap::new()),
+            next_prune_ms: std::sync::atomic::AtomicU64::new(0),
+            reloads: std::sync::atomic::AtomicU64::new(0),
+            revocations_read: std::sync::atomic::AtomicU64::new(0),
             fresh_at_ms: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -302,17 +418,89 @@ impl View {
             .unwrap_or_default()
     }
 
-    /// Reloads the snapshot if the store's version moved.
+    /// True when a live revocation covers the token: its login family or
+    /// its own id, or its user's tokens issued before a watermark.
+    pub fn token_revoked(&self, jti: &str, user: &str, issued_at_s: u64, now_ms: u64) -> bool {
+        let Ok(revoked) = self.revoked.read() else {
+            return false;
+        };
+        if revoked.is_empty() {
+            return false;
+        }
+        // Seconds: a token issued in the second of a watermark counts as
+        // issued at its end, so a login right after it is never refused.
+        let issued_ms = issued_at_s.saturating_mul(1000).saturating_add(999);
+        let covers = |key: &str| {
+            revoked.get(key).is_some_and(|r| {
+                r.until_ms > now_ms && r.not_before_ms.is_none_or(|nb| issued_ms < nb)
+            })
+        };
+        let by_login = match family_of(jti) {
+            Some(family) => covers(&format!("f:{family}")),
+            None => covers(&format!("t:{jti}")),
+        };
+        by_login || covers(&format!("u:{user}"))
+    }
+
+    /// Live revocations this replica holds.
+    pub fn revocations(&self) -> usize {
+        self.revoked.read().map(|r| r.len()).unwrap_or(0)
+    }
+
+    /// Revocations read from the store since start (each once, when new).
+    pub fn revocations_read(&self) -> u64 {
+        self.revocations_read
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Blacklist-and-rules snapshots compiled since start.
+    pub fn reloads(&self) -> u64 {
+        self.reloads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Reloads the snapshot if the store's version moved, and reads the
+    /// revocations recorded since the last refresh.
     pub async fn refresh(&self) -> Result<(), String> {
-        let _one_at_a_time = self.refreshing.lock().await;
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut last_revocation = self.refreshing.lock().await;
         let started = now_ms();
         let version = self.store.version().await?;
         if *self.version.lock().unwrap_or_else(|p| p.into_inner()) != Some(version) {
-            let snapshot = Snapshot::compile(self.store.load(now_ms()).await?)?;
+            let snapshot = Snapshot::compile(self.store.load().await?)?;
             if let Ok(mut slot) = self.current.write() {
                 *slot = Arc::new(snapshot);
             }
             *self.version.lock().unwrap_or_else(|p| p.into_inner()) = Some(version);
+            self.reloads.fetch_add(1, Relaxed);
+        }
+        loop {
+            let batch = self.store.revocations_after(*last_revocation).await?;
+            let Some(&(last, _)) = batch.last() else {
+                break;
+            };
+            let full = batch.len() >= REVOCATIONS_PER_READ;
+            self.revocations_read.fetch_add(batch.len() as u64, Relaxed);
+            if let Ok(mut revoked) = self.revoked.write() {
+                for (_, r) in batch {
+                    let new = Revoked {
+                        not_before_ms: r.not_before_ms,
+                        until_ms: r.until_ms,
+                    };
+                    let merged = revoked.get(&r.key).map_or(new, |old| old.merge(new));
+                    revoked.insert(r.key, merged);
+                }
+            }
+            *last_revocation = last;
+            if !full {
+                break;
+            }
+        }
+        if started >= self.next_prune_ms.load(Relaxed) {
+            if let Ok(mut revoked) = self.revoked.write() {
+                revoked.retain(|_, r| r.until_ms > started);
+                metrics::gauge!("flashmall_proxy_revocations").set(revoked.len() as f64);
+            }
+            self.next_prune_ms.store(started + 1_000, Relaxed);
         }
         // Fresh as of when this refresh began reading.
         self.fresh_at_ms
@@ -349,6 +537,56 @@ impl View {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn revocations_cover_the_exact_family_the_token_or_older_tokens_of_a_user() {
+        let family = "0123456789abcdef0123456789abcdef";
+        let jti = format!("{family}fedcba9876543210fedcba9876543210");
+        assert_eq!(family_of(&jti), Some(family));
+        // Not flashmall's format: no family, so no prefix can collide.
+        assert_eq!(family_of(family), None);
+        assert_eq!(family_of(&format!("{family}x")), None);
+        assert_eq!(family_of(&jti.to_uppercase()), None);
+
+        let store = Arc::new(LocalEdgeStore::default());
+        let view = View::new(store.clone());
+        let now = now_ms();
+        store
+            .revoke(&Revocation::login(&jti, now + 60_000), now)
+            .await
+            .unwrap();
+        store
+            .revoke(&Revocation::login(family, now + 60_000), now)
+            .await
+            .unwrap();
+        store
+            .revoke(
+                &Revocation {
+                    key: "u:bob".into(),
+                    not_before_ms: Some(now),
+                    until_ms: now + 60_000,
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        view.refresh().await.unwrap();
+        let issued = now / 1000 - 5;
+        // The family: every token of it.
+        let sibling = format!("{family}00000000000000000000000000000001");
+        assert!(view.token_revoked(&sibling, "alice", issued, now));
+        // A token whose id merely starts with a revoked one's: not covered.
+        assert!(!view.token_revoked(&format!("{family}-other"), "alice", issued, now));
+        // The exact foreign jti.
+        assert!(view.token_revoked(family, "alice", issued, now));
+        // A user's watermark: older tokens only; one issued in its second passes.
+        let other = "ffffffffffffffffffffffffffffffff00000000000000000000000000000001";
+        assert!(view.token_revoked(other, "bob", issued, now));
+        assert!(!view.token_revoked(other, "bob", now / 1000, now));
+        assert!(!view.token_revoked(other, "carol", issued, now));
+        // Past its end, nothing is covered.
+        assert!(!view.token_revoked(&sibling, "bob", issued, now + 60_000));
+    }
 
     fn rule(role: &str, effect: Effect, method: &str, path: &str) -> AccessRule {
         AccessRule {

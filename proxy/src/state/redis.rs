@@ -1,11 +1,55 @@
-//! Edge state in Redis, shared by every proxy replica. Every write bumps a
-//! version key that replicas poll.
+//! Edge state in Redis, shared by every proxy replica. Every write of the
+//! blacklist or the rules bumps a version key that replicas poll.
+//!
+//! Revocations live under one hash tag (Redis Cluster: one slot, so the
+//! scripts below touch them atomically): a sorted set of keys by expiry, a
+//! hash of their watermarks, and a sorted set of keys by sequence number
+//! (the log replicas read from their last number). Recording one drops up
+//! to 100 expired ones, so the three hold only live revocations.
 
 use async_trait::async_trait;
 use fred::prelude::*;
+use fred::types::{ClusterHash, CustomCommand};
 use std::collections::HashMap;
 
-use super::{AccessRule, BlacklistEntry, EdgeState, EdgeStore};
+use super::{AccessRule, BlacklistEntry, EdgeState, EdgeStore, REVOCATIONS_PER_READ, Revocation};
+
+/// KEYS: expiries, watermarks, log, sequence. ARGV: key, watermark (`all`
+/// or Unix ms), until (Unix ms), now (Unix ms).
+const REVOKE: &str = r#"
+local nb = ARGV[2]
+local old_nb = redis.call('HGET', KEYS[2], ARGV[1])
+if old_nb == 'all' then nb = 'all'
+elseif old_nb and nb ~= 'all' and tonumber(old_nb) > tonumber(nb) then nb = old_nb end
+local untl = tonumber(ARGV[3])
+local old_until = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if old_until and tonumber(old_until) > untl then untl = tonumber(old_until) end
+redis.call('ZADD', KEYS[1], untl, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], nb)
+local seq = redis.call('INCR', KEYS[4])
+redis.call('ZADD', KEYS[3], seq, ARGV[1])
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[4], 'LIMIT', 0, 100)
+for _, k in ipairs(gone) do
+  redis.call('ZREM', KEYS[1], k)
+  redis.call('ZREM', KEYS[3], k)
+  redis.call('HDEL', KEYS[2], k)
+end
+return seq
+"#;
+
+/// KEYS: expiries, watermarks, log. ARGV: after (sequence number), limit.
+/// Returns key, sequence, until, watermark for each.
+const REVOCATIONS_AFTER: &str = r#"
+local rows = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for i = 1, #rows, 2 do
+  out[#out + 1] = rows[i]
+  out[#out + 1] = rows[i + 1]
+  out[#out + 1] = redis.call('ZSCORE', KEYS[1], rows[i]) or '0'
+  out[#out + 1] = redis.call('HGET', KEYS[2], rows[i]) or 'all'
+end
+return out
+"#;
 
 /// The Redis edge store.
 pub struct RedisEdgeStore {
@@ -13,7 +57,8 @@ pub struct RedisEdgeStore {
     version: String,
     blacklist: String,
     rules: String,
-    denied: String,
+    /// Expiries, watermarks, log, sequence (one hash tag).
+    revocations: [String; 4],
 }
 
 fn err(e: Error) -> String {
@@ -38,12 +83,28 @@ impl RedisEdgeStore {
             version: "fm:edge:version".into(),
             blacklist: "fm:edge:blacklist".into(),
             rules: "fm:edge:rules".into(),
-            denied: "fm:edge:denied".into(),
+            revocations: [
+                "fm:edge:{rv}:until".into(),
+                "fm:edge:{rv}:not-before".into(),
+                "fm:edge:{rv}:log".into(),
+                "fm:edge:{rv}:seq".into(),
+            ],
         })
     }
 
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// EVAL of a script over `keys` (all under one hash tag).
+    async fn eval(&self, script: &str, keys: &[String], args: Vec<Value>) -> Result<Value, String> {
+        let mut call: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
+        call.push(Value::from(script));
+        call.push(Value::from(keys.len() as i64));
+        call.extend(keys.iter().map(|k| Value::from(k.as_str())));
+        call.extend(args);
+        let command = CustomCommand::new("EVAL", ClusterHash::from(keys[0].as_str()), false);
+        self.client.custom(command, call).await.map_err(err)
     }
 
     async fn bump(&self) -> Result<(), String> {
@@ -62,23 +123,13 @@ impl EdgeStore for RedisEdgeStore {
         Ok(v.unwrap_or(0))
     }
 
-    async fn load(&self, now_ms: u64) -> Result<EdgeState, String> {
+    async fn load(&self) -> Result<EdgeState, String> {
         let entries: HashMap<String, String> = self
             .client
             .hgetall(self.blacklist.as_str())
             .await
             .map_err(err)?;
         let rules: Option<String> = self.client.get(self.rules.as_str()).await.map_err(err)?;
-        let _: i64 = self
-            .client
-            .zremrangebyscore(self.denied.as_str(), f64::NEG_INFINITY, now_ms as f64)
-            .await
-            .map_err(err)?;
-        let denied: Vec<(String, f64)> = self
-            .client
-            .zrangebyscore(self.denied.as_str(), "-inf", "+inf", true, None)
-            .await
-            .map_err(err)?;
         Ok(EdgeState {
             blacklist: entries
                 .values()
@@ -89,10 +140,6 @@ impl EdgeStore for RedisEdgeStore {
                     .map_err(|e| format!("stored access rules are corrupt: {e}"))?,
                 None => Vec::new(),
             },
-            denied: denied
-                .into_iter()
-                .map(|(jti, exp)| (jti, exp as u64))
-                .collect(),
         })
     }
 
@@ -124,18 +171,57 @@ impl EdgeStore for RedisEdgeStore {
         self.bump().await
     }
 
-    async fn deny_token(&self, jti: &str, expires_at_ms: u64) -> Result<(), String> {
-        self.client
-            .zadd::<i64, _, _>(
-                self.denied.as_str(),
-                None,
-                None,
-                false,
-                false,
-                (expires_at_ms as f64, jti),
+    async fn revoke(&self, revocation: &Revocation, now_ms: u64) -> Result<(), String> {
+        let not_before = match revocation.not_before_ms {
+            Some(ms) => Value::from(ms as i64),
+            None => Value::from("all"),
+        };
+        self.eval(
+            REVOKE,
+            &self.revocations,
+            vec![
+                Value::from(revocation.key.as_str()),
+                not_before,
+                Value::from(revocation.until_ms as i64),
+                Value::from(now_ms as i64),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn revocations_after(&self, after: u64) -> Result<Vec<(u64, Revocation)>, String> {
+        let reply = self
+            .eval(
+                REVOCATIONS_AFTER,
+                &self.revocations[..3],
+                vec![
+                    Value::from(after as i64),
+                    Value::from(REVOCATIONS_PER_READ as i64),
+                ],
             )
-            .await
-            .map_err(err)?;
-        self.bump().await
+            .await?;
+        let fields: Vec<String> = reply.convert().map_err(err)?;
+        let number = |s: &str| {
+            s.parse::<f64>()
+                .map(|n| n as u64)
+                .map_err(|_| format!("a stored revocation is corrupt: {s:?}"))
+        };
+        fields
+            .chunks_exact(4)
+            .map(|row| {
+                Ok((
+                    number(&row[1])?,
+                    Revocation {
+                        key: row[0].clone(),
+                        not_before_ms: match row[3].as_str() {
+                            "all" => None,
+                            ms => Some(number(ms)?),
+                        },
+                        until_ms: number(&row[2])?,
+                    },
+                ))
+            })
+            .collect()
     }
 }
