@@ -1155,6 +1155,93 @@ async fn a_login_logout_loop_keeps_the_edge_state_bounded_and_synced_incremental
     s.stop().await;
 }
 
+/// Security review #18, finding 6: a deleted account, a new password and
+/// changed roles void the user's access tokens of every login at the edge
+/// (a per-user watermark), at once; a login after the change works, and
+/// nobody else's tokens are touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn older_tokens_stop_after_deletion_password_change_and_role_change() {
+    let stack = EdgeStack::start(|p| p.limits.clear()).await;
+    let s = &stack;
+    let cart = |token: String| async move {
+        let request = s.client.get(s.url("/api/v1/cart")).bearer_auth(token);
+        s.call(request).await.0
+    };
+    let bystander = s.login("bystander@example.com").await;
+
+    // Deletion through one login ends the others.
+    let one = s.login("gone@example.com").await;
+    let other = s.login("gone@example.com").await;
+    assert_eq!(cart(other.access.clone()).await, 200);
+    let (status, _) = s
+        .call(
+            s.client
+                .delete(s.url("/api/v1/users/me"))
+                .bearer_auth(&one.access)
+                .json(&json!({"password": support::stack::PASSWORD})),
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(cart(other.access.clone()).await, 401, "deleted account");
+
+    // A new password ends every login made before it.
+    let one = s.login("pw@example.com").await;
+    let other = s.login("pw@example.com").await;
+    let (status, body) = s
+        .call(
+            s.client
+                .patch(s.url("/api/v1/users/me"))
+                .bearer_auth(&one.access)
+                .json(&json!({
+                    "password": "a brand new passphrase 42",
+                    "current_password": support::stack::PASSWORD,
+                })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(cart(other.access.clone()).await, 401, "other login");
+    assert_eq!(cart(one.access.clone()).await, 401, "the changing login");
+    let (status, tokens) = s
+        .call(
+            s.client
+                .post(s.url("/api/v1/auth/login"))
+                .json(&json!({"email": "pw@example.com", "password": "a brand new passphrase 42"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{tokens}");
+    let fresh = tokens["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(cart(fresh).await, 200, "a login after the change works");
+
+    // An admin changes a user's roles: the user's tokens with the old
+    // roles end; a new login carries the new ones.
+    let admin = s.admin().await;
+    let promoted = s.login("promoted@example.com").await;
+    let (status, body) = s
+        .call(
+            s.client
+                .put(s.url(&format!("/api/v1/admin/users/{}/roles", promoted.user_id)))
+                .bearer_auth(&admin.access)
+                .json(&json!({"roles": ["merchant"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(cart(promoted.access.clone()).await, 401, "old roles");
+    let again = s.login("promoted@example.com").await;
+    let (status, me) = s
+        .call(
+            s.client
+                .get(s.url("/api/v1/users/me"))
+                .bearer_auth(&again.access),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(me["roles"], json!(["merchant"]));
+    // Nobody else's tokens were touched, the admin's included.
+    assert_eq!(cart(bystander.access.clone()).await, 200);
+    assert_eq!(cart(admin.access.clone()).await, 200);
+    stack.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_ids_are_propagated_and_the_edge_exports_metrics() {
     let s = EdgeStack::start(|_| {}).await;

@@ -28,6 +28,7 @@ use crate::{admin, openapi, respond};
 const MAX_ACCESS_TOKEN_LIFE_MS: u64 = 24 * 3600 * 1000;
 
 pub use flashmall_mesh::headers::CLIENT_IP as CLIENT_IP_HEADER;
+pub use flashmall_mesh::headers::REVOKE_USER as REVOKE_USER_HEADER;
 pub use flashmall_mesh::headers::SOLD_OUT as SOLD_OUT_HEADER;
 
 /// Counts a request in `flashmall_proxy_requests_in_flight` from its
@@ -244,6 +245,27 @@ impl Edge {
             }
         }
         None
+    }
+
+    /// Records a user watermark the auth service announced: the user's
+    /// tokens issued before it are refused, for as long as a token lives.
+    async fn revoke_user(&self, value: &str) {
+        let Some((user, before_ms)) = flashmall_mesh::headers::parse_revoke_user(value) else {
+            tracing::error!(value, "the auth service announced an unreadable revocation");
+            return;
+        };
+        let now = now_ms();
+        let revocation = Revocation {
+            key: format!("u:{user}"),
+            not_before_ms: Some(before_ms),
+            until_ms: before_ms.max(now)
+                + MAX_ACCESS_TOKEN_LIFE_MS
+                + self.jwt_leeway.as_millis() as u64,
+        };
+        if let Err(e) = self.state.store.revoke(&revocation, now).await {
+            tracing::error!(error = %e, user, "could not record a user's token watermark");
+        }
+        let _ = self.state.refresh().await;
     }
 
     /// Fetches the holders of a sold-out sale from the engine and closes the gate.
@@ -563,13 +585,21 @@ impl ProxyHttp for Edge {
         {
             ctx.sold_out_sale = Some(sale.to_owned());
         }
-        // A logout (or a deleted account) ends the access token here, before
-        // the client hears back, on every replica.
+        // Changed password or roles, or a deleted account: the auth service
+        // voids the user's older tokens; recorded here, before the client
+        // hears back, for every replica. Only from an upstream's answer to
+        // a request the edge let through; a client never sends a response.
+        if let Some(value) = response.remove_header(REVOKE_USER_HEADER)
+            && response.status.is_success()
+        {
+            self.revoke_user(value.to_str().unwrap_or_default()).await;
+        }
+        // A logout ends the access token here, before the client hears
+        // back, on every replica.
         let path = session.req_header().uri.path();
         let method = session.req_header().method.as_str();
-        let ends_token = response.status.as_u16() == 204
-            && ((method == "POST" && path == "/api/v1/auth/logout")
-                || (method == "DELETE" && path == "/api/v1/users/me"));
+        let ends_token =
+            response.status.as_u16() == 204 && method == "POST" && path == "/api/v1/auth/logout";
         if ends_token && let Some(claims) = &ctx.claims {
             // The whole login family: every access token of this login, not
             // only the one presented. The auth service issues the family no

@@ -96,6 +96,20 @@ pub fn family_of(jti: &str) -> Option<&str> {
     (jti.len() == 64 && jti.bytes().all(hex)).then(|| &jti[..32])
 }
 
+/// When a token was issued, to the millisecond: a flashmall token's own
+/// id (the second half of its `jti`) is a UUIDv7, whose first 48 bits are
+/// its issue time in Unix ms, signed with the rest of the token. Any other
+/// token counts as issued at the end of its `iat` second, so a login right
+/// after a watermark is never refused (a token from another issuer in the
+/// watermark's own second is not refused either).
+pub fn issued_at_ms(jti: &str, iat_s: u64) -> u64 {
+    let second = iat_s.saturating_mul(1000);
+    family_of(jti)
+        .and_then(|_| u64::from_str_radix(&jti[32..44], 16).ok())
+        .filter(|ms| (second..second.saturating_add(2000)).contains(ms))
+        .unwrap_or(second.saturating_add(999))
+}
+
 impl Revocation {
     /// Ends the login a token belongs to: its whole family (every access
     /// token that login was issued), or the token alone when it has none.
@@ -427,9 +441,7 @@ impl View {
         if revoked.is_empty() {
             return false;
         }
-        // Seconds: a token issued in the second of a watermark counts as
-        // issued at its end, so a login right after it is never refused.
-        let issued_ms = issued_at_s.saturating_mul(1000).saturating_add(999);
+        let issued_ms = issued_at_ms(jti, issued_at_s);
         let covers = |key: &str| {
             revoked.get(key).is_some_and(|r| {
                 r.until_ms > now_ms && r.not_before_ms.is_none_or(|nb| issued_ms < nb)
@@ -584,6 +596,13 @@ mod tests {
         assert!(view.token_revoked(other, "bob", issued, now));
         assert!(!view.token_revoked(other, "bob", now / 1000, now));
         assert!(!view.token_revoked(other, "carol", issued, now));
+        // A flashmall token: its UUIDv7 id dates it to the millisecond.
+        let at = |ms: u64| format!("ffffffffffffffffffffffffffffffff{ms:012x}70008000000000000001");
+        assert_eq!(issued_at_ms(&at(now - 1), (now - 1) / 1000), now - 1);
+        assert!(view.token_revoked(&at(now - 1), "bob", (now - 1) / 1000, now));
+        assert!(!view.token_revoked(&at(now), "bob", now / 1000, now));
+        // An id that does not fit its iat falls back to the second's end.
+        assert_eq!(issued_at_ms(&at(5), 1_000), 1_000_999);
         // Past its end, nothing is covered.
         assert!(!view.token_revoked(&sibling, "bob", issued, now + 60_000));
     }

@@ -127,7 +127,24 @@ async fn update_me(
             &u.current_password,
         )
         .await?;
-    Ok(Json(view).into_response())
+    let response = Json(view).into_response();
+    // A new password voids every access token issued with the old one.
+    Ok(match u.password {
+        Some(_) => with_revocation(response, &caller.user_id),
+        None => response,
+    })
+}
+
+/// Announces to the edge that `user_id`'s access tokens issued until now
+/// are void (`flashmall_mesh::headers::REVOKE_USER`).
+fn with_revocation(mut response: Response, user_id: &str) -> Response {
+    let value = flashmall_mesh::headers::revoke_user_value(user_id, flashmall_mesh::now_ms());
+    if let Ok(value) = axum::http::HeaderValue::from_str(&value) {
+        response
+            .headers_mut()
+            .insert(flashmall_mesh::headers::REVOKE_USER, value);
+    }
+    response
 }
 
 #[derive(Deserialize)]
@@ -140,10 +157,13 @@ async fn delete_me(
     State(api): State<AuthApi>,
     Caller(caller): Caller,
     b: Body,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     let d: DeleteMe = json(b, api.limit()).await?;
     api.auth.delete_me(&caller, &d.password).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(with_revocation(
+        StatusCode::NO_CONTENT.into_response(),
+        &caller.user_id,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -159,5 +179,7 @@ async fn set_roles(
     b: Body,
 ) -> Result<Response, ApiError> {
     let r: Roles = json(b, api.limit()).await?;
-    Ok(Json(api.auth.set_roles(&caller, &id, &r.roles).await?).into_response())
+    let view = api.auth.set_roles(&caller, &id, &r.roles).await?;
+    // Tokens carry roles: the old ones must not outlive the change.
+    Ok(with_revocation(Json(view).into_response(), &id))
 }
