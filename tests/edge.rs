@@ -1242,6 +1242,57 @@ async fn older_tokens_stop_after_deletion_password_change_and_role_change() {
     stack.stop().await;
 }
 
+/// Security review #18, finding 4: with the default limits, a burst of
+/// logins from one address is refused at the edge (429 with Retry-After,
+/// the limit named) beyond its burst, before the auth service hashes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_limits_refuse_a_login_burst_before_hashing() {
+    const BURST: usize = 60;
+    let s = EdgeStack::start(|_| {}).await;
+    let started = Instant::now();
+    let answers = futures::future::join_all((0..BURST).map(|n| {
+        let request = s.client.post(s.url("/api/v1/auth/login")).json(
+            &json!({"email": format!("nobody{n}@example.com"), "password": "wrong password!!"}),
+        );
+        async move {
+            let r = request.send().await.expect("the edge answers");
+            let retry = r.headers().contains_key("retry-after");
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            (status, retry, body)
+        }
+    }))
+    .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let hashed = answers
+        .iter()
+        .filter(|(status, _, _)| *status == 401)
+        .count();
+    let refused: Vec<_> = answers
+        .iter()
+        .filter(|(status, _, _)| *status == 429)
+        .collect();
+    assert_eq!(hashed + refused.len(), BURST, "{answers:?}");
+    // login-per-address: burst 20, then 5 a second (measured, not assumed).
+    let allowed = 20.0 + 5.0 * elapsed;
+    assert!(
+        hashed as f64 <= allowed.ceil(),
+        "{hashed} logins reached the auth service in {elapsed:.2} s; the limit allows {allowed:.0}"
+    );
+    for (_, retry, body) in &refused {
+        assert!(retry, "429 without Retry-After: {body}");
+        assert_eq!(body["error"]["code"], "rate_limited");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("login-per-address"),
+            "{body}"
+        );
+    }
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_ids_are_propagated_and_the_edge_exports_metrics() {
     let s = EdgeStack::start(|_| {}).await;

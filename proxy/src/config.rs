@@ -33,9 +33,11 @@ pub struct PublicRoute {
 pub struct LimitConfig {
     /// Name, for metrics and logs.
     pub name: String,
-    /// What is counted: `ip` (the client address), `user` (the verified
-    /// user; anonymous requests are not counted) or `sale` (the sale in a
-    /// `/api/v1/sales/{id}/...` path).
+    /// What is counted: `ip` (the client address; IPv6 per /64), `net48`
+    /// (IPv6 per /48; IPv4 per address), `user` (the verified user;
+    /// anonymous requests are not counted), `sale` (the sale in a
+    /// `/api/v1/sales/{id}/...` path) or `all` (every request it applies
+    /// to, together).
     pub key: String,
     /// HTTP method this limit applies to, or `*`.
     #[serde(default = "any")]
@@ -197,6 +199,44 @@ impl Default for ProxyConfig {
                     burst: 1000,
                     scope: "local".into(),
                 },
+                // Logging in and registering hash a password (argon2id):
+                // strict limits, refused before the auth service hashes.
+                LimitConfig {
+                    name: "login-per-address".into(),
+                    key: "ip".into(),
+                    method: "POST".into(),
+                    path: "^/api/v1/auth/login$".into(),
+                    per_second: 5.0,
+                    burst: 20,
+                    scope: "local".into(),
+                },
+                LimitConfig {
+                    name: "register-per-address".into(),
+                    key: "ip".into(),
+                    method: "POST".into(),
+                    path: "^/api/v1/auth/register$".into(),
+                    per_second: 2.0,
+                    burst: 20,
+                    scope: "local".into(),
+                },
+                LimitConfig {
+                    name: "auth-per-site".into(),
+                    key: "net48".into(),
+                    method: "POST".into(),
+                    path: "^/api/v1/auth/(login|register)$".into(),
+                    per_second: 20.0,
+                    burst: 60,
+                    scope: "local".into(),
+                },
+                LimitConfig {
+                    name: "auth-all".into(),
+                    key: "all".into(),
+                    method: "POST".into(),
+                    path: "^/api/v1/auth/(login|register)$".into(),
+                    per_second: 100.0,
+                    burst: 200,
+                    scope: "local".into(),
+                },
                 LimitConfig {
                     name: "purchases-per-user".into(),
                     key: "user".into(),
@@ -257,7 +297,7 @@ impl ProxyConfig {
                 .map_err(|e| format!("proxy.public: bad path regex {:?}: {e}", p.path))?;
         }
         for l in &self.limits {
-            if !["ip", "user", "sale"].contains(&l.key.as_str()) {
+            if !["ip", "net48", "user", "sale", "all"].contains(&l.key.as_str()) {
                 return Err(format!(
                     "proxy.limits.{}: key must be ip, user or sale",
                     l.name

@@ -150,6 +150,18 @@ fn address_key(ip: IpAddr) -> String {
     }
 }
 
+/// The rate-limit key of an address's site: IPv6 per /48, IPv4 per
+/// address.
+fn site_key(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
+        }
+    }
+}
+
 /// True for a sale id in the one form the edge accepts: a lower-case,
 /// hyphenated UUID. Other spellings of the same sale would dodge its
 /// limits, rules and gate, so they are refused.
@@ -228,6 +240,8 @@ impl Edge {
             }
             let key = match limit.kind {
                 KeyKind::Ip => ctx.client_ip.map(address_key),
+                KeyKind::Net48 => ctx.client_ip.map(site_key),
+                KeyKind::All => Some(String::new()),
                 KeyKind::User => ctx.claims.as_ref().map(|c| c.sub.clone()),
                 KeyKind::Sale => gate::sale_of(path).map(str::to_owned),
             };
@@ -818,6 +832,19 @@ mod tests {
         assert_eq!(
             address_key("2001:db8:1:2:3:4:5:6".parse().unwrap()),
             "2001:db8:1:2::/64"
+        );
+        assert_eq!(
+            site_key("2001:db8:1:2:3:4:5:6".parse().unwrap()),
+            site_key("2001:db8:1:ffff::1".parse().unwrap()),
+            "one /48"
+        );
+        assert_ne!(
+            site_key("2001:db8:1::1".parse().unwrap()),
+            site_key("2001:db8:2::1".parse().unwrap())
+        );
+        assert_eq!(
+            site_key("::ffff:203.0.113.8".parse().unwrap()),
+            site_key("203.0.113.8".parse().unwrap())
         );
         assert!(canonical_sale_id("0199abcd-0000-7000-8000-000000000001"));
         assert!(!canonical_sale_id("0199ABCD-0000-7000-8000-000000000001"));

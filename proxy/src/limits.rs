@@ -22,8 +22,12 @@ const SWEEP_AT: usize = 10_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyKind {
     Ip,
+    /// The client's IPv6 /48 (a site); an IPv4 client's address.
+    Net48,
     User,
     Sale,
+    /// One bucket for every request the limit applies to.
+    All,
 }
 
 /// One configured limit.
@@ -43,8 +47,10 @@ impl Limit {
     pub fn from_config(c: &LimitConfig) -> Result<Limit, String> {
         let kind = match c.key.as_str() {
             "ip" => KeyKind::Ip,
+            "net48" => KeyKind::Net48,
             "user" => KeyKind::User,
             "sale" => KeyKind::Sale,
+            "all" => KeyKind::All,
             other => return Err(format!("limit {}: unknown key {other}", c.name)),
         };
         let emission_us = (1_000_000.0 / c.per_second).max(1.0) as u64;

@@ -119,10 +119,15 @@ pub struct AuthConfig {
     pub argon2_memory_kib: u32,
     /// Argon2id passes (OWASP: 2).
     pub argon2_iterations: u32,
-    /// Failed logins of one account before it backs off.
+    /// Failed logins of one account from one client address (IPv6: its
+    /// /64) before that address backs off on that account (doubling from
+    /// `login_backoff`); the account's owner elsewhere is not affected.
     pub login_account_failures: u32,
-    /// Failed logins from one IP address before it backs off.
-    pub login_ip_failures: u32,
+    /// Failed logins of one account from all addresses together before
+    /// each address that has already failed on it waits `login_backoff`
+    /// per further attempt (an address with no failure on the account is
+    /// never held back).
+    pub login_account_ceiling: u32,
     /// First back-off; doubles with every further failure.
     #[serde(with = "humantime_serde")]
     pub login_backoff: Duration,
@@ -150,7 +155,7 @@ impl Default for AuthConfig {
             argon2_memory_kib: 19_456,
             argon2_iterations: 2,
             login_account_failures: 5,
-            login_ip_failures: 50,
+            login_account_ceiling: 100,
             login_backoff: Duration::from_secs(1),
             login_backoff_max: Duration::from_secs(15 * 60),
             login_window: Duration::from_secs(15 * 60),
@@ -189,9 +194,10 @@ impl AuthConfig {
                     .into(),
             );
         }
-        if self.login_account_failures == 0 || self.login_ip_failures == 0 {
+        if self.login_account_failures == 0 || self.login_account_ceiling == 0 {
             return Err(
-                "auth.login_account_failures and auth.login_ip_failures must be at least 1".into(),
+                "auth.login_account_failures and auth.login_account_ceiling must be at least 1"
+                    .into(),
             );
         }
         if self.login_backoff.is_zero() || self.login_backoff_max < self.login_backoff {

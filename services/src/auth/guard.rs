@@ -1,10 +1,22 @@
-//! Brute-force protection for password checks. Per account, attempts are
-//! counted *before* the password is checked, so a burst of parallel
-//! guesses is counted as it arrives; a success clears the count. Per client
-//! address, failures are counted after the check (many people behind one
-//! address log in at once; they must not lock each other out). Past a
-//! threshold a key backs off (doubling, capped), and while it backs off even
-//! a correct password is refused.
+//! Brute-force protection for password checks, shaped so that nobody can
+//! lock another person out:
+//!
+//! - per account *and* client address (IPv6: its /64), attempts are
+//!   counted as they arrive, before the password is checked (a burst of
+//!   parallel guesses is counted at once), and a correct password clears
+//!   the count, so only failures remain. Past a threshold that pair backs
+//!   off (doubling, capped) and is refused before any hashing, the correct
+//!   password included: a guesser locks out only their own address, never
+//!   the account's owner elsewhere, nor others behind the same NAT;
+//! - per account, failures from every address are counted after the
+//!   check. Past a softer, account-wide ceiling, an address that has
+//!   already failed on the account waits a fixed back-off per further
+//!   attempt, so a botnet guesses slowly while an address with no failure
+//!   on the account (its owner's) is never held back.
+//!
+//! Refusals come before the password hash is computed, so they cost no
+//! hashing slot; the edge's strict limits on the login and register routes
+//! keep one client from filling the slots in the first place.
 
 use flashmall_mesh::now_ms;
 use std::net::IpAddr;
@@ -100,6 +112,20 @@ pub async fn admit(store: &dyn ServiceStore, key: &str, limit: Limit) -> Result<
 pub async fn clear(store: &dyn ServiceStore, key: &str) -> Result<(), ApiError> {
     store.delete(Table::LoginFailures, key, None).await?;
     Ok(())
+}
+
+/// Attempts counted for `key` and not cleared (0: none).
+pub async fn attempts(store: &dyn ServiceStore, key: &str) -> Result<u32, ApiError> {
+    Ok(store
+        .get(Table::LoginFailures, key)
+        .await?
+        .and_then(|c| serde_json::from_slice::<Attempts>(&c.value).ok())
+        .map_or(0, |a| a.count))
+}
+
+/// The key of one account's attempts from one client address.
+pub fn pair_key(account: &str, ip: IpAddr) -> String {
+    format!("pair:{account}|{}", address_key(ip))
 }
 
 /// Refuses with 429 while `key` backs off (counts nothing).

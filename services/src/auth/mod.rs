@@ -176,7 +176,9 @@ impl Auth {
         &self.config
     }
 
-    fn account_limit(&self) -> Limit {
+    /// One account from one address (and a caller checking their own
+    /// password): doubling back-off.
+    fn pair_limit(&self) -> Limit {
         Limit {
             failures: self.config.login_account_failures,
             backoff: self.config.login_backoff,
@@ -185,10 +187,13 @@ impl Auth {
         }
     }
 
-    fn ip_limit(&self) -> Limit {
+    /// One account from every address: past the ceiling, a fixed back-off
+    /// per further attempt (for addresses that failed on it before).
+    fn ceiling_limit(&self) -> Limit {
         Limit {
-            failures: self.config.login_ip_failures,
-            ..self.account_limit()
+            failures: self.config.login_account_ceiling,
+            backoff_max: self.config.login_backoff,
+            ..self.pair_limit()
         }
     }
 
@@ -274,23 +279,27 @@ impl Auth {
         if password.chars().count() > password::MAX_PASSWORD {
             return Err(invalid_credentials());
         }
+        // `guard`'s module docs: this address on this account counts as it
+        // arrives (and backs off past a few failures); the account-wide
+        // ceiling holds back only addresses that failed on it before. Both
+        // refuse before hashing.
+        let pair_key = guard::pair_key(&email, ip);
         let account_key = format!("acct:{email}");
-        let ip_key = guard::address_key(ip);
-        // Counted before the password is checked; backing off refuses even
-        // a correct password.
-        guard::check(&*self.store, &ip_key).await?;
-        guard::admit(&*self.store, &account_key, self.account_limit()).await?;
+        guard::admit(&*self.store, &pair_key, self.pair_limit()).await?;
+        if guard::attempts(&*self.store, &pair_key).await? > 1 {
+            guard::check(&*self.store, &account_key).await?;
+        }
         let found = self.user_by_email(&email).await?;
         let hash = found.as_ref().map(|(u, _)| u.password_hash.as_str());
         if !self.hasher.verify(password, hash).await? {
-            guard::record_failure(&*self.store, &ip_key, self.ip_limit()).await?;
+            guard::record_failure(&*self.store, &account_key, self.ceiling_limit()).await?;
             metrics::counter!("flashmall_auth_logins_total", "outcome" => "failed").increment(1);
             return Err(invalid_credentials());
         }
         let Some((user, _)) = found else {
             return Err(invalid_credentials());
         };
-        guard::clear(&*self.store, &account_key).await?;
+        guard::clear(&*self.store, &pair_key).await?;
         let family = Uuid::now_v7();
         let record = FamilyRecord {
             user_id: user.id.clone(),
@@ -539,8 +548,8 @@ impl Auth {
         password: &str,
         wrong: &str,
     ) -> Result<(), ApiError> {
-        let key = format!("acct:{}", user.email);
-        guard::admit(&*self.store, &key, self.account_limit()).await?;
+        let key = format!("own:{}", user.id);
+        guard::admit(&*self.store, &key, self.pair_limit()).await?;
         if !self
             .hasher
             .verify(password, Some(&user.password_hash))
