@@ -103,8 +103,6 @@ fn the_cluster_config_is_the_example_with_cluster_values() {
         "checkout.product_endpoints",
         "checkout.order_endpoints",
         "checkout.payment_endpoints",
-        // The auth routes' global ceiling is shared by every edge replica.
-        "proxy.limits.4.scope",
         // The production overlay's stores: Redis, TiKV, ScyllaDB (RF 3).
         "proxy.redis_url",
         "redis.url",

@@ -252,7 +252,7 @@ fn operations() -> Vec<Operation> {
         (
             "get",
             "/api/v1/products/search",
-            "Products whose name or description holds every word of q",
+            "Products whose name or description holds every word of q; one request examines a bounded number of entries, so a page may hold fewer than asked (even none): follow next_page_token until it is null",
             false,
             None,
             "200",

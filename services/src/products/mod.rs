@@ -45,6 +45,10 @@ pub const PAGE_MAX: u32 = 100;
 pub const PAGE_DEFAULT: u32 = 20;
 /// Deepest offset page reachable with `page` (beyond: `page_token`).
 pub const OFFSET_MAX: usize = 10_000;
+/// Most index rows one page request examines. A search for words few
+/// products hold together may find fewer than a page (even none) within
+/// them; it answers what it found and a `next` token to go on from.
+pub const EXAMINED_MAX: usize = 500;
 /// Longest search query, in characters, and most words in it.
 pub const QUERY_MAX: usize = 200;
 pub const QUERY_WORDS_MAX: usize = 8;
@@ -538,7 +542,8 @@ impl Products {
     }
 
     /// One page from an index partition, newest first, keeping the products
-    /// that `matches` (stale rows and deleted products are skipped).
+    /// that `matches` (stale rows and deleted products are skipped). Stops
+    /// after `EXAMINED_MAX` rows with what it found and a `next` token.
     async fn page_of(
         &self,
         table: Table,
@@ -576,9 +581,20 @@ impl Products {
             });
         }
         let mut products = Vec::new();
+        let mut examined = 0;
         loop {
-            let rows = self.newest_rows(table, partition, &after, size).await?;
-            let exhausted = rows.len() < size;
+            if examined >= EXAMINED_MAX {
+                // Bounded work per request: the client goes on from here.
+                metrics::counter!("flashmall_products_pages_cut_total").increment(1);
+                return Ok(Page {
+                    products,
+                    next: after,
+                });
+            }
+            let want = size.min(EXAMINED_MAX - examined);
+            let rows = self.newest_rows(table, partition, &after, want).await?;
+            let exhausted = rows.len() < want;
+            examined += rows.len();
             for Row { sort, .. } in rows {
                 after = Some(sort.clone());
                 let Ok(id) = Uuid::try_parse(&sort) else {
