@@ -1293,6 +1293,85 @@ async fn the_default_limits_refuse_a_login_burst_before_hashing() {
     s.stop().await;
 }
 
+/// Security review #18, finding 8: every id path takes one spelling, so a
+/// rule written for a product (or an order, a payment, ...) cannot be
+/// dodged by spelling its id in upper case, without hyphens, in braces or
+/// percent-encoded: those answer 404 at the edge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_have_one_spelling_so_no_spelling_dodges_a_rule() {
+    let s = EdgeStack::start(|p| p.limits.clear()).await;
+    let admin = s.admin().await;
+    let (status, product) = s
+        .call(
+            s.client
+                .post(s.url("/api/v1/products"))
+                .bearer_auth(&admin.access)
+                .json(&json!({"name": "Hidden teapot", "price": 100, "stock": 1})),
+        )
+        .await;
+    assert_eq!(status, 201, "{product}");
+    let id = product["id"].as_str().unwrap().to_owned();
+    let (status, _) = s
+        .call(
+            s.client
+                .put(s.url("/api/v1/admin/access-rules"))
+                .bearer_auth(&admin.access)
+                .json(&json!({"rules": [
+                    {"role": "anonymous", "effect": "deny", "method": "GET", "path": format!("^/api/v1/products/{id}$")}
+                ]})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let get = |path: String| {
+        let s = &s;
+        let request = s.client.get(s.url(&path));
+        async move { s.call(request).await }
+    };
+    assert_eq!(
+        get(format!("/api/v1/products/{id}")).await.0,
+        403,
+        "the rule holds"
+    );
+    let hex = id.replace('-', "");
+    let spellings = [
+        id.to_uppercase(),
+        hex.clone(),
+        format!("{{{id}}}"),
+        format!("%{:02X}{}", id.as_bytes()[0], &id[1..]),
+        format!("urn:uuid:{id}"),
+    ];
+    for spelling in &spellings {
+        let (status, body) = get(format!("/api/v1/products/{spelling}")).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (404, Some("not_found")),
+            "{spelling}: {body}"
+        );
+    }
+    // The same for the other id paths (with a token: they are not public).
+    for family in [
+        "orders",
+        "payments",
+        "reservations",
+        "cart/items",
+        "admin/users",
+    ] {
+        let (status, body) = s
+            .call(
+                s.client
+                    .get(s.url(&format!("/api/v1/{family}/{}", hex)))
+                    .bearer_auth(&admin.access),
+            )
+            .await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (404, Some("not_found")),
+            "{family}: {body}"
+        );
+    }
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_ids_are_propagated_and_the_edge_exports_metrics() {
     let s = EdgeStack::start(|_| {}).await;

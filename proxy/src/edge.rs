@@ -162,11 +162,69 @@ fn site_key(ip: IpAddr) -> String {
     }
 }
 
-/// True for a sale id in the one form the edge accepts: a lower-case,
-/// hyphenated UUID. Other spellings of the same sale would dodge its
-/// limits, rules and gate, so they are refused.
-fn canonical_sale_id(id: &str) -> bool {
-    uuid::Uuid::try_parse(id).is_ok_and(|u| u.hyphenated().to_string() == id)
+/// True for an id in the one form the edge accepts: a lower-case,
+/// hyphenated UUID. Other spellings of the same thing (upper case, no
+/// hyphens, braces, a URN, percent-encoding) would dodge the access rules,
+/// limits and gate written for it, so they are refused.
+fn canonical_id(id: &str) -> bool {
+    id.len() == 36 && uuid::Uuid::try_parse(id).is_ok_and(|u| u.hyphenated().to_string() == id)
+}
+
+/// The paths whose segment after the prefix is an id, and what a
+/// non-canonical one answers. Longest prefixes first; `except` lists
+/// segments there that are routes, not ids.
+const ID_PATHS: [(&str, &[&str], ErrorCode, &str); 8] = [
+    (
+        "/api/v1/admin/users/",
+        &[],
+        ErrorCode::NotFound,
+        "no such user",
+    ),
+    (
+        "/api/v1/admin/blacklist/",
+        &[],
+        ErrorCode::NotFound,
+        "no such blacklist entry",
+    ),
+    (
+        "/api/v1/reservations/",
+        &[],
+        ErrorCode::NotFound,
+        "no such reservation",
+    ),
+    (
+        "/api/v1/cart/items/",
+        &[],
+        ErrorCode::NotFound,
+        "no such product in the cart",
+    ),
+    (
+        "/api/v1/products/",
+        &["search"],
+        ErrorCode::NotFound,
+        "no such product",
+    ),
+    (
+        "/api/v1/payments/",
+        &[],
+        ErrorCode::NotFound,
+        "no such payment",
+    ),
+    ("/api/v1/orders/", &[], ErrorCode::NotFound, "no such order"),
+    (
+        "/api/v1/sales/",
+        &[],
+        ErrorCode::SaleNotFound,
+        "no such sale",
+    ),
+];
+
+/// The refusal of a path whose id is not canonical (see `canonical_id`).
+fn non_canonical_id(path: &str) -> Option<ApiError> {
+    ID_PATHS.iter().find_map(|(prefix, except, code, message)| {
+        let id = path.strip_prefix(prefix)?.split('/').next()?;
+        (!except.contains(&id) && !canonical_id(id)).then(|| ApiError::new(*code, *message))
+    })
 }
 
 /// A new request id: a UUIDv7 whose random bits come from a per-thread
@@ -439,18 +497,11 @@ impl ProxyHttp for Edge {
                 )
                 .await;
         }
-        // One spelling per sale, so no other spelling dodges its limits,
-        // rules or gate.
-        if let Some(id) = gate::sale_of(&path)
-            && !canonical_sale_id(id)
-        {
-            return self
-                .answer(
-                    session,
-                    ctx,
-                    ApiError::new(ErrorCode::SaleNotFound, "no such sale"),
-                )
-                .await;
+        // One spelling per id (sales, products, orders, payments, ...), so
+        // no other spelling dodges the rules, limits or gate written for it.
+        if let Some(refused) = non_canonical_id(&path) {
+            reject("non_canonical_id");
+            return self.answer(session, ctx, refused).await;
         }
         // 4. Access rules, by role.
         let roles: Vec<&str> = match &ctx.claims {
@@ -846,9 +897,34 @@ mod tests {
             site_key("::ffff:203.0.113.8".parse().unwrap()),
             site_key("203.0.113.8".parse().unwrap())
         );
-        assert!(canonical_sale_id("0199abcd-0000-7000-8000-000000000001"));
-        assert!(!canonical_sale_id("0199ABCD-0000-7000-8000-000000000001"));
-        assert!(!canonical_sale_id("0199abcd000070008000000000000001"));
+        assert!(canonical_id("0199abcd-0000-7000-8000-000000000001"));
+        assert!(!canonical_id("0199ABCD-0000-7000-8000-000000000001"));
+        assert!(!canonical_id("0199abcd000070008000000000000001"));
+        assert!(!canonical_id("{0199abcd-0000-7000-8000-000000000001}"));
+        assert!(!canonical_id(
+            "urn:uuid:0199abcd-0000-7000-8000-000000000001"
+        ));
+        assert!(!canonical_id("%30199abcd-0000-7000-8000-00000000001"));
+        let id = "0199abcd-0000-7000-8000-000000000001";
+        for family in [
+            "orders",
+            "payments",
+            "products",
+            "reservations",
+            "sales",
+            "cart/items",
+        ] {
+            assert!(non_canonical_id(&format!("/api/v1/{family}/{id}")).is_none());
+            assert!(non_canonical_id(&format!("/api/v1/{family}/{id}/cancel")).is_none());
+            let upper = format!("/api/v1/{family}/{}", id.to_uppercase());
+            assert!(non_canonical_id(&upper).is_some(), "{upper}");
+        }
+        assert!(non_canonical_id("/api/v1/products/search").is_none());
+        assert!(non_canonical_id("/api/v1/products").is_none());
+        assert_eq!(
+            non_canonical_id("/api/v1/sales/X").map(|e| e.code),
+            Some(ErrorCode::SaleNotFound)
+        );
         assert_eq!(
             client_address(from_lb, &header, &[]),
             from_lb,
