@@ -85,6 +85,7 @@ fn env() -> Vec<(String, String)> {
 
 fn main() -> ExitCode {
     // Failpoints for crash tests: FAILPOINTS=settle-before-commit=return.
+    #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
