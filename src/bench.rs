@@ -110,7 +110,6 @@ pub async fn seckill(args: &SeckillArgs) -> Result<SeckillReport, String> {
                 base: url.clone(),
                 admin_email: args.admin_email.clone(),
                 admin_password: password,
-                register_admin: false,
                 edge_admin: args.edge_admin.clone(),
             };
             flashmall_bench::seckill::run(&target, &args.options, None, visible).await
@@ -132,15 +131,16 @@ pub async fn seckill(args: &SeckillArgs) -> Result<SeckillReport, String> {
                 fast_ack: args.fast_ack,
                 max_quantity: args.options.per_user_limit,
                 payment_timeout: std::time::Duration::from_secs(900),
-                admin: args.admin_email.clone(),
             }
             .start()
             .await?;
+            stack
+                .register_admin(&args.admin_email, LOCAL_ADMIN_PASSWORD)
+                .await?;
             let target = Target {
                 base: stack.base(),
                 admin_email: args.admin_email.clone(),
                 admin_password: LOCAL_ADMIN_PASSWORD.to_owned(),
-                register_admin: true,
                 edge_admin: Some(stack.admin_base()),
             };
             let plan = faulty.as_ref().map(|redis| FaultPlan {

@@ -52,6 +52,10 @@ enum Command {
     },
     /// Loads and validates a config file, then prints the effective config.
     CheckConfig { file: PathBuf },
+    /// Makes the existing account of EMAIL an admin, in the services store
+    /// the config names (registering never makes an admin). With the
+    /// embedded store, run it while flashmall is stopped.
+    GrantAdmin { email: String },
 }
 
 #[derive(Subcommand)]
@@ -175,6 +179,14 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 ServiceName::Checkout => Service::Checkout(config.checkout_settings(key)),
             };
             flashmall_services::run(service, shutdown).await?;
+        }
+        Command::GrantAdmin { email } => {
+            let store = flashmall_services::open_store(&config.store, &config.data.dir).await?;
+            match flashmall_services::auth::grant_admin(&*store, &email).await {
+                Ok(true) => println!("{email} is now an admin (from its next login)"),
+                Ok(false) => println!("{email} was an admin already"),
+                Err(e) => return Err(e.message),
+            }
         }
         Command::CheckConfig { file } => {
             let config = Config::load(Some(&file), env())?;

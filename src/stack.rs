@@ -62,8 +62,9 @@ pub struct Stack {
 }
 
 /// A throwaway stack for the demo and the bench: embedded stores in a
-/// temporary directory, a random JWT secret, `admin` bootstrapped, and no
-/// per-address rate limit (every simulated client shares one address).
+/// temporary directory, a random JWT secret, and no per-address rate
+/// limit (every simulated client shares one address). Its admin comes from
+/// `Stack::register_admin`.
 #[derive(Debug, Clone)]
 pub struct Throwaway {
     /// Redis URL of the stock front; `None`: the in-process front.
@@ -74,8 +75,6 @@ pub struct Throwaway {
     pub max_quantity: i64,
     /// How long an order waits for its payment.
     pub payment_timeout: std::time::Duration,
-    /// The e-mail that becomes an admin when it registers.
-    pub admin: String,
 }
 
 impl Throwaway {
@@ -116,7 +115,6 @@ impl Throwaway {
                 // in seconds; deployments keep the OWASP defaults of [auth].
                 argon2_memory_kib: 256,
                 argon2_iterations: 1,
-                bootstrap_admins: vec![self.admin.clone()],
                 ..AuthConfig::default()
             },
             data_dir: data.path().to_owned(),
@@ -274,6 +272,27 @@ impl Stack {
             shutdown,
             orders_shutdown,
         })
+    }
+
+    /// Registers `email` through the edge (if it is not yet) and makes it
+    /// an admin, as an operator would with `flashmall grant-admin`.
+    pub async fn register_admin(&self, email: &str, password: &str) -> Result<(), String> {
+        let response = reqwest::Client::new()
+            .post(format!("{}/api/v1/auth/register", self.base()))
+            .json(&serde_json::json!({"email": email, "password": password}))
+            .send()
+            .await
+            .map_err(|e| format!("registering {email}: {e}"))?;
+        if !matches!(response.status().as_u16(), 201 | 409) {
+            return Err(format!(
+                "registering {email}: {}",
+                response.text().await.unwrap_or_default()
+            ));
+        }
+        flashmall_services::auth::grant_admin(&*self.store, email)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.message)
     }
 
     /// The edge's base URL.

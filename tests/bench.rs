@@ -353,21 +353,19 @@ async fn the_seckill_bench_runs_twice_against_one_running_stack() {
         fast_ack: false,
         max_quantity: 1,
         payment_timeout: std::time::Duration::from_secs(900),
-        admin: "ops@bench.flashmall".into(),
     }
     .start()
     .await
     .unwrap();
-    let client = reqwest::Client::new();
     let password = "ops password 0123456";
-    flashmall_bench::api::register(&client, &stack.base(), "ops@bench.flashmall", password)
+    stack
+        .register_admin("ops@bench.flashmall", password)
         .await
         .unwrap();
     let target = flashmall_bench::seckill::Target {
         base: stack.base(),
         admin_email: "ops@bench.flashmall".into(),
         admin_password: password.into(),
-        register_admin: false,
         edge_admin: None,
     };
     let options = SeckillOptions {

@@ -282,7 +282,6 @@ async fn the_autoscaling_metrics_are_served_with_the_labels_the_rules_use() {
         fast_ack: false,
         max_quantity: 1,
         payment_timeout: Duration::from_secs(900),
-        admin: "ops@k8s.flashmall".into(),
     }
     .start()
     .await
@@ -290,7 +289,11 @@ async fn the_autoscaling_metrics_are_served_with_the_labels_the_rules_use() {
     let base = stack.base();
     let client = reqwest::Client::new();
     let password = "ops password 0123456";
-    let admin = api::register(&client, &base, "ops@k8s.flashmall", password)
+    stack
+        .register_admin("ops@k8s.flashmall", password)
+        .await
+        .unwrap();
+    let admin = api::login(&client, &base, "ops@k8s.flashmall", password)
         .await
         .unwrap();
     let buyer = api::register(&client, &base, "buyer@k8s.flashmall", password)

@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use flashmall_testing::free_port;
-use support::{Flashmall, create_sale, purchase, send};
+use support::{Flashmall, create_sale, eventually, purchase, send};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_keeps_its_data_across_restarts_and_stops_on_sigterm() {
@@ -124,40 +124,36 @@ async fn up_serves_the_storefront_through_the_proxy() {
         ("FLASHMALL_AUTH__ARGON2_MEMORY_KIB", "64".to_owned()),
         ("FLASHMALL_AUTH__ARGON2_ITERATIONS", "1".to_owned()),
     ];
-    let mut up = Flashmall::spawn(&["up", "--data-dir", &dir], free_port(), &envs);
-    up.wait_ready().await;
     let edge = format!("http://127.0.0.1:{proxy_port}");
-    let mut ready = false;
-    for _ in 0..100 {
-        if client
-            .get(format!("{edge}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            ready = true;
-            break;
+    let start = || async {
+        let mut up = Flashmall::spawn(&["up", "--data-dir", &dir], free_port(), &envs);
+        up.wait_ready().await;
+        let mut ready = false;
+        for _ in 0..100 {
+            if client
+                .get(format!("{edge}/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+            {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready, "the proxy answers");
-    let token = |email: &'static str| {
-        let client = client.clone();
-        let edge = edge.clone();
+        assert!(ready, "the proxy answers");
+        up
+    };
+    let mut up = start().await;
+    let creds =
+        |email: &str| serde_json::json!({"email": email, "password": "correct horse battery"});
+    let login = |email: &'static str| {
+        let (client, edge) = (client.clone(), edge.clone());
         async move {
-            let creds = serde_json::json!({"email": email, "password": "correct horse battery"});
-            let (status, _) = send(
-                client
-                    .post(format!("{edge}/api/v1/auth/register"))
-                    .json(&creds),
-            )
-            .await
-            .unwrap();
-            assert_eq!(status, 201);
             let (status, tokens) = send(
                 client
                     .post(format!("{edge}/api/v1/auth/login"))
-                    .json(&creds),
+                    .json(&creds(email)),
             )
             .await
             .unwrap();
@@ -165,8 +161,56 @@ async fn up_serves_the_storefront_through_the_proxy() {
             tokens["access_token"].as_str().unwrap().to_owned()
         }
     };
+    let token = |email: &'static str| {
+        let (client, edge) = (client.clone(), edge.clone());
+        async move {
+            let (status, _) = send(
+                client
+                    .post(format!("{edge}/api/v1/auth/register"))
+                    .json(&creds(email)),
+            )
+            .await
+            .unwrap();
+            assert_eq!(status, 201);
+            login(email).await
+        }
+    };
+    // Registering a bootstrap admin's email grants nothing: whoever is
+    // first would get it. The next start grants it to the existing account.
     let ops = token("ops@example.com").await;
-    let buyer = token("buyer@example.com").await;
+    token("buyer@example.com").await;
+    let (status, _) = send(
+        client
+            .post(format!("{edge}/api/v1/sales"))
+            .bearer_auth(&ops)
+            .json(&serde_json::json!({})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 403, "registration made no admin");
+    assert!(up.terminate(Duration::from_secs(15)).await.success());
+    let mut up = start().await;
+    // A fresh start has a fresh token secret here: log in again.
+    let buyer = login("buyer@example.com").await;
+    let ops = eventually(
+        Duration::from_secs(10),
+        "the bootstrap admin is granted",
+        || async {
+            let token = login("ops@example.com").await;
+            let (_, me) = send(
+                client
+                    .get(format!("{edge}/api/v1/users/me"))
+                    .bearer_auth(&token),
+            )
+            .await
+            .unwrap();
+            me["roles"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r == "admin"))
+                .then_some(token)
+        },
+    )
+    .await;
     let now = time::OffsetDateTime::now_utc();
     let (status, sale) = send(
         client

@@ -125,10 +125,10 @@ impl SeckillOptions {
 pub struct Target {
     /// The edge's base URL (`http://host:port`).
     pub base: String,
+    /// An existing admin account (a fresh local stack registers and grants
+    /// it first: `Stack::register_admin`).
     pub admin_email: String,
     pub admin_password: String,
-    /// Register the admin first (a fresh local stack that bootstraps it).
-    pub register_admin: bool,
     /// The edge's admin base URL (`proxy.admin_listen`), whose `/metrics`
     /// counts the purchases the sold-out gate answered; `None`: not read.
     pub edge_admin: Option<String>,
@@ -702,11 +702,7 @@ pub async fn run(
         .timeout(Duration::from_secs(30))
         .build()
         .map_err(|e| e.to_string())?;
-    let admin = if target.register_admin {
-        register(&client, &base, &target.admin_email, &target.admin_password).await?
-    } else {
-        login(&client, &base, &target.admin_email, &target.admin_password).await?
-    };
+    let admin = login(&client, &base, &target.admin_email, &target.admin_password).await?;
 
     // Buyers: run-unique accounts, so the bench can run again on one stack.
     let run_id = uuid::Uuid::now_v7().simple().to_string();

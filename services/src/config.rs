@@ -111,7 +111,9 @@ pub struct AuthConfig {
     /// Lifetime of a refresh token (each refresh issues a new one).
     #[serde(with = "humantime_serde")]
     pub refresh_ttl: Duration,
-    /// Emails that get the admin role when they register.
+    /// Emails whose existing accounts are made admins when the auth
+    /// service starts (register first, then start or restart it; or run
+    /// `flashmall grant-admin EMAIL`). Registering never makes an admin.
     pub bootstrap_admins: Vec<String>,
     /// Shortest accepted password, in characters.
     pub password_min_length: usize,

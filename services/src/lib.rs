@@ -207,6 +207,12 @@ pub fn launch_auth(
         settings.auth.clone(),
         &settings.jwt_secret,
     )?);
+    let bootstrap = Arc::clone(&auth);
+    tokio::spawn(async move {
+        for email in bootstrap.grant_bootstrap_admins().await {
+            tracing::info!(email = %email, "bootstrap admin granted");
+        }
+    });
     let app = auth::http::router(Arc::clone(&auth)).merge(auth::grpc::router(auth, key.clone()));
     serve("auth", app, key, listener, shutdown)
 }

@@ -281,7 +281,7 @@ async fn accounts(
     base: &str,
     options: &DemoOptions,
 ) -> Result<Accounts, String> {
-    let admin = account(client, base, DEMO_ADMIN).await?;
+    let admin = flashmall_bench::api::login(client, base, DEMO_ADMIN, DEMO_PASSWORD).await?;
     let buyers: Vec<Result<String, String>> = futures::stream::iter(0..options.buyers)
         .map(|i| async move { account(client, base, &format!("buyer-{i}@demo.flashmall")).await })
         .buffered(options.concurrency.min(64))
@@ -339,10 +339,10 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, String> {
         fast_ack: options.fast_ack,
         max_quantity: options.per_user_limit,
         payment_timeout: options.payment_timeout,
-        admin: DEMO_ADMIN.to_owned(),
     }
     .start()
     .await?;
+    stack.register_admin(DEMO_ADMIN, DEMO_PASSWORD).await?;
     let front = stack.engine.engine.front.kind();
     let result = storm(options, &stack.base(), front).await;
     stack.stop().await;

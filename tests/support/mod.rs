@@ -72,6 +72,7 @@ impl Flashmall {
                 "FLASHMALL_PROXY__LISTEN",
                 format!("127.0.0.1:{}", flashmall_testing::free_port()),
             )
+            .env("FLASHMALL_PROXY__ADMIN_LISTEN", "127.0.0.1:0")
             .env(
                 "FLASHMALL_ORDERS__LISTEN",
                 format!("127.0.0.1:{}", flashmall_testing::free_port()),

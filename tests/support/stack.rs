@@ -143,7 +143,6 @@ impl EdgeStack {
                 auth: AuthConfig {
                     argon2_memory_kib: 64,
                     argon2_iterations: 1,
-                    bootstrap_admins: vec![ADMIN_EMAIL.into()],
                     access_ttl: options.access_ttl,
                     ..AuthConfig::default()
                 },
@@ -238,7 +237,13 @@ impl EdgeStack {
         }
     }
 
+    /// The admin: registered, granted admin as an operator would
+    /// (`flashmall grant-admin`), logged in.
     pub async fn admin(&self) -> Login {
+        self.stack()
+            .register_admin(ADMIN_EMAIL, PASSWORD)
+            .await
+            .expect("the admin is registered and granted");
         self.login(ADMIN_EMAIL).await
     }
 

@@ -139,6 +139,42 @@ fn decode<T: for<'de> Deserialize<'de>>(v: &Versioned) -> Result<T, ApiError> {
         .map_err(|e| ApiError::internal(format!("a stored record is corrupt: {e}")))
 }
 
+/// Makes the existing account of `email` an admin (the operator's act:
+/// `flashmall grant-admin`, or `[auth] bootstrap_admins` at start-up; never
+/// a registration). `true` when granted now, `false` when it was an admin
+/// already; `not_found` when no account has the email.
+pub async fn grant_admin(store: &dyn ServiceStore, email: &str) -> Result<bool, ApiError> {
+    let email = normalize_email(email)?;
+    for _ in 0..8 {
+        let Some(id) = store.get(Table::Emails, &email).await? else {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("no account has the email {email}; register it first"),
+            ));
+        };
+        let id = String::from_utf8_lossy(&id.value).into_owned();
+        let Some(current) = store.get(Table::Users, &id).await? else {
+            return Err(ApiError::new(ErrorCode::NotFound, "the account is gone"));
+        };
+        let mut user: UserRecord = decode(&current)?;
+        if user.roles.contains(&Role::Admin) {
+            return Ok(false);
+        }
+        user.roles.push(Role::Admin);
+        user.roles.sort();
+        if store
+            .replace(Table::Users, &id, current.version, encode(&user), None)
+            .await?
+        {
+            tracing::info!(user_id = %id, "admin granted");
+            return Ok(true);
+        }
+    }
+    Err(ApiError::unavailable(
+        "the account is contended, retry shortly",
+    ))
+}
+
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
@@ -204,6 +240,27 @@ impl Auth {
         }
     }
 
+    /// Grants admin to the existing accounts of `[auth] bootstrap_admins`
+    /// (at start-up): an email nobody registered yet is skipped, so whoever
+    /// registers it later gets nothing. Returns the emails granted now.
+    pub async fn grant_bootstrap_admins(&self) -> Vec<String> {
+        let mut granted = Vec::new();
+        for email in &self.config.bootstrap_admins {
+            match grant_admin(&*self.store, email).await {
+                Ok(true) => granted.push(email.clone()),
+                Ok(false) => {}
+                Err(e) if e.code == ErrorCode::NotFound => tracing::info!(
+                    email = %email,
+                    "bootstrap admin not registered yet: register it, then restart auth or run flashmall grant-admin"
+                ),
+                Err(e) => {
+                    tracing::warn!(email = %email, error = %e, "granting a bootstrap admin failed")
+                }
+            }
+        }
+        granted
+    }
+
     async fn user_by_email(&self, email: &str) -> Result<Option<(UserRecord, u64)>, ApiError> {
         let Some(id) = self.store.get(Table::Emails, email).await? else {
             return Ok(None);
@@ -212,11 +269,12 @@ impl Auth {
         self.user(&id).await
     }
 
-    /// Creates an account; the emails in `[auth] bootstrap_admins` become admins.
+    /// Creates an account, a customer's: registering never makes an admin
+    /// (`grant_admin` does, out of band).
     pub async fn register(&self, email: &str, password: &str) -> Result<String, ApiError> {
         let email = normalize_email(email)?;
         password::check_policy(password, &email, self.config.password_min_length)?;
-        let mut user = UserRecord {
+        let user = UserRecord {
             id: Uuid::now_v7().to_string(),
             email: email.clone(),
             password_hash: self.hasher.hash(password).await?,
@@ -239,29 +297,6 @@ impl Auth {
                 ErrorCode::Conflict,
                 "an account with this email exists",
             ));
-        }
-        // A bootstrap admin email makes an admin once: whoever registers it
-        // after that account is gone (emails are not verified) does not.
-        let bootstrap = self
-            .config
-            .bootstrap_admins
-            .iter()
-            .any(|a| a.trim().eq_ignore_ascii_case(&email));
-        if bootstrap
-            && self
-                .store
-                .insert(
-                    Table::Grants,
-                    &format!("bootstrap-admin/{email}"),
-                    user.id.clone().into_bytes(),
-                    None,
-                )
-                .await?
-        {
-            user.roles.push(Role::Admin);
-            self.store
-                .replace(Table::Users, &user.id, 1, encode(&user), None)
-                .await?;
         }
         metrics::counter!("flashmall_auth_registrations_total").increment(1);
         tracing::info!(user_id = %user.id, "account registered");

@@ -32,9 +32,11 @@ pub enum Table {
     RefreshTokens,
     /// Token family id → family (revocation of a whole login).
     TokenFamilies,
-    /// `acct:<email>` or `ip:<address>` → recent failed logins.
+    /// `pair:<email>|<address>`, `acct:<email>` or `own:<user id>` →
+    /// recent failed password checks.
     LoginFailures,
-    /// One-time grants (`bootstrap-admin/<email>`).
+    /// Unused since admins are granted out of band (it recorded one-time
+    /// bootstrap grants); kept so existing keyspaces stay as they are.
     Grants,
     /// Order id → order.
     Orders,
