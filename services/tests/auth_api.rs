@@ -17,6 +17,8 @@ struct Service {
     base: String,
     client: reqwest::Client,
     key: IdentityKey,
+    store: std::sync::Arc<dyn flashmall_services::store::ServiceStore>,
+    config: AuthConfig,
     shutdown: Shutdown,
     _dir: tempfile::TempDir,
 }
@@ -52,7 +54,7 @@ async fn start(tweak: impl FnOnce(&mut AuthConfig)) -> Service {
         .unwrap();
     let shutdown = Shutdown::new();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let running = launch_auth(&settings, store, listener, shutdown.clone()).unwrap();
+    let running = launch_auth(&settings, store.clone(), listener, shutdown.clone()).unwrap();
     Service {
         base: format!("http://{}", running.addr),
         client: reqwest::Client::builder()
@@ -60,6 +62,8 @@ async fn start(tweak: impl FnOnce(&mut AuthConfig)) -> Service {
             .build()
             .unwrap(),
         key,
+        store,
+        config: settings.auth.clone(),
         shutdown,
         _dir: dir,
     }
@@ -492,6 +496,9 @@ async fn accounts_change_only_with_the_password_and_only_for_their_owner() {
 async fn only_admins_grant_roles() {
     let s = start(|_| {}).await;
     s.register("root@example.com").await;
+    flashmall_services::auth::grant_admin(&*s.store, "root@example.com")
+        .await
+        .unwrap();
     let user = s.register("henry@example.com").await;
     let (_, root) = s.login("root@example.com", "correct horse battery").await;
     assert!(
@@ -697,32 +704,38 @@ async fn a_password_change_ends_other_logins() {
     assert_eq!(status, 200);
 }
 
+/// Security review #18, item 10: registering a bootstrap admin's email
+/// makes no admin (whoever came first would get it); the operator grants
+/// an existing account, at auth start-up or with `flashmall grant-admin`.
 #[tokio::test]
-async fn a_bootstrap_admin_email_grants_admin_once() {
+async fn registering_never_makes_an_admin_an_operator_grants_it() {
+    use flashmall_services::auth::{Auth, grant_admin};
     let s = start(|_| {}).await;
     s.register("root@example.com").await;
+    let roles = |tokens: &Value| verify(tokens["access_token"].as_str().unwrap()).roles;
     let (_, root) = s.login("root@example.com", "correct horse battery").await;
-    assert!(
-        verify(root["access_token"].as_str().unwrap())
-            .roles
-            .contains(&Role::Admin)
-    );
-    let (status, _, _) = read(
-        s.as_token(
-            s.client.delete(format!("{}/api/v1/users/me", s.base)),
-            &root,
-        )
-        .json(&json!({"password": "correct horse battery"}))
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 204);
-    s.register("root@example.com").await;
-    let (_, squatter) = s.login("root@example.com", "correct horse battery").await;
     assert_eq!(
-        verify(squatter["access_token"].as_str().unwrap()).roles,
-        vec![Role::Customer]
+        roles(&root),
+        vec![Role::Customer],
+        "registration grants nothing"
     );
+    // At start-up: the existing account of a bootstrap email.
+    let auth = Auth::new(s.store.clone(), s.config.clone(), SECRET).unwrap();
+    assert_eq!(
+        auth.grant_bootstrap_admins().await,
+        vec!["root@example.com".to_owned()]
+    );
+    assert!(auth.grant_bootstrap_admins().await.is_empty(), "once");
+    let (_, root) = s.login("root@example.com", "correct horse battery").await;
+    assert!(roles(&root).contains(&Role::Admin));
+    // Out of band (flashmall grant-admin): existing accounts only.
+    s.register("ops@example.com").await;
+    assert!(grant_admin(&*s.store, "OPS@example.com").await.unwrap());
+    assert!(!grant_admin(&*s.store, "ops@example.com").await.unwrap());
+    let missing = grant_admin(&*s.store, "nobody@example.com")
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code, flashmall_mesh::ErrorCode::NotFound);
+    let (_, ops) = s.login("ops@example.com", "correct horse battery").await;
+    assert!(roles(&ops).contains(&Role::Admin));
 }
