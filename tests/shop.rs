@@ -624,9 +624,13 @@ async fn an_unpaid_checkout_order_expires_and_its_units_come_back() {
 }
 
 /// A component identity signed as the mesh signs it.
-fn as_component<T>(s: &EdgeStack, component: &str, message: T) -> tonic::Request<T> {
+fn as_component<T>(s: &EdgeStack, component: &str, target: &str, message: T) -> tonic::Request<T> {
     let identity = flashmall_mesh::Identity::service(component, Duration::from_secs(60));
-    let signed = s.stack().proxy_settings.identity.sign(&identity);
+    let signed = s
+        .stack()
+        .proxy_settings
+        .identity
+        .sign_for(&identity, target);
     let mut request = tonic::Request::new(message);
     flashmall_mesh::authorize(&mut request, &signed).unwrap();
     request
@@ -705,6 +709,7 @@ async fn a_checkout_order_cannot_be_paid_before_all_its_stock_is_held() {
                     let request = as_component(
                         s,
                         "payments",
+                        "orders",
                         flashmall_proto::order::MarkOrderPaidReq {
                             order_id: order_id.clone(),
                             payment_id: uuid::Uuid::now_v7().to_string(),
@@ -799,14 +804,18 @@ async fn channel(s: &EdgeStack, service: &str) -> tonic::transport::Channel {
 }
 
 /// A request carrying `who`'s identity, signed as the edge signs it.
-fn as_user<T>(s: &EdgeStack, who: &Login, message: T) -> tonic::Request<T> {
+fn as_user<T>(s: &EdgeStack, who: &Login, target: &str, message: T) -> tonic::Request<T> {
     let identity = flashmall_mesh::Identity {
         user_id: who.user_id.clone(),
         roles: vec![flashmall_mesh::Role::Customer],
         token_id: "grpc-test".into(),
         expires_at_ms: flashmall_mesh::now_ms() + 60_000,
     };
-    let signed = s.stack().proxy_settings.identity.sign(&identity);
+    let signed = s
+        .stack()
+        .proxy_settings
+        .identity
+        .sign_for(&identity, target);
     let mut request = tonic::Request::new(message);
     flashmall_mesh::authorize(&mut request, &signed).unwrap();
     request
@@ -854,6 +863,7 @@ async fn the_reference_grpc_names_serve_the_same_shop() {
         .hold_stock(as_user(
             &s,
             &alice,
+            "products",
             product::HoldStockReq {
                 hold_id: uuid::Uuid::now_v7().to_string(),
                 lines: vec![product::StockLine {
@@ -871,6 +881,7 @@ async fn the_reference_grpc_names_serve_the_same_shop() {
         .add_item(as_user(
             &s,
             &alice,
+            "cart",
             cart::AddItemReq {
                 item: Some(cart::CartItem {
                     product_id: tea.clone(),
@@ -886,6 +897,7 @@ async fn the_reference_grpc_names_serve_the_same_shop() {
         .add_item(as_user(
             &s,
             &alice,
+            "cart",
             cart::AddItemReq {
                 item: Some(cart::CartItem {
                     product_id: tea.clone(),
@@ -899,7 +911,7 @@ async fn the_reference_grpc_names_serve_the_same_shop() {
     let anonymous = carts.get_cart(cart::GetCartReq {}).await;
     assert_eq!(anonymous.unwrap_err().code(), tonic::Code::Unauthenticated);
     let bobs = carts
-        .get_cart(as_user(&s, &bob, cart::GetCartReq {}))
+        .get_cart(as_user(&s, &bob, "cart", cart::GetCartReq {}))
         .await
         .unwrap()
         .into_inner();
@@ -910,6 +922,7 @@ async fn the_reference_grpc_names_serve_the_same_shop() {
         .checkout(as_user(
             &s,
             &alice,
+            "checkout",
             checkout::CheckoutReq {
                 idempotency_key: "grpc-1".into(),
             },
@@ -919,13 +932,13 @@ async fn the_reference_grpc_names_serve_the_same_shop() {
         .into_inner();
     assert_eq!((paid.status.as_str(), paid.total), ("paid", 2500));
     let cart_after = carts
-        .get_cart(as_user(&s, &alice, cart::GetCartReq {}))
+        .get_cart(as_user(&s, &alice, "cart", cart::GetCartReq {}))
         .await
         .unwrap()
         .into_inner();
     assert!(cart_after.items.is_empty());
     carts
-        .empty_cart(as_user(&s, &alice, cart::EmptyCartReq::default()))
+        .empty_cart(as_user(&s, &alice, "cart", cart::EmptyCartReq::default()))
         .await
         .unwrap();
 
@@ -934,6 +947,7 @@ async fn the_reference_grpc_names_serve_the_same_shop() {
         .get_order(as_user(
             &s,
             &alice,
+            "orders",
             order::GetOrderReq {
                 order_id: paid.order_id.clone(),
             },
@@ -949,6 +963,7 @@ async fn the_reference_grpc_names_serve_the_same_shop() {
         .get_order(as_user(
             &s,
             &bob,
+            "orders",
             order::GetOrderReq {
                 order_id: paid.order_id.clone(),
             },
@@ -960,6 +975,7 @@ async fn the_reference_grpc_names_serve_the_same_shop() {
         .place_order(as_user(
             &s,
             &bob,
+            "orders",
             order::PlaceOrderReq {
                 order_id: paid.order_id.clone(),
                 items: vec![order::OrderItem {

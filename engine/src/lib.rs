@@ -330,7 +330,7 @@ pub async fn launch(
         &settings.redis,
         front,
         ledger,
-        settings.identity.clone(),
+        settings.identity.for_component("engine"),
         workers,
     )
     .await?;
@@ -380,7 +380,7 @@ pub async fn reconcile_offline(settings: &Settings) -> Result<Vec<reconcile::Sal
         &settings.redis,
         front,
         ledger,
-        settings.identity.clone(),
+        settings.identity.for_component("engine"),
         shutdown.clone(),
     )
     .await?;

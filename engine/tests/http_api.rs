@@ -322,22 +322,39 @@ async fn identity_is_only_taken_from_a_valid_signature() {
     let stack = Stack::start(Front::Local).await;
     let sale = stack.create_sale(5, 1).await;
     let url = stack.url(&format!("/api/v1/sales/{sale}/purchase"));
-    let foreign = flashmall_mesh::IdentityKey::random().sign(&flashmall_mesh::Identity {
-        user_id: "u1".into(),
-        roles: vec![Role::Admin],
-        token_id: "t".into(),
-        expires_at_ms: flashmall_engine::now_ms() + 60_000,
-    });
-    let expired = stack.settings.identity.sign(&flashmall_mesh::Identity {
-        user_id: "u1".into(),
-        roles: vec![Role::Customer],
-        token_id: "t".into(),
-        expires_at_ms: flashmall_engine::now_ms() - 1,
-    });
+    let foreign = flashmall_mesh::IdentityKey::random().sign_for(
+        &flashmall_mesh::Identity {
+            user_id: "u1".into(),
+            roles: vec![Role::Admin],
+            token_id: "t".into(),
+            expires_at_ms: flashmall_engine::now_ms() + 60_000,
+        },
+        "engine",
+    );
+    let expired = stack.settings.identity.sign_for(
+        &flashmall_mesh::Identity {
+            user_id: "u1".into(),
+            roles: vec![Role::Customer],
+            token_id: "t".into(),
+            expires_at_ms: flashmall_engine::now_ms() - 1,
+        },
+        "engine",
+    );
+    // A valid signature for another component: not the engine's to accept.
+    let for_orders = stack.settings.identity.sign_for(
+        &flashmall_mesh::Identity {
+            user_id: "u1".into(),
+            roles: vec![Role::Customer],
+            token_id: "t".into(),
+            expires_at_ms: flashmall_engine::now_ms() + 60_000,
+        },
+        "orders",
+    );
     let attempts = [
         ("x-user-id", "u1".to_owned()),
         ("x-user-roles", "admin".to_owned()),
         (IDENTITY_HEADER, foreign),
+        (IDENTITY_HEADER, for_orders),
         (IDENTITY_HEADER, expired),
         (IDENTITY_HEADER, stack.sign("u1").replacen("u1", "u2", 1)),
     ];
@@ -681,13 +698,10 @@ async fn grpc_release_puts_units_back_on_sale() {
     let mut as_orders = tonic::Request::new(pb::ReleaseRequest {
         reservation_id: a.reservation_id.clone(),
     });
-    let signed = stack
-        .settings
-        .identity
-        .sign(&flashmall_mesh::Identity::service(
-            "orders",
-            Duration::from_secs(60),
-        ));
+    let signed = stack.settings.identity.sign_for(
+        &flashmall_mesh::Identity::service("orders", Duration::from_secs(60)),
+        "engine",
+    );
     as_orders
         .metadata_mut()
         .insert(IDENTITY_HEADER, signed.parse().unwrap());

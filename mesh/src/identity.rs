@@ -174,7 +174,15 @@ pub fn valid_user_id(id: &str) -> bool {
 #[derive(Clone)]
 pub struct IdentityKey {
     key: Vec<u8>,
+    /// The component verifying with this key: a signed identity names the
+    /// component it is for, and any other is refused (`for_component`).
+    component: Option<std::sync::Arc<str>>,
 }
+
+/// How long a signed identity is good for on the wire (at most its token's
+/// own expiry): long enough for a call and its retries, short enough that
+/// a captured header is soon worthless.
+pub const SIGNED_IDENTITY_TTL: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for IdentityKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -193,7 +201,19 @@ impl IdentityKey {
                 "the mesh identity key must be at least {MIN_KEY_LEN} bytes"
             ));
         }
-        Ok(IdentityKey { key: key.to_vec() })
+        Ok(IdentityKey {
+            key: key.to_vec(),
+            component: None,
+        })
+    }
+
+    /// This key, verifying as `component`: identities signed for another
+    /// component are refused. Every component verifies with one of these.
+    pub fn for_component(&self, component: &str) -> IdentityKey {
+        IdentityKey {
+            key: self.key.clone(),
+            component: Some(component.into()),
+        }
     }
 
     /// A fresh random key (one process: `flashmall up`, tests).
@@ -201,7 +221,10 @@ impl IdentityKey {
         let mut key = Vec::with_capacity(32);
         key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
         key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
-        IdentityKey { key }
+        IdentityKey {
+            key,
+            component: None,
+        }
     }
 
     fn mac(&self, payload: &str) -> Hmac<Sha256> {
@@ -212,11 +235,19 @@ impl IdentityKey {
         mac
     }
 
-    /// The signed header value for `identity`.
-    pub fn sign(&self, identity: &Identity) -> String {
+    /// The signed header value for `identity`, calling `target` (the
+    /// component name: `engine`, `auth`, `orders`, ...). It is good for that
+    /// component only, for `SIGNED_IDENTITY_TTL` at most.
+    pub fn sign_for(&self, identity: &Identity, target: &str) -> String {
         let roles: Vec<&str> = identity.roles.iter().map(|r| r.as_str()).collect();
+        let ttl = SIGNED_IDENTITY_TTL.as_millis() as u64;
+        let valid_until = identity
+            .expires_at_ms
+            .min(crate::headers::now_ms().saturating_add(ttl));
         let payload = format!(
-            "v1.{}.{}.{}.{}",
+            "v2.{}.{}.{}.{}.{}.{}",
+            target.replace('.', "-"),
+            valid_until,
             identity.user_id,
             roles.join("+"),
             identity.token_id,
@@ -238,16 +269,43 @@ impl IdentityKey {
         let sig = hex::decode(sig).map_err(|_| bad())?;
         self.mac(payload).verify_slice(&sig).map_err(|_| bad())?;
         let mut parts = payload.split('.');
-        let (Some("v1"), Some(user), Some(roles), Some(token), Some(expires), None) = (
+        let (
+            Some("v2"),
+            Some(target),
+            Some(valid_until),
+            Some(user),
+            Some(roles),
+            Some(token),
+            Some(expires),
+            None,
+        ) = (
             parts.next(),
             parts.next(),
             parts.next(),
             parts.next(),
             parts.next(),
             parts.next(),
-        ) else {
+            parts.next(),
+            parts.next(),
+        )
+        else {
             return Err(bad());
         };
+        if let Some(me) = &self.component
+            && target != &**me
+        {
+            return Err(ApiError::new(
+                ErrorCode::Unauthenticated,
+                format!("the request's identity was signed for {target}, not for {me}"),
+            ));
+        }
+        let valid_until: u64 = valid_until.parse().map_err(|_| bad())?;
+        if valid_until <= now_ms {
+            return Err(ApiError::new(
+                ErrorCode::Unauthenticated,
+                "the request's signed identity has expired",
+            ));
+        }
         let expires_at_ms: u64 = expires.parse().map_err(|_| bad())?;
         if expires_at_ms <= now_ms {
             return Err(ApiError::new(
@@ -331,14 +389,14 @@ mod tests {
     #[test]
     fn signed_identities_verify() {
         let key = IdentityKey::random();
-        let header = key.sign(&alice());
+        let header = key.sign_for(&alice(), "engine");
         assert_eq!(key.verify_value(&header, 1_000).unwrap(), alice());
     }
 
     #[test]
     fn tampered_expired_or_foreign_identities_fail() {
         let key = IdentityKey::random();
-        let header = key.sign(&alice());
+        let header = key.sign_for(&alice(), "engine");
         assert!(key.verify_value(&header, 2_000).is_err(), "expired");
         assert!(
             IdentityKey::random().verify_value(&header, 1_000).is_err(),
@@ -347,13 +405,16 @@ mod tests {
         let forged = header.replacen("0199-alice", "0199-mallory", 1);
         assert!(key.verify_value(&forged, 1_000).is_err(), "tampered");
         let promoted = key
-            .sign(&Identity {
-                roles: vec![Role::Customer],
-                ..alice()
-            })
+            .sign_for(
+                &Identity {
+                    roles: vec![Role::Customer],
+                    ..alice()
+                },
+                "engine",
+            )
             .replacen("customer", "admin", 1);
         assert!(key.verify_value(&promoted, 1_000).is_err(), "role added");
-        for junk in ["", "v1", "x.y", "v1.a.b.c.d.zz"] {
+        for junk in ["", "v1", "x.y", "v1.a.b.c.d.zz", "v2.engine.9.a.b.c.d.zz"] {
             assert!(key.verify_value(junk, 1_000).is_err(), "{junk:?}");
         }
     }
@@ -366,7 +427,7 @@ mod tests {
         assert!(id.is_service() && !id.is_admin());
         assert_eq!(id.token_id.len(), 32);
         let back = key
-            .verify_value(&key.sign(&id), crate::headers::now_ms())
+            .verify_value(&key.sign_for(&id, "engine"), crate::headers::now_ms())
             .unwrap();
         assert_eq!(back, id);
         assert!(back.require(Role::Admin).is_err(), "a service is no admin");
@@ -388,12 +449,41 @@ mod tests {
             caller_of(&key, &request).unwrap_err().code(),
             tonic::Code::Unauthenticated
         );
-        authorize(&mut request, &key.sign(&id)).unwrap();
+        authorize(&mut request, &key.sign_for(&id, "engine")).unwrap();
         assert_eq!(caller_of(&key, &request).unwrap(), id);
         assert!(caller_of(&IdentityKey::random(), &request).is_err());
         let mut verified = tonic::Request::new(());
         verified.extensions_mut().insert(alice());
         assert_eq!(caller_of(&key, &verified).unwrap(), alice());
+    }
+
+    #[test]
+    fn a_signed_identity_is_for_one_component_and_short_lived() {
+        let key = IdentityKey::random();
+        let now = crate::headers::now_ms();
+        let id = Identity {
+            expires_at_ms: now + 3_600_000,
+            ..alice()
+        };
+        let for_orders = key.sign_for(&id, "orders");
+        let orders = key.for_component("orders");
+        assert_eq!(orders.verify_value(&for_orders, now).unwrap(), id);
+        let e = key
+            .for_component("payments")
+            .verify_value(&for_orders, now)
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::Unauthenticated);
+        assert!(e.message.contains("orders"), "{}", e.message);
+        // Replayed after SIGNED_IDENTITY_TTL: refused, though the token lives on.
+        let later = now + SIGNED_IDENTITY_TTL.as_millis() as u64 + 1_000;
+        assert!(orders.verify_value(&for_orders, later).is_err());
+        // The target is signed: renaming it breaks the signature.
+        let renamed = for_orders.replacen("v2.orders.", "v2.payments.", 1);
+        assert!(
+            key.for_component("payments")
+                .verify_value(&renamed, now)
+                .is_err()
+        );
     }
 
     #[test]

@@ -655,7 +655,9 @@ async fn grpc_identities_are_verified_once_and_reach_the_handler() {
         }
     };
     let service = Identity::service("order", Duration::from_secs(60));
-    let me = get_me(Some(up.key.sign(&service))).await.unwrap();
+    let me = get_me(Some(up.key.sign_for(&service, "test")))
+        .await
+        .unwrap();
     assert_eq!(me.id, "svc-order");
     assert_eq!(me.roles, vec!["service"]);
 
@@ -664,7 +666,7 @@ async fn grpc_identities_are_verified_once_and_reach_the_handler() {
 
     // A bad signature is refused by the layer before the handler runs.
     let calls = up.behaviour.calls();
-    let forged = IdentityKey::random().sign(&service);
+    let forged = IdentityKey::random().sign_for(&service, "test");
     let e = get_me(Some(forged)).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     assert_eq!(
@@ -719,16 +721,19 @@ async fn http_identities_are_verified_once_and_extracted() {
     assert_eq!(status, http::StatusCode::UNAUTHORIZED);
     assert!(body.contains(r#""code":"unauthenticated""#), "{body}");
 
-    let valid = key.sign(&alice);
+    let valid = key.sign_for(&alice, "test");
     assert_eq!(
         send("/me", Some(valid.clone())).await,
         (http::StatusCode::OK, "0199-alice".into())
     );
-    let forged = IdentityKey::random().sign(&alice);
-    let expired = key.sign(&Identity {
-        expires_at_ms: 1,
-        ..alice.clone()
-    });
+    let forged = IdentityKey::random().sign_for(&alice, "test");
+    let expired = key.sign_for(
+        &Identity {
+            expires_at_ms: 1,
+            ..alice.clone()
+        },
+        "test",
+    );
     for bad in [forged, expired, valid.replacen("customer", "admin", 1)] {
         for path in ["/me", "/public"] {
             let (status, body) = send(path, Some(bad.clone())).await;

@@ -352,12 +352,15 @@ impl Edge {
             return;
         };
         let url = format!("http://{}/api/v1/sales/{sale}/holders", backend.addr);
-        let signed = self.identity.sign(&Identity {
-            user_id: "edge".into(),
-            roles: vec![Role::Admin],
-            token_id: uuid::Uuid::now_v7().to_string(),
-            expires_at_ms: now_ms() + 30_000,
-        });
+        let signed = self.identity.sign_for(
+            &Identity {
+                user_id: "edge".into(),
+                roles: vec![Role::Admin],
+                token_id: uuid::Uuid::now_v7().to_string(),
+                expires_at_ms: now_ms() + 30_000,
+            },
+            "engine",
+        );
         let http = self.http.clone();
         let gate = Arc::clone(&self.gate);
         tokio::spawn(async move {
@@ -629,7 +632,9 @@ impl ProxyHttp for Edge {
             identity
                 .roles
                 .retain(|r| *r != flashmall_mesh::Role::Service);
-            upstream.insert_header(IDENTITY_HEADER, self.identity.sign(&identity))?;
+            // For the component this request goes to (its pool's name).
+            let target = ctx.pool.as_deref().unwrap_or_default();
+            upstream.insert_header(IDENTITY_HEADER, self.identity.sign_for(&identity, target))?;
         }
         if let Some(ip) = ctx.client_ip {
             upstream.insert_header(CLIENT_IP_HEADER, ip.to_string())?;

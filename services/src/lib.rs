@@ -56,6 +56,17 @@ pub struct Common {
     pub client: ClientConfig,
 }
 
+impl Common {
+    /// The same, verifying identities as `component` (those signed for
+    /// another component are refused).
+    pub fn for_component(&self, component: &str) -> Common {
+        Common {
+            identity: self.identity.for_component(component),
+            ..self.clone()
+        }
+    }
+}
+
 /// Everything the auth service needs to run.
 #[derive(Debug, Clone)]
 pub struct AuthSettings {
@@ -201,7 +212,7 @@ pub fn launch_auth(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> Result<Running, String> {
-    let key = &settings.common.identity;
+    let key = &settings.common.identity.for_component("auth");
     let auth = Arc::new(Auth::new(
         store,
         settings.auth.clone(),
@@ -225,7 +236,7 @@ pub fn launch_orders(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> Result<Running, String> {
-    let common = &settings.common;
+    let common = &settings.common.for_component("orders");
     let engine = MeshClient::new("engine", &settings.orders.engine_endpoints, &common.client)?;
     let products = MeshClient::new(
         "products",
@@ -252,7 +263,7 @@ pub fn launch_payments(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> Result<Running, String> {
-    let common = &settings.common;
+    let common = &settings.common.for_component("payments");
     let client = MeshClient::new("orders", &settings.payments.order_endpoints, &common.client)?;
     let desk = Arc::new(payments::orders::GrpcOrders::new(
         client,
@@ -285,7 +296,7 @@ pub fn launch_products(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> Result<Running, String> {
-    let key = &settings.common.identity;
+    let key = &settings.common.identity.for_component("products");
     let products = Arc::new(Products::new(store, settings.products.clone()));
     let app = products::http::router(Arc::clone(&products))
         .merge(products::grpc::router(products, key.clone()));
@@ -299,7 +310,7 @@ pub fn launch_cart(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> Result<Running, String> {
-    let common = &settings.common;
+    let common = &settings.common.for_component("cart");
     let catalog = products::client::CatalogClient::new(
         MeshClient::new("products", &settings.cart.product_endpoints, &common.client)?,
         common.identity.clone(),
@@ -318,7 +329,7 @@ pub fn launch_checkout(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> Result<Running, String> {
-    let common = &settings.common;
+    let common = &settings.common.for_component("checkout");
     let c = &settings.checkout;
     let client =
         |name: &'static str, endpoints: &[String]| MeshClient::new(name, endpoints, &common.client);

@@ -119,12 +119,15 @@ impl Service {
     /// What the edge does with an access token: verify it, sign its identity.
     fn identity_of(&self, access_token: &str) -> String {
         let claims = verify(access_token);
-        self.key.sign(&Identity {
-            user_id: claims.sub,
-            roles: claims.roles,
-            token_id: claims.jti,
-            expires_at_ms: claims.exp * 1000,
-        })
+        self.key.sign_for(
+            &Identity {
+                user_id: claims.sub,
+                roles: claims.roles,
+                token_id: claims.jti,
+                expires_at_ms: claims.exp * 1000,
+            },
+            "auth",
+        )
     }
 
     fn as_token(

@@ -19,7 +19,8 @@ use time::OffsetDateTime;
 /// The mesh identity key the test processes are given.
 pub const TEST_KEY: &str = "flashmall-tests-identity-key-0123456789abcdef";
 
-/// A signed identity header value for `user` (an admin when `admin`).
+/// A signed identity header value for `user` (an admin when `admin`),
+/// for the engine (these tests call it directly).
 pub fn sign(user: &str, admin: bool) -> String {
     let roles = if admin {
         vec![Role::Admin]
@@ -28,12 +29,15 @@ pub fn sign(user: &str, admin: bool) -> String {
     };
     IdentityKey::new(TEST_KEY.as_bytes())
         .expect("test key")
-        .sign(&Identity {
-            user_id: user.to_owned(),
-            roles,
-            token_id: uuid::Uuid::now_v7().to_string(),
-            expires_at_ms: flashmall_engine::now_ms() + 600_000,
-        })
+        .sign_for(
+            &Identity {
+                user_id: user.to_owned(),
+                roles,
+                token_id: uuid::Uuid::now_v7().to_string(),
+                expires_at_ms: flashmall_engine::now_ms() + 600_000,
+            },
+            "engine",
+        )
 }
 
 /// Polls `f` until it returns `Some`, or panics after `limit` with `what`.

@@ -95,9 +95,10 @@ pub async fn make_orders(engine: &Arc<Engine>, client: &MeshClient) -> Result<us
         orders.push(sale_order(r, &sale.sale.product_id, sale.sale.price));
     }
     if !orders.is_empty() {
-        let signed = engine
-            .identity
-            .sign(&Identity::service("engine", Duration::from_secs(60)));
+        let signed = engine.identity.sign_for(
+            &Identity::service("engine", Duration::from_secs(60)),
+            "orders",
+        );
         let request = pb::CreateSaleOrdersReq { orders };
         let created = client
             .call("CreateSaleOrders", CallKind::Idempotent, |channel| {

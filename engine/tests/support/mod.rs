@@ -88,12 +88,15 @@ impl Stack {
     }
 
     pub fn sign_with(&self, user: &str, roles: Vec<Role>) -> String {
-        self.settings.identity.sign(&Identity {
-            user_id: user.to_owned(),
-            roles,
-            token_id: uuid::Uuid::now_v7().to_string(),
-            expires_at_ms: flashmall_engine::now_ms() + 600_000,
-        })
+        self.settings.identity.sign_for(
+            &Identity {
+                user_id: user.to_owned(),
+                roles,
+                token_id: uuid::Uuid::now_v7().to_string(),
+                expires_at_ms: flashmall_engine::now_ms() + 600_000,
+            },
+            "engine",
+        )
     }
 
     /// Sends `request` as an admin.

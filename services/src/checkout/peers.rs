@@ -37,7 +37,7 @@ impl Peers {
             &self.cart,
             "GetCart",
             CallKind::Idempotent,
-            &self.key.sign(buyer),
+            &self.key.sign_for(buyer, "cart"),
             &cart::GetCartReq {},
             |channel, call| async move { Client::new(channel).get_cart(call).await },
         )
@@ -71,7 +71,7 @@ impl Peers {
             &self.cart,
             "EmptyCart",
             CallKind::Idempotent,
-            &self.key.sign(buyer),
+            &self.key.sign_for(buyer, "cart"),
             &request,
             |channel, call| async move { Client::new(channel).empty_cart(call).await },
         )
@@ -102,7 +102,7 @@ impl Peers {
             &self.orders,
             "PlaceOrder",
             CallKind::Idempotent,
-            &self.key.sign(buyer),
+            &self.key.sign_for(buyer, "orders"),
             &request,
             |channel, call| async move { Client::new(channel).place_order(call).await },
         )
@@ -123,7 +123,7 @@ impl Peers {
             &self.orders,
             "HoldOrderStock",
             CallKind::Idempotent,
-            &self.key.sign(buyer),
+            &self.key.sign_for(buyer, "orders"),
             &request,
             |channel, call| async move { Client::new(channel).hold_order_stock(call).await },
         )
@@ -141,7 +141,7 @@ impl Peers {
             &self.orders,
             "CancelOrder",
             CallKind::Idempotent,
-            &self.key.sign(buyer),
+            &self.key.sign_for(buyer, "orders"),
             &request,
             |channel, call| async move { Client::new(channel).cancel_order(call).await },
         )
@@ -167,7 +167,7 @@ impl Peers {
             &self.payments,
             "Charge",
             CallKind::Idempotent,
-            &self.key.sign(buyer),
+            &self.key.sign_for(buyer, "payments"),
             &request,
             |channel, call| async move { Client::new(channel).charge(call).await },
         )

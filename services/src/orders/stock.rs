@@ -89,7 +89,7 @@ impl StockKeeper for MeshStock {
             (OrderSource::FlashSale, Some(reservation)) => {
                 let signed = self
                     .key
-                    .sign(&Identity::service("orders", CALL_IDENTITY_TTL));
+                    .sign_for(&Identity::service("orders", CALL_IDENTITY_TTL), "engine");
                 let request = inv::ReleaseRequest {
                     reservation_id: reservation.to_string(),
                 };

@@ -63,7 +63,7 @@ impl OrderDesk for GrpcOrders {
     async fn get_order(&self, buyer: &Identity, order_id: Uuid) -> Result<OrderFacts, ApiError> {
         // The buyer's verified identity goes on: the order service checks
         // ownership itself.
-        let signed = self.key.sign(buyer);
+        let signed = self.key.sign_for(buyer, "orders");
         let request = pb::GetOrderReq {
             order_id: order_id.to_string(),
         };
@@ -94,7 +94,7 @@ impl OrderDesk for GrpcOrders {
     ) -> Result<MarkPaid, ApiError> {
         let signed = self
             .key
-            .sign(&Identity::service("payments", CALL_IDENTITY_TTL));
+            .sign_for(&Identity::service("payments", CALL_IDENTITY_TTL), "orders");
         let request = pb::MarkOrderPaidReq {
             order_id: order_id.to_string(),
             payment_id: payment_id.to_string(),

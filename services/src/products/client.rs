@@ -48,8 +48,10 @@ impl CatalogClient {
     }
 
     fn own_identity(&self) -> String {
-        self.key
-            .sign(&Identity::service(self.component, CALL_IDENTITY_TTL))
+        self.key.sign_for(
+            &Identity::service(self.component, CALL_IDENTITY_TTL),
+            "products",
+        )
     }
 
     /// The products among `ids` that exist, in the order asked.
