@@ -89,6 +89,15 @@ impl Flashmall {
                 "FLASHMALL_PRODUCTS__LISTEN",
                 format!("127.0.0.1:{}", flashmall_testing::free_port()),
             )
+            // Every port its own: two of these run at once in one suite.
+            .env(
+                "FLASHMALL_CART__LISTEN",
+                format!("127.0.0.1:{}", flashmall_testing::free_port()),
+            )
+            .env(
+                "FLASHMALL_CHECKOUT__LISTEN",
+                format!("127.0.0.1:{}", flashmall_testing::free_port()),
+            )
             .env("FLASHMALL_PROXY__GRACE_PERIOD", "0s")
             .env("FLASHMALL_LOG__LEVEL", "warn")
             .env("FLASHMALL_MESH__IDENTITY_KEY", TEST_KEY)
