@@ -1293,6 +1293,56 @@ async fn the_default_limits_refuse_a_login_burst_before_hashing() {
     s.stop().await;
 }
 
+/// Security review #18, finding 5: on a dual-stack `[::]` listener IPv4
+/// clients arrive as `::ffff:a.b.c.d`; the edge treats them as the IPv4
+/// clients they are, so an IPv4 blacklist range applies to them, while an
+/// IPv6 client of the same listener is not caught by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv4_clients_of_a_dual_stack_listener_are_ipv4_to_the_blacklist() {
+    let port = flashmall_testing::free_port();
+    let s = EdgeStack::start(|p| {
+        p.listen = format!("[::]:{port}").parse().unwrap();
+        p.limits.clear();
+    })
+    .await;
+    let admin = s.admin().await;
+    let erin = s.login("erin@example.com").await;
+    let over_v4 = |path: &str| format!("http://127.0.0.2:{port}{path}");
+    let from_two = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let me = |client: &reqwest::Client, url: String| client.get(url).bearer_auth(&erin.access);
+    assert_eq!(
+        s.call(me(&from_two, over_v4("/api/v1/users/me"))).await.0,
+        200
+    );
+    let (status, _) = s
+        .call(
+            s.client
+                .post(s.url("/api/v1/admin/blacklist"))
+                .bearer_auth(&admin.access)
+                .json(&json!({"cidr": "127.0.0.2/32"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    // An IPv4 client of the [::] listener is caught by an IPv4 range.
+    eventually(
+        Duration::from_secs(10),
+        "the IPv4 range applies",
+        || async {
+            (s.call(me(&from_two, over_v4("/api/v1/users/me"))).await.0 == 403).then_some(())
+        },
+    )
+    .await;
+    // The same listener over IPv6 (the stack's own URL is [::]): not caught.
+    assert_eq!(
+        s.call(me(&s.client, s.url("/api/v1/users/me"))).await.0,
+        200
+    );
+    s.stop().await;
+}
+
 /// Security review #18, finding 8: every id path takes one spelling, so a
 /// rule written for a product (or an order, a payment, ...) cannot be
 /// dodged by spelling its id in upper case, without hyphens, in braces or

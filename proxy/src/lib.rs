@@ -229,7 +229,15 @@ pub async fn launch(settings: &ProxySettings) -> Result<RunningProxy, String> {
         jwt_leeway: config.jwt_leeway,
     };
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, edge);
-    proxy.add_tcp(&config.listen.to_string());
+    if config.listen.ip() == std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) {
+        // `[::]` serves IPv4 clients too, whatever the OS default: they
+        // arrive as IPv4-mapped addresses, which the edge canonicalizes.
+        let mut dual_stack = pingora::listeners::TcpSocketOptions::default();
+        dual_stack.ipv6_only = Some(false);
+        proxy.add_tcp_with_settings(&config.listen.to_string(), dual_stack);
+    } else {
+        proxy.add_tcp(&config.listen.to_string());
+    }
     for check in checks {
         server.add_service(check);
     }
