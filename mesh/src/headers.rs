@@ -2,7 +2,9 @@
 //! (the signed identity has its own module, `identity`) and the clock they
 //! stamp with. One definition each, so both ends always agree.
 
-/// The client's address, set by the edge (over whatever the client sent).
+/// A client's claimed address (a proxy convention): never trusted, and
+/// stripped by the edge; the edge sends the address signed instead
+/// (`identity::CLIENT_HEADER`).
 pub const CLIENT_IP: &str = "x-real-ip";
 
 /// The engine's announcement that a sale is sold out, for the edge's gate.

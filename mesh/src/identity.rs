@@ -18,12 +18,19 @@ use crate::error::{ApiError, ErrorCode};
 /// The header carrying the signed identity.
 pub const IDENTITY_HEADER: &str = "x-flashmall-identity";
 
-/// Headers a client may try to smuggle identity in; the edge removes them all.
-pub const CLIENT_IDENTITY_HEADERS: [&str; 4] = [
+/// The header carrying the client's address, signed by the edge
+/// (`IdentityKey::sign_client`): the only address a component trusts.
+pub const CLIENT_HEADER: &str = "x-flashmall-client";
+
+/// Headers a client may try to smuggle identity or an address in; the edge
+/// removes them all.
+pub const CLIENT_IDENTITY_HEADERS: [&str; 6] = [
     IDENTITY_HEADER,
+    CLIENT_HEADER,
     "x-user-id",
     "x-user-roles",
     "x-forwarded-user",
+    crate::headers::CLIENT_IP,
 ];
 
 /// A role a user can hold, or `Service` for a component calling another.
@@ -257,6 +264,45 @@ impl IdentityKey {
         format!("{payload}.{sig}")
     }
 
+    /// The signed `CLIENT_HEADER` value for a request the edge sends to
+    /// `target` from client address `ip`, good for `SIGNED_IDENTITY_TTL`.
+    pub fn sign_client(&self, ip: std::net::IpAddr, target: &str) -> String {
+        let ttl = SIGNED_IDENTITY_TTL.as_millis() as u64;
+        let valid_until = crate::headers::now_ms().saturating_add(ttl);
+        let payload = format!(
+            "c1|{}|{valid_until}|{}",
+            target.replace('|', "-"),
+            ip.to_canonical()
+        );
+        let sig = hex::encode(self.mac(&payload).finalize().into_bytes());
+        format!("{payload}.{sig}")
+    }
+
+    /// The client address of a `CLIENT_HEADER` value, when its signature,
+    /// target (this key's component) and validity hold at `now_ms`.
+    pub fn verify_client(&self, value: &str, now_ms: u64) -> Option<std::net::IpAddr> {
+        let (payload, sig) = value.rsplit_once('.')?;
+        let sig = hex::decode(sig).ok()?;
+        self.mac(payload).verify_slice(&sig).ok()?;
+        let mut parts = payload.split('|');
+        let (Some("c1"), Some(target), Some(valid_until), Some(ip), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return None;
+        };
+        if self.component.as_deref().is_some_and(|me| me != target) {
+            return None;
+        }
+        if valid_until.parse::<u64>().ok()? <= now_ms {
+            return None;
+        }
+        ip.parse().ok()
+    }
+
     /// Verifies a signed header value at `now_ms`.
     pub fn verify_value(&self, value: &str, now_ms: u64) -> Result<Identity, ApiError> {
         let bad = || {
@@ -484,6 +530,29 @@ mod tests {
                 .verify_value(&renamed, now)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_signed_client_address_is_for_one_component_and_short_lived() {
+        let key = IdentityKey::random();
+        let now = crate::headers::now_ms();
+        let ip: std::net::IpAddr = "::ffff:203.0.113.7".parse().unwrap();
+        let signed = key.sign_client(ip, "auth");
+        let auth = key.for_component("auth");
+        assert_eq!(
+            auth.verify_client(&signed, now),
+            Some("203.0.113.7".parse().unwrap())
+        );
+        assert_eq!(
+            key.for_component("orders").verify_client(&signed, now),
+            None
+        );
+        let later = now + SIGNED_IDENTITY_TTL.as_millis() as u64 + 1_000;
+        assert_eq!(auth.verify_client(&signed, later), None);
+        let forged = signed.replacen("203.0.113.7", "203.0.113.8", 1);
+        assert_eq!(auth.verify_client(&forged, now), None);
+        assert_eq!(IdentityKey::random().verify_client(&signed, now), None);
+        assert_eq!(auth.verify_client("203.0.113.8", now), None);
     }
 
     #[test]

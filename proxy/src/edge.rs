@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use flashmall_mesh::identity::{AccessClaims, CLIENT_IDENTITY_HEADERS, IDENTITY_HEADER};
+use flashmall_mesh::identity::{
+    AccessClaims, CLIENT_HEADER, CLIENT_IDENTITY_HEADERS, IDENTITY_HEADER,
+};
 use flashmall_mesh::{ApiError, ErrorCode, Identity, IdentityKey, Role};
 use pingora::lb::LoadBalancer;
 use pingora::lb::selection::RoundRobin;
@@ -27,7 +29,6 @@ use crate::{admin, openapi, respond};
 /// The longest an access token can live (the auth service caps it at 24 h).
 const MAX_ACCESS_TOKEN_LIFE_MS: u64 = 24 * 3600 * 1000;
 
-pub use flashmall_mesh::headers::CLIENT_IP as CLIENT_IP_HEADER;
 pub use flashmall_mesh::headers::REVOKE_USER as REVOKE_USER_HEADER;
 pub use flashmall_mesh::headers::SOLD_OUT as SOLD_OUT_HEADER;
 
@@ -624,7 +625,6 @@ impl ProxyHttp for Edge {
         for name in CLIENT_IDENTITY_HEADERS {
             upstream.remove_header(name);
         }
-        upstream.remove_header(CLIENT_IP_HEADER);
         upstream.remove_header("authorization");
         if let Some(claims) = &ctx.claims {
             let mut identity = claims.identity();
@@ -637,7 +637,10 @@ impl ProxyHttp for Edge {
             upstream.insert_header(IDENTITY_HEADER, self.identity.sign_for(&identity, target))?;
         }
         if let Some(ip) = ctx.client_ip {
-            upstream.insert_header(CLIENT_IP_HEADER, ip.to_string())?;
+            // Signed, for this component, short-lived: the only client
+            // address a component trusts (the auth service's back-off).
+            let target = ctx.pool.as_deref().unwrap_or_default();
+            upstream.insert_header(CLIENT_HEADER, self.identity.sign_client(ip, target))?;
         }
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
         Ok(())

@@ -224,7 +224,8 @@ pub fn launch_auth(
             tracing::info!(email = %email, "bootstrap admin granted");
         }
     });
-    let app = auth::http::router(Arc::clone(&auth)).merge(auth::grpc::router(auth, key.clone()));
+    let app = auth::http::router(Arc::clone(&auth), key.clone())
+        .merge(auth::grpc::router(auth, key.clone()));
     serve("auth", app, key, listener, shutdown)
 }
 

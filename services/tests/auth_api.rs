@@ -339,7 +339,11 @@ impl Service {
         read(
             self.client
                 .post(format!("{}/api/v1/auth/login", self.base))
-                .header("x-real-ip", ip)
+                // As the edge sends it: the address signed for auth.
+                .header(
+                    flashmall_mesh::identity::CLIENT_HEADER,
+                    self.key.sign_client(ip.parse().unwrap(), "auth"),
+                )
                 .json(&json!({"email": email, "password": password}))
                 .send()
                 .await
@@ -403,6 +407,25 @@ async fn failed_logins_back_off_the_guessing_address_never_the_owner() {
             .0,
         200,
         "the owner's address never waits"
+    );
+    // An address the caller claims (unsigned) is not taken: these guesses
+    // all count for the connection's own address, and so are held back.
+    s.register("gil@example.com").await;
+    let claiming = |ip: String, password: &'static str| {
+        s.client
+            .post(format!("{}/api/v1/auth/login", s.base))
+            .header("x-real-ip", ip)
+            .json(&json!({"email": "gil@example.com", "password": password}))
+    };
+    for n in 0..3 {
+        let response = claiming(format!("192.0.2.{}", 100 + n), BAD).send().await;
+        assert_eq!(read(response.unwrap()).await.0, 401);
+    }
+    let response = claiming("192.0.2.200".into(), GOOD).send().await;
+    assert_eq!(
+        read(response.unwrap()).await.0,
+        429,
+        "a claimed address does not escape the back-off"
     );
 }
 

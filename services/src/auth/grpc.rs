@@ -10,7 +10,6 @@ use pb::user_service_server::{UserService, UserServiceServer};
 use tonic::{Request, Response, Status};
 
 use super::{Auth, TokenPair};
-use crate::auth::http::CLIENT_IP_HEADER;
 
 /// The gRPC routes, to merge into the service's router.
 pub fn router(auth: Arc<Auth>, identity: IdentityKey) -> axum::Router {
@@ -28,12 +27,15 @@ impl Users {
     }
 }
 
-fn client_ip<T>(request: &Request<T>) -> IpAddr {
+/// The client's address: the one the edge signed for this service, else
+/// the connection's peer (a component calling directly). A caller-supplied
+/// address is never taken.
+fn client_ip<T>(key: &IdentityKey, request: &Request<T>) -> IpAddr {
     request
         .metadata()
-        .get(CLIENT_IP_HEADER)
+        .get(flashmall_mesh::identity::CLIENT_HEADER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
+        .and_then(|v| key.verify_client(v, flashmall_mesh::now_ms()))
         .or_else(|| {
             request
                 .extensions()
@@ -71,7 +73,7 @@ impl UserService for Users {
         &self,
         request: Request<pb::LoginReq>,
     ) -> Result<Response<pb::LoginResp>, Status> {
-        let ip = client_ip(&request);
+        let ip = client_ip(&self.identity, &request);
         let r = request.into_inner();
         let pair = self.auth.login(&r.email, &r.password, ip).await?;
         Ok(Response::new(tokens(pair)))

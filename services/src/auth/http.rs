@@ -17,11 +17,11 @@ use serde_json::json as body;
 
 use super::Auth;
 
-pub use flashmall_mesh::headers::CLIENT_IP as CLIENT_IP_HEADER;
-
 #[derive(Clone)]
 struct AuthApi {
     auth: Arc<Auth>,
+    /// Verifies the client address the edge signs.
+    key: flashmall_mesh::IdentityKey,
 }
 
 impl AuthApi {
@@ -31,7 +31,8 @@ impl AuthApi {
 }
 
 /// The JSON routes; the caller comes from `flashmall_mesh::verify_identity`.
-pub fn router(auth: Arc<Auth>) -> Router {
+/// `key` verifies the client address the edge signs (`client_ip`).
+pub fn router(auth: Arc<Auth>, key: flashmall_mesh::IdentityKey) -> Router {
     Router::new()
         .route("/api/v1/auth/register", post(register))
         .route("/api/v1/auth/login", post(login))
@@ -42,7 +43,7 @@ pub fn router(auth: Arc<Auth>) -> Router {
             get(me).patch(update_me).delete(delete_me),
         )
         .route("/api/v1/admin/users/{id}/roles", put(set_roles))
-        .with_state(AuthApi { auth })
+        .with_state(AuthApi { auth, key })
 }
 
 #[derive(Deserialize)]
@@ -58,11 +59,13 @@ async fn register(State(api): State<AuthApi>, b: Body) -> Result<Response, ApiEr
     Ok((StatusCode::CREATED, Json(body!({ "user_id": user_id }))).into_response())
 }
 
-fn client_ip(headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
+/// The client's address: the one the edge signed for this service, else
+/// the connection's peer. A caller-supplied address is never taken.
+fn client_ip(key: &flashmall_mesh::IdentityKey, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
     headers
-        .get(CLIENT_IP_HEADER)
+        .get(flashmall_mesh::identity::CLIENT_HEADER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
+        .and_then(|v| key.verify_client(v, flashmall_mesh::now_ms()))
         .unwrap_or(peer.ip())
         .to_canonical()
 }
@@ -76,7 +79,7 @@ async fn login(
     let c: Credentials = json(b, api.limit()).await?;
     let pair = api
         .auth
-        .login(&c.email, &c.password, client_ip(&headers, peer))
+        .login(&c.email, &c.password, client_ip(&api.key, &headers, peer))
         .await?;
     Ok(Json(pair).into_response())
 }
