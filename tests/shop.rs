@@ -626,11 +626,17 @@ async fn an_unpaid_checkout_order_expires_and_its_units_come_back() {
 /// A component identity signed as the mesh signs it.
 fn as_component<T>(s: &EdgeStack, component: &str, target: &str, message: T) -> tonic::Request<T> {
     let identity = flashmall_mesh::Identity::service(component, Duration::from_secs(60));
-    let signed = s
-        .stack()
-        .proxy_settings
-        .identity
-        .sign_for(&identity, target);
+    signed_request(s, &identity, target, message)
+}
+
+/// A gRPC request carrying `identity`, signed for `target` with the mesh key.
+fn signed_request<T>(
+    s: &EdgeStack,
+    identity: &flashmall_mesh::Identity,
+    target: &str,
+    message: T,
+) -> tonic::Request<T> {
+    let signed = s.stack().proxy_settings.identity.sign_for(identity, target);
     let mut request = tonic::Request::new(message);
     flashmall_mesh::authorize(&mut request, &signed).unwrap();
     request
@@ -811,14 +817,7 @@ fn as_user<T>(s: &EdgeStack, who: &Login, target: &str, message: T) -> tonic::Re
         token_id: "grpc-test".into(),
         expires_at_ms: flashmall_mesh::now_ms() + 60_000,
     };
-    let signed = s
-        .stack()
-        .proxy_settings
-        .identity
-        .sign_for(&identity, target);
-    let mut request = tonic::Request::new(message);
-    flashmall_mesh::authorize(&mut request, &signed).unwrap();
-    request
+    signed_request(s, &identity, target, message)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
