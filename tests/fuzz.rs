@@ -60,8 +60,11 @@ async fn the_served_api_holds_its_document_under_generated_input() {
                 "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
                 "--max-examples",
                 "15",
+                // One worker: Hypothesis's source introspection is not
+                // thread-safe (a run with two failed once with "AST
+                // constructor recursion depth mismatch" inside the tool).
                 "--workers",
-                "2",
+                "1",
                 "--seed",
                 "20261205",
                 // Logging out would end the token the run is authorized

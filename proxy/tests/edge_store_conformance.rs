@@ -32,6 +32,76 @@ async fn redis() -> Subject {
     }
 }
 
+/// The edge's least-privilege Redis user: its own keys only
+/// (`fm:edge:*`), no dangerous commands. What an operator's ACL gives it.
+const EDGE_ACL: [&str; 7] = [
+    "--user",
+    "edge",
+    "on",
+    ">edge-secret-0123456789",
+    "~fm:edge:*",
+    "+@all",
+    "-@dangerous",
+];
+
+async fn redis_as_edge_user() -> Subject {
+    let server = RedisServer::start_with_args(&EDGE_ACL);
+    let url = format!(
+        "redis://edge:edge-secret-0123456789@127.0.0.1:{}",
+        server.port()
+    );
+    let store = RedisEdgeStore::connect(&url, std::time::Duration::from_secs(2))
+        .await
+        .expect("connect as the edge's ACL user");
+    Subject {
+        store: Arc::new(store),
+        _redis: Some(server),
+    }
+}
+
+/// Security review #18, finding 9: the edge needs nothing beyond its own
+/// keys, so a Redis ACL can confine it there. As the `fm:edge:*` user, the
+/// whole store conformance suite passes (above) and a global rate limit
+/// still limits, while the engine's keys are out of its reach.
+#[tokio::test]
+async fn the_edge_works_confined_to_its_own_keys() {
+    use flashmall_proxy::config::LimitConfig;
+    use flashmall_proxy::limits::{Limit, Limiter};
+    let server = RedisServer::start_with_args(&EDGE_ACL);
+    let url = format!(
+        "redis://edge:edge-secret-0123456789@127.0.0.1:{}",
+        server.port()
+    );
+    let store = RedisEdgeStore::connect(&url, std::time::Duration::from_secs(2))
+        .await
+        .unwrap();
+    let limiter = Limiter::new(Some(store.client().clone()));
+    let limit = Limit::from_config(&LimitConfig {
+        name: "global-test".into(),
+        key: "user".into(),
+        method: "*".into(),
+        path: String::new(),
+        per_second: 0.001,
+        burst: 2,
+        scope: "global".into(),
+    })
+    .unwrap();
+    assert!(limiter.check(&limit, "u1").await.is_ok());
+    assert!(limiter.check(&limit, "u1").await.is_ok());
+    assert!(
+        limiter.check(&limit, "u1").await.is_err(),
+        "the global limit holds under the ACL"
+    );
+    // Another component's keys are refused to the edge's user.
+    use fred::prelude::KeysInterface;
+    let refused = store
+        .client()
+        .get::<Option<String>, _>("fm:sale:{00000000-0000-7000-8000-000000000001}:stock")
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("NOPERM"), "{refused}");
+}
+
 fn entry(id: &str, user: &str) -> BlacklistEntry {
     BlacklistEntry {
         id: id.into(),
@@ -195,3 +265,4 @@ macro_rules! conformance {
 
 conformance!(on_local, local);
 conformance!(on_redis, redis);
+conformance!(on_redis_as_the_edge_acl_user, redis_as_edge_user);

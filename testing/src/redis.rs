@@ -64,6 +64,12 @@ impl RedisServer {
         replica
     }
 
+    /// A server started with extra `redis-server` arguments (an ACL user,
+    /// a config directive), otherwise as `start`.
+    pub fn start_with_args(args: &[&str]) -> RedisServer {
+        Self::start_with(args.iter().map(|a| (*a).to_owned()).collect())
+    }
+
     pub(crate) fn start_with(extra: Vec<String>) -> RedisServer {
         for _ in 0..5 {
             let dir = tempfile::tempdir().expect("temp dir for redis");
