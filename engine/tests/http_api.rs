@@ -317,6 +317,26 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     }
 }
 
+/// A sale's holders are for components (the edge's gate, with its own
+/// service identity) and admins; a buyer is refused.
+#[tokio::test]
+async fn a_sales_holders_are_for_components_and_admins() {
+    let stack = Stack::start(Front::Local).await;
+    let sale = stack.create_sale(5, 1).await;
+    let url = stack.url(&format!("/api/v1/sales/{sale}/holders"));
+    let edge = stack.settings.identity.sign_for(
+        &flashmall_mesh::Identity::service("edge", Duration::from_secs(30)),
+        "engine",
+    );
+    let (status, body) = send(stack.client.get(&url).header(IDENTITY_HEADER, edge)).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = send(stack.admin(stack.client.get(&url))).await;
+    assert_eq!(status, 200, "{body}");
+    let buyer = stack.sign("u1");
+    let (status, body) = send(stack.client.get(&url).header(IDENTITY_HEADER, buyer)).await;
+    assert_eq!(status, 403, "{body}");
+}
+
 #[tokio::test]
 async fn identity_is_only_taken_from_a_valid_signature() {
     let stack = Stack::start(Front::Local).await;

@@ -353,13 +353,9 @@ impl Edge {
             return;
         };
         let url = format!("http://{}/api/v1/sales/{sale}/holders", backend.addr);
+        // The edge's own identity: a component, not an admin.
         let signed = self.identity.sign_for(
-            &Identity {
-                user_id: "edge".into(),
-                roles: vec![Role::Admin],
-                token_id: uuid::Uuid::now_v7().to_string(),
-                expires_at_ms: now_ms() + 30_000,
-            },
+            &Identity::service("edge", Duration::from_secs(30)),
             "engine",
         );
         let http = self.http.clone();

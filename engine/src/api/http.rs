@@ -156,14 +156,15 @@ fn announce_sold_out(engine: &Engine, raw_id: &str, e: ApiError) -> Response {
     response
 }
 
-/// The users holding units of a sale (admin: the edge's sold-out gate lets
-/// them through, so their retries get their original answers).
+/// The users holding units of a sale (components and admins: the edge's
+/// sold-out gate lets them through, so their retries get their original
+/// answers; the edge asks with its own service identity).
 async fn holders(
     State(engine): State<Arc<Engine>>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    identity::caller(&engine, &headers)?.require(Role::Admin)?;
+    identity::caller(&engine, &headers)?.require(Role::Service)?;
     let not_found = || ApiError::new(flashmall_mesh::ErrorCode::SaleNotFound, "no such sale");
     let id = crate::sale::parse_sale_id(&id).ok_or_else(not_found)?;
     let live = engine.live_sale(id).await?.ok_or_else(not_found)?;
