@@ -44,7 +44,8 @@ const EDGE_ACL: [&str; 7] = [
     "-@dangerous",
 ];
 
-async fn redis_as_edge_user() -> Subject {
+/// A redis-server with the edge's ACL user, and the store connected as it.
+async fn edge_acl_store() -> (RedisServer, RedisEdgeStore) {
     let server = RedisServer::start_with_args(&EDGE_ACL);
     let url = format!(
         "redis://edge:edge-secret-0123456789@127.0.0.1:{}",
@@ -53,6 +54,11 @@ async fn redis_as_edge_user() -> Subject {
     let store = RedisEdgeStore::connect(&url, std::time::Duration::from_secs(2))
         .await
         .expect("connect as the edge's ACL user");
+    (server, store)
+}
+
+async fn redis_as_edge_user() -> Subject {
+    let (server, store) = edge_acl_store().await;
     Subject {
         store: Arc::new(store),
         _redis: Some(server),
@@ -67,14 +73,7 @@ async fn redis_as_edge_user() -> Subject {
 async fn the_edge_works_confined_to_its_own_keys() {
     use flashmall_proxy::config::LimitConfig;
     use flashmall_proxy::limits::{Limit, Limiter};
-    let server = RedisServer::start_with_args(&EDGE_ACL);
-    let url = format!(
-        "redis://edge:edge-secret-0123456789@127.0.0.1:{}",
-        server.port()
-    );
-    let store = RedisEdgeStore::connect(&url, std::time::Duration::from_secs(2))
-        .await
-        .unwrap();
+    let (_server, store) = edge_acl_store().await;
     let limiter = Limiter::new(Some(store.client().clone()));
     let limit = Limit::from_config(&LimitConfig {
         name: "global-test".into(),

@@ -146,6 +146,46 @@ impl Revoked {
     }
 }
 
+/// A replica's live revocations, one map per kind of key (`Revocation::key`
+/// without its `f:`/`t:`/`u:` prefix), so a request's lookup borrows its
+/// own ids and allocates nothing.
+#[derive(Default)]
+struct Held {
+    families: HashMap<String, Revoked>,
+    tokens: HashMap<String, Revoked>,
+    users: HashMap<String, Revoked>,
+}
+
+impl Held {
+    fn add(&mut self, r: Revocation) {
+        let (map, id) = match r.key.split_once(':') {
+            Some(("f", id)) => (&mut self.families, id),
+            Some(("t", id)) => (&mut self.tokens, id),
+            Some(("u", id)) => (&mut self.users, id),
+            _ => {
+                tracing::warn!(key = %r.key, "ignoring a revocation of an unknown kind");
+                return;
+            }
+        };
+        let new = Revoked {
+            not_before_ms: r.not_before_ms,
+            until_ms: r.until_ms,
+        };
+        let merged = map.get(id).map_or(new, |old| old.merge(new));
+        map.insert(id.to_owned(), merged);
+    }
+
+    fn drop_expired(&mut self, now_ms: u64) {
+        for map in [&mut self.families, &mut self.tokens, &mut self.users] {
+            map.retain(|_, r| r.until_ms > now_ms);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.families.len() + self.tokens.len() + self.users.len()
+    }
+}
+
 /// Most revocations one read returns; a refresh reads until it has all.
 pub const REVOCATIONS_PER_READ: usize = 1_000;
 
@@ -390,8 +430,8 @@ pub struct View {
     refreshing: tokio::sync::Mutex<u64>,
     current: RwLock<Arc<Snapshot>>,
     version: Mutex<Option<u64>>,
-    /// Live revocations by key.
-    revoked: RwLock<HashMap<String, Revoked>>,
+    /// Live revocations.
+    revoked: RwLock<Held>,
     /// When expired revocations are next dropped (Unix ms).
     next_prune_ms: std::sync::atomic::AtomicU64,
     /// Snapshots compiled, and revocations read, since start.
@@ -408,7 +448,7 @@ impl View {
             refreshing: tokio::sync::Mutex::new(0),
             current: RwLock::new(Arc::new(Snapshot::default())),
             version: Mutex::new(None),
-            revoked: RwLock::new(HashMap::new()),
+            revoked: RwLock::new(Held::default()),
             next_prune_ms: std::sync::atomic::AtomicU64::new(0),
             reloads: std::sync::atomic::AtomicU64::new(0),
             revocations_read: std::sync::atomic::AtomicU64::new(0),
@@ -435,23 +475,23 @@ impl View {
     /// True when a live revocation covers the token: its login family or
     /// its own id, or its user's tokens issued before a watermark.
     pub fn token_revoked(&self, jti: &str, user: &str, issued_at_s: u64, now_ms: u64) -> bool {
-        let Ok(revoked) = self.revoked.read() else {
+        let Ok(held) = self.revoked.read() else {
             return false;
         };
-        if revoked.is_empty() {
+        if held.len() == 0 {
             return false;
         }
         let issued_ms = issued_at_ms(jti, issued_at_s);
-        let covers = |key: &str| {
-            revoked.get(key).is_some_and(|r| {
+        let covers = |map: &HashMap<String, Revoked>, id: &str| {
+            map.get(id).is_some_and(|r| {
                 r.until_ms > now_ms && r.not_before_ms.is_none_or(|nb| issued_ms < nb)
             })
         };
         let by_login = match family_of(jti) {
-            Some(family) => covers(&format!("f:{family}")),
-            None => covers(&format!("t:{jti}")),
+            Some(family) => covers(&held.families, family),
+            None => covers(&held.tokens, jti),
         };
-        by_login || covers(&format!("u:{user}"))
+        by_login || covers(&held.users, user)
     }
 
     /// Live revocations this replica holds.
@@ -492,14 +532,9 @@ impl View {
             };
             let full = batch.len() >= REVOCATIONS_PER_READ;
             self.revocations_read.fetch_add(batch.len() as u64, Relaxed);
-            if let Ok(mut revoked) = self.revoked.write() {
+            if let Ok(mut held) = self.revoked.write() {
                 for (_, r) in batch {
-                    let new = Revoked {
-                        not_before_ms: r.not_before_ms,
-                        until_ms: r.until_ms,
-                    };
-                    let merged = revoked.get(&r.key).map_or(new, |old| old.merge(new));
-                    revoked.insert(r.key, merged);
+                    held.add(r);
                 }
             }
             *last_revocation = last;
@@ -508,9 +543,9 @@ impl View {
             }
         }
         if started >= self.next_prune_ms.load(Relaxed) {
-            if let Ok(mut revoked) = self.revoked.write() {
-                revoked.retain(|_, r| r.until_ms > started);
-                metrics::gauge!("flashmall_proxy_revocations").set(revoked.len() as f64);
+            if let Ok(mut held) = self.revoked.write() {
+                held.drop_expired(started);
+                metrics::gauge!("flashmall_proxy_revocations").set(held.len() as f64);
             }
             self.next_prune_ms.store(started + 1_000, Relaxed);
         }
