@@ -13,8 +13,8 @@ is checked, and k8s/bench. For each overlay the script renders
    field validation would (unknown fields are errors):
    * built-in kinds against the Kubernetes JSON schemas bundled with the
      kubernetes-validate package, for Kubernetes 1.30.0 and 1.34.0;
-   * ServiceMonitor, TidbCluster and ScyllaCluster against the openAPIV3Schema
-     of their CustomResourceDefinition;
+   * ServiceMonitor, TidbCluster, ScyllaCluster, Certificate and Issuer
+     against the openAPIV3Schema of their CustomResourceDefinition;
    * any other kind is an error;
 2. runs `flashmall check-config` on the config file of every flashmall
    container (the ConfigMap mounted where its --config points), with the
@@ -29,8 +29,8 @@ ${FLASHMALL_K8S_TOOLS:-~/.cache/flashmall/k8s-tools}, and reused after:
 * venv/: a virtualenv with kubernetes-validate (which brings PyYAML and
   jsonschema) from PyPI; the script re-executes itself inside it, so the
   third-party imports are local to the functions that need them;
-* crds/: the three CRD files, cut out of their Go module's zip downloaded from
-  the Go module proxy (proxy.golang.org) and checked against a pinned sha256.
+* crds/: the CRD files, cut out of their Go module's zip downloaded from the
+  Go module proxy (proxy.golang.org) and checked against a pinned sha256.
 Nothing downloaded is ever written into the repository.
 """
 
@@ -95,6 +95,18 @@ CRD_SOURCES = (
         version="v1.18.0",
         zip_sha256="48ce4a2afb92314f1913732022854d7d7398a8a15956e5f81c2c40d61449b619",
         path="pkg/api/scylla/v1/scylla.scylladb.com_scyllaclusters.yaml",
+    ),
+    CrdSource(  # Certificate (the production overlay's mesh certificates)
+        module="github.com/cert-manager/cert-manager",
+        version="v1.21.2",
+        zip_sha256="cfaf1fb53965a5fd60490861387b7dbf34cd40987c878a4f1e247f836eef4782",
+        path="deploy/crds/cert-manager.io_certificates.yaml",
+    ),
+    CrdSource(  # Issuer
+        module="github.com/cert-manager/cert-manager",
+        version="v1.21.2",
+        zip_sha256="cfaf1fb53965a5fd60490861387b7dbf34cd40987c878a4f1e247f836eef4782",
+        path="deploy/crds/cert-manager.io_issuers.yaml",
     ),
 )
 
@@ -161,17 +173,21 @@ def ensure_kustomize(cache: Path) -> Path:
     return kustomize
 
 
-def ensure_crd(cache: Path, source: CrdSource) -> Path:
-    """The cached CRD file, cut out of its module zip when not there yet."""
+def ensure_crd(cache: Path, source: CrdSource, archives: dict[str, bytes]) -> Path:
+    """The cached CRD file, cut out of its module zip when not there yet
+    (`archives` keeps the zips fetched in this run: one module may hold
+    several CRDs)."""
     target = source.cache_path(cache)
     if target.exists():
         return target
     url = f"{GO_PROXY}/{source.module}/@v/{source.version}.zip"
-    started = time.monotonic()
-    archive = download(url)
-    log(f"fetched {source.module}@{source.version} from {GO_PROXY} "
-        f"({len(archive) / 1e6:.1f} MB in {time.monotonic() - started:.1f}s), "
-        f"extracting {source.path}")
+    if url not in archives:
+        started = time.monotonic()
+        archives[url] = download(url)
+        log(f"fetched {source.module}@{source.version} from {GO_PROXY} "
+            f"({len(archives[url]) / 1e6:.1f} MB in {time.monotonic() - started:.1f}s)")
+    archive = archives[url]
+    log(f"extracting {source.path} from {source.module}@{source.version}")
     digest = hashlib.sha256(archive).hexdigest()
     if digest != source.zip_sha256:
         raise CheckError(f"{url}: sha256 {digest}, expected {source.zip_sha256}")
@@ -656,6 +672,32 @@ CALLS = {
 }
 SERVICES = ("auth", "orders", "payments", "products", "cart", "checkout")
 ADAPTER_VALUES = K8S_DIR / "base" / "monitoring" / "prometheus-adapter-values.yaml"
+# The namespace Prometheus runs in, as NetworkPolicies select it.
+MONITORING = {"kubernetes.io/metadata.name": "monitoring"}
+
+# Mutual TLS between the components (mesh.tls): which overlays must run it
+# and which must not (an overlay not listed must only be consistent), the
+# name each component's certificate carries for its callers to check, and
+# the key of the cert-manager Secret each of mesh.tls's files must be.
+MESH_TLS = {"production": True, "dev": False}
+MESH_NAMES = {"proxy": "edge"}
+MESH_TLS_FILES = {"ca_file": "ca.crt", "cert_file": "tls.crt", "key_file": "tls.key"}
+# How long the kubelet may take to update a mounted Secret, before a
+# component's next mesh.tls.reload_interval.
+SECRET_SYNC_SECONDS = 120
+
+# Redis: the ACL user each component logs in as (its Redis URL's user), and
+# the exact key patterns a user may have.
+REDIS_USERS = {"engine": "engine", "proxy": "edge"}
+REDIS_KEY_PATTERNS = {"edge": ["~fm:edge:*"]}
+# A password in a Redis config in git is only ever a placeholder the
+# start-up script fills in: #@NAME@ (redis.conf) or #$(...) (generated).
+PASSWORD_PLACEHOLDER = re.compile(r"#(@[A-Z0-9_]+@|\$\(.+\))")
+REDIS_URL_FIELDS = {"engine": ("redis", "url"), "proxy": ("proxy", "redis_url")}
+
+
+def mesh_name(component: str) -> str:
+    return MESH_NAMES.get(component, component)
 
 
 def component_of(container: dict) -> str:
@@ -712,18 +754,45 @@ def pods_of(docs: list[dict]) -> list[Pod]:
     return pods
 
 
-def ingress_allows(policies: list[dict], target: Pod, caller: Pod | None, port: int) -> bool:
-    """Whether the NetworkPolicies let `caller` (None: any address outside the
-    cluster) reach `target` on `port`. Pods no Ingress policy selects are open."""
-    selecting = [p for p in policies if "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
-                 and selects(p["spec"].get("podSelector"), target.labels)]
+def ingress_policies(policies: list[dict], target: Pod) -> list[dict]:
+    return [p for p in policies if "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
+            and selects(p["spec"].get("podSelector"), target.labels)]
+
+
+def rule_covers(rule: dict, target: Pod, port: int) -> bool:
+    """Whether an ingress rule's ports (none: every port) include `port` of `target`."""
+    ports = rule.get("ports")
+    return not ports or any(target.ports.get(str(p.get("port"))) == port or p.get("port") == port
+                            for p in ports)
+
+
+def namespace_allows(policies: list[dict], target: Pod, namespace: dict, port: int) -> bool:
+    """Whether the NetworkPolicies let some pod of another namespace (labelled
+    `namespace`) reach `target` on `port`: a rule with no `from`, or a peer
+    whose namespaceSelector selects that namespace, whatever its podSelector."""
+    selecting = ingress_policies(policies, target)
     if not selecting:
         return True
     for policy in selecting:
         for rule in policy["spec"].get("ingress") or []:
-            ports = rule.get("ports")
-            if ports and not any(target.ports.get(str(p.get("port"))) == port or p.get("port") == port
-                                 for p in ports):
+            if not rule_covers(rule, target, port):
+                continue
+            peers = rule.get("from")
+            if peers is None or any("namespaceSelector" in peer
+                                    and selects(peer["namespaceSelector"], namespace) for peer in peers):
+                return True
+    return False
+
+
+def ingress_allows(policies: list[dict], target: Pod, caller: Pod | None, port: int) -> bool:
+    """Whether the NetworkPolicies let `caller` (None: any address outside the
+    cluster) reach `target` on `port`. Pods no Ingress policy selects are open."""
+    selecting = ingress_policies(policies, target)
+    if not selecting:
+        return True
+    for policy in selecting:
+        for rule in policy["spec"].get("ingress") or []:
+            if not rule_covers(rule, target, port):
                 continue
             peers = rule.get("from")
             if peers is None:
@@ -740,6 +809,66 @@ def endpoint(entry: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def secret_file(workload: Workload, path: str) -> tuple[str, str, dict] | str:
+    """(Secret name, key, volumeMount) of the file at `path` inside the
+    container, or why it is not one a renewal reaches."""
+    mounts = [m for m in workload.container.get("volumeMounts", [])
+              if path == m["mountPath"] or path.startswith(m["mountPath"].rstrip("/") + "/")]
+    if not mounts:
+        return "no volume is mounted there"
+    mount = max(mounts, key=lambda m: len(m["mountPath"]))
+    if mount.get("subPath"):
+        return (f"volume {mount['name']} is mounted with subPath, which the kubelet never "
+                "updates: renewed certificates would not arrive")
+    relative = path[len(mount["mountPath"].rstrip("/")) + 1:]
+    volume = next((v for v in workload.pod_spec.get("volumes", []) if v.get("name") == mount["name"]), None)
+    if volume is None or "secret" not in volume:
+        return f"it is on volume {mount['name']}, which is not a Secret"
+    items = volume["secret"].get("items")
+    key = next((item["key"] for item in items or [] if item["path"] == relative),
+               None if items else relative)
+    if key is None:
+        return f"Secret volume {mount['name']} has no item with path {relative}"
+    return volume["secret"]["secretName"], key, mount
+
+
+def acl_users(text: str) -> dict[str, list[str]]:
+    """The `user NAME RULE...` lines of a Redis or Sentinel config, by name."""
+    users = {}
+    for line in text.splitlines():
+        # A shell's $(...) (a config written by a script) is one word.
+        words = re.sub(r"\$\([^)]*\)", "$(...)", line).split()
+        if len(words) >= 2 and words[0] == "user":
+            users[words[1]] = words[2:]
+    return users
+
+
+def acl_enabled(rules: list[str]) -> bool:
+    """Whether a user's rules leave it on (the last of on/off wins; off by default)."""
+    switches = [rule for rule in rules if rule in ("on", "off")]
+    return bool(switches) and switches[-1] == "on"
+
+
+def acl_key_patterns(rules: list[str]) -> list[str]:
+    patterns: list[str] = []
+    for rule in rules:
+        if rule in ("allkeys", "resetkeys", "reset"):
+            patterns = ["~*"] if rule == "allkeys" else []
+        elif rule.startswith("~") or re.match(r"%(R|W|RW)~", rule):
+            patterns.append(rule)
+    return patterns
+
+
+def url_credentials(url: str) -> tuple[str, str | None]:
+    """(user, password or None) of a URL's authority; ("", None) without one."""
+    authority = url.split("://", 1)[-1].split("/")[0].split("?")[0]
+    if "@" not in authority:
+        return "", None
+    userinfo = authority.rpartition("@")[0]
+    user, colon, password = userinfo.partition(":")
+    return user, password if colon else None
+
+
 def consistency_checks(overlay: str, docs: list[dict], configs: dict[str, dict]) -> list[str]:
     """Cross-checks between the rendered documents of an overlay and the
     effective configs (keyed by Deployment/StatefulSet name; only those that
@@ -749,7 +878,10 @@ def consistency_checks(overlay: str, docs: list[dict], configs: dict[str, dict])
         if name in configs:
             manifests.check_workload(workload, configs[name])
     manifests.check_exposure()
+    manifests.check_admin_ports()
     manifests.check_redis()
+    manifests.check_redis_clients(configs)
+    manifests.check_mesh_tls(overlay, configs)
     manifests.check_autoscalers()
     manifests.check_selectors()
     manifests.check_scraping()
@@ -826,22 +958,28 @@ class Manifests:
             self.errors.append(f"{where}: {component}.listen {host} is not every address of the pod")
         if self.component_pod[component].ports.get("http") != port:
             self.errors.append(f"{where}: container port http is not {component}.listen's port {port}")
-        # The edge serves probes and metrics on its admin port only.
-        probe_port_name, probe_port = "http", port
-        if component == "proxy":
-            admin_host, probe_port = endpoint(config["proxy"]["admin_listen"])
-            probe_port_name = "admin"
+        # Every component serves probes and metrics on its admin port, in
+        # plain HTTP: the edge on proxy.admin_listen, the others on
+        # mesh.admin_listen (their main port may require a client certificate).
+        field = "proxy.admin_listen" if component == "proxy" else "mesh.admin_listen"
+        section, key = field.split(".")
+        admin_listen = config.get(section, {}).get(key, "")
+        admin_port = None
+        if not admin_listen:
+            self.errors.append(f"{where}: {field} is empty: the kubelet's probes and Prometheus "
+                               "need the admin port")
+        else:
+            admin_host, admin_port = endpoint(admin_listen)
             if admin_host not in ("0.0.0.0", "[::]"):
-                self.errors.append(f"{where}: proxy.admin_listen {admin_host} is not every address "
+                self.errors.append(f"{where}: {field} {admin_host} is not every address "
                                    "of the pod (the kubelet and Prometheus could not reach it)")
-            if self.component_pod[component].ports.get("admin") != probe_port:
-                self.errors.append(f"{where}: container port admin is not proxy.admin_listen's "
-                                   f"port {probe_port}")
+            if self.component_pod[component].ports.get("admin") != admin_port:
+                self.errors.append(f"{where}: container port admin is not {field}'s port {admin_port}")
         for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz"),
                             ("startupProbe", "/healthz")):
             get = (workload.container.get(probe) or {}).get("httpGet") or {}
-            if get.get("path") != path or get.get("port") not in (probe_port_name, probe_port):
-                self.errors.append(f"{where}: {probe} must GET {path} on port {probe_port_name}")
+            if get.get("path") != path or get.get("port") not in ("admin", admin_port):
+                self.errors.append(f"{where}: {probe} must GET {path} on port admin")
         if spec.get("enableServiceLinks", True):
             self.errors.append(f"{where}: enableServiceLinks must be false (FLASHMALL_*_PORT variables "
                                "would be refused as unknown overrides)")
@@ -871,7 +1009,8 @@ class Manifests:
         if redis_field:
             url = config[redis_field[0]][redis_field[1]]
             if url:
-                self.reaches(component, url.split("://", 1)[1].split("/")[0].split("?")[0], "redis",
+                authority = url.split("://", 1)[1].split("/")[0].split("?")[0]
+                self.reaches(component, authority.rpartition("@")[2], "redis",
                              f"{where} {'.'.join(redis_field)}", headless=False)
             else:
                 local.append("in-process " + ("stock front" if component == "engine" else "edge state"))
@@ -935,8 +1074,51 @@ class Manifests:
             if admin is not None and ingress_allows(self.policies, pod, None, admin):
                 self.errors.append(f"{pod.owner}: admin port {admin} reachable from outside the cluster")
 
+    def check_admin_ports(self) -> None:
+        """Every component has an admin port (probes and metrics), which only
+        the monitoring namespace reaches, and the monitoring namespace
+        reaches no main port (but the edge's public one, open to every
+        address)."""
+        for target in self.component_pod.values():
+            admin = target.ports.get("admin")
+            if admin is None:
+                self.errors.append(f"{target.owner}: no container port named admin "
+                                   "(the probes and Prometheus go there)")
+                continue
+            for caller in self.component_pod.values():
+                if caller.owner != target.owner and ingress_allows(self.policies, target, caller, admin):
+                    self.errors.append(f"{target.owner}: admin port {admin} reachable from {caller.owner} "
+                                       "(only the monitoring namespace may reach it)")
+            if not namespace_allows(self.policies, target, MONITORING, admin):
+                self.errors.append(f"{target.owner}: no NetworkPolicy lets the monitoring namespace "
+                                   f"reach admin port {admin}")
+            # (The edge's public port is open to every address, Prometheus's too.)
+            for name, number in target.ports.items():
+                if name != "admin" and namespace_allows(self.policies, target, MONITORING, number) \
+                        and not ingress_allows(self.policies, target, None, number):
+                    self.errors.append(f"{target.owner}: the monitoring namespace reaches port {name} "
+                                       f"({number}); it may reach the admin port only")
+        # The rules themselves: one that lets the monitoring namespace in to a
+        # component names its admin port, and only that.
+        for policy in self.policies:
+            targets = [pod for pod in self.component_pod.values()
+                       if selects(policy["spec"].get("podSelector"), pod.labels)]
+            for index, rule in enumerate(policy["spec"].get("ingress") or []):
+                if not targets or not any("namespaceSelector" in peer
+                                          and selects(peer["namespaceSelector"], MONITORING)
+                                          for peer in rule.get("from") or []):
+                    continue
+                ports = [p.get("port", "every port") for p in rule.get("ports") or [{}]]
+                other = [port for port in ports
+                         if not all(port in ("admin", pod.ports.get("admin")) for pod in targets)]
+                if other:
+                    self.errors.append(f"{doc_name(policy)} ingress[{index}]: lets the monitoring namespace "
+                                       f"in on {', '.join(map(str, other))}; only the admin port")
+
     def check_redis(self) -> None:
-        """Redis keeps what it acknowledged and never evicts a sale's keys."""
+        """Redis keeps what it acknowledged and never evicts a sale's keys; its
+        users and the sentinels' have no literal password, the default user
+        is off, and the edge's user is confined to the edge's keys."""
         for doc in self.by_kind.get("ConfigMap", []):
             conf = (doc.get("data") or {}).get("redis.conf")
             if conf is None:
@@ -946,6 +1128,202 @@ class Manifests:
             for key, value in (("appendonly", "yes"), ("maxmemory-policy", "noeviction")):
                 if settings.get(key) != value:
                     self.errors.append(f"{doc_name(doc)}: redis.conf needs {key} {value}")
+            where = f"{doc_name(doc)} redis.conf"
+            users = self.check_acl_users(where, conf)
+            for key in ("requirepass", "masterauth"):
+                if key in settings:
+                    self.errors.append(f"{where}: {key} with a literal password (passwords come from "
+                                       "a Secret, filled in at start)")
+            for name, expected in REDIS_KEY_PATTERNS.items():
+                if name not in users:
+                    self.errors.append(f"{where}: no user {name}")
+                elif acl_key_patterns(users[name]) != expected:
+                    self.errors.append(f"{where}: user {name}'s keys are "
+                                       f"{' '.join(acl_key_patterns(users[name])) or 'none'}, "
+                                       f"not exactly {' '.join(expected)}")
+            # The placeholders are filled in by whoever starts Redis on this config.
+            scripts = [" ".join([*c.get("command", []), *c.get("args", [])])
+                       for w in self.by_kind.get("StatefulSet", []) + self.by_kind.get("Deployment", [])
+                       if any((v.get("configMap") or {}).get("name") == doc["metadata"]["name"]
+                              for v in pod_spec(w).get("volumes", []))
+                       for c in pod_spec(w).get("containers", [])]
+            settings_text = "\n".join(line for line in conf.splitlines() if not line.startswith("#"))
+            for placeholder in sorted(set(re.findall(r"#(@[A-Z0-9_]+@)", settings_text))):
+                if not any(f"#{placeholder}" in script for script in scripts):
+                    self.errors.append(f"{where}: nothing that starts Redis on it fills in {placeholder}")
+        # The sentinels' configs, written by their start-up scripts.
+        for workload in self.by_kind.get("StatefulSet", []) + self.by_kind.get("Deployment", []):
+            for container in pod_spec(workload).get("containers", []):
+                script = "\n".join([*container.get("command", []), *container.get("args", [])])
+                if "--sentinel" not in script:
+                    continue
+                where = f"{doc_name(workload)} container {container['name']}"
+                self.check_acl_users(where, script)
+                for line in script.splitlines():
+                    words = line.split()
+                    if words[:2] in (["sentinel", "auth-pass"], ["sentinel", "sentinel-pass"]) \
+                            and not words[-1].startswith("$"):
+                        self.errors.append(f"{where}: {' '.join(words[:2])} with a literal password")
+
+    def check_acl_users(self, where: str, text: str) -> dict[str, list[str]]:
+        """The default user off and no literal password; the users, by name."""
+        users = acl_users(text)
+        if acl_enabled(users.get("default", ["on", "nopass"])):
+            self.errors.append(f"{where}: the default user is on (it needs `user default off`)")
+        for name, rules in users.items():
+            for rule in rules:
+                if rule.startswith(">") or (rule.startswith("#") and not PASSWORD_PLACEHOLDER.fullmatch(rule)):
+                    self.errors.append(f"{where}: user {name} has a literal password (passwords come from "
+                                       "a Secret, filled in at start)")
+                if rule == "nopass" and acl_enabled(rules):
+                    self.errors.append(f"{where}: user {name} needs no password")
+        return users
+
+    def check_redis_clients(self, configs: dict[str, dict]) -> None:
+        """The edge and the engine log in to Redis as their own users, with the
+        password from a Secret, never written in a manifest or the config."""
+        acl = {}
+        for doc in self.by_kind.get("ConfigMap", []):
+            acl.update(acl_users((doc.get("data") or {}).get("redis.conf", "")))
+            for key, text in (doc.get("data") or {}).items():
+                if not key.endswith(".toml"):
+                    continue
+                try:
+                    data = tomllib.loads(text)
+                except tomllib.TOMLDecodeError:
+                    continue
+                for section, field in REDIS_URL_FIELDS.values():
+                    url = str(data.get(section, {}).get(field, ""))
+                    if url_credentials(url)[1]:
+                        self.errors.append(f"{doc_name(doc)} {key}: {section}.{field} holds a password; "
+                                           "it comes from a Secret in the environment")
+        for name, workload in self.workloads.items():
+            component = component_of(workload.container)
+            field = REDIS_URL_FIELDS.get(component)
+            if field is None:
+                continue
+            where = doc_name(workload.doc)
+            secret_vars = set()
+            for variable in workload.container.get("env", []):
+                if "secretKeyRef" in (variable.get("valueFrom") or {}):
+                    secret_vars.add(variable["name"])
+                    continue
+                if variable["name"] != f"FLASHMALL_{field[0].upper()}__{field[1].upper()}":
+                    continue
+                password = url_credentials(variable.get("value", ""))[1]
+                match = re.fullmatch(r"\$\(([^)]*)\)", password or "")
+                if password and (match is None or match[1] not in secret_vars):
+                    self.errors.append(f"{where}: {variable['name']} has a literal password; write "
+                                       "$(VAR) of a variable from a Secret defined before it")
+            if name not in configs or not acl:
+                continue
+            url = configs[name][field[0]][field[1]]
+            user = url_credentials(url)[0] if url else ""
+            if url and user != REDIS_USERS[component]:
+                self.errors.append(f"{where}: {'.'.join(field)} logs in as "
+                                   f"{user or 'the default user'}, not as the {REDIS_USERS[component]} user")
+            elif url and not acl_enabled(acl.get(user, [])):
+                self.errors.append(f"{where}: {'.'.join(field)}: redis.conf has no enabled user {user}")
+
+    def check_mesh_tls(self, overlay: str, configs: dict[str, dict]) -> None:
+        """Mutual TLS between the components where the overlay runs it (every
+        component, with a cert-manager certificate that names it, mounted
+        where mesh.tls reads it and renewed in place), none where it does not."""
+        expected = MESH_TLS.get(overlay)
+        on: dict[str, bool] = {}
+        issuers = set()
+        for name, workload in self.workloads.items():
+            if name not in configs:
+                continue
+            tls = configs[name].get("mesh", {}).get("tls", {})
+            files = {field: tls.get(field, "") for field in MESH_TLS_FILES}
+            where = doc_name(workload.doc)
+            given = [field for field, path in files.items() if path]
+            if given and len(given) < len(files):
+                self.errors.append(f"{where}: mesh.tls sets {', '.join(given)} only: all three files or none")
+                continue
+            on[name] = bool(given)
+            if expected is True and not given:
+                self.errors.append(f"{where}: mesh.tls is off; the {overlay} overlay runs the mesh in mutual TLS")
+            elif expected is False and given:
+                self.errors.append(f"{where}: mesh.tls is on; the {overlay} overlay runs the mesh in plain HTTP")
+            elif given:
+                issuers |= self.check_mesh_certificate(workload, configs[name], files)
+        if expected is None and len(set(on.values())) > 1:
+            self.errors.append(f"mesh.tls is on in {', '.join(n for n, v in sorted(on.items()) if v)} only: "
+                               "a caller in plain HTTP cannot call a port that requires a certificate")
+        if len(issuers) > 1:
+            self.errors.append(f"the components' mesh certificates come from several issuers "
+                               f"({', '.join(sorted(f'{k}/{n}' for k, n in issuers))}): one CA must sign them all")
+        for kind, name in issuers:
+            issuer = self.named(kind, name)
+            ca_secret = ((issuer or {}).get("spec", {}).get("ca") or {}).get("secretName")
+            if issuer is None or ca_secret is None:
+                self.errors.append(f"{kind}/{name}: not a CA Issuer in the output (it signs the mesh certificates)")
+            elif not any(c["spec"].get("secretName") == ca_secret and c["spec"].get("isCA")
+                         for c in self.by_kind.get("Certificate", [])):
+                self.errors.append(f"{kind}/{name}: no CA Certificate (isCA) writes its Secret {ca_secret}")
+
+    def check_mesh_certificate(self, workload: Workload, config: dict, files: dict[str, str]) -> set:
+        """One component's mesh.tls files against its Secret and Certificate;
+        the issuers of its certificate."""
+        component = component_of(workload.container)
+        where = doc_name(workload.doc)
+        secrets = set()
+        for field, path in files.items():
+            source = secret_file(workload, path)
+            if isinstance(source, str):
+                self.errors.append(f"{where}: mesh.tls.{field} {path}: {source}")
+                continue
+            secret, key, mount = source
+            secrets.add(secret)
+            if key != MESH_TLS_FILES[field]:
+                self.errors.append(f"{where}: mesh.tls.{field} is key {key} of Secret {secret}, "
+                                   f"not {MESH_TLS_FILES[field]}")
+            if not mount.get("readOnly"):
+                self.errors.append(f"{where}: Secret {secret} must be mounted read-only at {mount['mountPath']}")
+        if len(secrets) > 1:
+            self.errors.append(f"{where}: mesh.tls's files come from several Secrets "
+                               f"({', '.join(sorted(secrets))}), not one certificate's")
+        issuers = set()
+        for secret in secrets:
+            certificate = next((c for c in self.by_kind.get("Certificate", [])
+                                if c["spec"].get("secretName") == secret), None)
+            if certificate is None:
+                self.errors.append(f"{where}: no Certificate writes Secret {secret} (mesh.tls)")
+                continue
+            spec, cert_name = certificate["spec"], doc_name(certificate)
+            ref = spec.get("issuerRef") or {}
+            issuers.add((ref.get("kind", "Issuer"), ref.get("name")))
+            names = spec.get("dnsNames") or []
+            if mesh_name(component) not in names:
+                self.errors.append(f"{cert_name}: dnsNames lack {mesh_name(component)}, the name "
+                                   f"callers of {where} check")
+            impostor = [mesh_name(c) for c in self.component_pod if c != component and mesh_name(c) in names]
+            if impostor:
+                self.errors.append(f"{cert_name}: dnsNames also name {', '.join(impostor)}: "
+                                   f"{component} could pose as them")
+            namespace = doc_namespace(certificate)
+            services = [s["metadata"]["name"] for s in self.services.values()
+                        if where in {p.owner for p in self.pods_behind(s)}]
+            known = {mesh_name(component)} | {name for s in services for name in (
+                s, f"{s}.{namespace}.svc", f"{s}.{namespace}.svc.cluster.local")}
+            stray = [name for name in names if name not in known]
+            if stray:
+                self.errors.append(f"{cert_name}: dnsNames {', '.join(stray)} are neither "
+                                   f"{mesh_name(component)} nor a name of a Service in front of {where} "
+                                   f"in namespace {namespace or '(none)'}")
+            usages = spec.get("usages") or ["digital signature", "key encipherment"]
+            missing = [u for u in ("server auth", "client auth") if u not in usages]
+            if missing:
+                self.errors.append(f"{cert_name}: usages lack {', '.join(missing)} (a component serves "
+                                   "its port and calls others with one certificate)")
+            reload = config["mesh"]["tls"].get("reload_interval", "")
+            if spec.get("renewBefore") and reload and \
+                    seconds(reload) + SECRET_SYNC_SECONDS >= seconds(spec["renewBefore"]):
+                self.errors.append(f"{cert_name}: renewBefore {spec['renewBefore']} leaves no time for the "
+                                   f"kubelet to update the Secret and mesh.tls.reload_interval ({reload})")
+        return issuers
 
     def check_autoscalers(self) -> None:
         """HPAs scale workloads that exist, on metrics the adapter serves."""
@@ -976,16 +1354,33 @@ class Manifests:
                 self.errors.append(f"{doc_name(doc)}: selects {sorted(owners) or 'nothing'}, not one workload")
 
     def check_scraping(self) -> None:
-        """The ServiceMonitor scrapes every component through its Service."""
+        """The ServiceMonitor scrapes every component through its Service, on
+        the Service port named admin, in front of the pods' admin port, and
+        nothing else."""
         for monitor in self.by_kind.get("ServiceMonitor", []):
-            ports = {e["port"] for e in monitor["spec"]["endpoints"]}
+            endpoints = monitor["spec"]["endpoints"]
+            for index, entry in enumerate(endpoints):
+                if entry.get("port") != "admin" or "targetPort" in entry:
+                    self.errors.append(f"{doc_name(monitor)} endpoints[{index}]: scrapes port "
+                                       f"{entry.get('port', entry.get('targetPort'))}; only ports named admin")
+            ports = {e.get("port") for e in endpoints}
             for workload in self.workloads.values():
+                pod = self.pod_of(workload.doc)
                 scraped = [s for s in self.services.values()
                            if selects(monitor["spec"]["selector"], s["metadata"].get("labels", {}))
                            and any(p.get("name") in ports for p in s["spec"].get("ports", []))
                            and doc_name(workload.doc) in {p.owner for p in self.pods_behind(s)}]
                 if not scraped:
                     self.errors.append(f"{doc_name(monitor)}: does not scrape {doc_name(workload.doc)}")
+                for service in scraped:
+                    for port in service["spec"].get("ports", []):
+                        if port.get("name") not in ports:
+                            continue
+                        target = port.get("targetPort", port["port"])
+                        number = pod.ports.get(target) if isinstance(target, str) else target
+                        if number is None or number != pod.ports.get("admin"):
+                            self.errors.append(f"{doc_name(service)} port {port['name']}: targets {target}, "
+                                               f"not {doc_name(workload.doc)}'s admin port")
 
 
 # --- main -----------------------------------------------------------------------
@@ -1047,7 +1442,8 @@ def main() -> int:
     try:
         run_inside_venv(ensure_venv(cache))
         kustomize = ensure_kustomize(cache)
-        crd_files = [ensure_crd(cache, source) for source in CRD_SOURCES]
+        archives: dict[str, bytes] = {}
+        crd_files = [ensure_crd(cache, source, archives) for source in CRD_SOURCES]
         if not os.access(args.flashmall, os.X_OK):
             raise CheckError(f"{args.flashmall}: not an executable")
         overlays = find_overlays(args.root, args.overlay)

@@ -178,6 +178,7 @@ impl Config {
             proxy,
             jwt_secret,
             identity,
+            tls: None,
         }
     }
 
@@ -240,6 +241,9 @@ impl Config {
             data_dir: self.data.dir.clone(),
             identity,
             client: self.mesh.client.clone(),
+            // Loaded by the caller (`MeshTls::load` reads files).
+            tls: None,
+            admin_listen: self.mesh.admin_addr().ok().flatten(),
         }
     }
 
@@ -275,6 +279,8 @@ impl Config {
             data_dir: self.data.dir.clone(),
             identity,
             client: self.mesh.client.clone(),
+            tls: None,
+            admin_listen: self.mesh.admin_addr().ok().flatten(),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use flashmall::config::Config;
 use flashmall::demo::DemoOptions;
-use flashmall_mesh::Shutdown;
+use flashmall_mesh::{MeshTls, Shutdown};
 use flashmall_services::Service;
 
 #[derive(Parser)]
@@ -146,7 +146,9 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             EngineAction::Run => {
                 let shutdown = Shutdown::new();
                 shutdown.trigger_on_signals();
-                flashmall_engine::run(config.engine_settings(config.mesh.key()?), shutdown).await?;
+                let mut settings = config.engine_settings(config.mesh.key()?);
+                settings.tls = MeshTls::load_if_enabled(&config.mesh.tls).await?;
+                flashmall_engine::run(settings, shutdown).await?;
             }
             EngineAction::Reconcile => {
                 let settings = config.engine_settings(config.mesh.key_or_random()?);
@@ -163,14 +165,15 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Proxy => {
             let shutdown = Shutdown::new();
             shutdown.trigger_on_signals();
-            let settings = config.proxy_settings(config.mesh.key()?, config.jwt_secret()?);
+            let mut settings = config.proxy_settings(config.mesh.key()?, config.jwt_secret()?);
+            settings.tls = MeshTls::load_if_enabled(&config.mesh.tls).await?;
             flashmall_proxy::run(settings, shutdown).await?;
         }
         Command::Service { name } => {
             let shutdown = Shutdown::new();
             shutdown.trigger_on_signals();
             let key = config.mesh.key()?;
-            let service = match name {
+            let mut service = match name {
                 ServiceName::Auth => Service::Auth(config.auth_settings(key, config.jwt_secret()?)),
                 ServiceName::Orders => Service::Orders(config.orders_settings(key)),
                 ServiceName::Payments => Service::Payments(config.payments_settings(key)),
@@ -178,6 +181,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 ServiceName::Cart => Service::Cart(config.cart_settings(key)),
                 ServiceName::Checkout => Service::Checkout(config.checkout_settings(key)),
             };
+            service.common_mut().tls = MeshTls::load_if_enabled(&config.mesh.tls).await?;
             flashmall_services::run(service, shutdown).await?;
         }
         Command::GrantAdmin { email } => {

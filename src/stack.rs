@@ -4,12 +4,13 @@
 //! pools pointed at them. The demo and the black-box tests run on it;
 //! `flashmall up` runs the same components on configured ports instead.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use flashmall_engine::config::{EngineConfig, LedgerConfig, RedisConfig};
-use flashmall_mesh::{ClientConfig, IdentityKey, Shutdown};
+use flashmall_mesh::{ClientConfig, IdentityKey, MeshTls, Shutdown, TlsConfig};
 use flashmall_proxy::config::ProxyConfig;
 use flashmall_proxy::{ProxySettings, RunningProxy};
 use flashmall_services::config::{
@@ -39,6 +40,9 @@ pub struct StackConfig {
     pub client: ClientConfig,
     pub data_dir: PathBuf,
     pub jwt_secret: Vec<u8>,
+    /// Mutual TLS per component (`edge`, `engine`, `auth`, …): each gets
+    /// its own certificate files. Empty: plain loopback, like `flashmall up`.
+    pub tls: HashMap<String, TlsConfig>,
 }
 
 /// A running stack.
@@ -119,6 +123,7 @@ impl Throwaway {
             },
             data_dir: data.path().to_owned(),
             jwt_secret,
+            tls: HashMap::new(),
         };
         // The bench and the demo register and log in thousands of buyers
         // from one address: only the per-user and per-sale limits stay.
@@ -196,6 +201,11 @@ impl Stack {
         }
         let mut listeners = listeners.into_iter().map(|(_, _, l)| l);
         let mut next = || listeners.next().ok_or("a listener is missing".to_owned());
+        let mut tls = HashMap::new();
+        for (component, files) in &config.tls {
+            tls.insert(component.as_str(), MeshTls::load(files).await?);
+        }
+        let tls_of = |component: &str| tls.get(component).cloned();
         let engine_settings = flashmall_engine::Settings {
             engine: config.engine,
             redis: config.redis,
@@ -203,6 +213,8 @@ impl Stack {
             data_dir: config.data_dir.clone(),
             identity: identity.clone(),
             client: config.client.clone(),
+            tls: tls_of("engine"),
+            admin_listen: None,
         };
         let engine = flashmall_engine::launch(&engine_settings, next()?, shutdown.clone()).await?;
         let common = Common {
@@ -210,13 +222,18 @@ impl Stack {
             data_dir: config.data_dir,
             identity: identity.clone(),
             client: config.client,
+            tls: None,
+            admin_listen: None,
         };
         let store = flashmall_services::open_store(&common.store, &common.data_dir).await?;
         let orders_settings = OrdersSettings {
             orders: config.orders,
-            common: common.clone(),
+            common: Common {
+                tls: tls_of("orders"),
+                ..common.clone()
+            },
         };
-        let services = [
+        let mut services = [
             Service::Auth(AuthSettings {
                 auth: config.auth,
                 common: common.clone(),
@@ -240,6 +257,10 @@ impl Stack {
                 common,
             }),
         ];
+        for service in &mut services {
+            let name = service.name();
+            service.common_mut().tls = tls_of(name);
+        }
         let mut orders = None;
         let mut others = Vec::new();
         for service in &services {
@@ -259,6 +280,7 @@ impl Stack {
             proxy,
             jwt_secret: config.jwt_secret,
             identity,
+            tls: tls_of("edge"),
         };
         let proxy = flashmall_proxy::launch(&proxy_settings).await?;
         Ok(Stack {

@@ -20,6 +20,13 @@ async fn listen(addr: std::net::SocketAddr) -> Result<TcpListener, String> {
 /// Runs the stack until SIGTERM or Ctrl-C; the first component to fail
 /// stops the others.
 pub async fn run(mut config: Config) -> Result<(), String> {
+    if config.mesh.tls.enabled() {
+        return Err(
+            "mesh.tls is for components run on their own (flashmall engine, proxy, \
+                    service): flashmall up keeps its components on loopback, in one process"
+                .into(),
+        );
+    }
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
     let identity = config.mesh.key_or_random()?;

@@ -103,6 +103,9 @@ fn the_cluster_config_is_the_example_with_cluster_values() {
         "checkout.product_endpoints",
         "checkout.order_endpoints",
         "checkout.payment_endpoints",
+        // Probes and metrics on their own port (the production overlay's
+        // mutual TLS leaves the kubelet and Prometheus out of the main one).
+        "mesh.admin_listen",
         // The production overlay's stores: Redis, TiKV, ScyllaDB (RF 3).
         "proxy.redis_url",
         "redis.url",

@@ -254,6 +254,7 @@ async fn edge(
         proxy,
         jwt_secret: secret.to_vec(),
         identity: IdentityKey::random(),
+        tls: None,
     })
     .await?;
     // A blacklist and access rules with entries, as in production.

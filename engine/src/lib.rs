@@ -34,7 +34,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use flashmall_mesh::now_ms;
-use flashmall_mesh::{ApiError, ClientConfig, ErrorCode, IdentityKey, MeshClient, Shutdown};
+use flashmall_mesh::{
+    ApiError, ClientConfig, ErrorCode, IdentityKey, MeshClient, MeshTls, Shutdown,
+};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use uuid::Uuid;
@@ -305,6 +307,10 @@ pub struct Settings {
     pub identity: IdentityKey,
     /// The client stack for calls to the order service.
     pub client: ClientConfig,
+    /// Mutual TLS on the engine's port and its calls (`[mesh.tls]`).
+    pub tls: Option<MeshTls>,
+    /// Plain probes and metrics port when run on its own (`mesh.admin_listen`).
+    pub admin_listen: Option<SocketAddr>,
 }
 
 /// A started engine: its address and its state.
@@ -335,13 +341,19 @@ pub async fn launch(
     )
     .await?;
     if !settings.engine.order_endpoints.is_empty() {
-        let client = MeshClient::new("orders", &settings.engine.order_endpoints, &settings.client)?;
+        let client = MeshClient::new(
+            "orders",
+            &settings.engine.order_endpoints,
+            &settings.client,
+            settings.tls.as_ref(),
+        )?;
         settle::orders::spawn(Arc::clone(&engine), client);
     }
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let serving = Arc::clone(&engine);
+    let tls = settings.tls.clone();
     let served = tokio::spawn(async move {
-        let result = api::serve(Arc::clone(&serving), listener, shutdown).await;
+        let result = api::serve(Arc::clone(&serving), listener, tls, shutdown).await;
         settle::drain_on_shutdown(&serving).await;
         serving.shutdown.trigger();
         tracing::info!("engine stopped");
@@ -360,6 +372,17 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", settings.engine.listen))?;
     let running = launch(&settings, listener, shutdown.clone()).await?;
+    if let Some(admin) = settings.admin_listen {
+        let probes = TcpListener::bind(admin)
+            .await
+            .map_err(|e| format!("cannot listen on {admin} (mesh.admin_listen): {e}"))?;
+        tokio::spawn(flashmall_mesh::serve::serve_probes(
+            "engine",
+            probes,
+            api::readiness(&running.engine),
+            shutdown.clone(),
+        ));
+    }
     match running.served.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(format!("engine server failed: {e}")),

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::client::ClientConfig;
 use crate::identity::IdentityKey;
+use crate::tls::TlsConfig;
 
 /// `[mesh]`: how components trust and call each other.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -16,6 +17,14 @@ pub struct MeshConfig {
     pub identity_key: String,
     /// `[mesh.client]`: how a component calls the others.
     pub client: ClientConfig,
+    /// Plain-HTTP address (`host:port`) serving only `/healthz`, `/readyz`
+    /// and `/metrics` of a component run on its own (engine, services), for
+    /// the kubelet and Prometheus, which hold no component certificate.
+    /// Empty: none (the component's own port answers them too). The edge
+    /// has its own, `proxy.admin_listen`.
+    pub admin_listen: String,
+    /// `[mesh.tls]`: mutual TLS between components.
+    pub tls: TlsConfig,
 }
 
 impl MeshConfig {
@@ -24,7 +33,22 @@ impl MeshConfig {
             IdentityKey::new(self.identity_key.as_bytes())
                 .map_err(|e| format!("mesh.identity_key: {e}"))?;
         }
+        self.admin_addr()?;
+        self.tls.validate()?;
         self.client.validate()
+    }
+
+    /// The parsed `admin_listen`; `None` when empty.
+    pub fn admin_addr(&self) -> Result<Option<std::net::SocketAddr>, String> {
+        if self.admin_listen.is_empty() {
+            return Ok(None);
+        }
+        self.admin_listen.parse().map(Some).map_err(|_| {
+            format!(
+                "mesh.admin_listen must be host:port (e.g. 0.0.0.0:9090), got {:?}",
+                self.admin_listen
+            )
+        })
     }
 
     /// The configured key; for a component run on its own it is required.

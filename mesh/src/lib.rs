@@ -19,6 +19,7 @@ pub mod identity;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 pub mod verify;
 
 pub use client::{BreakerState, CallKind, ClientConfig, MeshChannel, MeshClient};
@@ -29,4 +30,5 @@ pub use headers::now_ms;
 pub use identity::{Identity, IdentityKey, Role, authorize, caller_of, valid_user_id};
 pub use serve::{Readiness, serve};
 pub use shutdown::Shutdown;
+pub use tls::{MeshTls, TlsConfig};
 pub use verify::{Caller, verify_identity};

@@ -14,6 +14,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use http::{HeaderValue, StatusCode};
 use tokio::net::TcpListener;
 use tracing::Instrument;
@@ -22,6 +23,7 @@ use crate::context::RequestContext;
 use crate::error::{ApiError, ErrorCode};
 use crate::grpc::{self, StatusBody};
 use crate::shutdown::Shutdown;
+use crate::tls::MeshTls;
 
 /// Header carrying the request id, taken from the caller or made here.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -57,10 +59,12 @@ struct Served {
 }
 
 /// Serves `app` on `listener` until `shutdown` triggers, then drains
-/// in-flight requests and returns.
+/// in-flight requests and returns. With `tls`, only callers presenting a
+/// component certificate get past the handshake (`crate::tls`).
 pub async fn serve(
     component: &'static str,
     listener: TcpListener,
+    tls: Option<MeshTls>,
     app: Router,
     readiness: Readiness,
     shutdown: Shutdown,
@@ -81,13 +85,24 @@ pub async fn serve(
         .layer(middleware::from_fn_with_state(served, observe));
     spawn_metrics_upkeep(shutdown.clone());
     let addr = listener.local_addr()?;
-    tracing::info!(component, %addr, "serving");
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.wait().await })
-    .await
+    tracing::info!(component, %addr, mutual_tls = tls.is_some(), "serving");
+    let app = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let stopped = async move { shutdown.wait().await };
+    match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+        }
+        Some(tls) => {
+            // `tap_io` gives the TLS listener axum's connect info (the
+            // caller's address) without a type of its own.
+            let listener = tls.listener(component, listener).tap_io(|_| {});
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+        }
+    }
 }
 
 /// Serves only `/healthz`, `/readyz` and `/metrics` on `listener` (a
@@ -98,7 +113,15 @@ pub async fn serve_probes(
     readiness: Readiness,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
-    serve(component, listener, Router::new(), readiness, shutdown).await
+    serve(
+        component,
+        listener,
+        None,
+        Router::new(),
+        readiness,
+        shutdown,
+    )
+    .await
 }
 
 async fn readyz(readiness: Readiness) -> Response {

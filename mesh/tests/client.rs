@@ -187,6 +187,7 @@ async fn upstream() -> Server {
     tokio::spawn(flashmall_mesh::serve(
         "test-upstream",
         listener,
+        None,
         verify_identity(grpc, key.clone()),
         Readiness::always(),
         shutdown.clone(),
@@ -220,7 +221,7 @@ fn config() -> ClientConfig {
 
 fn client(service: &'static str, addrs: &[SocketAddr], config: &ClientConfig) -> MeshClient {
     let endpoints: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
-    MeshClient::new(service, &endpoints, config).unwrap()
+    MeshClient::new(service, &endpoints, config, None).unwrap()
 }
 
 /// An idempotent-in-spirit read.
@@ -427,6 +428,7 @@ async fn idempotent_calls_are_retried_and_other_calls_never() {
             call_timeout: Duration::from_millis(200),
             ..config()
         },
+        None,
     )
     .unwrap();
     // Connected first, so the slow calls below reach the upstream at once.
@@ -564,6 +566,7 @@ async fn timeouts_and_deadlines_are_enforced_and_propagated() {
             call_timeout: Duration::from_secs(5),
             ..cfg.clone()
         },
+        None,
     )
     .unwrap();
     login(&roomy, CallKind::NotIdempotent).await.unwrap();
@@ -615,8 +618,13 @@ async fn host_names_resolve() {
         breaker_cooldown: Duration::from_secs(60),
         ..config()
     };
-    let client =
-        MeshClient::new("dns-test", &[format!("localhost:{}", up.addr.port())], &cfg).unwrap();
+    let client = MeshClient::new(
+        "dns-test",
+        &[format!("localhost:{}", up.addr.port())],
+        &cfg,
+        None,
+    )
+    .unwrap();
     for _ in 0..5 {
         login(&client, CallKind::Idempotent).await.unwrap();
     }
@@ -632,7 +640,10 @@ async fn host_names_resolve() {
         vec!["localhost".to_owned()],
         vec!["http://a:1".to_owned()],
     ] {
-        assert!(MeshClient::new("dns-test", &bad, &cfg).is_err(), "{bad:?}");
+        assert!(
+            MeshClient::new("dns-test", &bad, &cfg, None).is_err(),
+            "{bad:?}"
+        );
     }
 }
 
@@ -754,6 +765,7 @@ fn channels_are_shareable_transports() {
 
 #[test]
 fn new_needs_a_runtime() {
-    let e = MeshClient::new("no-runtime", &["127.0.0.1:1".to_owned()], &config()).unwrap_err();
+    let e =
+        MeshClient::new("no-runtime", &["127.0.0.1:1".to_owned()], &config(), None).unwrap_err();
     assert!(e.contains("tokio runtime"), "{e}");
 }

@@ -66,6 +66,12 @@ pub struct Ctx {
     sold_out_sale: Option<String>,
 }
 
+/// How long the edge waits for a sold-out sale's holders.
+const HOLDERS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Largest holders answer read (a sale's winners: ids of 36 characters).
+const HOLDERS_MAX_BYTES: usize = 64 * 1024 * 1024;
+
 /// The edge proxy.
 pub struct Edge {
     pub(crate) routes: Vec<(String, String)>,
@@ -77,7 +83,8 @@ pub struct Edge {
     pub(crate) limits: Vec<Limit>,
     pub(crate) limiter: Limiter,
     pub(crate) gate: Arc<Gate>,
-    pub(crate) http: reqwest::Client,
+    /// Mutual TLS to the components, when configured.
+    pub(crate) tls: Option<Arc<crate::upstreams::PeerTls>>,
     pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
     pub(crate) connect_timeout: Duration,
     pub(crate) read_timeout: Duration,
@@ -352,19 +359,36 @@ impl Edge {
             self.gate.end_fetch(&sale);
             return;
         };
-        let url = format!("http://{}/api/v1/sales/{sale}/holders", backend.addr);
+        let Some(addr) = backend.addr.as_inet().copied() else {
+            self.gate.end_fetch(&sale);
+            return;
+        };
         // The edge's own identity: a component, not an admin.
         let signed = self.identity.sign_for(
             &Identity::service("edge", Duration::from_secs(30)),
             "engine",
         );
-        let http = self.http.clone();
+        let tls = self.tls.as_ref().map(|t| t.mesh().clone());
         let gate = Arc::clone(&self.gate);
         tokio::spawn(async move {
             let _fetching = gate::Fetching::new(&gate, &sale);
-            let answer = http.get(url).header(IDENTITY_HEADER, signed).send().await;
+            let path = format!("/api/v1/sales/{sale}/holders");
+            let answer = tokio::time::timeout(
+                HOLDERS_TIMEOUT,
+                flashmall_mesh::tls::get(
+                    tls.as_ref(),
+                    "engine",
+                    addr,
+                    &path,
+                    &[(IDENTITY_HEADER, &signed)],
+                    HOLDERS_MAX_BYTES,
+                ),
+            )
+            .await;
             let body: serde_json::Value = match answer {
-                Ok(r) if r.status().is_success() => r.json().await.unwrap_or_default(),
+                Ok(Ok((status, body))) if status.is_success() => {
+                    serde_json::from_slice(&body).unwrap_or_default()
+                }
                 _ => return,
             };
             if body["sold_out"] != true {
@@ -606,6 +630,9 @@ impl ProxyHttp for Edge {
             .and_then(|lb| lb.select(ctx.request_id.as_bytes(), 32))
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "no healthy upstream"))?;
         let mut peer = HttpPeer::new(backend, false, String::new());
+        if let Some(tls) = &self.tls {
+            tls.secure(&mut peer, pool);
+        }
         peer.options.connection_timeout = Some(self.connect_timeout);
         peer.options.read_timeout = Some(self.read_timeout);
         Ok(Box::new(peer))

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flashmall_mesh::{IdentityKey, Shutdown};
+use flashmall_mesh::{IdentityKey, MeshTls, Shutdown};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
@@ -50,6 +50,8 @@ pub struct ProxySettings {
     pub jwt_secret: Vec<u8>,
     /// Signs the identity forwarded to the services.
     pub identity: IdentityKey,
+    /// Mutual TLS to the components (`[mesh.tls]`).
+    pub tls: Option<MeshTls>,
 }
 
 /// Stops Pingora when the watch flips.
@@ -222,7 +224,12 @@ pub async fn launch(settings: &ProxySettings) -> Result<RunningProxy, String> {
         limits,
         limiter: Limiter::new(redis),
         gate: Arc::new(Gate::new(config.sold_out_ttl)),
-        http,
+        tls: settings
+            .tls
+            .clone()
+            .map(upstreams::PeerTls::new)
+            .transpose()?
+            .map(Arc::new),
         trusted_proxies: config.trusted_proxies.clone(),
         connect_timeout: config.connect_timeout,
         read_timeout: config.read_timeout,

@@ -32,7 +32,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use flashmall_mesh::{ClientConfig, IdentityKey, MeshClient, Readiness, Shutdown};
+use flashmall_mesh::{ClientConfig, IdentityKey, MeshClient, MeshTls, Readiness, Shutdown};
 use tokio::net::TcpListener;
 
 use auth::Auth;
@@ -54,6 +54,10 @@ pub struct Common {
     pub identity: IdentityKey,
     /// The client stack for calls to other components.
     pub client: ClientConfig,
+    /// Mutual TLS on this component's port and its calls (`[mesh.tls]`).
+    pub tls: Option<MeshTls>,
+    /// Plain probes and metrics port when run on its own (`mesh.admin_listen`).
+    pub admin_listen: Option<SocketAddr>,
 }
 
 impl Common {
@@ -64,6 +68,12 @@ impl Common {
             identity: self.identity.for_component(component),
             ..self.clone()
         }
+    }
+
+    /// A client of component `name` at `endpoints`, over mutual TLS when
+    /// this component has it.
+    pub fn client(&self, name: &'static str, endpoints: &[String]) -> Result<MeshClient, String> {
+        MeshClient::new(name, endpoints, &self.client, self.tls.as_ref())
     }
 }
 
@@ -190,6 +200,7 @@ fn serve(
     component: &'static str,
     app: axum::Router,
     key: &IdentityKey,
+    common: &Common,
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> Result<Running, String> {
@@ -198,6 +209,7 @@ fn serve(
     let served = tokio::spawn(flashmall_mesh::serve(
         component,
         listener,
+        common.tls.clone(),
         app,
         Readiness::always(),
         shutdown,
@@ -226,7 +238,7 @@ pub fn launch_auth(
     });
     let app = auth::http::router(Arc::clone(&auth), key.clone())
         .merge(auth::grpc::router(auth, key.clone()));
-    serve("auth", app, key, listener, shutdown)
+    serve("auth", app, key, &settings.common, listener, shutdown)
 }
 
 /// Starts the order service and its expiry worker on `listener` until
@@ -238,12 +250,8 @@ pub fn launch_orders(
     shutdown: Shutdown,
 ) -> Result<Running, String> {
     let common = &settings.common.for_component("orders");
-    let engine = MeshClient::new("engine", &settings.orders.engine_endpoints, &common.client)?;
-    let products = MeshClient::new(
-        "products",
-        &settings.orders.product_endpoints,
-        &common.client,
-    )?;
+    let engine = common.client("engine", &settings.orders.engine_endpoints)?;
+    let products = common.client("products", &settings.orders.product_endpoints)?;
     let stock = Arc::new(orders::stock::MeshStock::new(
         engine,
         products,
@@ -253,7 +261,7 @@ pub fn launch_orders(
     orders::sweep::spawn(Arc::clone(&orders), shutdown.clone());
     let app = orders::http::router(Arc::clone(&orders))
         .merge(orders::grpc::router(orders, common.identity.clone()));
-    serve("orders", app, &common.identity, listener, shutdown)
+    serve("orders", app, &common.identity, common, listener, shutdown)
 }
 
 /// Starts the payment service, its timer worker and its provider-callback
@@ -265,7 +273,7 @@ pub fn launch_payments(
     shutdown: Shutdown,
 ) -> Result<Running, String> {
     let common = &settings.common.for_component("payments");
-    let client = MeshClient::new("orders", &settings.payments.order_endpoints, &common.client)?;
+    let client = common.client("orders", &settings.payments.order_endpoints)?;
     let desk = Arc::new(payments::orders::GrpcOrders::new(
         client,
         common.identity.clone(),
@@ -287,7 +295,14 @@ pub fn launch_payments(
     payments::sweep::listen(Arc::clone(&payments), callbacks, shutdown.clone());
     let app = payments::http::router(Arc::clone(&payments))
         .merge(payments::grpc::router(payments, common.identity.clone()));
-    serve("payments", app, &common.identity, listener, shutdown)
+    serve(
+        "payments",
+        app,
+        &common.identity,
+        common,
+        listener,
+        shutdown,
+    )
 }
 
 /// Starts the product (catalogue) service on `listener` until `shutdown`.
@@ -301,7 +316,7 @@ pub fn launch_products(
     let products = Arc::new(Products::new(store, settings.products.clone()));
     let app = products::http::router(Arc::clone(&products))
         .merge(products::grpc::router(products, key.clone()));
-    serve("products", app, key, listener, shutdown)
+    serve("products", app, key, &settings.common, listener, shutdown)
 }
 
 /// Starts the cart service on `listener` until `shutdown`.
@@ -313,14 +328,14 @@ pub fn launch_cart(
 ) -> Result<Running, String> {
     let common = &settings.common.for_component("cart");
     let catalog = products::client::CatalogClient::new(
-        MeshClient::new("products", &settings.cart.product_endpoints, &common.client)?,
+        common.client("products", &settings.cart.product_endpoints)?,
         common.identity.clone(),
         "cart",
     );
     let carts = Arc::new(cart::Carts::new(store, catalog, settings.cart.clone()));
     let app = cart::http::router(Arc::clone(&carts))
         .merge(cart::grpc::router(carts, common.identity.clone()));
-    serve("cart", app, &common.identity, listener, shutdown)
+    serve("cart", app, &common.identity, common, listener, shutdown)
 }
 
 /// Starts the checkout service on `listener` until `shutdown`.
@@ -332,8 +347,7 @@ pub fn launch_checkout(
 ) -> Result<Running, String> {
     let common = &settings.common.for_component("checkout");
     let c = &settings.checkout;
-    let client =
-        |name: &'static str, endpoints: &[String]| MeshClient::new(name, endpoints, &common.client);
+    let client = |name: &'static str, endpoints: &[String]| common.client(name, endpoints);
     let catalog = products::client::CatalogClient::new(
         client("products", &c.product_endpoints)?,
         common.identity.clone(),
@@ -353,7 +367,14 @@ pub fn launch_checkout(
     ));
     let app = checkout::http::router(Arc::clone(&checkouts))
         .merge(checkout::grpc::router(checkouts, common.identity.clone()));
-    serve("checkout", app, &common.identity, listener, shutdown)
+    serve(
+        "checkout",
+        app,
+        &common.identity,
+        common,
+        listener,
+        shutdown,
+    )
 }
 
 /// Which service `run` starts.
@@ -389,6 +410,19 @@ impl Service {
             Service::Products(s) => s.products.listen,
             Service::Cart(s) => s.cart.listen,
             Service::Checkout(s) => s.checkout.listen,
+        }
+    }
+
+    /// What it shares with the other services (tests and `run` set the
+    /// mesh's TLS here once loaded).
+    pub fn common_mut(&mut self) -> &mut Common {
+        match self {
+            Service::Auth(s) => &mut s.common,
+            Service::Orders(s) => &mut s.common,
+            Service::Payments(s) => &mut s.common,
+            Service::Products(s) => &mut s.common,
+            Service::Cart(s) => &mut s.common,
+            Service::Checkout(s) => &mut s.common,
         }
     }
 
@@ -439,6 +473,17 @@ pub async fn run(service: Service, shutdown: Shutdown) -> Result<(), String> {
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    if let Some(admin) = common.admin_listen {
+        let probes = TcpListener::bind(admin)
+            .await
+            .map_err(|e| format!("cannot listen on {admin} (mesh.admin_listen): {e}"))?;
+        tokio::spawn(flashmall_mesh::serve::serve_probes(
+            name,
+            probes,
+            Readiness::always(),
+            shutdown.clone(),
+        ));
+    }
     service
         .launch(store, listener, shutdown)?
         .finished(name)

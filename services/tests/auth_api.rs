@@ -46,6 +46,8 @@ async fn start(tweak: impl FnOnce(&mut AuthConfig)) -> Service {
             data_dir: dir.path().to_owned(),
             identity: key.clone(),
             client: Default::default(),
+            tls: None,
+            admin_listen: None,
         },
         jwt_secret: SECRET.to_vec(),
     };

@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod pki;
 mod redis;
 
 pub use redis::{RedisCluster, RedisServer, SentinelSet, Snapshot};

@@ -50,6 +50,8 @@ pub struct Options {
     pub store: StoreConfig,
     /// How long an access token lives.
     pub access_ttl: Duration,
+    /// Mutual TLS per component (see `StackConfig::tls`); empty: plain.
+    pub tls: std::collections::HashMap<String, flashmall_mesh::TlsConfig>,
 }
 
 impl Default for Options {
@@ -66,6 +68,7 @@ impl Default for Options {
             ledger: LedgerConfig::default(),
             store: StoreConfig::default(),
             access_ttl: AuthConfig::default().access_ttl,
+            tls: Default::default(),
         }
     }
 }
@@ -148,6 +151,7 @@ impl EdgeStack {
                 },
                 data_dir: dir.path().to_owned(),
                 jwt_secret: JWT_SECRET.to_vec(),
+                tls: options.tls,
             },
             tweak,
         )

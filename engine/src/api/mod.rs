@@ -6,24 +6,31 @@ mod http;
 
 use std::sync::Arc;
 
-use flashmall_mesh::{Readiness, Shutdown};
+use flashmall_mesh::{MeshTls, Readiness, Shutdown};
 use tokio::net::TcpListener;
 
 use crate::Engine;
 
 pub use http::router;
 
-/// Serves the engine's JSON and gRPC APIs on `listener` until shutdown.
+/// The engine is ready when its stores answer.
+pub fn readiness(engine: &Arc<Engine>) -> Readiness {
+    let engine = Arc::clone(engine);
+    Readiness::new(move || {
+        let engine = Arc::clone(&engine);
+        async move { engine.ready().await }
+    })
+}
+
+/// Serves the engine's JSON and gRPC APIs on `listener` (over mutual TLS
+/// with `tls`) until shutdown.
 pub async fn serve(
     engine: Arc<Engine>,
     listener: TcpListener,
+    tls: Option<MeshTls>,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
-    let ready_engine = Arc::clone(&engine);
-    let readiness = Readiness::new(move || {
-        let engine = Arc::clone(&ready_engine);
-        async move { engine.ready().await }
-    });
+    let readiness = readiness(&engine);
     let app = http::router(Arc::clone(&engine)).merge(grpc::router(engine));
-    flashmall_mesh::serve("engine", listener, app, readiness, shutdown).await
+    flashmall_mesh::serve("engine", listener, tls, app, readiness, shutdown).await
 }

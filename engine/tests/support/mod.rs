@@ -57,6 +57,8 @@ impl Stack {
             data_dir: dir.path().to_owned(),
             identity: IdentityKey::random(),
             client: Default::default(),
+            tls: None,
+            admin_listen: None,
         };
         tweak(&mut settings);
         let shutdown = Shutdown::new();

@@ -18,6 +18,8 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 use tower::{Service, ServiceExt};
 
+use crate::tls::TlsConnector;
+
 use super::breaker::{Breaker, BreakerOpen, BreakerService, BreakerState};
 use super::{BoxError, ClientConfig, HttpRequest, HttpResponse, ResponseFuture};
 
@@ -51,16 +53,23 @@ type Snapshot = Arc<[Arc<Endpoint>]>;
 pub(crate) struct EndpointSet {
     service: &'static str,
     config: ClientConfig,
+    /// Mutual TLS to the service, when configured.
+    tls: Option<TlsConnector>,
     current: RwLock<Snapshot>,
     /// True once discovery answered at least once (static addresses: at once).
     discovered: watch::Sender<bool>,
 }
 
 impl EndpointSet {
-    pub(crate) fn new(service: &'static str, config: &ClientConfig) -> Self {
+    pub(crate) fn new(
+        service: &'static str,
+        config: &ClientConfig,
+        tls: Option<TlsConnector>,
+    ) -> Self {
         EndpointSet {
             service,
             config: config.clone(),
+            tls,
             current: RwLock::new(Arc::from(Vec::new())),
             discovered: watch::Sender::new(false),
         }
@@ -115,10 +124,13 @@ impl EndpointSet {
 
     /// A lazily connecting HTTP/2 channel to `addr` behind a new breaker.
     fn connect(&self, addr: SocketAddr) -> Result<Endpoint, tonic::transport::Error> {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(self.config.connect_timeout)
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .tcp_nodelay(true);
+        let channel = match &self.tls {
+            None => endpoint.connect_lazy(),
+            Some(tls) => endpoint.connect_with_connector_lazy(tls.clone()),
+        };
         let breaker = Breaker::new(
             self.service,
             addr.to_string(),
@@ -233,7 +245,7 @@ mod tests {
 
     #[tokio::test]
     async fn updates_keep_the_endpoints_that_stay() {
-        let set = EndpointSet::new("test", &ClientConfig::default());
+        let set = EndpointSet::new("test", &ClientConfig::default(), None);
         set.update(&addrs(&[1, 2]));
         let before = set.snapshot();
         set.update(&addrs(&[2, 3]));
@@ -251,7 +263,7 @@ mod tests {
             breaker_failures: 1,
             ..ClientConfig::default()
         };
-        let set = EndpointSet::new("test", &config);
+        let set = EndpointSet::new("test", &config, None);
         set.update(&addrs(&[1, 2]));
         set.mark_discovered();
         for endpoint in set.snapshot().iter() {

@@ -14,7 +14,8 @@
 //! 4. `balance`: picks an endpoint whose breaker admits the call;
 //! 5. `breaker`: the endpoint's circuit breaker, next to the connection so
 //!    it judges that endpoint alone;
-//! 6. one lazily connecting tonic `Channel` (HTTP/2, plaintext) per endpoint.
+//! 6. one lazily connecting tonic `Channel` per endpoint (HTTP/2, plain or
+//!    over mutual TLS with `[mesh.tls]`).
 //!
 //! Retries sit above the stack, in `MeshClient::call`, because only the
 //! caller can build a request again (a gRPC body is a stream, sent once).
@@ -43,6 +44,7 @@ pub use breaker::BreakerState;
 pub use config::{ClientConfig, RETRY_BUDGET_MIN_PER_SECOND};
 
 use crate::context::{self, RequestContext};
+use crate::tls::MeshTls;
 use balance::{Balance, EndpointSet};
 use discover::Resolver;
 use retry::RetryBudget;
@@ -124,10 +126,14 @@ impl MeshClient {
     ///
     /// The refresh task stops once this client, its clones and every
     /// channel taken from them are dropped.
+    ///
+    /// With `tls`, every connection is mutual TLS and the callee must hold
+    /// a certificate naming `service` (`crate::tls`).
     pub fn new(
         service: &'static str,
         endpoints: &[String],
         config: &ClientConfig,
+        tls: Option<&MeshTls>,
     ) -> Result<MeshClient, String> {
         config.validate()?;
         let fail = |why: String| format!("mesh client of {service}: {why}");
@@ -138,7 +144,11 @@ impl MeshClient {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(fail("it must be created inside a tokio runtime".into()));
         }
-        let set = Arc::new(EndpointSet::new(service, config));
+        let connector = tls
+            .map(|t| t.connector(service))
+            .transpose()
+            .map_err(fail)?;
+        let set = Arc::new(EndpointSet::new(service, config, connector));
         set.update(&resolver.literal_addrs());
         if resolver.is_static() {
             set.mark_discovered();
