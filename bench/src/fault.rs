@@ -57,7 +57,7 @@ enum Topology {
         server: RedisServer,
         snapshot: Option<Snapshot>,
     },
-    Sentinel(SentinelSet),
+    Sentinel(Box<SentinelSet>),
     Cluster(RedisCluster),
 }
 
@@ -108,7 +108,7 @@ impl FaultyRedis {
                 server: RedisServer::start(),
                 snapshot: None,
             },
-            Fault::RedisFailover => Topology::Sentinel(SentinelSet::start()),
+            Fault::RedisFailover => Topology::Sentinel(Box::new(SentinelSet::start())),
             Fault::ClusterFailover => Topology::Cluster(RedisCluster::start()),
         })
         .await?;

@@ -10,7 +10,8 @@ use flashmall_engine::front::{
     IdemRecord, LocalFront, Rebuild, RedisFront, ReserveCall, ReserveOutcome, ReturnOutcome,
     StockFront, idempotency_field,
 };
-use flashmall_testing::RedisServer;
+use flashmall_testing::acl::ProductionAcl;
+use flashmall_testing::{RedisServer, SentinelSet};
 use uuid::Uuid;
 
 /// A front under test, and the server behind it (kept alive).
@@ -35,6 +36,34 @@ async fn redis() -> Subject {
     let front = RedisFront::connect(&config)
         .await
         .expect("connect to the test redis");
+    front.warm_up().await.expect("warm up");
+    Subject {
+        front: Arc::new(front),
+        _redis: Some(server),
+    }
+}
+
+/// A redis-server with the engine's Redis user exactly as the production
+/// overlay defines it (`k8s/overlays/production/redis.yaml`), and the front
+/// connected as it.
+async fn redis_as_engine_user() -> Subject {
+    let password = SentinelSet::password("engine");
+    let mut args = vec![
+        "--user".to_owned(),
+        "engine".to_owned(),
+        "on".to_owned(),
+        format!(">{password}"),
+    ];
+    args.extend(ProductionAcl::load().redis_rules("engine"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = RedisServer::start_with_args(&args);
+    let config = RedisConfig {
+        url: format!("redis://engine:{password}@127.0.0.1:{}", server.port()),
+        ..RedisConfig::default()
+    };
+    let front = RedisFront::connect(&config)
+        .await
+        .expect("connect as the engine's user");
     front.warm_up().await.expect("warm up");
     Subject {
         front: Arc::new(front),
@@ -556,6 +585,59 @@ macro_rules! conformance {
 
 conformance!(on_local, local);
 conformance!(on_redis, redis);
+conformance!(on_redis_as_the_production_engine_user, redis_as_engine_user);
+
+/// The production overlay's Redis, locked down (every default user off,
+/// replication and Sentinel under their own users): the engine logs in as
+/// its user through the sentinel, sells, and after the primary dies finds
+/// the promoted replica, sees a new generation (so it rebuilds from the
+/// ledger) and sells there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_user_follows_a_failover_through_a_locked_down_sentinel() {
+    let mut set = SentinelSet::start_secured(&ProductionAcl::load());
+    let config = RedisConfig {
+        url: format!(
+            "redis-sentinel://engine:{}@127.0.0.1:{}?sentinelServiceName={}",
+            SentinelSet::password("engine"),
+            set.sentinel_port(),
+            SentinelSet::SERVICE
+        ),
+        ..RedisConfig::default()
+    };
+    let front = RedisFront::connect(&config)
+        .await
+        .expect("the engine logs in through the sentinel");
+    front.warm_up().await.expect("warm up");
+    let before = front.generation().await.expect("generation");
+    let sale = open_sale(&front, 5).await;
+    assert!(matches!(
+        front.reserve(&call(sale, "u1", "a", 1, 5)).await.unwrap(),
+        ReserveOutcome::Reserved { .. }
+    ));
+    set.kill_primary();
+    assert!(
+        set.wait_promoted(Duration::from_secs(30)),
+        "the sentinel promoted the replica"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        match front.generation().await {
+            Ok(now) if now != before => break now,
+            _ => {}
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the engine never reached the promoted replica"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(after.is_some());
+    let sale = open_sale(&front, 5).await;
+    assert!(matches!(
+        front.reserve(&call(sale, "u2", "b", 1, 5)).await.unwrap(),
+        ReserveOutcome::Reserved { .. }
+    ));
+}
 
 /// Redis only: a flushed script cache (failover, SCRIPT FLUSH) does not
 /// fail a purchase.

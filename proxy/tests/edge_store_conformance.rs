@@ -7,7 +7,8 @@ use flashmall_proxy::state::{
     AccessRule, BlacklistEntry, EdgeStore, Effect, LocalEdgeStore, REVOCATIONS_PER_READ,
     RedisEdgeStore, Revocation,
 };
-use flashmall_testing::RedisServer;
+use flashmall_testing::acl::ProductionAcl;
+use flashmall_testing::{RedisServer, SentinelSet};
 
 struct Subject {
     store: Arc<dyn EdgeStore>,
@@ -32,21 +33,19 @@ async fn redis() -> Subject {
     }
 }
 
-/// The edge's least-privilege Redis user: its own keys only
-/// (`fm:edge:*`), no dangerous commands. What an operator's ACL gives it.
-const EDGE_ACL: [&str; 7] = [
-    "--user",
-    "edge",
-    "on",
-    ">edge-secret-0123456789",
-    "~fm:edge:*",
-    "+@all",
-    "-@dangerous",
-];
-
-/// A redis-server with the edge's ACL user, and the store connected as it.
+/// A redis-server with the edge's Redis user exactly as the production
+/// overlay defines it (`k8s/overlays/production/redis.yaml`: its own keys,
+/// `fm:edge:*`, no dangerous commands), and the store connected as it.
 async fn edge_acl_store() -> (RedisServer, RedisEdgeStore) {
-    let server = RedisServer::start_with_args(&EDGE_ACL);
+    let mut args = vec![
+        "--user".to_owned(),
+        "edge".to_owned(),
+        "on".to_owned(),
+        ">edge-secret-0123456789".to_owned(),
+    ];
+    args.extend(ProductionAcl::load().redis_rules("edge"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = RedisServer::start_with_args(&args);
     let url = format!(
         "redis://edge:edge-secret-0123456789@127.0.0.1:{}",
         server.port()
@@ -265,3 +264,49 @@ macro_rules! conformance {
 conformance!(on_local, local);
 conformance!(on_redis, redis);
 conformance!(on_redis_as_the_edge_acl_user, redis_as_edge_user);
+
+/// The production overlay's Redis, locked down (every default user off,
+/// replication and Sentinel under their own users): the edge logs in as its
+/// user through the sentinel, finds the primary, and after the primary
+/// dies finds the promoted replica and keeps working there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_user_follows_a_failover_through_a_locked_down_sentinel() {
+    let mut set = SentinelSet::start_secured(&ProductionAcl::load());
+    let url = format!(
+        "redis-sentinel://edge:{}@127.0.0.1:{}?sentinelServiceName={}",
+        SentinelSet::password("edge"),
+        set.sentinel_port(),
+        SentinelSet::SERVICE
+    );
+    let store = RedisEdgeStore::connect(&url, std::time::Duration::from_secs(2))
+        .await
+        .expect("the edge logs in through the sentinel");
+    let rule = |path: &str| AccessRule {
+        role: "customer".into(),
+        effect: Effect::Deny,
+        method: "GET".into(),
+        path: path.into(),
+    };
+    store
+        .set_rules(vec![rule("^/before$")])
+        .await
+        .expect("writes as the edge");
+    set.kill_primary();
+    assert!(
+        set.wait_promoted(std::time::Duration::from_secs(30)),
+        "the sentinel promoted the replica"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if store.set_rules(vec![rule("^/after$")]).await.is_ok() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the edge never wrote to the promoted replica"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let state = store.load().await.expect("reads on the new primary");
+    assert_eq!(state.rules, vec![rule("^/after$")]);
+}

@@ -15,8 +15,14 @@ pub struct RedisServer {
     port: u16,
     /// Arguments beyond the defaults (a replica's `--replicaof`).
     extra: Vec<String>,
+    /// The user and password the test's own commands log in with, on a
+    /// server whose default user is off.
+    auth: Option<Login>,
     _dir: TempDir,
 }
+
+/// A user name and its password.
+pub type Login = (String, String);
 
 /// A copy of the server's data at one instant (an RDB file), to restart
 /// from: the state an asynchronous replica has when it is promoted, or an
@@ -45,11 +51,22 @@ impl RedisServer {
     /// A replica of `primary`, replicating asynchronously (as Redis does),
     /// ready once its first sync is done.
     pub fn start_replica_of(primary: &RedisServer) -> RedisServer {
-        let replica = Self::start_with(vec![
+        Self::start_replica_as(primary, Vec::new(), None)
+    }
+
+    /// A replica of `primary` started with `extra` arguments (its users,
+    /// how it logs in to the primary), commanded as `auth`.
+    fn start_replica_as(
+        primary: &RedisServer,
+        mut extra: Vec<String>,
+        auth: impl Into<Option<Login>>,
+    ) -> RedisServer {
+        extra.extend([
             "--replicaof".into(),
             "127.0.0.1".into(),
             primary.port.to_string(),
         ]);
+        let replica = Self::start_as(extra, auth.into());
         let deadline = Instant::now() + Duration::from_secs(10);
         while !replica
             .info("replication")
@@ -71,6 +88,10 @@ impl RedisServer {
     }
 
     pub(crate) fn start_with(extra: Vec<String>) -> RedisServer {
+        Self::start_as(extra, None)
+    }
+
+    fn start_as(extra: Vec<String>, auth: Option<Login>) -> RedisServer {
         for _ in 0..5 {
             let dir = tempfile::tempdir().expect("temp dir for redis");
             let port = crate::free_port();
@@ -79,6 +100,7 @@ impl RedisServer {
                 child: Some(child),
                 port,
                 extra: extra.clone(),
+                auth: auth.clone(),
                 _dir: dir,
             };
             if server.wait_ready(Duration::from_secs(10)) {
@@ -122,7 +144,7 @@ impl RedisServer {
 
     /// Sends one command on a fresh connection.
     pub fn try_command(&self, args: &[&str]) -> std::io::Result<Reply> {
-        command_on(self.port, args)
+        command_on(self.port, self.auth.as_ref(), args)
     }
 
     /// One section of `INFO` (empty when the server does not answer).
@@ -192,16 +214,31 @@ impl Drop for RedisServer {
     }
 }
 
-/// Sends one command to the server on `port`, on a fresh connection.
-fn command_on(port: u16, args: &[&str]) -> std::io::Result<Reply> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut out = format!("*{}\r\n", args.len());
+fn encode(out: &mut String, args: &[&str]) {
+    out.push_str(&format!("*{}\r\n", args.len()));
     for a in args {
         out.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
     }
+}
+
+/// Sends one command to the server on `port`, on a fresh connection,
+/// logged in as `auth` first when given.
+fn command_on(port: u16, auth: Option<&Login>, args: &[&str]) -> std::io::Result<Reply> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut out = String::new();
+    if let Some((user, password)) = auth {
+        encode(&mut out, &["AUTH", user, password]);
+    }
+    encode(&mut out, args);
     stream.write_all(out.as_bytes())?;
     let mut reader = BufReader::new(stream);
+    if auth.is_some() {
+        let login = read_reply(&mut reader)?;
+        if login != Reply::Status("OK".into()) {
+            return Ok(login);
+        }
+    }
     read_reply(&mut reader)
 }
 
@@ -279,6 +316,8 @@ pub struct SentinelSet {
     pub replica: RedisServer,
     sentinel: Option<Child>,
     sentinel_port: u16,
+    /// How the test's own commands log in to the sentinel, when secured.
+    sentinel_auth: Option<Login>,
     _dir: TempDir,
 }
 
@@ -290,6 +329,73 @@ impl SentinelSet {
     pub fn start() -> SentinelSet {
         let primary = RedisServer::start();
         let replica = RedisServer::start_replica_of(&primary);
+        Self::watch(primary, replica, "", None)
+    }
+
+    /// The same, locked down with the users of `acl` (the production
+    /// overlay's): every default user off, the replica replicating as
+    /// `replication`, the sentinel talking to Redis as `sentinel`, and the
+    /// data users (`engine`, `edge`) on the servers and on the sentinel,
+    /// each with the rules `acl` gives it and the password
+    /// [`SentinelSet::password`] names. The test's own commands log in as a
+    /// `harness` user that may do anything.
+    pub fn start_secured(acl: &crate::acl::ProductionAcl) -> SentinelSet {
+        let harness = ("harness".to_owned(), Self::password("harness"));
+        let users = |list: &[(String, Vec<String>)], harness_rules: &[&str]| {
+            let mut args = vec![vec!["default".to_owned(), "off".to_owned()]];
+            let mut line = vec![harness.0.clone(), "on".into(), format!(">{}", harness.1)];
+            line.extend(harness_rules.iter().map(|r| (*r).to_owned()));
+            args.push(line);
+            for (name, rules) in list {
+                let mut line = vec![
+                    name.clone(),
+                    "on".into(),
+                    format!(">{}", Self::password(name)),
+                ];
+                line.extend(rules.iter().cloned());
+                args.push(line);
+            }
+            args
+        };
+        let server_args: Vec<String> = users(&acl.redis, &["~*", "&*", "+@all"])
+            .into_iter()
+            .flat_map(|user| std::iter::once("--user".to_owned()).chain(user))
+            .collect();
+        let primary = RedisServer::start_as(server_args.clone(), Some(harness.clone()));
+        let mut replica_args = server_args;
+        replica_args.extend([
+            "--masteruser".into(),
+            "replication".into(),
+            "--masterauth".into(),
+            Self::password("replication"),
+        ]);
+        let replica = RedisServer::start_replica_as(&primary, replica_args, harness.clone());
+        let sentinel_users: String = users(&acl.sentinel, &["&*", "+@all"])
+            .into_iter()
+            .map(|user| format!("user {}\n", user.join(" ")))
+            .collect();
+        let conf = format!(
+            "{sentinel_users}sentinel auth-user {service} sentinel\n\
+             sentinel auth-pass {service} {password}\n",
+            service = Self::SERVICE,
+            password = Self::password("sentinel"),
+        );
+        Self::watch(primary, replica, &conf, Some(harness))
+    }
+
+    /// The password of `user` in a secured set.
+    pub fn password(user: &str) -> String {
+        format!("{user}-secret-0123456789")
+    }
+
+    /// Starts a sentinel watching `primary` (with `extra` config lines) and
+    /// waits until it knows the replica.
+    fn watch(
+        primary: RedisServer,
+        replica: RedisServer,
+        extra: &str,
+        sentinel_auth: Option<Login>,
+    ) -> SentinelSet {
         let dir = tempfile::tempdir().expect("temp dir for sentinel");
         let sentinel_port = crate::free_port();
         let conf = dir.path().join("sentinel.conf");
@@ -300,7 +406,7 @@ impl SentinelSet {
                  sentinel monitor {service} 127.0.0.1 {} 1\n\
                  sentinel down-after-milliseconds {service} 1000\n\
                  sentinel failover-timeout {service} 10000\n\
-                 sentinel parallel-syncs {service} 1\n",
+                 sentinel parallel-syncs {service} 1\n{extra}",
                 dir.path().display(),
                 primary.port,
                 service = Self::SERVICE,
@@ -319,11 +425,16 @@ impl SentinelSet {
             replica,
             sentinel: Some(child),
             sentinel_port,
+            sentinel_auth,
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let replicas = command_on(sentinel_port, &["SENTINEL", "REPLICAS", Self::SERVICE]);
+            let replicas = command_on(
+                sentinel_port,
+                set.sentinel_auth.as_ref(),
+                &["SENTINEL", "REPLICAS", Self::SERVICE],
+            );
             if matches!(&replicas, Ok(Reply::Array(r)) if !r.is_empty()) {
                 return set;
             }
@@ -333,6 +444,11 @@ impl SentinelSet {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The sentinel's port.
+    pub fn sentinel_port(&self) -> u16 {
+        self.sentinel_port
     }
 
     /// `redis-sentinel://127.0.0.1:PORT?sentinelServiceName=flashmall`.
@@ -348,6 +464,7 @@ impl SentinelSet {
     pub fn primary_port(&self) -> Option<u16> {
         match command_on(
             self.sentinel_port,
+            self.sentinel_auth.as_ref(),
             &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", Self::SERVICE],
         ) {
             Ok(Reply::Array(parts)) => match parts.get(1) {
