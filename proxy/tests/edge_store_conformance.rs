@@ -310,3 +310,73 @@ async fn the_edge_user_follows_a_failover_through_a_locked_down_sentinel() {
     let state = store.load().await.expect("reads on the new primary");
     assert_eq!(state.rules, vec![rule("^/after$")]);
 }
+
+/// Redis may come back with less than it acknowledged: a restart from an
+/// older RDB or AOF point, a failover to a replica that lagged. A replica
+/// that had read the lost revocations keeps enforcing them, and the
+/// revocations recorded after the loss still reach it: their sequence
+/// numbers never repeat numbers it has read already.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_recorded_after_redis_lost_some_still_reach_every_replica() {
+    use flashmall_proxy::state::{View, now_ms};
+    let mut server = RedisServer::start();
+    let store = Arc::new(
+        RedisEdgeStore::connect(&server.url(), std::time::Duration::from_secs(2))
+            .await
+            .expect("connect"),
+    );
+    let view = View::new(store.clone());
+    let until = now_ms() + 600_000;
+    let family = |c: char| c.to_string().repeat(32);
+    let jti = |c: char| format!("{}{}", family(c), "0".repeat(32));
+    store
+        .revoke(
+            &revocation(&format!("f:{}", family('a')), None, until),
+            now_ms(),
+        )
+        .await
+        .unwrap();
+    let older = server.snapshot();
+    for c in ['b', 'c', 'd'] {
+        store
+            .revoke(
+                &revocation(&format!("f:{}", family(c)), None, until),
+                now_ms(),
+            )
+            .await
+            .unwrap();
+    }
+    view.refresh().await.unwrap();
+    assert!(view.token_revoked(&jti('d'), "u", 0, now_ms()));
+
+    // Redis comes back without b, c and d; two logouts follow.
+    server.restart_from(&older);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for c in ['e', 'f'] {
+        let revoked = revocation(&format!("f:{}", family(c)), None, until);
+        while store.revoke(&revoked, now_ms()).await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis never came back"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    view.refresh().await.unwrap();
+    for c in ['e', 'f'] {
+        assert!(
+            view.token_revoked(&jti(c), "u", 0, now_ms()),
+            "the logout of {c}, recorded after Redis lost data, never reached the replica"
+        );
+    }
+    // What this replica had read, it still enforces.
+    for c in ['a', 'b', 'c', 'd'] {
+        assert!(view.token_revoked(&jti(c), "u", 0, now_ms()), "{c}");
+    }
+    // A replica starting now reads what Redis still has.
+    let fresh = View::new(store.clone());
+    fresh.refresh().await.unwrap();
+    for c in ['a', 'e', 'f'] {
+        assert!(fresh.token_revoked(&jti(c), "u", 0, now_ms()), "{c}");
+    }
+}

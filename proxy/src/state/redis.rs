@@ -16,6 +16,15 @@ use super::{AccessRule, BlacklistEntry, EdgeState, EdgeStore, REVOCATIONS_PER_RE
 
 /// KEYS: expiries, watermarks, log, sequence. ARGV: key, watermark (`all`
 /// or Unix ms), until (Unix ms), now (Unix ms).
+///
+/// A sequence number is the server's clock in microseconds (or the last
+/// number plus one, if greater), never a bare counter: Redis may come back
+/// with less than it acknowledged (a restart from an older RDB or AOF
+/// point, a failover to a replica that lagged), and a counter would then
+/// hand out again numbers replicas have read past, so the revocations
+/// recorded after the loss would never reach them. The clock has moved on
+/// since any number the lost data held (a failover alone takes seconds
+/// longer than the clocks of two Redis hosts differ).
 const REVOKE: &str = r#"
 local nb = ARGV[2]
 local old_nb = redis.call('HGET', KEYS[2], ARGV[1])
@@ -26,7 +35,10 @@ local old_until = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if old_until and tonumber(old_until) > untl then untl = tonumber(old_until) end
 redis.call('ZADD', KEYS[1], untl, ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], nb)
-local seq = redis.call('INCR', KEYS[4])
+local t = redis.call('TIME')
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local seq = math.max(tonumber(redis.call('GET', KEYS[4]) or '0') + 1, now_us)
+redis.call('SET', KEYS[4], string.format('%.0f', seq))
 redis.call('ZADD', KEYS[3], seq, ARGV[1])
 local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[4], 'LIMIT', 0, 100)
 for _, k in ipairs(gone) do
@@ -34,7 +46,7 @@ for _, k in ipairs(gone) do
   redis.call('ZREM', KEYS[3], k)
   redis.call('HDEL', KEYS[2], k)
 end
-return seq
+return string.format('%.0f', seq)
 "#;
 
 /// KEYS: expiries, watermarks, log. ARGV: after (sequence number), limit.
