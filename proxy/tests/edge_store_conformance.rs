@@ -380,3 +380,45 @@ async fn revocations_recorded_after_redis_lost_some_still_reach_every_replica() 
         assert!(fresh.token_revoked(&jti(c), "u", 0, now_ms()), "{c}");
     }
 }
+
+/// The same loss, for the blacklist and the rules: after Redis comes back
+/// with less than it acknowledged, the writes that follow still reach a
+/// replica that had read a version as high as theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blacklist_writes_after_redis_lost_some_still_reach_every_replica() {
+    use flashmall_proxy::state::{View, now_ms};
+    let mut server = RedisServer::start();
+    let store = Arc::new(
+        RedisEdgeStore::connect(&server.url(), std::time::Duration::from_secs(2))
+            .await
+            .expect("connect"),
+    );
+    let view = View::new(store.clone());
+    store.add_blacklist(entry("a", "ua")).await.unwrap();
+    let older = server.snapshot();
+    store.add_blacklist(entry("b", "ub")).await.unwrap();
+    store.add_blacklist(entry("c", "uc")).await.unwrap();
+    view.refresh().await.unwrap();
+    assert!(view.current().blacklisted(Some("uc"), None, now_ms()));
+
+    // Redis comes back without b and c; as many writes follow.
+    server.restart_from(&older);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for (id, user) in [("d", "ud"), ("e", "ue")] {
+        while store.add_blacklist(entry(id, user)).await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis never came back"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    view.refresh().await.unwrap();
+    let now = view.current();
+    for user in ["ua", "ud", "ue"] {
+        assert!(
+            now.blacklisted(Some(user), None, now_ms()),
+            "{user}'s entry, in Redis now, is not enforced by the replica"
+        );
+    }
+}
