@@ -908,6 +908,101 @@ async fn jwks_keys_verify_tokens_with_their_pinned_algorithm() {
     s.stop().await;
 }
 
+/// Serves `body` as JSON over HTTPS on a loopback port with the
+/// certificate `issued` (named `localhost`), to any path; answers one
+/// request per connection.
+async fn https_server(issued: &flashmall_testing::pki::Issued, body: Vec<u8>) -> u16 {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(&issued.cert_file)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&issued.key_file).unwrap();
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, body) = (acceptor.clone(), body.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = tls.write_all(head.as_bytes()).await;
+                let _ = tls.write_all(&body).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+/// A JWKS URL is fetched over HTTPS, its server verified: under a private
+/// CA named by `proxy.jwks_ca_file` the keys load and verify tokens;
+/// without that CA the server is refused and its keys verify nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwks_url_is_fetched_over_verified_https() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jwks");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = flashmall_testing::pki::TestCa::new(dir.path(), "jwks");
+    let issued = ca.issue(dir.path(), "server", &["localhost"]);
+    let port = https_server(&issued, std::fs::read(fixtures.join("jwks.json")).unwrap()).await;
+    let url = format!("https://localhost:{port}/.well-known/jwks.json");
+    let ca_file = ca.ca_file().display().to_string();
+    let s = EdgeStack::start(|p| {
+        p.jwks_url = url.clone();
+        p.jwks_ca_file = ca_file.clone();
+    })
+    .await;
+    let kim = s.login("kim@example.com").await;
+    let mut c = claims(&kim.user_id, now_secs() + 600);
+    c.roles = vec![Role::Customer];
+    let es =
+        jsonwebtoken::EncodingKey::from_ec_pem(&std::fs::read(fixtures.join("es256.pem")).unwrap())
+            .unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("es-1".into());
+    let token = jsonwebtoken::encode(&header, &c, &es).unwrap();
+    let (status, body) = s
+        .call(s.client.get(s.url("/api/v1/users/me")).bearer_auth(&token))
+        .await;
+    assert_eq!(status, 200, "a token of the fetched JWKS: {body}");
+    s.stop().await;
+
+    // Without the private CA the server is not trusted: nothing loads, and
+    // the same token is refused.
+    let s = EdgeStack::start(|p| p.jwks_url = url.clone()).await;
+    let (status, _) = s
+        .call(s.client.get(s.url("/api/v1/users/me")).bearer_auth(&token))
+        .await;
+    assert_eq!(
+        status, 401,
+        "a JWKS from an untrusted server verified a token"
+    );
+    s.stop().await;
+}
+
 /// A TCP server that accepts and then either never answers or hangs up.
 async fn bad_upstream(hang: bool) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

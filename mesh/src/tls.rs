@@ -710,6 +710,81 @@ pub async fn get(
     Ok((status, body))
 }
 
+/// A TLS client configuration for a server outside the mesh (a JWKS):
+/// trusts the system's CA certificates and, when given, those of
+/// `ca_file` (a private CA). No client certificate.
+pub fn public_client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
+    let mut roots = RootCertStore::empty();
+    // A system without a CA bundle still reaches a server of `ca_file`.
+    if let Ok(system) = rustls_native_certs::load_native_certs() {
+        roots.add_parsable_certificates(system);
+    }
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        for cert in certificates("ca_file", &pem)? {
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: not a CA certificate: {e}", path.display()))?;
+        }
+    }
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// One HTTP/1.1 `GET` of `url` (`https://`, verified with `https`; or
+/// `http://`): the status and the body (at most `limit` bytes). No
+/// redirects are followed.
+pub async fn fetch(
+    url: &str,
+    https: &Arc<ClientConfig>,
+    limit: usize,
+) -> Result<(http::StatusCode, bytes::Bytes), String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    let secure = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err(format!("{url}: not an http(s) URL")),
+    };
+    let host = uri.host().ok_or_else(|| format!("{url}: no host"))?;
+    let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    // The Host header: the URL's authority without any user part.
+    let authority = uri.authority().map_or(host, |a| a.as_str());
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let request = http::Request::get(path)
+        .header(http::header::HOST, authority)
+        .body(axum::body::Body::empty())
+        .map_err(|e| e.to_string())?;
+    let tcp = TcpStream::connect(format!("{host}:{port}"))
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    let response = if secure {
+        let name = ServerName::try_from(
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+        )
+        .map_err(|e| format!("{url}: {e}"))?;
+        let stream = tokio_rustls::TlsConnector::from(Arc::clone(https))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        send(hyper_util::rt::TokioIo::new(stream), request).await?
+    } else {
+        send(hyper_util::rt::TokioIo::new(tcp), request).await?
+    };
+    let status = response.status();
+    let body = axum::body::to_bytes(axum::body::Body::new(response.into_body()), limit)
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    Ok((status, body))
+}
+
 async fn send<T>(
     io: T,
     request: http::Request<axum::body::Body>,

@@ -95,8 +95,12 @@ pub struct ProxyConfig {
     /// A JWKS file whose RS256/ES256 keys (looked up by `kid`, algorithm
     /// pinned per key) also verify access tokens; empty: none.
     pub jwks_file: String,
-    /// A JWKS URL, likewise; empty: none.
+    /// A JWKS URL, likewise; empty: none. `https://` (plain `http://` only
+    /// to a loopback host).
     pub jwks_url: String,
+    /// PEM file of CA certificates trusted for `jwks_url` besides the
+    /// system's (a JWKS served under a private CA); empty: the system's only.
+    pub jwks_ca_file: String,
     /// How often the JWKS file or URL is read again.
     #[serde(with = "humantime_serde")]
     pub jwks_refresh: Duration,
@@ -180,6 +184,7 @@ impl Default for ProxyConfig {
             jwt_leeway: Duration::from_secs(30),
             jwks_file: String::new(),
             jwks_url: String::new(),
+            jwks_ca_file: String::new(),
             jwks_refresh: Duration::from_secs(300),
             trusted_proxies: Vec::new(),
             redis_url: String::new(),

@@ -186,23 +186,37 @@ pub enum JwksSource {
     Url(String),
 }
 
-/// Loads a JWKS from its source.
-pub async fn load_jwks(source: &JwksSource, http: &reqwest::Client) -> Result<JwkSet, String> {
-    let text = match source {
-        JwksSource::File(path) => tokio::fs::read_to_string(path)
+/// Largest JWKS document read.
+const JWKS_MAX_BYTES: usize = 1024 * 1024;
+
+/// How long one fetch of a JWKS URL may take.
+const JWKS_FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Loads a JWKS from its source; an `https://` URL is verified with `https`
+/// (`flashmall_mesh::tls::public_client_config`).
+pub async fn load_jwks(
+    source: &JwksSource,
+    https: &Arc<rustls::ClientConfig>,
+) -> Result<JwkSet, String> {
+    let bytes = match source {
+        JwksSource::File(path) => tokio::fs::read(path)
             .await
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
-        JwksSource::Url(url) => http
-            .get(url)
-            .send()
+        JwksSource::Url(url) => {
+            let fetched = tokio::time::timeout(
+                JWKS_FETCH_TIMEOUT,
+                flashmall_mesh::tls::fetch(url, https, JWKS_MAX_BYTES),
+            )
             .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| format!("cannot fetch {url}: {e}"))?
-            .text()
-            .await
-            .map_err(|e| format!("cannot read {url}: {e}"))?,
+            .map_err(|_| format!("cannot fetch {url}: no answer within {JWKS_FETCH_TIMEOUT:?}"))?
+            .map_err(|e| format!("cannot fetch {e}"))?;
+            match fetched {
+                (status, body) if status.is_success() => body.to_vec(),
+                (status, _) => return Err(format!("cannot fetch {url}: {status}")),
+            }
+        }
     };
-    serde_json::from_str(&text).map_err(|e| format!("the JWKS is not valid: {e}"))
+    serde_json::from_slice(&bytes).map_err(|e| format!("the JWKS is not valid: {e}"))
 }
 
 #[cfg(test)]

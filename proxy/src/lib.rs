@@ -165,10 +165,10 @@ pub async fn launch(settings: &ProxySettings) -> Result<RunningProxy, String> {
         .iter()
         .map(Limit::from_config)
         .collect::<Result<Vec<_>, _>>()?;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .map_err(|e| e.to_string())?;
+    let https = flashmall_mesh::tls::public_client_config(
+        (!config.jwks_ca_file.is_empty()).then(|| std::path::Path::new(&config.jwks_ca_file)),
+    )
+    .map_err(|e| format!("proxy.jwks_ca_file: {e}"))?;
     let secret = (!settings.jwt_secret.is_empty()).then_some(settings.jwt_secret.as_slice());
     let verifier = Arc::new(Verifier::new(
         secret,
@@ -184,7 +184,7 @@ pub async fn launch(settings: &ProxySettings) -> Result<RunningProxy, String> {
         None
     };
     if let Some(source) = jwks {
-        match identity::load_jwks(&source, &http).await {
+        match identity::load_jwks(&source, &https).await {
             Ok(set) => {
                 let n = verifier.set_jwks(&set);
                 tracing::info!(keys = n, "jwks loaded");
@@ -195,7 +195,11 @@ pub async fn launch(settings: &ProxySettings) -> Result<RunningProxy, String> {
             }
             Err(e) => tracing::warn!(error = %e, "jwks not loaded yet; retrying in the background"),
         }
-        let (verifier, http, every) = (Arc::clone(&verifier), http.clone(), config.jwks_refresh);
+        let (verifier, https, every) = (
+            Arc::clone(&verifier),
+            Arc::clone(&https),
+            config.jwks_refresh,
+        );
         let mut jwks_stop = stop_rx.clone();
         tokio::spawn(async move {
             loop {
@@ -203,7 +207,7 @@ pub async fn launch(settings: &ProxySettings) -> Result<RunningProxy, String> {
                     _ = tokio::time::sleep(every) => {}
                     _ = jwks_stop.wait_for(|s| *s) => return,
                 }
-                match identity::load_jwks(&source, &http).await {
+                match identity::load_jwks(&source, &https).await {
                     Ok(set) => {
                         verifier.set_jwks(&set);
                     }
