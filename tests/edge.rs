@@ -736,25 +736,7 @@ async fn sold_out_sales_are_answered_at_the_edge_but_holders_get_their_answers()
         (status, body["error"]["code"].as_str()),
         (409, Some("sold_out"))
     );
-    let gate_count = || async {
-        let metrics = s
-            .client
-            .get(s.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        metrics
-            .lines()
-            .find(|l| {
-                l.starts_with("flashmall_proxy_rejections_total") && l.contains("sold_out_gate")
-            })
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let before = gate_count().await;
+    let before = s.gate_answers().await;
     within(Duration::from_secs(1), || async {
         let (status, body) = s.purchase(&late, &sale, "k2").await;
         assert_eq!(
@@ -762,7 +744,7 @@ async fn sold_out_sales_are_answered_at_the_edge_but_holders_get_their_answers()
             (409, Some("sold_out")),
             "{body}"
         );
-        gate_count().await > before
+        s.gate_answers().await > before
     })
     .await;
     // The holder's retry still reaches the engine and gets the original answer.
@@ -847,17 +829,30 @@ async fn replicas_sharing_redis_share_the_blacklist_and_global_limits() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jwks_keys_verify_tokens_with_their_pinned_algorithm() {
-    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jwks");
-    let jwks = fixtures.join("jwks.json").display().to_string();
-    let s = EdgeStack::start(|p| p.jwks_file = jwks.clone()).await;
+/// A customer's claims (kim, logged in through the edge) and the ES256 key
+/// of the JWKS fixture (kid `es-1`).
+async fn customer_claims_and_es256_key(
+    s: &EdgeStack,
+    fixtures: &std::path::Path,
+) -> (
+    flashmall_mesh::identity::AccessClaims,
+    jsonwebtoken::EncodingKey,
+) {
     let kim = s.login("kim@example.com").await;
     let mut c = claims(&kim.user_id, now_secs() + 600);
     c.roles = vec![Role::Customer];
     let es =
         jsonwebtoken::EncodingKey::from_ec_pem(&std::fs::read(fixtures.join("es256.pem")).unwrap())
             .unwrap();
+    (c, es)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_keys_verify_tokens_with_their_pinned_algorithm() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jwks");
+    let jwks = fixtures.join("jwks.json").display().to_string();
+    let s = EdgeStack::start(|p| p.jwks_file = jwks.clone()).await;
+    let (c, es) = customer_claims_and_es256_key(&s, &fixtures).await;
     let rs = jsonwebtoken::EncodingKey::from_rsa_pem(
         &std::fs::read(fixtures.join("rs256.pem")).unwrap(),
     )
@@ -975,12 +970,7 @@ async fn a_jwks_url_is_fetched_over_verified_https() {
         p.jwks_ca_file = ca_file.clone();
     })
     .await;
-    let kim = s.login("kim@example.com").await;
-    let mut c = claims(&kim.user_id, now_secs() + 600);
-    c.roles = vec![Role::Customer];
-    let es =
-        jsonwebtoken::EncodingKey::from_ec_pem(&std::fs::read(fixtures.join("es256.pem")).unwrap())
-            .unwrap();
+    let (c, es) = customer_claims_and_es256_key(&s, &fixtures).await;
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
     header.kid = Some("es-1".into());
     let token = jsonwebtoken::encode(&header, &c, &es).unwrap();

@@ -197,24 +197,6 @@ async fn shop(s: &EdgeStack, admin: &Login, buyer: &Login, tag: &str) {
     assert_eq!(checkout["total"], 2500);
 }
 
-/// The number of sold-out answers the edge gave without asking the engine.
-async fn gate_count(s: &EdgeStack) -> f64 {
-    let metrics = s
-        .client
-        .get(s.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metrics
-        .lines()
-        .find(|l| l.starts_with("flashmall_proxy_rejections_total") && l.contains("sold_out_gate"))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shop_runs_over_mutual_tls_and_components_answer_only_mesh_certificates() {
     let dir = tempfile::tempdir().unwrap();
@@ -242,14 +224,14 @@ async fn the_shop_runs_over_mutual_tls_and_components_answer_only_mesh_certifica
         (status, body["error"]["code"].as_str()),
         (409, Some("sold_out"))
     );
-    let before = gate_count(&s).await;
+    let before = s.gate_answers().await;
     eventually(
         Duration::from_secs(10),
         "the edge's gate closes",
         || async {
             let (status, _) = s.purchase(&late, &sale, "late-2").await;
             assert_eq!(status, 409);
-            (gate_count(&s).await > before).then_some(())
+            (s.gate_answers().await > before).then_some(())
         },
     )
     .await;

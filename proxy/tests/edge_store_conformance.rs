@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use flashmall_proxy::state::{
     AccessRule, BlacklistEntry, EdgeStore, Effect, LocalEdgeStore, REVOCATIONS_PER_READ,
-    RedisEdgeStore, Revocation,
+    RedisEdgeStore, Revocation, View, now_ms,
 };
 use flashmall_testing::acl::ProductionAcl;
 use flashmall_testing::{RedisServer, SentinelSet};
@@ -311,6 +311,18 @@ async fn the_edge_user_follows_a_failover_through_a_locked_down_sentinel() {
     assert_eq!(state.rules, vec![rule("^/after$")]);
 }
 
+/// A Redis server, the edge store on it, and a replica's view of it.
+async fn replica_on_its_own_redis() -> (RedisServer, Arc<RedisEdgeStore>, Arc<View>) {
+    let server = RedisServer::start();
+    let store = Arc::new(
+        RedisEdgeStore::connect(&server.url(), std::time::Duration::from_secs(2))
+            .await
+            .expect("connect"),
+    );
+    let view = View::new(store.clone());
+    (server, store, view)
+}
+
 /// Redis may come back with less than it acknowledged: a restart from an
 /// older RDB or AOF point, a failover to a replica that lagged. A replica
 /// that had read the lost revocations keeps enforcing them, and the
@@ -318,14 +330,7 @@ async fn the_edge_user_follows_a_failover_through_a_locked_down_sentinel() {
 /// numbers never repeat numbers it has read already.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocations_recorded_after_redis_lost_some_still_reach_every_replica() {
-    use flashmall_proxy::state::{View, now_ms};
-    let mut server = RedisServer::start();
-    let store = Arc::new(
-        RedisEdgeStore::connect(&server.url(), std::time::Duration::from_secs(2))
-            .await
-            .expect("connect"),
-    );
-    let view = View::new(store.clone());
+    let (mut server, store, view) = replica_on_its_own_redis().await;
     let until = now_ms() + 600_000;
     let family = |c: char| c.to_string().repeat(32);
     let jti = |c: char| format!("{}{}", family(c), "0".repeat(32));
@@ -386,14 +391,7 @@ async fn revocations_recorded_after_redis_lost_some_still_reach_every_replica() 
 /// replica that had read a version as high as theirs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blacklist_writes_after_redis_lost_some_still_reach_every_replica() {
-    use flashmall_proxy::state::{View, now_ms};
-    let mut server = RedisServer::start();
-    let store = Arc::new(
-        RedisEdgeStore::connect(&server.url(), std::time::Duration::from_secs(2))
-            .await
-            .expect("connect"),
-    );
-    let view = View::new(store.clone());
+    let (mut server, store, view) = replica_on_its_own_redis().await;
     store.add_blacklist(entry("a", "ua")).await.unwrap();
     let older = server.snapshot();
     store.add_blacklist(entry("b", "ub")).await.unwrap();

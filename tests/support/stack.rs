@@ -195,6 +195,28 @@ impl EdgeStack {
         format!("{}{path}", self.stack().admin_base())
     }
 
+    /// Sold-out answers the edge gave without asking the engine (its
+    /// `flashmall_proxy_rejections_total{reason="sold_out_gate"}`; the
+    /// registry is the test process's, shared by its stacks).
+    pub async fn gate_answers(&self) -> f64 {
+        let metrics = self
+            .client
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("the admin port answers")
+            .text()
+            .await
+            .unwrap_or_default();
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("flashmall_proxy_rejections_total") && l.contains("sold_out_gate")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    }
+
     pub async fn call(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
         let response = request.send().await.expect("the proxy answers");
         let status = response.status().as_u16();
