@@ -688,25 +688,50 @@ pub async fn get(
     let request = request
         .body(axum::body::Body::empty())
         .map_err(|e| e.to_string())?;
+    let tls = match tls {
+        Some(tls) => Some((
+            tls.client_config(target, b"http/1.1")?,
+            server_name(target)?,
+        )),
+        None => None,
+    };
+    exchange(&addr.to_string(), tls, request, limit)
+        .await
+        .map_err(|e| format!("{target} at {addr}: {e}"))
+}
+
+fn server_name(host: &str) -> Result<ServerName<'static>, String> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(bare.to_owned()).map_err(|e| format!("{host}: {e}"))
+}
+
+/// Sends `request` to `address` (over TLS to the server name given with
+/// `tls`, if any) on a connection of its own, and reads the answer's
+/// status and body (at most `limit` bytes).
+async fn exchange(
+    address: &str,
+    tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+    request: http::Request<axum::body::Body>,
+    limit: usize,
+) -> Result<(http::StatusCode, bytes::Bytes), String> {
+    let tcp = TcpStream::connect(address)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
     let response = match tls {
-        Some(tls) => {
-            let config = tls.client_config(target, b"http/1.1")?;
-            let stream = TlsConnector::connect(config, target.to_owned(), addr.to_string())
+        Some((config, name)) => {
+            let stream = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
                 .await
-                .map_err(|e| format!("{target} at {addr}: {e}"))?;
+                .map_err(|e| e.to_string())?;
             send(hyper_util::rt::TokioIo::new(stream), request).await?
         }
-        None => {
-            let tcp = TcpStream::connect(addr)
-                .await
-                .map_err(|e| format!("{target} at {addr}: {e}"))?;
-            send(hyper_util::rt::TokioIo::new(tcp), request).await?
-        }
+        None => send(hyper_util::rt::TokioIo::new(tcp), request).await?,
     };
     let status = response.status();
     let body = axum::body::to_bytes(axum::body::Body::new(response.into_body()), limit)
         .await
-        .map_err(|e| format!("{target} at {addr}: {e}"))?;
+        .map_err(|e| e.to_string())?;
     Ok((status, body))
 }
 
@@ -760,29 +785,13 @@ pub async fn fetch(
         .header(http::header::HOST, authority)
         .body(axum::body::Body::empty())
         .map_err(|e| e.to_string())?;
-    let tcp = TcpStream::connect(format!("{host}:{port}"))
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
-    let response = if secure {
-        let name = ServerName::try_from(
-            host.trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
-        )
-        .map_err(|e| format!("{url}: {e}"))?;
-        let stream = tokio_rustls::TlsConnector::from(Arc::clone(https))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("{url}: {e}"))?;
-        send(hyper_util::rt::TokioIo::new(stream), request).await?
-    } else {
-        send(hyper_util::rt::TokioIo::new(tcp), request).await?
+    let tls = match secure {
+        true => Some((Arc::clone(https), server_name(host)?)),
+        false => None,
     };
-    let status = response.status();
-    let body = axum::body::to_bytes(axum::body::Body::new(response.into_body()), limit)
+    exchange(&format!("{host}:{port}"), tls, request, limit)
         .await
-        .map_err(|e| format!("{url}: {e}"))?;
-    Ok((status, body))
+        .map_err(|e| format!("{url}: {e}"))
 }
 
 async fn send<T>(
