@@ -1,7 +1,13 @@
 //! The ledger conformance suite: every `LedgerStore` implementation runs it
 //! under the same domain logic. Runs against the embedded ledger (redb in a
 //! temp dir) and, when `FLASHMALL_TEST_TIKV_PD` names PD endpoints
-//! (comma-separated), against TiKV through tikv-client.
+//! (comma-separated), against TiKV through tikv-client. When
+//! `FLASHMALL_TEST_TIKV_ADMIN` also names the TiKV-protocol test server's
+//! admin address (`testing/tikv-server -admin`), every check runs once
+//! more while the regions under its keys split again and again
+//! (`on_tikv_splitting`): tikv-client meets `EpochNotMatch` and stale
+//! region caches mid-transaction, and nothing may change in what the
+//! ledger answers.
 
 use std::sync::{Arc, LazyLock, Mutex};
 
@@ -21,6 +27,51 @@ struct Subject {
     _dir: Option<tempfile::TempDir>,
     /// TiKV tests run while no test has tikv-client's failpoints armed.
     _failpoints: Option<OwnedRwLockReadGuard<()>>,
+    /// Splits the regions under the subject's keys while it lives.
+    _splitter: Option<Splitter>,
+}
+
+/// A task splitting the regions under one key prefix every few
+/// milliseconds, at every kind of the ledger's keys (`ledger/keys.rs`),
+/// through the TiKV-protocol test server's admin port.
+struct Splitter(tokio::task::JoinHandle<()>);
+
+impl Drop for Splitter {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Splitter {
+    fn start(admin: String, prefix: String) -> Splitter {
+        Splitter(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut round = 0u64;
+            loop {
+                round += 1;
+                // UUIDv7s made now sort between the ids the check made so
+                // far and those it makes next: the split lands in the middle
+                // of its reservations, records and outbox entries.
+                let now = Uuid::now_v7();
+                let keys: Vec<String> = ["c/", "e/", "k/", "o/", "r/", "s/", "u/", "x/"]
+                    .iter()
+                    .map(|kind| format!("{prefix}{kind}{now}"))
+                    .chain([format!("{prefix}u/{}/u{}", Uuid::nil(), round % 40)])
+                    .collect();
+                let split = client
+                    .post(format!("http://{admin}/split"))
+                    .body(keys.join("\n"))
+                    .send()
+                    .await;
+                match split {
+                    Ok(r) if r.status().is_success() => {}
+                    Ok(r) => panic!("the TiKV server refused a split: {}", r.status()),
+                    Err(e) => panic!("the TiKV server's admin port: {e}"),
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }))
+    }
 }
 
 /// tikv-client's failpoints are process-wide: a test that arms one holds
@@ -34,6 +85,7 @@ async fn embedded() -> Option<Subject> {
         ledger: Ledger::new(Arc::new(store)),
         _dir: Some(dir),
         _failpoints: None,
+        _splitter: None,
     })
 }
 
@@ -67,6 +119,34 @@ async fn tikv() -> Option<Subject> {
         ledger,
         _dir: None,
         _failpoints: Some(failpoints),
+        _splitter: None,
+    })
+}
+
+/// TiKV as [`tikv`], with the regions under the subject's keys splitting
+/// all the while, when the environment names the test server's admin port.
+async fn tikv_splitting() -> Option<Subject> {
+    let pd = tikv_pd()?;
+    let Ok(admin) = std::env::var("FLASHMALL_TEST_TIKV_ADMIN") else {
+        eprintln!("skipped: FLASHMALL_TEST_TIKV_ADMIN is not set, so no regions to split");
+        return None;
+    };
+    let failpoints = FAILPOINTS.clone().read_owned().await;
+    let prefix = format!("split-{}/", Uuid::now_v7());
+    // The first split before the check: the admin port works.
+    let first = reqwest::Client::new()
+        .post(format!("http://{admin}/split"))
+        .body(format!("{prefix}r/"))
+        .send()
+        .await
+        .expect("the TiKV server's admin port answers");
+    assert!(first.status().is_success(), "split: {}", first.status());
+    let ledger = tikv_ledger(&pd, &prefix).await;
+    Some(Subject {
+        ledger,
+        _dir: None,
+        _failpoints: Some(failpoints),
+        _splitter: Some(Splitter::start(admin, prefix)),
     })
 }
 
@@ -636,6 +716,7 @@ macro_rules! conformance {
 
 conformance!(on_embedded, embedded);
 conformance!(on_tikv, tikv);
+conformance!(on_tikv_splitting, tikv_splitting);
 
 fn test_key(name: &str) -> Vec<u8> {
     format!("t/{}/{name}", Uuid::now_v7()).into_bytes()

@@ -7,23 +7,29 @@
 // tested against a real TiKV-protocol server without a TiKV/PD deployment.
 //
 //	tikv-server -pd 127.0.0.1:0 -tikv 127.0.0.1:0 [-data DIR] [-addr-file PATH]
+//	            [-split KEY,KEY...] [-admin 127.0.0.1:0]
 //
-// Once both listeners serve, it prints the PD address on stdout and, with
-// -addr-file, writes "pd=HOST:PORT\ntikv=HOST:PORT\n" to PATH (atomically,
-// by rename), so a script can wait for the file; it is removed on exit.
-// SIGTERM/SIGINT stop it. See README.md.
+// Once the listeners serve, it prints the PD address on stdout and, with
+// -addr-file, writes "pd=HOST:PORT\ntikv=HOST:PORT\n" (and, with -admin,
+// "admin=HOST:PORT\n") to PATH (atomically, by rename), so a script can wait
+// for the file; it is removed on exit. The key space starts as one region,
+// split at the -split keys before serving; the -admin HTTP listener splits
+// more at run time (see regions.go). SIGTERM/SIGINT stop it. See README.md.
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -50,13 +56,31 @@ func main() {
 	pdFlag := flag.String("pd", "127.0.0.1:0", "PD gRPC listen address (port 0: a free port)")
 	tikvFlag := flag.String("tikv", "127.0.0.1:0", "TiKV gRPC listen address (port 0: a free port)")
 	dataFlag := flag.String("data", "", "unistore data directory, kept across runs (default: a temp dir, in-memory mode, removed on exit)")
-	addrFile := flag.String("addr-file", "", "file to write pd=ADDR and tikv=ADDR lines to once both listeners serve (removed on exit)")
+	addrFile := flag.String("addr-file", "", "file to write pd=ADDR, tikv=ADDR (and admin=ADDR) lines to once the listeners serve (removed on exit)")
+	splitFlag := flag.String("split", "", "comma-separated raw keys to split the key space at before serving (%XX escapes allowed)")
+	adminFlag := flag.String("admin", "", "HTTP admin listen address, for POST /split and GET /regions (default: none)")
 	flag.Parse()
 	quietLogs()
-	if err := run(*pdFlag, *tikvFlag, *dataFlag, *addrFile); err != nil {
+	o := options{pd: *pdFlag, tikv: *tikvFlag, data: *dataFlag, admin: *adminFlag}
+	if *splitFlag != "" {
+		keys, err := parseKeys(strings.Split(*splitFlag, ","))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "tikv-server: -split:", err)
+			os.Exit(2)
+		}
+		o.split = keys
+	}
+	if err := run(o, *addrFile); err != nil {
 		fmt.Fprintln(os.Stderr, "tikv-server:", err)
 		os.Exit(1)
 	}
+}
+
+// options are what start needs: listen addresses ("" admin: none), the
+// data dir ("": a temporary in-memory store) and raw keys to split at.
+type options struct {
+	pd, tikv, data, admin string
+	split                 [][]byte
 }
 
 // quietLogs sends unistore's (pingcap/log) logging to stderr at warn level:
@@ -70,20 +94,20 @@ func quietLogs() {
 	}
 }
 
-func run(pdAddr, tikvAddr, dataDir, addrFile string) error {
-	c, err := start(pdAddr, tikvAddr, dataDir)
+func run(o options, addrFile string) error {
+	c, err := start(o)
 	if err != nil {
 		return err
 	}
 	defer c.stop()
 	if addrFile != "" {
-		if err := writeAddrFile(addrFile, c.pd, c.tikv); err != nil {
+		if err := writeAddrFile(addrFile, c); err != nil {
 			return err
 		}
 		defer os.Remove(addrFile)
 	}
 	fmt.Println(c.pd)
-	fmt.Fprintf(os.Stderr, "tikv-server: pd=%s tikv=%s data=%s\n", c.pd, c.tikv, c.store.dir)
+	fmt.Fprintf(os.Stderr, "tikv-server: pd=%s tikv=%s admin=%s data=%s\n", c.pd, c.tikv, c.admin, c.store.dir)
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
@@ -96,48 +120,82 @@ func run(pdAddr, tikvAddr, dataDir, addrFile string) error {
 	}
 }
 
-// cluster is the running pair of gRPC servers over one unistore.
+// cluster is the running pair of gRPC servers over one unistore, and the
+// admin HTTP server if asked for.
 type cluster struct {
-	pd, tikv           string // listen addresses, host:port
+	pd, tikv, admin    string // listen addresses, host:port ("" admin: none)
 	store              *unistore
 	pdServer, kvServer *grpc.Server
+	adminServer        *http.Server
 	errs               chan error // a server that stopped serving
+	stopOnce           sync.Once
 }
 
-func start(pdAddr, tikvAddr, dataDir string) (*cluster, error) {
+func start(o options) (*cluster, error) {
 	// Listen first: the store's address (what PD tells clients) must be the
-	// real port of the TiKV listener.
-	pdLis, err := net.Listen("tcp", pdAddr)
-	if err != nil {
-		return nil, err
+	// real port of the TiKV listener. No admin address: a nil listener.
+	var listeners []net.Listener
+	closeAll := func() {
+		for _, l := range listeners {
+			if l != nil {
+				l.Close()
+			}
+		}
 	}
-	kvLis, err := net.Listen("tcp", tikvAddr)
-	if err != nil {
-		pdLis.Close()
-		return nil, err
+	for _, addr := range []string{o.pd, o.tikv, o.admin} {
+		if addr == "" {
+			listeners = append(listeners, nil)
+			continue
+		}
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			closeAll()
+			return nil, err
+		}
+		listeners = append(listeners, l)
 	}
-	store, err := openUnistore(dataDir, kvLis.Addr().String())
+	pdLis, kvLis, adminLis := listeners[0], listeners[1], listeners[2]
+	store, err := openUnistore(o.data, kvLis.Addr().String())
+	if err == nil {
+		if err = store.split(o.split); err != nil {
+			store.close()
+		}
+	}
 	if err != nil {
-		pdLis.Close()
-		kvLis.Close()
+		closeAll()
 		return nil, err
 	}
 	c := &cluster{
-		pd:       pdLis.Addr().String(),
-		tikv:     kvLis.Addr().String(),
-		store:    store,
-		kvServer: grpc.NewServer(grpc.MaxRecvMsgSize(64 << 20)),
-		pdServer: grpc.NewServer(),
-		errs:     make(chan error, 2),
+		pd:    pdLis.Addr().String(),
+		tikv:  kvLis.Addr().String(),
+		store: store,
+		errs:  make(chan error, 3),
 	}
-	tikvpb.RegisterTikvServer(c.kvServer, &kvService{us: store.server})
+	kv := &kvService{us: store.server, rm: store.rm}
+	c.kvServer = grpc.NewServer(grpc.MaxRecvMsgSize(64<<20), grpc.UnaryInterceptor(kv.withSibling))
+	c.pdServer = grpc.NewServer()
+	tikvpb.RegisterTikvServer(c.kvServer, kv)
 	pdpb.RegisterPDServer(c.pdServer, &pdService{rm: store.rm, pd: store.pd, url: "http://" + c.pd})
 	go func() { c.errs <- c.kvServer.Serve(kvLis) }()
 	go func() { c.errs <- c.pdServer.Serve(pdLis) }()
+	if adminLis != nil {
+		c.admin = adminLis.Addr().String()
+		c.adminServer = serveAdmin(adminLis, store, c.errs)
+	}
 	return c, nil
 }
 
-func (c *cluster) stop() {
+// stop stops the servers and closes the store; calls after the first do
+// nothing.
+func (c *cluster) stop() { c.stopOnce.Do(c.stopNow) }
+
+func (c *cluster) stopNow() {
+	if c.adminServer != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = c.adminServer.Shutdown(ctx)
+		cancel()
+		c.adminServer.Close()
+	}
 	// Give in-flight RPCs a moment, then cut the rest (a client's TSO
 	// stream never ends by itself).
 	for _, s := range []*grpc.Server{c.pdServer, c.kvServer} {
@@ -152,9 +210,12 @@ func (c *cluster) stop() {
 	c.store.close()
 }
 
-func writeAddrFile(path, pd, kv string) error {
+func writeAddrFile(path string, c *cluster) error {
 	tmp := path + ".tmp"
-	body := fmt.Sprintf("pd=%s\ntikv=%s\n", pd, kv)
+	body := fmt.Sprintf("pd=%s\ntikv=%s\n", c.pd, c.tikv)
+	if c.admin != "" {
+		body += fmt.Sprintf("admin=%s\n", c.admin)
+	}
 	if err := os.WriteFile(tmp, []byte(body), 0o644); err != nil {
 		return err
 	}
@@ -165,11 +226,12 @@ func writeAddrFile(path, pd, kv string) error {
 // (the source of truth for region ids, epochs, peers and stores, which the
 // server validates every request's context against) and its mock PD.
 type unistore struct {
-	server *tikv.Server
-	rm     *tikv.MockRegionManager
-	pd     *tikv.MockPD
-	dir    string
-	temp   bool
+	server  *tikv.Server
+	rm      *tikv.MockRegionManager
+	pd      *tikv.MockPD
+	dir     string
+	temp    bool
+	splitMu sync.Mutex // one split (u.split) at a time
 }
 
 func openUnistore(dataDir, storeAddr string) (*unistore, error) {
@@ -227,7 +289,8 @@ func openUnistore(dataDir, storeAddr string) (*unistore, error) {
 			return nil, fmt.Errorf("bootstrap: %w", err)
 		}
 	} else {
-		// A reused data dir: the store keeps its id, but listens elsewhere now.
+		// A reused data dir: the store keeps its id, but listens elsewhere
+		// now. Its regions (and their splits) were kept too.
 		for _, s := range rm.GetAllStores() {
 			s.Address = storeAddr
 			_ = pd.PutStore(ctx, s)
@@ -260,9 +323,15 @@ func (u *unistore) removeTemp() {
 // keeps it (an empty value is a value). So every value written is framed
 // with one byte and unframed on the way out, and KvGet's not_found (which
 // unistore never sets, and tikv-client reads) is filled in.
+//
+// Another is regions: unistore checks a request's region id and epoch but
+// not its keys, so each request's keys are checked against its region
+// first, as TiKV does (KeyNotInRegion), and scans are bounded by it; see
+// regions.go.
 type kvService struct {
 	tikvpb.UnimplementedTikvServer
 	us *tikv.Server
+	rm *tikv.MockRegionManager
 }
 
 // valueFrame prefixes every value unistore stores.
@@ -286,6 +355,9 @@ func unframePairs(pairs []*kvrpcpb.KvPair) {
 }
 
 func (s *kvService) KvGet(ctx context.Context, r *kvrpcpb.GetRequest) (*kvrpcpb.GetResponse, error) {
+	if e := s.checkKeys(r.Context, r.Key); e != nil {
+		return &kvrpcpb.GetResponse{RegionError: e}, nil
+	}
 	resp, err := s.us.KvGet(ctx, r)
 	if err == nil && resp.RegionError == nil && resp.Error == nil {
 		resp.NotFound = len(resp.Value) == 0
@@ -295,6 +367,9 @@ func (s *kvService) KvGet(ctx context.Context, r *kvrpcpb.GetRequest) (*kvrpcpb.
 }
 
 func (s *kvService) KvBatchGet(ctx context.Context, r *kvrpcpb.BatchGetRequest) (*kvrpcpb.BatchGetResponse, error) {
+	if e := s.checkKeys(r.Context, r.Keys...); e != nil {
+		return &kvrpcpb.BatchGetResponse{RegionError: e}, nil
+	}
 	resp, err := s.us.KvBatchGet(ctx, r)
 	if err == nil {
 		unframePairs(resp.Pairs)
@@ -303,6 +378,9 @@ func (s *kvService) KvBatchGet(ctx context.Context, r *kvrpcpb.BatchGetRequest) 
 }
 
 func (s *kvService) KvScan(ctx context.Context, r *kvrpcpb.ScanRequest) (*kvrpcpb.ScanResponse, error) {
+	if e := s.checkScan(r); e != nil {
+		return &kvrpcpb.ScanResponse{RegionError: e}, nil
+	}
 	resp, err := s.us.KvScan(ctx, r)
 	if err == nil && !r.KeyOnly {
 		unframePairs(resp.Pairs)
@@ -311,6 +389,9 @@ func (s *kvService) KvScan(ctx context.Context, r *kvrpcpb.ScanRequest) (*kvrpcp
 }
 
 func (s *kvService) KvPrewrite(ctx context.Context, r *kvrpcpb.PrewriteRequest) (*kvrpcpb.PrewriteResponse, error) {
+	if e := s.checkKeys(r.Context, mutationKeys(r.Mutations)...); e != nil {
+		return &kvrpcpb.PrewriteResponse{RegionError: e}, nil
+	}
 	for _, m := range r.Mutations {
 		if m.Op == kvrpcpb.Op_Put || m.Op == kvrpcpb.Op_Insert {
 			m.Value = frame(m.Value)
@@ -320,6 +401,9 @@ func (s *kvService) KvPrewrite(ctx context.Context, r *kvrpcpb.PrewriteRequest) 
 }
 
 func (s *kvService) KvPessimisticLock(ctx context.Context, r *kvrpcpb.PessimisticLockRequest) (*kvrpcpb.PessimisticLockResponse, error) {
+	if e := s.checkKeys(r.Context, mutationKeys(r.Mutations)...); e != nil {
+		return &kvrpcpb.PessimisticLockResponse{RegionError: e}, nil
+	}
 	resp, err := s.us.KvPessimisticLock(ctx, r)
 	if err == nil {
 		for i, v := range resp.Values {
@@ -333,38 +417,67 @@ func (s *kvService) KvPessimisticLock(ctx context.Context, r *kvrpcpb.Pessimisti
 }
 
 func (s *kvService) KvCommit(ctx context.Context, r *kvrpcpb.CommitRequest) (*kvrpcpb.CommitResponse, error) {
+	if e := s.checkKeys(r.Context, r.Keys...); e != nil {
+		return &kvrpcpb.CommitResponse{RegionError: e}, nil
+	}
 	return s.us.KvCommit(ctx, r)
 }
 
 func (s *kvService) KvPessimisticRollback(ctx context.Context, r *kvrpcpb.PessimisticRollbackRequest) (*kvrpcpb.PessimisticRollbackResponse, error) {
+	if e := s.checkKeys(r.Context, r.Keys...); e != nil {
+		return &kvrpcpb.PessimisticRollbackResponse{RegionError: e}, nil
+	}
 	return s.us.KVPessimisticRollback(ctx, r)
 }
 
 func (s *kvService) KvBatchRollback(ctx context.Context, r *kvrpcpb.BatchRollbackRequest) (*kvrpcpb.BatchRollbackResponse, error) {
+	if e := s.checkKeys(r.Context, r.Keys...); e != nil {
+		return &kvrpcpb.BatchRollbackResponse{RegionError: e}, nil
+	}
 	return s.us.KvBatchRollback(ctx, r)
 }
 
 func (s *kvService) KvCleanup(ctx context.Context, r *kvrpcpb.CleanupRequest) (*kvrpcpb.CleanupResponse, error) {
+	if e := s.checkKeys(r.Context, r.Key); e != nil {
+		return &kvrpcpb.CleanupResponse{RegionError: e}, nil
+	}
 	return s.us.KvCleanup(ctx, r)
 }
 
 func (s *kvService) KvCheckTxnStatus(ctx context.Context, r *kvrpcpb.CheckTxnStatusRequest) (*kvrpcpb.CheckTxnStatusResponse, error) {
+	if e := s.checkKeys(r.Context, r.PrimaryKey); e != nil {
+		return &kvrpcpb.CheckTxnStatusResponse{RegionError: e}, nil
+	}
 	return s.us.KvCheckTxnStatus(ctx, r)
 }
 
 func (s *kvService) KvCheckSecondaryLocks(ctx context.Context, r *kvrpcpb.CheckSecondaryLocksRequest) (*kvrpcpb.CheckSecondaryLocksResponse, error) {
+	if e := s.checkKeys(r.Context, r.Keys...); e != nil {
+		return &kvrpcpb.CheckSecondaryLocksResponse{RegionError: e}, nil
+	}
 	return s.us.KvCheckSecondaryLocks(ctx, r)
 }
 
 func (s *kvService) KvTxnHeartBeat(ctx context.Context, r *kvrpcpb.TxnHeartBeatRequest) (*kvrpcpb.TxnHeartBeatResponse, error) {
+	if e := s.checkKeys(r.Context, r.PrimaryLock); e != nil {
+		return &kvrpcpb.TxnHeartBeatResponse{RegionError: e}, nil
+	}
 	return s.us.KvTxnHeartBeat(ctx, r)
 }
 
 func (s *kvService) KvResolveLock(ctx context.Context, r *kvrpcpb.ResolveLockRequest) (*kvrpcpb.ResolveLockResponse, error) {
+	if e := s.checkKeys(r.Context, r.Keys...); e != nil {
+		return &kvrpcpb.ResolveLockResponse{RegionError: e}, nil
+	}
 	return s.us.KvResolveLock(ctx, r)
 }
 
+// KvScanLock: unistore scans the whole region (it ignores the request's
+// range); a start key outside the region is KeyNotInRegion.
 func (s *kvService) KvScanLock(ctx context.Context, r *kvrpcpb.ScanLockRequest) (*kvrpcpb.ScanLockResponse, error) {
+	if reg := s.regionOf(r.Context); reg != nil && len(r.StartKey) > 0 && !reg.seekable(r.StartKey) {
+		return &kvrpcpb.ScanLockResponse{RegionError: reg.notIn(r.StartKey)}, nil
+	}
 	return s.us.KvScanLock(ctx, r)
 }
 
@@ -372,7 +485,17 @@ func (s *kvService) KvGC(ctx context.Context, r *kvrpcpb.GCRequest) (*kvrpcpb.GC
 	return s.us.KvGC(ctx, r)
 }
 
+// KvDeleteRange: as TiKV, the start key must be in the region and the end
+// key no further than its end.
 func (s *kvService) KvDeleteRange(ctx context.Context, r *kvrpcpb.DeleteRangeRequest) (*kvrpcpb.DeleteRangeResponse, error) {
+	if reg := s.regionOf(r.Context); reg != nil {
+		if !reg.holds(r.StartKey) {
+			return &kvrpcpb.DeleteRangeResponse{RegionError: reg.notIn(r.StartKey)}, nil
+		}
+		if reg.bounded && (len(r.EndKey) == 0 || bytes.Compare(r.EndKey, reg.end) > 0) {
+			return &kvrpcpb.DeleteRangeResponse{RegionError: reg.notIn(r.EndKey)}, nil
+		}
+	}
 	return s.us.KvDeleteRange(ctx, r)
 }
 
@@ -386,6 +509,8 @@ func (s *kvService) SplitRegion(ctx context.Context, r *kvrpcpb.SplitRegionReque
 
 // pdService answers the PD RPCs a TiKV client makes, from unistore's own
 // region manager, so whatever PD says matches what the store validates.
+// Region keys in requests and answers are memcomparable-encoded, as TiDB's
+// PD has them (see regions.go).
 type pdService struct {
 	pdpb.UnimplementedPDServer
 	rm  *tikv.MockRegionManager
@@ -484,7 +609,7 @@ func (s *pdService) GetRegion(ctx context.Context, req *pdpb.GetRegionRequest) (
 	if err := checkCluster(req.GetHeader()); err != nil {
 		return nil, err
 	}
-	region, leader, _, _ := s.rm.GetRegionByKey(req.RegionKey)
+	region, leader := regionByKey(s.rm, req.RegionKey)
 	if region == nil {
 		return &pdpb.GetRegionResponse{Header: errHeader(pdpb.ErrorType_REGION_NOT_FOUND, "no region for key %x", req.RegionKey)}, nil
 	}
@@ -520,9 +645,12 @@ func (s *pdService) ScanRegions(ctx context.Context, req *pdpb.ScanRegionsReques
 	if err := checkCluster(req.GetHeader()); err != nil {
 		return nil, err
 	}
+	// Regions, and the older region_metas/leaders pair some clients read.
 	resp := &pdpb.ScanRegionsResponse{Header: header()}
-	for _, r := range s.rm.ScanRegions(req.StartKey, req.EndKey, int(req.Limit)) {
-		resp.Regions = append(resp.Regions, &pdpb.Region{Region: r.Meta, Leader: r.Leader})
+	resp.Regions = scanRegions(s.rm, req.StartKey, req.EndKey, int(req.Limit))
+	for _, r := range resp.Regions {
+		resp.RegionMetas = append(resp.RegionMetas, r.Region)
+		resp.Leaders = append(resp.Leaders, r.Leader)
 	}
 	return resp, nil
 }

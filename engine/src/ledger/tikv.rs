@@ -36,11 +36,15 @@ pub struct TikvLedger {
 }
 
 /// True for errors that a fresh transaction may not hit again: write
-/// conflicts, locks not resolvable yet, and transactions found rolled back
+/// conflicts, locks not resolvable yet, transactions found rolled back
 /// (this one's locks cleaned up by another client, or the one whose lock
-/// was met).
+/// was met), and region errors tikv-client gave up on after its own
+/// region backoff (regions splitting faster than it caught up: a request
+/// that met one was not applied; the next attempt plans again on fresh
+/// reads, so one that did land is seen).
 fn is_conflict(e: &TikvError) -> bool {
     match e {
+        TikvError::RegionError(_) => true,
         TikvError::KeyError(ke) => {
             ke.conflict.is_some()
                 || ke.deadlock.is_some()
