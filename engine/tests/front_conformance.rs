@@ -732,3 +732,32 @@ async fn redis_generation_changes_with_a_restart() {
     };
     assert_ne!(after, before);
 }
+
+/// An engine (re)started while Sentinel fails over: the sentinel still
+/// names the primary that just died, and the first connection is refused.
+/// The front keeps trying within `connect_timeout` and comes up on the
+/// promoted replica, instead of exiting (found by `flashmall bench chaos`:
+/// an engine restarted a second after the primary's crash never served).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_front_connects_through_a_failover_in_progress() {
+    let mut set = SentinelSet::start();
+    set.kill_primary();
+    let config = RedisConfig {
+        url: set.url(),
+        connect_timeout: Duration::from_secs(60),
+        ..RedisConfig::default()
+    };
+    let front = RedisFront::connect(&config)
+        .await
+        .expect("connected once Sentinel promoted the replica");
+    assert!(
+        set.wait_promoted(Duration::from_secs(30)),
+        "the sentinel promoted the replica"
+    );
+    front.warm_up().await.expect("warm up");
+    let sale = open_sale(&front, 2).await;
+    assert!(matches!(
+        front.reserve(&call(sale, "u1", "a", 1, 2)).await.unwrap(),
+        ReserveOutcome::Reserved { .. }
+    ));
+}

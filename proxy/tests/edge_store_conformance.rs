@@ -424,3 +424,25 @@ async fn blacklist_writes_after_redis_lost_some_still_reach_every_replica() {
         );
     }
 }
+
+/// An edge (re)started while Sentinel fails over: the sentinel still names
+/// the primary that just died. The store keeps trying within its timeout
+/// and comes up on the promoted replica instead of failing the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_connects_through_a_failover_in_progress() {
+    let mut set = SentinelSet::start();
+    set.kill_primary();
+    let store = RedisEdgeStore::connect(&set.url(), std::time::Duration::from_secs(60))
+        .await
+        .expect("connected once Sentinel promoted the replica");
+    let rule = AccessRule {
+        role: "customer".into(),
+        effect: Effect::Deny,
+        method: "GET".into(),
+        path: "^/after-failover$".into(),
+    };
+    store
+        .set_rules(vec![rule])
+        .await
+        .expect("writes on the promoted replica");
+}

@@ -134,8 +134,28 @@ fn reply_error(e: Error) -> FrontError {
 }
 
 impl RedisFront {
-    /// Connects a pool to `config.url` and waits for the first connection.
+    /// Connects a pool to `config.url` and waits for the first connection,
+    /// trying again until `config.connect_timeout` has passed: while
+    /// Sentinel fails over, it names a primary that is gone, and a process
+    /// (re)started then would otherwise exit on the first refusal.
     pub async fn connect(config: &RedisConfig) -> Result<Self, FrontError> {
+        const PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+        let deadline = tokio::time::Instant::now() + config.connect_timeout;
+        loop {
+            match Self::connect_once(config, deadline).await {
+                Err(e) if tokio::time::Instant::now() + PAUSE < deadline => {
+                    tracing::warn!(error = %e, "redis not reachable yet; trying again");
+                    tokio::time::sleep(PAUSE).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn connect_once(
+        config: &RedisConfig,
+        deadline: tokio::time::Instant,
+    ) -> Result<Self, FrontError> {
         let redis_config = Config::from_url(&config.url)
             .map_err(|e| FrontError::Unavailable(format!("bad redis url: {e}")))?;
         let mut builder = Builder::from_config(redis_config);
@@ -157,15 +177,19 @@ impl RedisFront {
             // of purchases answered 503.
             .set_policy(ReconnectPolicy::new_exponential(0, 50, 500, 2));
         let pool = builder.build_pool(config.pool_size).map_err(unavailable)?;
-        tokio::time::timeout(connect_timeout, pool.init())
-            .await
-            .map_err(|_| {
-                FrontError::Unavailable(format!(
-                    "no connection to {} within {connect_timeout:?}",
-                    config.url
-                ))
-            })?
-            .map_err(unavailable)?;
+        let connected = match tokio::time::timeout_at(deadline, pool.init()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(unavailable(e)),
+            Err(_) => Err(FrontError::Unavailable(format!(
+                "no connection to {} within {connect_timeout:?}",
+                config.url
+            ))),
+        };
+        if let Err(e) = connected {
+            // Stop its reconnection tasks: the next attempt builds anew.
+            let _ = pool.quit().await;
+            return Err(e);
+        }
         Ok(RedisFront {
             pool,
             options: Options {

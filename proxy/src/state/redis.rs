@@ -90,18 +90,30 @@ fn err(e: Error) -> String {
 }
 
 impl RedisEdgeStore {
+    /// Connects to `url`, trying again until `timeout` has passed (during
+    /// a Sentinel failover the primary it names may be gone).
     pub async fn connect(url: &str, timeout: std::time::Duration) -> Result<Self, String> {
+        const PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
         let config = Config::from_url(url).map_err(|e| format!("bad redis url: {e}"))?;
-        let client = Builder::from_config(config)
-            .with_connection_config(|c| c.connection_timeout = timeout)
-            .with_performance_config(|p| p.default_command_timeout = timeout)
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
-            .build()
-            .map_err(err)?;
-        tokio::time::timeout(timeout, client.init())
-            .await
-            .map_err(|_| format!("no connection to {url}"))?
-            .map_err(err)?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let client = loop {
+            let client = Builder::from_config(config.clone())
+                .with_connection_config(|c| c.connection_timeout = timeout)
+                .with_performance_config(|p| p.default_command_timeout = timeout)
+                .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
+                .build()
+                .map_err(err)?;
+            match tokio::time::timeout_at(deadline, client.init()).await {
+                Ok(Ok(_)) => break client,
+                Ok(Err(e)) if tokio::time::Instant::now() + PAUSE < deadline => {
+                    tracing::warn!(error = %e, "redis not reachable yet; trying again");
+                    let _ = client.quit().await;
+                    tokio::time::sleep(PAUSE).await;
+                }
+                Ok(Err(e)) => return Err(err(e)),
+                Err(_) => return Err(format!("no connection to {url} within {timeout:?}")),
+            }
+        };
         Ok(RedisEdgeStore {
             client,
             version: "fm:edge:version".into(),
