@@ -466,6 +466,83 @@ async fn state_moves_apply_once_under_concurrency(s: &Subject) {
     assert_eq!(version, inserted + 1 + s.racers as u64);
 }
 
+/// Racing moves of one pending record while a replica crashes: a writer
+/// may be told its outcome is unknown (`Unavailable`), but exactly one
+/// move applies, at most one writer is told it moved the record, and
+/// every writer told an outcome answers the state that is stored.
+async fn state_moves_apply_at_most_once_through_a_crash(s: &Subject) {
+    let k = s.key("crash");
+    let start = Doc {
+        state: "pending".into(),
+        moves: 0,
+    };
+    let value = serde_json::to_vec(&start).unwrap();
+    let inserted = loop {
+        // The insert itself may meet the crash: re-read decides.
+        let _ = s.store.insert(Table::Orders, &k, value.clone(), None).await;
+        if let Ok(Some((_, version))) = records::load::<Doc>(&*s.store, Table::Orders, &k).await {
+            break version;
+        }
+    };
+    let mut tasks = Vec::new();
+    for i in 0..s.racers {
+        let st = Arc::clone(&s.store);
+        let k = k.clone();
+        let target = if i % 2 == 0 { "paid" } else { "expired" };
+        tasks.push(tokio::spawn(async move {
+            records::move_record::<Doc>(&*st, Table::Orders, &k, |d| {
+                if d.state == "pending" {
+                    Step::Write(Doc {
+                        state: target.into(),
+                        moves: d.moves + 1,
+                    })
+                } else {
+                    Step::Keep
+                }
+            })
+            .await
+            .map(|(doc, wrote)| (target, doc, wrote))
+        }));
+    }
+    let mut winners = Vec::new();
+    let mut seen = Vec::new();
+    let mut unknown = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok((target, doc, wrote)) => {
+                if wrote {
+                    winners.push(target);
+                }
+                seen.push(doc);
+            }
+            Err(e) => unknown.push(e.to_string()),
+        }
+    }
+    let (stored, version) = loop {
+        if let Ok(Some(found)) = records::load::<Doc>(&*s.store, Table::Orders, &k).await
+            && (found.0.state != "pending" || unknown.is_empty())
+        {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(winners.len() <= 1, "several writers moved it: {winners:?}");
+    if unknown.is_empty() {
+        assert_eq!(winners.len(), 1, "no writer moved it");
+    } else {
+        eprintln!("moves with unknown outcomes through the crash: {unknown:?}");
+    }
+    if let Some(winner) = winners.first() {
+        assert_eq!(stored.state, *winner, "the winner's state is stored");
+    }
+    assert_eq!(stored.moves, 1, "exactly one move applied: {stored:?}");
+    assert_eq!(version, inserted + 1, "one write after the insert");
+    assert!(
+        seen.iter().all(|d| *d == stored),
+        "every writer told an outcome answers the state that won: {seen:?}"
+    );
+}
+
 /// Racing inserts of one absent key: exactly one creates it.
 async fn one_of_racing_inserts_wins(s: &Subject) {
     let k = s.key("new");
@@ -890,3 +967,200 @@ conformance!(
     up_to_bounds_ascending_reads,
     limit_caps_the_rows,
 );
+
+// ---------------------------------------------------------------- a ring
+
+/// The 3-node ring of `testing/cassandra/cassandra ring-start DIR`, named
+/// by its DIR: the distributed checks run on it when set (each node's
+/// `run`, `pid` and `address` are in `DIR/nodeI/`).
+const RING_ENV: &str = "FLASHMALL_TEST_SCYLLA_RING";
+
+#[derive(Clone, Copy)]
+enum Seen {
+    Up,
+    Down,
+}
+
+struct Ring {
+    dir: std::path::PathBuf,
+    nodes: Vec<String>,
+}
+
+impl Ring {
+    fn from_env() -> Option<Ring> {
+        let dir = std::path::PathBuf::from(std::env::var(RING_ENV).ok().filter(|d| !d.is_empty())?);
+        let nodes = (1..=3)
+            .map(|i| {
+                let file = dir.join(format!("node{i}/address"));
+                std::fs::read_to_string(&file)
+                    .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+                    .trim()
+                    .to_owned()
+            })
+            .collect();
+        Some(Ring { dir, nodes })
+    }
+
+    fn node_dir(&self, i: usize) -> std::path::PathBuf {
+        self.dir.join(format!("node{i}"))
+    }
+
+    /// Starts every node a previous run left down (a failed check stops
+    /// midway), and waits until the ring sees it up.
+    async fn ensure_up(&self) {
+        for i in 1..=3 {
+            if !self.running(i) {
+                self.start(i).await;
+                self.await_seen(i, Seen::Up, if i == 1 { 2 } else { 1 })
+                    .await;
+            }
+        }
+    }
+
+    fn running(&self, i: usize) -> bool {
+        std::fs::read_to_string(self.node_dir(i).join("pid"))
+            .ok()
+            .and_then(|pid| pid.trim().parse::<u32>().ok())
+            .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+    }
+
+    /// Waits until node `by` sees node `i` in state `seen` (its gossip, as
+    /// `nodetool status` reports it): the point from which coordinators
+    /// route around a dead node, or count a returned one again.
+    async fn await_seen(&self, i: usize, seen: Seen, by: usize) {
+        let address = self.nodes[i - 1].split(':').next().unwrap().to_owned();
+        let want = match seen {
+            Seen::Up => "UN",
+            Seen::Down => "DN",
+        };
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testing/cassandra/cassandra");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let out = tokio::process::Command::new(&script)
+                .arg("nodetool")
+                .arg(&self.dir)
+                .arg(by.to_string())
+                .arg("status")
+                .output()
+                .await
+                .unwrap();
+            let status = String::from_utf8_lossy(&out.stdout);
+            let state = status.lines().find_map(|line| {
+                let mut words = line.split_whitespace();
+                let state = words.next()?;
+                (words.next()? == address).then(|| state.to_owned())
+            });
+            if state.as_deref() == Some(want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {by} does not see node {i} {want} (it sees {state:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// SIGKILLs node `i` (1-based): a crash, not a drain.
+    fn kill(&self, i: usize) {
+        let pid = std::fs::read_to_string(self.node_dir(i).join("pid")).unwrap();
+        let status = std::process::Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill node {i}");
+    }
+
+    /// Starts node `i` again on its data and waits until it answers CQL.
+    /// The node belongs to the ring, not to this test: it outlives it.
+    #[allow(clippy::zombie_processes)]
+    async fn start(&self, i: usize) {
+        use std::os::unix::process::CommandExt;
+        let dir = self.node_dir(i);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("logs/stdout.log"))
+            .unwrap();
+        let child = std::process::Command::new(dir.join("run"))
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        std::fs::write(dir.join("pid"), child.id().to_string()).unwrap();
+        let address = &self.nodes[i - 1];
+        let deadline = Instant::now() + Duration::from_secs(240);
+        while tokio::net::TcpStream::connect(address).await.is_err() {
+            assert!(Instant::now() < deadline, "node {i} did not come back");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// One check at a time on the ring: they take nodes down.
+static RING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Records moved while a node is down, then read while another is down:
+/// with replication factor 3, writes at LOCAL_QUORUM and conditions at
+/// SERIAL, a crashed node loses no acknowledged write and no state move
+/// applies twice; a node that comes back catches up (hints, read repair).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_ring_state_moves_stay_exactly_once_with_a_node_down() {
+    let Some(ring) = Ring::from_env() else {
+        eprintln!("skipped: {RING_ENV} not set (the store checks with a node down did not run)");
+        return;
+    };
+    let _one = RING.lock().await;
+    let config = StoreConfig {
+        backend: StoreBackend::Scylla,
+        scylla_nodes: ring.nodes.clone(),
+        keyspace: format!("flashmall_ring_{}", uuid::Uuid::new_v4().simple()),
+        replication_factor: 3,
+        datacenter: "datacenter1".to_owned(),
+        request_timeout: Duration::from_secs(10),
+        ..StoreConfig::default()
+    };
+    let store = ScyllaStore::connect(&config)
+        .await
+        .unwrap_or_else(|e| panic!("cannot open the store on the ring {:?}: {e}", ring.nodes));
+    let s = Subject {
+        store: Arc::new(store),
+        prefix: "node-down/".to_owned(),
+        racers: 8,
+        expiry_slack: Duration::from_secs(3),
+        _dir: None,
+    };
+
+    ring.ensure_up().await;
+
+    // The crash itself: until the survivors' failure detector convicts
+    // node 3 (seconds), coordinators still send it Paxos rounds, and a
+    // conditional write may time out with an unknown outcome, which the
+    // services answer as 503 and re-read. Still, exactly one move applies.
+    ring.kill(3);
+    state_moves_apply_at_most_once_through_a_crash(&s).await;
+
+    // Node 3 known down: every check settles, with two replicas of three.
+    ring.await_seen(3, Seen::Down, 1).await;
+    insert_only_when_absent(&s).await;
+    one_of_racing_inserts_wins(&s).await;
+    state_moves_apply_once_under_concurrency(&s).await;
+    rows_are_put_overwritten_and_deleted(&s).await;
+    ring.start(3).await;
+    ring.await_seen(3, Seen::Up, 2).await;
+
+    // Another node down: what was written without node 3 is still there,
+    // read from node 3 and the one left (a quorum).
+    ring.kill(1);
+    ring.await_seen(1, Seen::Down, 2).await;
+    let (doc, _) = records::load::<Doc>(&*s.store, Table::Orders, &s.key("doc"))
+        .await
+        .expect("a quorum answers with node 1 down")
+        .expect("the record moved while node 3 was down is kept");
+    assert_eq!(doc.moves, 1 + s.racers as u64, "no move lost: {doc:?}");
+    ring.start(1).await;
+    ring.await_seen(1, Seen::Up, 2).await;
+}
