@@ -43,6 +43,9 @@ pub enum Bench {
         #[arg(long, default_value = "127.0.0.1:8090")]
         listen: std::net::SocketAddr,
     },
+    /// The demo's seckill against `scripts/cluster`'s cluster while a
+    /// schedule of faults strikes it; checks every invariant after.
+    Chaos(Box<crate::chaos::ChaosArgs>),
     /// The engine's reserve call against redis-benchmark EVALSHA.
     Redis {
         #[command(flatten)]
@@ -187,6 +190,17 @@ pub async fn run(bench: &Bench) -> Result<bool, String> {
             stop.trigger_on_signals();
             stop.wait().await;
             return Ok(true);
+        }
+        Bench::Chaos(args) => {
+            let r = crate::chaos::run(args).await?;
+            (
+                "chaos",
+                &args.output,
+                serde_json::to_value(&r),
+                r.markdown(),
+                r.svg(),
+                r.invariants_hold(),
+            )
         }
         Bench::Redis { options, output } => {
             let r = flashmall_bench::redis::run(options, !output.quiet).await?;

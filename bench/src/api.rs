@@ -17,6 +17,35 @@ pub async fn json_of(request: reqwest::RequestBuilder) -> Result<(u16, Value), S
     Ok((status, body))
 }
 
+/// How long [`steady_json_of`] keeps asking through transient failures.
+pub const STEADY_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether an answer says "not now" rather than deciding anything: no
+/// answer at all, or 502/503/504 from the edge or a component.
+pub fn transient(answer: &Result<(u16, Value), String>) -> bool {
+    !matches!(answer, Ok((status, _)) if !matches!(status, 502..=504))
+}
+
+/// [`json_of`] for a request that is safe to send again (a read, or a
+/// write carrying an Idempotency-Key): asks again after a transient
+/// failure (a replica or a store down for a moment), with a backoff from
+/// 50 ms to 1 s, until it gets an answer or [`STEADY_FOR`] passed.
+pub async fn steady_json_of(request: reqwest::RequestBuilder) -> Result<(u16, Value), String> {
+    let deadline = std::time::Instant::now() + STEADY_FOR;
+    let mut backoff = std::time::Duration::from_millis(50);
+    loop {
+        let Some(again) = request.try_clone() else {
+            return json_of(request).await;
+        };
+        let answer = json_of(again).await;
+        if !transient(&answer) || std::time::Instant::now() + backoff > deadline {
+            return answer;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+    }
+}
+
 /// Posts an account's credentials to an auth endpoint.
 async fn credentials(
     client: &reqwest::Client,
@@ -118,7 +147,7 @@ pub async fn ledger_states<'a>(
     use futures::StreamExt;
     let found: Vec<(String, Option<String>)> = futures::stream::iter(ids)
         .map(|id| async move {
-            let status = json_of(
+            let status = steady_json_of(
                 client
                     .get(format!("{base}/api/v1/reservations/{id}"))
                     .bearer_auth(admin),

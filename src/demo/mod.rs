@@ -25,11 +25,11 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use crate::stack::Throwaway;
-pub use orders::OrdersPhase;
+pub use orders::{OrdersPhase, Told};
 
 mod orders;
 pub mod shop;
-use flashmall_bench::api::{json_of, ledger_states};
+use flashmall_bench::api::{ledger_states, steady_json_of};
 use flashmall_bench::seckill::{Answered, Attempt, Facts, check, outcome_of};
 
 /// Sizes and switches of a demo run.
@@ -72,6 +72,14 @@ pub struct DemoOptions {
     /// `[orders] payment_timeout`).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub payment_timeout: Duration,
+    /// Attempts per second from the opening on (default: each connection
+    /// sends its next attempt as soon as answered).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Times a buyer repeats an attempt, with the same Idempotency-Key,
+    /// after no answer or a 502/503/504 (a client's retry).
+    #[arg(long, default_value_t = 0)]
+    pub client_retries: u32,
 }
 
 impl Default for DemoOptions {
@@ -89,6 +97,8 @@ impl Default for DemoOptions {
             seed: 7,
             pay_percent: 70,
             payment_timeout: Duration::from_secs(5),
+            rate: None,
+            client_retries: 0,
         }
     }
 }
@@ -113,6 +123,11 @@ pub struct DemoReport {
     pub max_ms: f64,
     pub throughput: f64,
     pub burst_seconds: f64,
+    /// Attempts repeated after no answer or a 502/503/504.
+    pub retries: u64,
+    /// Every storm attempt's last answer: when (after the opening), what,
+    /// how long from the first try, and how many retries.
+    pub answers: Vec<(Duration, &'static str, Duration, u32)>,
     /// From the last answer until nothing was left to settle.
     pub settle_drain_ms: f64,
     /// Registering and logging in every buyer through the edge.
@@ -163,6 +178,9 @@ impl DemoReport {
             "{:<34}{:>30.3}",
             "storm duration (s)", self.burst_seconds
         );
+        if o.client_retries > 0 {
+            let _ = writeln!(t, "{:<34}{:>30}", "client retries", self.retries);
+        }
         let _ = writeln!(
             t,
             "{:<34}{:>30.1}",
@@ -253,12 +271,17 @@ fn plan(options: &DemoOptions) -> Vec<Attempt> {
 }
 
 /// An answer to one attempt.
-struct Answer {
-    buyer: usize,
-    key: String,
-    outcome: &'static str,
-    reservation_id: Option<String>,
-    latency: Duration,
+pub(crate) struct Answer {
+    pub buyer: usize,
+    pub key: String,
+    pub outcome: &'static str,
+    pub reservation_id: Option<String>,
+    /// From the first try until the last answer.
+    pub latency: Duration,
+    /// Tries after the first (see `--client-retries`).
+    pub retries: u32,
+    /// The last answer, after the opening.
+    pub at: Duration,
 }
 
 /// The demo's accounts: real registrations and logins through the edge.
@@ -271,6 +294,33 @@ struct Accounts {
 const DEMO_PASSWORD: &str = "demo password 0123";
 const DEMO_ADMIN: &str = "admin@demo.flashmall";
 
+/// Where a storm runs and as whom: the demo's own stack, or a running one
+/// (`flashmall bench chaos`).
+pub(crate) struct Site<'a> {
+    /// The edge's base URL.
+    pub base: &'a str,
+    /// The engine's stock front, for the table (`local`, `redis`).
+    pub front: &'static str,
+    /// An admin account of the stack.
+    pub admin_email: &'a str,
+    pub admin_password: &'a str,
+    /// Buyers register as `buyer-{i}@{buyer_domain}` (unique per run on a
+    /// stack that outlives it).
+    pub buyer_domain: &'a str,
+    /// Told the sale and its opening instant, once the sale is made.
+    pub opened: Option<tokio::sync::oneshot::Sender<Opened>>,
+}
+
+/// The sale a storm opened, for what runs beside it.
+pub(crate) struct Opened {
+    pub sale_id: String,
+    /// The opening instant.
+    pub at: Instant,
+    /// The admin's access token and every buyer's.
+    pub admin: String,
+    pub buyers: Vec<String>,
+}
+
 /// Registers and logs in one account through the proxy; its access token.
 async fn account(client: &reqwest::Client, base: &str, email: &str) -> Result<String, String> {
     flashmall_bench::api::register(client, base, email, DEMO_PASSWORD).await
@@ -278,12 +328,15 @@ async fn account(client: &reqwest::Client, base: &str, email: &str) -> Result<St
 
 async fn accounts(
     client: &reqwest::Client,
-    base: &str,
+    site: &Site<'_>,
     options: &DemoOptions,
 ) -> Result<Accounts, String> {
-    let admin = flashmall_bench::api::login(client, base, DEMO_ADMIN, DEMO_PASSWORD).await?;
+    let base = site.base;
+    let admin =
+        flashmall_bench::api::login(client, base, site.admin_email, site.admin_password).await?;
+    let domain = site.buyer_domain;
     let buyers: Vec<Result<String, String>> = futures::stream::iter(0..options.buyers)
-        .map(|i| async move { account(client, base, &format!("buyer-{i}@demo.flashmall")).await })
+        .map(|i| async move { account(client, base, &format!("buyer-{i}@{domain}")).await })
         .buffered(options.concurrency.min(64))
         .collect()
         .await;
@@ -293,8 +346,46 @@ async fn accounts(
     })
 }
 
-async fn fire(client: &reqwest::Client, url: &str, token: &str, attempt: &Attempt) -> Answer {
+/// One attempt, repeated with its Idempotency-Key up to `retries` times
+/// after no answer or a 502/503/504 (50 ms, then doubling to 1 s, apart).
+async fn fire(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    attempt: &Attempt,
+    retries: u32,
+    opening: Instant,
+) -> Answer {
     let started = Instant::now();
+    let mut tries = 0;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let (status, outcome, reservation_id) = fire_once(client, url, token, attempt).await;
+        if tries < retries && (status == 0 || (502..=504).contains(&status)) {
+            tries += 1;
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+            continue;
+        }
+        return Answer {
+            buyer: attempt.buyer,
+            key: attempt.key.clone(),
+            outcome,
+            reservation_id,
+            latency: started.elapsed(),
+            retries: tries,
+            at: opening.elapsed(),
+        };
+    }
+}
+
+/// One try: the status (0: no answer), the outcome and the reservation.
+async fn fire_once(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    attempt: &Attempt,
+) -> (u16, &'static str, Option<String>) {
     let result = client
         .post(url)
         .bearer_auth(token)
@@ -302,7 +393,7 @@ async fn fire(client: &reqwest::Client, url: &str, token: &str, attempt: &Attemp
         .json(&json!({"quantity": 1}))
         .send()
         .await;
-    let (outcome, reservation_id) = match result {
+    match result {
         Ok(response) => {
             let status = response.status().as_u16();
             let replayed = response.headers().contains_key("idempotent-replayed");
@@ -312,16 +403,9 @@ async fn fire(client: &reqwest::Client, url: &str, token: &str, attempt: &Attemp
                 .then(|| serde_json::from_slice::<Value>(&body).ok())
                 .flatten()
                 .and_then(|b| b["reservation_id"].as_str().map(str::to_owned));
-            (outcome, id)
+            (status, outcome, id)
         }
-        Err(_) => ("connection_error", None),
-    };
-    Answer {
-        buyer: attempt.buyer,
-        key: attempt.key.clone(),
-        outcome,
-        reservation_id,
-        latency: started.elapsed(),
+        Err(_) => (0, "connection_error", None),
     }
 }
 
@@ -343,24 +427,36 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, String> {
     .start()
     .await?;
     stack.register_admin(DEMO_ADMIN, DEMO_PASSWORD).await?;
-    let front = stack.engine.engine.front.kind();
-    let result = storm(options, &stack.base(), front).await;
+    let base = stack.base();
+    let site = Site {
+        base: &base,
+        front: stack.engine.engine.front.kind(),
+        admin_email: DEMO_ADMIN,
+        admin_password: DEMO_PASSWORD,
+        buyer_domain: "demo.flashmall",
+        opened: None,
+    };
+    let result = storm(options, site).await;
     stack.stop().await;
     result
 }
 
-async fn storm(
-    options: &DemoOptions,
-    base: &str,
-    front: &'static str,
-) -> Result<DemoReport, String> {
+/// The storm, the shop beside it and the orders phase, on `site`.
+pub(crate) async fn storm(options: &DemoOptions, site: Site<'_>) -> Result<DemoReport, String> {
+    if let Some(rate) = options.rate
+        && !(rate.is_finite() && rate > 0.0)
+    {
+        return Err("rate must be a positive number of attempts per second".into());
+    }
+    let base = site.base;
+    let front = site.front;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(options.concurrency)
         .timeout(Duration::from_secs(30))
         .build()
         .map_err(|e| e.to_string())?;
     let accounts_started = Instant::now();
-    let accounts = accounts(&client, base, options).await?;
+    let accounts = accounts(&client, &site, options).await?;
     let accounts_seconds = accounts_started.elapsed().as_secs_f64();
     let opens_at = OffsetDateTime::now_utc() + time::Duration::milliseconds(800);
     let sale_id = flashmall_bench::api::create_sale(
@@ -378,6 +474,7 @@ async fn storm(
     let early = options.early.min(attempts.len());
 
     let mut answers = Vec::with_capacity(attempts.len());
+    let before = Instant::now();
     for attempt in &attempts[..early] {
         answers.push(
             fire(
@@ -385,6 +482,8 @@ async fn storm(
                 &purchase_url,
                 &accounts.buyers[attempt.buyer],
                 attempt,
+                0,
+                before,
             )
             .await,
         );
@@ -397,16 +496,31 @@ async fn storm(
         tokio::time::sleep(Duration::from_micros(wait.whole_microseconds() as u64)).await;
     }
     let started = Instant::now();
+    if let Some(opened) = site.opened {
+        let _ = opened.send(Opened {
+            sale_id: sale_id.clone(),
+            at: started,
+            admin: accounts.admin.clone(),
+            buyers: accounts.buyers.clone(),
+        });
+    }
     // Winners go to their orders (and pay) while the storm still runs.
     let (wins_tx, mut wins_rx) = tokio::sync::mpsc::unbounded_channel::<orders::Win>();
     let storm = async {
         let wins_tx = wins_tx;
-        let storm: Vec<Answer> = futures::stream::iter(attempts[early..].iter())
-            .map(|attempt| {
+        let storm: Vec<Answer> = futures::stream::iter(attempts[early..].iter().enumerate())
+            .map(|(i, attempt)| {
                 let token = accounts.buyers[attempt.buyer].as_str();
                 let (client, url, wins) = (&client, &purchase_url, &wins_tx);
+                let due = options
+                    .rate
+                    .map(|rate| started + Duration::from_secs_f64(i as f64 / rate));
                 async move {
-                    let answer = fire(client, url, token, attempt).await;
+                    if let Some(due) = due {
+                        tokio::time::sleep_until(due.into()).await;
+                    }
+                    let retries = options.client_retries;
+                    let answer = fire(client, url, token, attempt, retries, started).await;
                     if let (Some(id), "reserved") = (&answer.reservation_id, answer.outcome) {
                         let _ = wins.send(orders::Win {
                             reservation_id: id.clone(),
@@ -480,6 +594,11 @@ async fn storm(
         max_ms: ms(histogram.max()),
         throughput: (answers.len() - early) as f64 / burst.as_secs_f64().max(1e-9),
         burst_seconds: burst.as_secs_f64(),
+        retries: answers.iter().map(|a| u64::from(a.retries)).sum(),
+        answers: answers[early..]
+            .iter()
+            .map(|a| (a.at, a.outcome, a.latency, a.retries))
+            .collect(),
         settle_drain_ms: storm_facts.drain_ms,
         accounts_seconds,
         checks,
@@ -513,7 +632,7 @@ async fn check_storm(
     let mut view;
     let mut last_pending = None;
     loop {
-        view = json_of(client.get(&sale_url)).await?.1;
+        view = steady_json_of(client.get(&sale_url)).await?.1;
         let pending = view["pending"].as_i64();
         if pending == Some(0) || progress.stalled() {
             break;
@@ -525,14 +644,14 @@ async fn check_storm(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let drain = drain_started.elapsed();
-    let (_, reconciled) = json_of(
+    let (_, reconciled) = steady_json_of(
         client
             .post(format!("{base}/api/v1/admin/reconcile"))
             .bearer_auth(admin)
             .json(&json!({"sale_id": sale_id})),
     )
     .await?;
-    let (_, after) = json_of(client.get(&sale_url)).await?;
+    let (_, after) = steady_json_of(client.get(&sale_url)).await?;
     let granted: HashSet<&String> = answers
         .iter()
         .filter_map(|a| a.reservation_id.as_ref())

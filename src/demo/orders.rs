@@ -19,7 +19,7 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use flashmall_bench::api::json_of;
+use flashmall_bench::api::steady_json_of;
 use flashmall_bench::seckill::Check;
 
 /// How long a wait goes on without any progress before it gives up.
@@ -193,7 +193,7 @@ async fn find_order(
     token: &str,
     reservation_id: &str,
 ) -> Option<Value> {
-    let (status, list) = json_of(
+    let (status, list) = steady_json_of(
         client
             .get(format!("{base}/api/v1/orders"))
             .bearer_auth(token),
@@ -212,7 +212,7 @@ async fn find_order(
 
 async fn pay(client: &reqwest::Client, base: &str, token: &str, order: &Value) -> Payment {
     let started = Instant::now();
-    let answer = json_of(
+    let answer = steady_json_of(
         client
             .post(format!("{base}/api/v1/payments"))
             .bearer_auth(token)
@@ -281,7 +281,7 @@ async fn refresh(client: &reqwest::Client, base: &str, token: &str, fate: &mut F
     else {
         return;
     };
-    if let Ok((200, order)) = json_of(
+    if let Ok((200, order)) = steady_json_of(
         client
             .get(format!("{base}/api/v1/orders/{id}"))
             .bearer_auth(token),
@@ -298,7 +298,7 @@ async fn refresh(client: &reqwest::Client, base: &str, token: &str, fate: &mut F
         )
     {
         let id = payment.body["id"].as_str().unwrap_or("").to_owned();
-        if let Ok((200, body)) = json_of(
+        if let Ok((200, body)) = steady_json_of(
             client
                 .get(format!("{base}/api/v1/payments/{id}"))
                 .bearer_auth(token),
@@ -332,6 +332,18 @@ pub struct OrdersPhase {
     /// Payment latency.
     pub pay_p50_ms: f64,
     pub pay_p99_ms: f64,
+    /// Every order and payment a buyer was told about (a store that lost
+    /// one lost an acknowledged write).
+    pub told: Vec<Told>,
+}
+
+/// An order a buyer saw, and the payment they were answered, if any.
+#[derive(Debug, Clone)]
+pub struct Told {
+    pub buyer: usize,
+    pub order_id: String,
+    /// A payment answered 201 or 202 (made, whatever its outcome).
+    pub payment_id: Option<String>,
 }
 
 /// The sale, as the orders phase needs it.
@@ -347,7 +359,7 @@ pub struct Sale<'a> {
 impl Sale<'_> {
     async fn view(&self, client: &reqwest::Client) -> Result<Value, String> {
         let (_, view) =
-            json_of(client.get(format!("{}/api/v1/sales/{}", self.base, self.id))).await?;
+            steady_json_of(client.get(format!("{}/api/v1/sales/{}", self.base, self.id))).await?;
         Ok(view)
     }
 }
@@ -423,7 +435,7 @@ pub async fn finish(
     while sale.view(client).await?["pending"].as_i64() != Some(0) && !progress.stalled() {
         tokio::time::sleep(POLL).await;
     }
-    let (_, reconciled) = json_of(
+    let (_, reconciled) = steady_json_of(
         client
             .post(format!("{}/api/v1/admin/reconcile", sale.base))
             .bearer_auth(sale.admin)
@@ -501,9 +513,27 @@ pub async fn finish(
             let _ = pay_latency.record(p.latency.as_micros().max(1) as u64);
         }
     }
+    let told = fates
+        .iter()
+        .chain(&resold_fates)
+        .filter_map(|f| {
+            let order_id = f.order.as_ref()?["id"].as_str()?.to_owned();
+            let payment_id = f
+                .payment
+                .as_ref()
+                .filter(|p| matches!(p.status, 201 | 202))
+                .and_then(|p| p.body["id"].as_str().map(str::to_owned));
+            Some(Told {
+                buyer: f.win.buyer,
+                order_id,
+                payment_id,
+            })
+        })
+        .collect();
     let ms = |v: u64| v as f64 / 1000.0;
     Ok((
         OrdersPhase {
+            told,
             orders: made,
             paying,
             paid,
@@ -567,7 +597,7 @@ async fn resell(
             .map(|buyer| {
                 let url = &url;
                 async move {
-                    let answer = json_of(
+                    let answer = steady_json_of(
                         client
                             .post(url)
                             .bearer_auth(&sale.buyers[buyer])

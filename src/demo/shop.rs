@@ -10,6 +10,7 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
+use flashmall_bench::api::steady_json_of;
 use flashmall_bench::seckill::Check;
 
 /// What the shop phase did.
@@ -126,7 +127,7 @@ pub async fn checkout_all(
         futures::stream::iter(shop.shoppers.iter().enumerate())
             .map(|(n, token)| async move {
                 let started = Instant::now();
-                let answer = call(
+                let answer = steady_json_of(
                     client
                         .post(format!("{base}/api/v1/checkout"))
                         .bearer_auth(token)
@@ -152,7 +153,8 @@ pub async fn checkout_all(
     for (n, status, body, took) in &answers {
         let _ = latency.record(took.as_micros().max(1) as u64);
         let token = &shop.shoppers[*n];
-        let (_, cart) = call(client.get(format!("{base}/api/v1/cart")).bearer_auth(token)).await?;
+        let (_, cart) =
+            steady_json_of(client.get(format!("{base}/api/v1/cart")).bearer_auth(token)).await?;
         let cart_len = cart["items"].as_array().map_or(0, Vec::len);
         match (status, body["error"]["code"].as_str()) {
             (201, _) => {
@@ -160,7 +162,7 @@ pub async fn checkout_all(
                 if body["total"] != SCARCE_PRICE + 2 * PLENTY_PRICE {
                     wrong_totals += 1;
                 }
-                let (_, order) = call(
+                let (_, order) = steady_json_of(
                     client
                         .get(format!(
                             "{base}/api/v1/orders/{}",
@@ -196,7 +198,7 @@ pub async fn checkout_all(
     // A checkout that failed after holding stock gives it back when its
     // order closes (at once, or when a late order expires): wait for it.
     let stock = |id: String| async move {
-        call(client.get(format!("{base}/api/v1/products/{id}")))
+        steady_json_of(client.get(format!("{base}/api/v1/products/{id}")))
             .await
             .map(|(_, p)| p["stock"].as_i64().unwrap_or(-1))
     };
