@@ -373,6 +373,34 @@ struct Doc {
     moves: u64,
 }
 
+type Moved = Result<(&'static str, Doc, bool), records::RecordError>;
+
+/// `s.racers` writers, each moving the pending record at `k` to `paid` or
+/// `expired` (alternately) if it is still pending.
+fn race_to_final_states(s: &Subject, k: &str) -> Vec<tokio::task::JoinHandle<Moved>> {
+    (0..s.racers)
+        .map(|i| {
+            let st = Arc::clone(&s.store);
+            let k = k.to_owned();
+            let target = if i % 2 == 0 { "paid" } else { "expired" };
+            tokio::spawn(async move {
+                records::move_record::<Doc>(&*st, Table::Orders, &k, |d| {
+                    if d.state == "pending" {
+                        Step::Write(Doc {
+                            state: target.into(),
+                            moves: d.moves + 1,
+                        })
+                    } else {
+                        Step::Keep
+                    }
+                })
+                .await
+                .map(|(doc, wrote)| (target, doc, wrote))
+            })
+        })
+        .collect()
+}
+
 /// State moves through `records::move_record` under concurrency, as orders
 /// and payments make them: of writers racing to move a pending record to
 /// different final states, exactly one moves it and the others see its
@@ -393,26 +421,7 @@ async fn state_moves_apply_once_under_concurrency(s: &Subject) {
         .await
         .unwrap()
         .expect("inserted");
-    let mut tasks = Vec::new();
-    for i in 0..s.racers {
-        let st = Arc::clone(&s.store);
-        let k = k.clone();
-        let target = if i % 2 == 0 { "paid" } else { "expired" };
-        tasks.push(tokio::spawn(async move {
-            records::move_record::<Doc>(&*st, Table::Orders, &k, |d| {
-                if d.state == "pending" {
-                    Step::Write(Doc {
-                        state: target.into(),
-                        moves: d.moves + 1,
-                    })
-                } else {
-                    Step::Keep
-                }
-            })
-            .await
-            .map(|(doc, wrote)| (target, doc, wrote))
-        }));
-    }
+    let tasks = race_to_final_states(s, &k);
     let mut winners = Vec::new();
     let mut seen = Vec::new();
     for t in tasks {
@@ -484,26 +493,7 @@ async fn state_moves_apply_at_most_once_through_a_crash(s: &Subject) {
             break version;
         }
     };
-    let mut tasks = Vec::new();
-    for i in 0..s.racers {
-        let st = Arc::clone(&s.store);
-        let k = k.clone();
-        let target = if i % 2 == 0 { "paid" } else { "expired" };
-        tasks.push(tokio::spawn(async move {
-            records::move_record::<Doc>(&*st, Table::Orders, &k, |d| {
-                if d.state == "pending" {
-                    Step::Write(Doc {
-                        state: target.into(),
-                        moves: d.moves + 1,
-                    })
-                } else {
-                    Step::Keep
-                }
-            })
-            .await
-            .map(|(doc, wrote)| (target, doc, wrote))
-        }));
-    }
+    let tasks = race_to_final_states(s, &k);
     let mut winners = Vec::new();
     let mut seen = Vec::new();
     let mut unknown = Vec::new();

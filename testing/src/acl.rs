@@ -15,11 +15,23 @@ pub struct ProductionAcl {
 impl ProductionAcl {
     /// Reads the manifest; panics with the line at fault on a surprise.
     pub fn load() -> ProductionAcl {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../k8s/overlays/production/redis.yaml"
-        );
-        let text = std::fs::read_to_string(path).expect("the production overlay's redis.yaml");
+        // Found from the running test's package upwards (cargo sets
+        // CARGO_MANIFEST_DIR when it runs a test): a path compiled into this
+        // crate would name wherever a shared target directory first built it.
+        let start = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+        let path = start
+            .ancestors()
+            .map(|dir| dir.join("k8s/overlays/production/redis.yaml"))
+            .find(|candidate| candidate.is_file())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no k8s/overlays/production/redis.yaml above {}",
+                    start.display()
+                )
+            });
+        let text = std::fs::read_to_string(&path).expect("the production overlay's redis.yaml");
         Self::parse(&text)
     }
 
