@@ -194,6 +194,77 @@ func TestEmptyValuesAreValues(t *testing.T) {
 	}
 }
 
+// A lock met by a read names its primary, not every key of its
+// transaction: TiKV keeps the secondaries only for async commit (in the
+// primary's lock, which lock resolution reads; unistore also keeps them in
+// the other locks of that request), while tikv-client sends them with
+// every prewrite.
+func TestLocksKeepSecondariesOnlyForAsyncCommit(t *testing.T) {
+	_, pd, kv := testCluster(t)
+	ctx := context.Background()
+	region, err := pd.GetRegion(ctx, &pdpb.GetRegionRequest{Header: reqHeader(), RegionKey: []byte("s")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx := &kvrpcpb.Context{RegionId: region.Region.Id, RegionEpoch: region.Region.RegionEpoch, Peer: region.Leader}
+	stream, err := pd.Tso(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tso := func() uint64 {
+		if err := stream.Send(&pdpb.TsoRequest{Header: reqHeader(), Count: 1}); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return uint64(resp.Timestamp.Physical)<<18 + uint64(resp.Timestamp.Logical)
+	}
+	for _, async := range []bool{false, true} {
+		prefix := fmt.Sprintf("s-%v/", async)
+		var keys [][]byte
+		var mutations []*kvrpcpb.Mutation
+		for i := 0; i < 50; i++ {
+			k := []byte(fmt.Sprintf("%s%03d", prefix, i))
+			keys = append(keys, k)
+			mutations = append(mutations, &kvrpcpb.Mutation{Op: kvrpcpb.Op_Put, Key: k, Value: []byte("v")})
+		}
+		startTS := tso()
+		pw, err := kv.KvPrewrite(ctx, &kvrpcpb.PrewriteRequest{
+			Context:        rctx,
+			Mutations:      mutations,
+			PrimaryLock:    keys[0],
+			Secondaries:    keys[1:],
+			StartVersion:   startTS,
+			LockTtl:        60_000,
+			UseAsyncCommit: async,
+			MinCommitTs:    startTS + 1,
+		})
+		if err != nil || pw.RegionError != nil || len(pw.Errors) != 0 {
+			t.Fatalf("prewrite (async commit %v): %v %v", async, pw, err)
+		}
+		scan, err := kv.KvScan(ctx, &kvrpcpb.ScanRequest{
+			Context: rctx, StartKey: []byte(prefix), EndKey: []byte(prefix + "~"), Limit: 100, Version: tso(),
+		})
+		if err != nil || scan.RegionError != nil || len(scan.Pairs) != len(keys) {
+			t.Fatalf("scan (async commit %v): %v %v", async, scan, err)
+		}
+		for _, p := range scan.Pairs {
+			lock := p.GetError().GetLocked()
+			if lock == nil {
+				t.Fatalf("async commit %v: %q is not reported locked: %v", async, p.Key, p)
+			}
+			switch {
+			case !async && len(lock.Secondaries) != 0:
+				t.Fatalf("without async commit the lock of %q carries %d secondaries", p.Key, len(lock.Secondaries))
+			case async && bytes.Equal(p.Key, keys[0]) && len(lock.Secondaries) != len(keys)-1:
+				t.Fatalf("the async-commit primary lock carries %d secondaries, want %d", len(lock.Secondaries), len(keys)-1)
+			}
+		}
+	}
+}
+
 func TestADataDirSurvivesARestart(t *testing.T) {
 	dir := t.TempDir()
 	c, pd, kv := testClusterWith(t, options{data: dir, split: [][]byte{[]byte("m")}})
