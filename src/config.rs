@@ -375,7 +375,7 @@ mod tests {
 
     #[test]
     fn example_config_parses_and_matches_defaults() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("flashmall.example.toml");
+        let path = flashmall_testing::package_dir().join("flashmall.example.toml");
         let c = Config::load(Some(&path), Vec::new()).unwrap();
         assert_eq!(c, Config::default(), "the example documents the defaults");
     }

@@ -112,7 +112,7 @@ fn demo_command_exits_zero_and_prints_the_table() {
 #[test]
 fn check_config_accepts_the_example_and_rejects_a_bad_file() {
     let bin = env!("CARGO_BIN_EXE_flashmall");
-    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("flashmall.example.toml");
+    let example = flashmall_testing::package_dir().join("flashmall.example.toml");
     let ok = flashmall_testing::flashmall_command(bin)
         .arg("check-config")
         .arg(&example)

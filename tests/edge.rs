@@ -849,7 +849,7 @@ async fn customer_claims_and_es256_key(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwks_keys_verify_tokens_with_their_pinned_algorithm() {
-    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jwks");
+    let fixtures = flashmall_testing::package_dir().join("tests/fixtures/jwks");
     let jwks = fixtures.join("jwks.json").display().to_string();
     let s = EdgeStack::start(|p| p.jwks_file = jwks.clone()).await;
     let (c, es) = customer_claims_and_es256_key(&s, &fixtures).await;
@@ -958,7 +958,7 @@ async fn https_server(issued: &flashmall_testing::pki::Issued, body: Vec<u8>) ->
 /// without that CA the server is refused and its keys verify nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jwks_url_is_fetched_over_verified_https() {
-    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jwks");
+    let fixtures = flashmall_testing::package_dir().join("tests/fixtures/jwks");
     let dir = tempfile::tempdir().unwrap();
     let ca = flashmall_testing::pki::TestCa::new(dir.path(), "jwks");
     let issued = ca.issue(dir.path(), "server", &["localhost"]);

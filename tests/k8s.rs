@@ -15,7 +15,7 @@ use flashmall_bench::api;
 use support::eventually;
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    flashmall_testing::package_dir()
 }
 
 /// Every leaf of a TOML document by its dotted path (`proxy.limits.1.scope`).

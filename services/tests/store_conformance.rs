@@ -1023,8 +1023,7 @@ impl Ring {
             Seen::Up => "UN",
             Seen::Down => "DN",
         };
-        let script =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testing/cassandra/cassandra");
+        let script = flashmall_testing::package_dir().join("../testing/cassandra/cassandra");
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let out = tokio::process::Command::new(&script)

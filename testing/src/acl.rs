@@ -15,12 +15,8 @@ pub struct ProductionAcl {
 impl ProductionAcl {
     /// Reads the manifest; panics with the line at fault on a surprise.
     pub fn load() -> ProductionAcl {
-        // Found from the running test's package upwards (cargo sets
-        // CARGO_MANIFEST_DIR when it runs a test): a path compiled into this
-        // crate would name wherever a shared target directory first built it.
-        let start = std::env::var_os("CARGO_MANIFEST_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+        // Found from the running test's package upwards.
+        let start = crate::package_dir();
         let path = start
             .ancestors()
             .map(|dir| dir.join("k8s/overlays/production/redis.yaml"))

@@ -15,6 +15,18 @@ pub mod redis_reply {
     pub use crate::redis::Reply;
 }
 
+/// The directory of the package whose test is running. cargo sets
+/// `CARGO_MANIFEST_DIR` when it runs a test; `env!("CARGO_MANIFEST_DIR")`
+/// would name wherever a shared target directory first built the test,
+/// possibly another checkout. Outside cargo, the working directory (cargo
+/// runs tests from the package's directory too).
+pub fn package_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::current_dir().ok())
+        .unwrap_or_default()
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released for the server).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
