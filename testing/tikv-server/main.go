@@ -58,7 +58,7 @@ func main() {
 	dataFlag := flag.String("data", "", "unistore data directory, kept across runs (default: a temp dir, in-memory mode, removed on exit)")
 	addrFile := flag.String("addr-file", "", "file to write pd=ADDR, tikv=ADDR (and admin=ADDR) lines to once the listeners serve (removed on exit)")
 	splitFlag := flag.String("split", "", "comma-separated raw keys to split the key space at before serving (%XX escapes allowed)")
-	adminFlag := flag.String("admin", "", "HTTP admin listen address, for POST /split and GET /regions (default: none)")
+	adminFlag := flag.String("admin", "", "HTTP admin listen address, for POST /split, GET /regions and POST /orphan (default: none)")
 	flag.Parse()
 	quietLogs()
 	o := options{pd: *pdFlag, tikv: *tikvFlag, data: *dataFlag, admin: *adminFlag}

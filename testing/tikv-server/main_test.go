@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -580,6 +581,80 @@ func adminPost(t *testing.T, c *cluster, body string) (int, []rawRegion) {
 		}
 	}
 	return resp.StatusCode, regions
+}
+
+// POST /orphan leaves locks whose transaction has no primary lock and no
+// commit or rollback record: CheckTxnStatus answers TxnNotFound until asked
+// to roll the transaction back.
+func TestAdminLeavesOrphanLocks(t *testing.T) {
+	c, pd, kv := testClusterWith(t, options{admin: "127.0.0.1:0"})
+	ctx := context.Background()
+	post := func(query, body string) (int, string) {
+		resp, err := http.Post("http://"+c.admin+"/orphan?"+query, "text/plain", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	for _, q := range []string{"", "primary=o/p&age=soon", "primary=o/p&age=-1s", "primary=%zz"} {
+		if code, _ := post(q, "o/1"); code != http.StatusBadRequest {
+			t.Fatalf("query %q: %d, want 400", q, code)
+		}
+	}
+	code, body := post("primary=o/p&age=30s", "o/1\no/2")
+	var planted struct {
+		StartTS uint64 `json:"start_ts"`
+	}
+	if code != http.StatusOK || json.Unmarshal([]byte(body), &planted) != nil {
+		t.Fatalf("orphan: %d %s", code, body)
+	}
+	if age := time.Since(time.UnixMilli(int64(planted.StartTS >> 18))); age < 30*time.Second || age > time.Minute {
+		t.Fatalf("the transaction started %v ago, want 30s", age)
+	}
+	region, err := pd.GetRegion(ctx, &pdpb.GetRegionRequest{Header: reqHeader(), RegionKey: enc("o/1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx := &kvrpcpb.Context{RegionId: region.Region.Id, RegionEpoch: region.Region.RegionEpoch, Peer: region.Leader}
+	now := uint64(time.Now().UnixMilli()) << 18
+	got, err := kv.KvGet(ctx, &kvrpcpb.GetRequest{Context: rctx, Key: []byte("o/2"), Version: now})
+	if lock := got.GetError().GetLocked(); err != nil || lock == nil || string(lock.PrimaryLock) != "o/p" || lock.LockVersion != planted.StartTS {
+		t.Fatalf("a read of an orphan-locked key: %v %v", got, err)
+	}
+	check := func(rollback bool) *kvrpcpb.CheckTxnStatusResponse {
+		st, err := kv.KvCheckTxnStatus(ctx, &kvrpcpb.CheckTxnStatusRequest{
+			Context: rctx, PrimaryKey: []byte("o/p"), LockTs: planted.StartTS, CurrentTs: now, RollbackIfNotExist: rollback,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	if st := check(false); st.GetError().GetTxnNotFound() == nil {
+		t.Fatalf("the status of the orphans' transaction: %v, want TxnNotFound", st)
+	}
+	if st := check(true); st.Error != nil || st.Action != kvrpcpb.Action_LockNotExistRollback {
+		t.Fatalf("rolling the orphans' transaction back: %v", st)
+	}
+	// A key already locked is not locked again.
+	if code, _ := post("primary=o/q", "o/1"); code != http.StatusConflict {
+		t.Fatalf("orphan over a lock: %d, want 409", code)
+	}
+	// Resolving the rolled-back transaction's locks frees the keys.
+	rl, err := kv.KvResolveLock(ctx, &kvrpcpb.ResolveLockRequest{
+		Context: rctx, TxnInfos: []*kvrpcpb.TxnInfo{{Txn: planted.StartTS, Status: 0}},
+	})
+	if err != nil || rl.Error != nil || rl.RegionError != nil {
+		t.Fatalf("resolve: %v %v", rl, err)
+	}
+	for _, k := range []string{"o/1", "o/2"} {
+		got, err := kv.KvGet(ctx, &kvrpcpb.GetRequest{Context: rctx, Key: []byte(k), Version: uint64(time.Now().UnixMilli()) << 18})
+		if err != nil || got.Error != nil || !got.NotFound {
+			t.Fatalf("a read of %s after the rollback: %v %v", k, got, err)
+		}
+	}
 }
 
 func TestAdminSplitsAtRunTime(t *testing.T) {

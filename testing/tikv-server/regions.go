@@ -203,6 +203,14 @@ func decodeBound(enc []byte) ([]byte, error) {
 //	               400 for an empty or undecodable key
 //	GET  /regions  the regions, sorted by start: JSON array of
 //	               {"id","start","end","version","conf_ver"}
+//	POST /orphan   body: raw keys, one a line; query: primary=KEY (raw, %XX
+//	               escapes allowed), age=DURATION (Go syntax, default 1m).
+//	               Leaves what a writer killed in the middle of a prewrite
+//	               across regions leaves: each key prewritten (a put, 3 s
+//	               TTL) by a transaction that started age ago and never
+//	               wrote its primary KEY. Answers {"start_ts":N}; 400 for a
+//	               bad key or age, 409 with unistore's answer when a key is
+//	               locked or was written after that start
 type admin struct {
 	u *unistore
 }
@@ -211,6 +219,7 @@ func (a *admin) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /split", a.postSplit)
 	mux.HandleFunc("GET /regions", a.getRegions)
+	mux.HandleFunc("POST /orphan", a.postOrphan)
 	return mux
 }
 
@@ -235,6 +244,59 @@ func (a *admin) postSplit(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.getRegions(w, r)
+}
+
+func (a *admin) postOrphan(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	keys, err := parseKeys(strings.Split(strings.TrimSuffix(string(body), "\n"), "\n"))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	primary, err := parseKey(r.URL.Query().Get("primary"))
+	if err != nil {
+		http.Error(w, "primary: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	age := time.Minute
+	if v := r.URL.Query().Get("age"); v != "" {
+		if age, err = time.ParseDuration(v); err != nil || age < 0 {
+			http.Error(w, fmt.Sprintf("age %q: a duration such as 30s", v), http.StatusBadRequest)
+			return
+		}
+	}
+	startTS := uint64(time.Now().Add(-age).UnixMilli()) << 18
+	for _, k := range keys {
+		region, leader := regionByKey(a.u.rm, codec.EncodeBytes(nil, k))
+		if region == nil {
+			http.Error(w, fmt.Sprintf("no region holds %q", k), http.StatusInternalServerError)
+			return
+		}
+		resp, err := a.u.server.KvPrewrite(r.Context(), &kvrpcpb.PrewriteRequest{
+			Context:      &kvrpcpb.Context{RegionId: region.Id, RegionEpoch: region.RegionEpoch, Peer: leader},
+			Mutations:    []*kvrpcpb.Mutation{{Op: kvrpcpb.Op_Put, Key: k, Value: frame([]byte("orphan"))}},
+			PrimaryLock:  primary,
+			StartVersion: startTS,
+			LockTtl:      3000,
+		})
+		switch {
+		case err != nil:
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		case resp.RegionError != nil:
+			http.Error(w, resp.RegionError.String(), http.StatusInternalServerError)
+			return
+		case len(resp.Errors) > 0:
+			http.Error(w, fmt.Sprintf("%q: %v", k, resp.Errors), http.StatusConflict)
+			return
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(map[string]uint64{"start_ts": startTS})
 }
 
 func (a *admin) getRegions(w http.ResponseWriter, _ *http.Request) {

@@ -15,13 +15,23 @@
 //!   only roll it back once its TTL (3 s and up) has passed; tikv-client
 //!   gives up after about 1.5 s. Reads and transactions retry on a newer
 //!   snapshot instead of failing.
+//! - Rolling back a writer that died mid-prewrite without its primary. A
+//!   transaction across regions prewrites them in parallel; a writer killed
+//!   then can leave locks in one region and none, not even the primary, in
+//!   the other. TiKV answers such a transaction's status with TxnNotFound,
+//!   and tikv-client 0.4 would roll it back once its lock expired, but it
+//!   takes the answer for another error (it looks for `ExtractedErrors`
+//!   and gets `MultipleKeyErrors`), so those keys stayed locked for good.
+//!   The ledger rolls such a transaction back itself (`roll_back_orphans`).
 
 use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tikv_client::transaction::ResolveLocksOptions;
 use tikv_client::{
-    CheckLevel, Error as TikvError, KvPair, Snapshot, TransactionClient, TransactionOptions,
+    BoundRange, CheckLevel, Error as TikvError, KvPair, Snapshot, Timestamp, TimestampExt,
+    TransactionClient, TransactionOptions,
 };
 
 use super::{Key, LedgerError, LedgerStore, Plan, Reads, Write, keys::prefix_end};
@@ -58,6 +68,36 @@ fn is_conflict(e: &TikvError) -> bool {
         TikvError::ResolveLockError(_) | TikvError::TxnNotFound(_) => true,
         _ => false,
     }
+}
+
+/// How old a transaction that left locks but no primary lock must be before
+/// the ledger rolls it back (`roll_back_orphans`): past the 3 s TTL
+/// tikv-client gives a small transaction's locks, so a writer still sending
+/// its prewrites to the other regions is left alone. Rolling back a live
+/// one would still be safe (its primary's prewrite then meets the rollback
+/// record and fails, and it retries), only wasteful.
+const ORPHAN_AGE: Duration = Duration::from_secs(5);
+
+/// The start timestamp of the transaction `e` found without a primary lock
+/// or a commit or rollback record (TiKV's TxnNotFound, however tikv-client
+/// wrapped it).
+fn orphan_of(e: &TikvError) -> Option<u64> {
+    match e {
+        TikvError::TxnNotFound(t) => Some(t.start_ts),
+        TikvError::KeyError(ke) => ke.txn_not_found.as_ref().map(|t| t.start_ts),
+        TikvError::MultipleKeyErrors(errs) | TikvError::ExtractedErrors(errs) => {
+            errs.iter().find_map(orphan_of)
+        }
+        TikvError::PessimisticLockError { inner, .. } => orphan_of(inner),
+        _ => None,
+    }
+}
+
+/// The smallest range holding every key of `keys`.
+fn span_of(keys: &[Vec<u8>]) -> Option<BoundRange> {
+    let low = keys.iter().min()?.clone();
+    let high = keys.iter().max()?.clone();
+    Some((low..=high).into())
 }
 
 fn unavailable(e: TikvError) -> LedgerError {
@@ -133,14 +173,13 @@ impl TikvLedger {
             .begin_with_options(Self::options())
             .await
             .map_err(unavailable)?;
-        let pairs = match txn
-            .batch_get(keys.iter().map(|k| self.full(k)).collect::<Vec<_>>())
-            .await
-        {
+        let full: Vec<Vec<u8>> = keys.iter().map(|k| self.full(k)).collect();
+        let pairs = match txn.batch_get(full.clone()).await {
             Ok(pairs) => pairs.collect::<Vec<KvPair>>(),
             Err(e) => {
                 let _ = txn.rollback().await;
                 return if is_conflict(&e) {
+                    self.roll_back_orphans(&e, span_of(&full)).await;
                     Ok(Attempt::Retry(e.to_string()))
                 } else {
                     Err(unavailable(e))
@@ -181,8 +220,7 @@ impl TikvLedger {
         // After the writes, so the primary is a written key; keys written
         // stay writes. The read-only ones become `Op_Lock`s: the prewrite
         // then fails with a write conflict if one changed since `begin`.
-        let read: Vec<Vec<u8>> = keys.iter().map(|k| self.full(k)).collect();
-        if let Err(e) = txn.lock_keys(read).await {
+        if let Err(e) = txn.lock_keys(full.clone()).await {
             let _ = txn.rollback().await;
             return Err(unavailable(e));
         }
@@ -195,11 +233,57 @@ impl TikvLedger {
             }
             Err(e) if is_conflict(&e) => {
                 let _ = txn.rollback().await;
+                self.roll_back_orphans(&e, span_of(&full)).await;
                 Ok(Attempt::Retry(e.to_string()))
             }
             Err(e) => {
                 let _ = txn.rollback().await;
                 Err(unavailable(e))
+            }
+        }
+    }
+
+    /// After an attempt met `e`: when `e` names a transaction without a
+    /// primary lock that started `ORPHAN_AGE` ago or more, rolls back its
+    /// locks in `range`, with any older lock there (tikv-client's GC
+    /// clean-up: it asks for each lock's transaction status with
+    /// `rollback_if_not_exist`, which tikv-client's own resolver never gets
+    /// to). A failure is logged: the next attempt tries again.
+    async fn roll_back_orphans(&self, e: &TikvError, range: Option<BoundRange>) {
+        let (Some(start_ts), Some(range)) = (orphan_of(e), range) else {
+            return;
+        };
+        let started_ms = i64::try_from(start_ts >> 18).unwrap_or(i64::MAX);
+        let now_ms = match self.client.current_timestamp().await {
+            Ok(now) => now.physical,
+            Err(e) => {
+                tracing::warn!(error = %e, "no timestamp to age a transaction without a primary lock");
+                return;
+            }
+        };
+        if now_ms.saturating_sub(started_ms) < ORPHAN_AGE.as_millis() as i64 {
+            return;
+        }
+        // Locks up to and including `start_ts` (unistore's lock scan takes
+        // only those below its bound).
+        let safepoint = Timestamp::from_version(start_ts + 1);
+        match self
+            .client
+            .cleanup_locks(range, &safepoint, ResolveLocksOptions::default())
+            .await
+        {
+            Ok(done) => {
+                metrics::counter!("flashmall_ledger_orphans_rolled_back_total", "backend" => "tikv")
+                    .increment(1);
+                tracing::warn!(
+                    start_ts,
+                    locks = done.resolved_locks,
+                    age_ms = now_ms.saturating_sub(started_ms),
+                    "rolled back a transaction that left locks but no primary lock (a writer that died mid-prewrite)"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(start_ts, error = %e, "rolling back a transaction without a primary lock failed");
             }
         }
     }
@@ -222,7 +306,7 @@ impl TikvLedger {
 
     /// Runs a read on a snapshot at a fresh timestamp, and again on a newer
     /// one while it meets locks that cannot be resolved yet.
-    async fn read<T, F, Fut>(&self, mut op: F) -> Result<T, LedgerError>
+    async fn read<T, F, Fut>(&self, range: Option<BoundRange>, mut op: F) -> Result<T, LedgerError>
     where
         F: FnMut(Snapshot) -> Fut,
         Fut: Future<Output = Result<T, TikvError>>,
@@ -235,7 +319,10 @@ impl TikvLedger {
                 .snapshot(ts, TransactionOptions::new_optimistic());
             match op(snapshot).await {
                 Ok(value) => return Ok(value),
-                Err(e) if is_conflict(&e) => backoff.wait(attempt, &e.to_string()).await,
+                Err(e) if is_conflict(&e) => {
+                    self.roll_back_orphans(&e, range.clone()).await;
+                    backoff.wait(attempt, &e.to_string()).await
+                }
                 Err(e) => return Err(unavailable(e)),
             }
         }
@@ -263,7 +350,7 @@ impl LedgerStore for TikvLedger {
     async fn get_many(&self, keys: Vec<Key>) -> Result<Reads, LedgerError> {
         let full: Vec<Vec<u8>> = keys.iter().map(|k| self.full(k)).collect();
         let pairs = self
-            .read(|mut snapshot| {
+            .read(span_of(&full), |mut snapshot| {
                 let full = full.clone();
                 async move { Ok(snapshot.batch_get(full).await?.collect::<Vec<KvPair>>()) }
             })
@@ -299,8 +386,13 @@ impl LedgerStore for TikvLedger {
         };
         let end = prefix_end(&full_prefix).unwrap_or_default();
         let limit = limit.min(u32::MAX as usize) as u32;
+        let span: BoundRange = if end.is_empty() {
+            (start.clone()..).into()
+        } else {
+            (start.clone()..end.clone()).into()
+        };
         let pairs = self
-            .read(|mut snapshot| {
+            .read(Some(span), |mut snapshot| {
                 let range = (start.clone(), end.clone());
                 async move { Ok(snapshot.scan(range, limit).await?.collect::<Vec<KvPair>>()) }
             })
