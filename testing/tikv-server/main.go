@@ -24,6 +24,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -481,13 +482,35 @@ func (s *kvService) KvResolveLock(ctx context.Context, r *kvrpcpb.ResolveLockReq
 	return s.us.KvResolveLock(ctx, r)
 }
 
-// KvScanLock: unistore scans the whole region (it ignores the request's
-// range); a start key outside the region is KeyNotInRegion.
+// KvScanLock: unistore scans the whole region, ignoring the request's
+// range, and stops at the limit. TiKV scans [start_key, end_key) within
+// the region: a client paging through the locks (tikv-client's scan_locks
+// and GC clean-up ask again from after the last lock it got) would get the
+// region's first locks again and again, forever. So the whole region is
+// scanned here, then cut to the range and the limit. A start key outside
+// the region is KeyNotInRegion.
 func (s *kvService) KvScanLock(ctx context.Context, r *kvrpcpb.ScanLockRequest) (*kvrpcpb.ScanLockResponse, error) {
 	if reg := s.regionOf(r.Context); reg != nil && len(r.StartKey) > 0 && !reg.seekable(r.StartKey) {
 		return &kvrpcpb.ScanLockResponse{RegionError: reg.notIn(r.StartKey)}, nil
 	}
-	return s.us.KvScanLock(ctx, r)
+	all := *r
+	all.Limit = math.MaxInt32
+	resp, err := s.us.KvScanLock(ctx, &all)
+	if err != nil || resp.Error != nil || resp.RegionError != nil {
+		return resp, err
+	}
+	locks := resp.Locks[:0]
+	for _, l := range resp.Locks {
+		if bytes.Compare(l.Key, r.StartKey) < 0 || (len(r.EndKey) > 0 && bytes.Compare(l.Key, r.EndKey) >= 0) {
+			continue
+		}
+		if r.Limit > 0 && len(locks) == int(r.Limit) {
+			break
+		}
+		locks = append(locks, l)
+	}
+	resp.Locks = locks
+	return resp, nil
 }
 
 func (s *kvService) KvGC(ctx context.Context, r *kvrpcpb.GCRequest) (*kvrpcpb.GCResponse, error) {

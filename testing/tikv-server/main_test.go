@@ -657,6 +657,50 @@ func TestAdminLeavesOrphanLocks(t *testing.T) {
 	}
 }
 
+// ScanLock answers the locks in its range, up to its limit, so a client
+// paging through them gets each once.
+func TestScanLockKeepsToItsRangeAndLimit(t *testing.T) {
+	c, pd, kv := testClusterWith(t, options{admin: "127.0.0.1:0"})
+	ctx := context.Background()
+	resp, err := http.Post("http://"+c.admin+"/orphan?primary=l/p", "text/plain", strings.NewReader("l/1\nl/2\nl/3\nl/4\nl/5"))
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("orphan: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	region, err := pd.GetRegion(ctx, &pdpb.GetRegionRequest{Header: reqHeader(), RegionKey: enc("l/1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx := &kvrpcpb.Context{RegionId: region.Region.Id, RegionEpoch: region.Region.RegionEpoch, Peer: region.Leader}
+	scan := func(start, end string, limit uint32) []string {
+		got, err := kv.KvScanLock(ctx, &kvrpcpb.ScanLockRequest{
+			Context: rctx, MaxVersion: uint64(time.Now().UnixMilli()) << 18, StartKey: []byte(start), EndKey: []byte(end), Limit: limit,
+		})
+		if err != nil || got.Error != nil || got.RegionError != nil {
+			t.Fatalf("scan lock: %v %v", got, err)
+		}
+		var keys []string
+		for _, l := range got.Locks {
+			keys = append(keys, string(l.Key))
+		}
+		return keys
+	}
+	for _, tc := range []struct {
+		start, end string
+		limit      uint32
+		want       []string
+	}{
+		{"l/3", "", 2, []string{"l/3", "l/4"}},
+		{"l/2", "l/4", 10, []string{"l/2", "l/3"}},
+		{"l/", "", 0, []string{"l/1", "l/2", "l/3", "l/4", "l/5"}},
+		{"l/6", "", 10, nil},
+	} {
+		if got := scan(tc.start, tc.end, tc.limit); !reflect.DeepEqual(got, tc.want) {
+			t.Fatalf("locks in [%q, %q) up to %d: %q, want %q", tc.start, tc.end, tc.limit, got, tc.want)
+		}
+	}
+}
+
 func TestAdminSplitsAtRunTime(t *testing.T) {
 	c, pd, _ := testClusterWith(t, options{admin: "127.0.0.1:0"})
 	ctx := context.Background()

@@ -43,6 +43,26 @@ pub struct TikvLedger {
     client: TransactionClient,
     prefix: Vec<u8>,
     max_retries: u32,
+    /// Set while `roll_back_orphans` looks for locks.
+    looking: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Holds `TikvLedger::looking` while it lives.
+struct Looking<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl<'a> Looking<'a> {
+    fn start(flag: &'a std::sync::atomic::AtomicBool) -> Option<Looking<'a>> {
+        use std::sync::atomic::Ordering;
+        flag.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| Looking(flag))
+    }
+}
+
+impl Drop for Looking<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// True for errors that a fresh transaction may not hit again: write
@@ -70,13 +90,14 @@ fn is_conflict(e: &TikvError) -> bool {
     }
 }
 
-/// How old a transaction that left locks but no primary lock must be before
-/// the ledger rolls it back (`roll_back_orphans`): past the 3 s TTL
-/// tikv-client gives a small transaction's locks, so a writer still sending
-/// its prewrites to the other regions is left alone. Rolling back a live
-/// one would still be safe (its primary's prewrite then meets the rollback
-/// record and fails, and it retries), only wasteful.
-const ORPHAN_AGE: Duration = Duration::from_secs(5);
+/// How old a transaction without a primary lock must be before the ledger
+/// looks for its locks to roll it back (`roll_back_orphans`). Its locks
+/// cannot expire sooner than tikv-client's least TTL (3 s), and a look
+/// scans every region under the operation's keys: under load, young
+/// transactions whose other regions' prewrites are still in flight are met
+/// often, and looking at each of them slowed everything down until nothing
+/// finished (the splitting ledger suite beside two CPU burners).
+const ORPHAN_AGE: Duration = Duration::from_secs(10);
 
 /// The start timestamp of the transaction `e` found without a primary lock
 /// or a commit or rollback record (TiKV's TxnNotFound, however tikv-client
@@ -151,6 +172,7 @@ impl TikvLedger {
             client,
             prefix: config.key_prefix.clone().into_bytes(),
             max_retries: config.max_retries.max(1),
+            looking: Default::default(),
         })
     }
 
@@ -244,29 +266,60 @@ impl TikvLedger {
     }
 
     /// After an attempt met `e`: when `e` names a transaction without a
-    /// primary lock that started `ORPHAN_AGE` ago or more, rolls back its
-    /// locks in `range`, with any older lock there (tikv-client's GC
-    /// clean-up: it asks for each lock's transaction status with
-    /// `rollback_if_not_exist`, which tikv-client's own resolver never gets
-    /// to). A failure is logged: the next attempt tries again.
+    /// primary lock whose locks in `range` have all expired, rolls it back
+    /// there, with any older lock in `range` (all expired too). Expired as
+    /// tikv-client itself judges a lock: its TTL, counted from its
+    /// transaction's start, has passed (tikv-client sets it to 3 s plus the
+    /// time the transaction took to reach its prewrite, so a slow writer
+    /// still prewriting is left alone). The roll-back is tikv-client's GC
+    /// clean-up, which asks each lock's transaction status with
+    /// `rollback_if_not_exist`, as its own resolver never gets to. Rolling
+    /// back a writer that is still alive is safe anyway: its primary's
+    /// prewrite then meets the rollback record and fails, and it retries.
+    /// A failure is logged: the next attempt tries again.
     async fn roll_back_orphans(&self, e: &TikvError, range: Option<BoundRange>) {
         let (Some(start_ts), Some(range)) = (orphan_of(e), range) else {
             return;
         };
-        let started_ms = i64::try_from(start_ts >> 18).unwrap_or(i64::MAX);
-        let now_ms = match self.client.current_timestamp().await {
-            Ok(now) => now.physical,
-            Err(e) => {
-                tracing::warn!(error = %e, "no timestamp to age a transaction without a primary lock");
-                return;
-            }
-        };
-        if now_ms.saturating_sub(started_ms) < ORPHAN_AGE.as_millis() as i64 {
+        let started = std::time::UNIX_EPOCH + Duration::from_millis(start_ts >> 18);
+        if started.elapsed().unwrap_or_default() < ORPHAN_AGE {
             return;
         }
+        // One look at a time in this process: the others retry meanwhile.
+        let Some(_looking) = Looking::start(&self.looking) else {
+            return;
+        };
         // Locks up to and including `start_ts` (unistore's lock scan takes
         // only those below its bound).
         let safepoint = Timestamp::from_version(start_ts + 1);
+        let (now, locks) = match async {
+            let now = self.client.current_timestamp().await?;
+            let locks = self
+                .client
+                .scan_locks(&safepoint, range.clone(), 1024)
+                .await?;
+            Ok::<_, TikvError>((now, locks))
+        }
+        .await
+        {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(start_ts, error = %e, "cannot look at the locks of a transaction without a primary lock");
+                return;
+            }
+        };
+        let expired = |l: &tikv_client::ProtoLockInfo| {
+            let started_ms = i64::try_from(l.lock_version >> 18).unwrap_or(i64::MAX);
+            let ttl_ms = i64::try_from(l.lock_ttl).unwrap_or(i64::MAX);
+            now.physical.saturating_sub(started_ms) >= ttl_ms
+        };
+        if !locks.iter().any(|l| l.lock_version == start_ts) || !locks.iter().all(expired) {
+            // Gone already, or a writer that may still be at work.
+            return;
+        }
+        let age_ms = now
+            .physical
+            .saturating_sub(i64::try_from(start_ts >> 18).unwrap_or(i64::MAX));
         match self
             .client
             .cleanup_locks(range, &safepoint, ResolveLocksOptions::default())
@@ -278,7 +331,7 @@ impl TikvLedger {
                 tracing::warn!(
                     start_ts,
                     locks = done.resolved_locks,
-                    age_ms = now_ms.saturating_sub(started_ms),
+                    age_ms,
                     "rolled back a transaction that left locks but no primary lock (a writer that died mid-prewrite)"
                 );
             }
