@@ -68,15 +68,24 @@ pub async fn login(
     email: &str,
     password: &str,
 ) -> Result<String, String> {
-    let url = format!("{base}/api/v1/auth/login");
-    let (status, body) = credentials(client, url, email, password).await?;
+    // Safe to ask again: a login changes nothing a second one would not.
+    let (status, body) = steady_json_of(
+        client
+            .post(format!("{base}/api/v1/auth/login"))
+            .json(&json!({"email": email, "password": password})),
+    )
+    .await?;
     match body["access_token"].as_str() {
         Some(token) if status == 200 => Ok(token.to_owned()),
         _ => Err(format!("logging in {email} failed: {status} {body}")),
     }
 }
 
-/// Registers an account, then logs it in; its access token.
+/// Registers an account, then logs it in; its access token. Like a
+/// client, it asks again after a transient failure (a store or a replica
+/// down for a moment, as right after a cluster starts) for up to
+/// [`STEADY_FOR`]; an attempt that got no answer may have registered the
+/// account, so a `409` after one means it did.
 pub async fn register(
     client: &reqwest::Client,
     base: &str,
@@ -84,9 +93,24 @@ pub async fn register(
     password: &str,
 ) -> Result<String, String> {
     let url = format!("{base}/api/v1/auth/register");
-    let (status, body) = credentials(client, url, email, password).await?;
-    if status != 201 {
-        return Err(format!("registering {email} failed: {status} {body}"));
+    let deadline = std::time::Instant::now() + STEADY_FOR;
+    let mut backoff = std::time::Duration::from_millis(50);
+    let mut unanswered = false;
+    loop {
+        let answer = credentials(client, url.clone(), email, password).await;
+        match answer {
+            Ok((201, _)) => break,
+            Ok((409, _)) if unanswered => break,
+            ref a if transient(a) && std::time::Instant::now() + backoff <= deadline => {
+                unanswered = true;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+            }
+            Ok((status, body)) => {
+                return Err(format!("registering {email} failed: {status} {body}"));
+            }
+            Err(e) => return Err(format!("registering {email} failed: {e}")),
+        }
     }
     login(client, base, email, password).await
 }

@@ -506,12 +506,16 @@ pub(crate) async fn storm(options: &DemoOptions, site: Site<'_>) -> Result<DemoR
     }
     // Winners go to their orders (and pay) while the storm still runs.
     let (wins_tx, mut wins_rx) = tokio::sync::mpsc::unbounded_channel::<orders::Win>();
+    // Each reservation is followed once, whichever 201 told of it first: a
+    // replayed answer is a win too when the client never got the first
+    // (it timed out and asked again with the same Idempotency-Key).
+    let followed: std::sync::Mutex<HashSet<String>> = std::sync::Mutex::default();
     let storm = async {
         let wins_tx = wins_tx;
         let storm: Vec<Answer> = futures::stream::iter(attempts[early..].iter().enumerate())
             .map(|(i, attempt)| {
                 let token = accounts.buyers[attempt.buyer].as_str();
-                let (client, url, wins) = (&client, &purchase_url, &wins_tx);
+                let (client, url, wins, followed) = (&client, &purchase_url, &wins_tx, &followed);
                 let due = options
                     .rate
                     .map(|rate| started + Duration::from_secs_f64(i as f64 / rate));
@@ -521,7 +525,14 @@ pub(crate) async fn storm(options: &DemoOptions, site: Site<'_>) -> Result<DemoR
                     }
                     let retries = options.client_retries;
                     let answer = fire(client, url, token, attempt, retries, started).await;
-                    if let (Some(id), "reserved") = (&answer.reservation_id, answer.outcome) {
+                    let new_win = answer.reservation_id.as_ref().is_some_and(|id| {
+                        matches!(answer.outcome, "reserved" | "replayed")
+                            && followed
+                                .lock()
+                                .map(|mut seen| seen.insert(id.clone()))
+                                .unwrap_or(false)
+                    });
+                    if let (Some(id), true) = (&answer.reservation_id, new_win) {
                         let _ = wins.send(orders::Win {
                             reservation_id: id.clone(),
                             buyer: answer.buyer,

@@ -137,6 +137,20 @@ impl Progress {
     }
 }
 
+/// "; LABEL r1, r2, ..." naming up to five reservations a check found
+/// wanting, so a failed run can be looked into; empty for none.
+fn example<'a>(label: &str, ids: impl Iterator<Item = &'a str>) -> String {
+    let ids: Vec<&str> = ids.collect();
+    match ids.len() {
+        0 => String::new(),
+        n => format!(
+            "; {label} {}{}",
+            ids[..n.min(5)].join(", "),
+            if n > 5 { ", ..." } else { "" }
+        ),
+    }
+}
+
 /// Whether the `k`-th winner (in arrival order) pays: exactly
 /// `pay_percent` of every hundred, spread evenly.
 fn pays(k: usize, pay_percent: u64) -> bool {
@@ -458,14 +472,30 @@ pub async fn finish(
         Check {
             name: "every winner has an order",
             held: made == winners,
-            detail: format!("{made} of {winners} reservations have an order"),
+            detail: format!(
+                "{made} of {winners} reservations have an order{}",
+                example(
+                    "none for",
+                    fates
+                        .iter()
+                        .filter(|f| f.order.is_none())
+                        .map(|f| f.win.reservation_id.as_str())
+                )
+            ),
         },
         Check {
             name: "paid or expired, not both",
             held: wrong == 0 && open == 0,
             detail: format!(
-                "{paid} paid in time, {paid_late} payments refunded or refused because the order expired first, {} left unpaid and expired; {wrong} wrong, {open} not ended",
-                closed.len() - paid_late
+                "{paid} paid in time, {paid_late} payments refunded or refused because the order expired first, {} left unpaid and expired; {wrong} wrong, {open} not ended{}",
+                closed.len() - paid_late,
+                example(
+                    "wrong or open:",
+                    fates
+                        .iter()
+                        .filter(|f| f.order.is_some() && (!f.paid_correctly() || !f.ended()))
+                        .map(|f| f.win.reservation_id.as_str())
+                )
             ),
         },
         Check {

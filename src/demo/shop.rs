@@ -127,13 +127,30 @@ pub async fn checkout_all(
         futures::stream::iter(shop.shoppers.iter().enumerate())
             .map(|(n, token)| async move {
                 let started = Instant::now();
-                let answer = steady_json_of(
-                    client
-                        .post(format!("{base}/api/v1/checkout"))
-                        .bearer_auth(token)
-                        .header("idempotency-key", format!("demo-checkout-{n}")),
-                )
-                .await;
+                let checkout = || {
+                    steady_json_of(
+                        client
+                            .post(format!("{base}/api/v1/checkout"))
+                            .bearer_auth(token)
+                            .header("idempotency-key", format!("demo-checkout-{n}")),
+                    )
+                };
+                let mut answer = checkout().await;
+                // 202: the payment is not decided yet (a payment replica
+                // died mid-charge, the provider is slow); like a storefront,
+                // ask again with the same key until it is, while its state
+                // keeps moving within a stall window.
+                let progress = super::orders::Progress::new();
+                while matches!(answer, Ok((202, _))) && !progress.stalled() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let again = checkout().await;
+                    if again.as_ref().map(|(s, b)| (*s, &b["status"]))
+                        != answer.as_ref().map(|(s, b)| (*s, &b["status"]))
+                    {
+                        progress.moved();
+                    }
+                    answer = again;
+                }
                 let (status, body) = answer.unwrap_or_else(|e| (0, json!({"error": e})));
                 (n, status, body, started.elapsed())
             })
