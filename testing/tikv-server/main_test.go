@@ -62,6 +62,35 @@ func testClusterWith(t *testing.T, o options) (*cluster, pdpb.PDClient, tikvpb.T
 
 func reqHeader() *pdpb.RequestHeader { return &pdpb.RequestHeader{ClusterId: clusterID} }
 
+// regionContext is a request context for the region PD says holds key.
+func regionContext(t *testing.T, pd pdpb.PDClient, key []byte) *kvrpcpb.Context {
+	t.Helper()
+	region, err := pd.GetRegion(context.Background(), &pdpb.GetRegionRequest{Header: reqHeader(), RegionKey: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &kvrpcpb.Context{RegionId: region.Region.Id, RegionEpoch: region.Region.RegionEpoch, Peer: region.Leader}
+}
+
+// tsoSource hands out PD timestamps, one a call, over one TSO stream.
+func tsoSource(t *testing.T, pd pdpb.PDClient) func() uint64 {
+	t.Helper()
+	stream, err := pd.Tso(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func() uint64 {
+		if err := stream.Send(&pdpb.TsoRequest{Header: reqHeader(), Count: 1}); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return uint64(resp.Timestamp.Physical)<<18 + uint64(resp.Timestamp.Logical)
+	}
+}
+
 func TestPDDescribesTheStore(t *testing.T) {
 	c, pd, _ := testCluster(t)
 	ctx := context.Background()
@@ -143,25 +172,8 @@ func TestTSOHandsOutIncreasingBatches(t *testing.T) {
 func TestEmptyValuesAreValues(t *testing.T) {
 	_, pd, kv := testCluster(t)
 	ctx := context.Background()
-	region, err := pd.GetRegion(ctx, &pdpb.GetRegionRequest{Header: reqHeader(), RegionKey: []byte("k")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rctx := &kvrpcpb.Context{RegionId: region.Region.Id, RegionEpoch: region.Region.RegionEpoch, Peer: region.Leader}
-	stream, err := pd.Tso(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tso := func() uint64 {
-		if err := stream.Send(&pdpb.TsoRequest{Header: reqHeader(), Count: 1}); err != nil {
-			t.Fatal(err)
-		}
-		resp, err := stream.Recv()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return uint64(resp.Timestamp.Physical)<<18 + uint64(resp.Timestamp.Logical)
-	}
+	rctx := regionContext(t, pd, []byte("k"))
+	tso := tsoSource(t, pd)
 
 	key := []byte("empty")
 	startTS := tso()
@@ -203,25 +215,8 @@ func TestEmptyValuesAreValues(t *testing.T) {
 func TestLocksKeepSecondariesOnlyForAsyncCommit(t *testing.T) {
 	_, pd, kv := testCluster(t)
 	ctx := context.Background()
-	region, err := pd.GetRegion(ctx, &pdpb.GetRegionRequest{Header: reqHeader(), RegionKey: []byte("s")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rctx := &kvrpcpb.Context{RegionId: region.Region.Id, RegionEpoch: region.Region.RegionEpoch, Peer: region.Leader}
-	stream, err := pd.Tso(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tso := func() uint64 {
-		if err := stream.Send(&pdpb.TsoRequest{Header: reqHeader(), Count: 1}); err != nil {
-			t.Fatal(err)
-		}
-		resp, err := stream.Recv()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return uint64(resp.Timestamp.Physical)<<18 + uint64(resp.Timestamp.Logical)
-	}
+	rctx := regionContext(t, pd, []byte("s"))
+	tso := tsoSource(t, pd)
 	for _, async := range []bool{false, true} {
 		prefix := fmt.Sprintf("s-%v/", async)
 		var keys [][]byte
