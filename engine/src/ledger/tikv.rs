@@ -43,26 +43,8 @@ pub struct TikvLedger {
     client: TransactionClient,
     prefix: Vec<u8>,
     max_retries: u32,
-    /// Set while `roll_back_orphans` looks for locks.
-    looking: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-/// Holds `TikvLedger::looking` while it lives.
-struct Looking<'a>(&'a std::sync::atomic::AtomicBool);
-
-impl<'a> Looking<'a> {
-    fn start(flag: &'a std::sync::atomic::AtomicBool) -> Option<Looking<'a>> {
-        use std::sync::atomic::Ordering;
-        flag.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .ok()
-            .map(|_| Looking(flag))
-    }
-}
-
-impl Drop for Looking<'_> {
-    fn drop(&mut self) {
-        self.0.store(false, std::sync::atomic::Ordering::Release);
-    }
+    /// Held while `roll_back_orphans` looks for locks.
+    looking: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// True for errors that a fresh transaction may not hit again: write
@@ -286,7 +268,7 @@ impl TikvLedger {
             return;
         }
         // One look at a time in this process: the others retry meanwhile.
-        let Some(_looking) = Looking::start(&self.looking) else {
+        let Ok(_looking) = self.looking.try_lock() else {
             return;
         };
         // Locks up to and including `start_ts` (unistore's lock scan takes
