@@ -234,7 +234,8 @@ async fn fresh_sale(front: &RedisFront) -> Result<Uuid, String> {
         .suspend(sale)
         .await
         .map_err(|e| e.to_string())?
-        .ok_or("a new sale was already being rebuilt")?;
+        .ok_or("a new sale was already being rebuilt")?
+        .token;
     let written = front
         .rebuild(
             sale,

@@ -2,13 +2,14 @@
 //! must pass it. Runs against a real `redis-server` (started on a free
 //! port) and against the in-process front.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use flashmall_engine::config::RedisConfig;
 use flashmall_engine::front::{
-    IdemRecord, LocalFront, Rebuild, RedisFront, ReserveCall, ReserveOutcome, ReturnOutcome,
-    StockFront, idempotency_field,
+    FrontCounts, IdemRecord, LocalFront, Rebuild, RedisFront, ReserveCall, ReserveOutcome,
+    ReturnOutcome, StockFront, idempotency_field,
 };
 use flashmall_testing::acl::ProductionAcl;
 use flashmall_testing::{RedisServer, SentinelSet};
@@ -90,7 +91,8 @@ async fn open_sale(front: &dyn StockFront, stock: i64) -> Uuid {
         .suspend(sale)
         .await
         .unwrap()
-        .expect("no rebuild holds the lease");
+        .expect("no rebuild holds the lease")
+        .token;
     front
         .rebuild(
             sale,
@@ -210,7 +212,8 @@ async fn missing_or_suspended_stock_is_not_ready(front: &dyn StockFront) {
         .suspend(sale)
         .await
         .unwrap()
-        .expect("no rebuild holds the lease");
+        .expect("no rebuild holds the lease")
+        .token;
     assert_eq!(
         front.reserve(&call(sale, "u1", "a", 1, 5)).await.unwrap(),
         ReserveOutcome::Rebuilding,
@@ -234,7 +237,8 @@ async fn a_superseded_rebuild_commits_nothing(front: &dyn StockFront) {
         .suspend(sale)
         .await
         .unwrap()
-        .expect("the lease is free");
+        .expect("the lease is free")
+        .token;
     assert_eq!(
         front.suspend(sale).await.unwrap(),
         None,
@@ -279,11 +283,54 @@ async fn a_superseded_rebuild_commits_nothing(front: &dyn StockFront) {
     );
 }
 
+/// A suspension takes the sale's counts away at one instant, and the front
+/// says which releases it has given back: a rebuild measures drift from
+/// these, not from counts read while units move.
+async fn a_suspension_takes_the_counts_at_one_instant(front: &dyn StockFront) {
+    let sale = open_sale(front, 5).await;
+    for user in ["u1", "u2"] {
+        assert!(matches!(
+            front.reserve(&call(sale, user, "a", 1, 5)).await.unwrap(),
+            ReserveOutcome::Reserved { .. }
+        ));
+    }
+    let (given, other) = (Uuid::now_v7(), Uuid::now_v7());
+    assert_eq!(
+        front.give_back(sale, given, "u1", 1).await.unwrap(),
+        ReturnOutcome::Returned
+    );
+    let suspended = front
+        .suspend(sale)
+        .await
+        .unwrap()
+        .expect("the lease is free");
+    assert_eq!(
+        suspended.counts,
+        Some(FrontCounts {
+            remaining: 4,
+            pending: 2
+        })
+    );
+    assert_eq!(
+        front.given_back(sale, &[given, other]).await.unwrap(),
+        HashSet::from([given])
+    );
+    assert!(front.given_back(sale, &[]).await.unwrap().is_empty());
+    // Given up, the stock stays out: the next suspension finds none.
+    front.abandon(sale, suspended.token).await.unwrap();
+    let again = front
+        .suspend(sale)
+        .await
+        .unwrap()
+        .expect("the lease was given up");
+    assert_eq!(again.counts, None);
+}
+
 /// Units a rebuild counted back into `remaining` are never given back twice.
 async fn rebuilt_returns_are_not_given_back_again(front: &dyn StockFront) {
     let sale = open_sale(front, 5).await;
     let released = Uuid::now_v7();
-    let token = front.suspend(sale).await.unwrap().unwrap();
+    let token = front.suspend(sale).await.unwrap().unwrap().token;
     let state = Rebuild {
         remaining: 5,
         returned: vec![released],
@@ -410,7 +457,8 @@ async fn rebuild_restores_buyers_and_keys(front: &dyn StockFront) {
         .suspend(sale)
         .await
         .unwrap()
-        .expect("no rebuild holds the lease");
+        .expect("no rebuild holds the lease")
+        .token;
     front
         .rebuild(
             sale,
@@ -484,7 +532,12 @@ async fn the_generation_holds_while_the_store_lives(front: &dyn StockFront) {
 /// Another rebuild's token abandons nothing.
 async fn an_abandoned_rebuild_frees_the_lease(front: &dyn StockFront) {
     let sale = open_sale(front, 5).await;
-    let token = front.suspend(sale).await.unwrap().expect("lease free");
+    let token = front
+        .suspend(sale)
+        .await
+        .unwrap()
+        .expect("lease free")
+        .token;
     front.abandon(sale, Uuid::now_v7()).await.unwrap();
     assert_eq!(
         front.reserve(&call(sale, "u1", "a", 1, 5)).await.unwrap(),
@@ -500,7 +553,8 @@ async fn an_abandoned_rebuild_frees_the_lease(front: &dyn StockFront) {
         .suspend(sale)
         .await
         .unwrap()
-        .expect("the lease is free again");
+        .expect("the lease is free again")
+        .token;
     rebuild_and_sell(front, sale, again).await;
 }
 
@@ -563,6 +617,11 @@ macro_rules! conformance {
             async fn a_superseded_rebuild_commits_nothing() {
                 let s = $make().await;
                 super::a_superseded_rebuild_commits_nothing(&*s.front).await;
+            }
+            #[tokio::test]
+            async fn a_suspension_takes_the_counts_at_one_instant() {
+                let s = $make().await;
+                super::a_suspension_takes_the_counts_at_one_instant(&*s.front).await;
             }
             #[tokio::test]
             async fn rebuilt_returns_are_not_given_back_again() {
@@ -638,7 +697,7 @@ async fn the_engine_user_follows_a_failover_through_a_locked_down_sentinel() {
     let sells = || async {
         let sale = Uuid::now_v7();
         front.ensure_stream(sale).await.ok()?;
-        let token = front.suspend(sale).await.ok()??;
+        let token = front.suspend(sale).await.ok()??.token;
         let stock = Rebuild {
             remaining: 5,
             ..Rebuild::default()

@@ -878,3 +878,171 @@ async fn settlement_workers_stop_once_their_sale_ended_and_settled() {
         .await;
     assert_eq!((status, r["status"].as_str()), (200, Some("held")));
 }
+
+/// Releases the order service would make: an expired order's reservation,
+/// by the engine's own release step (the order service's gRPC call).
+async fn release_as_orders(
+    stack: &Stack,
+    reservation_id: &str,
+) -> Result<flashmall_engine::release::Released, flashmall_mesh::ApiError> {
+    let orders = flashmall_mesh::Identity::service("orders", Duration::from_secs(60));
+    flashmall_engine::release::release(&stack.engine, &orders, reservation_id).await
+}
+
+/// Buys `n` units of a fresh sale of `stock` (one per buyer) and waits for
+/// settlement; their reservation ids.
+async fn bought(stack: &Stack, stock: i64, n: usize) -> (String, Vec<String>) {
+    let sale = stack.create_sale(stock, 1).await;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let (status, body) = stack.purchase(&sale, &format!("u{i}"), "k", 1).await;
+        assert_eq!(status, 201, "{body}");
+        ids.push(body["reservation_id"].as_str().unwrap().to_owned());
+    }
+    stack.wait_settled(&sale).await;
+    (sale, ids)
+}
+
+/// A release that meets the sale out of the front (a reconcile on another
+/// replica is rebuilding it, from a ledger read that may predate the
+/// release) must not report success: its units are not back. It answers
+/// `unavailable`, keeps the release in the ledger, and the caller's next
+/// call finishes it. It once answered `released`: the order service
+/// recorded the units returned and never asked again, and they stayed off
+/// sale until some later reconcile (the chaos run's lost units).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_while_the_sale_is_rebuilt_is_not_done_until_asked_again() {
+    let stack = Stack::start(Front::Redis).await;
+    let (sale, ids) = bought(&stack, 3, 2).await;
+    let sale_id: uuid::Uuid = sale.parse().unwrap();
+    // Another replica's rebuild holds the sale.
+    let held = stack
+        .engine
+        .front
+        .suspend(sale_id)
+        .await
+        .unwrap()
+        .expect("the lease is free");
+    let refused = release_as_orders(&stack, &ids[0])
+        .await
+        .expect_err("no success while the units are not back");
+    assert_eq!(refused.code, flashmall_mesh::ErrorCode::Unavailable);
+    let (_, r) = stack.reservation(&ids[0], "u0").await;
+    assert_eq!(r["status"], "releasing", "the ledger keeps the release");
+    // That rebuild commits what it read before the release began: the
+    // units are not on sale, and the ledger says they are on their way.
+    use flashmall_engine::front::{IdemRecord, Rebuild, idempotency_field};
+    let before = Rebuild {
+        remaining: 1,
+        buyers: vec![("u0".into(), 1), ("u1".into(), 1)],
+        idempotency: ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                (
+                    idempotency_field(&format!("u{i}"), "k"),
+                    IdemRecord {
+                        reservation_id: id.parse().unwrap(),
+                        quantity: 1,
+                    },
+                )
+            })
+            .collect(),
+        returned: Vec::new(),
+    };
+    assert!(
+        stack
+            .engine
+            .front
+            .rebuild(sale_id, held.token, &before)
+            .await
+            .unwrap()
+    );
+    assert_eq!(stack.sale(&sale).await["remaining"], 1);
+    // Asked again (the order service's timer): the units come back, once.
+    assert_eq!(
+        release_as_orders(&stack, &ids[0]).await.unwrap(),
+        flashmall_engine::release::Released::Released { quantity: 1 }
+    );
+    assert_eq!(
+        release_as_orders(&stack, &ids[0]).await.unwrap(),
+        flashmall_engine::release::Released::AlreadyReleased { quantity: 1 }
+    );
+    let view = stack.sale(&sale).await;
+    assert_eq!(
+        (view["remaining"].as_i64(), view["settled"].as_i64()),
+        (Some(2), Some(1)),
+        "{view}"
+    );
+    let report = stack.reconcile(&sale).await;
+    assert_eq!(
+        (report["drift"].as_i64(), report["remaining"].as_i64()),
+        (Some(0), Some(2)),
+        "{report}"
+    );
+}
+
+/// Drift is measured at one instant, not from counts read while releases
+/// run: a release between its give-back and its last ledger step counts
+/// its units in the front and in the ledger's `returning`, and a release
+/// begun but not given back counts them in the ledger only. Neither is
+/// drift (the old measure, front + settled + returning, called the first
+/// one -1 per such release: the chaos run's negative drifts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releases_half_done_are_not_drift() {
+    let stack = Stack::start(Front::Redis).await;
+    let (sale, ids) = bought(&stack, 5, 3).await;
+    let sale_id: uuid::Uuid = sale.parse().unwrap();
+    let ledger = &stack.engine.ledger;
+    // Given back, not yet recorded returned (its caller died there).
+    let r0 = match ledger.begin_release(ids[0].parse().unwrap()).await.unwrap() {
+        flashmall_engine::ledger::ReleaseStep::Releasing(r) => r,
+        other => panic!("{other:?}"),
+    };
+    stack
+        .engine
+        .front
+        .give_back(sale_id, r0.id, &r0.user_id, r0.quantity)
+        .await
+        .unwrap();
+    // Begun in the ledger only.
+    ledger.begin_release(ids[1].parse().unwrap()).await.unwrap();
+    let report = stack.reconcile(&sale).await;
+    assert_eq!(
+        (
+            report["drift"].as_i64(),
+            report["conserved"].as_bool(),
+            report["settled"].as_i64(),
+            report["remaining"].as_i64(),
+            report["returning"].as_i64()
+        ),
+        (Some(0), Some(true), Some(1), Some(4), Some(2)),
+        "{report}"
+    );
+    // Both releases are finished: asked again, each says so.
+    for id in &ids[..2] {
+        assert!(matches!(
+            release_as_orders(&stack, id).await.unwrap(),
+            flashmall_engine::release::Released::AlreadyReleased { .. }
+        ));
+    }
+    let view = stack.sale(&sale).await;
+    assert_eq!(
+        (view["remaining"].as_i64(), view["settled"].as_i64()),
+        (Some(4), Some(1)),
+        "{view}"
+    );
+    // A front that lost a unit (a give-back recorded in the ledger that
+    // the front never counted) is drift, and the rebuild puts it back.
+    let r2 = match ledger.begin_release(ids[2].parse().unwrap()).await.unwrap() {
+        flashmall_engine::ledger::ReleaseStep::Releasing(r) => r,
+        other => panic!("{other:?}"),
+    };
+    ledger.finish_release(r2.id, sale_id).await.unwrap();
+    let report = stack.reconcile(&sale).await;
+    assert_eq!(
+        (report["drift"].as_i64(), report["remaining"].as_i64()),
+        (Some(1), Some(5)),
+        "{report}"
+    );
+}

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::{
     FrontCounts, FrontError, IdemRecord, Rebuild, ReserveCall, ReserveOutcome, ReturnOutcome,
-    StockFront, StreamEntry, idempotency_field,
+    StockFront, StreamEntry, Suspended, idempotency_field,
 };
 
 #[derive(Default)]
@@ -301,7 +301,7 @@ impl StockFront for LocalFront {
         Ok(f.stream.len() as u64)
     }
 
-    async fn suspend(&self, sale_id: Uuid) -> Result<Option<Uuid>, FrontError> {
+    async fn suspend(&self, sale_id: Uuid) -> Result<Option<Suspended>, FrontError> {
         let sale = self.sale(sale_id);
         let mut f = Self::lock(&sale);
         let now = Instant::now();
@@ -309,9 +309,22 @@ impl StockFront for LocalFront {
             return Ok(None);
         }
         let token = Uuid::now_v7();
-        f.stock = None;
+        let counts = f.stock.take().map(|remaining| FrontCounts {
+            remaining,
+            pending: f.pending,
+        });
         f.rebuild_token = Some((token, now + super::REBUILD_LEASE));
-        Ok(Some(token))
+        Ok(Some(Suspended { token, counts }))
+    }
+
+    async fn given_back(&self, sale_id: Uuid, ids: &[Uuid]) -> Result<HashSet<Uuid>, FrontError> {
+        let sale = self.sale(sale_id);
+        let f = Self::lock(&sale);
+        Ok(ids
+            .iter()
+            .filter(|id| f.returned.contains(id))
+            .copied()
+            .collect())
     }
 
     async fn abandon(&self, sale_id: Uuid, token: Uuid) -> Result<(), FrontError> {

@@ -15,7 +15,7 @@ pub use breaker::Breaker;
 pub use local::LocalFront;
 pub use redis::{RedisFront, reserve_call};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -131,6 +131,17 @@ pub struct FrontCounts {
     pub pending: i64,
 }
 
+/// A sale taken out of the front for a rebuild.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Suspended {
+    /// Only this token's rebuild may put the stock back.
+    pub token: Uuid,
+    /// The counts the front had when the stock was taken out (`None`: it
+    /// was not loaded). Nothing sells or comes back from then until the
+    /// rebuild, so a rebuild compares the ledger with this one instant.
+    pub counts: Option<FrontCounts>,
+}
+
 /// The state a rebuild writes, computed from the ledger.
 #[derive(Debug, Clone, Default)]
 pub struct Rebuild {
@@ -238,8 +249,14 @@ pub trait StockFront: Send + Sync + 'static {
 
     /// Takes the sale's stock out of the front under a lease: purchases
     /// answer `Rebuilding` until the rebuild puts it back. Returns the
-    /// rebuild's token, or `None` while another rebuild holds the lease.
-    async fn suspend(&self, sale_id: Uuid) -> Result<Option<Uuid>, FrontError>;
+    /// rebuild's token and the counts it took away, or `None` while another
+    /// rebuild holds the lease.
+    async fn suspend(&self, sale_id: Uuid) -> Result<Option<Suspended>, FrontError>;
+
+    /// Which of `ids` the front has given back (`give_back` counted their
+    /// units). While the sale is suspended nothing is given back, so the
+    /// answer holds until the rebuild.
+    async fn given_back(&self, sale_id: Uuid, ids: &[Uuid]) -> Result<HashSet<Uuid>, FrontError>;
 
     /// Gives up a rebuild that failed after `suspend`: drops its lease (if
     /// still held) and leaves the stock out, so the next purchase finds

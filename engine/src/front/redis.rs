@@ -6,7 +6,7 @@
 //! Hot path: `reserve` is one EVALSHA round trip; no allocation beyond the
 //! command's arguments, no logging above debug.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::{
     FrontCounts, FrontError, IdemRecord, Rebuild, ReserveCall, ReserveOutcome, ReturnOutcome,
-    StockFront, StreamEntry, idempotency_field,
+    StockFront, StreamEntry, Suspended, idempotency_field,
 };
 use crate::config::RedisConfig;
 
@@ -644,18 +644,63 @@ impl StockFront for RedisFront {
             .map_err(reply_error)
     }
 
-    async fn suspend(&self, sale_id: Uuid) -> Result<Option<Uuid>, FrontError> {
+    async fn suspend(&self, sale_id: Uuid) -> Result<Option<Suspended>, FrontError> {
         let keys = self.keys(sale_id);
         let token = Uuid::now_v7();
         let lease_ms = super::REBUILD_LEASE.as_millis() as i64;
-        let taken = self
+        let answer = self
             .run(
                 &self.suspend,
-                &[keys.stock.as_str(), keys.rebuild_marker.as_str()],
+                &[
+                    keys.stock.as_str(),
+                    keys.rebuild_marker.as_str(),
+                    keys.pending.as_str(),
+                ],
                 vec![Value::from(token.to_string()), Value::from(lease_ms)],
             )
             .await?;
-        Ok((taken.as_i64() == Some(1)).then_some(token))
+        let fields: Vec<i64> = answer
+            .into_array()
+            .iter()
+            .map(|v| v.as_i64())
+            .collect::<Option<_>>()
+            .ok_or_else(|| FrontError::Protocol("suspend script returned a non-integer".into()))?;
+        match fields.as_slice() {
+            [0] => Ok(None),
+            [1] => Ok(Some(Suspended {
+                token,
+                counts: None,
+            })),
+            [1, remaining, pending] => Ok(Some(Suspended {
+                token,
+                counts: Some(FrontCounts {
+                    remaining: *remaining,
+                    pending: *pending,
+                }),
+            })),
+            other => Err(FrontError::Protocol(format!(
+                "suspend script returned {other:?}"
+            ))),
+        }
+    }
+
+    async fn given_back(&self, sale_id: Uuid, ids: &[Uuid]) -> Result<HashSet<Uuid>, FrontError> {
+        if ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let keys = self.keys(sale_id);
+        let members: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        let found: Vec<bool> = self
+            .client()
+            .smismember(keys.returned.as_str(), members)
+            .await
+            .map_err(reply_error)?;
+        Ok(ids
+            .iter()
+            .zip(found)
+            .filter(|(_, given)| *given)
+            .map(|(id, _)| *id)
+            .collect())
     }
 
     async fn abandon(&self, sale_id: Uuid, token: Uuid) -> Result<(), FrontError> {

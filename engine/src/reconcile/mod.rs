@@ -1,12 +1,15 @@
-//! Reconcile: rebuilds a sale's stock front from the ledger and checks
-//! conservation (stock = remaining + pending + settled + returning).
+//! Reconcile: rebuilds a sale's stock front from the ledger and measures
+//! how far the front had drifted from it.
 //!
-//! Order matters: the front's stock is taken away first (purchases answer
-//! 503 for the few milliseconds a rebuild takes), then every reservation
-//! still in the stream is settled (including entries pending in other
-//! consumers), then the front is rebuilt from one ledger snapshot, stock
-//! last. With no purchase running and the stream drained, the snapshot is
-//! the whole truth. Runs at start-up, on the admin API, on
+//! Order matters: the front's stock is taken away first, and its counts
+//! with it, at one instant (purchases answer 503 and give-backs wait for
+//! the few milliseconds a rebuild takes), then every reservation still in
+//! the stream is settled (including entries pending in other consumers),
+//! then the front is rebuilt from the ledger's reservation records, stock
+//! last. With no purchase running and the stream drained, the records are
+//! the whole truth, each counted by its own status, so releases that run
+//! on meanwhile (on other replicas) move one record at a time and never
+//! make the counts disagree. Runs at start-up, on the admin API, on
 //! `flashmall engine reconcile`, and by itself when a purchase finds the
 //! sale missing from the front (a flush, a failover to an empty replica).
 
@@ -18,7 +21,7 @@ use flashmall_mesh::{ApiError, ErrorCode};
 use uuid::Uuid;
 
 use crate::front::{IdemRecord, Rebuild, idempotency_field};
-use crate::ledger::{Refusal, ReservationStatus};
+use crate::ledger::{Refusal, ReservationRecord, ReservationStatus};
 use crate::sale::LiveSale;
 use crate::{Engine, now_ms, settle};
 
@@ -31,15 +34,25 @@ pub struct SaleReport {
     pub front_present: bool,
     pub remaining_before: i64,
     pub pending_before: i64,
-    /// stock − (remaining + pending + settled + returning) before the
-    /// rebuild; non-zero means the front had drifted from the ledger.
+    /// stock − what the front and the ledger account for: the front's
+    /// `remaining` when the rebuild took it away, plus the units the ledger
+    /// holds or is giving back (those the front already counted once). Non-zero
+    /// means the front had drifted from the ledger: positive, it had lost
+    /// units (granted some the ledger refused, lost a give-back); negative,
+    /// it had units too many (lost a sale in a failover).
     pub drift: i64,
     /// Reservations the drain settled (they were still in the stream).
     pub settled_during_reconcile: usize,
+    /// What the rebuild put on sale: the stock less the units held.
     pub remaining: i64,
+    /// Units of held reservations.
     pub settled: i64,
+    /// Units of released reservations (on their way back or back).
     pub released: i64,
-    /// Conservation holds after the rebuild.
+    /// Units of releases this reconcile finished (they were on their way back).
+    pub returning: i64,
+    /// The rebuilt front and the ledger add up to the stock, none of it
+    /// oversold (`remaining` + `settled` = `stock`, `remaining` ≥ 0).
     pub conserved: bool,
 }
 
@@ -174,21 +187,12 @@ async fn rebuild(
     live.reconciling.store(true, Ordering::Release);
     let _running = Running(live);
     let sale_id = live.sale.id;
+    let stock = live.sale.stock;
     let front = &engine.front;
 
-    let before = front.counts(sale_id).await?;
-    let (_, counts_before) = engine
-        .ledger
-        .sale(sale_id)
-        .await?
-        .ok_or_else(|| ApiError::new(ErrorCode::SaleNotFound, "no such sale"))?;
-    let (remaining_before, pending_before) =
-        before.map(|c| (c.remaining, c.pending)).unwrap_or((0, 0));
-    let drift = live.sale.stock
-        - (remaining_before + pending_before + counts_before.settled + counts_before.returning);
-
-    // 1. No purchase may run while the front is rebuilt.
-    let Some(token) = front.suspend(sale_id).await? else {
+    // 1. No purchase may run while the front is rebuilt, and no unit comes
+    //    back: the counts taken away here are the front at one instant.
+    let Some(suspended) = front.suspend(sale_id).await? else {
         // Another replica is rebuilding this sale right now; its rebuild
         // stands, and a second one would only prolong the pause.
         return Err(ApiError::new(
@@ -196,6 +200,7 @@ async fn rebuild(
             "a reconcile of this sale is running elsewhere; retry for a report",
         ));
     };
+    let token = suspended.token;
     // Whatever fails from here on gives the lease up, so the sale is not
     // left suspended until it expires: the next purchase reconciles again.
     let rebuilt = async {
@@ -232,31 +237,30 @@ async fn rebuild(
         if lost > 0 {
             tracing::warn!(sale_id = %sale_id, lost, "purchases whose reservations the stock front lost were told to retry");
         }
-        // 3. Rebuild from the ledger, stock last.
+        // 3. Rebuild from the ledger's reservations, stock last.
         let snapshot = engine
             .ledger
             .snapshot(sale_id)
             .await?
             .ok_or_else(|| ApiError::new(ErrorCode::SaleNotFound, "no such sale"))?;
-        let remaining = live.sale.stock - snapshot.counts.settled;
-        let mut releasing = Vec::new();
-        let returned: Vec<Uuid> = snapshot
+        let holdings = Holdings::of(&snapshot.reservations);
+        // Releases run on (an order expires on another replica): those
+        // begun since the suspension could not give their units back, and
+        // those begun before may have. Which did is the front's to say.
+        let given_back = front.given_back(sale_id, &holdings.releasing).await?;
+        let given_back_units: i64 = snapshot
             .reservations
             .iter()
-            .filter(|r| r.status != ReservationStatus::Held)
-            .map(|r| r.id)
-            .collect();
+            .filter(|r| given_back.contains(&r.id))
+            .map(|r| r.quantity)
+            .sum();
+        let remaining = stock - holdings.held;
         // One record per key: a reservation revoked as a key's second one is
         // not that key's answer (its first is).
         let idempotency = snapshot
             .reservations
             .iter()
             .filter(|r| !matches!(r.refusal, Some(Refusal::DuplicateKey { .. })))
-            .inspect(|r| {
-                if r.status == ReservationStatus::Releasing {
-                    releasing.push(r.id);
-                }
-            })
             .map(|r| {
                 (
                     idempotency_field(&r.user_id, &r.idempotency_key),
@@ -269,9 +273,9 @@ async fn rebuild(
             .collect();
         let rebuild = Rebuild {
             remaining,
-            buyers: snapshot.buyers.clone(),
+            buyers: holdings.buyers.clone(),
             idempotency,
-            returned,
+            returned: holdings.returned.clone(),
         };
         if !front.rebuild(sale_id, token, &rebuild).await? {
             // Another replica suspended the sale after us: its rebuild, from a
@@ -281,10 +285,10 @@ async fn rebuild(
                 "another reconcile of this sale started meanwhile and superseded this one; retry for a report",
             ));
         }
-        Ok::<_, ApiError>((rebuild, drained, releasing, remaining))
+        Ok::<_, ApiError>((rebuild, drained, holdings, given_back_units))
     }
     .await;
-    let (rebuild, drained, releasing, remaining) = match rebuilt {
+    let (rebuild, drained, holdings, given_back_units) = match rebuilt {
         Ok(done) => done,
         Err(e) => {
             if let Err(abandon) = front.abandon(sale_id, token).await {
@@ -294,17 +298,23 @@ async fn rebuild(
         }
     };
     // Units of interrupted releases are in `remaining` now: record them returned.
-    engine.ledger.finish_releases(sale_id, releasing).await?;
-
-    let after = front.counts(sale_id).await?.unwrap_or_default();
-    let (_, counts) = engine
+    engine
         .ledger
-        .sale(sale_id)
-        .await?
-        .ok_or_else(|| ApiError::new(ErrorCode::SaleNotFound, "no such sale"))?;
-    let conserved =
-        live.sale.stock == after.remaining + after.pending + counts.settled + counts.returning;
-    if remaining > 0 {
+        .finish_releases(sale_id, holdings.releasing.clone())
+        .await?;
+
+    // The front at the suspension against the ledger after the drain: a
+    // unit counts once whether it was on sale (`remaining`), held, or on its
+    // way back; `pending` is left out, as the drain settled every entry it
+    // counted (held now, or refused: a unit the front had lost). Units of
+    // releases the front had already counted are counted there only.
+    let (remaining_before, pending_before) = suspended
+        .counts
+        .map_or((0, 0), |c| (c.remaining, c.pending));
+    let drift =
+        stock - (remaining_before + holdings.held + holdings.releasing_units - given_back_units);
+    let conserved = rebuild.remaining >= 0 && rebuild.remaining + holdings.held == stock;
+    if rebuild.remaining > 0 {
         live.clear_sold_out();
     } else {
         live.mark_sold_out(now_ms(), engine.config.sold_out_recheck);
@@ -316,23 +326,79 @@ async fn rebuild(
                 .collect(),
         ));
     }
-    if !new_sale && (drift != 0 || before.is_none()) {
-        tracing::warn!(sale_id = %sale_id, drift, front_present = before.is_some(), drained, "reconcile rebuilt a drifted front");
+    let front_present = suspended.counts.is_some();
+    if !new_sale && (drift != 0 || !front_present) {
+        tracing::warn!(sale_id = %sale_id, drift, front_present, drained, "reconcile rebuilt a drifted front");
     }
     if !new_sale {
         metrics::counter!("flashmall_engine_reconciles_total").increment(1);
     }
     Ok(SaleReport {
         sale_id,
-        stock: live.sale.stock,
-        front_present: before.is_some(),
+        stock,
+        front_present,
         remaining_before,
         pending_before,
         drift,
         settled_during_reconcile: drained,
-        remaining: after.remaining,
-        settled: counts.settled,
-        released: counts.released,
+        remaining: rebuild.remaining,
+        settled: holdings.held,
+        released: holdings.released_units,
+        returning: holdings.releasing_units,
         conserved,
     })
+}
+
+/// What a sale's reservation records hold, each counted by its own status:
+/// records read at different moments still add up, one reservation at a
+/// time (a release that starts between two reads moves one record, and the
+/// counters, read once, could disagree with it).
+struct Holdings {
+    /// Units of `held` reservations.
+    held: i64,
+    /// Units held per buyer (non-zero only).
+    buyers: Vec<(String, i64)>,
+    /// Reservations whose units are back or on their way (not `held`).
+    returned: Vec<Uuid>,
+    /// Reservations released in the ledger whose units may not be back yet.
+    releasing: Vec<Uuid>,
+    releasing_units: i64,
+    /// Units of `releasing` and `released` reservations.
+    released_units: i64,
+}
+
+impl Holdings {
+    fn of(reservations: &[ReservationRecord]) -> Self {
+        let mut buyers: std::collections::BTreeMap<&str, i64> = Default::default();
+        let mut h = Holdings {
+            held: 0,
+            buyers: Vec::new(),
+            returned: Vec::new(),
+            releasing: Vec::new(),
+            releasing_units: 0,
+            released_units: 0,
+        };
+        for r in reservations {
+            match r.status {
+                ReservationStatus::Held => {
+                    h.held += r.quantity;
+                    *buyers.entry(&r.user_id).or_default() += r.quantity;
+                    continue;
+                }
+                ReservationStatus::Releasing => {
+                    h.releasing.push(r.id);
+                    h.releasing_units += r.quantity;
+                    h.released_units += r.quantity;
+                }
+                ReservationStatus::Released => h.released_units += r.quantity,
+                ReservationStatus::Revoked => {}
+            }
+            h.returned.push(r.id);
+        }
+        h.buyers = buyers
+            .into_iter()
+            .map(|(user, units)| (user.to_owned(), units))
+            .collect();
+        h
+    }
 }

@@ -1,8 +1,9 @@
 //! Release (step 13 of the purchase path): gives a reservation's units back
 //! to its sale. The ledger moves first (held → releasing), then the stock
 //! front gets the units (idempotent by reservation id), then the ledger
-//! records the return (releasing → released). A crash between steps is
-//! finished by the next release call or by reconcile.
+//! records the return (releasing → released). A crash between steps, or a
+//! sale out of the front (being rebuilt), is finished by the next release
+//! call or by a reconcile that reads the release.
 
 use std::sync::Arc;
 
@@ -69,11 +70,18 @@ pub async fn release(
                     }
                 }
                 ReturnOutcome::NotReady => {
-                    // The front lost the sale: reconcile counts these units
-                    // back from the ledger and finishes the release.
+                    // The sale is out of the front (being rebuilt, or lost).
+                    // A rebuild that read the ledger before this release
+                    // began does not count these units, so the caller asks
+                    // again (the order service's timer does) until the units
+                    // are back: the ledger keeps the release meanwhile, and
+                    // the next call gives them back or finds it finished.
                     if let Some(live) = engine.live_sale(r.sale_id).await? {
                         reconcile::spawn(engine, &live);
                     }
+                    return Err(ApiError::unavailable(
+                        "the sale's stock is being rebuilt; the release is recorded, ask again to finish it",
+                    ));
                 }
             }
             metrics::counter!("flashmall_engine_released_units_total").increment(r.quantity as u64);
