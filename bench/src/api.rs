@@ -46,6 +46,36 @@ pub async fn steady_json_of(request: reqwest::RequestBuilder) -> Result<(u16, Va
     }
 }
 
+/// Reconciles one sale through the admin API and returns its report (the
+/// `sales[0]` of the answer). A reconcile running elsewhere (one the engine
+/// started by itself after a fault, on another replica) answers 409
+/// `conflict`: asked again until this one runs, for up to a minute (a
+/// rebuild's lease is 30 s). Any other answer but 200 is an error.
+pub async fn reconcile_report(
+    client: &reqwest::Client,
+    base: &str,
+    admin: &str,
+    sale_id: &str,
+) -> Result<Value, String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (status, body) = steady_json_of(
+            client
+                .post(format!("{base}/api/v1/admin/reconcile"))
+                .bearer_auth(admin)
+                .json(&json!({"sale_id": sale_id})),
+        )
+        .await?;
+        match status {
+            200 => return Ok(body["sales"][0].clone()),
+            409 if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await
+            }
+            _ => return Err(format!("reconcile failed: {status} {body}")),
+        }
+    }
+}
+
 /// Posts an account's credentials to an auth endpoint.
 async fn credentials(
     client: &reqwest::Client,

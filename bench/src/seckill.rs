@@ -25,7 +25,7 @@ use flashmall_mesh::ErrorCode;
 use futures::StreamExt;
 use http::{HeaderName, HeaderValue, Method};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::api::{create_sale, json_of, ledger_states, login, metric, register};
@@ -255,6 +255,11 @@ pub struct Facts {
     /// The reconcile report: conservation and the front's drift.
     pub conserved: bool,
     pub drift: i64,
+    /// What the reconcile rebuilt from the ledger: units held, and units
+    /// put on sale. (The sale's view can be read while orders expire and
+    /// give units back, and its counts then move between reads; these do
+    /// not.)
+    pub rebuilt: (i64, i64),
     /// Reservation ids answered 201 that the ledger does not hold.
     pub missing_in_ledger: Vec<String>,
     /// Units the sale had given back when the facts were read (orders that
@@ -265,6 +270,14 @@ pub struct Facts {
     /// Reservation ids answered 201 that the ledger refused (a fast
     /// acknowledgement the ledger revoked): no unit, no order.
     pub revoked_ids: Vec<String>,
+}
+
+/// What a reconcile report says it rebuilt: (units held, units on sale).
+pub fn rebuilt_of(report: &Value) -> (i64, i64) {
+    (
+        report["settled"].as_i64().unwrap_or(-1),
+        report["remaining"].as_i64().unwrap_or(-1),
+    )
 }
 
 /// The run's invariants, checked from the facts alone.
@@ -371,10 +384,10 @@ pub fn check(f: &Facts) -> Vec<Check> {
         },
         Check {
             name: "conservation",
-            held: f.conserved && f.drift == 0 && f.sold + f.remaining == f.stock,
+            held: f.conserved && f.drift == 0 && f.rebuilt.0 + f.rebuilt.1 == f.stock,
             detail: format!(
-                "reconcile conserved={}, drift {}, {} sold + {} remaining of {}",
-                f.conserved, f.drift, f.sold, f.remaining, f.stock
+                "reconcile conserved={}, drift {}, {} held + {} remaining of {}",
+                f.conserved, f.drift, f.rebuilt.0, f.rebuilt.1, f.stock
             ),
         },
         Check {
@@ -913,31 +926,12 @@ pub async fn run(
     // which would settle it), reconcile (drains, rebuilds, reports), the
     // sale, and every reservation a client was told about.
     let (_, before) = json_of(client.get(&sale_url)).await?;
-    // A reconcile the engine runs by itself (after a fault) answers 409
-    // `conflict` meanwhile: ask again until this one runs (a lease is 30 s).
-    let reconcile_deadline = Instant::now() + Duration::from_secs(60);
-    let (status, reconciled) = loop {
-        let answer = json_of(
-            client
-                .post(format!("{base}/api/v1/admin/reconcile"))
-                .bearer_auth(&admin)
-                .json(&json!({"sale_id": sale_id})),
-        )
-        .await?;
-        if answer.0 != 409 || Instant::now() > reconcile_deadline {
-            break answer;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    if status != 200 {
-        return Err(format!("reconcile failed: {status} {reconciled}"));
-    }
+    let report = crate::api::reconcile_report(&client, &base, &admin, &sale_id).await?;
     let (_, view) = json_of(client.get(&sale_url)).await?;
     let granted = storm_job.granted.lock().map_err(|_| "poisoned")?.clone();
     let ids: HashSet<&String> = granted.iter().map(|(_, id)| id).collect();
     let states = ledger_states(&client, &base, &admin, ids).await;
     let reservation_of: HashMap<usize, &String> = granted.iter().map(|(i, id)| (*i, id)).collect();
-    let report = &reconciled["sales"][0];
     let facts = Facts {
         stock: options.stock,
         per_user_limit: options.per_user_limit,
@@ -947,6 +941,7 @@ pub async fn run(
         pending: before["pending"].as_i64().unwrap_or(-1),
         conserved: report["conserved"] == true,
         drift: report["drift"].as_i64().unwrap_or(i64::MAX),
+        rebuilt: rebuilt_of(&report),
         missing_in_ledger: states.missing,
         released: view["released"].as_i64().unwrap_or(-1),
         released_ids: states.released,
@@ -1154,6 +1149,7 @@ mod tests {
             pending: 0,
             conserved: true,
             drift: 0,
+            rebuilt: (2, 0),
             missing_in_ledger: vec![],
             released: 0,
             released_ids: vec![],
@@ -1190,6 +1186,7 @@ mod tests {
         let mut f = clean();
         f.stock = 3;
         f.remaining = 1;
+        f.rebuilt = (2, 1);
         // Buyer 2 asked (sold_out) while a unit was left.
         assert_eq!(failed(&f), vec!["sold == min(stock, demand)"]);
     }
@@ -1240,12 +1237,14 @@ mod tests {
         g.stock = 3;
         g.answers[4] = answer(0, "k3", "reserved", Some("r3"));
         g.sold = 3;
+        g.rebuilt = (3, 0);
         assert_eq!(failed(&g), Vec::<&str>::new());
         // A unit came back and was left unsold after the last buyer asked:
         // the stock was still sold once.
         let mut h = clean();
         h.sold = 1;
         h.remaining = 1;
+        h.rebuilt = (1, 1);
         h.released = 1;
         h.released_ids = vec!["r0".into()];
         assert_eq!(failed(&h), Vec::<&str>::new());
@@ -1290,6 +1289,10 @@ mod tests {
         let mut f = clean();
         f.pending = 1;
         assert_eq!(failed(&f), vec!["settled"]);
+        // A rebuild that does not add up to the stock.
+        let mut f = clean();
+        f.rebuilt = (2, 1);
+        assert_eq!(failed(&f), vec!["conservation"]);
     }
 
     #[test]

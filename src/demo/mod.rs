@@ -29,8 +29,8 @@ pub use orders::{OrdersPhase, Told};
 
 mod orders;
 pub mod shop;
-use flashmall_bench::api::{ledger_states, steady_json_of};
-use flashmall_bench::seckill::{Answered, Attempt, Facts, check, outcome_of};
+use flashmall_bench::api::{ledger_states, reconcile_report, steady_json_of};
+use flashmall_bench::seckill::{Answered, Attempt, Facts, check, outcome_of, rebuilt_of};
 
 /// Sizes and switches of a demo run.
 #[derive(Debug, Clone, clap::Args)]
@@ -655,20 +655,13 @@ async fn check_storm(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let drain = drain_started.elapsed();
-    let (_, reconciled) = steady_json_of(
-        client
-            .post(format!("{base}/api/v1/admin/reconcile"))
-            .bearer_auth(admin)
-            .json(&json!({"sale_id": sale_id})),
-    )
-    .await?;
+    let report = reconcile_report(client, base, admin, sale_id).await?;
     let (_, after) = steady_json_of(client.get(&sale_url)).await?;
     let granted: HashSet<&String> = answers
         .iter()
         .filter_map(|a| a.reservation_id.as_ref())
         .collect();
     let states = ledger_states(client, base, admin, granted).await;
-    let report = &reconciled["sales"][0];
     let facts = Facts {
         stock: options.stock,
         per_user_limit: options.per_user_limit,
@@ -686,6 +679,7 @@ async fn check_storm(
         pending: view["pending"].as_i64().unwrap_or(-1),
         conserved: report["conserved"] == true,
         drift: report["drift"].as_i64().unwrap_or(i64::MAX),
+        rebuilt: rebuilt_of(&report),
         missing_in_ledger: states.missing,
         released: after["released"].as_i64().unwrap_or(-1),
         released_ids: states.released,

@@ -19,7 +19,7 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use flashmall_bench::api::steady_json_of;
+use flashmall_bench::api::{reconcile_report, steady_json_of};
 use flashmall_bench::seckill::Check;
 
 /// How long a wait goes on without any progress before it gives up.
@@ -87,10 +87,17 @@ impl Fate {
         })
     }
 
-    /// The order and its payment reached a state that no longer changes.
+    /// The order and its payment reached a state that no longer changes:
+    /// paid, or closed with its units back on sale (the order service
+    /// records `released` once the engine gave them back, which may take
+    /// a retry when the sale was being rebuilt).
     fn ended(&self) -> bool {
-        matches!(self.order_status(), "paid" | "expired" | "cancelled")
-            && !matches!(self.payment_status(), Some("pending" | "captured" | ""))
+        let order_done = match self.order_status() {
+            "paid" => true,
+            "expired" | "cancelled" => self.order.as_ref().is_some_and(|o| o["released"] == true),
+            _ => false,
+        };
+        order_done && !matches!(self.payment_status(), Some("pending" | "captured" | ""))
     }
 
     /// Paid and charged, or closed and not charged (refunded or refused):
@@ -449,15 +456,8 @@ pub async fn finish(
     while sale.view(client).await?["pending"].as_i64() != Some(0) && !progress.stalled() {
         tokio::time::sleep(POLL).await;
     }
-    let (_, reconciled) = steady_json_of(
-        client
-            .post(format!("{}/api/v1/admin/reconcile", sale.base))
-            .bearer_auth(sale.admin)
-            .json(&json!({"sale_id": sale.id})),
-    )
-    .await?;
+    let report = reconcile_report(client, sale.base, sale.admin, sale.id).await?;
     let after = sale.view(client).await?;
-    let report = &reconciled["sales"][0];
     let settled = after["settled"].as_i64().unwrap_or(-1);
     let remaining = after["remaining"].as_i64().unwrap_or(-1);
     let released_total = after["released"].as_i64().unwrap_or(-1);
