@@ -78,8 +78,13 @@ fn is_conflict(e: &TikvError) -> bool {
 /// scans every region under the operation's keys: under load, young
 /// transactions whose other regions' prewrites are still in flight are met
 /// often, and looking at each of them slowed everything down until nothing
-/// finished (the splitting ledger suite beside two CPU burners).
-const ORPHAN_AGE: Duration = Duration::from_secs(10);
+/// finished (the splitting ledger suite beside two CPU burners, when every
+/// meeting looked). One look at a time per process keeps that bounded, so
+/// the age is just past the least TTL: every writer queued behind an
+/// orphan's locks on a sale's hot counts key waits that long (at 10 s, a
+/// chaos run's settlement stalled for minutes behind two dozen of them).
+/// The splitting suite beside two burners: 27 s, 43 s, 27 s.
+const ORPHAN_AGE: Duration = Duration::from_secs(4);
 
 /// The start timestamp of the transaction `e` found without a primary lock
 /// or a commit or rollback record (TiKV's TxnNotFound, however tikv-client
@@ -105,6 +110,19 @@ fn span_of(keys: &[Vec<u8>]) -> Option<BoundRange> {
 
 fn unavailable(e: TikvError) -> LedgerError {
     LedgerError::Unavailable(e.to_string())
+}
+
+/// Rolls back a transaction whose commit failed after some of its
+/// prewrites may have landed. When the roll-back fails too, those locks
+/// stay until a reader resolves them; without a primary lock (the primary's
+/// prewrite is the one that failed) only `roll_back_orphans` can, so the
+/// failure is counted and logged.
+async fn roll_back_prewritten(txn: &mut tikv_client::Transaction) {
+    if let Err(e) = txn.rollback().await {
+        metrics::counter!("flashmall_ledger_rollback_failures_total", "backend" => "tikv")
+            .increment(1);
+        tracing::warn!(start_ts = txn.start_timestamp().version(), error = %e, "rolling back a failed commit failed; its locks stay until resolved");
+    }
 }
 
 /// The wait before each retry: doubling from 2 ms up to 200 ms.
@@ -236,12 +254,12 @@ impl TikvLedger {
                 Ok(Attempt::Retry(format!("undetermined commit: {e}")))
             }
             Err(e) if is_conflict(&e) => {
-                let _ = txn.rollback().await;
+                roll_back_prewritten(&mut txn).await;
                 self.roll_back_orphans(&e, span_of(&full)).await;
                 Ok(Attempt::Retry(e.to_string()))
             }
             Err(e) => {
-                let _ = txn.rollback().await;
+                roll_back_prewritten(&mut txn).await;
                 Err(unavailable(e))
             }
         }
