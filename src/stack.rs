@@ -5,7 +5,6 @@
 //! `flashmall up` runs the same components on configured ports instead.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -135,13 +134,6 @@ impl Throwaway {
     }
 }
 
-/// A free loopback address (Pingora binds by address, not by listener).
-pub fn free_loopback_addr() -> Result<SocketAddr, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("no free port: {e}"))
-}
-
 async fn bind() -> Result<TcpListener, String> {
     TcpListener::bind("127.0.0.1:0")
         .await
@@ -191,7 +183,8 @@ impl Stack {
         config.checkout.order_endpoints = at("orders");
         config.checkout.payment_endpoints = at("payments");
         let mut proxy = ProxyConfig {
-            listen: free_loopback_addr()?,
+            // Port 0: a port taken at launch, not before the components start.
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             grace_period: std::time::Duration::ZERO,
             ..ProxyConfig::default()
@@ -305,9 +298,10 @@ impl Stack {
             .send()
             .await
             .map_err(|e| format!("registering {email}: {e}"))?;
-        if !matches!(response.status().as_u16(), 201 | 409) {
+        let status = response.status();
+        if !matches!(status.as_u16(), 201 | 409) {
             return Err(format!(
-                "registering {email}: {}",
+                "registering {email}: {status} {}",
                 response.text().await.unwrap_or_default()
             ));
         }

@@ -67,7 +67,7 @@ fn local() -> String {
 pub struct ProxyConfig {
     /// The public address: the only port clients need. It answers a
     /// static `GET /healthz` for load balancers; nothing else is served
-    /// without the edge's checks.
+    /// without the edge's checks. Port 0 takes a free port (tests).
     pub listen: SocketAddr,
     /// The operators' address: `/healthz`, `/readyz` (the edge state's
     /// last background refresh, no store call) and `/metrics`. Keep it off

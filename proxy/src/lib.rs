@@ -239,15 +239,22 @@ pub async fn launch(settings: &ProxySettings) -> Result<RunningProxy, String> {
         read_timeout: config.read_timeout,
         jwt_leeway: config.jwt_leeway,
     };
+    // Pingora binds in its own thread and reports a failure only in its
+    // log, and a port another process listens on answers a connect just as
+    // the edge would: so try the port here first, as Pingora will bind it
+    // (SO_REUSEADDR, which still refuses a port someone listens on). Port 0
+    // takes the free port this finds, just before Pingora binds it.
+    let listen =
+        claimable(config.listen).map_err(|e| format!("proxy.listen {}: {e}", config.listen))?;
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, edge);
-    if config.listen.ip() == std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) {
+    if listen.ip() == std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) {
         // `[::]` serves IPv4 clients too, whatever the OS default: they
         // arrive as IPv4-mapped addresses, which the edge canonicalizes.
         let mut dual_stack = pingora::listeners::TcpSocketOptions::default();
         dual_stack.ipv6_only = Some(false);
-        proxy.add_tcp_with_settings(&config.listen.to_string(), dual_stack);
+        proxy.add_tcp_with_settings(&listen.to_string(), dual_stack);
     } else {
-        proxy.add_tcp(&config.listen.to_string());
+        proxy.add_tcp(&listen.to_string());
     }
     for check in checks {
         server.add_service(check);
@@ -262,8 +269,11 @@ pub async fn launch(settings: &ProxySettings) -> Result<RunningProxy, String> {
         })
         .map_err(|e| e.to_string())?;
     // Pingora reports a failed bind only in its own task: wait for the port.
-    let addr = config.listen;
+    let addr = listen;
     for _ in 0..100 {
+        if thread.is_finished() {
+            break;
+        }
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             tracing::info!(%addr, "proxy serving");
             return Ok(RunningProxy {
@@ -282,6 +292,19 @@ pub async fn launch(settings: &ProxySettings) -> Result<RunningProxy, String> {
     Err(format!(
         "the proxy did not start listening on {addr} (is the port taken?)"
     ))
+}
+
+/// `addr` (with the port the OS picks for port 0) when it can be bound the
+/// way Pingora binds it; `Err` when another socket listens there. The probe
+/// socket is closed at once.
+fn claimable(addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1)?.local_addr()
 }
 
 /// The edge is ready while its view of the shared edge state (blacklist,

@@ -172,9 +172,7 @@ impl EdgeStack {
     /// Another proxy replica in front of the same components.
     pub async fn replica(&self) -> RunningProxy {
         let mut settings = self.stack.as_ref().expect("running").proxy_settings.clone();
-        settings.proxy.listen = format!("127.0.0.1:{}", flashmall_testing::free_port())
-            .parse()
-            .unwrap();
+        settings.proxy.listen = "127.0.0.1:0".parse().unwrap();
         settings.proxy.admin_listen = "127.0.0.1:0".parse().unwrap();
         flashmall_proxy::launch(&settings)
             .await
