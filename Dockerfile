@@ -4,7 +4,11 @@
 # orders`, `flashmall up` (everything, embedded stores), ...
 #
 #   docker build -t flashmall .
-#   docker run --rm -p 8080:8080 flashmall up --data-dir /home/nonroot/data
+#   docker run --rm -p 8080:8080 -e FLASHMALL_PROXY__LISTEN=0.0.0.0:8080 \
+#     flashmall up --data-dir /home/nonroot/data
+#
+# The edge listens on 127.0.0.1 by default, which a published port cannot
+# reach from outside the container: FLASHMALL_PROXY__LISTEN opens it.
 #
 # Stage 1 builds the release binary; stage 2 is distroless (glibc and
 # libgcc, no shell, no package manager) and runs as the non-root user

@@ -386,6 +386,9 @@ async fn blacklists_apply_to_users_and_address_ranges_and_lift_on_removal() {
         json!({"cidr": "nonsense"}),
         json!({"user_id": "a", "cidr": "10.0.0.0/8"}),
         json!({"user_id": "u", "expires_at": "2000-01-01T00:00:00Z"}),
+        // Before 1970: in the past, never "no expiry".
+        json!({"user_id": erin.user_id, "expires_at": "1969-12-31T23:59:59Z"}),
+        json!({"user_id": erin.user_id, "expires_at": "2000-01-01T00:00:00Z"}),
     ] {
         let (status, body) = s
             .call(

@@ -7,6 +7,7 @@
 //!   rule is refused with a message naming it; the old rules stay)
 
 use bytes::Bytes;
+use flashmall_mesh::contract::rfc3339_ms;
 use flashmall_mesh::{ApiError, ErrorCode};
 use ipnet::IpNet;
 use pingora::proxy::Session;
@@ -69,20 +70,12 @@ struct Rules {
 }
 
 fn entry_json(e: &BlacklistEntry) -> serde_json::Value {
-    let at = |ms: u64| {
-        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-            .ok()
-            .and_then(|t| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
-    };
     json!({
         "id": e.id,
         "user_id": e.user_id,
         "cidr": e.cidr.map(|c| c.to_string()),
-        "expires_at": e.expires_at_ms.and_then(at),
-        "created_at": at(e.created_at_ms),
+        "expires_at": e.expires_at_ms.map(rfc3339_ms),
+        "created_at": rfc3339_ms(e.created_at_ms),
     })
 }
 
@@ -127,11 +120,14 @@ pub async fn handle(
                         &time::format_description::well_known::Rfc3339,
                     )
                     .map_err(|_| ApiError::invalid("expires_at must be an RFC 3339 instant"))?;
-                    let ms = (t.unix_timestamp_nanos() / 1_000_000) as u64;
-                    if ms <= now {
-                        return Err(ApiError::invalid("expires_at must be in the future"));
+                    // An instant before 1970 has no u64 form; it is in the
+                    // past all the same, never "no expiry".
+                    match u64::try_from(t.unix_timestamp_nanos() / 1_000_000) {
+                        Ok(ms) if ms > now => Some(ms),
+                        _ => {
+                            return Err(ApiError::invalid("expires_at must be in the future"));
+                        }
                     }
-                    Some(ms)
                 }
                 None => None,
             };
