@@ -12,6 +12,7 @@ pub mod body;
 pub mod client;
 pub mod config;
 pub mod context;
+pub mod contract;
 pub mod error;
 pub mod grpc;
 pub mod headers;

@@ -26,8 +26,9 @@ use crate::limits::{KeyKind, Limit, Limiter};
 use crate::state::{Revocation, View, now_ms};
 use crate::{admin, openapi, respond};
 
-/// The longest an access token can live (the auth service caps it at 24 h).
-const MAX_ACCESS_TOKEN_LIFE_MS: u64 = 24 * 3600 * 1000;
+/// The longest an access token can live (the auth service caps it).
+const MAX_ACCESS_TOKEN_LIFE_MS: u64 =
+    flashmall_mesh::contract::MAX_ACCESS_TOKEN_LIFE.as_millis() as u64;
 
 pub use flashmall_mesh::headers::REVOKE_USER as REVOKE_USER_HEADER;
 pub use flashmall_mesh::headers::SOLD_OUT as SOLD_OUT_HEADER;
@@ -599,7 +600,9 @@ impl ProxyHttp for Edge {
             && self.gate.closed_for(sale, user)
         {
             reject("sold_out_gate");
-            return self.answer(session, ctx, gate::sold_out()).await;
+            return self
+                .answer(session, ctx, flashmall_mesh::contract::sold_out())
+                .await;
         }
         // 7. Route to an upstream pool.
         match self.pool_for(&path) {

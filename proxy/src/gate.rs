@@ -9,8 +9,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use flashmall_mesh::{ApiError, ErrorCode};
-
 struct Closed {
     until: Instant,
     holders: HashSet<String>,
@@ -43,11 +41,6 @@ impl Drop for Fetching<'_> {
     fn drop(&mut self) {
         self.gate.end_fetch(&self.sale);
     }
-}
-
-/// The engine's answer to a purchase of a sold-out sale.
-pub fn sold_out() -> ApiError {
-    ApiError::new(ErrorCode::SoldOut, "the sale is sold out")
 }
 
 impl Gate {

@@ -180,7 +180,7 @@ impl AuthConfig {
             return Err("auth.issuer and auth.audience must not be empty".into());
         }
         if self.access_ttl < Duration::from_secs(10)
-            || self.access_ttl > Duration::from_secs(24 * 3600)
+            || self.access_ttl > flashmall_mesh::contract::MAX_ACCESS_TOKEN_LIFE
         {
             return Err("auth.access_ttl must be between 10s and 24h".into());
         }

@@ -121,16 +121,7 @@ pub struct CheckoutSettings {
     pub common: Common,
 }
 
-/// An instant in Unix milliseconds as an RFC 3339 string in UTC.
-pub fn rfc3339_ms(ms: u64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
+pub use flashmall_mesh::contract::rfc3339_ms;
 
 /// Opens the configured services store; `data_dir` anchors a relative
 /// embedded path.
@@ -155,34 +146,6 @@ pub async fn open_store(
             )?))
         }
     }
-}
-
-/// Calls `method` through `client` with `request`, under the signed
-/// identity `signed` (a buyer's, forwarded, or the component's own), and
-/// turns a failure back into the callee's error.
-pub(crate) async fn call_as<Req, T, F, Fut>(
-    client: &MeshClient,
-    method: &'static str,
-    kind: flashmall_mesh::CallKind,
-    signed: &str,
-    request: &Req,
-    send: F,
-) -> Result<T, flashmall_mesh::ApiError>
-where
-    Req: Clone,
-    F: Fn(flashmall_mesh::MeshChannel, tonic::Request<Req>) -> Fut,
-    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-{
-    client
-        .call(method, kind, |channel| {
-            let mut call = tonic::Request::new(request.clone());
-            let sent = flashmall_mesh::authorize(&mut call, signed)
-                .map_err(tonic::Status::from)
-                .map(|()| send(channel, call));
-            async move { sent?.await }
-        })
-        .await
-        .map_err(|status| flashmall_mesh::ApiError::from_status(&status))
 }
 
 /// Lifetime of a component's own identity signed for one call.

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use flashmall_mesh::contract::sold_out;
 use flashmall_mesh::{ApiError, ErrorCode};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -237,10 +238,6 @@ async fn decide(
             ))
         }
     }
-}
-
-fn sold_out() -> ApiError {
-    ApiError::new(ErrorCode::SoldOut, "the sale is sold out")
 }
 
 fn answer(sale_id: Uuid, record: IdemRecord, replayed: bool) -> Purchase {

@@ -136,11 +136,7 @@ fn parse_instant(field: &str, value: &str) -> Result<OffsetDateTime, ApiError> {
         })
 }
 
-/// Formats an instant as RFC 3339 in UTC.
-pub fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| t.unix_timestamp().to_string())
-}
+pub use flashmall_mesh::contract::rfc3339;
 
 /// Parses a sale id from a path or request field; `None` when malformed.
 pub fn parse_sale_id(raw: &str) -> Option<Uuid> {

@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flashmall_mesh::identity::authorize;
 use flashmall_mesh::{CallKind, Identity, MeshClient};
 use flashmall_proto::order as pb;
 use pb::order_service_client::OrderServiceClient;
@@ -101,18 +100,19 @@ pub async fn make_orders(engine: &Arc<Engine>, client: &MeshClient) -> Result<us
         );
         let request = pb::CreateSaleOrdersReq { orders };
         let created = client
-            .call("CreateSaleOrders", CallKind::Idempotent, |channel| {
-                let mut call = tonic::Request::new(request.clone());
-                let authorized = authorize(&mut call, &signed).map_err(tonic::Status::from);
-                async move {
-                    authorized?;
+            .call_as(
+                "CreateSaleOrders",
+                CallKind::Idempotent,
+                &signed,
+                &request,
+                |channel, call| async move {
                     OrderServiceClient::new(channel)
                         .create_sale_orders(call)
                         .await
-                }
-            })
+                },
+            )
             .await
-            .map_err(|s| format!("order service: {}", s.message()))?;
+            .map_err(|e| format!("order service: {}", e.message))?;
         metrics::counter!("flashmall_engine_orders_made_total").increment(created.created as u64);
     }
     let ids: Vec<Uuid> = batch.iter().map(|r| r.id).collect();

@@ -286,6 +286,34 @@ impl MeshClient {
             tokio::time::sleep(wait).await;
         }
     }
+
+    /// [`call`](Self::call) under a signed identity: each attempt sends a
+    /// fresh `request` (cloned) carrying `signed` (a buyer's identity,
+    /// forwarded, or the caller's own service identity), and a failure
+    /// comes back as the callee's error, code and message.
+    pub async fn call_as<Req, T, F, Fut>(
+        &self,
+        method: &'static str,
+        kind: CallKind,
+        signed: &str,
+        request: &Req,
+        send: F,
+    ) -> Result<T, crate::ApiError>
+    where
+        Req: Clone,
+        F: Fn(MeshChannel, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call(method, kind, |channel| {
+            let mut call = tonic::Request::new(request.clone());
+            let sent = crate::identity::authorize(&mut call, signed)
+                .map_err(tonic::Status::from)
+                .map(|()| send(channel, call));
+            async move { sent?.await }
+        })
+        .await
+        .map_err(|status| crate::ApiError::from_status(&status))
+    }
 }
 
 /// A random number below `n` (0 when `n` is 0), for load balancing and

@@ -20,6 +20,7 @@ mod redis;
 
 pub use redis::RedisEdgeStore;
 
+use flashmall_mesh::contract::{LOGIN_FAMILY_HEX, login_family as family_of};
 pub use flashmall_mesh::now_ms;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -88,14 +89,6 @@ pub struct Revocation {
     pub until_ms: u64,
 }
 
-/// The login family of an access token's `jti`, when flashmall's auth
-/// service issued it: its `jti` is exactly 64 lowercase hex digits, the
-/// family's 32 then the token's own. Any other `jti` has no family.
-pub fn family_of(jti: &str) -> Option<&str> {
-    let hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
-    (jti.len() == 64 && jti.bytes().all(hex)).then(|| &jti[..32])
-}
-
 /// When a token was issued, to the millisecond: a flashmall token's own
 /// id (the second half of its `jti`) is a UUIDv7, whose first 48 bits are
 /// its issue time in Unix ms, signed with the rest of the token. Any other
@@ -105,7 +98,7 @@ pub fn family_of(jti: &str) -> Option<&str> {
 pub fn issued_at_ms(jti: &str, iat_s: u64) -> u64 {
     let second = iat_s.saturating_mul(1000);
     family_of(jti)
-        .and_then(|_| u64::from_str_radix(&jti[32..44], 16).ok())
+        .and_then(|_| u64::from_str_radix(&jti[LOGIN_FAMILY_HEX..LOGIN_FAMILY_HEX + 12], 16).ok())
         .filter(|ms| (second..second.saturating_add(2000)).contains(ms))
         .unwrap_or(second.saturating_add(999))
 }

@@ -87,10 +87,7 @@ impl From<&UserRecord> for UserView {
             id: u.id.clone(),
             email: u.email.clone(),
             roles: u.roles.clone(),
-            created_at: u
-                .created_at
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
+            created_at: flashmall_mesh::contract::rfc3339(u.created_at),
         }
     }
 }

@@ -60,7 +60,7 @@ impl Issuer {
 
 /// The login family an access token's `jti` belongs to.
 pub fn family_of(jti: &str) -> Option<Uuid> {
-    Uuid::try_parse(jti.get(..32)?).ok()
+    Uuid::try_parse(flashmall_mesh::contract::login_family(jti)?).ok()
 }
 
 pub fn now_secs() -> u64 {

@@ -7,7 +7,6 @@ use flashmall_mesh::{ApiError, CallKind, Identity, IdentityKey, MeshClient};
 use flashmall_proto::{cart, order, payment};
 
 use super::Line;
-use crate::call_as;
 
 /// The cart, order and payment services, as checkout calls them.
 pub struct Peers {
@@ -33,15 +32,16 @@ impl Peers {
     /// The cart's items (product id, quantity).
     pub async fn cart(&self, buyer: &Identity) -> Result<Vec<(String, i64)>, ApiError> {
         use cart::cart_service_client::CartServiceClient as Client;
-        let found = call_as(
-            &self.cart,
-            "GetCart",
-            CallKind::Idempotent,
-            &self.key.sign_for(buyer, "cart"),
-            &cart::GetCartReq {},
-            |channel, call| async move { Client::new(channel).get_cart(call).await },
-        )
-        .await?;
+        let found = self
+            .cart
+            .call_as(
+                "GetCart",
+                CallKind::Idempotent,
+                &self.key.sign_for(buyer, "cart"),
+                &cart::GetCartReq {},
+                |channel, call| async move { Client::new(channel).get_cart(call).await },
+            )
+            .await?;
         Ok(found
             .items
             .into_iter()
@@ -67,16 +67,16 @@ impl Peers {
                 .collect(),
             checkout_id: checkout_id.to_owned(),
         };
-        call_as(
-            &self.cart,
-            "EmptyCart",
-            CallKind::Idempotent,
-            &self.key.sign_for(buyer, "cart"),
-            &request,
-            |channel, call| async move { Client::new(channel).empty_cart(call).await },
-        )
-        .await
-        .map(|_| ())
+        self.cart
+            .call_as(
+                "EmptyCart",
+                CallKind::Idempotent,
+                &self.key.sign_for(buyer, "cart"),
+                &request,
+                |channel, call| async move { Client::new(channel).empty_cart(call).await },
+            )
+            .await
+            .map(|_| ())
     }
 
     /// Places the order (idempotent by its id).
@@ -98,15 +98,16 @@ impl Peers {
                 })
                 .collect(),
         };
-        let placed = call_as(
-            &self.orders,
-            "PlaceOrder",
-            CallKind::Idempotent,
-            &self.key.sign_for(buyer, "orders"),
-            &request,
-            |channel, call| async move { Client::new(channel).place_order(call).await },
-        )
-        .await?;
+        let placed = self
+            .orders
+            .call_as(
+                "PlaceOrder",
+                CallKind::Idempotent,
+                &self.key.sign_for(buyer, "orders"),
+                &request,
+                |channel, call| async move { Client::new(channel).place_order(call).await },
+            )
+            .await?;
         Ok(PlacedOrder {
             status: placed.order.map(|o| o.status).unwrap_or_default(),
         })
@@ -119,16 +120,16 @@ impl Peers {
         let request = order::HoldOrderStockReq {
             order_id: order_id.to_owned(),
         };
-        call_as(
-            &self.orders,
-            "HoldOrderStock",
-            CallKind::Idempotent,
-            &self.key.sign_for(buyer, "orders"),
-            &request,
-            |channel, call| async move { Client::new(channel).hold_order_stock(call).await },
-        )
-        .await
-        .map(|_| ())
+        self.orders
+            .call_as(
+                "HoldOrderStock",
+                CallKind::Idempotent,
+                &self.key.sign_for(buyer, "orders"),
+                &request,
+                |channel, call| async move { Client::new(channel).hold_order_stock(call).await },
+            )
+            .await
+            .map(|_| ())
     }
 
     /// Cancels the buyer's unpaid order (its stock hold is released).
@@ -137,16 +138,16 @@ impl Peers {
         let request = order::CancelOrderReq {
             order_id: order_id.to_owned(),
         };
-        call_as(
-            &self.orders,
-            "CancelOrder",
-            CallKind::Idempotent,
-            &self.key.sign_for(buyer, "orders"),
-            &request,
-            |channel, call| async move { Client::new(channel).cancel_order(call).await },
-        )
-        .await
-        .map(|_| ())
+        self.orders
+            .call_as(
+                "CancelOrder",
+                CallKind::Idempotent,
+                &self.key.sign_for(buyer, "orders"),
+                &request,
+                |channel, call| async move { Client::new(channel).cancel_order(call).await },
+            )
+            .await
+            .map(|_| ())
     }
 
     /// Charges the order (idempotent by `idempotency_key`).
@@ -163,15 +164,16 @@ impl Peers {
             amount,
             idempotency_key: idempotency_key.to_owned(),
         };
-        let answer = call_as(
-            &self.payments,
-            "Charge",
-            CallKind::Idempotent,
-            &self.key.sign_for(buyer, "payments"),
-            &request,
-            |channel, call| async move { Client::new(channel).charge(call).await },
-        )
-        .await?;
+        let answer = self
+            .payments
+            .call_as(
+                "Charge",
+                CallKind::Idempotent,
+                &self.key.sign_for(buyer, "payments"),
+                &request,
+                |channel, call| async move { Client::new(channel).charge(call).await },
+            )
+            .await?;
         let p = answer
             .payment
             .ok_or_else(|| ApiError::internal("the payment service answered no payment"))?;

@@ -16,9 +16,9 @@ use flashmall_proto::inventory as inv;
 use inv::inventory_service_client::InventoryServiceClient;
 
 use super::{Order, OrderSource};
+use crate::CALL_IDENTITY_TTL;
 use crate::products::client::CatalogClient;
 use crate::products::stock::{Settle, StockLine};
-use crate::{CALL_IDENTITY_TTL, call_as};
 
 /// Settles an order's units.
 #[async_trait]
@@ -93,18 +93,18 @@ impl StockKeeper for MeshStock {
                 let request = inv::ReleaseRequest {
                     reservation_id: reservation.to_string(),
                 };
-                call_as(
-                    &self.engine,
-                    "Release",
-                    CallKind::Idempotent,
-                    &signed,
-                    &request,
-                    |channel, call| async move {
-                        InventoryServiceClient::new(channel).release(call).await
-                    },
-                )
-                .await
-                .map(|_| ())
+                self.engine
+                    .call_as(
+                        "Release",
+                        CallKind::Idempotent,
+                        &signed,
+                        &request,
+                        |channel, call| async move {
+                            InventoryServiceClient::new(channel).release(call).await
+                        },
+                    )
+                    .await
+                    .map(|_| ())
             }
             (OrderSource::FlashSale, None) => Ok(()),
             (OrderSource::Checkout, _) => self.settle_hold(order, Settle::Release).await,

@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flashmall_mesh::identity::authorize;
 use flashmall_mesh::{ApiError, CallKind, Identity, IdentityKey, MeshClient};
 use flashmall_proto::order as pb;
 use pb::order_service_client::OrderServiceClient;
@@ -67,18 +66,18 @@ impl OrderDesk for GrpcOrders {
         let request = pb::GetOrderReq {
             order_id: order_id.to_string(),
         };
-        let order = self
-            .client
-            .call("GetOrder", CallKind::Idempotent, |channel| {
-                let mut call = tonic::Request::new(request.clone());
-                let authorized = authorize(&mut call, &signed).map_err(tonic::Status::from);
-                async move {
-                    authorized?;
-                    OrderServiceClient::new(channel).get_order(call).await
-                }
-            })
-            .await
-            .map_err(|s| ApiError::from_status(&s))?;
+        let order =
+            self.client
+                .call_as(
+                    "GetOrder",
+                    CallKind::Idempotent,
+                    &signed,
+                    &request,
+                    |channel, call| async move {
+                        OrderServiceClient::new(channel).get_order(call).await
+                    },
+                )
+                .await?;
         Ok(OrderFacts {
             status: order.status,
             total: order.total,
@@ -104,16 +103,16 @@ impl OrderDesk for GrpcOrders {
         // already_paid.
         let answer = self
             .client
-            .call("MarkOrderPaid", CallKind::Idempotent, |channel| {
-                let mut call = tonic::Request::new(request.clone());
-                let authorized = authorize(&mut call, &signed).map_err(tonic::Status::from);
-                async move {
-                    authorized?;
+            .call_as(
+                "MarkOrderPaid",
+                CallKind::Idempotent,
+                &signed,
+                &request,
+                |channel, call| async move {
                     OrderServiceClient::new(channel).mark_order_paid(call).await
-                }
-            })
-            .await
-            .map_err(|s| ApiError::from_status(&s))?;
+                },
+            )
+            .await?;
         Ok(match answer.outcome.as_str() {
             "paid" => MarkPaid::Paid,
             "already_paid" => MarkPaid::AlreadyPaid,

@@ -8,7 +8,7 @@ use flashmall_proto::product as pb;
 use pb::product_catalog_service_client::ProductCatalogServiceClient as Client;
 
 use super::stock::{Settle, StockLine};
-use crate::{CALL_IDENTITY_TTL, call_as};
+use crate::CALL_IDENTITY_TTL;
 
 /// A product as callers need it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,15 +57,16 @@ impl CatalogClient {
     /// The products among `ids` that exist, in the order asked.
     pub async fn batch_get(&self, ids: &[String]) -> Result<Vec<ProductFacts>, ApiError> {
         let request = pb::BatchGetProductsReq { ids: ids.to_vec() };
-        let found = call_as(
-            &self.client,
-            "BatchGetProducts",
-            CallKind::Idempotent,
-            &self.own_identity(),
-            &request,
-            |channel, call| async move { Client::new(channel).batch_get_products(call).await },
-        )
-        .await?;
+        let found = self
+            .client
+            .call_as(
+                "BatchGetProducts",
+                CallKind::Idempotent,
+                &self.own_identity(),
+                &request,
+                |channel, call| async move { Client::new(channel).batch_get_products(call).await },
+            )
+            .await?;
         Ok(found
             .products
             .into_iter()
@@ -90,16 +91,16 @@ impl CatalogClient {
             lines: lines_pb(lines),
             deadline_ms,
         };
-        call_as(
-            &self.client,
-            "HoldStock",
-            CallKind::Idempotent,
-            &self.own_identity(),
-            &request,
-            |channel, call| async move { Client::new(channel).hold_stock(call).await },
-        )
-        .await
-        .map(|_| ())
+        self.client
+            .call_as(
+                "HoldStock",
+                CallKind::Idempotent,
+                &self.own_identity(),
+                &request,
+                |channel, call| async move { Client::new(channel).hold_stock(call).await },
+            )
+            .await
+            .map(|_| ())
     }
 
     /// Commits or releases a hold.
@@ -119,22 +120,22 @@ impl CatalogClient {
             Settle::Commit => ("CommitStock", true),
             Settle::Release => ("ReleaseStock", false),
         };
-        call_as(
-            &self.client,
-            method,
-            CallKind::Idempotent,
-            &self.own_identity(),
-            &request,
-            |channel, call| async move {
-                let mut client = Client::new(channel);
-                if commit {
-                    client.commit_stock(call).await
-                } else {
-                    client.release_stock(call).await
-                }
-            },
-        )
-        .await
-        .map(|_| ())
+        self.client
+            .call_as(
+                method,
+                CallKind::Idempotent,
+                &self.own_identity(),
+                &request,
+                |channel, call| async move {
+                    let mut client = Client::new(channel);
+                    if commit {
+                        client.commit_stock(call).await
+                    } else {
+                        client.release_stock(call).await
+                    }
+                },
+            )
+            .await
+            .map(|_| ())
     }
 }
