@@ -2,8 +2,6 @@
 //! single-process stack (`up`), the demo and the bench command. `main.rs` only parses the
 //! command line and calls into here and each component crate's `run`.
 
-#![forbid(unsafe_code)]
-
 pub mod bench;
 pub mod chaos;
 pub mod config;

@@ -2,6 +2,11 @@
 //! stack, the edge, nginx, redis-server and redis-benchmark) and its report
 //! must be complete and its checks must hold. No timing is asserted: these
 //! runs check the harness, not the machine.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test's failed step panics the test"
+)]
 
 use flashmall::bench::{Output, SeckillArgs};
 use flashmall_bench::proxy::ProxyOptions;

@@ -3,6 +3,11 @@
 //! reads without a token; bad input answered with clear 4xx codes; listing
 //! by category, offset and cursor paging, batch reads and word search that
 //! follow every change.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test's failed step panics the test"
+)]
 
 mod support;
 

@@ -4,6 +4,11 @@
 //! `*_on_tikv` variants keep the ledger in the TiKV-protocol test server
 //! (`FLASHMALL_TEST_TIKV_PD`, set by `scripts/test`); without it they say
 //! they were skipped and pass.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test's failed step panics the test"
+)]
 
 mod support;
 

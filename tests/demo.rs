@@ -1,5 +1,10 @@
 //! `flashmall demo` at small sizes: the in-process front, a real Redis, and
 //! the real binary; each run must report every invariant holding.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test's failed step panics the test"
+)]
 
 use flashmall::demo::{DemoOptions, run};
 use flashmall_testing::RedisServer;

@@ -1,5 +1,10 @@
 //! The edge, black-box: the real Pingora proxy in front of the real engine
 //! and auth service, over real sockets, with tokens from real logins.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test's failed step panics the test"
+)]
 
 mod support;
 

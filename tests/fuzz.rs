@@ -9,6 +9,11 @@
 //! it in `FLASHMALL_SCHEMATHESIS`; without it this test says it was skipped
 //! (and `FLASHMALL_REQUIRE_REAL_STORES=1` runs fail on that). With
 //! `FLASHMALL_FUZZ_REPORT_DIR` set, each run's full report is written there.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test's failed step panics the test"
+)]
 
 mod support;
 

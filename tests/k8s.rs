@@ -4,6 +4,11 @@
 //! exports. (`k8s/check.py`, run by `scripts/test`, renders the overlays,
 //! validates them against the Kubernetes schemas and checks their configs
 //! with `flashmall check-config`.)
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test's failed step panics the test"
+)]
 
 mod support;
 

@@ -1,6 +1,11 @@
 //! The `flashmall` process's life: `up` on embedded stores keeps its data
 //! across a restart, stops cleanly on SIGTERM (settling what it holds), and
 //! `flashmall engine reconcile` rebuilds and checks the sales offline.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test's failed step panics the test"
+)]
 
 mod support;
 

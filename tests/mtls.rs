@@ -5,6 +5,11 @@
 //! mesh's CA, nor one whose certificate another CA signed; a caller refuses
 //! a callee whose certificate names another component; and certificates
 //! and the CA itself rotate under the running stack, without a restart.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test's failed step panics the test"
+)]
 
 mod support;
 

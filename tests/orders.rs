@@ -3,7 +3,11 @@
 //! order, paying it marks it paid, an unpaid order expires and its unit
 //! sells again; pay-versus-expire races never sell a unit twice; an order
 //! service that is down holds up nothing but the orders.
-
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test's failed step panics the test"
+)]
 #![allow(dead_code)]
 
 mod support;

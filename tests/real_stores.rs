@@ -8,6 +8,11 @@
 //! (`host:port`), which `scripts/test` sets after starting both servers;
 //! without them the test says it was skipped and passes (`.ci/run` refuses
 //! such a run).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test's failed step panics the test"
+)]
 
 mod support;
 

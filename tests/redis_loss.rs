@@ -7,6 +7,11 @@
 //! the stock is ever held, no buyer past the limit, one reservation per
 //! key (a retried key answers its original reservation), every 201 in the
 //! ledger, and once the front is rebuilt, exactly the stock sold.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test's failed step panics the test"
+)]
 
 mod support;
 

@@ -4,6 +4,11 @@
 //! Idempotency-Key; concurrent checkouts of the last units never oversell;
 //! a declined payment leaves the cart as it was and the order cancelled;
 //! an unpaid order expires and its units come back.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test's failed step panics the test"
+)]
 
 mod support;
 

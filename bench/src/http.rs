@@ -55,6 +55,7 @@ impl Endpoint {
     }
 
     /// The endpoint of a local socket address.
+    #[allow(clippy::expect_used, reason = "a socket address is a valid Host")]
     pub fn local(addr: SocketAddr) -> Endpoint {
         let authority = addr.to_string();
         Endpoint {

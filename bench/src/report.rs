@@ -38,9 +38,18 @@ impl Latency {
     }
 }
 
+/// A histogram of microseconds, 1 µs to an hour, `digits` significant digits.
+#[allow(
+    clippy::expect_used,
+    reason = "the bounds are constants hdrhistogram accepts"
+)]
+fn histogram_of(digits: u8) -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, digits).expect("static histogram bounds are valid")
+}
+
 /// A histogram of microseconds, 1 µs to an hour, 3 significant digits.
 pub fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds are valid")
+    histogram_of(3)
 }
 
 /// The figures of one recording.
@@ -108,9 +117,7 @@ pub fn bucket_width_us(elapsed_us: u64) -> u64 {
 pub fn timeline(samples: &[Sample], elapsed_us: u64) -> Vec<Bucket> {
     let width = bucket_width_us(elapsed_us);
     let slices = (elapsed_us / width + 1) as usize;
-    let mut histograms: Vec<Histogram<u64>> = (0..slices)
-        .map(|_| Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("static bounds"))
-        .collect();
+    let mut histograms: Vec<Histogram<u64>> = (0..slices).map(|_| histogram_of(2)).collect();
     for s in samples {
         let slice = ((s.done_us / width) as usize).min(slices - 1);
         histograms[slice].saturating_record(s.latency_us.max(1));

@@ -8,8 +8,6 @@
 //! (later plans see earlier writes), and all of them are answered after the
 //! one fsync. Depends on no flashmall crate.
 
-#![forbid(unsafe_code)]
-
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;

@@ -15,8 +15,6 @@
 //! TiKV), each a trait with one conformance suite. `api/` serves JSON and
 //! gRPC on one port. Depends on `flashmall-proto` and `flashmall-mesh` only.
 
-#![forbid(unsafe_code)]
-
 pub mod api;
 pub mod config;
 pub mod front;

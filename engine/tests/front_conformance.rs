@@ -1,6 +1,11 @@
 //! The stock-front conformance suite: every `StockFront` implementation
 //! must pass it. Runs against a real `redis-server` (started on a free
 //! port) and against the in-process front.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test's failed step panics the test"
+)]
 
 use std::collections::HashSet;
 use std::sync::Arc;

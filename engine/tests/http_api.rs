@@ -1,5 +1,10 @@
 //! The engine's HTTP and gRPC API, black-box, on a real `redis-server` and
 //! an embedded ledger: races, limits, retries, bad input, Redis failures.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test's failed step panics the test"
+)]
 
 mod support;
 

@@ -8,6 +8,11 @@
 //! (`on_tikv_splitting`): tikv-client meets `EpochNotMatch` and stale
 //! region caches mid-transaction, and nothing may change in what the
 //! ledger answers.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test's failed step panics the test"
+)]
 
 use std::sync::{Arc, LazyLock, Mutex};
 

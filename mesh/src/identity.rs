@@ -234,8 +234,8 @@ impl IdentityKey {
         }
     }
 
+    #[allow(clippy::expect_used, reason = "HMAC takes keys of any length")]
     fn mac(&self, payload: &str) -> Hmac<Sha256> {
-        // HMAC takes keys of any length.
         let mut mac =
             <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("hmac accepts any key length");
         mac.update(payload.as_bytes());

@@ -6,8 +6,6 @@
 //!
 //! Owns no business logic and depends on no other flashmall crate.
 
-#![forbid(unsafe_code)]
-
 pub mod body;
 pub mod client;
 pub mod config;

@@ -2,6 +2,11 @@
 //! 127.0.0.1: a small `UserService` whose behaviour each test controls
 //! (fail N times, fail always, answer slowly) and which records what
 //! reached it, served by `flashmall_mesh::serve` like every component.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test's failed step panics the test"
+)]
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

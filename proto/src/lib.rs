@@ -3,8 +3,6 @@
 //! Owns nothing but generated types: no business logic, no dependency on any
 //! other flashmall crate.
 
-#![forbid(unsafe_code)]
-
 /// The auth and user service's API (`flashmall.user.v1`).
 pub mod user {
     #![allow(clippy::all, missing_docs)]

@@ -9,8 +9,6 @@
 //! Depends on `flashmall-mesh` only (identity, errors, metrics); never on a
 //! component crate.
 
-#![forbid(unsafe_code)]
-
 mod admin;
 pub mod config;
 mod edge;

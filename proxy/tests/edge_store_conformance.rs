@@ -1,5 +1,10 @@
 //! The edge-store conformance suite: every `EdgeStore` runs it. Runs
 //! against the in-process store and against a real `redis-server`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test's failed step panics the test"
+)]
 
 use std::sync::Arc;
 

@@ -1,5 +1,10 @@
 //! Starting the edge: a port someone else holds is a failed start, never an
 //! edge reported up in front of a stranger.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test's failed step panics the test"
+)]
 
 use flashmall_mesh::identity::IdentityKey;
 use flashmall_proxy::config::ProxyConfig;

@@ -1,6 +1,11 @@
 //! The auth and user service, black-box over HTTP. The tests play the edge
 //! where it matters: they verify the issued JWT and forward its identity
 //! signed with the mesh key, as the proxy does.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test's failed step panics the test"
+)]
 
 use std::time::Duration;
 

@@ -2,6 +2,11 @@
 //! finding 7): a search for words few products hold together examines at
 //! most `EXAMINED_MAX` index rows, answers what it found (maybe nothing)
 //! and a token to go on from, and following the tokens finds everything.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test's failed step panics the test"
+)]
 
 use std::sync::Arc;
 

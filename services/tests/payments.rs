@@ -2,6 +2,11 @@
 //! simulator and a scripted order service: idempotency, cancellation, timed
 //! cancellation of stuck charges, refunds when the order can no longer be
 //! paid, and captures finished after the order service comes back.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test's failed step panics the test"
+)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

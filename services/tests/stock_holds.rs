@@ -2,6 +2,11 @@
 //! a hold takes units once however often it is retried, all lines or none;
 //! a settled hold is never taken again, not even by a hold that arrives
 //! after its release; racing holds of the last units never oversell.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test's failed step panics the test"
+)]
 
 use std::sync::Arc;
 use std::time::Duration;

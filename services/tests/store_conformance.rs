@@ -7,6 +7,11 @@
 //!
 //! The checks of one run share that keyspace, so every key and partition a
 //! check uses carries the check's name as a prefix (`Subject::key`).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test's failed step panics the test"
+)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
