@@ -268,7 +268,8 @@ async fn edge(
                 expires_at_ms: None,
                 created_at_ms: 0,
             })
-            .await?;
+            .await
+            .map_err(|e| e.to_string())?;
     }
     store
         .add_blacklist(BlacklistEntry {
@@ -278,7 +279,8 @@ async fn edge(
             expires_at_ms: None,
             created_at_ms: 0,
         })
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
     store
         .set_rules(vec![AccessRule {
             role: "customer".into(),
@@ -286,8 +288,9 @@ async fn edge(
             method: "*".into(),
             path: "^/bench/private".into(),
         }])
-        .await?;
-    running.state.refresh().await?;
+        .await
+        .map_err(|e| e.to_string())?;
+    running.state.refresh().await.map_err(|e| e.to_string())?;
     Ok(running)
 }
 

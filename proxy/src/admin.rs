@@ -14,7 +14,7 @@ use pingora::proxy::Session;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::state::{AccessRule, BlacklistEntry, View, check_rules, now_ms};
+use crate::state::{AccessRule, BlacklistEntry, StoreError, View, check_rules, now_ms};
 
 /// Largest admin request body.
 const MAX_BODY: usize = 64 * 1024;
@@ -50,9 +50,16 @@ async fn body<T: for<'de> Deserialize<'de>>(session: &mut Session) -> Result<T, 
         .map_err(|e| ApiError::invalid(format!("the request body is not valid: {e}")))
 }
 
-fn store_error(e: String) -> ApiError {
+fn store_error(e: StoreError) -> ApiError {
     tracing::warn!(error = %e, "edge store call failed");
-    ApiError::unavailable("the edge store is unavailable, retry shortly")
+    match e {
+        StoreError::Unavailable(_) => {
+            ApiError::unavailable("the edge store is unavailable, retry shortly")
+        }
+        StoreError::Corrupt(_) => {
+            ApiError::internal("the edge store holds data this edge cannot read; see its log")
+        }
+    }
 }
 
 #[derive(Deserialize)]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use flashmall_proxy::state::{
     AccessRule, BlacklistEntry, EdgeStore, Effect, LocalEdgeStore, REVOCATIONS_PER_READ,
-    RedisEdgeStore, Revocation, View, now_ms,
+    RedisEdgeStore, Revocation, StoreError, View, now_ms,
 };
 use flashmall_testing::acl::ProductionAcl;
 use flashmall_testing::{RedisServer, SentinelSet};
@@ -450,4 +450,28 @@ async fn the_store_connects_through_a_failover_in_progress() {
         .set_rules(vec![rule])
         .await
         .expect("writes on the promoted replica");
+}
+
+/// A store that does not answer and a store that holds what the edge cannot
+/// read fail differently: the first may work when tried again (the admin
+/// API answers 503), the second will not (500, and the log says why).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_and_an_unreadable_one_are_told_apart() {
+    let mut server = RedisServer::start();
+    let store = RedisEdgeStore::connect(&server.url(), std::time::Duration::from_secs(2))
+        .await
+        .expect("connect to the test redis");
+    server.command(&["SET", "fm:edge:rules", "not json"]);
+    match store.load().await {
+        Err(StoreError::Corrupt(why)) => assert!(why.contains("rules"), "{why}"),
+        other => panic!("unreadable rules are Corrupt, not {other:?}"),
+    }
+    let view = View::new(Arc::new(store));
+    assert!(matches!(view.refresh().await, Err(StoreError::Corrupt(_))));
+    let store = Arc::clone(&view.store);
+    server.kill();
+    match store.version().await {
+        Err(StoreError::Unavailable(why)) => assert!(why.contains("redis"), "{why}"),
+        other => panic!("a dead store is Unavailable, not {other:?}"),
+    }
 }

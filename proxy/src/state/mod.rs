@@ -182,22 +182,36 @@ impl Held {
 /// Most revocations one read returns; a refresh reads until it has all.
 pub const REVOCATIONS_PER_READ: usize = 1_000;
 
+/// Why an edge store call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The store did not answer (no connection, a timeout, an error
+    /// reply): the call may succeed when tried again.
+    #[error("the edge store is unavailable: {0}")]
+    Unavailable(String),
+    /// The store answered with what this replica cannot read (a value
+    /// written by hand or by an incompatible version): trying again does
+    /// not help.
+    #[error("the edge store holds unreadable data: {0}")]
+    Corrupt(String),
+}
+
 /// Where the edge state lives.
 #[async_trait]
 pub trait EdgeStore: Send + Sync + 'static {
     /// The blacklist's and the rules' version: changes with every write of
     /// either (never with a revocation).
-    async fn version(&self) -> Result<u64, String>;
-    async fn load(&self) -> Result<EdgeState, String>;
-    async fn add_blacklist(&self, entry: BlacklistEntry) -> Result<(), String>;
-    async fn remove_blacklist(&self, id: &str) -> Result<bool, String>;
-    async fn set_rules(&self, rules: Vec<AccessRule>) -> Result<(), String>;
+    async fn version(&self) -> Result<u64, StoreError>;
+    async fn load(&self) -> Result<EdgeState, StoreError>;
+    async fn add_blacklist(&self, entry: BlacklistEntry) -> Result<(), StoreError>;
+    async fn remove_blacklist(&self, id: &str) -> Result<bool, StoreError>;
+    async fn set_rules(&self, rules: Vec<AccessRule>) -> Result<(), StoreError>;
     /// Records a revocation (merged with one of the same key: the stricter
     /// wins) under a new sequence number, and drops expired ones.
-    async fn revoke(&self, revocation: &Revocation, now_ms: u64) -> Result<(), String>;
+    async fn revoke(&self, revocation: &Revocation, now_ms: u64) -> Result<(), StoreError>;
     /// The live revocations recorded after sequence number `after`, oldest
     /// first, at most `REVOCATIONS_PER_READ`, each with its number.
-    async fn revocations_after(&self, after: u64) -> Result<Vec<(u64, Revocation)>, String>;
+    async fn revocations_after(&self, after: u64) -> Result<Vec<(u64, Revocation)>, StoreError>;
 }
 
 /// The edge state in this process (one replica).
@@ -221,11 +235,11 @@ impl LocalEdgeStore {
 
 #[async_trait]
 impl EdgeStore for LocalEdgeStore {
-    async fn version(&self) -> Result<u64, String> {
+    async fn version(&self) -> Result<u64, StoreError> {
         Ok(self.inner.lock().unwrap_or_else(|p| p.into_inner()).0)
     }
 
-    async fn load(&self) -> Result<EdgeState, String> {
+    async fn load(&self) -> Result<EdgeState, StoreError> {
         Ok(self
             .inner
             .lock()
@@ -234,12 +248,12 @@ impl EdgeStore for LocalEdgeStore {
             .clone())
     }
 
-    async fn add_blacklist(&self, entry: BlacklistEntry) -> Result<(), String> {
+    async fn add_blacklist(&self, entry: BlacklistEntry) -> Result<(), StoreError> {
         self.write(|s| s.blacklist.push(entry));
         Ok(())
     }
 
-    async fn remove_blacklist(&self, id: &str) -> Result<bool, String> {
+    async fn remove_blacklist(&self, id: &str) -> Result<bool, StoreError> {
         Ok(self.write(|s| {
             let before = s.blacklist.len();
             s.blacklist.retain(|e| e.id != id);
@@ -247,12 +261,12 @@ impl EdgeStore for LocalEdgeStore {
         }))
     }
 
-    async fn set_rules(&self, rules: Vec<AccessRule>) -> Result<(), String> {
+    async fn set_rules(&self, rules: Vec<AccessRule>) -> Result<(), StoreError> {
         self.write(|s| s.rules = rules);
         Ok(())
     }
 
-    async fn revoke(&self, revocation: &Revocation, now_ms: u64) -> Result<(), String> {
+    async fn revoke(&self, revocation: &Revocation, now_ms: u64) -> Result<(), StoreError> {
         let mut guard = self.revocations.lock().unwrap_or_else(|p| p.into_inner());
         let (by_key, last) = &mut *guard;
         by_key.retain(|_, (_, r)| r.until_ms > now_ms);
@@ -268,7 +282,7 @@ impl EdgeStore for LocalEdgeStore {
         Ok(())
     }
 
-    async fn revocations_after(&self, after: u64) -> Result<Vec<(u64, Revocation)>, String> {
+    async fn revocations_after(&self, after: u64) -> Result<Vec<(u64, Revocation)>, StoreError> {
         let guard = self.revocations.lock().unwrap_or_else(|p| p.into_inner());
         let mut found: Vec<(u64, Revocation)> = guard
             .0
@@ -505,13 +519,14 @@ impl View {
 
     /// Reloads the snapshot if the store's version moved, and reads the
     /// revocations recorded since the last refresh.
-    pub async fn refresh(&self) -> Result<(), String> {
+    pub async fn refresh(&self) -> Result<(), StoreError> {
         use std::sync::atomic::Ordering::Relaxed;
         let mut last_revocation = self.refreshing.lock().await;
         let started = now_ms();
         let version = self.store.version().await?;
         if *self.version.lock().unwrap_or_else(|p| p.into_inner()) != Some(version) {
-            let snapshot = Snapshot::compile(self.store.load().await?)?;
+            let snapshot =
+                Snapshot::compile(self.store.load().await?).map_err(StoreError::Corrupt)?;
             if let Ok(mut slot) = self.current.write() {
                 *slot = Arc::new(snapshot);
             }

@@ -12,7 +12,9 @@ use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand};
 use std::collections::HashMap;
 
-use super::{AccessRule, BlacklistEntry, EdgeState, EdgeStore, REVOCATIONS_PER_READ, Revocation};
+use super::{
+    AccessRule, BlacklistEntry, EdgeState, EdgeStore, REVOCATIONS_PER_READ, Revocation, StoreError,
+};
 
 /// KEYS: expiries, watermarks, log, sequence. ARGV: key, watermark (`all`
 /// or Unix ms), until (Unix ms), now (Unix ms).
@@ -85,8 +87,8 @@ pub struct RedisEdgeStore {
     revocations: [String; 4],
 }
 
-fn err(e: Error) -> String {
-    format!("redis: {e}")
+fn err(e: Error) -> StoreError {
+    StoreError::Unavailable(format!("redis: {e}"))
 }
 
 impl RedisEdgeStore {
@@ -102,7 +104,7 @@ impl RedisEdgeStore {
                 .with_performance_config(|p| p.default_command_timeout = timeout)
                 .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
                 .build()
-                .map_err(err)?;
+                .map_err(|e| format!("redis: {e}"))?;
             match tokio::time::timeout_at(deadline, client.init()).await {
                 Ok(Ok(_)) => break client,
                 Ok(Err(e)) if tokio::time::Instant::now() + PAUSE < deadline => {
@@ -110,7 +112,7 @@ impl RedisEdgeStore {
                     let _ = client.quit().await;
                     tokio::time::sleep(PAUSE).await;
                 }
-                Ok(Err(e)) => return Err(err(e)),
+                Ok(Err(e)) => return Err(format!("redis: {e}")),
                 Err(_) => return Err(format!("no connection to {url} within {timeout:?}")),
             }
         };
@@ -133,7 +135,12 @@ impl RedisEdgeStore {
     }
 
     /// EVAL of a script over `keys` (all under one hash tag).
-    async fn eval(&self, script: &str, keys: &[String], args: Vec<Value>) -> Result<Value, String> {
+    async fn eval(
+        &self,
+        script: &str,
+        keys: &[String],
+        args: Vec<Value>,
+    ) -> Result<Value, StoreError> {
         let mut call: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
         call.push(Value::from(script));
         call.push(Value::from(keys.len() as i64));
@@ -144,7 +151,7 @@ impl RedisEdgeStore {
     }
 
     /// Moves the version past every value it has had (see [`BUMP`]).
-    async fn bump(&self) -> Result<(), String> {
+    async fn bump(&self) -> Result<(), StoreError> {
         self.eval(BUMP, std::slice::from_ref(&self.version), Vec::new())
             .await?;
         Ok(())
@@ -153,12 +160,12 @@ impl RedisEdgeStore {
 
 #[async_trait]
 impl EdgeStore for RedisEdgeStore {
-    async fn version(&self) -> Result<u64, String> {
+    async fn version(&self) -> Result<u64, StoreError> {
         let v: Option<u64> = self.client.get(self.version.as_str()).await.map_err(err)?;
         Ok(v.unwrap_or(0))
     }
 
-    async fn load(&self) -> Result<EdgeState, String> {
+    async fn load(&self) -> Result<EdgeState, StoreError> {
         let entries: HashMap<String, String> = self
             .client
             .hgetall(self.blacklist.as_str())
@@ -172,14 +179,15 @@ impl EdgeStore for RedisEdgeStore {
                 .collect(),
             rules: match rules {
                 Some(r) => serde_json::from_str(&r)
-                    .map_err(|e| format!("stored access rules are corrupt: {e}"))?,
+                    .map_err(|e| StoreError::Corrupt(format!("stored access rules: {e}")))?,
                 None => Vec::new(),
             },
         })
     }
 
-    async fn add_blacklist(&self, entry: BlacklistEntry) -> Result<(), String> {
-        let value = serde_json::to_string(&entry).map_err(|e| e.to_string())?;
+    async fn add_blacklist(&self, entry: BlacklistEntry) -> Result<(), StoreError> {
+        let value =
+            serde_json::to_string(&entry).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.client
             .hset::<i64, _, _>(self.blacklist.as_str(), (entry.id.as_str(), value))
             .await
@@ -187,7 +195,7 @@ impl EdgeStore for RedisEdgeStore {
         self.bump().await
     }
 
-    async fn remove_blacklist(&self, id: &str) -> Result<bool, String> {
+    async fn remove_blacklist(&self, id: &str) -> Result<bool, StoreError> {
         let removed: i64 = self
             .client
             .hdel(self.blacklist.as_str(), id)
@@ -197,8 +205,9 @@ impl EdgeStore for RedisEdgeStore {
         Ok(removed > 0)
     }
 
-    async fn set_rules(&self, rules: Vec<AccessRule>) -> Result<(), String> {
-        let value = serde_json::to_string(&rules).map_err(|e| e.to_string())?;
+    async fn set_rules(&self, rules: Vec<AccessRule>) -> Result<(), StoreError> {
+        let value =
+            serde_json::to_string(&rules).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.client
             .set::<(), _, _>(self.rules.as_str(), value, None, None, false)
             .await
@@ -206,7 +215,7 @@ impl EdgeStore for RedisEdgeStore {
         self.bump().await
     }
 
-    async fn revoke(&self, revocation: &Revocation, now_ms: u64) -> Result<(), String> {
+    async fn revoke(&self, revocation: &Revocation, now_ms: u64) -> Result<(), StoreError> {
         let not_before = match revocation.not_before_ms {
             Some(ms) => Value::from(ms as i64),
             None => Value::from("all"),
@@ -225,7 +234,7 @@ impl EdgeStore for RedisEdgeStore {
         Ok(())
     }
 
-    async fn revocations_after(&self, after: u64) -> Result<Vec<(u64, Revocation)>, String> {
+    async fn revocations_after(&self, after: u64) -> Result<Vec<(u64, Revocation)>, StoreError> {
         let reply = self
             .eval(
                 REVOCATIONS_AFTER,
@@ -240,7 +249,7 @@ impl EdgeStore for RedisEdgeStore {
         let number = |s: &str| {
             s.parse::<f64>()
                 .map(|n| n as u64)
-                .map_err(|_| format!("a stored revocation is corrupt: {s:?}"))
+                .map_err(|_| StoreError::Corrupt(format!("a stored revocation: {s:?}")))
         };
         fields
             .chunks_exact(4)
