@@ -6,15 +6,37 @@ use std::sync::OnceLock;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-/// (method, path, summary, needs a token, request body schema, success status)
-type Operation = (
-    &'static str,
-    &'static str,
-    &'static str,
-    bool,
-    Option<Value>,
-    &'static str,
-);
+/// One documented operation.
+struct Operation {
+    method: &'static str,
+    /// The path, with `{name}` for each path parameter.
+    path: &'static str,
+    summary: &'static str,
+    /// Whether it needs an access token.
+    secured: bool,
+    /// The JSON schema of the request body, when it takes one.
+    body: Option<Value>,
+    /// The success status.
+    ok: &'static str,
+}
+
+fn op(
+    method: &'static str,
+    path: &'static str,
+    summary: &'static str,
+    secured: bool,
+    body: Option<Value>,
+    ok: &'static str,
+) -> Operation {
+    Operation {
+        method,
+        path,
+        summary,
+        secured,
+        body,
+        ok,
+    }
+}
 
 fn operations() -> Vec<Operation> {
     let credentials = json!({"type": "object", "required": ["email", "password"],
@@ -26,7 +48,7 @@ fn operations() -> Vec<Operation> {
             "categories": {"type": "array", "maxItems": 10, "items": {"type": "string"}},
             "stock": {"type": "integer", "minimum": 0}}});
     vec![
-        (
+        op(
             "post",
             "/api/v1/auth/register",
             "Create an account",
@@ -34,7 +56,7 @@ fn operations() -> Vec<Operation> {
             Some(credentials.clone()),
             "201",
         ),
-        (
+        op(
             "post",
             "/api/v1/auth/login",
             "Log in: access and refresh tokens",
@@ -42,7 +64,7 @@ fn operations() -> Vec<Operation> {
             Some(credentials),
             "200",
         ),
-        (
+        op(
             "post",
             "/api/v1/auth/refresh",
             "Rotate a refresh token",
@@ -52,7 +74,7 @@ fn operations() -> Vec<Operation> {
             ),
             "200",
         ),
-        (
+        op(
             "post",
             "/api/v1/auth/logout",
             "End this login; the access token stops working",
@@ -60,7 +82,7 @@ fn operations() -> Vec<Operation> {
             None,
             "204",
         ),
-        (
+        op(
             "get",
             "/api/v1/users/me",
             "The caller's account",
@@ -68,7 +90,7 @@ fn operations() -> Vec<Operation> {
             None,
             "200",
         ),
-        (
+        op(
             "patch",
             "/api/v1/users/me",
             "Change the caller's email or password",
@@ -78,7 +100,7 @@ fn operations() -> Vec<Operation> {
             ),
             "200",
         ),
-        (
+        op(
             "delete",
             "/api/v1/users/me",
             "Delete the caller's account",
@@ -88,7 +110,7 @@ fn operations() -> Vec<Operation> {
             ),
             "204",
         ),
-        (
+        op(
             "put",
             "/api/v1/admin/users/{id}/roles",
             "Set a user's roles (admin)",
@@ -98,7 +120,7 @@ fn operations() -> Vec<Operation> {
             ),
             "200",
         ),
-        (
+        op(
             "post",
             "/api/v1/sales",
             "Create a flash sale (admin)",
@@ -111,7 +133,7 @@ fn operations() -> Vec<Operation> {
             ),
             "201",
         ),
-        (
+        op(
             "get",
             "/api/v1/sales/{id}",
             "A sale with its status and live remaining units",
@@ -119,7 +141,7 @@ fn operations() -> Vec<Operation> {
             None,
             "200",
         ),
-        (
+        op(
             "post",
             "/api/v1/sales/{id}/purchase",
             "Reserve units (Idempotency-Key header required)",
@@ -129,7 +151,7 @@ fn operations() -> Vec<Operation> {
             ),
             "201",
         ),
-        (
+        op(
             "get",
             "/api/v1/reservations/{id}",
             "One of the caller's reservations",
@@ -137,7 +159,7 @@ fn operations() -> Vec<Operation> {
             None,
             "200",
         ),
-        (
+        op(
             "post",
             "/api/v1/admin/reconcile",
             "Rebuild Redis from the ledger and report drift (admin)",
@@ -145,7 +167,7 @@ fn operations() -> Vec<Operation> {
             None,
             "200",
         ),
-        (
+        op(
             "get",
             "/api/v1/admin/blacklist",
             "Blacklist entries (admin)",
@@ -153,7 +175,7 @@ fn operations() -> Vec<Operation> {
             None,
             "200",
         ),
-        (
+        op(
             "post",
             "/api/v1/admin/blacklist",
             "Blacklist a user or an address range (admin)",
@@ -163,7 +185,7 @@ fn operations() -> Vec<Operation> {
             ),
             "201",
         ),
-        (
+        op(
             "delete",
             "/api/v1/admin/blacklist/{id}",
             "Remove a blacklist entry (admin)",
@@ -171,7 +193,7 @@ fn operations() -> Vec<Operation> {
             None,
             "204",
         ),
-        (
+        op(
             "get",
             "/api/v1/admin/access-rules",
             "The access rules (admin)",
@@ -179,7 +201,7 @@ fn operations() -> Vec<Operation> {
             None,
             "200",
         ),
-        (
+        op(
             "put",
             "/api/v1/admin/access-rules",
             "Replace the access rules (admin)",
@@ -191,7 +213,7 @@ fn operations() -> Vec<Operation> {
             ),
             "200",
         ),
-        (
+        op(
             "get",
             "/api/v1/orders",
             "The caller's orders, newest first (page_size 1-100, page_token)",
@@ -199,7 +221,7 @@ fn operations() -> Vec<Operation> {
             None,
             "200",
         ),
-        (
+        op(
             "get",
             "/api/v1/orders/{id}",
             "One of the caller's orders: status pending_payment, paid, cancelled or expired",
@@ -207,7 +229,7 @@ fn operations() -> Vec<Operation> {
             None,
             "200",
         ),
-        (
+        op(
             "post",
             "/api/v1/orders/{id}/cancel",
             "Cancel an unpaid order; its units go back on sale",
@@ -215,7 +237,7 @@ fn operations() -> Vec<Operation> {
             None,
             "200",
         ),
-        (
+        op(
             "post",
             "/api/v1/payments",
             "Pay an order (Idempotency-Key header; amount must equal the order total); 201 decided, 202 pending",
@@ -225,7 +247,7 @@ fn operations() -> Vec<Operation> {
             ),
             "201",
         ),
-        (
+        op(
             "get",
             "/api/v1/payments/{id}",
             "One of the caller's payments",
@@ -233,7 +255,7 @@ fn operations() -> Vec<Operation> {
             None,
             "200",
         ),
-        (
+        op(
             "post",
             "/api/v1/payments/{id}/cancel",
             "Cancel a pending payment",
@@ -241,7 +263,7 @@ fn operations() -> Vec<Operation> {
             None,
             "200",
         ),
-        (
+        op(
             "get",
             "/api/v1/products",
             "Products newest first: every one, a category's (category), or by ids (ids=a,b); page (from 1) or page_token, page_size 1-100",
@@ -249,7 +271,7 @@ fn operations() -> Vec<Operation> {
             None,
             "200",
         ),
-        (
+        op(
             "get",
             "/api/v1/products/search",
             "Products whose name or description holds every word of q; one request examines a bounded number of entries, so a page may hold fewer than asked (even none): follow next_page_token until it is null",
@@ -257,7 +279,7 @@ fn operations() -> Vec<Operation> {
             None,
             "200",
         ),
-        (
+        op(
             "get",
             "/api/v1/products/{id}",
             "One product",
@@ -265,7 +287,7 @@ fn operations() -> Vec<Operation> {
             None,
             "200",
         ),
-        (
+        op(
             "post",
             "/api/v1/products",
             "Create a product (merchant, admin)",
@@ -273,7 +295,7 @@ fn operations() -> Vec<Operation> {
             Some(product.clone()),
             "201",
         ),
-        (
+        op(
             "patch",
             "/api/v1/products/{id}",
             "Change a product's fields (its merchant, admin)",
@@ -281,7 +303,7 @@ fn operations() -> Vec<Operation> {
             Some(json!({"type": "object", "properties": product["properties"].clone()})),
             "200",
         ),
-        (
+        op(
             "delete",
             "/api/v1/products/{id}",
             "Remove a product (its merchant, admin)",
@@ -289,7 +311,7 @@ fn operations() -> Vec<Operation> {
             None,
             "204",
         ),
-        (
+        op(
             "get",
             "/api/v1/categories",
             "Every category",
@@ -297,7 +319,7 @@ fn operations() -> Vec<Operation> {
             None,
             "200",
         ),
-        (
+        op(
             "post",
             "/api/v1/categories",
             "Create a category (admin)",
@@ -307,7 +329,7 @@ fn operations() -> Vec<Operation> {
             ),
             "201",
         ),
-        (
+        op(
             "get",
             "/api/v1/cart",
             "The caller's cart at the catalogue's current prices",
@@ -315,7 +337,7 @@ fn operations() -> Vec<Operation> {
             None,
             "200",
         ),
-        (
+        op(
             "delete",
             "/api/v1/cart",
             "Empty the caller's cart",
@@ -323,7 +345,7 @@ fn operations() -> Vec<Operation> {
             None,
             "204",
         ),
-        (
+        op(
             "post",
             "/api/v1/cart/items",
             "Add units of a catalogue product to the caller's cart",
@@ -333,7 +355,7 @@ fn operations() -> Vec<Operation> {
             ),
             "200",
         ),
-        (
+        op(
             "patch",
             "/api/v1/cart/items/{product_id}",
             "Set the quantity of an item in the caller's cart",
@@ -343,7 +365,7 @@ fn operations() -> Vec<Operation> {
             ),
             "200",
         ),
-        (
+        op(
             "delete",
             "/api/v1/cart/items/{product_id}",
             "Take an item out of the caller's cart",
@@ -351,7 +373,7 @@ fn operations() -> Vec<Operation> {
             None,
             "200",
         ),
-        (
+        op(
             "post",
             "/api/v1/checkout",
             "Check out the caller's cart (Idempotency-Key header): holds stock, places the order at catalogue prices, charges it, empties the cart. 201 paid, 202 payment pending, 409 out_of_stock, 402 payment_declined",
@@ -359,7 +381,7 @@ fn operations() -> Vec<Operation> {
             None,
             "201",
         ),
-        (
+        op(
             "get",
             "/api/v1/openapi.json",
             "This document",
@@ -374,7 +396,15 @@ fn build() -> Value {
     let error = json!({"type": "object", "properties": {"error": {"type": "object",
         "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}});
     let mut paths = serde_json::Map::new();
-    for (method, path, summary, secured, body, ok) in operations() {
+    for Operation {
+        method,
+        path,
+        summary,
+        secured,
+        body,
+        ok,
+    } in operations()
+    {
         let mut op = json!({
             "summary": summary,
             "responses": {
@@ -420,4 +450,68 @@ pub fn document() -> Bytes {
     static DOC: OnceLock<Bytes> = OnceLock::new();
     DOC.get_or_init(|| Bytes::from(serde_json::to_vec(&build()).unwrap_or_default()))
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ProxyConfig;
+
+    /// Paths the edge answers itself, not a component.
+    const EDGE_SERVED: [&str; 4] = [
+        "/api/v1/openapi.json",
+        "/api/v1/admin/blacklist",
+        "/api/v1/admin/access-rules",
+        "/api/v1/admin/blacklist/{id}",
+    ];
+
+    fn routed(config: &ProxyConfig, path: &str) -> bool {
+        config.routes.iter().any(|r| path.starts_with(&r.prefix))
+    }
+
+    #[test]
+    fn every_documented_operation_has_a_route_and_a_metric_family() {
+        let config = ProxyConfig::default();
+        let mut seen = std::collections::HashSet::new();
+        for op in operations() {
+            assert!(
+                seen.insert((op.method, op.path)),
+                "{} {} is documented twice",
+                op.method,
+                op.path
+            );
+            assert!(
+                ["get", "post", "put", "patch", "delete"].contains(&op.method),
+                "{} {}: a lowercase HTTP method",
+                op.method,
+                op.path
+            );
+            assert!(
+                EDGE_SERVED.contains(&op.path) || routed(&config, op.path),
+                "{} {} is documented but no route sends it anywhere",
+                op.method,
+                op.path
+            );
+            assert_ne!(
+                crate::edge::route_label(op.path),
+                "other",
+                "{} has no route family in the metrics",
+                op.path
+            );
+            assert!(op.ok.len() == 3 && op.ok.starts_with('2'), "{}", op.path);
+        }
+    }
+
+    #[test]
+    fn every_route_is_documented() {
+        let documented: Vec<&str> = operations().iter().map(|op| op.path).collect();
+        for route in ProxyConfig::default().routes {
+            assert!(
+                documented.iter().any(|p| p.starts_with(&route.prefix)),
+                "the route {} (to {}) has no documented operation",
+                route.prefix,
+                route.upstream
+            );
+        }
+    }
 }
