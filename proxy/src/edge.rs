@@ -23,7 +23,7 @@ use regex::Regex;
 use crate::gate::{self, Gate};
 use crate::identity::{Refused, Verifier};
 use crate::limits::{KeyKind, Limit, Limiter};
-use crate::state::{Revocation, View, now_ms};
+use crate::state::{Revocation, Snapshot, View, now_ms};
 use crate::{admin, openapi, respond};
 
 /// The longest an access token can live (the auth service caps it).
@@ -271,6 +271,30 @@ fn request_id() -> String {
         .to_string()
 }
 
+/// A request the edge answers with an error instead of passing it on.
+struct Refusal {
+    /// The `reason` of `flashmall_proxy_rejections_total`; `None` for an
+    /// answer that is no rejection (a path nothing serves).
+    reason: Option<&'static str>,
+    error: ApiError,
+}
+
+impl Refusal {
+    fn counted(reason: &'static str, error: ApiError) -> Refusal {
+        Refusal {
+            reason: Some(reason),
+            error,
+        }
+    }
+
+    fn uncounted(error: ApiError) -> Refusal {
+        Refusal {
+            reason: None,
+            error,
+        }
+    }
+}
+
 fn reject(reason: &'static str) {
     metrics::counter!("flashmall_proxy_rejections_total", "reason" => reason).increment(1);
 }
@@ -307,8 +331,214 @@ impl Edge {
         Ok(Some(true))
     }
 
-    /// Checks the rate limits that apply; the first exceeded one answers.
-    async fn limited(&self, ctx: &Ctx, method: &str, path: &str) -> Option<ApiError> {
+    /// Writes a refusal, counted under its reason when it has one.
+    async fn refuse(&self, session: &mut Session, ctx: &Ctx, refusal: Refusal) -> Result<bool> {
+        if let Some(reason) = refusal.reason {
+            reject(reason);
+        }
+        self.answer(session, ctx, refusal.error).await
+    }
+
+    /// Step 1: the request id (the client's when well-formed), the client's
+    /// address, the route family and whether a retry is safe. Returns the
+    /// method and path.
+    fn arrive(&self, session: &mut Session, ctx: &mut Ctx) -> (String, String) {
+        ctx.started = Some(Instant::now());
+        // Whatever the edge answers itself keeps a small request's
+        // connection (its body is drained); proxied requests keep
+        // Pingora's own rule.
+        respond::keep_alive_when_drainable(session);
+        let header = session.req_header();
+        ctx.request_id = header
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+            .map(str::to_owned)
+            .unwrap_or_else(request_id);
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        ctx.client_ip = peer.map(|peer| {
+            // X-Forwarded-For is read only when a load balancer is trusted.
+            if self.trusted_proxies.is_empty() {
+                return peer.to_canonical();
+            }
+            let forwarded: Vec<&str> = header
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            client_address(peer, &forwarded, &self.trusted_proxies)
+        });
+        let method = header.method.as_str().to_owned();
+        let path = header.uri.path().to_owned();
+        ctx.route = route_label(&path);
+        ctx.idempotent = matches!(
+            method.as_str(),
+            "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS"
+        ) || header.headers.contains_key("idempotency-key");
+        (method, path)
+    }
+
+    /// Step 2: identity, a verified access token that is not revoked,
+    /// required off the public routes (kept in `ctx.claims`).
+    fn identify(
+        &self,
+        session: &Session,
+        ctx: &mut Ctx,
+        method: &str,
+        path: &str,
+        now: u64,
+    ) -> Option<Refusal> {
+        let public = self.is_public(method, path);
+        let authorization = session
+            .req_header()
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        match self.verifier.verify_header(authorization) {
+            Ok(claims)
+                if self
+                    .state
+                    .token_revoked(&claims.jti, &claims.sub, claims.iat, now) =>
+            {
+                (!public).then(|| {
+                    Refusal::counted(
+                        "token_revoked",
+                        ApiError::new(ErrorCode::Unauthenticated, "the access token was revoked"),
+                    )
+                })
+            }
+            Ok(claims) => {
+                ctx.claims = Some(claims);
+                None
+            }
+            Err(refused) if !public => {
+                let message = match refused {
+                    Refused::Missing => {
+                        "this request needs an access token (Authorization: Bearer ...)"
+                    }
+                    Refused::Malformed | Refused::Invalid(_) => "the access token is not valid",
+                };
+                Some(Refusal::counted(
+                    "unauthenticated",
+                    ApiError::new(ErrorCode::Unauthenticated, message),
+                ))
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Step 3: banned users and addresses get nothing further.
+    fn blacklisted(&self, snapshot: &Snapshot, ctx: &Ctx, now: u64) -> Option<Refusal> {
+        let user = ctx.claims.as_ref().map(|c| c.sub.as_str());
+        snapshot.blacklisted(user, ctx.client_ip, now).then(|| {
+            Refusal::counted(
+                "blacklisted",
+                ApiError::new(ErrorCode::Forbidden, "access denied"),
+            )
+        })
+    }
+
+    /// Step 4: the access rules, by role.
+    fn ruled_out(
+        &self,
+        snapshot: &Snapshot,
+        ctx: &Ctx,
+        method: &str,
+        path: &str,
+    ) -> Option<Refusal> {
+        let roles: Vec<&str> = match &ctx.claims {
+            Some(c) => c.roles.iter().map(|r| r.as_str()).collect(),
+            None => vec!["anonymous"],
+        };
+        (!snapshot.allowed(&roles, method, path)).then(|| {
+            Refusal::counted(
+                "access_rule",
+                ApiError::new(ErrorCode::Forbidden, "an access rule denies this request"),
+            )
+        })
+    }
+
+    /// The edge's own document and admin API, answered here.
+    async fn own(
+        &self,
+        session: &mut Session,
+        ctx: &Ctx,
+        method: &str,
+        path: &str,
+    ) -> Result<Option<bool>> {
+        if path == "/api/v1/openapi.json" {
+            let document = openapi::document();
+            respond::write(
+                session,
+                200,
+                "application/json",
+                document,
+                &ctx.request_id,
+                &[],
+            )
+            .await?;
+            return Ok(Some(true));
+        }
+        if !admin::owns(path) {
+            return Ok(None);
+        }
+        let admin = ctx
+            .claims
+            .as_ref()
+            .is_some_and(|c| c.roles.contains(&Role::Admin));
+        if !admin {
+            let refused = ApiError::new(ErrorCode::Forbidden, "this action needs the admin role");
+            return self.answer(session, ctx, refused).await.map(Some);
+        }
+        match admin::handle(session, &self.state, method, path).await {
+            Ok((status, Some(body))) => {
+                respond::json(session, status, &body, &ctx.request_id).await?
+            }
+            Ok((status, None)) => {
+                respond::write(
+                    session,
+                    status,
+                    "application/json",
+                    Bytes::new(),
+                    &ctx.request_id,
+                    &[],
+                )
+                .await?
+            }
+            Err(e) => respond::error(session, &e, &ctx.request_id).await?,
+        }
+        Ok(Some(true))
+    }
+
+    /// Step 6: the sold-out gate; purchases of a sold-out sale end here.
+    fn gated(&self, ctx: &Ctx, method: &str, path: &str) -> Option<Refusal> {
+        let user = ctx.claims.as_ref().map(|c| c.sub.as_str())?;
+        let sale = gate::purchase_sale(path)?;
+        (method == "POST" && self.gate.closed_for(sale, user))
+            .then(|| Refusal::counted("sold_out_gate", flashmall_mesh::contract::sold_out()))
+    }
+
+    /// Step 7: the upstream pool that serves `path` (kept in `ctx.pool`).
+    fn route(&self, ctx: &mut Ctx, path: &str) -> Option<Refusal> {
+        match self.pool_for(path) {
+            Some(pool) => {
+                ctx.pool = Some(pool.to_owned());
+                None
+            }
+            None => Some(Refusal::uncounted(ApiError::new(
+                ErrorCode::NotFound,
+                "no such route",
+            ))),
+        }
+    }
+
+    /// Step 5: the rate limits that apply; the first exceeded one refuses.
+    async fn limited(&self, ctx: &Ctx, method: &str, path: &str) -> Option<Refusal> {
         for limit in &self.limits {
             if !limit.applies(method, path) {
                 continue;
@@ -324,13 +554,14 @@ impl Edge {
             if let Err(wait) = self.limiter.check(limit, &key).await {
                 let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
                 metrics::counter!("flashmall_proxy_rate_limited_total", "limit" => limit.name.clone()).increment(1);
-                return Some(
+                return Some(Refusal::counted(
+                    "rate_limited",
                     ApiError::new(
                         ErrorCode::RateLimited,
                         format!("too many requests ({}); slow down", limit.name),
                     )
                     .with_retry_after(seconds),
-                );
+                ));
             }
         }
         None
@@ -427,203 +658,35 @@ impl ProxyHttp for Edge {
         }
     }
 
+    /// Steps 1–7 of the purchase path (docs/ARCHITECTURE.md), one call
+    /// each: a step refuses the request (one `refuse` counts and answers
+    /// it), answers it itself, or lets it on to the next.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        ctx.started = Some(Instant::now());
-        // Whatever this filter answers itself keeps a small request's
-        // connection (its body is drained); proxied requests keep
-        // Pingora's own rule.
-        respond::keep_alive_when_drainable(session);
-        // 1. A request id, taken from the client when well-formed.
-        ctx.request_id = session
-            .req_header()
-            .headers
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-            .map(str::to_owned)
-            .unwrap_or_else(request_id);
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        ctx.client_ip = peer.map(|peer| {
-            // X-Forwarded-For is read only when a load balancer is trusted.
-            if self.trusted_proxies.is_empty() {
-                return peer.to_canonical();
-            }
-            let forwarded: Vec<&str> = session
-                .req_header()
-                .headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
-            client_address(peer, &forwarded, &self.trusted_proxies)
-        });
-        let method = session.req_header().method.as_str().to_owned();
-        let path = session.req_header().uri.path().to_owned();
-        ctx.route = route_label(&path);
-        ctx.idempotent = matches!(
-            method.as_str(),
-            "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS"
-        ) || session.req_header().headers.contains_key("idempotency-key");
+        let (method, path) = self.arrive(session, ctx);
         if let Some(done) = self.local(session, ctx, &path).await? {
             return Ok(done);
         }
         let snapshot = self.state.current();
         let now = now_ms();
-        // 2. Identity: a verified access token, required off the public routes.
-        let public = self.is_public(&method, &path);
-        let authorization = session
-            .req_header()
-            .headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
-        match self.verifier.verify_header(authorization) {
-            Ok(claims)
-                if self
-                    .state
-                    .token_revoked(&claims.jti, &claims.sub, claims.iat, now) =>
-            {
-                if !public {
-                    reject("token_revoked");
-                    return self
-                        .answer(
-                            session,
-                            ctx,
-                            ApiError::new(
-                                ErrorCode::Unauthenticated,
-                                "the access token was revoked",
-                            ),
-                        )
-                        .await;
-                }
-            }
-            Ok(claims) => ctx.claims = Some(claims),
-            Err(refused) if !public => {
-                reject("unauthenticated");
-                let message = match refused {
-                    Refused::Missing => {
-                        "this request needs an access token (Authorization: Bearer ...)"
-                    }
-                    Refused::Malformed | Refused::Invalid(_) => "the access token is not valid",
-                };
-                return self
-                    .answer(
-                        session,
-                        ctx,
-                        ApiError::new(ErrorCode::Unauthenticated, message),
-                    )
-                    .await;
-            }
-            Err(_) => {}
+        let refused = self
+            .identify(session, ctx, &method, &path, now)
+            .or_else(|| self.blacklisted(&snapshot, ctx, now))
+            .or_else(|| non_canonical_id(&path).map(|e| Refusal::counted("non_canonical_id", e)))
+            .or_else(|| self.ruled_out(&snapshot, ctx, &method, &path));
+        if let Some(refusal) = refused {
+            return self.refuse(session, ctx, refusal).await;
         }
-        let user = ctx.claims.as_ref().map(|c| c.sub.as_str());
-        // 3. Blacklist: banned users and addresses get nothing further.
-        if snapshot.blacklisted(user, ctx.client_ip, now) {
-            reject("blacklisted");
-            return self
-                .answer(
-                    session,
-                    ctx,
-                    ApiError::new(ErrorCode::Forbidden, "access denied"),
-                )
-                .await;
+        if let Some(refusal) = self.limited(ctx, &method, &path).await {
+            return self.refuse(session, ctx, refusal).await;
         }
-        // One spelling per id (sales, products, orders, payments, ...), so
-        // no other spelling dodges the rules, limits or gate written for it.
-        if let Some(refused) = non_canonical_id(&path) {
-            reject("non_canonical_id");
-            return self.answer(session, ctx, refused).await;
+        if let Some(done) = self.own(session, ctx, &method, &path).await? {
+            return Ok(done);
         }
-        // 4. Access rules, by role.
-        let roles: Vec<&str> = match &ctx.claims {
-            Some(c) => c.roles.iter().map(|r| r.as_str()).collect(),
-            None => vec!["anonymous"],
-        };
-        if !snapshot.allowed(&roles, &method, &path) {
-            reject("access_rule");
-            return self
-                .answer(
-                    session,
-                    ctx,
-                    ApiError::new(ErrorCode::Forbidden, "an access rule denies this request"),
-                )
-                .await;
-        }
-        // 5. Rate limits.
-        if let Some(err) = self.limited(ctx, &method, &path).await {
-            reject("rate_limited");
-            return self.answer(session, ctx, err).await;
-        }
-        // The edge's own documents and admin API.
-        if path == "/api/v1/openapi.json" {
-            respond::write(
-                session,
-                200,
-                "application/json",
-                openapi::document(),
-                &ctx.request_id,
-                &[],
-            )
-            .await?;
-            return Ok(true);
-        }
-        if admin::owns(&path) {
-            if !ctx
-                .claims
-                .as_ref()
-                .is_some_and(|c| c.roles.contains(&Role::Admin))
-            {
-                return self
-                    .answer(
-                        session,
-                        ctx,
-                        ApiError::new(ErrorCode::Forbidden, "this action needs the admin role"),
-                    )
-                    .await;
-            }
-            match admin::handle(session, &self.state, &method, &path).await {
-                Ok((status, Some(body))) => {
-                    respond::json(session, status, &body, &ctx.request_id).await?
-                }
-                Ok((status, None)) => {
-                    respond::write(
-                        session,
-                        status,
-                        "application/json",
-                        Bytes::new(),
-                        &ctx.request_id,
-                        &[],
-                    )
-                    .await?
-                }
-                Err(e) => respond::error(session, &e, &ctx.request_id).await?,
-            }
-            return Ok(true);
-        }
-        // 6. Sold-out gate: purchases of a sold-out sale end here.
-        if method == "POST"
-            && let (Some(sale), Some(user)) = (gate::purchase_sale(&path), user)
-            && self.gate.closed_for(sale, user)
+        if let Some(refusal) = self
+            .gated(ctx, &method, &path)
+            .or_else(|| self.route(ctx, &path))
         {
-            reject("sold_out_gate");
-            return self
-                .answer(session, ctx, flashmall_mesh::contract::sold_out())
-                .await;
-        }
-        // 7. Route to an upstream pool.
-        match self.pool_for(&path) {
-            Some(pool) => ctx.pool = Some(pool.to_owned()),
-            None => {
-                return self
-                    .answer(
-                        session,
-                        ctx,
-                        ApiError::new(ErrorCode::NotFound, "no such route"),
-                    )
-                    .await;
-            }
+            return self.refuse(session, ctx, refusal).await;
         }
         // Proxied from here on: back to Pingora's rule for a response that
         // comes before the body was read (the upstream's early answer, or
