@@ -27,8 +27,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use flashmall_mesh::{IdentityKey, MeshTls, Shutdown};
+use pingora::lb::LoadBalancer;
+use pingora::lb::selection::RoundRobin;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::background::GenBackgroundService;
 use pingora::services::background::background_service;
 use regex::Regex;
 use tokio::sync::watch;
@@ -39,6 +42,10 @@ use gate::Gate;
 use identity::{JwksSource, Verifier};
 use limits::{Limit, Limiter};
 use state::{EdgeStore, LocalEdgeStore, RedisEdgeStore, View};
+
+/// An upstream pool, and the service that health-checks and re-resolves it.
+type Pool = Arc<LoadBalancer<RoundRobin>>;
+type PoolService = GenBackgroundService<LoadBalancer<RoundRobin>>;
 
 /// Everything the proxy needs to run.
 #[derive(Debug, Clone)]
@@ -97,19 +104,7 @@ pub async fn launch(settings: &ProxySettings) -> Result<RunningProxy, String> {
         .await
         .map_err(|e| format!("proxy.admin_listen {}: {e}", config.admin_listen))?;
     let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
-    let (store, redis): (Arc<dyn EdgeStore>, _) = if config.redis_url.is_empty() {
-        (Arc::new(LocalEdgeStore::default()), None)
-    } else {
-        let store = RedisEdgeStore::connect(&config.redis_url, Duration::from_secs(2))
-            .await
-            .map_err(|e| format!("proxy edge store: {e}"))?;
-        let client = store.client().clone();
-        (Arc::new(store), Some(client))
-    };
-    let view = View::new(store);
-    view.refresh()
-        .await
-        .map_err(|e| format!("cannot load the edge state: {e}"))?;
+    let (view, redis) = edge_state(config).await?;
     let (stop, stop_rx) = watch::channel(false);
     let mut poll_stop = stop_rx.clone();
     tokio::spawn(Arc::clone(&view).keep_fresh(config.state_poll, async move {
@@ -131,99 +126,20 @@ pub async fn launch(settings: &ProxySettings) -> Result<RunningProxy, String> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut pools = HashMap::new();
-    let mut checks = Vec::new();
-    let pool_options = upstreams::PoolOptions {
-        dns_refresh: config.dns_refresh,
-        health_check_interval: config.health_check_interval,
-    };
-    for (name, entries) in &config.upstreams {
-        let lb = upstreams::pool(name, entries, &pool_options).await?;
-        let service = background_service(&format!("upstream pool {name}"), lb);
-        pools.insert(name.clone(), service.task());
-        checks.push(service);
-    }
-    let mut routes: Vec<(String, String)> = config
-        .routes
-        .iter()
-        .map(|r| (r.prefix.clone(), r.upstream.clone()))
-        .collect();
-    routes.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
-    let public = config
-        .public
-        .iter()
-        .map(|p| {
-            Regex::new(&p.path)
-                .map(|re| (p.method.clone(), re))
-                .map_err(|e| e.to_string())
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let limits = config
-        .limits
-        .iter()
-        .map(Limit::from_config)
-        .collect::<Result<Vec<_>, _>>()?;
-    let https = flashmall_mesh::tls::public_client_config(
-        (!config.jwks_ca_file.is_empty()).then(|| std::path::Path::new(&config.jwks_ca_file)),
-    )
-    .map_err(|e| format!("proxy.jwks_ca_file: {e}"))?;
-    let secret = (!settings.jwt_secret.is_empty()).then_some(settings.jwt_secret.as_slice());
-    let verifier = Arc::new(Verifier::new(
-        secret,
-        &config.jwt_issuer,
-        &config.jwt_audience,
-        config.jwt_leeway,
-    ));
-    let jwks = if !config.jwks_file.is_empty() {
-        Some(JwksSource::File(config.jwks_file.clone().into()))
-    } else if !config.jwks_url.is_empty() {
-        Some(JwksSource::Url(config.jwks_url.clone()))
-    } else {
-        None
-    };
-    if let Some(source) = jwks {
-        match identity::load_jwks(&source, &https).await {
-            Ok(set) => {
-                let n = verifier.set_jwks(&set);
-                tracing::info!(keys = n, "jwks loaded");
-            }
-            // A file is configuration: wrong at start-up, wrong for good.
-            Err(e) if matches!(source, JwksSource::File(_)) => {
-                return Err(format!("proxy.jwks_file: {e}"));
-            }
-            Err(e) => tracing::warn!(error = %e, "jwks not loaded yet; retrying in the background"),
-        }
-        let (verifier, https, every) = (
-            Arc::clone(&verifier),
-            Arc::clone(&https),
-            config.jwks_refresh,
-        );
-        let mut jwks_stop = stop_rx.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
-                    _ = jwks_stop.wait_for(|s| *s) => return,
-                }
-                match identity::load_jwks(&source, &https).await {
-                    Ok(set) => {
-                        verifier.set_jwks(&set);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "jwks refresh failed; keeping the last keys")
-                    }
-                }
-            }
-        });
-    }
+    let (pools, checks) = upstream_pools(config).await?;
+    let verifier = token_verifier(settings, stop_rx.clone()).await?;
     let edge = Edge {
-        routes,
+        routes: routes(config),
         pools,
-        public,
+        public: public_routes(config)?,
         verifier,
         identity: settings.identity.clone(),
         state: Arc::clone(&view),
-        limits,
+        limits: config
+            .limits
+            .iter()
+            .map(Limit::from_config)
+            .collect::<Result<Vec<_>, _>>()?,
         limiter: Limiter::new(redis),
         gate: Arc::new(Gate::new(config.sold_out_ttl)),
         tls: settings
@@ -237,13 +153,34 @@ pub async fn launch(settings: &ProxySettings) -> Result<RunningProxy, String> {
         read_timeout: config.read_timeout,
         jwt_leeway: config.jwt_leeway,
     };
+    let (listen, thread) = serve_pingora(server, edge, config.listen, checks, stop_rx)?;
+    let running = RunningProxy {
+        addr: listen,
+        admin_addr,
+        stop,
+        admin,
+        thread,
+        state: view,
+    };
+    running.wait_listening().await
+}
+
+/// Runs Pingora on its own thread: the edge on `listen`, the pools'
+/// health checks beside it, until `stop` flips. Returns the address it
+/// binds (port 0 resolved).
+fn serve_pingora(
+    mut server: Server,
+    edge: Edge,
+    listen: SocketAddr,
+    checks: Vec<PoolService>,
+    stop: watch::Receiver<bool>,
+) -> Result<(SocketAddr, std::thread::JoinHandle<()>), String> {
     // Pingora binds in its own thread and reports a failure only in its
     // log, and a port another process listens on answers a connect just as
     // the edge would: so try the port here first, as Pingora will bind it
     // (SO_REUSEADDR, which still refuses a port someone listens on). Port 0
     // takes the free port this finds, just before Pingora binds it.
-    let listen =
-        claimable(config.listen).map_err(|e| format!("proxy.listen {}: {e}", config.listen))?;
+    let listen = claimable(listen).map_err(|e| format!("proxy.listen {listen}: {e}"))?;
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, edge);
     if listen.ip() == std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) {
         // `[::]` serves IPv4 clients too, whatever the OS default: they
@@ -262,34 +199,156 @@ pub async fn launch(settings: &ProxySettings) -> Result<RunningProxy, String> {
         .name("proxy".into())
         .spawn(move || {
             server.run(RunArgs {
-                shutdown_signal: Box::new(Stop(stop_rx)),
+                shutdown_signal: Box::new(Stop(stop)),
             })
         })
         .map_err(|e| e.to_string())?;
-    // Pingora reports a failed bind only in its own task: wait for the port.
-    let addr = listen;
-    for _ in 0..100 {
-        if thread.is_finished() {
-            break;
-        }
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            tracing::info!(%addr, "proxy serving");
-            return Ok(RunningProxy {
-                addr,
-                admin_addr,
-                stop,
-                admin,
-                thread,
-                state: view,
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    Ok((listen, thread))
+}
+
+/// The edge state (blacklist, rules, revocations) loaded once, from Redis
+/// when `redis_url` is set (then also the rate limiter's client) or this
+/// process.
+async fn edge_state(
+    config: &ProxyConfig,
+) -> Result<(Arc<View>, Option<fred::prelude::Client>), String> {
+    let (store, redis): (Arc<dyn EdgeStore>, _) = if config.redis_url.is_empty() {
+        (Arc::new(LocalEdgeStore::default()), None)
+    } else {
+        let store = RedisEdgeStore::connect(&config.redis_url, Duration::from_secs(2))
+            .await
+            .map_err(|e| format!("proxy edge store: {e}"))?;
+        let client = store.client().clone();
+        (Arc::new(store), Some(client))
+    };
+    let view = View::new(store);
+    view.refresh()
+        .await
+        .map_err(|e| format!("cannot load the edge state: {e}"))?;
+    Ok((view, redis))
+}
+
+/// Each upstream pool, resolved, with its health-check service.
+async fn upstream_pools(
+    config: &ProxyConfig,
+) -> Result<(HashMap<String, Pool>, Vec<PoolService>), String> {
+    let mut pools = HashMap::new();
+    let mut checks = Vec::new();
+    let pool_options = upstreams::PoolOptions {
+        dns_refresh: config.dns_refresh,
+        health_check_interval: config.health_check_interval,
+    };
+    for (name, entries) in &config.upstreams {
+        let lb = upstreams::pool(name, entries, &pool_options).await?;
+        let service = background_service(&format!("upstream pool {name}"), lb);
+        pools.insert(name.clone(), service.task());
+        checks.push(service);
     }
-    let _ = stop.send(true);
-    admin.trigger();
-    Err(format!(
-        "the proxy did not start listening on {addr} (is the port taken?)"
-    ))
+    Ok((pools, checks))
+}
+
+/// The routes, longest prefix first.
+fn routes(config: &ProxyConfig) -> Vec<(String, String)> {
+    let mut routes: Vec<(String, String)> = config
+        .routes
+        .iter()
+        .map(|r| (r.prefix.clone(), r.upstream.clone()))
+        .collect();
+    routes.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
+    routes
+}
+
+fn public_routes(config: &ProxyConfig) -> Result<Vec<(String, Regex)>, String> {
+    config
+        .public
+        .iter()
+        .map(|p| {
+            Regex::new(&p.path)
+                .map(|re| (p.method.clone(), re))
+                .map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
+/// The access-token verifier: the HS256 secret, and the JWKS keys when a
+/// file or URL is configured (a file must load now; a URL is retried in
+/// the background, as is every refresh, until `stop`).
+async fn token_verifier(
+    settings: &ProxySettings,
+    stop: watch::Receiver<bool>,
+) -> Result<Arc<Verifier>, String> {
+    let config = &settings.proxy;
+    let https = flashmall_mesh::tls::public_client_config(
+        (!config.jwks_ca_file.is_empty()).then(|| std::path::Path::new(&config.jwks_ca_file)),
+    )
+    .map_err(|e| format!("proxy.jwks_ca_file: {e}"))?;
+    let secret = (!settings.jwt_secret.is_empty()).then_some(settings.jwt_secret.as_slice());
+    let verifier = Arc::new(Verifier::new(
+        secret,
+        &config.jwt_issuer,
+        &config.jwt_audience,
+        config.jwt_leeway,
+    ));
+    let source = if !config.jwks_file.is_empty() {
+        JwksSource::File(config.jwks_file.clone().into())
+    } else if !config.jwks_url.is_empty() {
+        JwksSource::Url(config.jwks_url.clone())
+    } else {
+        return Ok(verifier);
+    };
+    match identity::load_jwks(&source, &https).await {
+        Ok(set) => {
+            let n = verifier.set_jwks(&set);
+            tracing::info!(keys = n, "jwks loaded");
+        }
+        // A file is configuration: wrong at start-up, wrong for good.
+        Err(e) if matches!(source, JwksSource::File(_)) => {
+            return Err(format!("proxy.jwks_file: {e}"));
+        }
+        Err(e) => tracing::warn!(error = %e, "jwks not loaded yet; retrying in the background"),
+    }
+    let (refreshed, every) = (Arc::clone(&verifier), config.jwks_refresh);
+    let mut stop = stop;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            match identity::load_jwks(&source, &https).await {
+                Ok(set) => {
+                    refreshed.set_jwks(&set);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "jwks refresh failed; keeping the last keys")
+                }
+            }
+        }
+    });
+    Ok(verifier)
+}
+
+impl RunningProxy {
+    /// Waits until Pingora serves the port (it reports a failed bind only
+    /// in its own thread); stops everything if it never does.
+    async fn wait_listening(self) -> Result<RunningProxy, String> {
+        let addr = self.addr;
+        for _ in 0..100 {
+            if self.thread.is_finished() {
+                break;
+            }
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                tracing::info!(%addr, "proxy serving");
+                return Ok(self);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = self.stop.send(true);
+        self.admin.trigger();
+        Err(format!(
+            "the proxy did not start listening on {addr} (is the port taken?)"
+        ))
+    }
 }
 
 /// `addr` (with the port the OS picks for port 0) when it can be bound the
