@@ -5,7 +5,7 @@
 use flashmall_mesh::{ApiError, Identity};
 use http::HeaderMap;
 
-use crate::Engine;
+use crate::engine::Engine;
 
 /// The verified caller of a request; 401 without a valid signed identity.
 pub fn caller(engine: &Engine, headers: &HeaderMap) -> Result<Identity, ApiError> {

@@ -7,11 +7,12 @@ use flashmall_proto::inventory as pb;
 use pb::inventory_service_server::{InventoryService, InventoryServiceServer};
 use tonic::{Request, Response, Status};
 
+use crate::engine::{Engine, SaleView};
 use crate::identity;
 use crate::reconcile::SaleReport;
 use crate::release::{self, Released};
 use crate::sale::{NewSale, rfc3339};
-use crate::{Engine, SaleView, reconcile, reserve};
+use crate::{reconcile, reserve};
 use flashmall_mesh::{Identity, Role};
 
 /// The gRPC routes, to merge into the component's router.

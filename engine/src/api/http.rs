@@ -13,10 +13,11 @@ use flashmall_mesh::{ApiError, Role};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::engine::{Engine, SaleView};
 use crate::identity;
 use crate::ledger::{Refusal, ReservationRecord};
 use crate::sale::{NewSale, rfc3339};
-use crate::{Engine, SaleView, reconcile, reserve};
+use crate::{reconcile, reserve};
 
 /// The JSON routes.
 pub fn router(engine: Arc<Engine>) -> Router {
@@ -145,7 +146,7 @@ fn announce_sold_out(engine: &Engine, raw_id: &str, e: ApiError) -> Response {
     let sold_out = e.code == flashmall_mesh::ErrorCode::SoldOut
         && crate::sale::parse_sale_id(raw_id)
             .and_then(|id| engine.sales.get(&id))
-            .is_some_and(|live| live.sold_out_here(crate::now_ms()));
+            .is_some_and(|live| live.sold_out_here(flashmall_mesh::now_ms()));
     let mut response = e.into_response();
     if sold_out {
         response.headers_mut().insert(

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use flashmall_mesh::{MeshTls, Readiness, Shutdown};
 use tokio::net::TcpListener;
 
-use crate::Engine;
+use crate::engine::Engine;
 
 pub use http::router;
 

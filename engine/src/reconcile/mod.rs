@@ -20,10 +20,12 @@ use std::time::Duration;
 use flashmall_mesh::{ApiError, ErrorCode};
 use uuid::Uuid;
 
+use crate::engine::Engine;
 use crate::front::{IdemRecord, Rebuild, idempotency_field};
 use crate::ledger::{Refusal, ReservationRecord, ReservationStatus};
 use crate::sale::LiveSale;
-use crate::{Engine, now_ms, settle};
+use crate::settle;
+use flashmall_mesh::now_ms;
 
 /// What reconcile found and did for one sale.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

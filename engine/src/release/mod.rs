@@ -10,9 +10,10 @@ use std::sync::Arc;
 use flashmall_mesh::{ApiError, ErrorCode};
 use uuid::Uuid;
 
+use crate::engine::Engine;
 use crate::front::ReturnOutcome;
 use crate::ledger::ReleaseStep;
-use crate::{Engine, reconcile};
+use crate::reconcile;
 use flashmall_mesh::Identity as Caller;
 
 /// What a release call did.

@@ -12,11 +12,13 @@ use flashmall_mesh::{ApiError, ErrorCode};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::engine::Engine;
 use crate::front::{IdemRecord, ReserveCall, ReserveOutcome, idempotency_field};
 use crate::ledger::{Refusal, Verdict, order_id_for};
 use crate::sale::{LiveSale, parse_sale_id};
-use crate::{Engine, now_ms, reconcile, settle};
+use crate::{reconcile, settle};
 use flashmall_mesh::Identity as Caller;
+use flashmall_mesh::now_ms;
 
 /// Longest accepted Idempotency-Key.
 pub const MAX_IDEMPOTENCY_KEY: usize = 128;
@@ -330,7 +332,7 @@ fn refresh_snapshot(engine: &Arc<Engine>, live: &Arc<LiveSale>, records: i64) {
             .is_ok_and(|r| r.len() as i64 >= records && live.covers_wanted(r.len() as i64));
         live.finish_refresh(loaded.ok());
         if covers {
-            live.mark_sold_out(crate::now_ms(), engine.config.sold_out_recheck);
+            live.mark_sold_out(flashmall_mesh::now_ms(), engine.config.sold_out_recheck);
         }
     });
 }

@@ -21,7 +21,7 @@ use flashmall_mesh::ApiError;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::Engine;
+use crate::engine::Engine;
 use crate::front::StreamEntry;
 use crate::ledger::{Settled, Verdict};
 use crate::sale::LiveSale;
@@ -234,7 +234,7 @@ pub async fn settle_batch(
         .record(started.elapsed().as_secs_f64());
     metrics::counter!("flashmall_engine_settled_reservations_total").increment(settled.new as u64);
     if let Some(oldest) = batch.iter().map(|e| e.created_at_ms).min() {
-        let lag = crate::now_ms().saturating_sub(oldest) as f64 / 1000.0;
+        let lag = flashmall_mesh::now_ms().saturating_sub(oldest) as f64 / 1000.0;
         metrics::histogram!("flashmall_engine_settle_lag_seconds").record(lag);
     }
     Ok(settled)

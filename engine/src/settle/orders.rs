@@ -15,7 +15,7 @@ use flashmall_proto::order as pb;
 use pb::order_service_client::OrderServiceClient;
 use uuid::Uuid;
 
-use crate::Engine;
+use crate::engine::Engine;
 use crate::ledger::{ReservationRecord, ReservationStatus};
 
 /// Longest pause between attempts while the order service fails.
