@@ -84,6 +84,23 @@ pub const REDIS_SCHEMES: [&str; 6] = [
     "rediss-sentinel://",
 ];
 
+/// Checks a list of `host:port` endpoints (`field` names it in the error):
+/// at least one, each a host and a port.
+pub fn check_endpoints(field: &str, list: &[String]) -> Result<(), String> {
+    if list.is_empty() {
+        return Err(format!("{field} must list at least one host:port"));
+    }
+    for e in list {
+        let ok = e
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+        if !ok {
+            return Err(format!("{field}: {e:?} is not host:port"));
+        }
+    }
+    Ok(())
+}
+
 /// Checks a Redis URL field (`field` names it in the error); empty passes.
 pub fn check_redis_url(field: &str, url: &str) -> Result<(), String> {
     if !url.is_empty() && !REDIS_SCHEMES.iter().any(|s| url.starts_with(s)) {

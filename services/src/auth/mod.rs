@@ -7,6 +7,7 @@
 //! - `guard.rs`: brute-force back-off per account and per IP.
 //! - `http.rs`: the JSON API; `grpc.rs`: the gRPC API.
 
+pub mod config;
 pub mod grpc;
 pub mod guard;
 pub mod http;
@@ -22,8 +23,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::config::AuthConfig;
 use crate::store::{ServiceStore, Table, Versioned};
+use config::AuthConfig;
 use guard::Limit;
 use password::Hasher;
 use tokens::{Issuer, RefreshToken};

@@ -12,6 +12,7 @@
 //!
 //! - `http.rs`: the JSON API; `grpc.rs`: `CartService`.
 
+pub mod config;
 pub mod grpc;
 pub mod http;
 
@@ -21,10 +22,10 @@ use std::sync::Arc;
 use flashmall_mesh::{ApiError, ErrorCode, Identity, now_ms};
 use serde::{Deserialize, Serialize};
 
-use crate::config::CartConfig;
 use crate::products::client::CatalogClient;
 use crate::store::records::{self, Step};
 use crate::store::{ServiceStore, Table};
+use config::CartConfig;
 
 /// How many applied checkout ids a cart remembers.
 const CHECKOUTS_REMEMBERED: usize = 16;

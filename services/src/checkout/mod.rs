@@ -31,6 +31,7 @@
 //! - `peers.rs`: the cart, order and payment clients.
 //! - `http.rs`: `POST /api/v1/checkout`; `grpc.rs`: `CheckoutService`.
 
+pub mod config;
 pub mod grpc;
 pub mod http;
 pub mod peers;

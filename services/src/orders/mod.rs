@@ -27,6 +27,7 @@
 //! Tables: `orders` (by id), `orders_by_user` (a user's orders, newest
 //! first), `order_timers` (by due bucket).
 
+pub mod config;
 pub mod grpc;
 pub mod http;
 pub mod stock;
@@ -39,10 +40,10 @@ use flashmall_mesh::{ApiError, ErrorCode, Identity, now_ms};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::config::OrdersConfig;
 use crate::store::records::{self, RecordError, Step};
 use crate::store::{RowRange, ServiceStore, Table};
 use crate::timers::Timers;
+use config::OrdersConfig;
 use stock::StockKeeper;
 
 /// Where an order is in its life.

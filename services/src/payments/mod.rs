@@ -21,6 +21,7 @@
 //! - `sweep.rs`: the timer worker and the provider-callback listener.
 //! - `http.rs`: the JSON API; `grpc.rs`: the gRPC API.
 
+pub mod config;
 pub mod grpc;
 pub mod http;
 pub mod orders;
@@ -33,10 +34,10 @@ use flashmall_mesh::{ApiError, ErrorCode, Identity, now_ms};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::config::PaymentsConfig;
 use crate::store::records::{self, RecordError, Step};
 use crate::store::{ServiceStore, Table};
 use crate::timers::Timers;
+use config::PaymentsConfig;
 use orders::{MarkPaid, OrderDesk};
 use provider::{ChargeOutcome, PaymentProvider};
 

@@ -12,6 +12,7 @@
 //! belong.
 
 pub mod client;
+pub mod config;
 pub mod grpc;
 pub mod http;
 pub mod stock;
@@ -23,9 +24,9 @@ use flashmall_mesh::{ApiError, ErrorCode, Identity, Role, now_ms};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::config::ProductsConfig;
 use crate::store::records::{self, RecordError, Step};
 use crate::store::{Row, RowRange, ServiceStore, Table};
+use config::ProductsConfig;
 
 /// Longest product name, in characters.
 pub const NAME_MAX: usize = 200;

@@ -10,6 +10,7 @@
 //! Implementations: `embedded` (the embedded KV, the default) and `scylla`
 //! (ScyllaDB or Cassandra). Both run `tests/store_conformance.rs`.
 
+pub mod config;
 mod embedded;
 pub mod records;
 mod scylla;
