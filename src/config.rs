@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use flashmall_engine::config::{EngineConfig, LedgerConfig, RedisConfig};
 use flashmall_mesh::telemetry::LogFormat;
+use flashmall_mesh::trace::{self, TraceSettings};
 use flashmall_mesh::{IdentityKey, MeshConfig};
 use flashmall_proxy::config::ProxyConfig;
 use flashmall_services::config::{
@@ -27,6 +28,64 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// Filter directive, e.g. `info` or `flashmall_engine=debug,info`.
     pub level: String,
+    /// OTLP/gRPC endpoint spans are exported to, plain `http://`, e.g.
+    /// `http://otel-collector:4317`; empty: `OTEL_EXPORTER_OTLP_ENDPOINT`
+    /// if set, else no traces.
+    pub otlp_endpoint: String,
+    /// `service.name` of the exported spans; empty: `OTEL_SERVICE_NAME` if
+    /// set, else `flashmall-<command>` (`flashmall-engine`, `flashmall-up`).
+    pub service_name: String,
+    /// Share of new traces exported, 0.0 to 1.0 (a trace a storefront
+    /// started keeps its own `sampled` flag).
+    pub trace_sample_ratio: f64,
+}
+
+impl LogConfig {
+    /// Where spans go, if anywhere: the config's endpoint, else the
+    /// standard variable in `env`; `command` names the service by default.
+    pub fn traces(&self, command: &str, env: &[(String, String)]) -> Option<TraceSettings> {
+        let from_env = |name: &str| {
+            env.iter()
+                .find(|(k, v)| k == name && !v.trim().is_empty())
+                .map(|(_, v)| v.trim().to_owned())
+        };
+        let endpoint = match self.otlp_endpoint.trim() {
+            "" => from_env(trace::OTEL_ENDPOINT_ENV)?,
+            endpoint => endpoint.to_owned(),
+        };
+        let service_name = match self.service_name.trim() {
+            "" => from_env(trace::OTEL_SERVICE_NAME_ENV)
+                .unwrap_or_else(|| format!("flashmall-{command}")),
+            name => name.to_owned(),
+        };
+        Some(TraceSettings {
+            endpoint,
+            service_name,
+            sample_ratio: self.trace_sample_ratio,
+        })
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.level.trim().is_empty() {
+            return Err("log.level must not be empty".into());
+        }
+        if !(0.0..=1.0).contains(&self.trace_sample_ratio) {
+            return Err(format!(
+                "log.trace_sample_ratio must be within 0.0 and 1.0, not {}",
+                self.trace_sample_ratio
+            ));
+        }
+        // Plain OTLP/gRPC, to a collector in the cluster (the k8s overlay's):
+        // the exporter is built without TLS.
+        let endpoint = self.otlp_endpoint.trim();
+        if !(endpoint.is_empty() || endpoint.starts_with("http://")) {
+            return Err(format!(
+                "log.otlp_endpoint must be an http:// URL of an OTLP/gRPC receiver \
+                 (e.g. http://otel-collector:4317), not {endpoint:?}"
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for LogConfig {
@@ -34,6 +93,9 @@ impl Default for LogConfig {
         LogConfig {
             format: LogFormat::Text,
             level: "info".to_owned(),
+            otlp_endpoint: String::new(),
+            service_name: String::new(),
+            trace_sample_ratio: 1.0,
         }
     }
 }
@@ -148,7 +210,7 @@ impl Config {
         if self.data.dir.as_os_str().is_empty() {
             return Err("data.dir must not be empty".into());
         }
-        tracing_subscriber_filter_check(&self.log.level)?;
+        self.log.validate()?;
         self.mesh.validate()?;
         self.proxy.validate()?;
         self.engine.validate()?;
@@ -285,13 +347,6 @@ impl Config {
     }
 }
 
-fn tracing_subscriber_filter_check(level: &str) -> Result<(), String> {
-    if level.trim().is_empty() {
-        return Err("log.level must not be empty".into());
-    }
-    Ok(())
-}
-
 fn merge(base: &mut toml::Table, over: toml::Table) {
     for (key, value) in over {
         match (base.get_mut(&key), value) {
@@ -402,6 +457,58 @@ mod tests {
             std::time::Duration::from_secs(2)
         );
         assert_eq!(c.ledger.pd_endpoints, vec!["pd-0:2379", "pd-1:2379"]);
+    }
+
+    #[test]
+    fn traces_go_where_the_config_or_the_standard_variables_say() {
+        let c = Config::default();
+        assert_eq!(c.log.traces("engine", &env(&[])), None, "off by default");
+        let standard = env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_SERVICE_NAME", "shop-edge"),
+        ]);
+        let t = c.log.traces("proxy", &standard).unwrap();
+        assert_eq!(
+            (t.endpoint.as_str(), t.service_name.as_str(), t.sample_ratio),
+            ("http://collector:4317", "shop-edge", 1.0)
+        );
+        let c = Config::load(
+            None,
+            env(&[
+                ("FLASHMALL_LOG__OTLP_ENDPOINT", "http://jaeger:4317"),
+                ("FLASHMALL_LOG__TRACE_SAMPLE_RATIO", "0.25"),
+            ]),
+        )
+        .unwrap();
+        let t = c.log.traces("engine", &standard).unwrap();
+        assert_eq!(
+            (t.endpoint.as_str(), t.service_name.as_str(), t.sample_ratio),
+            ("http://jaeger:4317", "shop-edge", 0.25)
+        );
+        assert_eq!(
+            c.log.traces("engine", &env(&[])).unwrap().service_name,
+            "flashmall-engine"
+        );
+        for (field, value, says) in [
+            (
+                "FLASHMALL_LOG__TRACE_SAMPLE_RATIO",
+                "1.5",
+                "log.trace_sample_ratio",
+            ),
+            (
+                "FLASHMALL_LOG__OTLP_ENDPOINT",
+                "collector:4317",
+                "log.otlp_endpoint",
+            ),
+            (
+                "FLASHMALL_LOG__OTLP_ENDPOINT",
+                "https://c:4317",
+                "log.otlp_endpoint",
+            ),
+        ] {
+            let e = Config::load(None, env(&[(field, value)])).unwrap_err();
+            assert!(e.contains(says), "{value}: {e}");
+        }
     }
 
     #[test]

@@ -83,6 +83,29 @@ enum EngineAction {
     Reconcile,
 }
 
+impl Command {
+    /// The service name of this process's spans: `flashmall-<name>`.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Up { .. } => "up",
+            Command::Demo(_) => "demo",
+            Command::Engine { .. } => "engine",
+            Command::Proxy => "proxy",
+            Command::Service { name } => match name {
+                ServiceName::Auth => "auth",
+                ServiceName::Orders => "orders",
+                ServiceName::Payments => "payments",
+                ServiceName::Products => "products",
+                ServiceName::Cart => "cart",
+                ServiceName::Checkout => "checkout",
+            },
+            Command::Bench { .. } => "bench",
+            Command::CheckConfig { .. } => "check-config",
+            Command::GrantAdmin { .. } => "grant-admin",
+        }
+    }
+}
+
 fn env() -> Vec<(String, String)> {
     std::env::vars().collect()
 }
@@ -99,7 +122,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let outcome = runtime.block_on(run(cli));
+    // Spans still batched leave before the process does.
+    if let Err(e) = flashmall_mesh::trace::flush() {
+        eprintln!("warning: {e}");
+    }
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
@@ -117,7 +145,8 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Demo(_) | Command::Bench { .. } if !level_chosen => "warn".to_owned(),
         _ => config.log.level.clone(),
     };
-    flashmall_mesh::telemetry::init_logs(config.log.format, &level)?;
+    let traces = config.log.traces(cli.command.name(), &env());
+    flashmall_mesh::telemetry::init_logs(config.log.format, &level, traces.as_ref())?;
     match cli.command {
         Command::Up { data_dir, redis } => {
             if let Some(dir) = data_dir {

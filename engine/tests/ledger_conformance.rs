@@ -182,6 +182,7 @@ fn entry(sale: Uuid, user: &str, quantity: i64) -> StreamEntry {
         quantity,
         idempotency_key: format!("key-{}", Uuid::now_v7()),
         created_at_ms: 1,
+        traceparent: None,
     }
 }
 

@@ -19,6 +19,7 @@ pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
+pub mod trace;
 pub mod verify;
 
 pub use client::{BreakerState, CallKind, ClientConfig, MeshChannel, MeshClient};

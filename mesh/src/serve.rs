@@ -187,7 +187,6 @@ async fn observe(State(served): State<Served>, mut request: Request, next: Next)
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let span = tracing::debug_span!("request", component = served.component, request_id = %request_id, method = %request.method(), route = %route);
     // Every body is read before the handler runs, so a handler that
     // answers early (401, 403) never leaves a half-read request on the
     // connection: the edge pools these connections and must be able to
@@ -196,6 +195,24 @@ async fn observe(State(served): State<Served>, mut request: Request, next: Next)
         .headers()
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    // The server span of this hop, a child of the caller's (`crate::trace`);
+    // probes are not traced (a kubelet asks every few seconds).
+    let probe = matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics");
+    let span = if probe {
+        tracing::Span::none()
+    } else {
+        tracing::info_span!(
+        "request",
+        otel.name = %format!("{} {}", served.component, span_route(&route, request.uri().path(), grpc)),
+        otel.kind = "server",
+        component = served.component,
+        request_id = %request_id,
+        method = %request.method(),
+        route = %route,
+        status = tracing::field::Empty,
+        )
+    };
+    crate::trace::continue_from(&span, request.headers());
     let request = if grpc {
         request
     } else {
@@ -231,7 +248,11 @@ async fn observe(State(served): State<Served>, mut request: Request, next: Next)
         request_id,
         deadline,
     };
-    let mut response = context.scope(next.run(request)).instrument(span).await;
+    let mut response = context
+        .scope(next.run(request))
+        .instrument(span.clone())
+        .await;
+    span.record("status", response.status().as_u16());
     if let Some(method) = grpc_method {
         response = count_grpc(served.component, method, response);
     }
@@ -244,6 +265,20 @@ async fn observe(State(served): State<Served>, mut request: Request, next: Next)
     .record(started.elapsed().as_secs_f64());
     response.headers_mut().insert(REQUEST_ID, header);
     response
+}
+
+/// What a span calls a route: a gRPC method as `Service/Method`, a JSON
+/// route by its pattern; paths no route matched, `unmatched`.
+fn span_route(route: &str, path: &str, grpc: bool) -> String {
+    if route == "unmatched" || !grpc {
+        return route.to_owned();
+    }
+    let (service, method) = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or(("", path));
+    let service = service.rsplit('.').next().unwrap_or(service);
+    format!("{service}/{method}")
 }
 
 /// Counts a gRPC request once its status is known: from the headers of a

@@ -4,6 +4,11 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::trace::TraceSettings;
 
 static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -41,18 +46,34 @@ pub enum LogFormat {
 }
 
 /// Installs the global `tracing` subscriber; `filter` is an env-filter
-/// directive such as `info` or `flashmall_engine=debug,info`.
-pub fn init_logs(format: LogFormat, filter: &str) -> Result<(), String> {
+/// directive such as `info` or `flashmall_engine=debug,info`. With
+/// `traces`, flashmall's spans are exported over OTLP too (`crate::trace`),
+/// whatever the log filter.
+pub fn init_logs(
+    format: LogFormat,
+    filter: &str,
+    traces: Option<&TraceSettings>,
+) -> Result<(), String> {
     let filter =
         EnvFilter::try_new(filter).map_err(|e| format!("invalid log filter {filter:?}: {e}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let logs = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    let spans = match traces {
+        Some(settings) => crate::trace::layer(settings)?,
+        None => None,
     };
     // A second init in one process (tests) keeps the first subscriber.
-    let _ = result;
+    let _ = tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(spans)
+        .try_init();
     Ok(())
 }

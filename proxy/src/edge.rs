@@ -13,7 +13,7 @@ use bytes::Bytes;
 use flashmall_mesh::identity::{
     AccessClaims, CLIENT_HEADER, CLIENT_IDENTITY_HEADERS, IDENTITY_HEADER,
 };
-use flashmall_mesh::{ApiError, ErrorCode, Identity, IdentityKey, Role};
+use flashmall_mesh::{ApiError, ErrorCode, Identity, IdentityKey, Role, trace};
 use pingora::lb::LoadBalancer;
 use pingora::lb::selection::RoundRobin;
 use pingora::prelude::*;
@@ -65,6 +65,9 @@ pub struct Ctx {
     idempotent: bool,
     tries: u32,
     sold_out_sale: Option<String>,
+    /// The request's root span at the edge (`flashmall_mesh::trace`),
+    /// closed when the context drops after `logging`.
+    span: Option<tracing::Span>,
 }
 
 /// How long the edge waits for a sold-out sale's holders.
@@ -376,6 +379,17 @@ impl Edge {
         let method = header.method.as_str().to_owned();
         let path = header.uri.path().to_owned();
         ctx.route = route_label(&path);
+        let span = tracing::info_span!(
+            "edge",
+            otel.name = %format!("edge {method} {}", ctx.route),
+            otel.kind = "server",
+            request_id = %ctx.request_id,
+            method = %method,
+            path = %path,
+            status = tracing::field::Empty,
+        );
+        trace::continue_from(&span, &header.headers);
+        ctx.span = Some(span);
         ctx.idempotent = matches!(
             method.as_str(),
             "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS"
@@ -740,6 +754,10 @@ impl ProxyHttp for Edge {
             upstream.insert_header(CLIENT_HEADER, self.identity.sign_client(ip, target))?;
         }
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        // The upstream's span is a child of the edge's.
+        if let Some(parent) = ctx.span.as_ref().and_then(trace::traceparent) {
+            upstream.insert_header(trace::TRACEPARENT, parent)?;
+        }
         Ok(())
     }
 
@@ -880,6 +898,9 @@ impl ProxyHttp for Edge {
             .started
             .map(|s| s.elapsed().as_secs_f64())
             .unwrap_or(0.0);
+        if let Some(span) = &ctx.span {
+            span.record("status", status);
+        }
         metrics::counter!("flashmall_proxy_requests_total", "route" => ctx.route, "status" => status.to_string())
             .increment(1);
         metrics::histogram!("flashmall_proxy_request_duration_seconds", "route" => ctx.route)

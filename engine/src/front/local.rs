@@ -128,6 +128,7 @@ impl StockFront for LocalFront {
                 quantity: call.quantity,
                 idempotency_key: call.idempotency_key.to_owned(),
                 created_at_ms: call.now_ms,
+                traceparent: None,
             },
         );
         Ok(ReserveOutcome::Reserved { remaining })

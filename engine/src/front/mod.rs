@@ -111,6 +111,10 @@ pub struct StreamEntry {
     pub quantity: i64,
     pub idempotency_key: String,
     pub created_at_ms: u64,
+    /// The purchase's trace (`traceparent`), when spans are exported:
+    /// settlement takes it from the waiting purchase, never from the
+    /// stream, and keeps it in the ledger record for the order worker.
+    pub traceparent: Option<String>,
 }
 
 /// What giving units back did.

@@ -293,6 +293,7 @@ impl RedisFront {
                     quantity: map.get("q")?.parse().ok()?,
                     idempotency_key: map.get("k")?.clone(),
                     created_at_ms: map.get("t")?.parse().ok()?,
+                    traceparent: None,
                 })
             };
             out.push(parse().ok_or_else(|| {

@@ -175,6 +175,9 @@ pub struct ReservationRecord {
     /// Why the ledger revoked it (status `revoked` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refusal: Option<Refusal>,
+    /// The purchase's trace, when spans were exported (`StreamEntry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl ReservationRecord {
@@ -472,6 +475,7 @@ impl Ledger {
                     created_at_ms: e.created_at_ms,
                     settled_at: now,
                     refusal,
+                    traceparent: e.traceparent.clone(),
                 };
                 writes.push(Write::Put(rkey, encode(&record)));
                 writes.push(Write::Put(

@@ -10,6 +10,7 @@ use std::time::Instant;
 use flashmall_mesh::contract::sold_out;
 use flashmall_mesh::{ApiError, ErrorCode};
 use time::OffsetDateTime;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::engine::Engine;
@@ -146,10 +147,12 @@ async fn decide(
 
     let reservation_id = Uuid::now_v7();
     // Registered before the script so a fast settlement cannot be missed.
-    let waiter = engine
-        .config
-        .durable_ack
-        .then(|| engine.waiters.register(live.sale.id, reservation_id));
+    let waiter = engine.config.durable_ack.then(|| {
+        let parent = flashmall_mesh::trace::traceparent(&tracing::Span::current());
+        engine
+            .waiters
+            .register(live.sale.id, reservation_id, parent)
+    });
     let _forget = settle::ForgetOnDrop {
         waiters: &engine.waiters,
         id: reservation_id,
@@ -163,27 +166,30 @@ async fn decide(
         reservation_id,
         now_ms,
     };
-    let outcome =
-        match tokio::time::timeout(engine.front_timeout, engine.front.reserve(&call)).await {
-            Ok(Ok(outcome)) => {
-                engine.breaker.record_success();
-                outcome
-            }
-            Ok(Err(e)) => {
-                engine.breaker.record_failure(now_ms);
-                tracing::debug!(error = %e, "reserve failed");
-                // The script may have run: a retry with the same key finds it.
-                return Err(ApiError::unavailable(
-                    "the stock front is unavailable, retry with the same Idempotency-Key",
-                ));
-            }
-            Err(_) => {
-                engine.breaker.record_failure(now_ms);
-                return Err(ApiError::unavailable(
-                    "the stock front timed out, retry with the same Idempotency-Key",
-                ));
-            }
-        };
+    let reserve = engine.front.reserve(&call).instrument(tracing::info_span!(
+        "reserve",
+        otel.name = "engine reserve (stock front)"
+    ));
+    let outcome = match tokio::time::timeout(engine.front_timeout, reserve).await {
+        Ok(Ok(outcome)) => {
+            engine.breaker.record_success();
+            outcome
+        }
+        Ok(Err(e)) => {
+            engine.breaker.record_failure(now_ms);
+            tracing::debug!(error = %e, "reserve failed");
+            // The script may have run: a retry with the same key finds it.
+            return Err(ApiError::unavailable(
+                "the stock front is unavailable, retry with the same Idempotency-Key",
+            ));
+        }
+        Err(_) => {
+            engine.breaker.record_failure(now_ms);
+            return Err(ApiError::unavailable(
+                "the stock front timed out, retry with the same Idempotency-Key",
+            ));
+        }
+    };
     match outcome {
         ReserveOutcome::Reserved { remaining } => {
             live.settle_wake.notify_one();
@@ -196,7 +202,12 @@ async fn decide(
             };
             match waiter {
                 Some(waiter) => {
-                    let verdict = settle::wait_durable(engine, reservation_id, waiter).await?;
+                    let verdict = settle::wait_durable(engine, reservation_id, waiter)
+                        .instrument(tracing::info_span!(
+                            "durable",
+                            otel.name = "engine await settlement"
+                        ))
+                        .await?;
                     verdict_answer(engine, &live, record, verdict, false).await
                 }
                 None => Ok(answer(sale_id, record, false)),

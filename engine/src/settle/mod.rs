@@ -17,8 +17,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use flashmall_mesh::ApiError;
+use flashmall_mesh::{ApiError, trace};
 use tokio::sync::oneshot;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::engine::Engine;
@@ -38,7 +39,8 @@ pub enum Wake {
     Lost,
 }
 
-type Slot = (Uuid, oneshot::Sender<Wake>);
+/// A waiting purchase: its sale, its wake-up, its trace.
+type Slot = (Uuid, oneshot::Sender<Wake>, Option<String>);
 
 /// Purchases waiting for their reservation to be durable, by reservation id
 /// (with the sale). Sharded so concurrent purchases rarely meet on one lock.
@@ -60,10 +62,22 @@ impl Waiters {
         self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn register(&self, sale_id: Uuid, id: Uuid) -> oneshot::Receiver<Wake> {
+    /// Registers the purchase of reservation `id`; `traceparent` names
+    /// its span, for the settlement span to link to.
+    pub fn register(
+        &self,
+        sale_id: Uuid,
+        id: Uuid,
+        traceparent: Option<String>,
+    ) -> oneshot::Receiver<Wake> {
         let (tx, rx) = oneshot::channel();
-        self.shard(&id).insert(id, (sale_id, tx));
+        self.shard(&id).insert(id, (sale_id, tx, traceparent));
         rx
+    }
+
+    /// The trace of the purchase waiting on `id`, if it waits here.
+    pub fn traceparent(&self, id: Uuid) -> Option<String> {
+        self.shard(&id).get(&id).and_then(|(_, _, t)| t.clone())
     }
 
     /// Wakes, as lost, every purchase of `sale_id` still waiting here: to
@@ -76,11 +90,11 @@ impl Waiters {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
             let ids: Vec<Uuid> = shard
                 .iter()
-                .filter(|(_, (sale, _))| *sale == sale_id)
+                .filter(|(_, (sale, _, _))| *sale == sale_id)
                 .map(|(id, _)| *id)
                 .collect();
             for id in ids {
-                if let Some((_, tx)) = shard.remove(&id) {
+                if let Some((_, tx, _)) = shard.remove(&id) {
                     lost += usize::from(tx.send(Wake::Lost).is_ok());
                 }
             }
@@ -96,7 +110,7 @@ impl Waiters {
     /// with the ledger's verdict.
     pub fn notify(&self, batch: &[StreamEntry], settled: &Settled) {
         for e in batch {
-            if let Some((_, tx)) = self.shard(&e.reservation_id).remove(&e.reservation_id) {
+            if let Some((_, tx, _)) = self.shard(&e.reservation_id).remove(&e.reservation_id) {
                 let verdict = settled
                     .revoked
                     .iter()
@@ -206,11 +220,43 @@ pub async fn settle_batch(
         return Ok(Settled::default());
     }
     let started = Instant::now();
+    // One span per batch, linked to the purchases it settles (a batch
+    // serves many traces, so it is a child of none).
+    let span = tracing::info_span!(
+        "settle",
+        otel.name = "engine settle",
+        sale_id = %sale_id,
+        reservations = batch.len(),
+    );
+    let traced: Vec<StreamEntry>;
+    let batch = if trace::enabled() {
+        traced = batch
+            .iter()
+            .map(|e| StreamEntry {
+                traceparent: engine.waiters.traceparent(e.reservation_id),
+                ..e.clone()
+            })
+            .collect();
+        for e in &traced {
+            if let Some(parent) = &e.traceparent {
+                trace::link(
+                    &span,
+                    parent,
+                    "reservation_id",
+                    e.reservation_id.to_string(),
+                );
+            }
+        }
+        &traced[..]
+    } else {
+        batch
+    };
     // A crash here leaves the batch in the stream, pending: it is replayed.
     crash_point("settle-before-commit");
     let settled = engine
         .ledger
         .settle(sale_id, batch, epoch)
+        .instrument(span.clone())
         .await
         .map_err(|e| e.to_string())?;
     // A crash here replays a committed batch: the ledger skips it.
@@ -218,6 +264,7 @@ pub async fn settle_batch(
     engine
         .front
         .ack(sale_id, batch)
+        .instrument(span)
         .await
         .map_err(|e| e.to_string())?;
     engine.waiters.notify(batch, &settled);

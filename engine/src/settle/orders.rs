@@ -10,9 +10,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flashmall_mesh::{CallKind, Identity, MeshClient};
+use flashmall_mesh::{CallKind, Identity, MeshClient, trace};
 use flashmall_proto::order as pb;
 use pb::order_service_client::OrderServiceClient;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::engine::Engine;
@@ -93,6 +94,18 @@ pub async fn make_orders(engine: &Arc<Engine>, client: &MeshClient) -> Result<us
         };
         orders.push(sale_order(r, &sale.sale.product_id, sale.sale.price));
     }
+    // One span per batch, linked to the purchases whose orders it makes;
+    // the order service's span is its child.
+    let span = tracing::info_span!(
+        "orders",
+        otel.name = "engine make orders",
+        orders = orders.len()
+    );
+    for r in &batch {
+        if let Some(parent) = &r.traceparent {
+            trace::link(&span, parent, "reservation_id", r.id.to_string());
+        }
+    }
     if !orders.is_empty() {
         let signed = engine.identity.sign_for(
             &Identity::service("engine", Duration::from_secs(60)),
@@ -111,6 +124,7 @@ pub async fn make_orders(engine: &Arc<Engine>, client: &MeshClient) -> Result<us
                         .await
                 },
             )
+            .instrument(span)
             .await
             .map_err(|e| format!("order service: {}", e.message))?;
         metrics::counter!("flashmall_engine_orders_made_total").increment(created.created as u64);

@@ -1,5 +1,6 @@
 //! Carries the request being served on to the calls it makes: the same
-//! `x-request-id`, and its deadline for the timeout layer below (which sends
+//! `x-request-id`, the current span as the `traceparent` (`crate::trace`),
+//! and its deadline for the timeout layer below (which sends
 //! the time left as `grpc-timeout`). It reads the task-local context in
 //! `call`, which tonic runs inside the caller's task.
 
@@ -58,6 +59,7 @@ where
                     .insert(PropagatedDeadline(deadline));
             }
         });
+        crate::trace::inject_current(request.headers_mut());
         self.inner.call(request)
     }
 }
