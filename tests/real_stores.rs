@@ -2,7 +2,7 @@
 //! server (tikv-client against TiDB's unistore), orders and payments in
 //! Cassandra (the ScyllaDB adapter), the stock front in a real redis-server,
 //! the whole stack behind the edge proxy. Every invariant of
-//! ARCHITECTURE.md is checked on what the stores hold.
+//! docs/ARCHITECTURE.md (§5) is checked on what the stores hold.
 //!
 //! Needs `FLASHMALL_TEST_TIKV_PD` (PD endpoints) and `FLASHMALL_TEST_SCYLLA`
 //! (`host:port`), which `scripts/test` sets after starting both servers;

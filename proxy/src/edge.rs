@@ -1,5 +1,5 @@
 //! The edge's request path, in the order a request meets it (purchase path
-//! steps 1–7 of ARCHITECTURE.md). Everything that rejects a request does so
+//! steps 1–7 of docs/ARCHITECTURE.md). Everything that rejects a request does so
 //! in `request_filter`, before any upstream work, and writes the answer
 //! itself so the client's connection stays open.
 
