@@ -11,7 +11,10 @@
 //! products, orders, payments) and the calls those make, each hop the
 //! child of its caller.
 //!
-//! Without the receiver the test is skipped, and fails when
+//! The public edge (the default) continues no client's trace: it starts
+//! its own and names it in the answer's `traceresponse`.
+//!
+//! Without the receiver the tests are skipped, and fails when
 //! `FLASHMALL_REQUIRE_REAL_STORES=1`.
 #![allow(
     clippy::unwrap_used,
@@ -22,6 +25,7 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use flashmall_mesh::telemetry::{LogFormat, init_logs};
@@ -209,8 +213,10 @@ async fn merchant(s: &EdgeStack, admin: &Login, email: &str) -> Login {
     s.login(email).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_purchase_and_a_checkout_are_each_one_trace_across_the_mesh() {
+/// The receiver, with this process's spans exported to it under a service
+/// name of its own (runs against one receiver do not mix); `None`: skipped.
+fn receiver() -> Option<(Jaeger, &'static str)> {
+    static SERVICE: OnceLock<String> = OnceLock::new();
     let (Ok(otlp), Ok(jaeger)) = (
         std::env::var("FLASHMALL_TEST_OTLP"),
         std::env::var("FLASHMALL_TEST_JAEGER"),
@@ -220,28 +226,50 @@ async fn a_purchase_and_a_checkout_are_each_one_trace_across_the_mesh() {
         );
         assert!(
             std::env::var("FLASHMALL_REQUIRE_REAL_STORES").as_deref() != Ok("1"),
-            "the traces test is required here"
+            "the traces tests are required here"
         );
-        return;
+        return None;
     };
-    // A service name of its own: runs against one receiver do not mix.
-    let service = format!("flashmall-traces-{}", random_hex(6));
-    init_logs(
-        LogFormat::Text,
-        "warn",
-        Some(&TraceSettings {
-            endpoint: otlp,
-            service_name: service.clone(),
-            sample_ratio: 1.0,
-        }),
-    )
-    .unwrap();
+    let service = SERVICE.get_or_init(|| {
+        let service = format!("flashmall-traces-{}", random_hex(6));
+        init_logs(
+            LogFormat::Text,
+            "warn",
+            Some(&TraceSettings {
+                endpoint: otlp,
+                service_name: service.clone(),
+                sample_ratio: 1.0,
+            }),
+        )
+        .unwrap();
+        service
+    });
     assert!(trace::enabled(), "the exporter is installed");
     let jaeger = Jaeger {
         base: jaeger,
         client: support::client(),
     };
-    let s = EdgeStack::start(|p| p.limits.clear()).await;
+    Some((jaeger, service))
+}
+
+/// The trace id a `traceresponse` header names.
+fn trace_of(response: &reqwest::Response) -> String {
+    let value = response.headers()["traceresponse"].to_str().unwrap();
+    let context = trace::parse(value).unwrap_or_else(|| panic!("bad traceresponse {value:?}"));
+    context.trace_id().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_purchase_and_a_checkout_are_each_one_trace_across_the_mesh() {
+    let Some((jaeger, service)) = receiver() else {
+        return;
+    };
+    // The storefront's own trace context is continued (a trusted front end).
+    let s = EdgeStack::start(|p| {
+        p.limits.clear();
+        p.accept_traceparent = true;
+    })
+    .await;
     let admin = s.admin().await;
     let buyer = s.login("trace-buyer@example.com").await;
 
@@ -262,6 +290,11 @@ async fn a_purchase_and_a_checkout_are_each_one_trace_across_the_mesh() {
         .await
         .unwrap();
     assert_eq!(response.status(), 201);
+    assert_eq!(
+        trace_of(&response),
+        purchase_trace,
+        "the answer names the trace"
+    );
     let request_id = response.headers()["x-request-id"]
         .to_str()
         .unwrap()
@@ -315,7 +348,7 @@ async fn a_purchase_and_a_checkout_are_each_one_trace_across_the_mesh() {
     // links to the purchases it serves, and the order service's span is
     // the order worker's child.
     let (settle, _) = jaeger
-        .linking(&service, "engine settle", &purchase_trace)
+        .linking(service, "engine settle", &purchase_trace)
         .await;
     assert!(
         settle
@@ -324,7 +357,7 @@ async fn a_purchase_and_a_checkout_are_each_one_trace_across_the_mesh() {
         "{settle:?}"
     );
     let (make, batch) = jaeger
-        .linking(&service, "engine make orders", &purchase_trace)
+        .linking(service, "engine make orders", &purchase_trace)
         .await;
     let create = batch
         .iter()
@@ -432,5 +465,46 @@ async fn a_purchase_and_a_checkout_are_each_one_trace_across_the_mesh() {
             "{child} under {parent}"
         );
     }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_public_cannot_pick_a_trace_or_force_sampling() {
+    let Some((jaeger, _)) = receiver() else {
+        return;
+    };
+    // The default edge: a client's traceparent is not continued.
+    let s = EdgeStack::start(|p| p.limits.clear()).await;
+    let buyer = s.login("trace-public@example.com").await;
+    let chosen = random_hex(16);
+    let response = s
+        .client
+        .get(s.url("/api/v1/users/me"))
+        .bearer_auth(&buyer.access)
+        .header("traceparent", format!("00-{chosen}-{}-01", random_hex(8)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let started = trace_of(&response);
+    assert_ne!(started, chosen, "the edge started a trace of its own");
+    let spans = jaeger
+        .trace(&started, &["edge GET users", "auth /api/v1/users/me"])
+        .await;
+    let edge = named(&spans, "edge GET users");
+    assert_eq!(edge.parent, None, "the edge's span is the root: {edge:?}");
+    assert_eq!(
+        named(&spans, "auth /api/v1/users/me").parent,
+        Some((started.clone(), edge.id.clone()))
+    );
+    // Its spans were exported (just read back): none went to the client's.
+    let status = jaeger
+        .client
+        .get(format!("{}/api/traces/{chosen}", jaeger.base))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 404, "no span joined the client's trace");
     s.stop().await;
 }

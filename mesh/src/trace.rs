@@ -36,6 +36,10 @@ use tracing_subscriber::registry::LookupSpan;
 /// The W3C trace context header.
 pub const TRACEPARENT: &str = "traceparent";
 
+/// The answer's header naming the request's trace (W3C Trace Context
+/// Level 2), set by the edge.
+pub const TRACERESPONSE: &str = "traceresponse";
+
 /// The standard OpenTelemetry variables, read when the config leaves the
 /// endpoint or the service name empty.
 pub const OTEL_ENDPOINT_ENV: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";

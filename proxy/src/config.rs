@@ -108,6 +108,12 @@ pub struct ProxyConfig {
     /// comes from one of them, the client is the rightmost address of
     /// `X-Forwarded-For` that is not itself trusted; otherwise the peer.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Continue a client's W3C `traceparent` (its trace id and sampled
+    /// flag): only behind a trusted front end that traces. Off, every
+    /// request starts a trace of its own at the edge, so the public can
+    /// neither pick trace ids nor force sampling. Either way the answer
+    /// names the trace in a `traceresponse` header.
+    pub accept_traceparent: bool,
     /// Redis for state shared by every replica (blacklist, access rules,
     /// logged-out tokens) and global limits; empty: in-process (one replica).
     pub redis_url: String,
@@ -187,6 +193,7 @@ impl Default for ProxyConfig {
             jwks_ca_file: String::new(),
             jwks_refresh: Duration::from_secs(300),
             trusted_proxies: Vec::new(),
+            accept_traceparent: false,
             redis_url: String::new(),
             state_poll: Duration::from_millis(200),
             health_check_interval: Duration::from_secs(1),

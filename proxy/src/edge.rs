@@ -90,6 +90,8 @@ pub struct Edge {
     /// Mutual TLS to the components, when configured.
     pub(crate) tls: Option<Arc<crate::upstreams::PeerTls>>,
     pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
+    /// Continue a client's `traceparent` (`proxy.accept_traceparent`).
+    pub(crate) accept_traceparent: bool,
     pub(crate) connect_timeout: Duration,
     pub(crate) read_timeout: Duration,
     /// Clock skew tolerated on `exp`: a revoked token is refused this long
@@ -388,7 +390,9 @@ impl Edge {
             path = %path,
             status = tracing::field::Empty,
         );
-        trace::continue_from(&span, &header.headers);
+        if self.accept_traceparent {
+            trace::continue_from(&span, &header.headers);
+        }
         ctx.span = Some(span);
         ctx.idempotent = matches!(
             method.as_str(),
@@ -754,7 +758,12 @@ impl ProxyHttp for Edge {
             upstream.insert_header(CLIENT_HEADER, self.identity.sign_client(ip, target))?;
         }
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
-        // The upstream's span is a child of the edge's.
+        // The upstream's span is a child of the edge's; a client's trace
+        // context goes no further unless the edge accepts it.
+        if !self.accept_traceparent {
+            upstream.remove_header(trace::TRACEPARENT);
+            upstream.remove_header("tracestate");
+        }
         if let Some(parent) = ctx.span.as_ref().and_then(trace::traceparent) {
             upstream.insert_header(trace::TRACEPARENT, parent)?;
         }
@@ -768,6 +777,10 @@ impl ProxyHttp for Edge {
         ctx: &mut Ctx,
     ) -> Result<()> {
         response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        // The trace this request is, for a storefront's support ticket.
+        if let Some(trace) = ctx.span.as_ref().and_then(trace::traceparent) {
+            response.insert_header(trace::TRACERESPONSE, trace)?;
+        }
         if response.remove_header(SOLD_OUT_HEADER).is_some()
             && let Some(sale) = gate::purchase_sale(session.req_header().uri.path())
         {

@@ -149,6 +149,7 @@ pub async fn launch(settings: &ProxySettings) -> Result<RunningProxy, String> {
             .transpose()?
             .map(Arc::new),
         trusted_proxies: config.trusted_proxies.clone(),
+        accept_traceparent: config.accept_traceparent,
         connect_timeout: config.connect_timeout,
         read_timeout: config.read_timeout,
         jwt_leeway: config.jwt_leeway,
