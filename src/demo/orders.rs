@@ -10,7 +10,7 @@
 //! slow machine makes the phase longer and changes figures (how many paid
 //! in time), never a check's verdict.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -154,6 +154,98 @@ fn example<'a>(label: &str, ids: impl Iterator<Item = &'a str>) -> String {
             "; {label} {}{}",
             ids[..n.min(5)].join(", "),
             if n > 5 { ", ..." } else { "" }
+        ),
+    }
+}
+
+/// This sale's orders the bench did not follow (their 201 never reached
+/// it), as their buyers list them.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Untracked {
+    /// Expired or cancelled, their units released.
+    closed_units: i64,
+    closed: Vec<String>,
+    /// Not ended yet (they expire unpaid).
+    open: usize,
+}
+
+/// Reads every buyer's orders (`GET /api/v1/orders`, page by page) for
+/// those of this sale whose reservation is not in `followed`.
+async fn untracked_orders(
+    client: &reqwest::Client,
+    sale: &Sale<'_>,
+    followed: &HashSet<&str>,
+) -> Result<Untracked, String> {
+    let lists: Vec<Result<Vec<Value>, String>> = futures::stream::iter(sale.buyers)
+        .map(|token| async move {
+            let mut orders = Vec::new();
+            let mut page = String::new();
+            loop {
+                let url = format!(
+                    "{}/api/v1/orders?page_size=100&page_token={page}",
+                    sale.base
+                );
+                let (status, body) = steady_json_of(client.get(url).bearer_auth(token)).await?;
+                if status != 200 {
+                    return Err(format!("listing a buyer's orders: {status} {body}"));
+                }
+                orders.extend(body["orders"].as_array().cloned().unwrap_or_default());
+                match body["next_page_token"].as_str() {
+                    Some(next) if !next.is_empty() => page = next.to_owned(),
+                    _ => return Ok(orders),
+                }
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect()
+        .await;
+    let mut untracked = Untracked::default();
+    for order in lists
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?
+        .iter()
+        .flatten()
+    {
+        let reservation = order["reservation_id"].as_str().unwrap_or_default();
+        if order["sale_id"].as_str() != Some(sale.id) || followed.contains(reservation) {
+            continue;
+        }
+        match order["status"].as_str() {
+            Some("expired" | "cancelled") if order["released"] == true => {
+                untracked.closed_units += order["items"].as_array().map_or(0, |items| {
+                    items.iter().filter_map(|i| i["quantity"].as_i64()).sum()
+                });
+                untracked.closed.push(reservation.to_owned());
+            }
+            Some("paid") => {}
+            _ => untracked.open += 1,
+        }
+    }
+    Ok(untracked)
+}
+
+/// "expired units return": the sale released exactly the units of the
+/// closed orders, followed or not.
+fn returned_check(
+    released: i64,
+    closed_orders: usize,
+    closed_units: i64,
+    untracked: &Untracked,
+) -> Check {
+    let expected = closed_units + untracked.closed_units;
+    Check {
+        name: "expired units return",
+        held: released == expected && untracked.open == 0,
+        detail: format!(
+            "{released} units released for {closed_orders} expired or cancelled orders of {closed_units} units the run followed and {} of {} units whose 201 never reached it{}{}",
+            untracked.closed.len(),
+            untracked.closed_units,
+            example("untracked:", untracked.closed.iter().map(String::as_str)),
+            match (released - expected, untracked.open) {
+                (0, 0) => String::new(),
+                (0, open) => format!("; {open} of them not ended"),
+                (gap, open) => format!("; {gap} units unaccounted for, {open} not ended"),
+            }
         ),
     }
 }
@@ -415,9 +507,16 @@ pub async fn finish(
         .filter(|f| f.order.is_some() && !f.ended())
         .count();
 
-    // Every closed order's units come back to the sale.
+    // Every closed order's units come back to the sale: the orders the
+    // bench followed, and any whose 201 never reached it (a client that gave
+    // up after its retries while its purchase settled: nobody pays those).
+    let followed: HashSet<&str> = fates
+        .iter()
+        .map(|f| f.win.reservation_id.as_str())
+        .collect();
     let progress = Progress::new();
     let mut released = -1;
+    let mut untracked = Untracked::default();
     loop {
         let view = sale.view(client).await?;
         let now = view["released"].as_i64().unwrap_or(-1);
@@ -425,7 +524,13 @@ pub async fn finish(
             progress.moved();
             released = now;
         }
-        if released == closed_units || progress.stalled() {
+        // Only read every buyer's orders when the followed ones do not
+        // account for the released units.
+        if released != closed_units {
+            untracked = untracked_orders(client, sale, &followed).await?;
+        }
+        let accounted = released == closed_units + untracked.closed_units && untracked.open == 0;
+        if accounted || progress.stalled() {
             break;
         }
         tokio::time::sleep(POLL).await;
@@ -498,14 +603,7 @@ pub async fn finish(
                 )
             ),
         },
-        Check {
-            name: "expired units return",
-            held: released == closed_units,
-            detail: format!(
-                "{released} units released for {} expired or cancelled orders of {closed_units} units",
-                closed.len()
-            ),
-        },
+        returned_check(released, closed.len(), closed_units, &untracked),
         Check {
             name: "returned units sell again",
             held: resold as i64 <= released_total
@@ -666,7 +764,35 @@ async fn resell(
 
 #[cfg(test)]
 mod tests {
-    use super::pays;
+    use super::{Untracked, pays, returned_check};
+
+    #[test]
+    fn returned_units_are_those_of_every_closed_order_followed_or_not() {
+        let untracked = Untracked {
+            closed_units: 23,
+            closed: vec!["r1".into(), "r2".into()],
+            open: 0,
+        };
+        let check = returned_check(140, 117, 117, &untracked);
+        assert!(check.held, "{}", check.detail);
+        assert!(check.detail.contains("r1, r2"), "{}", check.detail);
+        let check = returned_check(140, 117, 117, &Untracked::default());
+        assert!(!check.held);
+        assert!(
+            check.detail.contains("23 units unaccounted for"),
+            "{}",
+            check.detail
+        );
+        let check = returned_check(117, 117, 117, &Untracked::default());
+        assert!(check.held, "{}", check.detail);
+        // An untracked order not ended yet: its units are still to come.
+        let open = Untracked {
+            open: 1,
+            ..Untracked::default()
+        };
+        let check = returned_check(117, 117, 117, &open);
+        assert!(!check.held && check.detail.contains("1 of them not ended"));
+    }
 
     #[test]
     fn pays_picks_exactly_the_share_spread_evenly() {
