@@ -83,7 +83,7 @@ use scylla::statement::{Consistency, SerialConsistency, Statement};
 use scylla::value::{CqlValue, Row as CqlRow};
 
 use super::{Row, RowRange, ServiceStore, StoreError, Table, Versioned};
-use crate::config::StoreConfig;
+use super::config::StoreConfig;
 
 /// Longest TTL ScyllaDB and Cassandra accept (20 years, in seconds).
 const MAX_TTL_SECONDS: u64 = 630_720_000;
