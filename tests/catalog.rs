@@ -53,28 +53,12 @@ fn names(body: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Logs `email` in as a merchant (the admin grants the role; a new login
-/// carries it).
-async fn merchant(s: &EdgeStack, admin: &Login, email: &str) -> Login {
-    let user = s.login(email).await;
-    let (status, body) = s
-        .call(
-            s.client
-                .put(s.url(&format!("/api/v1/admin/users/{}/roles", user.user_id)))
-                .bearer_auth(&admin.access)
-                .json(&json!({"roles": ["merchant"]})),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    s.login(email).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn catalogue_roles_changes_and_bad_input_through_the_edge() {
     let s = EdgeStack::start(|proxy| proxy.limits.clear()).await;
     let admin = s.admin().await;
-    let shop = merchant(&s, &admin, "shop@example.com").await;
-    let rival = merchant(&s, &admin, "rival@example.com").await;
+    let shop = s.merchant(&admin, "shop@example.com").await;
+    let rival = s.merchant(&admin, "rival@example.com").await;
     let customer = s.login("customer@example.com").await;
 
     // Categories: admins only, slugs, once each.

@@ -23,20 +23,6 @@ fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("")
 }
 
-async fn merchant(s: &EdgeStack, admin: &Login, email: &str) -> Login {
-    let user = s.login(email).await;
-    let (status, body) = s
-        .call(
-            s.client
-                .put(s.url(&format!("/api/v1/admin/users/{}/roles", user.user_id)))
-                .bearer_auth(&admin.access)
-                .json(&json!({"roles": ["merchant"]})),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    s.login(email).await
-}
-
 async fn product(s: &EdgeStack, seller: &Login, name: &str, price: i64, stock: i64) -> String {
     let (status, body) = s
         .call(
@@ -119,7 +105,7 @@ async fn order(s: &EdgeStack, who: &Login, id: &str) -> (u16, Value) {
 async fn the_cart_is_the_callers_own_and_refuses_bad_input() {
     let s = EdgeStack::start(|proxy| proxy.limits.clear()).await;
     let admin = s.admin().await;
-    let shop = merchant(&s, &admin, "shop@example.com").await;
+    let shop = s.merchant(&admin, "shop@example.com").await;
     let alice = s.login("alice@example.com").await;
     let bob = s.login("bob@example.com").await;
     let tea = product(&s, &shop, "Green tea", 1250, 5).await;
@@ -334,7 +320,7 @@ async fn the_cart_is_the_callers_own_and_refuses_bad_input() {
 async fn checkout_pays_at_catalogue_prices_once_per_key() {
     let s = EdgeStack::start(|proxy| proxy.limits.clear()).await;
     let admin = s.admin().await;
-    let shop = merchant(&s, &admin, "shop@example.com").await;
+    let shop = s.merchant(&admin, "shop@example.com").await;
     let alice = s.login("alice@example.com").await;
     let bob = s.login("bob@example.com").await;
     let tea = product(&s, &shop, "Green tea", 1250, 5).await;
@@ -451,7 +437,7 @@ async fn checkout_pays_at_catalogue_prices_once_per_key() {
 
 async fn last_units_race(s: &EdgeStack, tag: &str) {
     let admin = s.admin().await;
-    let shop = merchant(s, &admin, &format!("shop-{tag}@example.com")).await;
+    let shop = s.merchant(&admin, &format!("shop-{tag}@example.com")).await;
     const STOCK: i64 = 5;
     const BUYERS: usize = 12;
     let item = product(s, &shop, "Last units", 990, STOCK).await;
@@ -543,7 +529,7 @@ async fn a_declined_payment_leaves_the_cart_and_never_pays_the_order() {
     )
     .await;
     let admin = s.admin().await;
-    let shop = merchant(&s, &admin, "shop@example.com").await;
+    let shop = s.merchant(&admin, "shop@example.com").await;
     let alice = s.login("alice@example.com").await;
     let tea = product(&s, &shop, "Green tea", 1250, 5).await;
     add(&s, &alice, json!({"product_id": tea, "quantity": 2})).await;
@@ -604,7 +590,7 @@ async fn an_unpaid_checkout_order_expires_and_its_units_come_back() {
     )
     .await;
     let admin = s.admin().await;
-    let shop = merchant(&s, &admin, "shop@example.com").await;
+    let shop = s.merchant(&admin, "shop@example.com").await;
     let alice = s.login("alice@example.com").await;
     let tea = product(&s, &shop, "Green tea", 1250, 5).await;
     add(&s, &alice, json!({"product_id": tea, "quantity": 3})).await;
@@ -667,7 +653,7 @@ async fn a_checkout_order_cannot_be_paid_before_all_its_stock_is_held() {
     const SCARCE: i64 = 5;
     let s = EdgeStack::start(|proxy| proxy.limits.clear()).await;
     let admin = s.admin().await;
-    let shop = merchant(&s, &admin, "shop@example.com").await;
+    let shop = s.merchant(&admin, "shop@example.com").await;
     // Held in id order: the scarce product, created last, is held last.
     let mut plentiful = Vec::new();
     for n in 0..PLENTIFUL_LINES {
@@ -835,7 +821,7 @@ async fn the_reference_grpc_names_serve_the_same_shop() {
 
     let s = EdgeStack::start(|proxy| proxy.limits.clear()).await;
     let admin = s.admin().await;
-    let shop = merchant(&s, &admin, "shop@example.com").await;
+    let shop = s.merchant(&admin, "shop@example.com").await;
     let alice = s.login("alice@example.com").await;
     let bob = s.login("bob@example.com").await;
     let tea = product(&s, &shop, "Green tea leaves", 1250, 5).await;

@@ -32,7 +32,7 @@ use flashmall_mesh::telemetry::{LogFormat, init_logs};
 use flashmall_mesh::trace::{self, TraceSettings};
 use serde_json::{Value, json};
 use support::eventually;
-use support::stack::{EdgeStack, Login};
+use support::stack::EdgeStack;
 
 /// How long the test waits for an order or a trace to show (a figure, not
 /// a check: the test polls and goes on as soon as it is there).
@@ -103,6 +103,19 @@ struct Jaeger {
 }
 
 impl Jaeger {
+    /// What the query API answers at `path`, after exporting this
+    /// process's finished spans; `None` until it answers JSON.
+    async fn look(&self, path: &str) -> Option<Value> {
+        trace::flush().unwrap();
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .ok()?;
+        response.json().await.ok()
+    }
+
     /// The spans of trace `id` once every name in `expected` is among
     /// them; flushes this process's spans before each look.
     async fn trace(&self, id: &str, expected: &[&str]) -> Vec<Span> {
@@ -110,16 +123,7 @@ impl Jaeger {
             PATIENCE,
             &format!("trace {id} with {expected:?}"),
             || async {
-                trace::flush().unwrap();
-                let body: Value = self
-                    .client
-                    .get(format!("{}/api/traces/{id}", self.base))
-                    .send()
-                    .await
-                    .ok()?
-                    .json()
-                    .await
-                    .ok()?;
+                let body = self.look(&format!("/api/traces/{id}")).await?;
                 let spans = spans_of(body["data"].get(0)?);
                 let names: HashSet<&str> = spans.iter().map(|s| s.name.as_str()).collect();
                 expected
@@ -138,20 +142,12 @@ impl Jaeger {
             PATIENCE,
             &format!("a {operation:?} span linking to trace {linked}"),
             || async {
-                trace::flush().unwrap();
-                let body: Value = self
-                    .client
-                    .get(format!(
-                        "{}/api/traces?service={service}&operation={}&limit=100&lookback=1h",
-                        self.base,
+                let body = self
+                    .look(&format!(
+                        "/api/traces?service={service}&operation={}&limit=100&lookback=1h",
                         operation.replace(' ', "%20")
                     ))
-                    .send()
-                    .await
-                    .ok()?
-                    .json()
-                    .await
-                    .ok()?;
+                    .await?;
                 body["data"].as_array()?.iter().find_map(|t| {
                     let spans = spans_of(t);
                     let span = spans
@@ -197,20 +193,6 @@ fn assert_one_tree(spans: &[Span], trace: &str, client_span: &str) {
 fn random_hex(bytes: usize) -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();
     id[..bytes * 2].to_owned()
-}
-
-async fn merchant(s: &EdgeStack, admin: &Login, email: &str) -> Login {
-    let user = s.login(email).await;
-    let (status, body) = s
-        .call(
-            s.client
-                .put(s.url(&format!("/api/v1/admin/users/{}/roles", user.user_id)))
-                .bearer_auth(&admin.access)
-                .json(&json!({"roles": ["merchant"]})),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    s.login(email).await
 }
 
 /// The receiver, with this process's spans exported to it under a service
@@ -367,7 +349,7 @@ async fn a_purchase_and_a_checkout_are_each_one_trace_across_the_mesh() {
 
     // A checkout: one trace through checkout, cart, products, orders and
     // payments.
-    let seller = merchant(&s, &admin, "trace-seller@example.com").await;
+    let seller = s.merchant(&admin, "trace-seller@example.com").await;
     let (status, product) = s
         .call(
             s.client

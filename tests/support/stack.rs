@@ -271,6 +271,22 @@ impl EdgeStack {
         self.login(ADMIN_EMAIL).await
     }
 
+    /// Logs `email` in as a merchant (the admin grants the role; a new
+    /// login carries it).
+    pub async fn merchant(&self, admin: &Login, email: &str) -> Login {
+        let user = self.login(email).await;
+        let (status, body) = self
+            .call(
+                self.client
+                    .put(self.url(&format!("/api/v1/admin/users/{}/roles", user.user_id)))
+                    .bearer_auth(&admin.access)
+                    .json(&json!({"roles": ["merchant"]})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        self.login(email).await
+    }
+
     /// Creates an open sale as the admin; returns its id.
     pub async fn sale(&self, admin: &Login, stock: i64) -> String {
         let now = time::OffsetDateTime::now_utc();

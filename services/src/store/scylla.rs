@@ -82,8 +82,8 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::{Consistency, SerialConsistency, Statement};
 use scylla::value::{CqlValue, Row as CqlRow};
 
-use super::{Row, RowRange, ServiceStore, StoreError, Table, Versioned};
 use super::config::StoreConfig;
+use super::{Row, RowRange, ServiceStore, StoreError, Table, Versioned};
 
 /// Longest TTL ScyllaDB and Cassandra accept (20 years, in seconds).
 const MAX_TTL_SECONDS: u64 = 630_720_000;
