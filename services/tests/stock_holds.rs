@@ -239,6 +239,67 @@ async fn a_hold_is_all_lines_or_none() {
     assert_eq!(stock(&s, &plenty).await, 100);
 }
 
+/// A caller that timed out retries the same hold after the first attempt
+/// failed and gave its units back: the retry gets the same answer (out of
+/// stock), not "released already", and takes nothing; once stock came, the
+/// same hold succeeds. (Found by `tests/shop.rs` beside two CPU burners,
+/// where a 50-line hold outlived the mesh client's 2 s attempt.)
+#[tokio::test]
+async fn a_retried_hold_that_failed_gets_the_same_answer() {
+    let s = shop().await;
+    let plenty = product(&s, 100).await;
+    let scarce = product(&s, 1).await;
+    let h = hold_id();
+    let lines = vec![
+        StockLine {
+            product_id: plenty.clone(),
+            quantity: 5,
+        },
+        StockLine {
+            product_id: scarce.clone(),
+            quantity: 2,
+        },
+    ];
+    for attempt in 0..3 {
+        let retry = s.products.hold(&component(), &h, &lines, deadline()).await;
+        assert_eq!(
+            retry.unwrap_err().code,
+            ErrorCode::OutOfStock,
+            "attempt {attempt}"
+        );
+        assert_eq!(stock(&s, &plenty).await, 100, "attempt {attempt}");
+        assert_eq!(stock(&s, &scarce).await, 1, "attempt {attempt}");
+    }
+    // A release of the order (it closed) still makes the hold final.
+    let closed = hold_id();
+    let short = s
+        .products
+        .hold(&component(), &closed, &lines, deadline())
+        .await;
+    assert_eq!(short.unwrap_err().code, ErrorCode::OutOfStock);
+    s.products
+        .settle(&component(), &closed, &lines, deadline(), Settle::Release)
+        .await
+        .unwrap();
+    let restocked = s
+        .products
+        .hold(&component(), &closed, &line(&plenty, 5), deadline())
+        .await;
+    assert_eq!(restocked.unwrap_err().code, ErrorCode::Conflict);
+    assert_eq!(stock(&s, &plenty).await, 100);
+    // Stock came: the failed hold, asked again, now holds every line.
+    let patch = flashmall_services::products::ProductPatch {
+        stock: Some(5),
+        ..Default::default()
+    };
+    s.products.update(&admin(), &scarce, patch).await.unwrap();
+    s.products
+        .hold(&component(), &h, &lines, deadline())
+        .await
+        .unwrap();
+    assert_eq!(stock(&s, &plenty).await, 95);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_holds_of_the_last_units_never_oversell() {
     let s = shop().await;

@@ -215,11 +215,8 @@ impl Products {
                 // All or nothing: give back what this call (or an earlier
                 // try of it) held. If this fails too, the order's release
                 // gives them back when it closes.
-                let held = lines[..k].iter().map(|&(id, q)| (id, q));
-                if let Err(undo) = self
-                    .settle_lines(hold_id, held, deadline_ms, Settle::Release)
-                    .await
-                {
+                let held = lines[..k].iter().map(|&(id, _)| id);
+                if let Err(undo) = self.undo_lines(hold_id, held).await {
                     tracing::warn!(hold_id, error = %undo, "undoing a partial hold failed; the order's release retries");
                 }
                 return Err(e);
@@ -248,6 +245,33 @@ impl Products {
             Settle::Release => "released",
         };
         metrics::counter!("flashmall_stock_holds_total", "outcome" => outcome).increment(1);
+        Ok(())
+    }
+
+    /// Gives back the units a failed hold took on `lines` and forgets
+    /// the hold there, leaving no released mark: the caller's retry of the
+    /// same hold (its first answer lost to a timeout) starts afresh and
+    /// gets the same answer, not "released already". A hold an order's
+    /// release settled meanwhile stays settled.
+    async fn undo_lines(
+        &self,
+        hold_id: &str,
+        lines: impl Iterator<Item = Uuid>,
+    ) -> Result<(), ApiError> {
+        let now = now_ms();
+        for id in lines {
+            self.stock_move(id, |p| match p.holds.get(hold_id) {
+                Some(h) if h.state == HoldState::Held => {
+                    let mut next = p.clone();
+                    prune(&mut next, now);
+                    next.stock += h.quantity;
+                    next.holds.remove(hold_id);
+                    Step::Write(next)
+                }
+                _ => Step::Keep,
+            })
+            .await?;
+        }
         Ok(())
     }
 
