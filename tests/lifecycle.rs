@@ -102,6 +102,48 @@ async fn up_keeps_its_data_across_restarts_and_stops_on_sigterm() {
     );
 }
 
+/// A trace collector that takes connections and never answers: purchases
+/// go on at full service (spans are exported off the request path and
+/// dropped when the collector cannot take them), and SIGTERM still stops
+/// the process (its last export gives up at the exporter's 5 s timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_never_answers_changes_nothing_for_buyers() {
+    let collector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", collector.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut connections = Vec::new();
+        while let Ok((socket, _)) = collector.accept().await {
+            connections.push(socket);
+        }
+    });
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().display().to_string();
+    let client = support::client();
+    let mut up = Flashmall::spawn(
+        &["up", "--data-dir", &dir],
+        free_port(),
+        &[("FLASHMALL_LOG__OTLP_ENDPOINT", endpoint)],
+    );
+    up.wait_ready().await;
+    let sale = create_sale(&client, &up.base, 20).await;
+    for u in 0..20 {
+        let (status, body) = purchase(&client, &up.base, &sale, &format!("u{u}"), "k")
+            .await
+            .unwrap();
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, body) = purchase(&client, &up.base, &sale, "u20", "k")
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("sold_out"))
+    );
+    let status = up.terminate(Duration::from_secs(30)).await;
+    assert!(status.success(), "SIGTERM exits cleanly, got {status}");
+    held.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_config_stops_start_up_with_a_clear_message() {
     let output = flashmall_testing::flashmall_command(env!("CARGO_BIN_EXE_flashmall"))

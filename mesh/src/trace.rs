@@ -18,13 +18,13 @@
 use std::sync::{Arc, OnceLock};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{SpanContext, TraceContextExt, TracerProvider as _};
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
+};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
     BatchSpanProcessor, Sampler, SdkTracerProvider, SpanData, SpanExporter,
 };
@@ -206,12 +206,16 @@ pub fn traceparent(span: &tracing::Span) -> Option<String> {
         return None;
     }
     let cx = span.context();
-    if !cx.span().span_context().is_valid() {
-        return None;
-    }
-    let mut carrier = OneHeader(None);
-    TraceContextPropagator::new().inject_context(&cx, &mut carrier);
-    carrier.0
+    let parent = cx.span();
+    let context = parent.span_context();
+    context.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            context.trace_id(),
+            context.span_id(),
+            context.trace_flags().to_u8()
+        )
+    })
 }
 
 /// Sets `traceparent` in `headers` to name the current span as the parent.
@@ -254,38 +258,14 @@ pub fn parse(traceparent: &str) -> Option<SpanContext> {
     if !well_formed {
         return None;
     }
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        HeaderName::from_static(TRACEPARENT),
-        HeaderValue::from_str(traceparent).ok()?,
+    let context = SpanContext::new(
+        TraceId::from_hex(trace_id).ok()?,
+        SpanId::from_hex(parent_id).ok()?,
+        TraceFlags::new(u8::from_str_radix(flags, 16).ok()?),
+        true,
+        TraceState::default(),
     );
-    let cx: Context = TraceContextPropagator::new().extract(&Headers(&headers));
-    let context = cx.span().span_context().clone();
     context.is_valid().then_some(context)
-}
-
-struct Headers<'a>(&'a HeaderMap);
-
-impl Extractor for Headers<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(HeaderName::as_str).collect()
-    }
-}
-
-/// Keeps the `traceparent` an injection writes (and drops `tracestate`,
-/// which flashmall neither reads nor sets).
-struct OneHeader(Option<String>);
-
-impl Injector for OneHeader {
-    fn set(&mut self, key: &str, value: String) {
-        if key == TRACEPARENT {
-            self.0 = Some(value);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -68,6 +68,9 @@ pub struct Ctx {
     /// The request's root span at the edge (`flashmall_mesh::trace`),
     /// closed when the context drops after `logging`.
     span: Option<tracing::Span>,
+    /// That span as a `traceparent` (while spans are exported): sent
+    /// upstream and named in the answer's `traceresponse`.
+    traceparent: Option<String>,
 }
 
 /// How long the edge waits for a sold-out sale's holders.
@@ -393,6 +396,7 @@ impl Edge {
         if self.accept_traceparent {
             trace::continue_from(&span, &header.headers);
         }
+        ctx.traceparent = trace::traceparent(&span);
         ctx.span = Some(span);
         ctx.idempotent = matches!(
             method.as_str(),
@@ -764,8 +768,8 @@ impl ProxyHttp for Edge {
             upstream.remove_header(trace::TRACEPARENT);
             upstream.remove_header("tracestate");
         }
-        if let Some(parent) = ctx.span.as_ref().and_then(trace::traceparent) {
-            upstream.insert_header(trace::TRACEPARENT, parent)?;
+        if let Some(parent) = &ctx.traceparent {
+            upstream.insert_header(trace::TRACEPARENT, parent.as_str())?;
         }
         Ok(())
     }
@@ -778,8 +782,8 @@ impl ProxyHttp for Edge {
     ) -> Result<()> {
         response.insert_header("x-request-id", ctx.request_id.as_str())?;
         // The trace this request is, for a storefront's support ticket.
-        if let Some(trace) = ctx.span.as_ref().and_then(trace::traceparent) {
-            response.insert_header(trace::TRACERESPONSE, trace)?;
+        if let Some(trace) = &ctx.traceparent {
+            response.insert_header(trace::TRACERESPONSE, trace.as_str())?;
         }
         if response.remove_header(SOLD_OUT_HEADER).is_some()
             && let Some(sale) = gate::purchase_sale(session.req_header().uri.path())

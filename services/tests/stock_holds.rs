@@ -203,16 +203,7 @@ async fn a_hold_is_all_lines_or_none() {
     let plenty = product(&s, 100).await;
     let scarce = product(&s, 1).await;
     let h = hold_id();
-    let lines = vec![
-        StockLine {
-            product_id: plenty.clone(),
-            quantity: 5,
-        },
-        StockLine {
-            product_id: scarce.clone(),
-            quantity: 2,
-        },
-    ];
+    let lines = [line(&plenty, 5), line(&scarce, 2)].concat();
     let short = s.products.hold(&component(), &h, &lines, deadline()).await;
     assert_eq!(short.unwrap_err().code, ErrorCode::OutOfStock);
     assert_eq!(stock(&s, &plenty).await, 100, "the held line came back");
@@ -250,16 +241,7 @@ async fn a_retried_hold_that_failed_gets_the_same_answer() {
     let plenty = product(&s, 100).await;
     let scarce = product(&s, 1).await;
     let h = hold_id();
-    let lines = vec![
-        StockLine {
-            product_id: plenty.clone(),
-            quantity: 5,
-        },
-        StockLine {
-            product_id: scarce.clone(),
-            quantity: 2,
-        },
-    ];
+    let lines = [line(&plenty, 5), line(&scarce, 2)].concat();
     for attempt in 0..3 {
         let retry = s.products.hold(&component(), &h, &lines, deadline()).await;
         assert_eq!(
