@@ -1,6 +1,8 @@
 //! flashmall's bench suite. Every figure is measured beside a reference in
 //! the same run, on the same machine, and every load run ends with checks:
 //!
+//! - [`phases`]: the seckill's phases (accounts, sale, storm, settlement,
+//!   verification), which the bench, the demo and the chaos run share.
 //! - [`seckill`]: a flash sale under open- or closed-loop load through the
 //!   edge, checked against the ledger; the sold-out gate against a static
 //!   answer.
@@ -18,6 +20,7 @@ pub mod chart;
 pub mod fault;
 pub mod http;
 pub mod load;
+pub mod phases;
 pub mod progress;
 pub mod proxy;
 pub mod redis;

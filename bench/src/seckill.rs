@@ -1,6 +1,9 @@
 //! `flashmall bench seckill`: a flash sale under load through the edge,
 //! checked against the ledger afterwards.
 //!
+//! The phases are [`crate::phases`]'s, which the demo and the chaos run
+//! share; this module runs them in a row and measures them.
+//!
 //! 1. Set-up: registers and logs in the buyers, creates a sale that opens
 //!    a moment later, opens every connection.
 //! 2. Load, from the opening instant: a burst (every connection at once in
@@ -17,22 +20,21 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flashmall_mesh::ErrorCode;
-use futures::StreamExt;
-use http::{HeaderName, HeaderValue, Method};
+use http::{HeaderValue, Method};
 use serde::Serialize;
 use serde_json::Value;
-use time::OffsetDateTime;
 
-use crate::api::{create_sale, json_of, ledger_states, login, metric, register};
+use crate::api::{login, metric};
 use crate::chart::{Panel, Series};
 use crate::fault::{FaultReport, FaultyRedis};
 use crate::http::{Conn, Endpoint};
-use crate::load::{self, Job, Mode, Recording};
+use crate::load::{self, Job, Mode};
+use crate::phases::{self, Purchases, Sale};
 use crate::progress::Progress;
 use crate::report::{Bucket, Machine, Summary, latency_cells, timeline};
 
@@ -635,48 +637,7 @@ impl SeckillReport {
 
 const PASSWORD: &str = "bench password 0123";
 
-fn bearer(token: &str) -> Result<HeaderValue, String> {
-    HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| format!("bad token: {e}"))
-}
-
-/// Purchases of the plan's attempts.
-struct Purchases {
-    path: String,
-    tokens: Arc<Vec<HeaderValue>>,
-    attempts: Vec<(usize, HeaderValue)>,
-    body: Bytes,
-    granted: Mutex<Vec<(usize, String)>>,
-}
-
-impl Job for Purchases {
-    async fn call(&self, conn: &mut Conn, i: usize) -> Result<&'static str, String> {
-        let (buyer, key) = &self.attempts[i];
-        let answer = conn
-            .send(
-                Method::POST,
-                &self.path,
-                &[
-                    (http::header::AUTHORIZATION, self.tokens[*buyer].clone()),
-                    (HeaderName::from_static("idempotency-key"), key.clone()),
-                ],
-                self.body.clone(),
-            )
-            .await?;
-        let outcome = outcome_of(answer.status.as_u16(), answer.replayed, &answer.body);
-        if answer.status == 201 {
-            let body: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
-            if let Some(id) = body["reservation_id"].as_str() {
-                self.granted
-                    .lock()
-                    .map_err(|_| "poisoned")?
-                    .push((i, id.to_owned()));
-            }
-        }
-        Ok(outcome)
-    }
-}
-
-/// The edge's static answer.
+// The edge's static answer.
 struct Static;
 
 impl Job for Static {
@@ -692,7 +653,6 @@ impl Job for Static {
     }
 }
 
-/// Runs the bench against `target` (whose admin may create sales).
 /// A fault to strike the stack's Redis with, `at` after the opening.
 pub struct FaultPlan<'a> {
     pub redis: &'a FaultyRedis,
@@ -700,7 +660,8 @@ pub struct FaultPlan<'a> {
 }
 
 /// Runs the bench against `target` (whose admin may create sales), with
-/// `fault` striking its Redis mid-storm when given.
+/// `fault` striking its Redis mid-storm when given: the phases of
+/// [`crate::phases`] in a row, measured.
 pub async fn run(
     target: &Target,
     options: &SeckillOptions,
@@ -721,54 +682,28 @@ pub async fn run(
     let run_id = uuid::Uuid::now_v7().simple().to_string();
     let run_tag = &run_id[run_id.len() - 10..];
     let accounts_started = Instant::now();
-    let progress = Progress::start("accounts", options.buyers as u64, visible);
-    let counter = progress.counter();
-    let tokens: Vec<Result<String, String>> = futures::stream::iter(0..options.buyers)
-        .map(|i| {
-            let client = &client;
-            let base = &base;
-            let counter = &counter;
-            async move {
-                let token = register(
-                    client,
-                    base,
-                    &format!("b{i}.{run_tag}@bench.flashmall"),
-                    PASSWORD,
-                )
-                .await;
-                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                token
-            }
-        })
-        .buffered(64)
-        .collect()
-        .await;
-    progress.finish();
-    let tokens: Vec<HeaderValue> = tokens
-        .into_iter()
-        .map(|t| t.and_then(|t| bearer(&t)))
-        .collect::<Result<_, _>>()?;
-    let tokens = Arc::new(tokens);
+    let tokens = phases::buyers(
+        &client,
+        &base,
+        options.buyers,
+        |i| format!("b{i}.{run_tag}@bench.flashmall"),
+        PASSWORD,
+        visible,
+    )
+    .await?;
+    let tokens = phases::bearers(&tokens)?;
     let accounts_seconds = accounts_started.elapsed().as_secs_f64();
 
-    // The sale opens once every connection can be open.
-    let lead = Duration::from_millis(1_000 + options.connections as u64 * 4);
-    let opens_at = OffsetDateTime::now_utc() + lead;
-    let opening = Instant::now() + lead;
-    let sale_id = create_sale(
+    let sale = phases::open_sale(
         &client,
         &base,
         &admin,
         &format!("bench-{run_tag}"),
-        options.stock,
-        options.per_user_limit,
-        opens_at,
+        (options.stock, options.per_user_limit),
+        phases::lead(options.connections),
     )
     .await?;
-    let sale_url = format!("{base}/api/v1/sales/{sale_id}");
-    let sale_uuid = uuid::Uuid::try_parse(&sale_id)
-        .map_err(|e| format!("the sale id {sale_id} is not a UUID: {e}"))?;
-
+    let opening = sale.opening;
     let attempts = plan(
         options.seed,
         options.attempts,
@@ -777,74 +712,24 @@ pub async fn run(
         &format!("{run_tag}-"),
     );
     let early = options.early.min(attempts.len());
-    let keyed = |a: &Attempt| -> Result<(usize, HeaderValue), String> {
-        Ok((
-            a.buyer,
-            HeaderValue::from_str(&a.key).map_err(|e| e.to_string())?,
-        ))
-    };
-    let job = Arc::new(Purchases {
-        path: format!("/api/v1/sales/{sale_id}/purchase"),
-        tokens: Arc::clone(&tokens),
-        attempts: attempts.iter().map(keyed).collect::<Result<_, _>>()?,
-        body: Bytes::from_static(br#"{"quantity":1}"#),
-        granted: Mutex::new(Vec::new()),
-    });
-    // Early attempts: before the opening, one connection.
     let mut early_outcomes: BTreeMap<String, u64> = BTreeMap::new();
-    if early > 0 {
-        let mut conn = Conn::open(&endpoint).await?;
-        for i in 0..early {
-            let outcome = job.call(&mut conn, i).await?;
-            *early_outcomes
-                .entry(format!("{outcome} (before the opening)"))
-                .or_default() += 1;
-        }
+    for outcome in phases::before_opening(&endpoint, &sale, &tokens, &attempts[..early]).await? {
+        *early_outcomes
+            .entry(format!("{outcome} (before the opening)"))
+            .or_default() += 1;
     }
-    let storm_job = Arc::new(Purchases {
-        path: job.path.clone(),
-        tokens: Arc::clone(&tokens),
-        attempts: job.attempts[early..].to_vec(),
-        body: job.body.clone(),
-        granted: Mutex::new(Vec::new()),
-    });
 
-    // Watch the sale's pending units from the opening on.
-    let series = Arc::new(Mutex::new(Vec::<(f64, i64, i64)>::new()));
-    let poll = Duration::from_millis(20);
-    let watcher = {
-        let client = client.clone();
-        let url = sale_url.clone();
-        let series = Arc::clone(&series);
-        tokio::spawn(async move {
-            tokio::time::sleep_until(opening.into()).await;
-            loop {
-                if let Ok((200, view)) = json_of(client.get(&url)).await {
-                    let t = opening.elapsed().as_secs_f64();
-                    let entry = (
-                        t,
-                        view["pending"].as_i64().unwrap_or(-1),
-                        view["remaining"].as_i64().unwrap_or(-1),
-                    );
-                    if let Ok(mut s) = series.lock() {
-                        s.push(entry);
-                    }
-                }
-                tokio::time::sleep(poll).await;
-            }
-        })
-    };
-
-    let requests = attempts.len() - early;
-    let progress = Progress::start("seckill", requests as u64, visible);
-    let drive = load::drive(
-        Arc::clone(&storm_job),
-        &endpoint,
-        load::Run {
+    let watch = phases::Watch::start(&client, &sale);
+    let progress = Progress::start("seckill", (attempts.len() - early) as u64, visible);
+    let drive = phases::storm(
+        phases::Storm {
+            endpoint: &endpoint,
+            sale: &sale,
+            tokens: &tokens,
+            attempts: &attempts[early..],
             mode: options.mode(),
-            requests,
-            start: Some(opening),
-            duration: None,
+            retries: 0,
+            wins: None,
         },
         &progress,
     );
@@ -860,21 +745,22 @@ pub async fn run(
         }
         tokio::time::sleep_until((opening + plan.at).into()).await;
         let injected_at = opening.elapsed();
-        let detail = plan.redis.inject(sale_uuid).await?;
+        let detail = plan.redis.inject(sale.uuid).await?;
         Ok::<_, String>((snapshot_at, injected_at, detail))
     };
-    let (recording, struck) = {
+    let (stormed, struck) = {
         tokio::pin!(drive, strike);
         let mut struck = None;
         loop {
             tokio::select! {
-                recording = &mut drive => break (recording, struck),
+                stormed = &mut drive => break (stormed, struck),
                 done = &mut strike, if struck.is_none() => struck = Some(done?),
             }
         }
     };
     progress.finish();
-    let recording = recording?;
+    let stormed = stormed?;
+    let recording = &stormed.recording;
     let fault_report = match (&fault, struck) {
         (None, _) => None,
         (Some(plan), Some((snapshot_at, injected_at, detail))) => Some(FaultReport::measure(
@@ -882,7 +768,7 @@ pub async fn run(
             snapshot_at,
             injected_at,
             detail,
-            &recording,
+            recording,
         )),
         (Some(plan), None) => {
             return Err(format!(
@@ -893,27 +779,15 @@ pub async fn run(
         }
     };
 
-    // Settlement: wait (up to 30 s) until nothing is pending.
+    // Settlement: until nothing is pending (or nothing moves for a while).
     let last_reserved_us = recording
         .samples
         .iter()
         .filter(|s| s.outcome == "reserved")
         .map(|s| s.done_us)
         .max();
-    let drain_deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let drained = series
-            .lock()
-            .map_err(|_| "poisoned")?
-            .last()
-            .is_some_and(|(t, p, _)| *p == 0 && *t * 1e6 >= recording.elapsed.as_micros() as f64);
-        if drained || Instant::now() > drain_deadline {
-            break;
-        }
-        tokio::time::sleep(poll).await;
-    }
-    watcher.abort();
-    let series = series.lock().map_err(|_| "poisoned")?.clone();
+    watch.settled(recording.elapsed).await?;
+    let series = watch.stop()?;
     let lag_ms = last_reserved_us.and_then(|last| {
         let last = last as f64 / 1e6;
         series
@@ -922,31 +796,16 @@ pub async fn run(
             .map(|(t, _, _)| (t - last) * 1000.0)
     });
 
-    // The ledger's view: what settlement left pending (before reconcile,
-    // which would settle it), reconcile (drains, rebuilds, reports), the
-    // sale, and every reservation a client was told about.
-    let (_, before) = json_of(client.get(&sale_url)).await?;
-    let report = crate::api::reconcile_report(&client, &base, &admin, &sale_id).await?;
-    let (_, view) = json_of(client.get(&sale_url)).await?;
-    let granted = storm_job.granted.lock().map_err(|_| "poisoned")?.clone();
-    let ids: HashSet<&String> = granted.iter().map(|(_, id)| id).collect();
-    let states = ledger_states(&client, &base, &admin, ids).await;
-    let reservation_of: HashMap<usize, &String> = granted.iter().map(|(i, id)| (*i, id)).collect();
-    let facts = Facts {
-        stock: options.stock,
-        per_user_limit: options.per_user_limit,
-        answers: answers_of(&recording, &attempts[early..], &reservation_of),
-        sold: view["settled"].as_i64().unwrap_or(-1),
-        remaining: view["remaining"].as_i64().unwrap_or(-1),
-        pending: before["pending"].as_i64().unwrap_or(-1),
-        conserved: report["conserved"] == true,
-        drift: report["drift"].as_i64().unwrap_or(i64::MAX),
-        rebuilt: rebuilt_of(&report),
-        missing_in_ledger: states.missing,
-        released: view["released"].as_i64().unwrap_or(-1),
-        released_ids: states.released,
-        revoked_ids: states.revoked,
-    };
+    let limits = (options.stock, options.per_user_limit);
+    let facts = phases::verify(
+        &client,
+        &base,
+        &admin,
+        &sale,
+        limits,
+        stormed.answers.clone(),
+    )
+    .await?;
     let checks = check(&facts);
 
     let gate = if options.gate_seconds > 0.0 && facts.remaining == 0 {
@@ -962,7 +821,7 @@ pub async fn run(
                 &endpoint,
                 target.edge_admin.as_deref(),
                 options,
-                &sale_id,
+                &sale,
                 &tokens,
                 &holders,
                 run_tag,
@@ -974,7 +833,7 @@ pub async fn run(
         None
     };
 
-    let mut storm = Summary::of(&recording);
+    let mut storm = Summary::of(recording);
     for (outcome, n) in early_outcomes {
         storm.outcomes.insert(outcome, n);
     }
@@ -995,7 +854,7 @@ pub async fn run(
         sold_out_after_s,
         settlement: Settlement {
             lag_ms,
-            poll_ms: poll.as_secs_f64() * 1000.0,
+            poll_ms: phases::POLL.as_secs_f64() * 1000.0,
             max_pending: series.iter().map(|s| s.1).max().unwrap_or(0),
             series,
         },
@@ -1005,34 +864,13 @@ pub async fn run(
     })
 }
 
-/// Each attempt's answer (a connection error is an answer too).
-fn answers_of(
-    recording: &Recording,
-    attempts: &[Attempt],
-    reservation_of: &HashMap<usize, &String>,
-) -> Vec<Answered> {
-    recording
-        .samples
-        .iter()
-        .filter_map(|s| {
-            let a = attempts.get(s.index)?;
-            Some(Answered {
-                buyer: a.buyer,
-                key: a.key.clone(),
-                outcome: s.outcome,
-                reservation_id: reservation_of.get(&s.index).map(|id| (*id).clone()),
-            })
-        })
-        .collect()
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn gate_phase(
     client: &reqwest::Client,
     endpoint: &Endpoint,
     edge_admin: Option<&str>,
     options: &SeckillOptions,
-    sale_id: &str,
+    sale: &Sale,
     tokens: &Arc<Vec<HeaderValue>>,
     holders: &HashSet<usize>,
     run_tag: &str,
@@ -1076,28 +914,19 @@ async fn gate_phase(
         // Attempts cycle over the buyers who hold nothing, each with a new
         // key; more than the edge can answer in the turn.
         let count = (400_000.0 * options.gate_seconds / f64::from(TURNS)).ceil() as usize + 1_000;
-        let attempts: Vec<(usize, HeaderValue)> = (0..count)
-            .map(|i| {
-                let key = HeaderValue::from_str(&format!("{run_tag}-gate-{turn}-{i}"))
-                    .map_err(|e| e.to_string())?;
-                Ok((buyers[i % buyers.len()], key))
-            })
-            .collect::<Result<_, String>>()?;
-        let job = Arc::new(Purchases {
-            path: format!("/api/v1/sales/{sale_id}/purchase"),
-            tokens: Arc::clone(tokens),
-            attempts,
-            body: Bytes::from_static(br#"{"quantity":1}"#),
-            granted: Mutex::new(Vec::new()),
+        let attempts = (0..count).map(|i| {
+            (
+                buyers[i % buyers.len()],
+                format!("{run_tag}-gate-{turn}-{i}"),
+            )
         });
+        let job = Arc::new(Purchases::new(sale, endpoint, tokens, attempts)?);
+        let requests = count;
         let progress = Progress::start("sold-out gate", 0, visible);
         let recording = load::drive(
             Arc::clone(&job),
             endpoint,
-            load::Run {
-                requests: job.attempts.len(),
-                ..run
-            },
+            load::Run { requests, ..run },
             &progress,
         )
         .await;

@@ -1,6 +1,10 @@
 //! `flashmall demo`: starts a fresh stack on embedded stores (or a given
 //! Redis), opens a flash sale, fires a storm of purchase attempts over real
 //! HTTP through the edge, and checks every invariant against the ledger.
+//! The sale runs the bench's seckill phases (`flashmall_bench::phases`:
+//! accounts, sale, attempts before the opening, the storm on the load
+//! driver, settlement, verification); the demo adds the shop and the
+//! orders around them.
 //!
 //! The storm: a few attempts before the opening instant, then every attempt
 //! at once, bounded by `--concurrency` connections. Some attempts repeat an
@@ -19,18 +23,18 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use hdrhistogram::Histogram;
-use serde_json::{Value, json};
-use time::OffsetDateTime;
+use flashmall_bench::http::Endpoint;
+use flashmall_bench::load::Mode;
+use flashmall_bench::phases::{self, Storm, Win};
+use flashmall_bench::progress::Progress;
+use flashmall_bench::report::Summary;
+use flashmall_bench::seckill::{Attempt, check};
 
 use crate::stack::Throwaway;
 pub use orders::{OrdersPhase, Told};
 
 mod orders;
 pub mod shop;
-use flashmall_bench::api::{ledger_states, reconcile_report, steady_json_of};
-use flashmall_bench::seckill::{Answered, Attempt, Facts, check, outcome_of, rebuilt_of};
 
 /// Sizes and switches of a demo run.
 #[derive(Debug, Clone, clap::Args)]
@@ -270,27 +274,6 @@ fn plan(options: &DemoOptions) -> Vec<Attempt> {
     )
 }
 
-/// An answer to one attempt.
-pub(crate) struct Answer {
-    pub buyer: usize,
-    pub key: String,
-    pub outcome: &'static str,
-    pub reservation_id: Option<String>,
-    /// From the first try until the last answer.
-    pub latency: Duration,
-    /// Tries after the first (see `--client-retries`).
-    pub retries: u32,
-    /// The last answer, after the opening.
-    pub at: Duration,
-}
-
-/// The demo's accounts: real registrations and logins through the edge.
-struct Accounts {
-    admin: String,
-    /// Access token of buyer `i`.
-    buyers: Vec<String>,
-}
-
 const DEMO_PASSWORD: &str = "demo password 0123";
 const DEMO_ADMIN: &str = "admin@demo.flashmall";
 
@@ -307,7 +290,7 @@ pub(crate) struct Site<'a> {
     /// Buyers register as `buyer-{i}@{buyer_domain}` (unique per run on a
     /// stack that outlives it).
     pub buyer_domain: &'a str,
-    /// Told the sale and its opening instant, once the sale is made.
+    /// Told the sale and its opening instant, at that instant.
     pub opened: Option<tokio::sync::oneshot::Sender<Opened>>,
 }
 
@@ -319,94 +302,6 @@ pub(crate) struct Opened {
     /// The admin's access token and every buyer's.
     pub admin: String,
     pub buyers: Vec<String>,
-}
-
-/// Registers and logs in one account through the proxy; its access token.
-async fn account(client: &reqwest::Client, base: &str, email: &str) -> Result<String, String> {
-    flashmall_bench::api::register(client, base, email, DEMO_PASSWORD).await
-}
-
-async fn accounts(
-    client: &reqwest::Client,
-    site: &Site<'_>,
-    options: &DemoOptions,
-) -> Result<Accounts, String> {
-    let base = site.base;
-    let admin =
-        flashmall_bench::api::login(client, base, site.admin_email, site.admin_password).await?;
-    let domain = site.buyer_domain;
-    let buyers: Vec<Result<String, String>> = futures::stream::iter(0..options.buyers)
-        .map(|i| async move { account(client, base, &format!("buyer-{i}@{domain}")).await })
-        .buffered(options.concurrency.min(64))
-        .collect()
-        .await;
-    Ok(Accounts {
-        admin,
-        buyers: buyers.into_iter().collect::<Result<_, _>>()?,
-    })
-}
-
-/// One attempt, repeated with its Idempotency-Key up to `retries` times
-/// after no answer or a 502/503/504 (50 ms, then doubling to 1 s, apart).
-async fn fire(
-    client: &reqwest::Client,
-    url: &str,
-    token: &str,
-    attempt: &Attempt,
-    retries: u32,
-    opening: Instant,
-) -> Answer {
-    let started = Instant::now();
-    let mut tries = 0;
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        let (status, outcome, reservation_id) = fire_once(client, url, token, attempt).await;
-        if tries < retries && (status == 0 || (502..=504).contains(&status)) {
-            tries += 1;
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
-            continue;
-        }
-        return Answer {
-            buyer: attempt.buyer,
-            key: attempt.key.clone(),
-            outcome,
-            reservation_id,
-            latency: started.elapsed(),
-            retries: tries,
-            at: opening.elapsed(),
-        };
-    }
-}
-
-/// One try: the status (0: no answer), the outcome and the reservation.
-async fn fire_once(
-    client: &reqwest::Client,
-    url: &str,
-    token: &str,
-    attempt: &Attempt,
-) -> (u16, &'static str, Option<String>) {
-    let result = client
-        .post(url)
-        .bearer_auth(token)
-        .header("idempotency-key", &attempt.key)
-        .json(&json!({"quantity": 1}))
-        .send()
-        .await;
-    match result {
-        Ok(response) => {
-            let status = response.status().as_u16();
-            let replayed = response.headers().contains_key("idempotent-replayed");
-            let body = response.bytes().await.unwrap_or_default();
-            let outcome = outcome_of(status, replayed, &body);
-            let id = (status == 201)
-                .then(|| serde_json::from_slice::<Value>(&body).ok())
-                .flatten()
-                .and_then(|b| b["reservation_id"].as_str().map(str::to_owned));
-            (status, outcome, id)
-        }
-        Err(_) => (0, "connection_error", None),
-    }
 }
 
 /// Runs the demo and returns its report (the caller decides the exit code).
@@ -443,253 +338,149 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, String> {
 
 /// The storm, the shop beside it and the orders phase, on `site`.
 pub(crate) async fn storm(options: &DemoOptions, site: Site<'_>) -> Result<DemoReport, String> {
-    if let Some(rate) = options.rate
-        && !(rate.is_finite() && rate > 0.0)
-    {
-        return Err("rate must be a positive number of attempts per second".into());
-    }
+    let connections = options.concurrency;
+    let mode = match options.rate {
+        None => Mode::Closed { connections },
+        Some(rate) => Mode::Open {
+            rate,
+            burst: 0,
+            connections,
+        },
+    };
+    mode.validate()?;
     let base = site.base;
-    let front = site.front;
+    let endpoint = Endpoint::resolve(base).await?;
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(options.concurrency)
+        .pool_max_idle_per_host(64)
         .timeout(Duration::from_secs(30))
         .build()
         .map_err(|e| e.to_string())?;
     let accounts_started = Instant::now();
-    let accounts = accounts(&client, &site, options).await?;
+    let admin =
+        flashmall_bench::api::login(&client, base, site.admin_email, site.admin_password).await?;
+    let domain = site.buyer_domain;
+    let email = |i| format!("buyer-{i}@{domain}");
+    let buyers = phases::buyers(&client, base, options.buyers, email, DEMO_PASSWORD, false).await?;
+    let tokens = phases::bearers(&buyers)?;
     let accounts_seconds = accounts_started.elapsed().as_secs_f64();
-    let opens_at = OffsetDateTime::now_utc() + time::Duration::milliseconds(800);
-    let sale_id = flashmall_bench::api::create_sale(
-        &client,
-        base,
-        &accounts.admin,
-        "demo-product",
-        options.stock,
-        options.per_user_limit,
-        opens_at,
-    )
-    .await?;
-    let purchase_url = format!("{base}/api/v1/sales/{sale_id}/purchase");
+    let limits = (options.stock, options.per_user_limit);
+    let lead = phases::lead(connections);
+    let sale = phases::open_sale(&client, base, &admin, "demo-product", limits, lead).await?;
     let attempts = plan(options);
     let early = options.early.min(attempts.len());
-
-    let mut answers = Vec::with_capacity(attempts.len());
-    let before = Instant::now();
-    for attempt in &attempts[..early] {
-        answers.push(
-            fire(
-                &client,
-                &purchase_url,
-                &accounts.buyers[attempt.buyer],
-                attempt,
-                0,
-                before,
-            )
-            .await,
-        );
-    }
+    let early_outcomes =
+        phases::before_opening(&endpoint, &sale, &tokens, &attempts[..early]).await?;
     // The shop beside the sale: products and carts ready before it opens.
-    let shoppers = &accounts.buyers[..accounts.buyers.len().min(SHOPPERS)];
-    let shop = shop::prepare(&client, base, &accounts.admin, shoppers).await?;
-    let wait = opens_at - OffsetDateTime::now_utc();
-    if wait.is_positive() {
-        tokio::time::sleep(Duration::from_micros(wait.whole_microseconds() as u64)).await;
-    }
-    let started = Instant::now();
-    if let Some(opened) = site.opened {
-        let _ = opened.send(Opened {
-            sale_id: sale_id.clone(),
-            at: started,
-            admin: accounts.admin.clone(),
-            buyers: accounts.buyers.clone(),
-        });
-    }
-    // Winners go to their orders (and pay) while the storm still runs.
-    let (wins_tx, mut wins_rx) = tokio::sync::mpsc::unbounded_channel::<orders::Win>();
-    // Each reservation is followed once, whichever 201 told of it first: a
-    // replayed answer is a win too when the client never got the first
-    // (it timed out and asked again with the same Idempotency-Key).
-    let followed: std::sync::Mutex<HashSet<String>> = std::sync::Mutex::default();
-    let storm = async {
-        let wins_tx = wins_tx;
-        let storm: Vec<Answer> = futures::stream::iter(attempts[early..].iter().enumerate())
-            .map(|(i, attempt)| {
-                let token = accounts.buyers[attempt.buyer].as_str();
-                let (client, url, wins, followed) = (&client, &purchase_url, &wins_tx, &followed);
-                let due = options
-                    .rate
-                    .map(|rate| started + Duration::from_secs_f64(i as f64 / rate));
-                async move {
-                    if let Some(due) = due {
-                        tokio::time::sleep_until(due.into()).await;
-                    }
-                    let retries = options.client_retries;
-                    let answer = fire(client, url, token, attempt, retries, started).await;
-                    let new_win = answer.reservation_id.as_ref().is_some_and(|id| {
-                        matches!(answer.outcome, "reserved" | "replayed")
-                            && followed
-                                .lock()
-                                .map(|mut seen| seen.insert(id.clone()))
-                                .unwrap_or(false)
-                    });
-                    if let (Some(id), true) = (&answer.reservation_id, new_win) {
-                        let _ = wins.send(orders::Win {
-                            reservation_id: id.clone(),
-                            buyer: answer.buyer,
-                            at: Instant::now(),
-                        });
-                    }
-                    answer
-                }
-            })
-            .buffer_unordered(options.concurrency)
-            .collect()
-            .await;
-        (storm, started.elapsed())
+    let shoppers = &buyers[..buyers.len().min(SHOPPERS)];
+    let shop = shop::prepare(&client, base, &admin, shoppers).await?;
+    let watch = phases::Watch::start(&client, &sale);
+    let opened = async {
+        if let Some(opened) = site.opened {
+            tokio::time::sleep_until(sale.opening.into()).await;
+            let _ = opened.send(Opened {
+                sale_id: sale.id.clone(),
+                at: sale.opening,
+                admin: admin.clone(),
+                buyers: buyers.clone(),
+            });
+        }
     };
+    // Winners go to their orders (and pay) while the storm still runs.
+    let (wins_tx, mut wins_rx) = tokio::sync::mpsc::unbounded_channel::<Win>();
+    let progress = Progress::start("storm", 0, false);
+    let storm = phases::storm(
+        Storm {
+            endpoint: &endpoint,
+            sale: &sale,
+            tokens: &tokens,
+            attempts: &attempts[early..],
+            mode,
+            retries: options.client_retries,
+            wins: Some(wins_tx),
+        },
+        &progress,
+    );
     let wins = futures::stream::poll_fn(move |cx| wins_rx.poll_recv(cx));
     let checked = async {
-        let ((storm, burst), shopped) =
-            tokio::join!(storm, shop::checkout_all(&client, base, shop));
-        answers.extend(storm);
-        let checked =
-            check_storm(&client, base, &accounts.admin, &sale_id, options, &answers).await;
-        (burst, shopped, checked)
+        let (stormed, shopped, ()) =
+            tokio::join!(storm, shop::checkout_all(&client, base, shop), opened);
+        let stormed = stormed?;
+        let waited = Instant::now();
+        let settled = watch.settled(stormed.recording.elapsed).await?;
+        let drain = settled.map_or(waited.elapsed().as_secs_f64(), |t| {
+            (t - stormed.recording.elapsed.as_secs_f64()).max(0.0)
+        });
+        let answers = stormed.answers.clone();
+        let facts = phases::verify(&client, base, &admin, &sale, limits, answers).await?;
+        Ok::<_, String>((stormed, shopped?, drain, facts))
     };
-    let ((burst, shopped, checked), fates) = tokio::join!(
+    let (checked, fates) = tokio::join!(
         checked,
-        orders::follow(&client, base, &accounts.buyers, wins, options.pay_percent)
+        orders::follow(&client, base, &buyers, wins, options.pay_percent)
     );
-    let (shop, shop_checks) = shopped?;
-    let storm_facts = checked?;
-    let mut checks = storm_facts.checks;
+    progress.finish();
+    watch.stop()?;
+    let (stormed, (shop, shop_checks), drain, facts) = checked?;
+    let mut checks = check(&facts);
     checks.extend(shop_checks);
 
-    let mut histogram =
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+    let recording = &stormed.recording;
     let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
-    let mut winners: HashSet<usize> = HashSet::new();
-    for a in &answers[early..] {
-        let _ = histogram.record(a.latency.as_micros().max(1) as u64);
+    for outcome in early_outcomes {
+        *outcomes.entry(outcome.to_owned()).or_default() += 1;
     }
-    for a in &answers {
+    for a in &stormed.answers {
         *outcomes.entry(a.outcome.to_owned()).or_default() += 1;
-        if a.reservation_id.is_some() {
-            winners.insert(a.buyer);
-        }
     }
+    let winners: HashSet<usize> = stormed
+        .answers
+        .iter()
+        .filter(|a| a.reservation_id.is_some())
+        .map(|a| a.buyer)
+        .collect();
     let losers: Vec<usize> = (0..options.buyers)
         .filter(|b| !winners.contains(b))
         .collect();
     let sale = orders::Sale {
         base,
-        id: &sale_id,
+        id: &sale.id,
         stock: options.stock,
-        admin: &accounts.admin,
-        buyers: &accounts.buyers,
+        admin: &admin,
+        buyers: &buyers,
     };
     let (orders, order_checks) = orders::finish(&client, &sale, fates, &losers).await?;
     checks.extend(order_checks);
-    let ms = |v: u64| v as f64 / 1000.0;
+    let summary = Summary::of(recording);
+    let retries_of = |i: &usize| stormed.retries.get(i).copied().unwrap_or(0);
     Ok(DemoReport {
         orders,
         shop,
         options: options.clone(),
-        front,
+        front: site.front,
         outcomes,
-        sold: storm_facts.sold,
-        remaining: storm_facts.remaining,
-        released_in_storm: storm_facts.released,
-        p50_ms: ms(histogram.value_at_quantile(0.5)),
-        p99_ms: ms(histogram.value_at_quantile(0.99)),
-        max_ms: ms(histogram.max()),
-        throughput: (answers.len() - early) as f64 / burst.as_secs_f64().max(1e-9),
-        burst_seconds: burst.as_secs_f64(),
-        retries: answers.iter().map(|a| u64::from(a.retries)).sum(),
-        answers: answers[early..]
-            .iter()
-            .map(|a| (a.at, a.outcome, a.latency, a.retries))
-            .collect(),
-        settle_drain_ms: storm_facts.drain_ms,
-        accounts_seconds,
-        checks,
-    })
-}
-
-/// The storm as the ledger saw it, and its checks.
-struct StormFacts {
-    sold: i64,
-    remaining: i64,
-    /// Units given back by orders that expired before the storm was read.
-    released: i64,
-    drain_ms: f64,
-    checks: Vec<Check>,
-}
-
-/// Waits until nothing is pending settlement, reconciles the sale, and
-/// checks the storm's answers against the ledger, as the bench does.
-async fn check_storm(
-    client: &reqwest::Client,
-    base: &str,
-    admin: &str,
-    sale_id: &str,
-    options: &DemoOptions,
-    answers: &[Answer],
-) -> Result<StormFacts, String> {
-    let early = options.early.min(answers.len());
-    let sale_url = format!("{base}/api/v1/sales/{sale_id}");
-    let drain_started = Instant::now();
-    let progress = orders::Progress::new();
-    let mut view;
-    let mut last_pending = None;
-    loop {
-        view = steady_json_of(client.get(&sale_url)).await?.1;
-        let pending = view["pending"].as_i64();
-        if pending == Some(0) || progress.stalled() {
-            break;
-        }
-        if pending != last_pending {
-            progress.moved();
-            last_pending = pending;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let drain = drain_started.elapsed();
-    let report = reconcile_report(client, base, admin, sale_id).await?;
-    let (_, after) = steady_json_of(client.get(&sale_url)).await?;
-    let granted: HashSet<&String> = answers
-        .iter()
-        .filter_map(|a| a.reservation_id.as_ref())
-        .collect();
-    let states = ledger_states(client, base, admin, granted).await;
-    let facts = Facts {
-        stock: options.stock,
-        per_user_limit: options.per_user_limit,
-        answers: answers[early..]
-            .iter()
-            .map(|a| Answered {
-                buyer: a.buyer,
-                key: a.key.clone(),
-                outcome: a.outcome,
-                reservation_id: a.reservation_id.clone(),
-            })
-            .collect(),
-        sold: after["settled"].as_i64().unwrap_or(-1),
-        remaining: after["remaining"].as_i64().unwrap_or(-1),
-        pending: view["pending"].as_i64().unwrap_or(-1),
-        conserved: report["conserved"] == true,
-        drift: report["drift"].as_i64().unwrap_or(i64::MAX),
-        rebuilt: rebuilt_of(&report),
-        missing_in_ledger: states.missing,
-        released: after["released"].as_i64().unwrap_or(-1),
-        released_ids: states.released,
-        revoked_ids: states.revoked,
-    };
-    Ok(StormFacts {
         sold: facts.sold,
         remaining: facts.remaining,
-        released: facts.released,
-        drain_ms: drain.as_secs_f64() * 1000.0,
-        checks: check(&facts),
+        released_in_storm: facts.released,
+        p50_ms: summary.latency.p50_ms,
+        p99_ms: summary.latency.p99_ms,
+        max_ms: summary.latency.max_ms,
+        throughput: summary.throughput,
+        burst_seconds: summary.seconds,
+        retries: stormed.retries.values().map(|n| u64::from(*n)).sum(),
+        answers: recording
+            .samples
+            .iter()
+            .map(|s| {
+                (
+                    Duration::from_micros(s.done_us),
+                    s.outcome,
+                    Duration::from_micros(s.latency_us),
+                    retries_of(&s.index),
+                )
+            })
+            .collect(),
+        settle_drain_ms: drain * 1000.0,
+        accounts_seconds,
+        checks,
     })
 }

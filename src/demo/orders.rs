@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use flashmall_bench::api::{reconcile_report, steady_json_of};
+use flashmall_bench::phases::Win;
 use flashmall_bench::seckill::Check;
 
 /// How long a wait goes on without any progress before it gives up.
@@ -30,15 +31,6 @@ const POLL: Duration = Duration::from_millis(100);
 
 /// Requests in flight at once while following orders.
 const IN_FLIGHT: usize = 64;
-
-/// A reservation a buyer was granted (a 201), in the order they arrived.
-#[derive(Debug, Clone)]
-pub struct Win {
-    pub reservation_id: String,
-    pub buyer: usize,
-    /// When the 201 arrived.
-    pub at: Instant,
-}
 
 /// What became of one winner's order.
 #[derive(Debug, Clone)]
