@@ -201,10 +201,13 @@ impl Engine {
             .sale(live.sale.id)
             .await?
             .ok_or_else(|| ApiError::new(ErrorCode::SaleNotFound, "no such sale"))?;
-        // Without the front (flushed, being rebuilt) the ledger's view stands.
+        // Without the front (flushed, being rebuilt) the ledger's view
+        // stands: units returning are not back on sale until it is rebuilt
+        // (and a unit already resold while its release finishes is counted
+        // both held and returning for that moment, hence the floor).
         let (remaining, pending) = match front {
             Some(c) => (c.remaining, c.pending),
-            None => (sale.stock - counts.settled - counts.returning, 0),
+            None => ((sale.stock - counts.settled - counts.returning).max(0), 0),
         };
         let status = sale.status(OffsetDateTime::now_utc(), remaining);
         Ok(SaleView {

@@ -1051,3 +1051,65 @@ async fn releases_half_done_are_not_drift() {
         "{report}"
     );
 }
+
+/// A unit a release gave back to the front is on sale, even before the
+/// release's last ledger step (its caller slow, or dead there). The ledger
+/// once refused it (`settled + returning + quantity > stock`): the buyer
+/// the front granted it to heard `sold_out`, the revoke set off a reconcile
+/// (purchases answering 503 meanwhile), and the front was a unit short
+/// until it ended: the chaos run's drift right after the storm, with
+/// orders expiring while buyers still bought.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unit_given_back_sells_again_before_its_release_is_recorded() {
+    let stack = Stack::start(Front::Redis).await;
+    let (sale, ids) = bought(&stack, 1, 1).await;
+    let sale_id: uuid::Uuid = sale.parse().unwrap();
+    let ledger = &stack.engine.ledger;
+    let r0 = match ledger.begin_release(ids[0].parse().unwrap()).await.unwrap() {
+        flashmall_engine::ledger::ReleaseStep::Releasing(r) => r,
+        other => panic!("{other:?}"),
+    };
+    stack
+        .engine
+        .front
+        .give_back(sale_id, r0.id, &r0.user_id, r0.quantity)
+        .await
+        .unwrap();
+    // The release's last step has not run: the ledger still counts the
+    // unit returning. A buyer gets it, and the ledger holds it.
+    let (status, body) = stack.purchase(&sale, "u1", "k", 1).await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["reservation_id"].as_str().unwrap().to_owned();
+    stack.wait_settled(&sale).await;
+    let (_, r) = stack.reservation(&id, "u1").await;
+    assert_eq!(r["status"], "held", "{r}");
+    // The release is asked again and finishes; nothing was lost or sold
+    // twice.
+    assert_eq!(
+        release_as_orders(&stack, &ids[0]).await.unwrap(),
+        flashmall_engine::release::Released::Released { quantity: 1 }
+    );
+    let report = stack.reconcile(&sale).await;
+    assert_eq!(
+        (
+            report["drift"].as_i64(),
+            report["conserved"].as_bool(),
+            report["settled"].as_i64(),
+            report["remaining"].as_i64()
+        ),
+        (Some(0), Some(true), Some(1), Some(0)),
+        "{report}"
+    );
+    let (_, counts) = ledger.sale(sale_id).await.unwrap().unwrap();
+    assert_eq!(
+        (counts.settled, counts.returning, counts.revoked),
+        (1, 0, 0)
+    );
+    // The stock still holds: one more buyer finds it sold out.
+    let (status, body) = stack.purchase(&sale, "u2", "k", 1).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("sold_out")),
+        "{body}"
+    );
+}

@@ -93,7 +93,8 @@ pub struct SaleCounts {
     pub settled: i64,
     /// Units released since the sale started (returned or returning).
     pub released: i64,
-    /// Units released in the ledger but not yet back in the stock front.
+    /// Units released in the ledger whose return to the stock front is not
+    /// recorded yet (the front may have them back, and may have sold them).
     pub returning: i64,
     /// Reservations settled.
     pub reservations: i64,
@@ -448,14 +449,15 @@ impl Ledger {
                     Some(h) => *h,
                     None => read_i64(reads, &keys::buyer(sale_id, &e.user_id))?,
                 };
-                // Units on their way back to the front are not on sale yet.
+                // Held units never exceed the stock. Units on their way
+                // back (`returning`) are nobody's: the front may have them
+                // on sale already (a release gives them back before its
+                // last ledger step), so a buyer it granted one to holds it.
                 let refusal = match first {
                     Some(first) if first != e.reservation_id => {
                         Some(Refusal::DuplicateKey { first })
                     }
-                    _ if counts.settled + counts.returning + e.quantity > sale.stock => {
-                        Some(Refusal::SoldOut)
-                    }
+                    _ if counts.settled + e.quantity > sale.stock => Some(Refusal::SoldOut),
                     _ if user_held + e.quantity > sale.per_user_limit => {
                         Some(Refusal::LimitExceeded)
                     }
