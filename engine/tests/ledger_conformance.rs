@@ -847,6 +847,94 @@ async fn tikv_locks_of_a_writer_that_never_wrote_its_primary_are_rolled_back() {
     assert_eq!(reads.get(&written), Some(&b"after"[..]), "a write past it");
 }
 
+/// TiKV only: rolling an orphan back touches the orphan only. A live
+/// writer's older locks in the same range (its primary kept alive by its
+/// heartbeats, its secondaries' TTLs long passed, as on a long reconcile
+/// transaction) stay: the roll-back once took every older lock in the
+/// range with it, and tikv-client's GC clean-up rolls back whatever it is
+/// given, so live transactions were rolled back over and over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tikv_rolling_back_an_orphan_leaves_a_live_writer_alone() {
+    let Some(pd) = tikv_pd() else { return };
+    let Ok(admin) = std::env::var("FLASHMALL_TEST_TIKV_ADMIN") else {
+        eprintln!("skipped: FLASHMALL_TEST_TIKV_ADMIN is not set, so no locks to plant");
+        return;
+    };
+    let _failpoints = FAILPOINTS.clone().read_owned().await;
+    let prefix = format!("test-{}/", Uuid::now_v7());
+    let l = tikv_ledger(&pd, &prefix).await;
+    let run = Uuid::now_v7();
+    let key = |name: &str| format!("t/{run}/{name}").into_bytes();
+    // In key order: the orphan's lock, the live writer's secondary, a key
+    // past both (so the read's range holds the live lock too).
+    let (orphaned, live, past) = (key("a-orphaned"), key("m-live"), key("z-past"));
+    let full = |k: &[u8]| format!("{prefix}{}", String::from_utf8_lossy(k));
+    let client = reqwest::Client::new();
+    let plant = |query: String, keys: Vec<String>| {
+        let client = client.clone();
+        let admin = admin.clone();
+        async move {
+            let planted = client
+                .post(format!("http://{admin}/orphan?{query}"))
+                .body(keys.join("\n"))
+                .send()
+                .await
+                .expect("the TiKV server's admin port answers");
+            let status = planted.status();
+            let body: serde_json::Value = planted.json().await.unwrap_or_default();
+            assert!(status.is_success(), "orphan: {status} {body}");
+            body["start_ts"].as_u64().unwrap()
+        }
+    };
+    // The live writer started first (two minutes ago), its primary alive.
+    let live_primary = full(&key("m-live-primary"));
+    let live_ts = plant(
+        format!("primary={live_primary}&age=2m&primary_ttl=10m"),
+        vec![full(&live)],
+    )
+    .await;
+    // The orphan started a minute ago and never wrote its primary.
+    plant(
+        format!("primary={}&age=1m", full(&key("a-never-written"))),
+        vec![full(&orphaned)],
+    )
+    .await;
+
+    // A read of the orphan's key and the key past the live lock meets the
+    // orphan, rolls it back and reads past it.
+    let reads = l
+        .store()
+        .get_many(vec![orphaned.clone(), past.clone()])
+        .await
+        .unwrap();
+    assert_eq!(reads.get(&orphaned), None, "a read past the orphan lock");
+
+    // The live writer's locks are all still there.
+    let tikv = tikv_client::TransactionClient::new(pd.clone())
+        .await
+        .unwrap();
+    let now = tikv.current_timestamp().await.unwrap();
+    let mut locked: Vec<(Vec<u8>, u64)> = Vec::new();
+    for k in [
+        live_primary.into_bytes(),
+        full(&live).into_bytes(),
+        full(&orphaned).into_bytes(),
+    ] {
+        let range: tikv_client::BoundRange = (k.clone()..=k.clone()).into();
+        for lock in tikv.scan_locks(&now, range, 16).await.unwrap() {
+            locked.push((lock.key, lock.lock_version));
+        }
+    }
+    assert_eq!(
+        locked,
+        vec![
+            (full(&key("m-live-primary")).into_bytes(), live_ts),
+            (full(&live).into_bytes(), live_ts)
+        ],
+        "the live writer keeps its locks; the orphan's are gone"
+    );
+}
+
 /// TiKV only: a plan commits only if nothing it read changed since its
 /// transaction began (as on the embedded ledger, where plans run one at a
 /// time), not merely nothing it wrote (TiKV's snapshot isolation). Here

@@ -195,22 +195,35 @@ pub async fn wait_ready(client: &reqwest::Client, url: &str) -> Result<Duration,
     ))
 }
 
-/// Waits until `address` accepts TCP connections; the time it took.
-pub async fn wait_listening(address: &str) -> Result<Duration, String> {
+/// Waits until the Cassandra node `node` accepts TCP connections; the time
+/// it took. A node replays its commit log and rejoins the ring before it
+/// listens, which on a loaded machine takes minutes: the wait goes on as
+/// long as its log (`logs/system.log`) grows, and gives up only after
+/// [`RESTART_WITHIN`] without a line.
+pub async fn wait_listening(node: &Node) -> Result<Duration, String> {
+    let log = node.dir.join("logs/system.log");
+    let size = || std::fs::metadata(&log).map_or(0, |m| m.len());
     let started = Instant::now();
-    while started.elapsed() < RESTART_WITHIN {
+    let (mut last_size, mut last_move) = (size(), Instant::now());
+    while last_move.elapsed() < RESTART_WITHIN {
         if let Ok(Ok(_)) = tokio::time::timeout(
             Duration::from_secs(1),
-            tokio::net::TcpStream::connect(address),
+            tokio::net::TcpStream::connect(&node.address),
         )
         .await
         {
             return Ok(started.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = size();
+        if now != last_size {
+            (last_size, last_move) = (now, Instant::now());
+        }
     }
     Err(format!(
-        "{address} did not listen within {RESTART_WITHIN:?}"
+        "{} did not listen, and its log ({}) had not moved for {RESTART_WITHIN:?}",
+        node.address,
+        log.display()
     ))
 }
 

@@ -412,7 +412,7 @@ async fn strike(
             cluster::kill(&node.dir).await?;
             tokio::time::sleep(step.down).await;
             drop(cluster::launch(&node.dir)?);
-            cluster::wait_listening(&node.address).await?;
+            cluster::wait_listening(node).await?;
             (
                 format!("node {}", node.address),
                 Some(since(Instant::now())),
@@ -809,7 +809,7 @@ async fn whole_again(manifest: &Manifest, client: &reqwest::Client) -> Check {
         }
     }
     for node in &manifest.cassandra {
-        if cluster::wait_listening(&node.address).await.is_err() {
+        if cluster::wait_listening(node).await.is_err() {
             down.push(node.address.clone());
         }
     }

@@ -652,6 +652,60 @@ func TestAdminLeavesOrphanLocks(t *testing.T) {
 	}
 }
 
+// POST /orphan with primary_ttl leaves a live writer instead: its primary
+// locked with that TTL (CheckTxnStatus finds it alive), its secondaries
+// with 3 s TTLs long passed.
+func TestAdminLeavesALiveWriter(t *testing.T) {
+	c, pd, kv := testClusterWith(t, options{admin: "127.0.0.1:0"})
+	ctx := context.Background()
+	for _, q := range []string{"primary=w/p&primary_ttl=soon", "primary=w/p&primary_ttl=0s"} {
+		resp, err := http.Post("http://"+c.admin+"/orphan?"+q, "text/plain", strings.NewReader("w/1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Fatalf("query %q: %d, want 400", q, resp.StatusCode)
+		}
+	}
+	resp, err := http.Post("http://"+c.admin+"/orphan?primary=w/p&age=1m&primary_ttl=10m", "text/plain", strings.NewReader("w/1"))
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("live writer: %v %v", resp, err)
+	}
+	var planted struct {
+		StartTS uint64 `json:"start_ts"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&planted); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	region, err := pd.GetRegion(ctx, &pdpb.GetRegionRequest{Header: reqHeader(), RegionKey: enc("w/1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx := &kvrpcpb.Context{RegionId: region.Region.Id, RegionEpoch: region.Region.RegionEpoch, Peer: region.Leader}
+	now := uint64(time.Now().UnixMilli()) << 18
+	locks, err := kv.KvScanLock(ctx, &kvrpcpb.ScanLockRequest{Context: rctx, MaxVersion: now, StartKey: []byte("w/"), EndKey: []byte("w0")})
+	if err != nil || len(locks.Locks) != 2 {
+		t.Fatalf("the live writer's locks: %v %v", locks, err)
+	}
+	for _, l := range locks.Locks {
+		want := uint64(3000)
+		if string(l.Key) == "w/p" {
+			want = 600000
+		}
+		if l.LockVersion != planted.StartTS || l.LockTtl != want {
+			t.Fatalf("lock %s: version %d ttl %d, want %d and %d", l.Key, l.LockVersion, l.LockTtl, planted.StartTS, want)
+		}
+	}
+	st, err := kv.KvCheckTxnStatus(ctx, &kvrpcpb.CheckTxnStatusRequest{
+		Context: rctx, PrimaryKey: []byte("w/p"), LockTs: planted.StartTS, CurrentTs: now,
+	})
+	if err != nil || st.Error != nil || st.LockTtl == 0 {
+		t.Fatalf("the live writer's status: %v %v, want its primary locked", st, err)
+	}
+}
+
 // ScanLock answers the locks in its range, up to its limit, so a client
 // paging through them gets each once.
 func TestScanLockKeepsToItsRangeAndLimit(t *testing.T) {

@@ -208,8 +208,12 @@ func decodeBound(enc []byte) ([]byte, error) {
 //	               Leaves what a writer killed in the middle of a prewrite
 //	               across regions leaves: each key prewritten (a put, 3 s
 //	               TTL) by a transaction that started age ago and never
-//	               wrote its primary KEY. Answers {"start_ts":N}; 400 for a
-//	               bad key or age, 409 with unistore's answer when a key is
+//	               wrote its primary KEY. With primary_ttl=DURATION the
+//	               primary is prewritten too, first, with that TTL: a
+//	               writer still at work whose heartbeats keep its primary
+//	               alive while its secondaries' 3 s TTLs have passed.
+//	               Answers {"start_ts":N}; 400 for a bad key, age or
+//	               primary_ttl, 409 with unistore's answer when a key is
 //	               locked or was written after that start
 type admin struct {
 	u *unistore
@@ -269,8 +273,20 @@ func (a *admin) postOrphan(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	var primaryTTL time.Duration
+	if v := r.URL.Query().Get("primary_ttl"); v != "" {
+		if primaryTTL, err = time.ParseDuration(v); err != nil || primaryTTL <= 0 {
+			http.Error(w, fmt.Sprintf("primary_ttl %q: a duration such as 10m", v), http.StatusBadRequest)
+			return
+		}
+		keys = append([][]byte{primary}, keys...)
+	}
 	startTS := uint64(time.Now().Add(-age).UnixMilli()) << 18
-	for _, k := range keys {
+	for i, k := range keys {
+		ttl := uint64(3000)
+		if primaryTTL > 0 && i == 0 {
+			ttl = uint64(primaryTTL.Milliseconds())
+		}
 		region, leader := regionByKey(a.u.rm, codec.EncodeBytes(nil, k))
 		if region == nil {
 			http.Error(w, fmt.Sprintf("no region holds %q", k), http.StatusInternalServerError)
@@ -281,7 +297,7 @@ func (a *admin) postOrphan(w http.ResponseWriter, r *http.Request) {
 			Mutations:    []*kvrpcpb.Mutation{{Op: kvrpcpb.Op_Put, Key: k, Value: frame([]byte("orphan"))}},
 			PrimaryLock:  primary,
 			StartVersion: startTS,
-			LockTtl:      3000,
+			LockTtl:      ttl,
 		})
 		switch {
 		case err != nil:

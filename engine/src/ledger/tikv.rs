@@ -267,16 +267,23 @@ impl TikvLedger {
 
     /// After an attempt met `e`: when `e` names a transaction without a
     /// primary lock whose locks in `range` have all expired, rolls it back
-    /// there, with any older lock in `range` (all expired too). Expired as
-    /// tikv-client itself judges a lock: its TTL, counted from its
-    /// transaction's start, has passed (tikv-client sets it to 3 s plus the
-    /// time the transaction took to reach its prewrite, so a slow writer
-    /// still prewriting is left alone). The roll-back is tikv-client's GC
-    /// clean-up, which asks each lock's transaction status with
-    /// `rollback_if_not_exist`, as its own resolver never gets to. Rolling
-    /// back a writer that is still alive is safe anyway: its primary's
-    /// prewrite then meets the rollback record and fails, and it retries.
-    /// A failure is logged: the next attempt tries again.
+    /// there, key by key, and nothing else. Expired as tikv-client itself
+    /// judges a lock: its TTL, counted from its transaction's start, has
+    /// passed (tikv-client sets it to 3 s plus the time the transaction
+    /// took to reach its prewrite, so a slow writer still prewriting is
+    /// left alone). The roll-back is tikv-client's GC clean-up, which asks
+    /// each lock's transaction status with `rollback_if_not_exist` (as its
+    /// own resolver never gets to) and rolls back whatever it finds, even a
+    /// transaction at work: so it is given the orphan's own keys only. It
+    /// was once given the whole range with every older lock in it, and
+    /// rolled back live transactions whose primaries their heartbeats kept
+    /// alive (a secondary lock's TTL is never extended): a reconcile's long
+    /// transaction, rolled back over and over, held its sale off the front
+    /// for minutes (tikv-client's "While sending heartbeat ... lock doesn't
+    /// exist"). Rolling back the orphan itself while its writer is still
+    /// alive is safe: its primary's prewrite then meets the rollback record
+    /// and fails, and it retries. A failure is logged: the next attempt
+    /// tries again.
     async fn roll_back_orphans(&self, e: &TikvError, range: Option<BoundRange>) {
         let (Some(start_ts), Some(range)) = (orphan_of(e), range) else {
             return;
@@ -294,10 +301,7 @@ impl TikvLedger {
         let safepoint = Timestamp::from_version(start_ts + 1);
         let (now, locks) = match async {
             let now = self.client.current_timestamp().await?;
-            let locks = self
-                .client
-                .scan_locks(&safepoint, range.clone(), 1024)
-                .await?;
+            let locks = self.client.scan_locks(&safepoint, range, 1024).await?;
             Ok::<_, TikvError>((now, locks))
         }
         .await
@@ -313,32 +317,41 @@ impl TikvLedger {
             let ttl_ms = i64::try_from(l.lock_ttl).unwrap_or(i64::MAX);
             now.physical.saturating_sub(started_ms) >= ttl_ms
         };
-        if !locks.iter().any(|l| l.lock_version == start_ts) || !locks.iter().all(expired) {
+        let orphan: Vec<&tikv_client::ProtoLockInfo> = locks
+            .iter()
+            .filter(|l| l.lock_version == start_ts)
+            .collect();
+        if orphan.is_empty() || !orphan.iter().all(|l| expired(l)) {
             // Gone already, or a writer that may still be at work.
             return;
         }
         let age_ms = now
             .physical
             .saturating_sub(i64::try_from(start_ts >> 18).unwrap_or(i64::MAX));
-        match self
-            .client
-            .cleanup_locks(range, &safepoint, ResolveLocksOptions::default())
-            .await
-        {
-            Ok(done) => {
-                metrics::counter!("flashmall_ledger_orphans_rolled_back_total", "backend" => "tikv")
-                    .increment(1);
-                tracing::warn!(
-                    start_ts,
-                    locks = done.resolved_locks,
-                    age_ms,
-                    "rolled back a transaction that left locks but no primary lock (a writer that died mid-prewrite)"
-                );
-            }
-            Err(e) => {
-                tracing::warn!(start_ts, error = %e, "rolling back a transaction without a primary lock failed");
+        let mut resolved = 0;
+        for lock in orphan {
+            // A key holds one lock at a time: this range holds the orphan's.
+            let key: BoundRange = (lock.key.clone()..=lock.key.clone()).into();
+            match self
+                .client
+                .cleanup_locks(key, &safepoint, ResolveLocksOptions::default())
+                .await
+            {
+                Ok(done) => resolved += done.resolved_locks,
+                Err(e) => {
+                    tracing::warn!(start_ts, error = %e, "rolling back a transaction without a primary lock failed");
+                    return;
+                }
             }
         }
+        metrics::counter!("flashmall_ledger_orphans_rolled_back_total", "backend" => "tikv")
+            .increment(1);
+        tracing::warn!(
+            start_ts,
+            locks = resolved,
+            age_ms,
+            "rolled back a transaction that left locks but no primary lock (a writer that died mid-prewrite)"
+        );
     }
 }
 
