@@ -563,6 +563,55 @@ async fn an_abandoned_rebuild_frees_the_lease(front: &dyn StockFront) {
     rebuild_and_sell(front, sale, again).await;
 }
 
+/// A rebuild's lease holds past its first term while it is renewed, and
+/// lapses when it is not: another rebuild then takes it over, and the first
+/// can neither renew nor commit. (Without renewal a reconcile slower than
+/// one lease lost it mid-way, every time, and its sale stayed off sale:
+/// the chaos run's reconciles answered `409` for minutes.)
+async fn a_renewed_lease_holds_and_a_lapsed_one_is_taken_over(front: &dyn StockFront) {
+    let sale = open_sale(front, 5).await;
+    let lease = Duration::from_millis(1_500);
+    let first = front
+        .suspend_for(sale, lease)
+        .await
+        .unwrap()
+        .expect("the lease is free")
+        .token;
+    let renewed = std::time::Instant::now();
+    while renewed.elapsed() < lease * 2 {
+        assert!(
+            front.renew(sale, first, lease).await.unwrap(),
+            "renewed in time"
+        );
+        assert!(
+            front.suspend_for(sale, lease).await.unwrap().is_none(),
+            "a renewed lease is not taken over"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !front.renew(sale, Uuid::now_v7(), lease).await.unwrap(),
+        "a foreign token renews nothing"
+    );
+    // Left alone, it lapses: another rebuild takes the sale over.
+    let mut second = None;
+    for _ in 0..400 {
+        if let Some(s) = front.suspend_for(sale, lease).await.unwrap() {
+            second = Some(s.token);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second = second.expect("a lapsed lease is taken over");
+    assert!(!front.renew(sale, first, lease).await.unwrap());
+    let rebuild = Rebuild {
+        remaining: 5,
+        ..Rebuild::default()
+    };
+    assert!(!front.rebuild(sale, first, &rebuild).await.unwrap());
+    rebuild_and_sell(front, sale, second).await;
+}
+
 macro_rules! conformance {
     ($name:ident, $make:ident) => {
         mod $name {
@@ -622,6 +671,11 @@ macro_rules! conformance {
             async fn a_superseded_rebuild_commits_nothing() {
                 let s = $make().await;
                 super::a_superseded_rebuild_commits_nothing(&*s.front).await;
+            }
+            #[tokio::test]
+            async fn a_renewed_lease_holds_and_a_lapsed_one_is_taken_over() {
+                let s = $make().await;
+                super::a_renewed_lease_holds_and_a_lapsed_one_is_taken_over(&*s.front).await;
             }
             #[tokio::test]
             async fn a_suspension_takes_the_counts_at_one_instant() {

@@ -302,7 +302,11 @@ impl StockFront for LocalFront {
         Ok(f.stream.len() as u64)
     }
 
-    async fn suspend(&self, sale_id: Uuid) -> Result<Option<Suspended>, FrontError> {
+    async fn suspend_for(
+        &self,
+        sale_id: Uuid,
+        lease: Duration,
+    ) -> Result<Option<Suspended>, FrontError> {
         let sale = self.sale(sale_id);
         let mut f = Self::lock(&sale);
         let now = Instant::now();
@@ -314,7 +318,7 @@ impl StockFront for LocalFront {
             remaining,
             pending: f.pending,
         });
-        f.rebuild_token = Some((token, now + super::REBUILD_LEASE));
+        f.rebuild_token = Some((token, now + lease));
         Ok(Some(Suspended { token, counts }))
     }
 
@@ -326,6 +330,19 @@ impl StockFront for LocalFront {
             .filter(|id| f.returned.contains(id))
             .copied()
             .collect())
+    }
+
+    async fn renew(&self, sale_id: Uuid, token: Uuid, lease: Duration) -> Result<bool, FrontError> {
+        let sale = self.sale(sale_id);
+        let mut f = Self::lock(&sale);
+        let now = Instant::now();
+        match f.rebuild_token {
+            Some((held, until)) if held == token && now < until => {
+                f.rebuild_token = Some((token, now + lease));
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     async fn abandon(&self, sale_id: Uuid, token: Uuid) -> Result<(), FrontError> {

@@ -159,8 +159,9 @@ pub struct Rebuild {
     pub returned: Vec<Uuid>,
 }
 
-/// How long a rebuild may hold a sale's stock out of the front before
-/// another may take over (a crashed reconcile's lease expires).
+/// How long a rebuild may hold a sale's stock out of the front without
+/// renewing its lease before another may take over (a crashed reconcile's
+/// lease expires; a live one renews it every third of it).
 pub const REBUILD_LEASE: Duration = Duration::from_secs(30);
 
 /// The stock-front boundary. Every implementation runs the conformance suite.
@@ -251,11 +252,26 @@ pub trait StockFront: Send + Sync + 'static {
     /// Entries in the stream (the settlement backlog).
     async fn backlog(&self, sale_id: Uuid) -> Result<u64, FrontError>;
 
-    /// Takes the sale's stock out of the front under a lease: purchases
-    /// answer `Rebuilding` until the rebuild puts it back. Returns the
-    /// rebuild's token and the counts it took away, or `None` while another
-    /// rebuild holds the lease.
-    async fn suspend(&self, sale_id: Uuid) -> Result<Option<Suspended>, FrontError>;
+    /// Takes the sale's stock out of the front under a lease of
+    /// [`REBUILD_LEASE`]: purchases answer `Rebuilding` until the rebuild
+    /// puts it back. Returns the rebuild's token and the counts it took
+    /// away, or `None` while another rebuild holds the lease.
+    async fn suspend(&self, sale_id: Uuid) -> Result<Option<Suspended>, FrontError> {
+        self.suspend_for(sale_id, REBUILD_LEASE).await
+    }
+
+    /// [`StockFront::suspend`] under a lease of `lease`.
+    async fn suspend_for(
+        &self,
+        sale_id: Uuid,
+        lease: Duration,
+    ) -> Result<Option<Suspended>, FrontError>;
+
+    /// Extends the lease of the rebuild `token` to `lease` from now, while
+    /// it still holds it; false once it lapsed or another rebuild took it.
+    /// A rebuild renews its lease while it runs, so one slower than a lease
+    /// is not taken over (and then superseded, over and over) while alive.
+    async fn renew(&self, sale_id: Uuid, token: Uuid, lease: Duration) -> Result<bool, FrontError>;
 
     /// Which of `ids` the front has given back (`give_back` counted their
     /// units). While the sale is suspended nothing is given back, so the

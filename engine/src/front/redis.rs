@@ -24,6 +24,7 @@ const RESERVE: &str = include_str!("scripts/reserve.lua");
 const GIVE_BACK: &str = include_str!("scripts/give_back.lua");
 const ACK: &str = include_str!("scripts/ack.lua");
 const SUSPEND: &str = include_str!("scripts/suspend.lua");
+const RENEW: &str = include_str!("scripts/renew.lua");
 const ABANDON: &str = include_str!("scripts/abandon.lua");
 const REBUILD: &str = include_str!("scripts/rebuild.lua");
 
@@ -102,6 +103,11 @@ pub fn reserve_call(prefix: &str, sale: Uuid) -> (&'static str, String, Vec<Stri
     )
 }
 
+/// A lease in whole milliseconds, at least one (Redis refuses `PX 0`).
+fn lease_ms(lease: Duration) -> i64 {
+    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX).max(1)
+}
+
 /// The Redis stock front.
 pub struct RedisFront {
     pool: Pool,
@@ -111,6 +117,7 @@ pub struct RedisFront {
     give_back: Script,
     ack: Script,
     suspend: Script,
+    renew: Script,
     abandon: Script,
     rebuild: Script,
 }
@@ -202,6 +209,7 @@ impl RedisFront {
             give_back: Script::new(GIVE_BACK),
             ack: Script::new(ACK),
             suspend: Script::new(SUSPEND),
+            renew: Script::new(RENEW),
             abandon: Script::new(ABANDON),
             rebuild: Script::new(REBUILD),
         })
@@ -382,6 +390,7 @@ impl StockFront for RedisFront {
             &self.give_back,
             &self.ack,
             &self.suspend,
+            &self.renew,
             &self.abandon,
             &self.rebuild,
         ] {
@@ -645,10 +654,14 @@ impl StockFront for RedisFront {
             .map_err(reply_error)
     }
 
-    async fn suspend(&self, sale_id: Uuid) -> Result<Option<Suspended>, FrontError> {
+    async fn suspend_for(
+        &self,
+        sale_id: Uuid,
+        lease: Duration,
+    ) -> Result<Option<Suspended>, FrontError> {
         let keys = self.keys(sale_id);
         let token = Uuid::now_v7();
-        let lease_ms = super::REBUILD_LEASE.as_millis() as i64;
+        let lease_ms = lease_ms(lease);
         let answer = self
             .run(
                 &self.suspend,
@@ -702,6 +715,23 @@ impl StockFront for RedisFront {
             .filter(|(_, given)| *given)
             .map(|(id, _)| *id)
             .collect())
+    }
+
+    async fn renew(&self, sale_id: Uuid, token: Uuid, lease: Duration) -> Result<bool, FrontError> {
+        let keys = self.keys(sale_id);
+        let answer = self
+            .run(
+                &self.renew,
+                &[keys.rebuild_marker.as_str()],
+                vec![Value::from(token.to_string()), Value::from(lease_ms(lease))],
+            )
+            .await?;
+        match answer.as_i64() {
+            Some(held) => Ok(held == 1),
+            None => Err(FrontError::Protocol(
+                "renew script returned a non-integer".into(),
+            )),
+        }
     }
 
     async fn abandon(&self, sale_id: Uuid, token: Uuid) -> Result<(), FrontError> {

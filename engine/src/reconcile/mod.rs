@@ -21,7 +21,7 @@ use flashmall_mesh::{ApiError, ErrorCode};
 use uuid::Uuid;
 
 use crate::engine::Engine;
-use crate::front::{IdemRecord, Rebuild, idempotency_field};
+use crate::front::{IdemRecord, REBUILD_LEASE, Rebuild, StockFront, idempotency_field};
 use crate::ledger::{Refusal, ReservationRecord, ReservationStatus};
 use crate::sale::LiveSale;
 use crate::settle;
@@ -168,6 +168,40 @@ impl Drop for Running<'_> {
     }
 }
 
+/// Stops the lease's renewal when the rebuild ends, however it ends.
+struct Keeper(tokio::task::JoinHandle<()>);
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Renews the rebuild `token`'s lease every third of `lease` until it is
+/// aborted, or until the lease is found lost (then the rebuild's commit
+/// finds it superseded and commits nothing). A failed renewal is tried
+/// again at the next turn: the lease outlives two of them.
+pub(crate) async fn keep_lease(
+    front: Arc<dyn StockFront>,
+    sale_id: Uuid,
+    token: Uuid,
+    lease: Duration,
+) {
+    loop {
+        tokio::time::sleep(lease / 3).await;
+        match front.renew(sale_id, token, lease).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(sale_id = %sale_id, "a reconcile's lease lapsed before it finished; its rebuild will commit nothing");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(sale_id = %sale_id, error = %e, "renewing a reconcile's lease failed; trying again");
+            }
+        }
+    }
+}
+
 /// Rebuilds one sale's front from the ledger and reports drift.
 pub async fn reconcile_sale(engine: &Arc<Engine>, live: &LiveSale) -> Result<SaleReport, ApiError> {
     rebuild(engine, live, false).await
@@ -203,6 +237,15 @@ async fn rebuild(
         ));
     };
     let token = suspended.token;
+    // The lease is renewed while this rebuild runs: one slower than a lease
+    // (a loaded ledger) would otherwise lose it mid-way, be superseded, and
+    // leave the next one to do the same, the sale off sale meanwhile.
+    let _keeper = Keeper(tokio::spawn(keep_lease(
+        Arc::clone(&engine.front),
+        sale_id,
+        token,
+        REBUILD_LEASE,
+    )));
     // Whatever fails from here on gives the lease up, so the sale is not
     // left suspended until it expires: the next purchase reconciles again.
     let rebuilt = async {
@@ -402,5 +445,57 @@ impl Holdings {
             .map(|(user, units)| (user.to_owned(), units))
             .collect();
         h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        reason = "a test's failed step panics the test"
+    )]
+
+    use super::*;
+    use crate::front::LocalFront;
+
+    /// The keeper holds a lease past its term while it runs; stopped (its
+    /// reconcile ended, or crashed with its process), the lease lapses.
+    #[tokio::test]
+    async fn the_keeper_holds_the_lease_until_it_is_stopped() {
+        let front: Arc<dyn StockFront> = Arc::new(LocalFront::new());
+        let sale = Uuid::now_v7();
+        let lease = Duration::from_millis(900);
+        let token = front
+            .suspend_for(sale, lease)
+            .await
+            .unwrap()
+            .expect("the lease is free")
+            .token;
+        let keeper = Keeper(tokio::spawn(keep_lease(
+            Arc::clone(&front),
+            sale,
+            token,
+            lease,
+        )));
+        let kept = std::time::Instant::now();
+        while kept.elapsed() < lease * 3 {
+            assert!(
+                front.suspend_for(sale, lease).await.unwrap().is_none(),
+                "taken over while its keeper ran"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(keeper);
+        let mut taken = false;
+        for _ in 0..400 {
+            if front.suspend_for(sale, lease).await.unwrap().is_some() {
+                taken = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(taken, "a lease nobody renews lapses");
+        assert!(!front.renew(sale, token, lease).await.unwrap());
     }
 }
