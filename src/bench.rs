@@ -10,21 +10,10 @@ use std::path::PathBuf;
 use flashmall_bench::fault::{Fault, FaultyRedis};
 use flashmall_bench::proxy::ProxyOptions;
 use flashmall_bench::redis::RedisOptions;
-use flashmall_bench::report::write_files;
+use flashmall_bench::report::{Output, write_files};
 use flashmall_bench::seckill::{FaultPlan, SeckillOptions, SeckillReport, Target};
 
 use crate::stack::Throwaway;
-
-/// Where results go and whether progress shows.
-#[derive(Debug, Clone, clap::Args)]
-pub struct Output {
-    /// Directory for NAME.json, NAME.md and NAME.svg.
-    #[arg(long, default_value = "bench-out")]
-    pub out: PathBuf,
-    /// No progress bar.
-    #[arg(long)]
-    pub quiet: bool,
-}
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Bench {

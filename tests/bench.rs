@@ -8,9 +8,10 @@
     reason = "a test's failed step panics the test"
 )]
 
-use flashmall::bench::{Output, SeckillArgs};
+use flashmall::bench::SeckillArgs;
 use flashmall_bench::proxy::ProxyOptions;
 use flashmall_bench::redis::RedisOptions;
+use flashmall_bench::report::Output;
 use flashmall_bench::seckill::{SeckillOptions, SeckillReport};
 
 fn small(options: SeckillOptions) -> SeckillArgs {

@@ -38,6 +38,18 @@ impl Latency {
     }
 }
 
+/// Where a bench's results go and whether progress shows (the command
+/// line's `--out` and `--quiet`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Output {
+    /// Directory for NAME.json, NAME.md and NAME.svg.
+    #[arg(long, default_value = "bench-out")]
+    pub out: std::path::PathBuf,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
 /// A histogram of microseconds, 1 µs to an hour, `digits` significant digits.
 #[allow(
     clippy::expect_used,

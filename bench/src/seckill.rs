@@ -24,10 +24,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use flashmall_mesh::ErrorCode;
 use http::{HeaderValue, Method};
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::api::{login, metric};
 use crate::chart::{Panel, Series};
@@ -35,6 +33,7 @@ use crate::fault::{FaultReport, FaultyRedis};
 use crate::http::{Conn, Endpoint};
 use crate::load::{self, Job, Mode};
 use crate::phases::{self, Purchases, Sale};
+pub use crate::phases::{Answered, Attempt, Facts, outcome_of, rebuilt_of, refusal_of};
 use crate::progress::Progress;
 use crate::report::{Bucket, Machine, Summary, latency_cells, timeline};
 
@@ -154,13 +153,6 @@ pub fn checks_table(checks: &[Check]) -> String {
     t
 }
 
-/// One planned attempt: who, with which Idempotency-Key.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Attempt {
-    pub buyer: usize,
-    pub key: String,
-}
-
 /// xorshift64*: a tiny deterministic generator for the attempt plan.
 struct Rng(u64);
 
@@ -198,89 +190,9 @@ pub fn plan(
     out
 }
 
-/// The label of an answer: `reserved`, `replayed`, or the error code.
-/// Refusals are read without parsing their JSON (most answers of a storm
-/// are refusals, and the generator shares the CPU with the server).
-pub fn outcome_of(status: u16, replayed: bool, body: &[u8]) -> &'static str {
-    match (status, replayed) {
-        (201, true) => "replayed",
-        (201, false) => "reserved",
-        _ => refusal_of(body),
-    }
-}
-
-/// The error code of a refusal body `{"error":{"code":"...",...}}`, read
-/// without parsing the JSON; `http_error` when there is none.
-pub fn refusal_of(body: &[u8]) -> &'static str {
-    const KEY: &[u8] = b"\"code\"";
-    let value = body
-        .windows(KEY.len())
-        .position(|w| w == KEY)
-        .map(|at| body[at + KEY.len()..].trim_ascii_start())
-        .and_then(|rest| rest.strip_prefix(b":"))
-        .and_then(|rest| rest.trim_ascii_start().strip_prefix(b"\""))
-        .and_then(|rest| rest.iter().position(|b| *b == b'"').map(|end| &rest[..end]));
-    value
-        .and_then(|code| {
-            ErrorCode::ALL
-                .iter()
-                .map(|c| c.as_str())
-                .find(|c| c.as_bytes() == code)
-        })
-        .unwrap_or("http_error")
-}
-
 /// Outcomes the engine (or the gate, on its behalf) decided: the attempt
 /// counted as demand.
 const DECIDED: [&str; 4] = ["reserved", "replayed", "sold_out", "limit_exceeded"];
-
-/// What one attempt got.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Answered {
-    pub buyer: usize,
-    pub key: String,
-    pub outcome: &'static str,
-    pub reservation_id: Option<String>,
-}
-
-/// What the ledger says after the run, beside what the clients were told.
-#[derive(Debug, Clone, Default)]
-pub struct Facts {
-    pub stock: i64,
-    pub per_user_limit: i64,
-    /// Every attempt made after the opening.
-    pub answers: Vec<Answered>,
-    /// Units the ledger holds as sold.
-    pub sold: i64,
-    pub remaining: i64,
-    pub pending: i64,
-    /// The reconcile report: conservation and the front's drift.
-    pub conserved: bool,
-    pub drift: i64,
-    /// What the reconcile rebuilt from the ledger: units held, and units
-    /// put on sale. (The sale's view can be read while orders expire and
-    /// give units back, and its counts then move between reads; these do
-    /// not.)
-    pub rebuilt: (i64, i64),
-    /// Reservation ids answered 201 that the ledger does not hold.
-    pub missing_in_ledger: Vec<String>,
-    /// Units the sale had given back when the facts were read (orders that
-    /// expired or were cancelled during the run; 0 when none could).
-    pub released: i64,
-    /// Reservation ids answered 201 that the ledger holds as released since.
-    pub released_ids: Vec<String>,
-    /// Reservation ids answered 201 that the ledger refused (a fast
-    /// acknowledgement the ledger revoked): no unit, no order.
-    pub revoked_ids: Vec<String>,
-}
-
-/// What a reconcile report says it rebuilt: (units held, units on sale).
-pub fn rebuilt_of(report: &Value) -> (i64, i64) {
-    (
-        report["settled"].as_i64().unwrap_or(-1),
-        report["remaining"].as_i64().unwrap_or(-1),
-    )
-}
 
 /// The run's invariants, checked from the facts alone.
 pub fn check(f: &Facts) -> Vec<Check> {

@@ -19,6 +19,10 @@ pub const LOGIN_FAMILY_HEX: usize = 32;
 /// long, so no revoked token outlives its revocation.
 pub const MAX_ACCESS_TOKEN_LIFE: Duration = Duration::from_secs(24 * 3600);
 
+/// How long a component's own identity, signed for one call to another
+/// component, is valid (the callee refuses it after that).
+pub const SERVICE_CALL_IDENTITY_LIFE: Duration = Duration::from_secs(60);
+
 /// An instant as RFC 3339 in UTC (`2026-11-21T10:00:00Z`). RFC 3339 has
 /// no form for years past 9999, which no clock reaches: such an instant is
 /// written as its Unix seconds.

@@ -146,9 +146,6 @@ pub async fn open_store(
     }
 }
 
-/// Lifetime of a component's own identity signed for one call.
-pub(crate) const CALL_IDENTITY_TTL: std::time::Duration = std::time::Duration::from_secs(60);
-
 /// A started service.
 pub struct Running {
     pub addr: SocketAddr,

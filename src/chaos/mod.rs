@@ -31,10 +31,10 @@ use flashmall_bench::chart::{Panel, Series};
 use flashmall_bench::report::Machine;
 use flashmall_bench::seckill::{Check, checks_table};
 
-use crate::bench::Output;
 use crate::demo::{DemoOptions, DemoReport, Opened, Site};
 use balancer::Balancer;
 use cluster::Manifest;
+use flashmall_bench::report::Output;
 
 /// A step time: a duration after the opening, or `off`.
 fn step_time(raw: &str) -> Result<Option<Duration>, String> {

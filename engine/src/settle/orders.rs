@@ -108,7 +108,10 @@ pub async fn make_orders(engine: &Arc<Engine>, client: &MeshClient) -> Result<us
     }
     if !orders.is_empty() {
         let signed = engine.identity.sign_for(
-            &Identity::service("engine", Duration::from_secs(60)),
+            &Identity::service(
+                "engine",
+                flashmall_mesh::contract::SERVICE_CALL_IDENTITY_LIFE,
+            ),
             "orders",
         );
         let request = pb::CreateSaleOrdersReq { orders };

@@ -298,7 +298,7 @@ impl MeshClient {
         signed: &str,
         request: &Req,
         send: F,
-    ) -> Result<T, crate::ApiError>
+    ) -> Result<T, crate::error::ApiError>
     where
         Req: Clone,
         F: Fn(MeshChannel, tonic::Request<Req>) -> Fut,
@@ -312,7 +312,7 @@ impl MeshClient {
             async move { sent?.await }
         })
         .await
-        .map_err(|status| crate::ApiError::from_status(&status))
+        .map_err(|status| crate::error::ApiError::from_status(&status))
     }
 }
 

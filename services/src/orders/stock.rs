@@ -11,12 +11,12 @@
 //! once; a hold is settled once), so they are retried freely.
 
 use async_trait::async_trait;
+use flashmall_mesh::contract::SERVICE_CALL_IDENTITY_LIFE;
 use flashmall_mesh::{ApiError, CallKind, Identity, IdentityKey, MeshClient};
 use flashmall_proto::inventory as inv;
 use inv::inventory_service_client::InventoryServiceClient;
 
 use super::{Order, OrderSource};
-use crate::CALL_IDENTITY_TTL;
 use crate::products::client::CatalogClient;
 use crate::products::stock::{Settle, StockLine};
 
@@ -87,9 +87,10 @@ impl StockKeeper for MeshStock {
     async fn release(&self, order: &Order) -> Result<(), ApiError> {
         match (order.source, order.reservation_id) {
             (OrderSource::FlashSale, Some(reservation)) => {
-                let signed = self
-                    .key
-                    .sign_for(&Identity::service("orders", CALL_IDENTITY_TTL), "engine");
+                let signed = self.key.sign_for(
+                    &Identity::service("orders", SERVICE_CALL_IDENTITY_LIFE),
+                    "engine",
+                );
                 let request = inv::ReleaseRequest {
                     reservation_id: reservation.to_string(),
                 };

@@ -3,9 +3,8 @@
 //! buyer's order is simply not found) and MarkOrderPaid (called with the
 //! payment service's own identity). Both go through the mesh client.
 
-use std::time::Duration;
-
 use async_trait::async_trait;
+use flashmall_mesh::contract::SERVICE_CALL_IDENTITY_LIFE;
 use flashmall_mesh::{ApiError, CallKind, Identity, IdentityKey, MeshClient};
 use flashmall_proto::order as pb;
 use pb::order_service_client::OrderServiceClient;
@@ -49,8 +48,6 @@ pub struct GrpcOrders {
     key: IdentityKey,
 }
 
-const CALL_IDENTITY_TTL: Duration = Duration::from_secs(60);
-
 impl GrpcOrders {
     pub fn new(client: MeshClient, key: IdentityKey) -> Self {
         GrpcOrders { client, key }
@@ -91,9 +88,10 @@ impl OrderDesk for GrpcOrders {
         payment_id: Uuid,
         amount: i64,
     ) -> Result<MarkPaid, ApiError> {
-        let signed = self
-            .key
-            .sign_for(&Identity::service("payments", CALL_IDENTITY_TTL), "orders");
+        let signed = self.key.sign_for(
+            &Identity::service("payments", SERVICE_CALL_IDENTITY_LIFE),
+            "orders",
+        );
         let request = pb::MarkOrderPaidReq {
             order_id: order_id.to_string(),
             payment_id: payment_id.to_string(),

@@ -3,12 +3,12 @@
 //! settles). Reads go out under the caller's identity; holds under the
 //! calling component's own.
 
+use flashmall_mesh::contract::SERVICE_CALL_IDENTITY_LIFE;
 use flashmall_mesh::{ApiError, CallKind, Identity, IdentityKey, MeshClient};
 use flashmall_proto::product as pb;
 use pb::product_catalog_service_client::ProductCatalogServiceClient as Client;
 
 use super::stock::{Settle, StockLine};
-use crate::CALL_IDENTITY_TTL;
 
 /// A product as callers need it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +49,7 @@ impl CatalogClient {
 
     fn own_identity(&self) -> String {
         self.key.sign_for(
-            &Identity::service(self.component, CALL_IDENTITY_TTL),
+            &Identity::service(self.component, SERVICE_CALL_IDENTITY_LIFE),
             "products",
         )
     }
