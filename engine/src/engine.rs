@@ -185,6 +185,13 @@ impl Engine {
         self.view(&live).await
     }
 
+    /// Rebuilds `live`'s front from the ledger in the background, unless a
+    /// rebuild of it runs here already: a revoke at settlement showed the
+    /// front stale.
+    pub fn reconcile_soon(self: &Arc<Self>, live: &Arc<LiveSale>) {
+        reconcile::spawn(self, live);
+    }
+
     /// A sale with live counts from the front and the ledger.
     pub async fn view(&self, live: &LiveSale) -> Result<SaleView, ApiError> {
         // The front first, the ledger second: settlement commits a batch

@@ -416,7 +416,7 @@ async fn worker(engine: Arc<Engine>, live: Arc<LiveSale>) {
             if !settled.revoked.is_empty() {
                 // The front granted from state it lost: rebuild it from the
                 // ledger (purchases answer 503 meanwhile).
-                crate::reconcile::spawn(&engine, &live);
+                engine.reconcile_soon(&live);
             }
             if let Ok(backlog) = engine.front.backlog(sale_id).await {
                 metrics::gauge!("flashmall_engine_settlement_backlog", "sale" => sale_id.to_string()).set(backlog as f64);
