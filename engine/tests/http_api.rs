@@ -908,6 +908,27 @@ async fn bought(stack: &Stack, stock: i64, n: usize) -> (String, Vec<String>) {
     (sale, ids)
 }
 
+/// A release begun in the ledger and given back to the front, whose last
+/// ledger step has not run (its caller slow, or dead there).
+async fn given_back_unrecorded(stack: &Stack, sale_id: uuid::Uuid, reservation_id: &str) {
+    let r = match stack
+        .engine
+        .ledger
+        .begin_release(reservation_id.parse().unwrap())
+        .await
+        .unwrap()
+    {
+        flashmall_engine::ledger::ReleaseStep::Releasing(r) => r,
+        other => panic!("{other:?}"),
+    };
+    stack
+        .engine
+        .front
+        .give_back(sale_id, r.id, &r.user_id, r.quantity)
+        .await
+        .unwrap();
+}
+
 /// A release that meets the sale out of the front (a reconcile on another
 /// replica is rebuilding it, from a ledger read that may predate the
 /// release) must not report success: its units are not back. It answers
@@ -1000,16 +1021,7 @@ async fn releases_half_done_are_not_drift() {
     let sale_id: uuid::Uuid = sale.parse().unwrap();
     let ledger = &stack.engine.ledger;
     // Given back, not yet recorded returned (its caller died there).
-    let r0 = match ledger.begin_release(ids[0].parse().unwrap()).await.unwrap() {
-        flashmall_engine::ledger::ReleaseStep::Releasing(r) => r,
-        other => panic!("{other:?}"),
-    };
-    stack
-        .engine
-        .front
-        .give_back(sale_id, r0.id, &r0.user_id, r0.quantity)
-        .await
-        .unwrap();
+    given_back_unrecorded(&stack, sale_id, &ids[0]).await;
     // Begun in the ledger only.
     ledger.begin_release(ids[1].parse().unwrap()).await.unwrap();
     let report = stack.reconcile(&sale).await;
@@ -1065,16 +1077,7 @@ async fn a_unit_given_back_sells_again_before_its_release_is_recorded() {
     let (sale, ids) = bought(&stack, 1, 1).await;
     let sale_id: uuid::Uuid = sale.parse().unwrap();
     let ledger = &stack.engine.ledger;
-    let r0 = match ledger.begin_release(ids[0].parse().unwrap()).await.unwrap() {
-        flashmall_engine::ledger::ReleaseStep::Releasing(r) => r,
-        other => panic!("{other:?}"),
-    };
-    stack
-        .engine
-        .front
-        .give_back(sale_id, r0.id, &r0.user_id, r0.quantity)
-        .await
-        .unwrap();
+    given_back_unrecorded(&stack, sale_id, &ids[0]).await;
     // The release's last step has not run: the ledger still counts the
     // unit returning. A buyer gets it, and the ledger holds it.
     let (status, body) = stack.purchase(&sale, "u1", "k", 1).await;
