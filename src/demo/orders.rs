@@ -376,6 +376,43 @@ async fn wait_until_ended(
     }
 }
 
+/// Looks again for the orders the follow phase stopped waiting for: the
+/// order service can be slower than a stall (a Cassandra node down under
+/// load), and an order made late is an order all the same. Its buyer does
+/// not pay it (it expires); it is seen at most this late.
+async fn find_late_orders(
+    client: &reqwest::Client,
+    base: &str,
+    buyers: &[String],
+    fates: &mut [Fate],
+) {
+    let progress = Progress::new();
+    loop {
+        let missing: Vec<&mut Fate> = fates.iter_mut().filter(|f| f.order.is_none()).collect();
+        if missing.is_empty() || progress.stalled() {
+            return;
+        }
+        let found: Vec<bool> = futures::stream::iter(missing)
+            .map(|fate| async move {
+                let token = &buyers[fate.win.buyer];
+                fate.order = find_order(client, base, token, &fate.win.reservation_id).await;
+                if fate.order.is_some() {
+                    fate.visible_after = Some(fate.win.at.elapsed());
+                }
+                fate.order.is_some()
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        if found.iter().any(|f| *f) {
+            progress.moved();
+        }
+        if !found.iter().all(|f| *f) {
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
 /// Reads one order, and its payment while that is unfinished.
 async fn refresh(client: &reqwest::Client, base: &str, token: &str, fate: &mut Fate) {
     let Some(id) = fate
@@ -480,6 +517,7 @@ pub async fn finish(
     losers: &[usize],
 ) -> Result<(OrdersPhase, Vec<Check>), String> {
     let winners = fates.len();
+    find_late_orders(client, sale.base, sale.buyers, &mut fates).await;
     let made = fates.iter().filter(|f| f.order.is_some()).count();
     wait_until_ended(client, sale.base, sale.buyers, &mut fates).await;
     let paying = fates.iter().filter(|f| f.payment.is_some()).count();
