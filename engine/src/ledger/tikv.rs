@@ -86,18 +86,28 @@ fn is_conflict(e: &TikvError) -> bool {
 /// The splitting suite beside two burners: 27 s, 43 s, 27 s.
 const ORPHAN_AGE: Duration = Duration::from_secs(4);
 
-/// The start timestamp of the transaction `e` found without a primary lock
-/// or a commit or rollback record (TiKV's TxnNotFound, however tikv-client
-/// wrapped it).
-fn orphan_of(e: &TikvError) -> Option<u64> {
+/// The start timestamps of the transactions `e` found without a primary
+/// lock or a commit or rollback record (TiKV's TxnNotFound, however
+/// tikv-client wrapped it), each once.
+fn orphans_of(e: &TikvError) -> Vec<u64> {
+    let mut found = Vec::new();
+    collect_orphans(e, &mut found);
+    found.sort_unstable();
+    found.dedup();
+    found
+}
+
+fn collect_orphans(e: &TikvError, found: &mut Vec<u64>) {
     match e {
-        TikvError::TxnNotFound(t) => Some(t.start_ts),
-        TikvError::KeyError(ke) => ke.txn_not_found.as_ref().map(|t| t.start_ts),
+        TikvError::TxnNotFound(t) => found.push(t.start_ts),
+        TikvError::KeyError(ke) => found.extend(ke.txn_not_found.as_ref().map(|t| t.start_ts)),
         TikvError::MultipleKeyErrors(errs) | TikvError::ExtractedErrors(errs) => {
-            errs.iter().find_map(orphan_of)
+            for e in errs {
+                collect_orphans(e, found);
+            }
         }
-        TikvError::PessimisticLockError { inner, .. } => orphan_of(inner),
-        _ => None,
+        TikvError::PessimisticLockError { inner, .. } => collect_orphans(inner, found),
+        _ => {}
     }
 }
 
@@ -285,17 +295,33 @@ impl TikvLedger {
     /// and fails, and it retries. A failure is logged: the next attempt
     /// tries again.
     async fn roll_back_orphans(&self, e: &TikvError, range: Option<BoundRange>) {
-        let (Some(start_ts), Some(range)) = (orphan_of(e), range) else {
+        let Some(range) = range else {
             return;
         };
-        let started = std::time::UNIX_EPOCH + Duration::from_millis(start_ts >> 18);
-        if started.elapsed().unwrap_or_default() < ORPHAN_AGE {
+        // Every orphan the attempt met, not only the first: a young one
+        // reported first must not hide an old one behind it for good.
+        let old: Vec<u64> = orphans_of(e)
+            .into_iter()
+            .filter(|ts| {
+                let started = std::time::UNIX_EPOCH + Duration::from_millis(ts >> 18);
+                started.elapsed().unwrap_or_default() >= ORPHAN_AGE
+            })
+            .collect();
+        if old.is_empty() {
             return;
         }
         // One look at a time in this process: the others retry meanwhile.
         let Ok(_looking) = self.looking.try_lock() else {
             return;
         };
+        for start_ts in old {
+            self.roll_back_orphan(start_ts, range.clone()).await;
+        }
+    }
+
+    /// Rolls back the orphan `start_ts`'s own locks in `range`, when they
+    /// have all expired (see `roll_back_orphans`).
+    async fn roll_back_orphan(&self, start_ts: u64, range: BoundRange) {
         // Locks up to and including `start_ts` (unistore's lock scan takes
         // only those below its bound).
         let safepoint = Timestamp::from_version(start_ts + 1);
