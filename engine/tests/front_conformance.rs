@@ -570,7 +570,9 @@ async fn an_abandoned_rebuild_frees_the_lease(front: &dyn StockFront) {
 /// the chaos run's reconciles answered `409` for minutes.)
 async fn a_renewed_lease_holds_and_a_lapsed_one_is_taken_over(front: &dyn StockFront) {
     let sale = open_sale(front, 5).await;
-    let lease = Duration::from_millis(1_500);
+    // Renewed every 100 ms: a lease of 3 s leaves a loaded machine
+    // nearly 3 s of slack between two renewals.
+    let lease = Duration::from_secs(3);
     let first = front
         .suspend_for(sale, lease)
         .await
