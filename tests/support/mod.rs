@@ -56,6 +56,27 @@ where
     }
 }
 
+/// A loopback address drawn at random (127.X.Y.Z, clear of 127.0.0.0/16
+/// where the stores and the engines under test listen) and seven ports
+/// free on it, distinct from each other.
+fn private_loopback_ports() -> (std::net::Ipv4Addr, Vec<u16>) {
+    loop {
+        let [x, y, z, ..] = *uuid::Uuid::new_v4().as_bytes();
+        let ip = std::net::Ipv4Addr::new(127, x.clamp(1, 254), y.clamp(1, 254), z.clamp(1, 254));
+        // Held until all are found, so no two are the same.
+        let listeners: Vec<std::net::TcpListener> = (0..7)
+            .map_while(|_| std::net::TcpListener::bind((ip, 0)).ok())
+            .collect();
+        let ports: Vec<u16> = listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok().map(|a| a.port()))
+            .collect();
+        if ports.len() == 7 {
+            return (ip, ports);
+        }
+    }
+}
+
 /// One `flashmall` process, killed on drop.
 pub struct Flashmall {
     child: Child,
@@ -67,37 +88,25 @@ impl Flashmall {
     pub fn spawn(args: &[&str], port: u16, envs: &[(&str, String)]) -> Flashmall {
         let mut cmd = flashmall_testing::flashmall_command(env!("CARGO_BIN_EXE_flashmall"));
         cmd.args(args)
-            .env("FLASHMALL_ENGINE__LISTEN", format!("127.0.0.1:{port}"))
-            .env(
-                "FLASHMALL_AUTH__LISTEN",
-                format!("127.0.0.1:{}", flashmall_testing::free_port()),
-            )
-            .env(
-                "FLASHMALL_PROXY__LISTEN",
-                format!("127.0.0.1:{}", flashmall_testing::free_port()),
-            )
-            .env("FLASHMALL_PROXY__ADMIN_LISTEN", "127.0.0.1:0")
-            .env(
-                "FLASHMALL_ORDERS__LISTEN",
-                format!("127.0.0.1:{}", flashmall_testing::free_port()),
-            )
-            .env(
-                "FLASHMALL_PAYMENTS__LISTEN",
-                format!("127.0.0.1:{}", flashmall_testing::free_port()),
-            )
-            .env(
-                "FLASHMALL_PRODUCTS__LISTEN",
-                format!("127.0.0.1:{}", flashmall_testing::free_port()),
-            )
-            // Every port its own: two of these run at once in one suite.
-            .env(
-                "FLASHMALL_CART__LISTEN",
-                format!("127.0.0.1:{}", flashmall_testing::free_port()),
-            )
-            .env(
-                "FLASHMALL_CHECKOUT__LISTEN",
-                format!("127.0.0.1:{}", flashmall_testing::free_port()),
-            )
+            .env("FLASHMALL_ENGINE__LISTEN", format!("127.0.0.1:{port}"));
+        // Every other component on a loopback address of this spawn's own,
+        // each on its own port: two of these run at once in one suite, and
+        // a port found free and let go can be taken by anyone before the
+        // child binds it (once, another spawn's service answered this
+        // one's requests with 404).
+        let (ip, ports) = private_loopback_ports();
+        for (component, port) in [
+            "AUTH", "PROXY", "ORDERS", "PAYMENTS", "PRODUCTS", "CART", "CHECKOUT",
+        ]
+        .iter()
+        .zip(ports)
+        {
+            cmd.env(
+                format!("FLASHMALL_{component}__LISTEN"),
+                format!("{ip}:{port}"),
+            );
+        }
+        cmd.env("FLASHMALL_PROXY__ADMIN_LISTEN", format!("{ip}:0"))
             .env("FLASHMALL_PROXY__GRACE_PERIOD", "0s")
             .env("FLASHMALL_LOG__LEVEL", "warn")
             .env("FLASHMALL_MESH__IDENTITY_KEY", TEST_KEY)
