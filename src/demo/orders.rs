@@ -74,7 +74,11 @@ impl Fate {
     /// service refused to charge (the order was no longer payable).
     fn payment_status(&self) -> Option<&str> {
         self.payment.as_ref().map(|p| match p.status {
-            201 => p.body["status"].as_str().unwrap_or(""),
+            // 202: the provider has not decided yet (pending or captured).
+            201 | 202 => p.body["status"].as_str().unwrap_or(""),
+            // No answer, or the service was down: undetermined until asked
+            // again with the same Idempotency-Key (`refresh`).
+            0 | 500.. => "",
             _ => "refused",
         })
     }
@@ -102,6 +106,21 @@ impl Fate {
                     "expired" | "cancelled",
                     None | Some("refunded" | "refused" | "failed")
                 )
+        )
+    }
+
+    /// The reservation with its order's and payment's states, for a
+    /// check's detail: `ID (order expired released=false, payment succeeded)`.
+    fn state(&self) -> String {
+        let released = self.order.as_ref().is_some_and(|o| o["released"] == true);
+        format!(
+            "{} (order {} released={released}, payment {})",
+            self.win.reservation_id,
+            self.order_status(),
+            self.payment.as_ref().map_or_else(
+                || "none".to_owned(),
+                |p| format!("{} {}", p.status, p.body["status"].as_str().unwrap_or("-"))
+            )
         )
     }
 
@@ -433,7 +452,16 @@ async fn refresh(client: &reqwest::Client, base: &str, token: &str, fate: &mut F
         fate.order = Some(order);
     }
     if let Some(payment) = fate.payment.as_mut()
-        && payment.status == 201
+        && matches!(payment.status, 0 | 500..)
+        && let Some(order) = fate.order.as_ref()
+    {
+        // The payment's answer was lost: the same key tells what it did.
+        let again = pay(client, base, token, order).await;
+        payment.status = again.status;
+        payment.body = again.body;
+    }
+    if let Some(payment) = fate.payment.as_mut()
+        && matches!(payment.status, 201 | 202)
         && matches!(
             payment.body["status"].as_str(),
             Some("pending" | "captured")
@@ -629,7 +657,10 @@ pub async fn finish(
                     fates
                         .iter()
                         .filter(|f| f.order.is_some() && (!f.paid_correctly() || !f.ended()))
-                        .map(|f| f.win.reservation_id.as_str())
+                        .map(Fate::state)
+                        .collect::<Vec<_>>()
+                        .iter()
+                        .map(String::as_str)
                 )
             ),
         },

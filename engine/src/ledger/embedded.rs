@@ -36,7 +36,14 @@ impl LedgerStore for EmbeddedLedger {
         "embedded"
     }
 
-    async fn transact(&self, keys: Vec<Key>, plan: Plan) -> Result<(), LedgerError> {
+    async fn transact_unguarded(
+        &self,
+        mut keys: Vec<Key>,
+        unguarded: Vec<Key>,
+        plan: Plan,
+    ) -> Result<(), LedgerError> {
+        // Plans run one at a time here: nothing changes under a read.
+        keys.extend(unguarded);
         self.kv.transact(keys, plan).await.map_err(ledger_error)
     }
 

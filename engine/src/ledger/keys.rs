@@ -1,6 +1,10 @@
 //! The ledger's key layout. Keys are readable byte strings:
 //!
-//! - `s/{sale}` → sale; `c/{sale}` → its counts (written once per batch)
+//! - `s/{sale}` → sale
+//! - `n/{sale}` → its settlement totals (written by settlement only, once
+//!   per batch); `l/{sale}` → its release totals (written by releases
+//!   only), so a release never conflicts with a settlement. (`c/{sale}`
+//!   held both until 2026-12: a ledger written before that is refused.)
 //! - `r/{reservation}` → reservation record
 //! - `x/{sale}/{reservation}` → empty, to list a sale's reservations
 //! - `u/{sale}/{user}` → units the user holds in the sale
@@ -20,8 +24,12 @@ pub fn sale(id: Uuid) -> Key {
     format!("s/{id}").into_bytes()
 }
 
-pub fn counts(id: Uuid) -> Key {
-    format!("c/{id}").into_bytes()
+pub fn settle_totals(sale: Uuid) -> Key {
+    format!("n/{sale}").into_bytes()
+}
+
+pub fn release_totals(sale: Uuid) -> Key {
+    format!("l/{sale}").into_bytes()
 }
 
 /// The sale's settlement epoch, bumped by every reconcile.

@@ -69,8 +69,24 @@ pub trait LedgerStore: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 
     /// Reads `keys`, runs `plan`, and commits its writes atomically, retrying
-    /// on conflict. An error from `plan` aborts with nothing written.
-    async fn transact(&self, keys: Vec<Key>, plan: Plan) -> Result<(), LedgerError>;
+    /// on conflict. An error from `plan` aborts with nothing written. The
+    /// plan commits only if none of `keys` changed since it read them.
+    async fn transact(&self, keys: Vec<Key>, plan: Plan) -> Result<(), LedgerError> {
+        self.transact_unguarded(keys, Vec::new(), plan).await
+    }
+
+    /// [`LedgerStore::transact`] that also reads `unguarded` keys, from the
+    /// same snapshot, without making the commit depend on them: another
+    /// transaction may change one before this one commits (and does not
+    /// conflict with it for that). Only for values whose staleness the plan
+    /// is right with: a count that can only have moved in the plan's
+    /// favour, so a stale read can only make it stricter.
+    async fn transact_unguarded(
+        &self,
+        keys: Vec<Key>,
+        unguarded: Vec<Key>,
+        plan: Plan,
+    ) -> Result<(), LedgerError>;
 
     /// Reads `keys` from one consistent snapshot.
     async fn get_many(&self, keys: Vec<Key>) -> Result<Reads, LedgerError>;
@@ -85,7 +101,8 @@ pub trait LedgerStore: Send + Sync + 'static {
     ) -> Result<Vec<(Key, Vec<u8>)>, LedgerError>;
 }
 
-/// Settled counts of one sale, written once per settlement batch.
+/// Settled counts of one sale, made of its settlement totals and its
+/// release totals.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SaleCounts {
@@ -101,6 +118,41 @@ pub struct SaleCounts {
     /// Units of reservations the ledger revoked (the stock front had
     /// granted them from state it lost); they hold nothing.
     pub revoked: i64,
+}
+
+/// What settlement writes of a sale, once per batch (`keys::settle_totals`).
+/// Releases never write it: on TiKV two transactions conflict only when
+/// they write one key, and a release between a settlement's read and its
+/// commit would otherwise send the whole batch round again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+struct SettleTotals {
+    /// Units ever settled held (released ones included).
+    settled: i64,
+    reservations: i64,
+    revoked: i64,
+}
+
+/// What releases write of a sale (`keys::release_totals`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+struct ReleaseTotals {
+    /// Units released since the sale started (returned or returning).
+    released: i64,
+    /// Of those, units whose return to the front is not recorded yet.
+    returning: i64,
+}
+
+impl SaleCounts {
+    fn of(settle: SettleTotals, release: ReleaseTotals) -> Self {
+        SaleCounts {
+            settled: settle.settled - release.released,
+            released: release.released,
+            returning: release.returning,
+            reservations: settle.reservations,
+            revoked: settle.revoked,
+        }
+    }
 }
 
 /// Where a settled reservation is.
@@ -267,6 +319,15 @@ fn read<T: for<'de> Deserialize<'de>>(reads: &Reads, key: &[u8]) -> Result<Optio
     reads.get(key).map(|raw| decode(key, raw)).transpose()
 }
 
+/// A sale's settlement totals: written with the sale, so a sale without
+/// them was written by an older layout (`keys.rs`) and is not read as zero.
+fn settle_totals(reads: &Reads, key: &[u8]) -> Result<SettleTotals, LedgerError> {
+    read::<SettleTotals>(reads, key)?.ok_or_else(|| LedgerError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: "the sale has no settlement totals: written by a flashmall before 2026-12 (`c/` counts); recreate the ledger".into(),
+    })
+}
+
 fn read_i64(reads: &Reads, key: &[u8]) -> Result<i64, LedgerError> {
     Ok(read::<i64>(reads, key)?.unwrap_or(0))
 }
@@ -275,13 +336,25 @@ fn read_i64(reads: &Reads, key: &[u8]) -> Result<i64, LedgerError> {
 async fn transact_with<T: Send + 'static>(
     store: &dyn LedgerStore,
     keys: Vec<Key>,
+    plan: impl FnMut(&Reads) -> Result<(Vec<Write>, T), LedgerError> + Send + 'static,
+) -> Result<T, LedgerError> {
+    transact_unguarded_with(store, keys, Vec::new(), plan).await
+}
+
+/// [`transact_with`] that also reads `unguarded` keys
+/// ([`LedgerStore::transact_unguarded`]).
+async fn transact_unguarded_with<T: Send + 'static>(
+    store: &dyn LedgerStore,
+    keys: Vec<Key>,
+    unguarded: Vec<Key>,
     mut plan: impl FnMut(&Reads) -> Result<(Vec<Write>, T), LedgerError> + Send + 'static,
 ) -> Result<T, LedgerError> {
     let slot = Arc::new(Mutex::new(None));
     let out = Arc::clone(&slot);
     store
-        .transact(
+        .transact_unguarded(
             keys,
+            unguarded,
             Box::new(move |reads| {
                 let (writes, value) = plan(reads)?;
                 *out.lock().unwrap_or_else(|p| p.into_inner()) = Some(value);
@@ -309,7 +382,7 @@ impl Ledger {
     /// Records a new sale with zero counts; fails if the id exists.
     pub async fn create_sale(&self, sale: &Sale) -> Result<(), LedgerError> {
         let sale_key = keys::sale(sale.id);
-        let counts_key = keys::counts(sale.id);
+        let totals_key = keys::settle_totals(sale.id);
         let value = encode(sale);
         let id = sale.id;
         let existing_same = encode(sale);
@@ -323,7 +396,7 @@ impl Ledger {
                 None => Ok((
                     vec![
                         Write::Put(sale_key.clone(), value.clone()),
-                        Write::Put(counts_key.clone(), encode(&SaleCounts::default())),
+                        Write::Put(totals_key.clone(), encode(&SettleTotals::default())),
                     ],
                     (),
                 )),
@@ -334,16 +407,25 @@ impl Ledger {
 
     /// A sale and its settled counts.
     pub async fn sale(&self, id: Uuid) -> Result<Option<(Sale, SaleCounts)>, LedgerError> {
-        let (sale_key, counts_key) = (keys::sale(id), keys::counts(id));
+        let (sale_key, totals_key, releases_key) = (
+            keys::sale(id),
+            keys::settle_totals(id),
+            keys::release_totals(id),
+        );
         let reads = self
             .store
-            .get_many(vec![sale_key.clone(), counts_key.clone()])
+            .get_many(vec![
+                sale_key.clone(),
+                totals_key.clone(),
+                releases_key.clone(),
+            ])
             .await?;
         let Some(sale) = read::<Sale>(&reads, &sale_key)? else {
             return Ok(None);
         };
-        let counts = read::<SaleCounts>(&reads, &counts_key)?.unwrap_or_default();
-        Ok(Some((sale, counts)))
+        let settle = settle_totals(&reads, &totals_key)?;
+        let release = read::<ReleaseTotals>(&reads, &releases_key)?.unwrap_or_default();
+        Ok(Some((sale, SaleCounts::of(settle, release))))
     }
 
     /// Every sale, oldest id first.
@@ -377,7 +459,8 @@ impl Ledger {
 
     /// Settles a batch of one sale's reservations in one transaction:
     /// reservation records (skipping ids already present), per-buyer counts,
-    /// the buyers' idempotency records and the sale's counts written once.
+    /// the buyers' idempotency records and the sale's settlement totals
+    /// written once.
     /// A reservation that would break the sale's stock, its buyer's limit
     /// or one-reservation-per-key is written revoked instead (see the module
     /// comment). `epoch` is the settlement epoch read before the batch was
@@ -397,9 +480,10 @@ impl Ledger {
             }
         }
         let sale_key = keys::sale(sale_id);
-        let counts_key = keys::counts(sale_id);
+        let totals_key = keys::settle_totals(sale_id);
+        let releases_key = keys::release_totals(sale_id);
         let epoch_key = keys::epoch(sale_id);
-        let mut read_keys = vec![sale_key.clone(), counts_key.clone(), epoch_key.clone()];
+        let mut read_keys = vec![sale_key.clone(), totals_key.clone(), epoch_key.clone()];
         read_keys.extend(entries.iter().map(|e| keys::reservation(e.reservation_id)));
         read_keys.extend(
             entries
@@ -413,7 +497,9 @@ impl Ledger {
         read_keys.sort_unstable();
         read_keys.dedup();
         let replays_in_batch = batch.len() - entries.len();
-        transact_with(&*self.store, read_keys, move |reads| {
+        // The release totals are read unguarded: see `sale_held` below.
+        let unguarded = vec![releases_key.clone()];
+        transact_unguarded_with(&*self.store, read_keys, unguarded, move |reads| {
             if read::<u64>(reads, &epoch_key)?.unwrap_or(0) != epoch {
                 return Err(LedgerError::Fenced { sale: sale_id });
             }
@@ -421,7 +507,18 @@ impl Ledger {
                 key: String::from_utf8_lossy(&sale_key).into_owned(),
                 reason: "reservations of a sale the ledger does not have".into(),
             })?;
-            let mut counts = read::<SaleCounts>(reads, &counts_key)?.unwrap_or_default();
+            let mut totals = settle_totals(reads, &totals_key)?;
+            // Read unguarded and never written here, so a release does not
+            // conflict with a settlement. A release committed after this
+            // read leaves `sale_held` higher than it is, which can only
+            // refuse more, never let more through; and a released unit is
+            // on sale again only once its release committed, so a
+            // reservation of it is settled by a transaction that began after
+            // that commit and reads it.
+            let released = read::<ReleaseTotals>(reads, &releases_key)?
+                .unwrap_or_default()
+                .released;
+            let mut sale_held = totals.settled - released;
             let mut held: HashMap<&str, i64> = HashMap::new();
             // Keys given a reservation by this batch, before its writes land.
             let mut keyed: HashMap<Key, Uuid> = HashMap::new();
@@ -457,7 +554,7 @@ impl Ledger {
                     Some(first) if first != e.reservation_id => {
                         Some(Refusal::DuplicateKey { first })
                     }
-                    _ if counts.settled + e.quantity > sale.stock => Some(Refusal::SoldOut),
+                    _ if sale_held + e.quantity > sale.stock => Some(Refusal::SoldOut),
                     _ if user_held + e.quantity > sale.per_user_limit => {
                         Some(Refusal::LimitExceeded)
                     }
@@ -491,7 +588,7 @@ impl Ledger {
                     keyed.insert(ikey, e.reservation_id);
                 }
                 if let Some(refusal) = refusal {
-                    counts.revoked += e.quantity;
+                    totals.revoked += e.quantity;
                     settled.revoked.push((e.reservation_id, refusal));
                     continue;
                 }
@@ -500,8 +597,9 @@ impl Ledger {
                 // holds settlement up.
                 writes.push(Write::Put(keys::order_outbox(e.reservation_id), Vec::new()));
                 held.insert(e.user_id.as_str(), user_held + e.quantity);
-                counts.settled += e.quantity;
-                counts.reservations += 1;
+                sale_held += e.quantity;
+                totals.settled += e.quantity;
+                totals.reservations += 1;
                 settled.new += 1;
                 settled.units += e.quantity;
             }
@@ -509,7 +607,7 @@ impl Ledger {
                 for (user, units) in &held {
                     writes.push(Write::Put(keys::buyer(sale_id, user), encode(units)));
                 }
-                writes.push(Write::Put(counts_key.clone(), encode(&counts)));
+                writes.push(Write::Put(totals_key.clone(), encode(&totals)));
                 // Written back unchanged, so on TiKV a concurrent bump is a
                 // write conflict, and the retry sees the new epoch.
                 writes.push(Write::Put(epoch_key.clone(), encode(&epoch)));
@@ -563,9 +661,9 @@ impl Ledger {
             return Ok(ReleaseStep::NotFound);
         };
         let rkey = keys::reservation(id);
-        let counts_key = keys::counts(found.sale_id);
+        let releases_key = keys::release_totals(found.sale_id);
         let buyer_key = keys::buyer(found.sale_id, &found.user_id);
-        let read_keys = vec![rkey.clone(), counts_key.clone(), buyer_key.clone()];
+        let read_keys = vec![rkey.clone(), releases_key.clone(), buyer_key.clone()];
         transact_with(&*self.store, read_keys, move |reads| {
             let Some(mut record) = read::<ReservationRecord>(reads, &rkey)? else {
                 return Ok((Vec::new(), ReleaseStep::NotFound));
@@ -577,11 +675,11 @@ impl Ledger {
                 ReservationStatus::Releasing => Ok((Vec::new(), ReleaseStep::Releasing(record))),
                 ReservationStatus::Revoked => Ok((Vec::new(), ReleaseStep::Revoked(record))),
                 ReservationStatus::Held => {
-                    let mut counts = read::<SaleCounts>(reads, &counts_key)?.unwrap_or_default();
+                    let mut totals =
+                        read::<ReleaseTotals>(reads, &releases_key)?.unwrap_or_default();
                     let held = read_i64(reads, &buyer_key)? - record.quantity;
-                    counts.settled -= record.quantity;
-                    counts.released += record.quantity;
-                    counts.returning += record.quantity;
+                    totals.released += record.quantity;
+                    totals.returning += record.quantity;
                     record.status = ReservationStatus::Releasing;
                     let buyer_write = if held > 0 {
                         Write::Put(buyer_key.clone(), encode(&held))
@@ -590,7 +688,7 @@ impl Ledger {
                     };
                     let writes = vec![
                         Write::Put(rkey.clone(), encode(&record)),
-                        Write::Put(counts_key.clone(), encode(&counts)),
+                        Write::Put(releases_key.clone(), encode(&totals)),
                         buyer_write,
                     ];
                     Ok((writes, ReleaseStep::Releasing(record)))
@@ -610,11 +708,11 @@ impl Ledger {
         if ids.is_empty() {
             return Ok(());
         }
-        let counts_key = keys::counts(sale_id);
-        let mut read_keys = vec![counts_key.clone()];
+        let releases_key = keys::release_totals(sale_id);
+        let mut read_keys = vec![releases_key.clone()];
         read_keys.extend(ids.iter().map(|id| keys::reservation(*id)));
         transact_with(&*self.store, read_keys, move |reads| {
-            let mut counts = read::<SaleCounts>(reads, &counts_key)?.unwrap_or_default();
+            let mut totals = read::<ReleaseTotals>(reads, &releases_key)?.unwrap_or_default();
             let mut writes = Vec::new();
             for id in &ids {
                 let rkey = keys::reservation(*id);
@@ -623,12 +721,12 @@ impl Ledger {
                     && record.sale_id == sale_id
                 {
                     record.status = ReservationStatus::Released;
-                    counts.returning -= record.quantity;
+                    totals.returning -= record.quantity;
                     writes.push(Write::Put(rkey, encode(&record)));
                 }
             }
             if !writes.is_empty() {
-                writes.push(Write::Put(counts_key.clone(), encode(&counts)));
+                writes.push(Write::Put(releases_key.clone(), encode(&totals)));
             }
             Ok((writes, ()))
         })

@@ -9,7 +9,8 @@
 //!   isolation: a commit fails only if a key it *writes* changed since it
 //!   began. The keys a plan read are locked too (`lock_keys`, an `Op_Lock`
 //!   in the prewrite), so a plan commits only if nothing it read changed,
-//!   as on the embedded ledger, where plans run one at a time.
+//!   as on the embedded ledger, where plans run one at a time. (Except the
+//!   keys a plan reads unguarded: `LedgerStore::transact_unguarded`.)
 //! - Waiting out locks. A reader or writer that meets the lock of a
 //!   transaction between prewrite and commit (or one that died there) can
 //!   only roll it back once its TTL (3 s and up) has passed; tikv-client
@@ -199,19 +200,26 @@ impl TikvLedger {
         TransactionOptions::new_optimistic().drop_check(CheckLevel::Warn)
     }
 
-    async fn attempt(&self, keys: &[Key], plan: &mut Plan) -> Result<Attempt, LedgerError> {
+    async fn attempt(
+        &self,
+        keys: &[Key],
+        unguarded: &[Key],
+        plan: &mut Plan,
+    ) -> Result<Attempt, LedgerError> {
         let mut txn = self
             .client
             .begin_with_options(Self::options())
             .await
             .map_err(unavailable)?;
         let full: Vec<Vec<u8>> = keys.iter().map(|k| self.full(k)).collect();
-        let pairs = match txn.batch_get(full.clone()).await {
+        let mut read: Vec<Vec<u8>> = full.clone();
+        read.extend(unguarded.iter().map(|k| self.full(k)));
+        let pairs = match txn.batch_get(read.clone()).await {
             Ok(pairs) => pairs.collect::<Vec<KvPair>>(),
             Err(e) => {
                 let _ = txn.rollback().await;
                 return if is_conflict(&e) {
-                    self.roll_back_orphans(&e, span_of(&full)).await;
+                    self.roll_back_orphans(&e, span_of(&read)).await;
                     Ok(Attempt::Retry(e.to_string()))
                 } else {
                     Err(unavailable(e))
@@ -219,7 +227,7 @@ impl TikvLedger {
             }
         };
         let mut reads = Reads::default();
-        for key in keys {
+        for key in keys.iter().chain(unguarded) {
             reads.0.insert(key.clone(), None);
         }
         for KvPair(k, v) in pairs {
@@ -252,6 +260,7 @@ impl TikvLedger {
         // After the writes, so the primary is a written key; keys written
         // stay writes. The read-only ones become `Op_Lock`s: the prewrite
         // then fails with a write conflict if one changed since `begin`.
+        // Unguarded keys are not locked (unless written).
         if let Err(e) = txn.lock_keys(full.clone()).await {
             let _ = txn.rollback().await;
             return Err(unavailable(e));
@@ -383,10 +392,15 @@ impl TikvLedger {
 
 impl TikvLedger {
     /// Runs a transaction with retries (see `transact`).
-    async fn run(&self, keys: Vec<Key>, mut plan: Plan) -> Result<(), LedgerError> {
+    async fn run(
+        &self,
+        keys: Vec<Key>,
+        unguarded: Vec<Key>,
+        mut plan: Plan,
+    ) -> Result<(), LedgerError> {
         let mut backoff = Backoff::new();
         for attempt in 1..=self.max_retries {
-            match self.attempt(&keys, &mut plan).await? {
+            match self.attempt(&keys, &unguarded, &mut plan).await? {
                 Attempt::Done => return Ok(()),
                 Attempt::Retry(reason) => backoff.wait(attempt, &reason).await,
             }
@@ -430,11 +444,16 @@ impl LedgerStore for TikvLedger {
         "tikv"
     }
 
-    async fn transact(&self, keys: Vec<Key>, plan: Plan) -> Result<(), LedgerError> {
+    async fn transact_unguarded(
+        &self,
+        keys: Vec<Key>,
+        unguarded: Vec<Key>,
+        plan: Plan,
+    ) -> Result<(), LedgerError> {
         // In its own task: a cancelled caller (a client hanging up) must not
         // drop a transaction between prewrite and commit, leaving locks.
         let this = self.clone();
-        tokio::spawn(async move { this.run(keys, plan).await })
+        tokio::spawn(async move { this.run(keys, unguarded, plan).await })
             .await
             .map_err(|e| LedgerError::Unavailable(format!("ledger task failed: {e}")))?
     }
