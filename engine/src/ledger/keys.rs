@@ -2,9 +2,11 @@
 //!
 //! - `s/{sale}` → sale
 //! - `n/{sale}` → its settlement totals (written by settlement only, once
-//!   per batch); `l/{sale}` → its release totals (written by releases
-//!   only), so a release never conflicts with a settlement. (`c/{sale}`
-//!   held both until 2026-12: a ledger written before that is refused.)
+//!   per batch); `l/{sale}/{shard}` → its release totals in
+//!   [`RELEASE_SHARDS`] shards (written by releases only, each release to
+//!   its reservation's shard), so a release never conflicts with a
+//!   settlement and rarely with another release. (`c/{sale}` held both
+//!   until 2026-12: a ledger written before that is refused.)
 //! - `r/{reservation}` → reservation record
 //! - `x/{sale}/{reservation}` → empty, to list a sale's reservations
 //! - `u/{sale}/{user}` → units the user holds in the sale
@@ -28,8 +30,26 @@ pub fn settle_totals(sale: Uuid) -> Key {
     format!("n/{sale}").into_bytes()
 }
 
-pub fn release_totals(sale: Uuid) -> Key {
-    format!("l/{sale}").into_bytes()
+/// Shards of a sale's release totals: orders expire in bursts, and their
+/// releases on one key met in write conflicts thousands of times a run.
+pub const RELEASE_SHARDS: u128 = 16;
+
+/// The shard of the release totals that `reservation`'s release writes.
+pub fn release_shard(reservation: Uuid) -> u128 {
+    // A UUIDv7's low bits are random.
+    reservation.as_u128() % RELEASE_SHARDS
+}
+
+/// The release totals' shard of `reservation`'s release.
+pub fn release_totals(sale: Uuid, reservation: Uuid) -> Key {
+    format!("l/{sale}/{:02}", release_shard(reservation)).into_bytes()
+}
+
+/// Every shard of a sale's release totals.
+pub fn all_release_totals(sale: Uuid) -> Vec<Key> {
+    (0..RELEASE_SHARDS)
+        .map(|shard| format!("l/{sale}/{shard:02}").into_bytes())
+        .collect()
 }
 
 /// The sale's settlement epoch, bumped by every reconcile.

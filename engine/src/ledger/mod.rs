@@ -23,6 +23,7 @@ mod keys;
 mod tikv;
 
 pub use embedded::EmbeddedLedger;
+pub use keys::release_shard;
 pub use tikv::TikvLedger;
 
 use std::collections::HashMap;
@@ -133,7 +134,7 @@ struct SettleTotals {
     revoked: i64,
 }
 
-/// What releases write of a sale (`keys::release_totals`).
+/// What releases write of a sale, one shard per key (`keys::release_totals`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 struct ReleaseTotals {
@@ -328,6 +329,17 @@ fn settle_totals(reads: &Reads, key: &[u8]) -> Result<SettleTotals, LedgerError>
     })
 }
 
+/// A sale's release totals, summed over their shards.
+fn release_totals(reads: &Reads, shards: &[Key]) -> Result<ReleaseTotals, LedgerError> {
+    let mut sum = ReleaseTotals::default();
+    for shard in shards {
+        let one = read::<ReleaseTotals>(reads, shard)?.unwrap_or_default();
+        sum.released += one.released;
+        sum.returning += one.returning;
+    }
+    Ok(sum)
+}
+
 fn read_i64(reads: &Reads, key: &[u8]) -> Result<i64, LedgerError> {
     Ok(read::<i64>(reads, key)?.unwrap_or(0))
 }
@@ -407,24 +419,16 @@ impl Ledger {
 
     /// A sale and its settled counts.
     pub async fn sale(&self, id: Uuid) -> Result<Option<(Sale, SaleCounts)>, LedgerError> {
-        let (sale_key, totals_key, releases_key) = (
-            keys::sale(id),
-            keys::settle_totals(id),
-            keys::release_totals(id),
-        );
-        let reads = self
-            .store
-            .get_many(vec![
-                sale_key.clone(),
-                totals_key.clone(),
-                releases_key.clone(),
-            ])
-            .await?;
+        let (sale_key, totals_key) = (keys::sale(id), keys::settle_totals(id));
+        let releases_keys = keys::all_release_totals(id);
+        let mut read_keys = vec![sale_key.clone(), totals_key.clone()];
+        read_keys.extend(releases_keys.iter().cloned());
+        let reads = self.store.get_many(read_keys).await?;
         let Some(sale) = read::<Sale>(&reads, &sale_key)? else {
             return Ok(None);
         };
         let settle = settle_totals(&reads, &totals_key)?;
-        let release = read::<ReleaseTotals>(&reads, &releases_key)?.unwrap_or_default();
+        let release = release_totals(&reads, &releases_keys)?;
         Ok(Some((sale, SaleCounts::of(settle, release))))
     }
 
@@ -481,7 +485,7 @@ impl Ledger {
         }
         let sale_key = keys::sale(sale_id);
         let totals_key = keys::settle_totals(sale_id);
-        let releases_key = keys::release_totals(sale_id);
+        let releases_keys = keys::all_release_totals(sale_id);
         let epoch_key = keys::epoch(sale_id);
         let mut read_keys = vec![sale_key.clone(), totals_key.clone(), epoch_key.clone()];
         read_keys.extend(entries.iter().map(|e| keys::reservation(e.reservation_id)));
@@ -498,7 +502,7 @@ impl Ledger {
         read_keys.dedup();
         let replays_in_batch = batch.len() - entries.len();
         // The release totals are read unguarded: see `sale_held` below.
-        let unguarded = vec![releases_key.clone()];
+        let unguarded = releases_keys.clone();
         transact_unguarded_with(&*self.store, read_keys, unguarded, move |reads| {
             if read::<u64>(reads, &epoch_key)?.unwrap_or(0) != epoch {
                 return Err(LedgerError::Fenced { sale: sale_id });
@@ -515,9 +519,7 @@ impl Ledger {
             // on sale again only once its release committed, so a
             // reservation of it is settled by a transaction that began after
             // that commit and reads it.
-            let released = read::<ReleaseTotals>(reads, &releases_key)?
-                .unwrap_or_default()
-                .released;
+            let released = release_totals(reads, &releases_keys)?.released;
             let mut sale_held = totals.settled - released;
             let mut held: HashMap<&str, i64> = HashMap::new();
             // Keys given a reservation by this batch, before its writes land.
@@ -661,7 +663,7 @@ impl Ledger {
             return Ok(ReleaseStep::NotFound);
         };
         let rkey = keys::reservation(id);
-        let releases_key = keys::release_totals(found.sale_id);
+        let releases_key = keys::release_totals(found.sale_id, id);
         let buyer_key = keys::buyer(found.sale_id, &found.user_id);
         let read_keys = vec![rkey.clone(), releases_key.clone(), buyer_key.clone()];
         transact_with(&*self.store, read_keys, move |reads| {
@@ -708,11 +710,15 @@ impl Ledger {
         if ids.is_empty() {
             return Ok(());
         }
-        let releases_key = keys::release_totals(sale_id);
-        let mut read_keys = vec![releases_key.clone()];
+        let mut read_keys: Vec<Key> = ids
+            .iter()
+            .map(|id| keys::release_totals(sale_id, *id))
+            .collect();
+        read_keys.sort_unstable();
+        read_keys.dedup();
         read_keys.extend(ids.iter().map(|id| keys::reservation(*id)));
         transact_with(&*self.store, read_keys, move |reads| {
-            let mut totals = read::<ReleaseTotals>(reads, &releases_key)?.unwrap_or_default();
+            let mut shards: HashMap<Key, ReleaseTotals> = HashMap::new();
             let mut writes = Vec::new();
             for id in &ids {
                 let rkey = keys::reservation(*id);
@@ -721,12 +727,20 @@ impl Ledger {
                     && record.sale_id == sale_id
                 {
                     record.status = ReservationStatus::Released;
+                    let shard = keys::release_totals(sale_id, *id);
+                    let totals = match shards.entry(shard) {
+                        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            let read = read::<ReleaseTotals>(reads, e.key())?.unwrap_or_default();
+                            e.insert(read)
+                        }
+                    };
                     totals.returning -= record.quantity;
                     writes.push(Write::Put(rkey, encode(&record)));
                 }
             }
-            if !writes.is_empty() {
-                writes.push(Write::Put(releases_key.clone(), encode(&totals)));
+            for (shard, totals) in &shards {
+                writes.push(Write::Put(shard.clone(), encode(totals)));
             }
             Ok((writes, ()))
         })

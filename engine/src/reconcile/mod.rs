@@ -203,14 +203,33 @@ pub(crate) async fn keep_lease(
 }
 
 /// Rebuilds one sale's front from the ledger and reports drift.
-pub async fn reconcile_sale(engine: &Arc<Engine>, live: &LiveSale) -> Result<SaleReport, ApiError> {
-    rebuild(engine, live, false).await
+pub async fn reconcile_sale(
+    engine: &Arc<Engine>,
+    live: &Arc<LiveSale>,
+) -> Result<SaleReport, ApiError> {
+    detached(engine, live, false).await
 }
 
 /// Writes a new sale's front from the ledger before it opens (a reconcile
 /// whose empty front is expected, not drift).
-pub async fn warm_up(engine: &Arc<Engine>, live: &LiveSale) -> Result<SaleReport, ApiError> {
-    rebuild(engine, live, true).await
+pub async fn warm_up(engine: &Arc<Engine>, live: &Arc<LiveSale>) -> Result<SaleReport, ApiError> {
+    detached(engine, live, true).await
+}
+
+/// Runs a rebuild in a task of its own: a caller that goes away (an admin
+/// request the edge stopped waiting for) must not drop it between taking
+/// the stock out of the front and putting it back. Dropped there, the sale
+/// stayed off sale until the lease expired, and the next reconcile found no
+/// front at all (the chaos run's drift after the storm).
+async fn detached(
+    engine: &Arc<Engine>,
+    live: &Arc<LiveSale>,
+    new_sale: bool,
+) -> Result<SaleReport, ApiError> {
+    let (engine, live) = (Arc::clone(engine), Arc::clone(live));
+    tokio::spawn(async move { rebuild(&engine, &live, new_sale).await })
+        .await
+        .map_err(|e| ApiError::unavailable(format!("the reconcile task failed: {e}")))?
 }
 
 async fn rebuild(
@@ -457,7 +476,125 @@ mod tests {
     )]
 
     use super::*;
+    use crate::config::{EngineConfig, RedisConfig};
     use crate::front::LocalFront;
+    use crate::ledger::{EmbeddedLedger, Key, Ledger, LedgerError, LedgerStore, Plan, Reads};
+    use crate::sale::NewSale;
+    use flashmall_mesh::{IdentityKey, Shutdown};
+    use std::sync::atomic::AtomicBool;
+    use time::OffsetDateTime;
+
+    /// An embedded ledger whose scans wait at a gate while it is shut: a
+    /// rebuild held between taking the stock out and putting it back.
+    struct GatedScans {
+        inner: EmbeddedLedger,
+        shut: AtomicBool,
+        reached: tokio::sync::Notify,
+        open: tokio::sync::Notify,
+    }
+
+    #[async_trait::async_trait]
+    impl LedgerStore for GatedScans {
+        fn kind(&self) -> &'static str {
+            "gated"
+        }
+
+        async fn transact_unguarded(
+            &self,
+            keys: Vec<Key>,
+            unguarded: Vec<Key>,
+            plan: Plan,
+        ) -> Result<(), LedgerError> {
+            self.inner.transact_unguarded(keys, unguarded, plan).await
+        }
+
+        async fn get_many(&self, keys: Vec<Key>) -> Result<Reads, LedgerError> {
+            self.inner.get_many(keys).await
+        }
+
+        async fn scan(
+            &self,
+            prefix: &[u8],
+            after: Option<&[u8]>,
+            limit: usize,
+        ) -> Result<Vec<(Key, Vec<u8>)>, LedgerError> {
+            if self.shut.load(Ordering::Acquire) {
+                let opened = self.open.notified();
+                self.reached.notify_one();
+                opened.await;
+            }
+            self.inner.scan(prefix, after, limit).await
+        }
+    }
+
+    /// A reconcile whose caller goes away mid-rebuild (an admin request the
+    /// edge stopped waiting for after 10 s, in the chaos run) still puts
+    /// the stock back and gives its lease up. Dropped with its caller, it
+    /// left the sale off sale until the lease lapsed, and the next
+    /// reconcile found no front at all and reported the stock as drift.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reconcile_whose_caller_goes_away_still_puts_the_stock_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(GatedScans {
+            inner: EmbeddedLedger::open(&dir.path().join("ledger.redb")).unwrap(),
+            shut: AtomicBool::new(false),
+            reached: tokio::sync::Notify::new(),
+            open: tokio::sync::Notify::new(),
+        });
+        let engine = Engine::start(
+            EngineConfig::default(),
+            &RedisConfig::default(),
+            Arc::new(LocalFront::new()),
+            Ledger::new(store.clone()),
+            IdentityKey::random().for_component("engine"),
+            Shutdown::new(),
+        )
+        .await
+        .unwrap();
+        let now = OffsetDateTime::now_utc();
+        let view = engine
+            .create_sale(NewSale {
+                product_id: "p-1".into(),
+                price: 100,
+                stock: 7,
+                per_user_limit: 1,
+                starts_at: crate::sale::rfc3339(now - time::Duration::seconds(1)),
+                ends_at: crate::sale::rfc3339(now + time::Duration::hours(1)),
+            })
+            .await
+            .unwrap();
+        let live = engine.live_sale(view.sale.id).await.unwrap().unwrap();
+
+        // The caller goes away while the rebuild waits at the gate, the
+        // stock out of the front.
+        store.shut.store(true, Ordering::Release);
+        let reached = store.reached.notified();
+        tokio::select! {
+            _ = reconcile_sale(&engine, &live) => panic!("the rebuild passed a shut gate"),
+            () = reached => {}
+        }
+        store.shut.store(false, Ordering::Release);
+        store.open.notify_waiters();
+
+        // The next reconcile runs once the first one ended (never because
+        // its lease lapsed: 30 s) and finds the stock back in the front.
+        let report = loop {
+            match reconcile_sale(&engine, &live).await {
+                Err(e) if e.code == ErrorCode::Conflict => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                done => break done.unwrap(),
+            }
+        };
+        assert!(report.front_present, "{report:?}");
+        assert_eq!(
+            (report.drift, report.remaining_before),
+            (0, 7),
+            "{report:?}"
+        );
+        let lease_kept = engine.front.suspend_for(live.sale.id, REBUILD_LEASE).await;
+        assert!(lease_kept.unwrap().is_some(), "the lease was given up");
+    }
 
     /// The keeper holds a lease past its term while it runs; stopped (its
     /// reconcile ended, or crashed with its process), the lease lapses.
