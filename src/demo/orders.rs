@@ -116,7 +116,11 @@ impl Fate {
         format!(
             "{} (order {} released={released}, payment {})",
             self.win.reservation_id,
-            self.order_status(),
+            if self.order.is_some() {
+                self.order_status()
+            } else {
+                "not found"
+            },
             self.payment.as_ref().map_or_else(
                 || "none".to_owned(),
                 |p| format!("{} {}", p.status, p.body["status"].as_str().unwrap_or("-"))
@@ -603,16 +607,18 @@ pub async fn finish(
         100,
     )
     .await;
+    find_late_orders(client, sale.base, sale.buyers, &mut resold_fates).await;
     wait_until_ended(client, sale.base, sale.buyers, &mut resold_fates).await;
     let resold = resold_fates.len();
     let resold_paid = resold_fates
         .iter()
         .filter(|f| f.order_status() == "paid")
         .count();
-    let resold_wrong = resold_fates
+    let resold_wrong: Vec<String> = resold_fates
         .iter()
         .filter(|f| f.order.is_none() || !f.ended() || !f.paid_correctly())
-        .count();
+        .map(Fate::state)
+        .collect();
 
     // Settled, rebuilt and counted once more.
     let progress = Progress::new();
@@ -669,10 +675,13 @@ pub async fn finish(
             name: "returned units sell again",
             held: resold as i64 <= released_total
                 && (wave.remaining == 0 || wave.buyers_left == 0)
-                && resold_wrong == 0,
+                && resold_wrong.is_empty(),
             detail: format!(
-                "{resold} returned units bought by buyers who had none ({resold_paid} paid), {} left on sale, {} such buyers left; {resold_wrong} orders wrong",
-                wave.remaining, wave.buyers_left
+                "{resold} returned units bought by buyers who had none ({resold_paid} paid), {} left on sale, {} such buyers left; {} orders wrong{}",
+                wave.remaining,
+                wave.buyers_left,
+                resold_wrong.len(),
+                example("wrong:", resold_wrong.iter().map(String::as_str))
             ),
         },
         Check {
