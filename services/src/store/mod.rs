@@ -180,6 +180,21 @@ pub trait ServiceStore: Send + Sync + 'static {
     /// The live (unexpired) value under `key`.
     async fn get(&self, table: Table, key: &str) -> Result<Option<Versioned>, StoreError>;
 
+    /// [`ServiceStore::get`] that also sees a conditional write whose
+    /// outcome its writer never learned (a timeout): on ScyllaDB/Cassandra a
+    /// `SERIAL` read, which finishes any Paxos round in progress on the key
+    /// before it answers, where a quorum read can miss a proposal accepted
+    /// but not yet committed. A decision to write nothing is made on it
+    /// (`records::move_record`). Costs a Paxos round; the embedded store,
+    /// whose writes apply one at a time, reads as `get`.
+    async fn get_linearizable(
+        &self,
+        table: Table,
+        key: &str,
+    ) -> Result<Option<Versioned>, StoreError> {
+        self.get(table, key).await
+    }
+
     /// Writes `value` if `key` holds no live value; false if it does.
     async fn insert(
         &self,

@@ -268,6 +268,50 @@ impl ScyllaStore {
         })
     }
 
+    /// One record, at the session's read consistency or at `consistency`.
+    async fn read_record(
+        &self,
+        table: Table,
+        key: &str,
+        consistency: Option<Consistency>,
+    ) -> Result<Option<Versioned>, StoreError> {
+        let prepared = self.statement(table, Kind::Get)?;
+        let what = op(Kind::Get, table);
+        let serial;
+        let statement = match consistency {
+            Some(c) => {
+                let mut s = prepared.clone();
+                s.set_consistency(c);
+                serial = s;
+                &serial
+            }
+            None => prepared,
+        };
+        let result = self
+            .session
+            .execute_unpaged(statement, (key,))
+            .await
+            .map_err(|e| execution_error(&what, e))?;
+        let rows = result
+            .into_rows_result()
+            .map_err(|e| decode_error(&what, e))?;
+        let row: Option<(Option<Vec<u8>>, Option<i64>)> =
+            rows.maybe_first_row().map_err(|e| decode_error(&what, e))?;
+        match row {
+            // No row, or no live version: no live record (the condition of
+            // `insert`, `IF version = null`, agrees).
+            None | Some((_, None)) => Ok(None),
+            Some((Some(value), Some(version))) => {
+                let version = u64::try_from(version)
+                    .map_err(|_| StoreError::Io(format!("{what}: negative version {version}")))?;
+                Ok(Some(Versioned { value, version }))
+            }
+            Some((None, Some(version))) => Err(StoreError::Io(format!(
+                "{what}: record {key:?} has version {version} but no value"
+            ))),
+        }
+    }
+
     /// Runs one LWT and reads its `[applied]`.
     async fn conditional(
         &self,
@@ -550,31 +594,16 @@ impl ServiceStore for ScyllaStore {
     }
 
     async fn get(&self, table: Table, key: &str) -> Result<Option<Versioned>, StoreError> {
-        let statement = self.statement(table, Kind::Get)?;
-        let what = op(Kind::Get, table);
-        let result = self
-            .session
-            .execute_unpaged(statement, (key,))
+        self.read_record(table, key, None).await
+    }
+
+    async fn get_linearizable(
+        &self,
+        table: Table,
+        key: &str,
+    ) -> Result<Option<Versioned>, StoreError> {
+        self.read_record(table, key, Some(Consistency::Serial))
             .await
-            .map_err(|e| execution_error(&what, e))?;
-        let rows = result
-            .into_rows_result()
-            .map_err(|e| decode_error(&what, e))?;
-        let row: Option<(Option<Vec<u8>>, Option<i64>)> =
-            rows.maybe_first_row().map_err(|e| decode_error(&what, e))?;
-        match row {
-            // No row, or no live version: no live record (the condition of
-            // `insert`, `IF version = null`, agrees).
-            None | Some((_, None)) => Ok(None),
-            Some((Some(value), Some(version))) => {
-                let version = u64::try_from(version)
-                    .map_err(|_| StoreError::Io(format!("{what}: negative version {version}")))?;
-                Ok(Some(Versioned { value, version }))
-            }
-            Some((None, Some(version))) => Err(StoreError::Io(format!(
-                "{what}: record {key:?} has version {version} but no value"
-            ))),
-        }
     }
 
     async fn insert(
