@@ -146,7 +146,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         _ => config.log.level.clone(),
     };
     let traces = config.log.traces(cli.command.name(), &env());
-    flashmall_mesh::telemetry::init_logs(config.log.format, &level, traces.as_ref())?;
+    let _logs = flashmall_mesh::telemetry::init_logs(config.log.format, &level, traces.as_ref())?;
     match cli.command {
         Command::Up { data_dir, redis } => {
             if let Some(dir) = data_dir {

@@ -214,7 +214,9 @@ fn receiver() -> Option<(Jaeger, &'static str)> {
     };
     let service = SERVICE.get_or_init(|| {
         let service = format!("flashmall-traces-{}", random_hex(6));
-        init_logs(
+        // Held for the test process's life: its last queued lines go unwritten
+        // at exit, as with any static.
+        let logs = init_logs(
             LogFormat::Text,
             "warn",
             Some(&TraceSettings {
@@ -224,6 +226,7 @@ fn receiver() -> Option<(Jaeger, &'static str)> {
             }),
         )
         .unwrap();
+        std::mem::forget(logs);
         service
     });
     assert!(trace::enabled(), "the exporter is installed");

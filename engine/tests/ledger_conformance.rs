@@ -992,6 +992,20 @@ struct ReleaseDuringPlan {
     runs: Arc<AtomicUsize>,
 }
 
+impl ReleaseDuringPlan {
+    /// A ledger over `l`'s store that releases `release` during its first
+    /// plan, and the count of plans it ran.
+    fn over(l: &Ledger, release: Uuid) -> (Ledger, Arc<AtomicUsize>) {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let store = ReleaseDuringPlan {
+            inner: l.store().clone(),
+            release,
+            runs: runs.clone(),
+        };
+        (Ledger::new(Arc::new(store)), runs)
+    }
+}
+
 #[async_trait::async_trait]
 impl LedgerStore for ReleaseDuringPlan {
     fn kind(&self) -> &'static str {
@@ -1056,12 +1070,7 @@ async fn tikv_a_release_does_not_send_settlement_round_again() {
         .await
         .unwrap();
 
-    let runs = Arc::new(AtomicUsize::new(0));
-    let releasing = Ledger::new(Arc::new(ReleaseDuringPlan {
-        inner: l.store().clone(),
-        release: first.reservation_id,
-        runs: runs.clone(),
-    }));
+    let (releasing, runs) = ReleaseDuringPlan::over(l, first.reservation_id);
     let settled = releasing
         .settle(sale.id, &[entry(sale.id, "u2", 1)], 0)
         .await
@@ -1103,12 +1112,7 @@ async fn tikv_releases_in_different_shards_do_not_meet() {
         .await
         .unwrap();
 
-    let runs = Arc::new(AtomicUsize::new(0));
-    let releasing = Ledger::new(Arc::new(ReleaseDuringPlan {
-        inner: l.store().clone(),
-        release: first.reservation_id,
-        runs: runs.clone(),
-    }));
+    let (releasing, runs) = ReleaseDuringPlan::over(l, first.reservation_id);
     let step = releasing
         .begin_release(second.reservation_id)
         .await

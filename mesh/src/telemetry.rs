@@ -45,25 +45,41 @@ pub enum LogFormat {
     Json,
 }
 
+/// Keeps the log writer's thread: dropped at exit, it writes out the lines
+/// still queued.
+#[must_use = "logs queued when it drops are written then; hold it until exit"]
+pub struct LogGuard(
+    // Held for its drop only.
+    #[allow(dead_code, reason = "held for its drop, which flushes the queue")]
+    Option<tracing_appender::non_blocking::WorkerGuard>,
+);
+
 /// Installs the global `tracing` subscriber; `filter` is an env-filter
 /// directive such as `info` or `flashmall_engine=debug,info`. With
 /// `traces`, flashmall's spans are exported over OTLP too (`crate::trace`),
 /// whatever the log filter.
+///
+/// Lines go to stderr through a writer thread, so a request never waits on
+/// a `write` (when the thread falls 128,000 lines behind, new lines are
+/// dropped rather than waited for). Text is coloured only on a terminal.
 pub fn init_logs(
     format: LogFormat,
     filter: &str,
     traces: Option<&TraceSettings>,
-) -> Result<(), String> {
+) -> Result<LogGuard, String> {
+    use std::io::IsTerminal;
     let filter =
         EnvFilter::try_new(filter).map_err(|e| format!("invalid log filter {filter:?}: {e}"))?;
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let logs = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(writer)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
             .boxed(),
     };
     let spans = match traces {
@@ -71,9 +87,10 @@ pub fn init_logs(
         None => None,
     };
     // A second init in one process (tests) keeps the first subscriber.
-    let _ = tracing_subscriber::registry()
+    let installed = tracing_subscriber::registry()
         .with(logs.with_filter(filter))
         .with(spans)
-        .try_init();
-    Ok(())
+        .try_init()
+        .is_ok();
+    Ok(LogGuard(installed.then_some(guard)))
 }

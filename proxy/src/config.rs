@@ -114,6 +114,13 @@ pub struct ProxyConfig {
     /// neither pick trace ids nor force sampling. Either way the answer
     /// names the trace in a `traceresponse` header.
     pub accept_traceparent: bool,
+    /// Access log: `off`, `sampled` (one request in `access_log_sample`,
+    /// and every answer of 500 and up) or `all` (a line per request: at a
+    /// flash sale's rate, more work than the checks). Never the public
+    /// `/healthz` probe.
+    pub access_log: crate::access::AccessLog,
+    /// With `access_log = "sampled"`: one request in this many is logged.
+    pub access_log_sample: u32,
     /// Redis for state shared by every replica (blacklist, access rules,
     /// logged-out tokens) and global limits; empty: in-process (one replica).
     pub redis_url: String,
@@ -194,6 +201,8 @@ impl Default for ProxyConfig {
             jwks_refresh: Duration::from_secs(300),
             trusted_proxies: Vec::new(),
             accept_traceparent: false,
+            access_log: crate::access::AccessLog::Sampled,
+            access_log_sample: 100,
             redis_url: String::new(),
             state_poll: Duration::from_millis(200),
             health_check_interval: Duration::from_secs(1),
@@ -271,6 +280,11 @@ impl ProxyConfig {
                 "proxy.admin_listen ({}) must be another port than proxy.listen ({}): probes and metrics stay off the public port",
                 self.admin_listen, self.listen
             ));
+        }
+        if self.access_log_sample == 0 {
+            return Err(
+                "proxy.access_log_sample must be at least 1 (one request in N is logged)".into(),
+            );
         }
         if self.threads == 0 || self.threads > 256 {
             return Err("proxy.threads must be between 1 and 256".into());

@@ -100,6 +100,8 @@ pub struct Edge {
     /// Clock skew tolerated on `exp`: a revoked token is refused this long
     /// past its expiry too.
     pub(crate) jwt_leeway: Duration,
+    /// Which requests get an access-log line (`proxy.access_log`).
+    pub(crate) access_log: crate::access::AccessLogger,
 }
 
 /// The route family of `path`, the `route` label of the edge's metrics:
@@ -922,17 +924,19 @@ impl ProxyHttp for Edge {
             .increment(1);
         metrics::histogram!("flashmall_proxy_request_duration_seconds", "route" => ctx.route)
             .record(elapsed);
-        tracing::info!(
-            target: "flashmall_proxy::access",
-            request_id = %ctx.request_id,
-            method = %session.req_header().method,
-            path = %session.req_header().uri.path(),
-            status,
-            duration_ms = elapsed * 1000.0,
-            user = ctx.claims.as_ref().map(|c| c.sub.as_str()).unwrap_or("-"),
-            error = e.map(|e| e.to_string()).unwrap_or_default(),
-            "request"
-        );
+        if self.access_log.keeps(ctx.route, status) {
+            tracing::info!(
+                target: "flashmall_proxy::access",
+                request_id = %ctx.request_id,
+                method = %session.req_header().method,
+                path = %session.req_header().uri.path(),
+                status,
+                duration_ms = elapsed * 1000.0,
+                user = ctx.claims.as_ref().map(|c| c.sub.as_str()).unwrap_or("-"),
+                error = e.map(|e| e.to_string()).unwrap_or_default(),
+                "request"
+            );
+        }
         if let Some(sale) = ctx.sold_out_sale.take() {
             self.learn_sold_out(sale, ctx.pool.clone());
         }

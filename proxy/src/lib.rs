@@ -9,6 +9,7 @@
 //! Depends on `flashmall-mesh` only (identity, errors, metrics); never on a
 //! component crate.
 
+pub mod access;
 mod admin;
 pub mod config;
 mod edge;
@@ -153,6 +154,7 @@ pub async fn launch(settings: &ProxySettings) -> Result<RunningProxy, String> {
         connect_timeout: config.connect_timeout,
         read_timeout: config.read_timeout,
         jwt_leeway: config.jwt_leeway,
+        access_log: access::AccessLogger::new(config.access_log, config.access_log_sample),
     };
     let (listen, thread) = serve_pingora(server, edge, config.listen, checks, stop_rx)?;
     let running = RunningProxy {

@@ -293,7 +293,8 @@ pub async fn settle_batch(
 #[cfg(feature = "failpoints")]
 fn crash_point(name: &str) {
     if fail::eval(name, |_| ()).is_some() {
-        tracing::error!(failpoint = name, "failpoint hit, aborting");
+        // Straight to stderr: the log writer's queue dies with the process.
+        eprintln!("failpoint {name} hit, aborting");
         std::process::abort();
     }
 }
