@@ -46,7 +46,11 @@ impl AccessLogger {
             AccessLog::Off => false,
             AccessLog::All => true,
             AccessLog::Sampled => {
-                status >= 500 || self.seen.fetch_add(1, Ordering::Relaxed) % self.sample == 0
+                status >= 500
+                    || self
+                        .seen
+                        .fetch_add(1, Ordering::Relaxed)
+                        .is_multiple_of(self.sample)
             }
         }
     }
