@@ -330,7 +330,7 @@ fn settle_totals(reads: &Reads, key: &[u8]) -> Result<SettleTotals, LedgerError>
 }
 
 /// A sale's release totals, summed over their shards.
-fn release_totals(reads: &Reads, shards: &[Key]) -> Result<ReleaseTotals, LedgerError> {
+fn summed_release_totals(reads: &Reads, shards: &[Key]) -> Result<ReleaseTotals, LedgerError> {
     let mut sum = ReleaseTotals::default();
     for shard in shards {
         let one = read::<ReleaseTotals>(reads, shard)?.unwrap_or_default();
@@ -428,7 +428,7 @@ impl Ledger {
             return Ok(None);
         };
         let settle = settle_totals(&reads, &totals_key)?;
-        let release = release_totals(&reads, &releases_keys)?;
+        let release = summed_release_totals(&reads, &releases_keys)?;
         Ok(Some((sale, SaleCounts::of(settle, release))))
     }
 
@@ -519,7 +519,7 @@ impl Ledger {
             // on sale again only once its release committed, so a
             // reservation of it is settled by a transaction that began after
             // that commit and reads it.
-            let released = release_totals(reads, &releases_keys)?.released;
+            let released = summed_release_totals(reads, &releases_keys)?.released;
             let mut sale_held = totals.settled - released;
             let mut held: HashMap<&str, i64> = HashMap::new();
             // Keys given a reservation by this batch, before its writes land.
@@ -718,7 +718,8 @@ impl Ledger {
         read_keys.dedup();
         read_keys.extend(ids.iter().map(|id| keys::reservation(*id)));
         transact_with(&*self.store, read_keys, move |reads| {
-            let mut shards: HashMap<Key, ReleaseTotals> = HashMap::new();
+            // Units now back on sale, per shard of the release totals.
+            let mut returned: HashMap<Key, i64> = HashMap::new();
             let mut writes = Vec::new();
             for id in &ids {
                 let rkey = keys::reservation(*id);
@@ -727,20 +728,16 @@ impl Ledger {
                     && record.sale_id == sale_id
                 {
                     record.status = ReservationStatus::Released;
-                    let shard = keys::release_totals(sale_id, *id);
-                    let totals = match shards.entry(shard) {
-                        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                        std::collections::hash_map::Entry::Vacant(e) => {
-                            let read = read::<ReleaseTotals>(reads, e.key())?.unwrap_or_default();
-                            e.insert(read)
-                        }
-                    };
-                    totals.returning -= record.quantity;
+                    *returned
+                        .entry(keys::release_totals(sale_id, *id))
+                        .or_default() += record.quantity;
                     writes.push(Write::Put(rkey, encode(&record)));
                 }
             }
-            for (shard, totals) in &shards {
-                writes.push(Write::Put(shard.clone(), encode(totals)));
+            for (shard, units) in returned {
+                let mut totals = read::<ReleaseTotals>(reads, &shard)?.unwrap_or_default();
+                totals.returning -= units;
+                writes.push(Write::Put(shard, encode(&totals)));
             }
             Ok((writes, ()))
         })
