@@ -5,10 +5,18 @@ use serde_json::{Value, json};
 
 /// Sends a request and reads a JSON answer (status, body).
 pub async fn json_of(request: reqwest::RequestBuilder) -> Result<(u16, Value), String> {
-    let response = request
-        .send()
-        .await
-        .map_err(|e| format!("request failed: {e}"))?;
+    let response = request.send().await.map_err(|e| {
+        // reqwest's own message ("error sending request for url ...")
+        // hides whether it timed out, was refused or was cut: say which.
+        let why = if e.is_timeout() {
+            "timed out"
+        } else if e.is_connect() {
+            "no connection"
+        } else {
+            "connection lost"
+        };
+        format!("request failed ({why}): {e}")
+    })?;
     let status = response.status().as_u16();
     let body = response
         .json()
@@ -18,7 +26,15 @@ pub async fn json_of(request: reqwest::RequestBuilder) -> Result<(u16, Value), S
 }
 
 /// How long [`steady_json_of`] keeps asking through transient failures.
-pub const STEADY_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+pub const STEADY_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How long one of [`steady_json_of`]'s attempts may wait for its answer:
+/// past the edge's upstream read timeout (10 s), after which the edge
+/// answers 504 itself, so an attempt still unanswered then was lost on
+/// the way (an edge or a load balancer connection that died) and a new
+/// one goes out, rather than one lost answer using up the whole
+/// [`STEADY_FOR`].
+pub const ATTEMPT_FOR: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Whether an answer says "not now" rather than deciding anything: no
 /// answer at all, or 502/503/504 from the edge or a component.
@@ -28,8 +44,9 @@ pub fn transient(answer: &Result<(u16, Value), String>) -> bool {
 
 /// [`json_of`] for a request that is safe to send again (a read, or a
 /// write carrying an Idempotency-Key): asks again after a transient
-/// failure (a replica or a store down for a moment), with a backoff from
-/// 50 ms to 1 s, until it gets an answer or [`STEADY_FOR`] passed.
+/// failure (a replica or a store down for a moment, an attempt without an
+/// answer in [`ATTEMPT_FOR`]), with a backoff from 50 ms to 1 s, until it
+/// gets an answer or [`STEADY_FOR`] passed.
 pub async fn steady_json_of(request: reqwest::RequestBuilder) -> Result<(u16, Value), String> {
     let deadline = std::time::Instant::now() + STEADY_FOR;
     let mut backoff = std::time::Duration::from_millis(50);
@@ -37,7 +54,7 @@ pub async fn steady_json_of(request: reqwest::RequestBuilder) -> Result<(u16, Va
         let Some(again) = request.try_clone() else {
             return json_of(request).await;
         };
-        let answer = json_of(again).await;
+        let answer = json_of(again.timeout(ATTEMPT_FOR)).await;
         if !transient(&answer) || std::time::Instant::now() + backoff > deadline {
             return answer;
         }

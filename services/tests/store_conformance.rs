@@ -217,6 +217,68 @@ async fn delete_checks_the_version(s: &Subject) {
     assert!(st.get(Table::Users, &k).await.unwrap().is_none());
 }
 
+/// The linearizable read (`SERIAL` on ScyllaDB/Cassandra) answers what
+/// `get` answers once writes have settled: every insert, replace and
+/// delete, with the same version, and nothing for a key never written.
+async fn a_linearizable_read_sees_every_write(s: &Subject) {
+    let st = &*s.store;
+    let k = s.key("k");
+    assert!(
+        st.get_linearizable(Table::Orders, &k)
+            .await
+            .unwrap()
+            .is_none(),
+        "never written"
+    );
+    assert!(
+        st.insert(Table::Orders, &k, b"v1".to_vec(), None)
+            .await
+            .unwrap()
+    );
+    let v1 = st
+        .get_linearizable(Table::Orders, &k)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(v1.value, b"v1");
+    assert_eq!(
+        Some(v1.version),
+        st.get(Table::Orders, &k).await.unwrap().map(|v| v.version),
+        "both reads name the same version"
+    );
+    assert!(
+        st.replace(Table::Orders, &k, v1.version, b"v2".to_vec(), None)
+            .await
+            .unwrap()
+    );
+    let v2 = st
+        .get_linearizable(Table::Orders, &k)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(v2.value, b"v2");
+    assert!(v2.version > v1.version);
+    assert!(
+        st.get_linearizable(Table::Payments, &k)
+            .await
+            .unwrap()
+            .is_none(),
+        "tables are separate"
+    );
+    assert!(
+        st.delete(Table::Orders, &k, Some(v2.version))
+            .await
+            .unwrap()
+    );
+    assert!(
+        st.get_linearizable(Table::Orders, &k)
+            .await
+            .unwrap()
+            .is_none(),
+        "deleted"
+    );
+}
+
 /// Polls until `key` reads as absent; false if it is still there after
 /// `within`. (ScyllaDB expires in whole seconds, so expiry is polled, not
 /// timed.)
@@ -950,6 +1012,7 @@ conformance!(
     insert_only_when_absent,
     replace_only_when_unchanged,
     delete_checks_the_version,
+    a_linearizable_read_sees_every_write,
     expired_values_are_absent,
     a_replace_sets_the_expiry_anew,
     one_of_racing_replaces_wins,
@@ -1146,6 +1209,8 @@ async fn on_ring_state_moves_stay_exactly_once_with_a_node_down() {
     ring.await_seen(3, Seen::Down, 1).await;
     ring.await_seen(3, Seen::Down, 2).await;
     insert_only_when_absent(&s).await;
+    // A SERIAL read needs 2 of the 3 replicas, as a Paxos round does.
+    a_linearizable_read_sees_every_write(&s).await;
     one_of_racing_inserts_wins(&s).await;
     state_moves_apply_exactly_once_when_some_time_out(&s, "doc").await;
     rows_are_put_overwritten_and_deleted(&s).await;
