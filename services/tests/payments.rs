@@ -16,7 +16,9 @@ use async_trait::async_trait;
 use flashmall_mesh::{ApiError, ErrorCode, Identity, Role};
 use flashmall_services::config::PaymentsConfig;
 use flashmall_services::payments::orders::{MarkPaid, OrderDesk, OrderFacts};
-use flashmall_services::payments::provider::{Simulator, SimulatorConfig};
+use flashmall_services::payments::provider::{
+    ChargeOutcome, PaymentProvider, ProviderError, Simulator, SimulatorConfig,
+};
 use flashmall_services::payments::{ChargeOrigin, ChargeRequest, PaymentStatus, Payments, sweep};
 use flashmall_services::store::EmbeddedStore;
 use uuid::Uuid;
@@ -80,7 +82,47 @@ fn buyer() -> Identity {
     }
 }
 
+/// The simulator behind a provider that does not take the first
+/// `failures` charges (no answer: their outcome unknown to the caller).
+struct Flaky {
+    simulator: Simulator,
+    failures: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait]
+impl PaymentProvider for Flaky {
+    fn name(&self) -> &'static str {
+        "simulator"
+    }
+
+    async fn charge(&self, id: Uuid, amount: i64) -> Result<ChargeOutcome, ProviderError> {
+        let left = self.failures.load(Ordering::SeqCst);
+        if left > 0 {
+            self.failures.store(left - 1, Ordering::SeqCst);
+            return Err(ProviderError("connection reset".into()));
+        }
+        self.simulator.charge(id, amount).await
+    }
+
+    async fn status(&self, id: Uuid) -> Result<ChargeOutcome, ProviderError> {
+        self.simulator.status(id).await
+    }
+
+    async fn refund(&self, id: Uuid, amount: i64) -> Result<String, ProviderError> {
+        self.simulator.refund(id, amount).await
+    }
+
+    async fn cancel(&self, id: Uuid) -> Result<(), ProviderError> {
+        self.simulator.cancel(id).await
+    }
+}
+
 fn subject(simulator: SimulatorConfig) -> Subject {
+    subject_with(simulator, 0)
+}
+
+/// A subject whose provider does not take the first `failures` charges.
+fn subject_with(simulator: SimulatorConfig, failures: u32) -> Subject {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(EmbeddedStore::open(&dir.path().join("s.redb")).unwrap());
     let desk = Arc::new(Desk {
@@ -97,9 +139,13 @@ fn subject(simulator: SimulatorConfig) -> Subject {
         capture_retry: Duration::from_millis(100),
         ..PaymentsConfig::default()
     };
+    let provider = Flaky {
+        simulator: Simulator::new(simulator, events),
+        failures: std::sync::atomic::AtomicU32::new(failures),
+    };
     let payments = Arc::new(Payments::new(
         store,
-        Arc::new(Simulator::new(simulator, events)),
+        Arc::new(provider),
         Arc::clone(&desk) as Arc<dyn OrderDesk>,
         config,
     ));
@@ -378,4 +424,45 @@ async fn pending_charges_are_decided_by_callback_cancelled_or_timed_out() {
         "{:?}",
         p.reason
     );
+}
+
+#[tokio::test]
+async fn a_charge_that_did_not_go_through_is_made_when_the_key_comes_again() {
+    // The first call wrote the payment but its charge got no answer (as
+    // when the replica is killed between the two): pending.
+    let s = subject_with(instant(), 1);
+    let (first, _) = s
+        .payments
+        .charge(&s.buyer, charge(&s, "k", 1999))
+        .await
+        .unwrap();
+    assert_eq!(first.status, PaymentStatus::Pending);
+    // The payer asks again with the same key: the charge is made now.
+    let (again, replayed) = s
+        .payments
+        .charge(&s.buyer, charge(&s, "k", 1999))
+        .await
+        .unwrap();
+    assert_eq!((again.id, replayed), (first.id, true));
+    assert_eq!(again.status, PaymentStatus::Succeeded);
+    assert_eq!(*s.desk.paid_by.lock().unwrap(), Some(first.id));
+}
+
+#[tokio::test]
+async fn a_charge_that_did_not_go_through_is_made_by_the_timer_not_cancelled() {
+    // No second call from the payer: the timer charges it (after
+    // capture_retry, 100 ms), well before its pending deadline (300 ms)
+    // would cancel it as stuck at the provider.
+    let s = subject_with(instant(), 1);
+    let (first, _) = s
+        .payments
+        .charge(&s.buyer, charge(&s, "k", 1999))
+        .await
+        .unwrap();
+    assert_eq!(first.status, PaymentStatus::Pending);
+    assert_eq!(
+        sweep_until_not(&s, first.id, PaymentStatus::Pending).await,
+        PaymentStatus::Succeeded
+    );
+    assert_eq!(*s.desk.paid_by.lock().unwrap(), Some(first.id));
 }

@@ -218,7 +218,8 @@ impl Payments {
             .map_err(|_| ApiError::new(ErrorCode::NotFound, "no such order"))?;
         let id = payment_id_for(&caller.user_id, key);
         if let Some((existing, _)) = self.load(id).await? {
-            return same_request(existing, order_id, request.amount).map(|p| (p, true));
+            let existing = same_request(existing, order_id, request.amount)?;
+            return Ok((self.resume(existing).await?, true));
         }
         // The order as its buyer sees it: another buyer's order is "no such order".
         let order = self.orders.get_order(caller, order_id).await?;
@@ -260,6 +261,12 @@ impl Payments {
             updated_at_ms: now,
         };
         let value = serde_json::to_vec(&payment).map_err(|e| corrupt(&id.to_string(), e))?;
+        // The timer before the record: a crash (or a lost answer) from here
+        // on is finished by the sweeper, whatever became of the insert (a
+        // timer for a payment never written is dropped when it comes due).
+        self.timers
+            .schedule(self.first_retry(&payment), &id.to_string())
+            .await?;
         if !self
             .store
             .insert(Table::Payments, &id.to_string(), value, None)
@@ -270,24 +277,50 @@ impl Payments {
             return same_request(existing, order_id, request.amount).map(|p| (p, true));
         }
         metrics::counter!("flashmall_payments_started_total").increment(1);
-        // The timer before the provider: a crash from here on is finished
-        // by the sweeper.
-        self.timers
-            .schedule(
-                now + self.config.pending_timeout.as_millis() as u64,
-                &id.to_string(),
-            )
-            .await?;
-        let outcome = match self.provider.charge(id, payment.amount).await {
-            Ok(outcome) => outcome,
+        Ok((self.charge_pending(payment).await?, false))
+    }
+
+    /// When a payment still pending is given up.
+    fn pending_deadline(&self, payment: &Payment) -> u64 {
+        payment.created_at_ms + self.config.pending_timeout.as_millis() as u64
+    }
+
+    /// A pending payment's first timer: `capture_retry` after it was made
+    /// (then every `capture_retry` while it pends), so one whose call
+    /// stopped before charging is charged within seconds.
+    fn first_retry(&self, payment: &Payment) -> u64 {
+        (payment.created_at_ms + self.config.capture_retry.as_millis() as u64)
+            .min(self.pending_deadline(payment))
+    }
+
+    /// Asks the provider to charge a pending payment (idempotent by the
+    /// payment id) and applies its answer.
+    async fn charge_pending(&self, payment: Payment) -> Result<Payment, ApiError> {
+        match self.provider.charge(payment.id, payment.amount).await {
+            Ok(outcome) => self.apply(payment.id, outcome).await,
             Err(e) => {
                 // Unknown at the provider: the payment stays pending and the
                 // timer asks the provider again.
-                tracing::warn!(payment_id = %id, error = %e, "provider call failed; left pending");
-                return Ok((payment, false));
+                tracing::warn!(payment_id = %payment.id, error = %e, "provider call failed; left pending");
+                Ok(payment)
             }
-        };
-        Ok((self.apply(id, outcome).await?, false))
+        }
+    }
+
+    /// The same key again, for a payment still pending: the call that
+    /// wrote it may have stopped before it charged (a replica killed, an
+    /// insert whose answer was lost), so the charge is made now, as the
+    /// retrying payer asks, rather than left to the pending timer. The
+    /// provider charges a payment id once, so a first call still running
+    /// charges nothing twice.
+    async fn resume(&self, payment: Payment) -> Result<Payment, ApiError> {
+        if payment.status != PaymentStatus::Pending {
+            return Ok(payment);
+        }
+        self.timers
+            .schedule(self.first_retry(&payment), &payment.id.to_string())
+            .await?;
+        self.charge_pending(payment).await
     }
 
     /// Applies a provider's answer (at once or by callback).
@@ -484,17 +517,22 @@ impl Payments {
                 let payment = self.confirm(payment).await?;
                 Ok(payment.status.is_final())
             }
+            // The call that wrote it may have stopped before it charged
+            // (a replica killed, a lost answer): charged now (the provider
+            // charges a payment id once), until its deadline.
+            PaymentStatus::Pending if now_ms() < self.pending_deadline(&payment) => {
+                let payment = self.charge_pending(payment).await?;
+                Ok(payment.status.is_final())
+            }
             PaymentStatus::Pending => {
-                let due = payment.created_at_ms + self.config.pending_timeout.as_millis() as u64;
                 let outcome = self.provider.status(id).await.map_err(|e| {
                     ApiError::unavailable(format!("the payment provider cannot be reached: {e}"))
                 })?;
                 let payment = match outcome {
-                    ChargeOutcome::Pending if due <= now_ms() => {
+                    ChargeOutcome::Pending => {
                         self.abandon(id, "timed out waiting for the payment provider")
                             .await?
                     }
-                    ChargeOutcome::Pending => return Ok(false),
                     decided => self.apply(id, decided).await?,
                 };
                 Ok(payment.status.is_final())

@@ -164,6 +164,19 @@ impl Simulator {
             .insert(id, state);
     }
 
+    /// What a first charge of `id` does, drawn from the id alone: every
+    /// simulator (every payment replica) draws the same.
+    fn fate(&self, id: Uuid) -> SimState {
+        let roll = draw(id, 1);
+        if roll < self.config.failure_rate {
+            SimState::Declined
+        } else if roll < self.config.failure_rate + self.config.pending_rate {
+            SimState::Pending
+        } else {
+            SimState::Captured
+        }
+    }
+
     fn outcome(id: Uuid, state: SimState) -> ChargeOutcome {
         match state {
             SimState::Captured | SimState::Refunded => ChargeOutcome::Captured {
@@ -192,14 +205,7 @@ impl PaymentProvider for Simulator {
         if let Some(state) = self.state(payment_id) {
             return Ok(Self::outcome(payment_id, state));
         }
-        let roll = draw(payment_id, 1);
-        let state = if roll < self.config.failure_rate {
-            SimState::Declined
-        } else if roll < self.config.failure_rate + self.config.pending_rate {
-            SimState::Pending
-        } else {
-            SimState::Captured
-        };
+        let state = self.fate(payment_id);
         self.set(payment_id, state);
         if state == SimState::Pending {
             let charges = Arc::clone(&self.charges);
@@ -238,7 +244,13 @@ impl PaymentProvider for Simulator {
 
     async fn refund(&self, payment_id: Uuid, _amount: i64) -> Result<String, ProviderError> {
         tokio::time::sleep(self.config.latency).await;
-        match self.state(payment_id) {
+        // Its memory is this process's: a charge another payment replica's
+        // simulator captured (the same draw) is refunded here as one
+        // provider shared by the replicas would.
+        let known = self
+            .state(payment_id)
+            .or_else(|| Some(self.fate(payment_id)).filter(|s| *s == SimState::Captured));
+        match known {
             Some(SimState::Captured) | Some(SimState::Refunded) => {
                 self.set(payment_id, SimState::Refunded);
                 Ok(format!("simrefund_{}", payment_id.simple()))
@@ -308,5 +320,40 @@ mod tests {
         );
         assert!(sim.refund(a, 100).await.is_ok());
         assert!(sim.refund(b, 100).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn every_replica_refunds_a_charge_one_of_them_captured() {
+        let instant = SimulatorConfig {
+            latency: Duration::ZERO,
+            latency_jitter: Duration::ZERO,
+            ..SimulatorConfig::default()
+        };
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let one = Simulator::new(instant.clone(), tx.clone());
+        let other = Simulator::new(instant.clone(), tx.clone());
+        let id = Uuid::now_v7();
+        assert!(matches!(
+            one.charge(id, 100).await.unwrap(),
+            ChargeOutcome::Captured { .. }
+        ));
+        assert!(
+            other.refund(id, 100).await.is_ok(),
+            "captured by the other replica"
+        );
+        // A charge every replica draws as declined is refunded by none.
+        let declining = SimulatorConfig {
+            failure_rate: 1.0,
+            ..instant
+        };
+        let (one, other) = (
+            Simulator::new(declining.clone(), tx.clone()),
+            Simulator::new(declining, tx),
+        );
+        assert!(matches!(
+            one.charge(id, 100).await.unwrap(),
+            ChargeOutcome::Declined { .. }
+        ));
+        assert!(other.refund(id, 100).await.is_err());
     }
 }

@@ -53,18 +53,21 @@ async fn handle(payments: &Payments, timer: Timer) {
         Ok(id) => payments.finish(id).await,
         Err(_) => Ok(true),
     };
+    let retry = || async {
+        let due = now_ms() + payments.config().capture_retry.as_millis() as u64;
+        match payments.timers().schedule(due, &timer.id).await {
+            Ok(_) => payments.timers().remove(&timer).await,
+            Err(e) => Err(e),
+        }
+    };
     let outcome = match result {
         Ok(true) => payments.timers().remove(&timer).await,
-        // Pending and not yet due: its first timer (at the pending
-        // deadline) stays; a later retry timer is not needed.
-        Ok(false) => Ok(()),
+        // Still pending (at the provider, or its charge did not go
+        // through): asked again later, until its deadline gives it up.
+        Ok(false) => retry().await,
         Err(e) => {
             tracing::warn!(payment_id = %timer.id, error = %e.message, "payment timer failed; retrying later");
-            let due = now_ms() + payments.config().capture_retry.as_millis() as u64;
-            match payments.timers().schedule(due, &timer.id).await {
-                Ok(_) => payments.timers().remove(&timer).await,
-                Err(e) => Err(e),
-            }
+            retry().await
         }
     };
     if let Err(e) = outcome {
