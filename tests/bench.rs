@@ -115,6 +115,21 @@ fn assert_complete(r: &SeckillReport) {
         "{md}"
     );
     assert!(gate.answered_at_gate.is_some_and(|n| n > 0.0), "{md}");
+    // wrk (installed by scripts/test) measured both too: every static
+    // answer a 200, no purchase granted (a 2xx fails the run itself).
+    if flashmall_bench::wrk::program().is_some() {
+        let w = gate.wrk.as_ref().expect("wrk measured the gate");
+        assert!(
+            w.static_answer.requests > 0 && w.static_answer.non_2xx == 0,
+            "{md}"
+        );
+        assert!(
+            w.sold_out_purchases.requests > 0
+                && w.sold_out_purchases.non_2xx == w.sold_out_purchases.requests,
+            "{md}"
+        );
+        assert!(w.ratio.is_finite() && w.ratio > 0.0, "{md}");
+    }
     assert!(r.svg().matches("<polyline").count() >= 5);
 }
 
@@ -286,6 +301,17 @@ async fn the_proxy_bench_measures_three_paths_to_one_upstream() {
         report.nginx_vs_direct,
     ] {
         assert!(ratio.is_finite() && ratio > 0.0, "{md}");
+    }
+    // wrk (installed by scripts/test) took the same turns on every path.
+    if flashmall_bench::wrk::program().is_some() {
+        let w = report.wrk.as_ref().expect("wrk measured the paths");
+        let names: Vec<&str> = w.phases.iter().map(|p| p.name).collect();
+        assert_eq!(names, ["direct", "flashmall", "nginx"], "{md}");
+        assert!(
+            w.throughput_vs_nginx.is_finite() && w.throughput_vs_nginx > 0.0,
+            "{md}"
+        );
+        assert!(w.p99_vs_nginx.is_finite() && w.p99_vs_nginx > 0.0, "{md}");
     }
     assert_eq!(report.svg().matches("<polyline").count(), 6);
 }

@@ -10,6 +10,8 @@
 //!   flashmall edge with every check on, and through nginx.
 //! - [`redis`]: the engine's reserve call against `redis-benchmark`
 //!   running EVALSHA of the same script at the same concurrency.
+//! - [`wrk`]: Debian's `wrk` on the same paths, an independent client
+//!   beside the bench's own driver (proxy and sold-out gate figures).
 //! - [`fault`]: the Redis topologies `seckill --fault` starts and strikes
 //!   mid-storm (restart from a snapshot, Sentinel or cluster failover).
 //!
@@ -27,3 +29,4 @@ pub mod redis;
 pub mod report;
 pub mod seckill;
 pub mod servers;
+pub mod wrk;

@@ -19,6 +19,10 @@
 //! turn warms up for half a second, unrecorded, and a path's figures are
 //! over all its turns. The ratios compare flashmall with nginx (throughput
 //! and p99) and both with direct.
+//!
+//! Then `wrk` (when installed) takes the same turns on the same paths with
+//! the same connections, so the driver's ratios stand beside those of a
+//! client the project did not write.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -38,6 +42,7 @@ use crate::load::{self, Job, Mode, Recording};
 use crate::progress::Progress;
 use crate::report::{Bucket, Machine, Summary, latency_cells, timeline};
 use crate::servers::{Process, Upstream, free_addr, nginx};
+use crate::wrk::{self, WrkRun};
 
 /// The shape of a proxy run.
 #[derive(Debug, Clone, clap::Args, Serialize)]
@@ -108,14 +113,37 @@ pub struct ProxyReport {
     /// Each proxy's answers/s ÷ direct answers/s.
     pub flashmall_vs_direct: f64,
     pub nginx_vs_direct: f64,
+    /// The same paths measured by `wrk`; `None` when it is not installed.
+    pub wrk: Option<WrkPaths>,
+}
+
+/// The paths as `wrk` measured them (whole seconds per turn, wrk's unit).
+#[derive(Debug, Clone, Serialize)]
+pub struct WrkPaths {
+    pub phases: Vec<WrkPhase>,
+    /// flashmall answers/s ÷ nginx answers/s, as wrk counted them.
+    pub throughput_vs_nginx: f64,
+    /// flashmall p99 ÷ nginx p99 (each the mean of its turns' p99).
+    pub p99_vs_nginx: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WrkPhase {
+    pub name: &'static str,
+    pub run: WrkRun,
 }
 
 impl ProxyReport {
-    /// True when every phase answered only 200s.
+    /// True when every phase answered only 200s, for wrk too.
     pub fn all_answered(&self) -> bool {
         self.phases
             .iter()
             .all(|p| p.summary.requests > 0 && p.summary.outcomes.keys().all(|k| k == "ok"))
+            && self
+                .wrk
+                .iter()
+                .flat_map(|w| &w.phases)
+                .all(|p| p.run.requests > 0 && p.run.non_2xx == 0)
     }
 
     pub fn markdown(&self) -> String {
@@ -159,6 +187,31 @@ impl ProxyReport {
             self.flashmall_vs_direct,
             self.nginx_vs_direct
         );
+        match &self.wrk {
+            Some(w) => {
+                let _ = writeln!(
+                    t,
+                    "\nThe same paths with `wrk -t2 -c{} --latency` (a Lua request per call), {} rounds of {:.0} s:\n\n| path | answers/s | p50 ms | p99 ms | not 2xx | socket errors |\n|---|---|---|---|---|---|",
+                    o.connections,
+                    o.rounds,
+                    o.seconds.ceil().max(1.0)
+                );
+                for p in &w.phases {
+                    let r = &p.run;
+                    let _ = writeln!(
+                        t,
+                        "| {} | {:.0} | {:.2} | {:.2} | {} | {} |",
+                        p.name, r.per_second, r.p50_ms, r.p99_ms, r.non_2xx, r.socket_errors
+                    );
+                }
+                let _ = writeln!(
+                    t,
+                    "\nwrk: flashmall ÷ nginx: throughput {:.2}, p99 {:.2}.",
+                    w.throughput_vs_nginx, w.p99_vs_nginx
+                );
+            }
+            None => t.push_str("\nwrk is not installed: the independent client did not run.\n"),
+        }
         t
     }
 
@@ -433,6 +486,19 @@ pub async fn run(options: &ProxyOptions, visible: bool) -> Result<ProxyReport, S
             }
         }
     }
+    let wrk = match (&result, wrk::program()) {
+        (Ok(()), Some(program)) => {
+            let request = wrk::Request::get(&options.path, Some(&token));
+            match wrk_turns(&program, &paths, &request, options).await {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    result = Err(e);
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     if let Some(local) = local {
         local.edge.stop().await;
     }
@@ -469,6 +535,50 @@ pub async fn run(options: &ProxyOptions, visible: bool) -> Result<ProxyReport, S
         p99_vs_nginx: p99("flashmall") / p99("nginx").max(1e-9),
         flashmall_vs_direct: rate("flashmall") / rate("direct").max(1e-9),
         nginx_vs_direct: rate("nginx") / rate("direct").max(1e-9),
+        phases,
+        wrk,
+    })
+}
+
+/// wrk's turns on every path, alternating as the driver's did.
+async fn wrk_turns(
+    program: &std::path::Path,
+    paths: &[(&'static str, Endpoint)],
+    request: &wrk::Request,
+    options: &ProxyOptions,
+) -> Result<WrkPaths, String> {
+    let mut turns: Vec<Vec<WrkRun>> = paths.iter().map(|_| Vec::new()).collect();
+    for _ in 0..options.rounds {
+        for (i, (name, endpoint)) in paths.iter().enumerate() {
+            let run = wrk::measure(
+                program.to_owned(),
+                endpoint.base.clone(),
+                request.clone(),
+                options.connections,
+                options.seconds,
+            )
+            .await
+            .map_err(|e| format!("{name} (wrk): {e}"))?;
+            turns[i].push(run);
+        }
+    }
+    let phases: Vec<WrkPhase> = paths
+        .iter()
+        .zip(turns)
+        .filter_map(|((name, _), turns)| {
+            Some(WrkPhase {
+                name,
+                run: WrkRun::joined(&turns)?,
+            })
+        })
+        .collect();
+    let of = |name: &str| phases.iter().find(|p| p.name == name).map(|p| &p.run);
+    let (Some(edge), Some(nginx)) = (of("flashmall"), of("nginx")) else {
+        return Err("wrk measured no turn".into());
+    };
+    Ok(WrkPaths {
+        throughput_vs_nginx: edge.per_second / nginx.per_second.max(1e-9),
+        p99_vs_nginx: edge.p99_ms / nginx.p99_ms.max(1e-9),
         phases,
     })
 }

@@ -36,6 +36,7 @@ use crate::phases::{self, Purchases, Sale};
 pub use crate::phases::{Answered, Attempt, Facts, outcome_of, rebuilt_of, refusal_of};
 use crate::progress::Progress;
 use crate::report::{Bucket, Machine, Summary, latency_cells, timeline};
+use crate::wrk::{self, WrkRun};
 
 /// The shape of a seckill run.
 #[derive(Debug, Clone, clap::Args, Serialize)]
@@ -337,6 +338,17 @@ pub struct GateReport {
     /// Purchases the edge's gate answered (its rejection counter, read
     /// from the edge's admin port; `None` without one).
     pub answered_at_gate: Option<f64>,
+    /// The same two, measured by `wrk`; `None` when it is not installed.
+    pub wrk: Option<WrkGate>,
+}
+
+/// The sold-out gate against the static answer, as `wrk` measured them
+/// (the same connections, three alternating turns of whole seconds).
+#[derive(Debug, Clone, Serialize)]
+pub struct WrkGate {
+    pub static_answer: WrkRun,
+    pub sold_out_purchases: WrkRun,
+    pub ratio: f64,
 }
 
 /// What a seckill run measured and checked.
@@ -479,6 +491,30 @@ impl SeckillReport {
                 g.static_answer.reconnects,
                 g.sold_out_purchases.reconnects
             );
+            match &g.wrk {
+                Some(w) => {
+                    let _ = writeln!(
+                        t,
+                        "\nThe same with `wrk -t2 -c{} --latency` (a Lua request per call), three turns of {:.0} s each:\n\n| | answers/s | p50 ms | p99 ms | not 2xx | socket errors |\n|---|---|---|---|---|---|",
+                        o.connections.max(2),
+                        (o.gate_seconds / 3.0).ceil().max(1.0)
+                    );
+                    for (name, r) in [
+                        ("`GET /healthz` (static)", &w.static_answer),
+                        ("purchase of the sold-out sale", &w.sold_out_purchases),
+                    ] {
+                        let _ = writeln!(
+                            t,
+                            "| {name} | {:.0} | {:.2} | {:.2} | {} | {} |",
+                            r.per_second, r.p50_ms, r.p99_ms, r.non_2xx, r.socket_errors
+                        );
+                    }
+                    let _ = writeln!(t, "\nwrk's ratio {:.2} (target ≥ 0.9).", w.ratio);
+                }
+                None => t.push_str(
+                    "\nwrk is not installed: the independent client did not measure the gate.\n",
+                ),
+            }
         }
         t.push('\n');
         t.push_str(&checks_table(&self.checks));
@@ -851,9 +887,77 @@ async fn gate_phase(
     let after = read_gate().await;
     let static_answer = Summary::of(&load::join(statics).ok_or("no static turn ran")?);
     let sold_out_purchases = Summary::of(&load::join(gated).ok_or("no gate turn ran")?);
+    let wrk = match wrk::program() {
+        Some(program) => {
+            let tokens = buyers
+                .iter()
+                .map(|&b| tokens[b].to_str().map(str::to_owned))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("a token is not text: {e}"))?;
+            Some(wrk_gate(program, endpoint, options, sale, tokens, run_tag, TURNS).await?)
+        }
+        None => None,
+    };
     Ok(GateReport {
         ratio: sold_out_purchases.throughput / static_answer.throughput.max(1e-9),
         answered_at_gate: after.zip(before).map(|(a, b)| a - b),
+        static_answer,
+        sold_out_purchases,
+        wrk,
+    })
+}
+
+/// The gate and the static answer, measured by `wrk` in alternating turns.
+async fn wrk_gate(
+    program: std::path::PathBuf,
+    endpoint: &Endpoint,
+    options: &SeckillOptions,
+    sale: &Sale,
+    tokens: Vec<String>,
+    run_tag: &str,
+    turns: u32,
+) -> Result<WrkGate, String> {
+    let seconds = options.gate_seconds / f64::from(turns);
+    let (mut statics, mut gated) = (Vec::new(), Vec::new());
+    for turn in 0..turns {
+        let static_request = wrk::Request::get("/healthz", None);
+        statics.push(
+            wrk::measure(
+                program.clone(),
+                endpoint.base.clone(),
+                static_request,
+                options.connections,
+                seconds,
+            )
+            .await?,
+        );
+        let purchases = wrk::Request {
+            method: "POST",
+            path: sale.purchase_path.clone(),
+            tokens: tokens.clone(),
+            body: Some(r#"{"quantity":1}"#.into()),
+            key_prefix: Some(format!("{run_tag}-wrk-gate-{turn}")),
+        };
+        let run = wrk::measure(
+            program.clone(),
+            endpoint.base.clone(),
+            purchases,
+            options.connections,
+            seconds,
+        )
+        .await?;
+        if run.succeeded() > 0 {
+            return Err(format!(
+                "{} purchases of the sold-out sale were granted (wrk)",
+                run.succeeded()
+            ));
+        }
+        gated.push(run);
+    }
+    let static_answer = WrkRun::joined(&statics).ok_or("no static turn ran (wrk)")?;
+    let sold_out_purchases = WrkRun::joined(&gated).ok_or("no gate turn ran (wrk)")?;
+    Ok(WrkGate {
+        ratio: sold_out_purchases.per_second / static_answer.per_second.max(1e-9),
         static_answer,
         sold_out_purchases,
     })
