@@ -27,8 +27,9 @@ pub struct PaymentsConfig {
     /// A charge the provider has not decided within this time is cancelled.
     #[serde(with = "humantime_serde")]
     pub pending_timeout: Duration,
-    /// Delay before an unfinished capture (money taken, order not yet
-    /// confirmed) or a failed refund is tried again.
+    /// Delay before a pending charge is asked of the provider again
+    /// (charged once per payment id), or an unfinished capture (money
+    /// taken, order not yet confirmed) or a failed refund is tried again.
     #[serde(with = "humantime_serde")]
     pub capture_retry: Duration,
     /// How often the timer worker looks for due timers.
