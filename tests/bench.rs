@@ -316,6 +316,57 @@ async fn the_proxy_bench_measures_three_paths_to_one_upstream() {
     assert_eq!(report.svg().matches("<polyline").count(), 6);
 }
 
+/// The pids of the processes in process group `group` (from /proc).
+fn group_members(group: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            // Fields after the command's closing parenthesis: state, ppid, pgrp.
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let after = stat
+                        .rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .collect::<Vec<_>>();
+                    Some(after.get(2)?.parse::<u32>().ok()? == group && after.first()? != &"Z")
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[test]
+fn the_bench_nginx_leaves_no_worker_behind() {
+    let upstream: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let nginx = flashmall_bench::servers::nginx(upstream, 2).unwrap();
+    let group = nginx.pid();
+    // The master and its two workers (they start just after it listens).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while group_members(group).len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            group_members(group)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(nginx);
+    // SIGKILL is delivered before kill(2) returns; reaping the orphaned
+    // workers (by init) may take a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !group_members(group).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left behind: {:?}",
+            group_members(group)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_bench_measures_running_paths_when_given_them() {
     // One running upstream stands for all three paths: the bench must

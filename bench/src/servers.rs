@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -74,7 +75,9 @@ impl Drop for Upstream {
     }
 }
 
-/// A child process killed on drop, with its scratch directory.
+/// A child process, started as the leader of its own process group,
+/// killed on drop with every process it started (nginx's workers outlive
+/// a master killed alone), with its scratch directory.
 pub struct Process {
     pub name: &'static str,
     pub addr: SocketAddr,
@@ -84,12 +87,23 @@ pub struct Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
+        // The group's id is the leader's pid (`process_group(0)`).
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
 impl Process {
+    /// The leader's pid, which is also its process group's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits until the port accepts connections (and the process lives).
     fn wait_listening(mut self, limit: Duration) -> Result<Process, String> {
         let deadline = Instant::now() + limit;
@@ -162,6 +176,7 @@ pub fn nginx(upstream: SocketAddr, workers: usize) -> Result<Process, String> {
         .arg(dir.path().join("error.log"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .process_group(0)
         .spawn()
         .map_err(|e| format!("cannot start nginx: {e}"))?;
     Process {
@@ -187,6 +202,7 @@ pub fn redis_server() -> Result<Process, String> {
         .arg(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .process_group(0)
         .spawn()
         .map_err(|e| format!("cannot start redis-server: {e}"))?;
     let process = Process {
