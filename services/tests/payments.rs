@@ -426,10 +426,9 @@ async fn pending_charges_are_decided_by_callback_cancelled_or_timed_out() {
     );
 }
 
-#[tokio::test]
-async fn a_charge_that_did_not_go_through_is_made_when_the_key_comes_again() {
-    // The first call wrote the payment but its charge got no answer (as
-    // when the replica is killed between the two): pending.
+/// A payment whose first call wrote it but whose charge got no answer
+/// (as when the replica is killed between the two): pending.
+async fn a_charge_left_pending() -> (Subject, flashmall_services::payments::Payment) {
     let s = subject_with(instant(), 1);
     let (first, _) = s
         .payments
@@ -437,6 +436,12 @@ async fn a_charge_that_did_not_go_through_is_made_when_the_key_comes_again() {
         .await
         .unwrap();
     assert_eq!(first.status, PaymentStatus::Pending);
+    (s, first)
+}
+
+#[tokio::test]
+async fn a_charge_that_did_not_go_through_is_made_when_the_key_comes_again() {
+    let (s, first) = a_charge_left_pending().await;
     // The payer asks again with the same key: the charge is made now.
     let (again, replayed) = s
         .payments
@@ -453,13 +458,7 @@ async fn a_charge_that_did_not_go_through_is_made_by_the_timer_not_cancelled() {
     // No second call from the payer: the timer charges it (after
     // capture_retry, 100 ms), well before its pending deadline (300 ms)
     // would cancel it as stuck at the provider.
-    let s = subject_with(instant(), 1);
-    let (first, _) = s
-        .payments
-        .charge(&s.buyer, charge(&s, "k", 1999))
-        .await
-        .unwrap();
-    assert_eq!(first.status, PaymentStatus::Pending);
+    let (s, first) = a_charge_left_pending().await;
     assert_eq!(
         sweep_until_not(&s, first.id, PaymentStatus::Pending).await,
         PaymentStatus::Succeeded
