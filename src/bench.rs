@@ -1,16 +1,19 @@
 //! `flashmall bench`: the bench suite's command line. Each bench runs
 //! against what it is given, or starts what it needs here: `seckill` a
 //! throwaway stack (`--url` for a running one), `proxy` its upstream, the
-//! edge and nginx, `redis` a redis-server (`--redis` for a running one).
+//! edge and nginx, `peer` a redis-server, two throwaway stacks on it and
+//! the nginx + Lua peer, `redis` a redis-server (`--redis` for a running
+//! one).
 //! Every run prints its Markdown summary and writes JSON, Markdown and SVG
 //! into `--out`.
 
 use std::path::PathBuf;
 
 use flashmall_bench::fault::{Fault, FaultyRedis};
+use flashmall_bench::peer::{Comparison, Round};
 use flashmall_bench::proxy::ProxyOptions;
 use flashmall_bench::redis::RedisOptions;
-use flashmall_bench::report::{Output, write_files};
+use flashmall_bench::report::{Machine, Output, write_files};
 use flashmall_bench::seckill::{FaultPlan, SeckillOptions, SeckillReport, Target};
 
 use crate::stack::Throwaway;
@@ -35,6 +38,10 @@ pub enum Bench {
     /// The demo's seckill against `scripts/cluster`'s cluster while a
     /// schedule of faults strikes it; checks every invariant after.
     Chaos(Box<crate::chaos::ChaosArgs>),
+    /// The same seckill storm against flashmall (durable and fast ack) and
+    /// against the classic nginx + Lua + Redis stack (bench/peers/nginx-lua)
+    /// on one redis-server: the ratios, and every check each is held to.
+    Peer(PeerArgs),
     /// The engine's reserve call against redis-benchmark EVALSHA.
     Redis {
         #[command(flatten)]
@@ -76,6 +83,24 @@ pub struct SeckillArgs {
     /// When the fault strikes, after the opening (`1.5s`, `800ms`).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub fault_at: std::time::Duration,
+    #[command(flatten)]
+    pub output: Output,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PeerArgs {
+    /// The storm's shape, the same for every stack (the sold-out gate phase
+    /// is left out: the peer has no gate).
+    #[command(flatten)]
+    pub options: SeckillOptions,
+    /// Rounds; each runs flashmall with durable ack, flashmall with fast
+    /// ack, then the peer.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: u32,
+    /// The peer's nginx worker processes (default: one per core, nginx's
+    /// `auto`).
+    #[arg(long)]
+    pub peer_workers: Option<usize>,
     #[command(flatten)]
     pub output: Output,
 }
@@ -146,6 +171,59 @@ pub async fn seckill(args: &SeckillArgs) -> Result<SeckillReport, String> {
     }
 }
 
+/// Runs the seckill storm against flashmall (durable, then fast ack, each a
+/// throwaway stack) and the nginx + Lua peer, on one redis-server started
+/// here, `--rounds` times.
+pub async fn peer(args: &PeerArgs) -> Result<Comparison, String> {
+    if !(1..=20).contains(&args.rounds) {
+        return Err("--rounds must be between 1 and 20".into());
+    }
+    let options = SeckillOptions {
+        gate_seconds: 0.0,
+        ..args.options.clone()
+    };
+    options.validate()?;
+    let workers = args.peer_workers.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    if !(1..=64).contains(&workers) {
+        return Err("--peer-workers must be between 1 and 64".into());
+    }
+    // Refuse before the long flashmall runs when the peer cannot start.
+    flashmall_bench::peer::preflight()?;
+    let redis = flashmall_bench::servers::redis_server()?;
+    let on_redis = |fast_ack| SeckillArgs {
+        options: options.clone(),
+        url: None,
+        edge_admin: None,
+        admin_email: "admin@bench.flashmall".into(),
+        admin_password_file: None,
+        redis: Some(format!("redis://{}", redis.addr)),
+        fast_ack,
+        fault: None,
+        fault_at: std::time::Duration::from_secs(1),
+        output: args.output.clone(),
+    };
+    let mut rounds = Vec::new();
+    for _ in 0..args.rounds {
+        let durable = seckill(&on_redis(false)).await?;
+        let fast_ack = seckill(&on_redis(true)).await?;
+        let peer =
+            flashmall_bench::peer::run(&options, redis.addr, workers, !args.output.quiet).await?;
+        rounds.push(Round {
+            durable,
+            fast_ack,
+            peer,
+        });
+    }
+    Ok(Comparison {
+        machine: Machine::this(),
+        options,
+        peer_workers: workers,
+        rounds,
+    })
+}
+
 /// Runs the chosen bench, prints its summary and writes its files; false
 /// when an invariant failed.
 pub async fn run(bench: &Bench) -> Result<bool, String> {
@@ -184,6 +262,17 @@ pub async fn run(bench: &Bench) -> Result<bool, String> {
             let r = crate::chaos::run(args).await?;
             (
                 "chaos",
+                &args.output,
+                serde_json::to_value(&r),
+                r.markdown(),
+                r.svg(),
+                r.invariants_hold(),
+            )
+        }
+        Bench::Peer(args) => {
+            let r = peer(args).await?;
+            (
+                "peer",
                 &args.output,
                 serde_json::to_value(&r),
                 r.markdown(),

@@ -512,3 +512,143 @@ async fn the_seckill_bench_runs_twice_against_one_running_stack() {
     );
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nginx_lua_peer_answers_purchases_as_the_engine_does() {
+    use flashmall_bench::peer;
+    let redis = flashmall_bench::servers::redis_server().unwrap();
+    let nginx = peer::start(redis.addr, 1).unwrap();
+    let sale = uuid::Uuid::now_v7();
+    peer::load_sale(redis.addr, sale, 2, 1).unwrap();
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/api/v1/sales/{sale}/purchase", nginx.addr);
+    let buy = |user: Option<&str>, key: Option<&str>, body: &str| {
+        let mut r = client.post(&url).body(body.to_owned());
+        if let Some(user) = user {
+            r = r.header("x-user-id", user);
+        }
+        if let Some(key) = key {
+            r = r.header("idempotency-key", key);
+        }
+        async move {
+            let answer = r.send().await.unwrap();
+            let status = answer.status().as_u16();
+            let replayed = answer.headers().contains_key("idempotent-replayed");
+            let body: serde_json::Value = answer.json().await.unwrap();
+            (status, replayed, body)
+        }
+    };
+    let one = r#"{"quantity":1}"#;
+    // A grant, then its key again: the same reservation, marked replayed.
+    let (status, replayed, first) = buy(Some("alice"), Some("k1"), one).await;
+    assert_eq!((status, replayed), (201, false), "{first}");
+    let id = first["reservation_id"].as_str().unwrap().to_owned();
+    let (status, replayed, again) = buy(Some("alice"), Some("k1"), one).await;
+    assert_eq!((status, replayed), (201, true), "{again}");
+    assert_eq!(again["reservation_id"], id.as_str());
+    // Past the limit with a new key; bad input, each with the engine's code.
+    for (user, key, body, want) in [
+        (Some("alice"), Some("k2"), one, (409, "limit_exceeded")),
+        (None, Some("k3"), one, (401, "unauthenticated")),
+        (Some("bob"), None, one, (400, "invalid_request")),
+        (
+            Some("bob"),
+            Some("k4"),
+            r#"{"quantity":"one"}"#,
+            (400, "invalid_request"),
+        ),
+        (
+            Some("bob"),
+            Some("k5"),
+            r#"{"quantity":0}"#,
+            (400, "invalid_request"),
+        ),
+        (
+            Some("bob"),
+            Some("k6"),
+            r#"{"quantity":2}"#,
+            (409, "limit_exceeded"),
+        ),
+    ] {
+        let (status, _, body) = buy(user, key, body).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str().unwrap()),
+            want,
+            "{body}"
+        );
+    }
+    let (status, _, _) = buy(Some("bob"), Some("k7"), one).await;
+    assert_eq!(status, 201);
+    let (status, _, body) = buy(Some("carol"), Some("k8"), one).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str().unwrap()),
+        (409, "sold_out")
+    );
+    // An unknown sale.
+    let unknown = format!(
+        "http://{}/api/v1/sales/{}/purchase",
+        nginx.addr,
+        uuid::Uuid::now_v7()
+    );
+    let answer = client
+        .post(unknown)
+        .header("x-user-id", "dave")
+        .header("idempotency-key", "k9")
+        .body(one)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_bench_runs_one_storm_on_flashmall_and_on_the_nginx_lua_peer() {
+    let args = flashmall::bench::PeerArgs {
+        options: SeckillOptions {
+            stock: 40,
+            buyers: 300,
+            attempts: 1_200,
+            connections: 16,
+            ..SeckillOptions::default()
+        },
+        rounds: 1,
+        peer_workers: Some(2),
+        output: Output {
+            out: std::env::temp_dir(),
+            quiet: true,
+        },
+    };
+    let c = flashmall::bench::peer(&args).await.unwrap();
+    let md = c.markdown();
+    assert!(c.invariants_hold(), "{md}");
+    let r = &c.rounds[0];
+    let after_opening = (args.options.attempts - args.options.early) as u64;
+    // The same storm on each: every attempt answered, the stock sold out.
+    for (sold, storm) in [
+        (r.durable.sold, &r.durable.storm),
+        (r.fast_ack.sold, &r.fast_ack.storm),
+        (r.peer.sold, &r.peer.storm),
+    ] {
+        assert_eq!(sold, 40, "{md}");
+        let answered: u64 = storm
+            .outcomes
+            .iter()
+            .filter(|(k, _)| !k.ends_with("(before the opening)"))
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(answered, after_opening, "{md}");
+    }
+    // The peer is held to every check it can be, and it saw the whole mix.
+    assert_eq!(r.peer.checks.len(), 5, "{md}");
+    for outcome in ["reserved", "replayed", "sold_out", "limit_exceeded"] {
+        assert!(
+            r.peer.storm.outcomes.contains_key(outcome),
+            "{outcome}: {md}"
+        );
+    }
+    assert!(r.peer.phases.selling_per_second.is_some(), "{md}");
+    assert!(md.contains("| 1 | durable ack |"), "{md}");
+    assert_eq!(c.svg().matches("<polyline").count(), 6);
+    // No gate phase: the peer has none.
+    assert!(r.durable.gate.is_none() && r.fast_ack.gate.is_none());
+}

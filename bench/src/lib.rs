@@ -12,6 +12,8 @@
 //!   running EVALSHA of the same script at the same concurrency.
 //! - [`wrk`]: Debian's `wrk` on the same paths, an independent client
 //!   beside the bench's own driver (proxy and sold-out gate figures).
+//! - [`peer`]: the classic seckill stack (nginx + Lua + Redis, the engine's
+//!   own reserve script) under the same storm, beside flashmall.
 //! - [`fault`]: the Redis topologies `seckill --fault` starts and strikes
 //!   mid-storm (restart from a snapshot, Sentinel or cluster failover).
 //!
@@ -22,6 +24,7 @@ pub mod chart;
 pub mod fault;
 pub mod http;
 pub mod load;
+pub mod peer;
 pub mod phases;
 pub mod progress;
 pub mod proxy;

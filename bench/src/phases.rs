@@ -227,6 +227,9 @@ pub struct Win {
 /// Purchases of a list of attempts: attempt `i` on request `i`.
 pub(crate) struct Purchases {
     path: String,
+    /// The header that names the buyer: `Authorization` (a bearer token)
+    /// at flashmall's edge, `X-User-Id` at the nginx + Lua peer.
+    identity: HeaderName,
     tokens: Arc<Vec<HeaderValue>>,
     attempts: Vec<(usize, HeaderValue)>,
     body: Bytes,
@@ -251,6 +254,7 @@ impl Purchases {
     ) -> Result<Purchases, String> {
         Ok(Purchases {
             path: sale.purchase_path.clone(),
+            identity: http::header::AUTHORIZATION,
             tokens: Arc::clone(tokens),
             attempts: attempts
                 .into_iter()
@@ -292,7 +296,7 @@ impl Purchases {
         key: &HeaderValue,
     ) -> Result<crate::http::Answer, String> {
         let headers = [
-            (http::header::AUTHORIZATION, self.tokens[buyer].clone()),
+            (self.identity.clone(), self.tokens[buyer].clone()),
             (HeaderName::from_static("idempotency-key"), key.clone()),
         ];
         let sent = conn.send(Method::POST, &self.path, &headers, self.body.clone());
@@ -382,10 +386,16 @@ pub async fn before_opening(
     Ok(outcomes)
 }
 
+/// The header a buyer's access token goes in at flashmall's edge.
+pub const BEARER: HeaderName = http::header::AUTHORIZATION;
+
 /// The storm: how the attempts are sent.
 pub struct Storm<'a> {
     pub endpoint: &'a Endpoint,
     pub sale: &'a Sale,
+    /// The header `tokens` go in ([`BEARER`] at flashmall's edge).
+    pub identity: HeaderName,
+    /// Buyer `i`'s identity: `Bearer <access token>` at flashmall's edge.
     pub tokens: &'a Arc<Vec<HeaderValue>>,
     pub attempts: &'a [Attempt],
     pub mode: Mode,
@@ -419,6 +429,7 @@ impl Stormed {
 pub async fn storm(storm: Storm<'_>, progress: &Progress) -> Result<Stormed, String> {
     let mut job = Purchases::of_plan(storm.sale, storm.endpoint, storm.tokens, storm.attempts)?;
     job.retries = storm.retries;
+    job.identity = storm.identity;
     job.wins = storm.wins.map(|tx| (tx, Mutex::default()));
     let job = Arc::new(job);
     let recording = load::drive(

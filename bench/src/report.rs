@@ -105,6 +105,76 @@ impl Summary {
     }
 }
 
+/// A storm split at its last reservation: the answers while units remained
+/// (up to and including the last 201) and those after it, when every
+/// answer is a refusal. The two phases run at very different rates (the
+/// first waits on the stock's owner, the second on a snapshot), so one
+/// figure for the whole storm says little of either.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct PhaseRates {
+    /// From the start until the last reservation; `None`: nothing reserved.
+    pub selling_seconds: Option<f64>,
+    pub selling_answers: u64,
+    pub selling_per_second: Option<f64>,
+    pub sold_out_answers: u64,
+    /// `None` when nothing was answered after the last reservation.
+    pub sold_out_per_second: Option<f64>,
+}
+
+impl PhaseRates {
+    /// The phases of `recording`, split at its last `reserved` answer.
+    pub fn of(recording: &Recording) -> PhaseRates {
+        let Some(split_us) = recording
+            .samples
+            .iter()
+            .filter(|s| s.outcome == "reserved")
+            .map(|s| s.done_us)
+            .max()
+        else {
+            return PhaseRates {
+                sold_out_answers: recording.samples.len() as u64,
+                ..PhaseRates::default()
+            };
+        };
+        let selling_answers = recording
+            .samples
+            .iter()
+            .filter(|s| s.done_us <= split_us)
+            .count() as u64;
+        let sold_out_answers = recording.samples.len() as u64 - selling_answers;
+        let selling_seconds = split_us.max(1) as f64 / 1e6;
+        let rest = recording.elapsed.as_secs_f64() - split_us as f64 / 1e6;
+        PhaseRates {
+            selling_seconds: Some(selling_seconds),
+            selling_answers,
+            selling_per_second: Some(selling_answers as f64 / selling_seconds),
+            sold_out_answers,
+            sold_out_per_second: (sold_out_answers > 0 && rest > 0.0)
+                .then(|| sold_out_answers as f64 / rest),
+        }
+    }
+
+    /// `12,345 (1,000 in 0.081 s)`-style cells: the selling phase, then the
+    /// sold-out phase.
+    pub fn cells(&self) -> (String, String) {
+        let rate = |r: Option<f64>| r.map_or("-".to_owned(), |r| format!("{r:.0}"));
+        (
+            format!(
+                "{} ({} answers in {})",
+                rate(self.selling_per_second),
+                self.selling_answers,
+                self.selling_seconds
+                    .map_or("-".to_owned(), |s| format!("{s:.3} s"))
+            ),
+            format!(
+                "{} ({} answers)",
+                rate(self.sold_out_per_second),
+                self.sold_out_answers
+            ),
+        )
+    }
+}
+
 /// One slice of the run's time.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Bucket {
@@ -261,5 +331,37 @@ mod tests {
             100 * 100
         );
         assert!((t[3].t_s - 0.03).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_storm_splits_at_its_last_reservation() {
+        // 100 answers in the first 0.1 s (the last reservation at 0.1 s),
+        // then 900 refusals over the next 0.9 s.
+        let mut samples: Vec<Sample> = (1..=99).map(|i| sample(i * 1000, 10, "sold_out")).collect();
+        samples.push(sample(100_000, 10, "reserved"));
+        samples.extend((1..=900).map(|i| sample(100_000 + i * 1000, 10, "sold_out")));
+        let recording = Recording {
+            mode: Mode::Closed { connections: 4 },
+            samples,
+            elapsed: Duration::from_secs(1),
+            reconnects: 0,
+        };
+        let p = PhaseRates::of(&recording);
+        assert_eq!((p.selling_answers, p.sold_out_answers), (100, 900));
+        assert!(
+            (p.selling_per_second.unwrap() - 1000.0).abs() < 1e-6,
+            "{p:?}"
+        );
+        assert!(
+            (p.sold_out_per_second.unwrap() - 1000.0).abs() < 1e-6,
+            "{p:?}"
+        );
+        // Nothing reserved: no selling phase.
+        let none = Recording {
+            samples: vec![sample(5, 1, "sold_out")],
+            ..recording
+        };
+        let p = PhaseRates::of(&none);
+        assert_eq!((p.selling_per_second, p.sold_out_answers), (None, 1));
     }
 }

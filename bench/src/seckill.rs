@@ -35,7 +35,7 @@ use crate::load::{self, Job, Mode};
 use crate::phases::{self, Purchases, Sale};
 pub use crate::phases::{Answered, Attempt, Facts, outcome_of, rebuilt_of, refusal_of};
 use crate::progress::Progress;
-use crate::report::{Bucket, Machine, Summary, latency_cells, timeline};
+use crate::report::{Bucket, Machine, PhaseRates, Summary, latency_cells, timeline};
 use crate::wrk::{self, WrkRun};
 
 /// The shape of a seckill run.
@@ -360,6 +360,8 @@ pub struct SeckillReport {
     pub mode: Mode,
     pub accounts_seconds: f64,
     pub storm: Summary,
+    /// The storm while units remained and after the sell-out.
+    pub phases: PhaseRates,
     pub timeline: Vec<Bucket>,
     pub sold: i64,
     pub remaining: i64,
@@ -395,6 +397,7 @@ impl SeckillReport {
             self.machine.build
         );
         let _ = writeln!(t, "| figure | value |\n|---|---|");
+        let (selling, sold_out) = self.phases.cells();
         let rows = [
             ("attempts answered", s.requests.to_string()),
             (
@@ -402,6 +405,8 @@ impl SeckillReport {
                 s.reconnects.to_string(),
             ),
             ("throughput (answers/s)", format!("{:.0}", s.throughput)),
+            ("answers/s while units remained", selling),
+            ("answers/s after the last reservation", sold_out),
             ("storm duration (s)", format!("{:.3}", s.seconds)),
             ("sold (ledger)", self.sold.to_string()),
             ("remaining", self.remaining.to_string()),
@@ -673,6 +678,7 @@ pub async fn run(
         phases::Storm {
             endpoint: &endpoint,
             sale: &sale,
+            identity: phases::BEARER,
             tokens: &tokens,
             attempts: &attempts[early..],
             mode: options.mode(),
@@ -796,6 +802,7 @@ pub async fn run(
         mode: options.mode(),
         accounts_seconds,
         timeline: timeline(&recording.samples, recording.elapsed.as_micros() as u64),
+        phases: PhaseRates::of(recording),
         storm,
         sold: facts.sold,
         remaining: facts.remaining,

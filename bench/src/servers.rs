@@ -159,21 +159,35 @@ pub fn nginx_config(
 
 /// nginx with [`nginx_config`], from Debian's `nginx-light` (or any nginx on PATH).
 pub fn nginx(upstream: SocketAddr, workers: usize) -> Result<Process, String> {
-    let program = find_program("nginx").ok_or(
-        "nginx is not installed: apt-get install nginx-light (scripts/test installs it when root)",
-    )?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let addr = free_addr()?;
     let config = dir.path().join("nginx.conf");
     std::fs::write(&config, nginx_config(dir.path(), addr, upstream, workers))
         .map_err(|e| e.to_string())?;
+    spawn_nginx(dir, &config, addr, &[])
+}
+
+/// Starts nginx on `config` (which listens on `addr`) with `dir` as its
+/// prefix and error log, as the leader of its own process group, and waits
+/// until it listens. `extra` goes on its command line (`-g "daemon off;"`
+/// when the config does not say it).
+pub(crate) fn spawn_nginx(
+    dir: TempDir,
+    config: &Path,
+    addr: SocketAddr,
+    extra: &[&str],
+) -> Result<Process, String> {
+    let program = find_program("nginx").ok_or(
+        "nginx is not installed: apt-get install nginx-light (scripts/test installs it when root)",
+    )?;
     let child = Command::new(program)
         .arg("-p")
         .arg(dir.path())
         .arg("-c")
-        .arg(&config)
+        .arg(config)
         .arg("-e")
         .arg(dir.path().join("error.log"))
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .process_group(0)
@@ -221,6 +235,34 @@ pub fn redis_server() -> Result<Process, String> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Err(format!("redis-server on {addr} never answered PING"))
+}
+
+/// One Redis command whose reply is a single line (`+OK`, `:1`): the line
+/// after its type byte. An error reply (`-ERR ...`) is an error.
+pub fn redis_command(addr: SocketAddr, args: &[&str]) -> Result<String, String> {
+    let name = args.first().ok_or("an empty Redis command")?;
+    let mut request = format!("*{}\r\n", args.len());
+    for a in args {
+        request.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| format!("cannot reach Redis at {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(request.as_bytes())
+        .map_err(|e| format!("Redis at {addr}: {e}"))?;
+    let mut reply = Vec::new();
+    let mut byte = [0u8; 1];
+    while !reply.ends_with(b"\r\n") {
+        s.read_exact(&mut byte)
+            .map_err(|e| format!("Redis at {addr} did not answer {name}: {e}"))?;
+        reply.push(byte[0]);
+    }
+    let line = String::from_utf8_lossy(&reply[..reply.len() - 2]).into_owned();
+    match line.split_at_checked(1) {
+        Some(("+" | ":", rest)) => Ok(rest.to_owned()),
+        _ => Err(format!("Redis at {addr} answered {name} with {line:?}")),
+    }
 }
 
 fn ping(addr: SocketAddr) -> bool {

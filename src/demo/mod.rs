@@ -392,6 +392,7 @@ pub(crate) async fn storm(options: &DemoOptions, site: Site<'_>) -> Result<DemoR
         Storm {
             endpoint: &endpoint,
             sale: &sale,
+            identity: phases::BEARER,
             tokens: &tokens,
             attempts: &attempts[early..],
             mode,
