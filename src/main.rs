@@ -10,6 +10,12 @@ use flashmall::demo::DemoOptions;
 use flashmall_mesh::{MeshTls, Shutdown};
 use flashmall_services::Service;
 
+/// jemalloc: its per-thread caches spare the edge glibc's arena locks, met
+/// when one thread frees what another allocated (Pingora's work stealing
+/// moves requests between threads); see bench/RESULTS.md, "proxy".
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "flashmall", version, about = "flash-sale e-commerce backend")]
 struct Cli {
