@@ -30,7 +30,7 @@ use crate::load::Mode;
 use crate::phases::{self, Facts, Sale};
 use crate::progress::Progress;
 use crate::report::{Bucket, Machine, PhaseRates, Summary, latency_cells, timeline};
-use crate::seckill::{Check, SeckillOptions, SeckillReport, check, checks_table, plan};
+use crate::seckill::{Check, SeckillOptions, SeckillReport, check, checks_table, tagged_plan};
 use crate::servers::{self, Process};
 
 const CONFIG: &str = include_str!("../peers/nginx-lua/nginx.conf.in");
@@ -214,15 +214,7 @@ pub async fn run(
         uuid,
         opening: Instant::now() + phases::lead(options.connections),
     };
-    let run_id = Uuid::now_v7().simple().to_string();
-    let run_tag = &run_id[run_id.len() - 10..];
-    let attempts = plan(
-        options.seed,
-        options.attempts,
-        options.buyers,
-        options.retry_percent,
-        &format!("{run_tag}-"),
-    );
+    let (run_tag, attempts) = tagged_plan(options);
     let early = options.early.min(attempts.len());
     let users: Arc<Vec<HeaderValue>> = Arc::new(
         (0..options.buyers)

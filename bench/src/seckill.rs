@@ -191,6 +191,22 @@ pub fn plan(
     out
 }
 
+/// A run's tag (the last characters of a UUIDv7: run-unique accounts,
+/// sales and keys, so a bench can run again on one stack) and its plan of
+/// attempts, whose keys carry the tag.
+pub fn tagged_plan(options: &SeckillOptions) -> (String, Vec<Attempt>) {
+    let run_id = uuid::Uuid::now_v7().simple().to_string();
+    let run_tag = run_id[run_id.len() - 10..].to_owned();
+    let attempts = plan(
+        options.seed,
+        options.attempts,
+        options.buyers,
+        options.retry_percent,
+        &format!("{run_tag}-"),
+    );
+    (run_tag, attempts)
+}
+
 /// Outcomes the engine (or the gate, on its behalf) decided: the attempt
 /// counted as demand.
 const DECIDED: [&str; 4] = ["reserved", "replayed", "sold_out", "limit_exceeded"];
@@ -632,8 +648,8 @@ pub async fn run(
     let admin = login(&client, &base, &target.admin_email, &target.admin_password).await?;
 
     // Buyers: run-unique accounts, so the bench can run again on one stack.
-    let run_id = uuid::Uuid::now_v7().simple().to_string();
-    let run_tag = &run_id[run_id.len() - 10..];
+    let (run_tag, attempts) = tagged_plan(options);
+    let run_tag = run_tag.as_str();
     let accounts_started = Instant::now();
     let tokens = phases::buyers(
         &client,
@@ -657,13 +673,6 @@ pub async fn run(
     )
     .await?;
     let opening = sale.opening;
-    let attempts = plan(
-        options.seed,
-        options.attempts,
-        options.buyers,
-        options.retry_percent,
-        &format!("{run_tag}-"),
-    );
     let early = options.early.min(attempts.len());
     let mut early_outcomes: BTreeMap<String, u64> = BTreeMap::new();
     for outcome in phases::before_opening(&endpoint, &sale, &tokens, &attempts[..early]).await? {
