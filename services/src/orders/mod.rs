@@ -562,19 +562,27 @@ impl Orders {
         let now = now_ms();
         let (order, wrote) = self
             .moved(id, |o| match o.status {
+                // A wrong amount writes nothing.
+                OrderStatus::PendingPayment if amount != o.total => Step::Keep,
                 // An order past its expiry is not payable, even when the
-                // sweeper has not come by yet, nor one whose stock is not
-                // all held yet. A wrong amount writes nothing.
-                OrderStatus::PendingPayment
-                    if o.expires_at_ms > now && amount == o.total && o.stock_held() =>
-                {
-                    Step::Write(Order {
-                        status: OrderStatus::Paid,
-                        paid_at_ms: Some(now),
-                        payment_id: Some(payment_id.to_owned()),
-                        ..o.clone()
-                    })
-                }
+                // sweeper has not come by yet: it is expired here, by the
+                // same conditional write as paying. Answering "not payable"
+                // without writing would let another call of this payment,
+                // one that decided to pay before the deadline and whose
+                // write is still on its way (a timeout, a retry), pay the
+                // order after this answer had the payment refunded.
+                OrderStatus::PendingPayment if o.expires_at_ms <= now => Step::Write(Order {
+                    status: OrderStatus::Expired,
+                    closed_at_ms: Some(now),
+                    ..o.clone()
+                }),
+                // Nor is one whose stock is not all held yet.
+                OrderStatus::PendingPayment if o.stock_held() => Step::Write(Order {
+                    status: OrderStatus::Paid,
+                    paid_at_ms: Some(now),
+                    payment_id: Some(payment_id.to_owned()),
+                    ..o.clone()
+                }),
                 _ => Step::Keep,
             })
             .await?;
@@ -583,6 +591,13 @@ impl Orders {
                 "the amount {amount} does not equal the order total {}",
                 order.total
             )));
+        }
+        if wrote && order.status == OrderStatus::Expired {
+            // Its expiry timer (still there: only paying removes it) gives
+            // the units back.
+            metrics::counter!("flashmall_orders_closed_total", "status" => "expired").increment(1);
+            tracing::debug!(order_id = %id, "order expired when a payment came after its time");
+            return Ok(PaidOutcome::NotPayable(order));
         }
         if wrote {
             metrics::counter!("flashmall_orders_paid_total").increment(1);
@@ -764,5 +779,90 @@ fn visible(caller: &Identity, order: &Order) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(not_found())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::EmbeddedStore;
+
+    /// Gives back and commits nothing: these tests look at the order only.
+    struct NoStock;
+
+    #[async_trait::async_trait]
+    impl StockKeeper for NoStock {
+        async fn hold(&self, _: &Order) -> Result<(), ApiError> {
+            Ok(())
+        }
+        async fn release(&self, _: &Order) -> Result<(), ApiError> {
+            Ok(())
+        }
+        async fn commit(&self, _: &Order) -> Result<(), ApiError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_payment_after_the_deadline_expires_the_order_so_no_earlier_decision_pays_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(&dir.path().join("services.redb")).unwrap());
+        let orders = Orders::new(
+            store,
+            Arc::new(NoStock),
+            OrdersConfig {
+                payment_timeout: Duration::from_millis(50),
+                ..OrdersConfig::default()
+            },
+        );
+        let engine = Identity::service("engine", Duration::from_secs(60));
+        let order_id = Uuid::now_v7();
+        let sale_order = SaleOrder {
+            order_id,
+            reservation_id: Uuid::now_v7(),
+            sale_id: Uuid::now_v7(),
+            user_id: Uuid::now_v7().to_string(),
+            product_id: "p1".into(),
+            quantity: 1,
+            unit_price: 500,
+        };
+        orders
+            .create_sale_orders(&engine, vec![sale_order])
+            .await
+            .unwrap();
+        let payments = Identity::service("payments", Duration::from_secs(60));
+        let id = order_id.to_string();
+        let deadline = orders
+            .load(order_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .0
+            .expires_at_ms;
+        while now_ms() <= deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Past its time, before the sweeper came: not payable, and expired
+        // by this call, so the order can no longer move to paid.
+        let first = orders
+            .mark_paid(&payments, &id, "pay-1", 500)
+            .await
+            .unwrap();
+        let PaidOutcome::NotPayable(order) = first else {
+            panic!("a payment past the deadline was taken: {first:?}");
+        };
+        assert_eq!(order.status, OrderStatus::Expired);
+        let (stored, _) = orders.load(order_id).await.unwrap().unwrap();
+        assert_eq!(stored.status, OrderStatus::Expired);
+        // The same payment asking again (its other call, late) is refused
+        // on the order as it now stands.
+        let again = orders
+            .mark_paid(&payments, &id, "pay-1", 500)
+            .await
+            .unwrap();
+        assert!(
+            matches!(&again, PaidOutcome::NotPayable(o) if o.status == OrderStatus::Expired),
+            "{again:?}"
+        );
     }
 }
