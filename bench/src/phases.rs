@@ -254,7 +254,7 @@ impl Purchases {
     ) -> Result<Purchases, String> {
         Ok(Purchases {
             path: sale.purchase_path.clone(),
-            identity: http::header::AUTHORIZATION,
+            identity: BEARER,
             tokens: Arc::clone(tokens),
             attempts: attempts
                 .into_iter()

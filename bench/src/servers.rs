@@ -266,12 +266,7 @@ pub fn redis_command(addr: SocketAddr, args: &[&str]) -> Result<String, String> 
 }
 
 fn ping(addr: SocketAddr) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-    let mut buf = [0u8; 7];
-    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    redis_command(addr, &["PING"]).is_ok_and(|reply| reply == "PONG")
 }
 
 #[cfg(test)]

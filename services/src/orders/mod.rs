@@ -571,11 +571,9 @@ impl Orders {
                 // one that decided to pay before the deadline and whose
                 // write is still on its way (a timeout, a retry), pay the
                 // order after this answer had the payment refunded.
-                OrderStatus::PendingPayment if o.expires_at_ms <= now => Step::Write(Order {
-                    status: OrderStatus::Expired,
-                    closed_at_ms: Some(now),
-                    ..o.clone()
-                }),
+                OrderStatus::PendingPayment if o.expires_at_ms <= now => {
+                    Step::Write(expired(o, now))
+                }
                 // Nor is one whose stock is not all held yet.
                 OrderStatus::PendingPayment if o.stock_held() => Step::Write(Order {
                     status: OrderStatus::Paid,
@@ -634,11 +632,9 @@ impl Orders {
         let now = now_ms();
         let (order, wrote) = self
             .moved(id, |o| match o.status {
-                OrderStatus::PendingPayment if o.expires_at_ms <= now => Step::Write(Order {
-                    status: OrderStatus::Expired,
-                    closed_at_ms: Some(now),
-                    ..o.clone()
-                }),
+                OrderStatus::PendingPayment if o.expires_at_ms <= now => {
+                    Step::Write(expired(o, now))
+                }
                 _ => Step::Keep,
             })
             .await?;
@@ -774,6 +770,16 @@ fn require_service(caller: &Identity) -> Result<(), ApiError> {
 
 /// Buyers see their own orders; admins and components see every order.
 /// Another buyer's order answers as missing, so ids leak nothing.
+/// `o` expired at `now`: the move the sweeper makes, and a payment that
+/// comes after the order's time.
+fn expired(o: &Order, now: u64) -> Order {
+    Order {
+        status: OrderStatus::Expired,
+        closed_at_ms: Some(now),
+        ..o.clone()
+    }
+}
+
 fn visible(caller: &Identity, order: &Order) -> Result<(), ApiError> {
     if order.user_id == caller.user_id || caller.is_admin() || caller.is_service() {
         Ok(())
