@@ -171,6 +171,7 @@ fn sale_with_limit(stock: i64, per_user_limit: i64) -> Sale {
         starts_at: now,
         ends_at: now + time::Duration::hours(1),
         created_at: now,
+        waiting_room: None,
     }
 }
 

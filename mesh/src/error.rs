@@ -30,11 +30,21 @@ pub enum ErrorCode {
     RateLimited,
     Unavailable,
     Internal,
+    /// A waiting-room sale: the purchase carries no admission token.
+    AdmissionRequired,
+    /// A waiting room's ticket or admission token that is forged, expired,
+    /// or another buyer's or sale's.
+    InvalidTicket,
+    /// The admission was already used for a purchase with another
+    /// Idempotency-Key.
+    AdmissionUsed,
+    /// The sale's waiting room holds as many buyers as it may.
+    QueueFull,
 }
 
 impl ErrorCode {
     /// Every code, for tests and documentation.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::InvalidRequest,
         ErrorCode::PayloadTooLarge,
         ErrorCode::Unauthenticated,
@@ -51,6 +61,10 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
+        ErrorCode::AdmissionRequired,
+        ErrorCode::InvalidTicket,
+        ErrorCode::AdmissionUsed,
+        ErrorCode::QueueFull,
     ];
 
     /// The code string clients match on.
@@ -72,6 +86,10 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::AdmissionRequired => "admission_required",
+            ErrorCode::InvalidTicket => "invalid_ticket",
+            ErrorCode::AdmissionUsed => "admission_used",
+            ErrorCode::QueueFull => "queue_full",
         }
     }
 
@@ -86,17 +104,20 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => StatusCode::BAD_REQUEST,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
-            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden | ErrorCode::AdmissionRequired | ErrorCode::InvalidTicket => {
+                StatusCode::FORBIDDEN
+            }
             ErrorCode::NotFound | ErrorCode::SaleNotFound => StatusCode::NOT_FOUND,
             ErrorCode::SoldOut
             | ErrorCode::LimitExceeded
             | ErrorCode::SaleNotOpen
             | ErrorCode::SaleClosed
             | ErrorCode::Conflict
+            | ErrorCode::AdmissionUsed
             | ErrorCode::OutOfStock => StatusCode::CONFLICT,
             ErrorCode::PaymentDeclined => StatusCode::PAYMENT_REQUIRED,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable | ErrorCode::QueueFull => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -106,7 +127,11 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidRequest | ErrorCode::PayloadTooLarge => tonic::Code::InvalidArgument,
             ErrorCode::Unauthenticated => tonic::Code::Unauthenticated,
-            ErrorCode::Forbidden => tonic::Code::PermissionDenied,
+            ErrorCode::Forbidden | ErrorCode::AdmissionRequired | ErrorCode::InvalidTicket => {
+                tonic::Code::PermissionDenied
+            }
+            ErrorCode::AdmissionUsed => tonic::Code::AlreadyExists,
+            ErrorCode::QueueFull => tonic::Code::ResourceExhausted,
             ErrorCode::NotFound | ErrorCode::SaleNotFound => tonic::Code::NotFound,
             ErrorCode::SoldOut | ErrorCode::LimitExceeded => tonic::Code::ResourceExhausted,
             ErrorCode::SaleNotOpen | ErrorCode::SaleClosed => tonic::Code::FailedPrecondition,

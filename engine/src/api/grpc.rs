@@ -87,6 +87,7 @@ impl InventoryService for Inventory {
                 per_user_limit: r.per_user_limit,
                 starts_at: r.starts_at,
                 ends_at: r.ends_at,
+                waiting_room: None,
             })
             .await?;
         Ok(Response::new(sale_pb(view)))

@@ -42,6 +42,7 @@ pub(crate) fn sale_json(view: &SaleView) -> serde_json::Value {
         "starts_at": rfc3339(s.starts_at),
         "ends_at": rfc3339(s.ends_at),
         "created_at": rfc3339(s.created_at),
+        "waiting_room": s.waiting_room,
         "status": view.status.as_str(),
         "remaining": view.remaining,
         "pending": view.pending,

@@ -560,6 +560,7 @@ mod tests {
                 per_user_limit: 1,
                 starts_at: crate::sale::rfc3339(now - time::Duration::seconds(1)),
                 ends_at: crate::sale::rfc3339(now + time::Duration::hours(1)),
+                waiting_room: None,
             })
             .await
             .unwrap();

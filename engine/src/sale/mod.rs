@@ -28,6 +28,66 @@ pub struct Sale {
     pub ends_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// The edge's waiting room for this sale, when it has one: purchases
+    /// then need an admission the edge hands out in queue order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_room: Option<WaitingRoom>,
+}
+
+/// A sale's waiting room (`waiting_room` on creation): the edge queues its
+/// buyers and admits them at most `admit_per_second`, slower while the
+/// engine's settlement backlog grows; an admission lasts
+/// `admission_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitingRoom {
+    /// Buyers admitted per second at most.
+    #[serde(default = "WaitingRoom::default_rate")]
+    pub admit_per_second: u32,
+    /// How long an admitted buyer may take to purchase, seconds.
+    #[serde(default = "WaitingRoom::default_admission")]
+    pub admission_seconds: u32,
+    /// The most buyers the queue holds; later ones are told it is full.
+    #[serde(default = "WaitingRoom::default_max_queue")]
+    pub max_queue: u32,
+}
+
+impl WaitingRoom {
+    pub const MAX_RATE: u32 = 100_000;
+    pub const MAX_QUEUE: u32 = 10_000_000;
+
+    fn default_rate() -> u32 {
+        100
+    }
+
+    fn default_admission() -> u32 {
+        120
+    }
+
+    fn default_max_queue() -> u32 {
+        1_000_000
+    }
+
+    fn validate(self) -> Result<WaitingRoom, ApiError> {
+        if !(1..=Self::MAX_RATE).contains(&self.admit_per_second) {
+            return Err(ApiError::invalid(format!(
+                "waiting_room.admit_per_second must be between 1 and {}",
+                Self::MAX_RATE
+            )));
+        }
+        if !(5..=3600).contains(&self.admission_seconds) {
+            return Err(ApiError::invalid(
+                "waiting_room.admission_seconds must be between 5 and 3600",
+            ));
+        }
+        if !(1..=Self::MAX_QUEUE).contains(&self.max_queue) {
+            return Err(ApiError::invalid(format!(
+                "waiting_room.max_queue must be between 1 and {}",
+                Self::MAX_QUEUE
+            )));
+        }
+        Ok(self)
+    }
 }
 
 /// Where a sale is in its life.
@@ -76,6 +136,9 @@ pub struct NewSale {
     pub per_user_limit: i64,
     pub starts_at: String,
     pub ends_at: String,
+    /// A waiting room at the edge for this sale (every field defaulted).
+    #[serde(default)]
+    pub waiting_room: Option<WaitingRoom>,
 }
 
 /// Largest stock one sale may have (keeps every count far from overflow).
@@ -113,6 +176,7 @@ impl NewSale {
         if ends_at <= now {
             return Err(ApiError::invalid("ends_at must be in the future"));
         }
+        let waiting_room = self.waiting_room.map(WaitingRoom::validate).transpose()?;
         Ok(Sale {
             id: Uuid::now_v7(),
             product_id,
@@ -122,6 +186,7 @@ impl NewSale {
             starts_at,
             ends_at,
             created_at: now,
+            waiting_room,
         })
     }
 }
@@ -156,6 +221,7 @@ mod tests {
             per_user_limit: 2,
             starts_at: "2026-01-01T00:00:00Z".into(),
             ends_at: "2026-01-02T00:00:00Z".into(),
+            waiting_room: None,
         }
     }
 
@@ -191,6 +257,51 @@ mod tests {
         ] {
             assert!(bad.into_sale(now).is_err());
         }
+    }
+
+    #[test]
+    fn a_waiting_room_is_defaulted_and_validated() {
+        let now = datetime!(2025-12-31 00:00 UTC);
+        let with = |json: &str| NewSale {
+            waiting_room: Some(serde_json::from_str(json).unwrap()),
+            ..new_sale()
+        };
+        let sale = with("{}").into_sale(now).unwrap();
+        assert_eq!(
+            sale.waiting_room,
+            Some(WaitingRoom {
+                admit_per_second: 100,
+                admission_seconds: 120,
+                max_queue: 1_000_000
+            })
+        );
+        let tuned = with(r#"{"admit_per_second": 5, "admission_seconds": 30}"#);
+        assert_eq!(
+            tuned
+                .into_sale(now)
+                .unwrap()
+                .waiting_room
+                .map(|r| r.admit_per_second),
+            Some(5)
+        );
+        for bad in [
+            r#"{"admit_per_second": 0}"#,
+            r#"{"admit_per_second": 100001}"#,
+            r#"{"admission_seconds": 4}"#,
+            r#"{"max_queue": 0}"#,
+        ] {
+            let error = with(bad).into_sale(now).unwrap_err();
+            assert!(error.message.contains("waiting_room."), "{bad}: {error}");
+        }
+        assert!(
+            serde_json::from_str::<WaitingRoom>(r#"{"rate": 5}"#).is_err(),
+            "unknown fields are refused"
+        );
+        // A sale without one stores and reads as before.
+        let plain = new_sale().into_sale(now).unwrap();
+        let stored = serde_json::to_string(&plain).unwrap();
+        assert!(!stored.contains("waiting_room"));
+        assert_eq!(serde_json::from_str::<Sale>(&stored).unwrap(), plain);
     }
 
     #[test]
