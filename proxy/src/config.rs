@@ -145,6 +145,72 @@ pub struct ProxyConfig {
     pub sold_out_ttl: Duration,
     /// Rate limits, all applied to every request they match.
     pub limits: Vec<LimitConfig>,
+    /// Waiting rooms of sales created with `waiting_room`.
+    pub waiting_room: WaitingRoomConfig,
+}
+
+/// `[proxy.waiting_room]`: how the edge runs the waiting rooms of sales
+/// created with `waiting_room` (each sale sets its own admission rate,
+/// admission window and queue size). The queues live in `proxy.redis_url`
+/// when set (one queue for every replica), else in this process.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WaitingRoomConfig {
+    /// How long a queue ticket is good for; every poll answers a fresh one.
+    #[serde(with = "humantime_serde")]
+    pub ticket_ttl: Duration,
+    /// How often each replica advances admission, reads the engine's
+    /// counts (sold out closes the queue, returned units reopen it) and
+    /// wakes its long polls.
+    #[serde(with = "humantime_serde")]
+    pub tick: Duration,
+    /// The longest a poll may wait (`?wait=N`).
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// Polls waiting at once on one replica; past it, polls answer at once.
+    pub max_waiters: usize,
+    /// A settlement backlog worth this long of admissions (the engine's
+    /// `pending` units at the sale's admission rate) stops admission until
+    /// the ledger catches up; below it, admission slows in proportion.
+    #[serde(with = "humantime_serde")]
+    pub backlog: Duration,
+}
+
+impl Default for WaitingRoomConfig {
+    fn default() -> Self {
+        WaitingRoomConfig {
+            ticket_ttl: Duration::from_secs(600),
+            tick: Duration::from_millis(100),
+            max_wait: Duration::from_secs(30),
+            max_waiters: 100_000,
+            backlog: Duration::from_secs(2),
+        }
+    }
+}
+
+impl WaitingRoomConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.ticket_ttl < Duration::from_secs(10)
+            || self.ticket_ttl > Duration::from_secs(86_400)
+        {
+            return Err("proxy.waiting_room.ticket_ttl must be between 10s and 24h".into());
+        }
+        if self.tick < Duration::from_millis(10) || self.tick > Duration::from_millis(500) {
+            return Err(
+                "proxy.waiting_room.tick must be between 10ms and 500ms (sold out closes the queue within a second)".into(),
+            );
+        }
+        if self.max_wait > Duration::from_secs(120) {
+            return Err("proxy.waiting_room.max_wait must be at most 2m".into());
+        }
+        if self.max_waiters == 0 || self.max_waiters > 10_000_000 {
+            return Err("proxy.waiting_room.max_waiters must be between 1 and 10000000".into());
+        }
+        if self.backlog < Duration::from_millis(100) {
+            return Err("proxy.waiting_room.backlog must be at least 100ms".into());
+        }
+        Ok(())
+    }
 }
 
 impl Default for ProxyConfig {
@@ -258,6 +324,17 @@ impl Default for ProxyConfig {
                     burst: 200,
                     scope: "local".into(),
                 },
+                // A waiting room's joins and polls: a storefront long-polls
+                // (`?wait=`), so a buyer needs few.
+                LimitConfig {
+                    name: "queue-per-user".into(),
+                    key: "user".into(),
+                    method: "*".into(),
+                    path: "^/api/v1/sales/[^/]+/queue$".into(),
+                    per_second: 2.0,
+                    burst: 10,
+                    scope: "local".into(),
+                },
                 LimitConfig {
                     name: "purchases-per-user".into(),
                     key: "user".into(),
@@ -268,12 +345,14 @@ impl Default for ProxyConfig {
                     scope: "local".into(),
                 },
             ],
+            waiting_room: WaitingRoomConfig::default(),
         }
     }
 }
 
 impl ProxyConfig {
     pub fn validate(&self) -> Result<(), String> {
+        self.waiting_room.validate()?;
         flashmall_mesh::config::check_redis_url("proxy.redis_url", &self.redis_url)?;
         if self.admin_listen.port() != 0 && self.admin_listen.port() == self.listen.port() {
             return Err(format!(

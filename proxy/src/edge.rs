@@ -24,6 +24,7 @@ use crate::gate::{self, Gate};
 use crate::identity::{Refused, Verifier};
 use crate::limits::{KeyKind, Limit, Limiter};
 use crate::state::{Revocation, Snapshot, View, now_ms};
+use crate::waiting::{self, WaitingRooms};
 use crate::{admin, openapi, respond};
 
 /// The longest an access token can live (the auth service caps it).
@@ -102,6 +103,8 @@ pub struct Edge {
     pub(crate) jwt_leeway: Duration,
     /// Which requests get an access-log line (`proxy.access_log`).
     pub(crate) access_log: crate::access::AccessLogger,
+    /// Waiting rooms of the sales that have one.
+    pub(crate) waiting: Arc<WaitingRooms>,
 }
 
 /// The route family of `path`, the `route` label of the edge's metrics:
@@ -508,6 +511,9 @@ impl Edge {
             .await?;
             return Ok(Some(true));
         }
+        if let Some(sale) = waiting::queue_sale(path) {
+            return self.queue(session, ctx, method, sale).await.map(Some);
+        }
         if !admin::owns(path) {
             return Ok(None);
         }
@@ -545,6 +551,89 @@ impl Edge {
         let sale = gate::purchase_sale(path)?;
         (method == "POST" && self.gate.closed_for(sale, user))
             .then(|| Refusal::counted("sold_out_gate", flashmall_mesh::contract::sold_out()))
+    }
+
+    /// A waiting room's queue: joined (POST) or polled (GET), answered here.
+    async fn queue(
+        &self,
+        session: &mut Session,
+        ctx: &Ctx,
+        method: &str,
+        sale: &str,
+    ) -> Result<bool> {
+        // Identity is required on this path (it is not public).
+        let user = ctx
+            .claims
+            .as_ref()
+            .map(|c| c.sub.clone())
+            .unwrap_or_default();
+        let answer = match method {
+            "POST" => self.waiting.join(sale, &user).await,
+            "GET" => {
+                let header = session.req_header();
+                let ticket = header
+                    .headers
+                    .get(waiting::TICKET_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                match waiting::wait_of(header.uri.query(), self.waiting.max_wait()) {
+                    Ok(wait) => self
+                        .waiting
+                        .poll(sale, &user, ticket.as_deref(), wait)
+                        .await
+                        .map(|body| (200, body)),
+                    Err(e) => Err(e),
+                }
+            }
+            _ => Err(ApiError::invalid(
+                "a waiting room is joined with POST and polled with GET",
+            )),
+        };
+        match answer {
+            Ok((status, body)) => respond::json(session, status, &body, &ctx.request_id).await?,
+            Err(e) => {
+                if e.code == ErrorCode::InvalidTicket {
+                    reject("invalid_ticket");
+                }
+                respond::error(session, &e, &ctx.request_id).await?
+            }
+        }
+        Ok(true)
+    }
+
+    /// Step 6b: a purchase of a waiting-room sale needs an admission.
+    async fn unadmitted(
+        &self,
+        session: &Session,
+        ctx: &Ctx,
+        method: &str,
+        path: &str,
+    ) -> Option<Refusal> {
+        let sale = gate::purchase_sale(path)?;
+        let user = ctx.claims.as_ref().map(|c| c.sub.as_str())?;
+        if method != "POST" {
+            return None;
+        }
+        let headers = &session.req_header().headers;
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        self.waiting
+            .admit_purchase(
+                sale,
+                user,
+                header(waiting::ADMISSION_HEADER),
+                header("idempotency-key"),
+            )
+            .await
+            .err()
+            .map(|e| {
+                let reason = match e.code {
+                    ErrorCode::AdmissionRequired => "admission_required",
+                    ErrorCode::InvalidTicket => "invalid_ticket",
+                    ErrorCode::AdmissionUsed => "admission_used",
+                    _ => "waiting_room_unavailable",
+                };
+                Refusal::counted(reason, e)
+            })
     }
 
     /// Step 7: the upstream pool that serves `path` (kept in `ctx.pool`).
@@ -706,10 +795,13 @@ impl ProxyHttp for Edge {
         if let Some(done) = self.own(session, ctx, &method, &path).await? {
             return Ok(done);
         }
-        if let Some(refusal) = self
-            .gated(ctx, &method, &path)
-            .or_else(|| self.route(ctx, &path))
-        {
+        if let Some(refusal) = self.gated(ctx, &method, &path) {
+            return self.refuse(session, ctx, refusal).await;
+        }
+        if let Some(refusal) = self.unadmitted(session, ctx, &method, &path).await {
+            return self.refuse(session, ctx, refusal).await;
+        }
+        if let Some(refusal) = self.route(ctx, &path) {
             return self.refuse(session, ctx, refusal).await;
         }
         // Proxied from here on: back to Pingora's rule for a response that

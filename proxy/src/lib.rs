@@ -20,6 +20,7 @@ mod openapi;
 pub mod respond;
 pub mod state;
 mod upstreams;
+pub mod waiting;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -131,7 +132,6 @@ pub async fn launch(settings: &ProxySettings) -> Result<RunningProxy, String> {
     let verifier = token_verifier(settings, stop_rx.clone()).await?;
     let edge = Edge {
         routes: routes(config),
-        pools,
         public: public_routes(config)?,
         verifier,
         identity: settings.identity.clone(),
@@ -141,7 +141,8 @@ pub async fn launch(settings: &ProxySettings) -> Result<RunningProxy, String> {
             .iter()
             .map(Limit::from_config)
             .collect::<Result<Vec<_>, _>>()?,
-        limiter: Limiter::new(redis),
+        limiter: Limiter::new(redis.clone()),
+        waiting: waiting_rooms(settings, &pools, redis),
         gate: Arc::new(Gate::new(config.sold_out_ttl)),
         tls: settings
             .tls
@@ -155,6 +156,7 @@ pub async fn launch(settings: &ProxySettings) -> Result<RunningProxy, String> {
         read_timeout: config.read_timeout,
         jwt_leeway: config.jwt_leeway,
         access_log: access::AccessLogger::new(config.access_log, config.access_log_sample),
+        pools,
     };
     let (listen, thread) = serve_pingora(server, edge, config.listen, checks, stop_rx)?;
     let running = RunningProxy {
@@ -229,6 +231,36 @@ async fn edge_state(
         .await
         .map_err(|e| format!("cannot load the edge state: {e}"))?;
     Ok((view, redis))
+}
+
+/// The waiting rooms: queues in Redis when the edge has one (shared by
+/// every replica), else in this process; sales read from the pool that
+/// serves `/api/v1/sales/`.
+fn waiting_rooms(
+    settings: &ProxySettings,
+    pools: &HashMap<String, Pool>,
+    redis: Option<fred::prelude::Client>,
+) -> Arc<waiting::WaitingRooms> {
+    let store: Arc<dyn waiting::store::QueueStore> = match redis {
+        Some(client) => Arc::new(waiting::store::RedisQueueStore::new(client)),
+        None => Arc::new(waiting::store::LocalQueueStore::default()),
+    };
+    let engine = routes(&settings.proxy)
+        .into_iter()
+        .find(|(prefix, _)| "/api/v1/sales/".starts_with(prefix.as_str()))
+        .and_then(|(_, name)| {
+            pools.get(&name).map(|pool| waiting::EngineLink {
+                pool: Arc::clone(pool),
+                target: name,
+                tls: settings.tls.clone(),
+            })
+        });
+    waiting::WaitingRooms::new(
+        store,
+        settings.identity.clone(),
+        settings.proxy.waiting_room.clone(),
+        engine,
+    )
 }
 
 /// Each upstream pool, resolved, with its health-check service.
