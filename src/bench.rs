@@ -9,6 +9,7 @@
 
 use std::path::PathBuf;
 
+use flashmall_bench::fairness::{FairnessOptions, FairnessReport};
 use flashmall_bench::fault::{Fault, FaultyRedis};
 use flashmall_bench::peer::{Comparison, Round};
 use flashmall_bench::proxy::ProxyOptions;
@@ -83,6 +84,14 @@ pub struct SeckillArgs {
     /// When the fault strikes, after the opening (`1.5s`, `800ms`).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub fault_at: std::time::Duration,
+    /// Instead of the storm: the same buyers, with fast and slow clients,
+    /// against a sale without and one with a waiting room; who wins by
+    /// client speed and arrival (`--buyers`, `--stock`, `--per-user-limit`,
+    /// `--seed` and the options below shape it).
+    #[arg(long)]
+    pub waiting_room: bool,
+    #[command(flatten)]
+    pub fairness: FairnessOptions,
     #[command(flatten)]
     pub output: Output,
 }
@@ -107,68 +116,99 @@ pub struct PeerArgs {
 
 const LOCAL_ADMIN_PASSWORD: &str = "bench admin password 0123";
 
+/// The target of a running stack (`--url`), its admin's password read
+/// from `--admin-password-file`.
+fn remote_target(args: &SeckillArgs, url: &str) -> Result<Target, String> {
+    if args.redis.is_some() || args.fast_ack || args.fault.is_some() {
+        return Err("--redis, --fast-ack and --fault shape a throwaway stack; with --url the running stack's config decides".into());
+    }
+    let file = args
+        .admin_password_file
+        .as_ref()
+        .ok_or("with --url, give the admin's password in --admin-password-file")?;
+    let password = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?
+        .trim_end_matches(['\r', '\n'])
+        .to_owned();
+    Ok(Target {
+        base: url.to_owned(),
+        admin_email: args.admin_email.clone(),
+        admin_password: password,
+        edge_admin: args.edge_admin.clone(),
+    })
+}
+
+/// A throwaway stack on `redis` (in-process when `None`), with the bench's
+/// admin registered; its target.
+async fn throwaway(
+    args: &SeckillArgs,
+    redis: Option<String>,
+) -> Result<(crate::stack::Stack, tempfile::TempDir, Target), String> {
+    let (stack, data) = Throwaway {
+        redis,
+        fast_ack: args.fast_ack,
+        max_quantity: args.options.per_user_limit,
+        payment_timeout: std::time::Duration::from_secs(900),
+    }
+    .start()
+    .await?;
+    stack
+        .register_admin(&args.admin_email, LOCAL_ADMIN_PASSWORD)
+        .await?;
+    let target = Target {
+        base: stack.base(),
+        admin_email: args.admin_email.clone(),
+        admin_password: LOCAL_ADMIN_PASSWORD.to_owned(),
+        edge_admin: Some(stack.admin_base()),
+    };
+    Ok((stack, data, target))
+}
+
 /// Runs a seckill bench: against `--url`, or a throwaway stack.
 pub async fn seckill(args: &SeckillArgs) -> Result<SeckillReport, String> {
     let visible = !args.output.quiet;
-    match &args.url {
-        Some(url) => {
-            if args.redis.is_some() || args.fast_ack || args.fault.is_some() {
-                return Err("--redis, --fast-ack and --fault shape a throwaway stack; with --url the running stack's config decides".into());
-            }
-            let file = args
-                .admin_password_file
-                .as_ref()
-                .ok_or("with --url, give the admin's password in --admin-password-file")?;
-            let password = std::fs::read_to_string(file)
-                .map_err(|e| format!("cannot read {}: {e}", file.display()))?
-                .trim_end_matches(['\r', '\n'])
-                .to_owned();
-            let target = Target {
-                base: url.clone(),
-                admin_email: args.admin_email.clone(),
-                admin_password: password,
-                edge_admin: args.edge_admin.clone(),
-            };
-            flashmall_bench::seckill::run(&target, &args.options, None, visible).await
-        }
-        None => {
-            let faulty = match args.fault {
-                Some(_) if args.redis.is_some() => {
-                    return Err("--fault starts its own Redis topology; leave out --redis".into());
-                }
-                Some(fault) => Some(FaultyRedis::start(fault).await?),
-                None => None,
-            };
-            let redis = match &faulty {
-                Some(f) => Some(f.url().to_owned()),
-                None => args.redis.clone(),
-            };
-            let (stack, _data) = Throwaway {
-                redis,
-                fast_ack: args.fast_ack,
-                max_quantity: args.options.per_user_limit,
-                payment_timeout: std::time::Duration::from_secs(900),
-            }
-            .start()
-            .await?;
-            stack
-                .register_admin(&args.admin_email, LOCAL_ADMIN_PASSWORD)
-                .await?;
-            let target = Target {
-                base: stack.base(),
-                admin_email: args.admin_email.clone(),
-                admin_password: LOCAL_ADMIN_PASSWORD.to_owned(),
-                edge_admin: Some(stack.admin_base()),
-            };
-            let plan = faulty.as_ref().map(|redis| FaultPlan {
-                redis,
-                at: args.fault_at,
-            });
-            let report = flashmall_bench::seckill::run(&target, &args.options, plan, visible).await;
-            stack.stop().await;
-            report
-        }
+    if let Some(url) = &args.url {
+        let target = remote_target(args, url)?;
+        return flashmall_bench::seckill::run(&target, &args.options, None, visible).await;
     }
+    let faulty = match args.fault {
+        Some(_) if args.redis.is_some() => {
+            return Err("--fault starts its own Redis topology; leave out --redis".into());
+        }
+        Some(fault) => Some(FaultyRedis::start(fault).await?),
+        None => None,
+    };
+    let redis = match &faulty {
+        Some(f) => Some(f.url().to_owned()),
+        None => args.redis.clone(),
+    };
+    let (stack, _data, target) = throwaway(args, redis).await?;
+    let plan = faulty.as_ref().map(|redis| FaultPlan {
+        redis,
+        at: args.fault_at,
+    });
+    let report = flashmall_bench::seckill::run(&target, &args.options, plan, visible).await;
+    stack.stop().await;
+    report
+}
+
+/// Runs the waiting-room bench (`seckill --waiting-room`): against
+/// `--url`, or a throwaway stack.
+pub async fn waiting_room(args: &SeckillArgs) -> Result<FairnessReport, String> {
+    let visible = !args.output.quiet;
+    if args.fault.is_some() {
+        return Err("--waiting-room strikes no fault; leave out --fault".into());
+    }
+    if let Some(url) = &args.url {
+        let target = remote_target(args, url)?;
+        return flashmall_bench::fairness::run(&target, &args.options, &args.fairness, visible)
+            .await;
+    }
+    let (stack, _data, target) = throwaway(args, args.redis.clone()).await?;
+    let report =
+        flashmall_bench::fairness::run(&target, &args.options, &args.fairness, visible).await;
+    stack.stop().await;
+    report
 }
 
 /// Runs the seckill storm against flashmall (durable, then fast ack, each a
@@ -202,6 +242,8 @@ pub async fn peer(args: &PeerArgs) -> Result<Comparison, String> {
         fast_ack,
         fault: None,
         fault_at: std::time::Duration::from_secs(1),
+        waiting_room: false,
+        fairness: FairnessOptions::default(),
         output: args.output.clone(),
     };
     let mut rounds = Vec::new();
@@ -228,6 +270,17 @@ pub async fn peer(args: &PeerArgs) -> Result<Comparison, String> {
 /// when an invariant failed.
 pub async fn run(bench: &Bench) -> Result<bool, String> {
     let (name, output, json, markdown, svg, held) = match bench {
+        Bench::Seckill(args) if args.waiting_room => {
+            let r = waiting_room(args).await?;
+            (
+                "seckill-waiting-room",
+                &args.output,
+                serde_json::to_value(&r),
+                r.markdown(),
+                r.svg(),
+                r.invariants_hold(),
+            )
+        }
         Bench::Seckill(args) => {
             let r = seckill(args).await?;
             (

@@ -25,6 +25,8 @@ fn small(options: SeckillOptions) -> SeckillArgs {
         fast_ack: false,
         fault: None,
         fault_at: std::time::Duration::from_secs(1),
+        waiting_room: false,
+        fairness: flashmall_bench::fairness::FairnessOptions::default(),
         output: Output {
             out: std::env::temp_dir(),
             quiet: true,
@@ -651,4 +653,36 @@ async fn the_peer_bench_runs_one_storm_on_flashmall_and_on_the_nginx_lua_peer() 
     assert_eq!(c.svg().matches("<polyline").count(), 6);
     // No gate phase: the peer has none.
     assert!(r.durable.gate.is_none() && r.fast_ack.gate.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_waiting_room_bench_runs_the_same_buyers_with_and_without_a_room() {
+    let args = SeckillArgs {
+        waiting_room: true,
+        fairness: flashmall_bench::fairness::FairnessOptions {
+            admit_per_second: 100,
+            client_delay_ms: 100,
+            ..Default::default()
+        },
+        ..small(SeckillOptions {
+            stock: 20,
+            buyers: 200,
+            ..options()
+        })
+    };
+    let r = flashmall::bench::waiting_room(&args).await.unwrap();
+    let md = r.markdown();
+    assert!(r.invariants_hold(), "{md}");
+    for run in [&r.without_room, &r.with_room] {
+        assert_eq!(run.checks.len(), 6, "{md}");
+        // Every buyer has one fate, under their arrival.
+        let fates: u64 = run.by_arrival.values().flat_map(|o| o.values()).sum();
+        assert_eq!(fates, 200, "{md}");
+        let won: u64 = run.by_arrival.values().filter_map(|o| o.get("won")).sum();
+        assert_eq!(won, 20, "exactly the stock is won: {md}");
+        assert!(run.by_arrival.contains_key("0: before the opening"), "{md}");
+    }
+    assert!(r.with_room.wait_seconds.is_some(), "{md}");
+    assert!(r.without_room.wait_seconds.is_none(), "{md}");
+    assert!(r.svg().starts_with("<svg"), "{md}");
 }

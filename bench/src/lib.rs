@@ -14,6 +14,9 @@
 //!   beside the bench's own driver (proxy and sold-out gate figures).
 //! - [`peer`]: the classic seckill stack (nginx + Lua + Redis, the engine's
 //!   own reserve script) under the same storm, beside flashmall.
+//! - [`fairness`]: the same buyers, fast and slow clients, against a sale
+//!   with and one without a waiting room: who wins, by client speed and
+//!   arrival (`seckill --waiting-room`).
 //! - [`fault`]: the Redis topologies `seckill --fault` starts and strikes
 //!   mid-storm (restart from a snapshot, Sentinel or cluster failover).
 //!
@@ -21,6 +24,7 @@
 
 pub mod api;
 pub mod chart;
+pub mod fairness;
 pub mod fault;
 pub mod http;
 pub mod load;

@@ -604,7 +604,7 @@ impl SeckillReport {
     }
 }
 
-const PASSWORD: &str = "bench password 0123";
+pub(crate) const PASSWORD: &str = "bench password 0123";
 
 // The edge's static answer.
 struct Static;
