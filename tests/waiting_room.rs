@@ -606,3 +606,129 @@ async fn through_the_waiting_room_no_unit_is_oversold_and_no_buyer_passes_the_li
     other.stop().await;
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_store_that_loses_writes_sells_exactly_the_stock_and_the_queue_goes_on() {
+    // The edge's queues on a redis-server of their own (the engine's front
+    // in process), so the loss strikes the waiting room alone.
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let s = EdgeStack::start_with(Options::default(), |p| p.redis_url = url).await;
+    let base = s.base.clone();
+    let admin = s.admin().await;
+    const STOCK: usize = 6;
+    let sale = room_sale(
+        &s,
+        &admin,
+        STOCK as i64,
+        time::Duration::seconds(2),
+        json!({"admit_per_second": 50, "admission_seconds": 60}),
+    )
+    .await;
+    let buyers: Vec<Buyer> = (0..12).map(|i| buyer(&format!("l{i}"))).collect();
+    let mut tickets = HashMap::new();
+    for b in &buyers {
+        let (status, body) = join(&s, &base, b, &sale).await;
+        assert_eq!(status, 201, "{body}");
+        tickets.insert(b.id.clone(), body["ticket"].as_str().unwrap().to_owned());
+    }
+    // Redis will come back with every joiner and nothing after: no seed,
+    // no admission, no purchase.
+    let snapshot = redis.snapshot();
+    // Three admitted buyers buy before the loss.
+    let mut before = HashMap::new();
+    let mut seed_before = String::new();
+    for b in &buyers {
+        let body = until_state(
+            &s,
+            &base,
+            b,
+            &sale,
+            &tickets[&b.id],
+            &["waiting", "admitted"],
+        )
+        .await;
+        seed_before = body["shuffle_seed"].as_str().unwrap().to_owned();
+        if let Some(admission) = body["admission_token"].as_str()
+            && before.len() < 3
+        {
+            let (status, bought) = buy(&s, &base, b, &sale, Some(admission), "k1").await;
+            assert_eq!(status, 201, "{bought}");
+            before.insert(
+                b.id.clone(),
+                bought["reservation_id"].as_str().unwrap().to_owned(),
+            );
+        }
+    }
+    assert_eq!(
+        before.len(),
+        3,
+        "three of the first {STOCK} admitted bought"
+    );
+    redis.restart_from(&snapshot);
+    // After the loss the room opens again (a new seed) and admits again;
+    // everyone tries, with a new key. Whoever bought already is refused
+    // by the engine's per-user limit; the rest of the stock sells.
+    let runs = buyers.iter().map(|b| {
+        let (s, base, sale, ticket) = (&s, &base, &sale, tickets[&b.id].clone());
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                assert!(Instant::now() < deadline, "{} was never decided", b.id);
+                let (status, body) = poll(s, base, b, sale, &ticket, 2).await;
+                if status != 200 {
+                    // Redis coming back (503), or polling too fast (429).
+                    assert!(matches!(status, 429 | 503), "{status} {body}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                let seed = body["shuffle_seed"].as_str().map(str::to_owned);
+                match body["state"].as_str().unwrap_or("") {
+                    "sold_out" => return (b.id.clone(), None, seed),
+                    "admitted" => {
+                        let admission = body["admission_token"].as_str().unwrap();
+                        let (status, bought) = buy(s, base, b, sale, Some(admission), "k2").await;
+                        match (status, code(&bought)) {
+                            (201, _) => {
+                                let id = bought["reservation_id"].as_str().unwrap().to_owned();
+                                return (b.id.clone(), Some(id), seed);
+                            }
+                            (409, Some("limit_exceeded" | "sold_out" | "admission_used")) => {
+                                return (b.id.clone(), None, seed);
+                            }
+                            (503 | 429, _) => tokio::time::sleep(Duration::from_millis(200)).await,
+                            other => panic!("unexpected purchase answer {other:?}: {bought}"),
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    });
+    let after = futures::future::join_all(runs).await;
+    let mut held: HashMap<String, Vec<String>> = HashMap::new();
+    for (id, reservation) in before.into_iter() {
+        held.entry(id).or_default().push(reservation);
+    }
+    let mut seeds_after = HashSet::new();
+    for (id, reservation, seed) in after {
+        if let Some(reservation) = reservation {
+            held.entry(id).or_default().push(reservation);
+        }
+        seeds_after.extend(seed);
+    }
+    assert!(
+        seeds_after.iter().any(|seed| *seed != seed_before),
+        "the room opened again after the loss: {seed_before} then {seeds_after:?}"
+    );
+    assert!(
+        held.values().all(|r| r.len() == 1),
+        "a buyer past the limit: {held:?}"
+    );
+    assert_eq!(held.len(), STOCK, "exactly the stock is sold: {held:?}");
+    let (_, view) = s
+        .call(s.client.get(s.url(&format!("/api/v1/sales/{sale}"))))
+        .await;
+    assert_eq!(view["remaining"], 0, "{view}");
+    s.stop().await;
+}

@@ -333,15 +333,7 @@ async fn create(
         return Err(format!("creating the sale failed: {status} {body}"));
     }
     let id = body["id"].as_str().ok_or("the sale has no id")?.to_owned();
-    let uuid =
-        uuid::Uuid::try_parse(&id).map_err(|e| format!("the sale id {id} is not a UUID: {e}"))?;
-    Ok(Sale {
-        url: format!("{base}/api/v1/sales/{id}"),
-        purchase_path: format!("/api/v1/sales/{id}/purchase"),
-        id,
-        uuid,
-        opening,
-    })
+    Sale::at(base, id, opening)
 }
 
 /// Runs both sales with the same buyers.

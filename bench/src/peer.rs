@@ -206,14 +206,11 @@ pub async fn run(
     let endpoint = Endpoint::local(nginx.addr);
     let uuid = Uuid::now_v7();
     load_sale(redis, uuid, options.stock, options.per_user_limit)?;
-    let id = uuid.to_string();
-    let sale = Sale {
-        url: format!("{}/api/v1/sales/{id}", endpoint.base),
-        purchase_path: format!("/api/v1/sales/{id}/purchase"),
-        id,
-        uuid,
-        opening: Instant::now() + phases::lead(options.connections),
-    };
+    let sale = Sale::at(
+        &endpoint.base,
+        uuid.to_string(),
+        Instant::now() + phases::lead(options.connections),
+    )?;
     let (run_tag, attempts) = tagged_plan(options);
     let early = options.early.min(attempts.len());
     let users: Arc<Vec<HeaderValue>> = Arc::new(

@@ -203,15 +203,22 @@ pub async fn open_sale(
     let opens_at = OffsetDateTime::now_utc() + lead;
     let opening = Instant::now() + lead;
     let id = create_sale(client, base, admin, product, stock, limit, opens_at).await?;
-    let uuid =
-        uuid::Uuid::try_parse(&id).map_err(|e| format!("the sale id {id} is not a UUID: {e}"))?;
-    Ok(Sale {
-        url: format!("{base}/api/v1/sales/{id}"),
-        purchase_path: format!("/api/v1/sales/{id}/purchase"),
-        id,
-        uuid,
-        opening,
-    })
+    Sale::at(base, id, opening)
+}
+
+impl Sale {
+    /// The sale `id` the edge at `base` serves, opening at `opening`.
+    pub fn at(base: &str, id: String, opening: Instant) -> Result<Sale, String> {
+        let uuid = uuid::Uuid::try_parse(&id)
+            .map_err(|e| format!("the sale id {id} is not a UUID: {e}"))?;
+        Ok(Sale {
+            url: format!("{base}/api/v1/sales/{id}"),
+            purchase_path: format!("/api/v1/sales/{id}/purchase"),
+            id,
+            uuid,
+            opening,
+        })
+    }
 }
 
 /// A reservation a buyer was granted (a 201), told once however many

@@ -103,6 +103,33 @@ async fn the_edge_works_confined_to_its_own_keys() {
         .await
         .unwrap_err();
     assert!(refused.to_string().contains("NOPERM"), "{refused}");
+    // The waiting rooms' scripts run as the edge's user too.
+    use flashmall_proxy::waiting::store::{Joined, Pace, QueueStore, RedisQueueStore, Used};
+    let rooms = RedisQueueStore::new(store.client().clone());
+    let sale = "0199abcd-0000-7000-8000-000000000001";
+    let far = flashmall_proxy::state::now_ms() + 3_600_000;
+    assert!(matches!(
+        rooms.join(sale, "u1", 10, far).await.unwrap(),
+        Joined::New(_)
+    ));
+    assert_eq!(rooms.open(sale, "seed", far).await.unwrap(), "seed");
+    rooms.set_closed(sale, false).await.unwrap();
+    let pace = Pace {
+        per_second: 1_000_000.0,
+        remaining: 1,
+        window_ms: 60_000,
+    };
+    let mut progress = rooms.advance(sale, pace, far).await.unwrap();
+    while progress.admitted < 1 {
+        progress = rooms.advance(sale, pace, far).await.unwrap();
+    }
+    let place = rooms.place(sale, "u1").await.unwrap().unwrap();
+    assert_eq!(place.rank, Some(0));
+    assert!(place.granted_ms.is_some(), "{place:?}");
+    assert!(matches!(
+        rooms.use_admission(sale, "u1", "k", far).await.unwrap(),
+        Used::First { .. }
+    ));
 }
 
 fn entry(id: &str, user: &str) -> BlacklistEntry {
