@@ -732,3 +732,65 @@ async fn a_queue_store_that_loses_writes_sells_exactly_the_stock_and_the_queue_g
     assert_eq!(view["remaining"], 0, "{view}");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_and_an_expired_ticket_are_refused_and_joining_again_gives_the_place_back() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let options = Options {
+        redis_url: Some(url.clone()),
+        ..Options::default()
+    };
+    let s = EdgeStack::start_with(options, |p| {
+        p.redis_url = url;
+        p.waiting_room.ticket_ttl = Duration::from_secs(1);
+    })
+    .await;
+    let base = s.base.clone();
+    let admin = s.admin().await;
+    let sale = room_sale(
+        &s,
+        &admin,
+        5,
+        time::Duration::seconds(-1),
+        json!({"admit_per_second": 1, "max_queue": 2}),
+    )
+    .await;
+    let (ann, ben, cy) = (buyer("ann"), buyer("ben"), buyer("cy"));
+    let (status, joined) = join(&s, &base, &ann, &sale).await;
+    assert_eq!(status, 201, "{joined}");
+    assert_eq!(join(&s, &base, &ben, &sale).await.0, 201);
+    let (status, body) = join(&s, &base, &cy, &sale).await;
+    assert_eq!((status, code(&body)), (503, Some("queue_full")), "{body}");
+    // A ticket past its lifetime is refused; joining again gives the same
+    // place and a fresh ticket.
+    let ticket = joined["ticket"].as_str().unwrap().to_owned();
+    // Polled at the `queue-per-user` limit's pace (2/s).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let expired = loop {
+        let (status, body) = poll(&s, &base, &ann, &sale, &ticket, 0).await;
+        if status == 403 {
+            break body;
+        }
+        assert_eq!(status, 200, "{body}");
+        assert!(Instant::now() < deadline, "the ticket never expired");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    };
+    assert_eq!(code(&expired), Some("invalid_ticket"), "{expired}");
+    assert!(
+        expired["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired"),
+        "{expired}"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (status, again) = join(&s, &base, &ann, &sale).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["joined_at"], joined["joined_at"], "the same place");
+    assert!(
+        again["ticket_expires_at"].as_str() > joined["ticket_expires_at"].as_str(),
+        "a fresh ticket: {again}"
+    );
+    s.stop().await;
+}

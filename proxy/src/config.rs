@@ -190,10 +190,9 @@ impl Default for WaitingRoomConfig {
 
 impl WaitingRoomConfig {
     fn validate(&self) -> Result<(), String> {
-        if self.ticket_ttl < Duration::from_secs(10)
-            || self.ticket_ttl > Duration::from_secs(86_400)
+        if self.ticket_ttl < Duration::from_secs(1) || self.ticket_ttl > Duration::from_secs(86_400)
         {
-            return Err("proxy.waiting_room.ticket_ttl must be between 10s and 24h".into());
+            return Err("proxy.waiting_room.ticket_ttl must be between 1s and 24h".into());
         }
         if self.tick < Duration::from_millis(10) || self.tick > Duration::from_millis(500) {
             return Err(
