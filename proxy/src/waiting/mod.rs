@@ -393,12 +393,7 @@ impl WaitingRooms {
                 if sold_out != closed {
                     self.store.set_closed(&info.id, sold_out).await?;
                 }
-                // A settlement backlog worth `backlog` of admissions stops
-                // admission until the ledger catches up.
-                let backlog = settings.admit_per_second * self.config.backlog.as_secs_f64();
-                let factor = (1.0 - pending.max(0) as f64 / backlog.max(1.0)).clamp(0.0, 1.0);
-                pace.per_second = settings.admit_per_second * factor;
-                pace.remaining = remaining;
+                *pace = pace_for(settings, self.config.backlog, remaining, pending);
             }
         }
         let progress = self.store.advance(&info.id, *pace, expire).await?;
@@ -676,6 +671,19 @@ impl WaitingRooms {
     }
 }
 
+/// Admission's pace given the engine's counts: the sale's rate, slowed in
+/// proportion to the settlement backlog (`pending` units) and stopped
+/// while it is worth `backlog` of admissions, until the ledger catches up.
+fn pace_for(settings: RoomSettings, backlog: Duration, remaining: i64, pending: i64) -> Pace {
+    let worth = settings.admit_per_second * backlog.as_secs_f64();
+    let factor = (1.0 - pending.max(0) as f64 / worth.max(1.0)).clamp(0.0, 1.0);
+    Pace {
+        per_second: settings.admit_per_second * factor,
+        remaining,
+        window_ms: settings.admission_ms,
+    }
+}
+
 /// A buyer's state given the room and their 0-based rank.
 fn state_of(info: &SaleInfo, live: &Live, rank: Option<u64>, now: u64) -> State {
     if live.ended || now >= info.ends_at_ms {
@@ -751,6 +759,23 @@ mod tests {
         live.progress.closed = true;
         assert_eq!(state_of(&info(), &live, Some(2), 2_000), State::SoldOut);
         assert_eq!(state_of(&info(), &live, Some(2), 10_000), State::Ended);
+    }
+
+    #[test]
+    fn a_settlement_backlog_slows_admission_and_stops_it() {
+        let settings = RoomSettings {
+            admit_per_second: 100.0,
+            admission_ms: 60_000,
+            max_queue: 10,
+        };
+        let backlog = Duration::from_secs(2);
+        let pace = |pending| pace_for(settings, backlog, 50, pending).per_second;
+        assert_eq!(pace(0), 100.0);
+        assert_eq!(pace(100), 50.0, "a second's worth pending halves it");
+        assert_eq!(pace(200), 0.0, "two seconds' worth stops it");
+        assert_eq!(pace(10_000), 0.0);
+        assert_eq!(pace(-5), 100.0);
+        assert_eq!(pace_for(settings, backlog, 50, 0).remaining, 50);
     }
 
     #[test]
