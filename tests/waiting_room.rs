@@ -311,15 +311,15 @@ async fn buyers_who_joined_before_the_opening_are_shuffled_and_later_ones_queue_
         }
         tickets.insert(b.id.clone(), body["ticket"].as_str().unwrap().to_owned());
     }
-    let opened = until_state(
-        &s,
-        &base,
-        &early[0],
-        &sale,
-        &tickets[&early[0].id],
-        &["waiting", "admitted"],
-    )
-    .await;
+    // A long poll held before the opening answers at the opening, with a
+    // place.
+    let (status, opened) = poll(&s, &base, &early[0], &sale, &tickets[&early[0].id], 30).await;
+    assert_eq!(status, 200, "{opened}");
+    assert!(
+        opened["state"] == "waiting" || opened["state"] == "admitted",
+        "{opened}"
+    );
+    assert!(opened["position"].is_u64(), "{opened}");
     let seed = opened["shuffle_seed"].as_str().unwrap().to_owned();
     let late: Vec<Buyer> = (0..3).map(|i| buyer(&format!("late{i}"))).collect();
     for b in &late {

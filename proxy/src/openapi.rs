@@ -280,7 +280,7 @@ fn operations() -> Vec<Operation> {
         op(
             "get",
             "/api/v1/sales/{id}/queue",
-            "The caller's place in a sale's waiting room, with a fresh ticket; wait=N holds the answer up to N seconds, answering as soon as the caller is admitted, the admission lapses, or the sale sells out or ends",
+            "The caller's place in a sale's waiting room, with a fresh ticket; wait=N holds the answer up to N seconds, answering as soon as the caller's state changes: the room opens, the caller is admitted, the admission lapses, or the sale sells out or ends",
             true,
             None,
             "200",

@@ -8,7 +8,8 @@
 //! - `GET /api/v1/sales/{id}/queue` with the ticket (`X-Queue-Ticket`)
 //!   answers the place, how many are admitted, an estimated wait and a
 //!   fresh ticket; `?wait=N` holds the answer up to N seconds until the
-//!   buyer is admitted or the queue closes (a long poll). Once admitted,
+//!   buyer's state changes: the room opens, they are admitted, or the
+//!   queue closes (a long poll). Once admitted,
 //!   the answer carries an admission token, good for `admission_seconds`
 //!   from the admission.
 //! - A purchase of the sale needs `X-Admission-Token`; one admission buys
@@ -477,7 +478,8 @@ impl WaitingRooms {
         self.answer(&info, &room, user).await
     }
 
-    /// Waits until the buyer's state settles or `wait` passes.
+    /// Waits until the buyer's state changes (admitted, the queue closed,
+    /// the room opened) or `wait` passes.
     async fn wait(
         &self,
         info: &SaleInfo,
@@ -487,18 +489,29 @@ impl WaitingRooms {
     ) -> Result<(), ApiError> {
         let deadline = tokio::time::Instant::now() + wait;
         let mut live = room.live.subscribe();
-        let mut rank = None;
+        // Where the buyer stands now, by the store (this replica's ticker
+        // may not have ticked yet).
+        let place = self.place(info, user).await?;
+        let mut rank = place.rank;
+        let mut seen = live.borrow_and_update().clone();
+        seen.progress = place.progress;
+        let first = state_of(info, &seen, rank, now_ms());
+        if first.settled() {
+            return Ok(());
+        }
         loop {
+            match tokio::time::timeout_at(deadline, live.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return Ok(()),
+            }
             let seen = live.borrow_and_update().clone();
             if rank.is_none() && seen.progress.seed.is_some() {
                 rank = self.place(info, user).await?.rank;
             }
-            if state_of(info, &seen, rank, now_ms()).settled() {
+            // Settled, or moved on (the opening gave the buyer a place).
+            let state = state_of(info, &seen, rank, now_ms());
+            if state != first || state.settled() {
                 return Ok(());
-            }
-            match tokio::time::timeout_at(deadline, live.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => return Ok(()),
             }
         }
     }
