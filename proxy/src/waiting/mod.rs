@@ -216,13 +216,31 @@ impl WaitingRooms {
     }
 
     /// A sale's GET from the engine: `Ok(None)` when it has no such sale.
+    /// A backend that fails is followed by another (a replica that died
+    /// before the health check saw it).
     async fn fetch(&self, sale: &str) -> Result<Option<Value>, String> {
         let engine = self.engine.as_ref().ok_or("no engine pool routes sales")?;
-        let backend = engine
-            .pool
-            .select(sale.as_bytes(), 16)
-            .ok_or("no healthy engine")?;
-        let addr = *backend.addr.as_inet().ok_or("the engine is not on TCP")?;
+        let mut failed = String::new();
+        for attempt in 0..2u8 {
+            let backend = engine
+                .pool
+                .select(format!("{sale}{attempt}").as_bytes(), 16)
+                .ok_or("no healthy engine")?;
+            let addr = *backend.addr.as_inet().ok_or("the engine is not on TCP")?;
+            match self.fetch_from(engine, addr, sale).await {
+                Ok(answer) => return Ok(answer),
+                Err(e) => failed = e,
+            }
+        }
+        Err(failed)
+    }
+
+    async fn fetch_from(
+        &self,
+        engine: &EngineLink,
+        addr: std::net::SocketAddr,
+        sale: &str,
+    ) -> Result<Option<Value>, String> {
         let signed = self.key.sign_for(
             &Identity::service("edge", Duration::from_secs(30)),
             &engine.target,
