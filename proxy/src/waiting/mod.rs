@@ -421,6 +421,13 @@ impl WaitingRooms {
             .set(progress.joined.saturating_sub(progress.admitted) as f64);
         metrics::gauge!("flashmall_waiting_room_admitted", "sale" => sale.clone())
             .set(progress.admitted as f64);
+        metrics::counter!("flashmall_waiting_room_admissions_total", "sale" => sale.clone())
+            .increment(progress.granted);
+        // What this call admitted is a count, not the room's state.
+        let progress = Progress {
+            granted: 0,
+            ..progress
+        };
         metrics::gauge!("flashmall_waiting_room_open_admissions", "sale" => sale.clone())
             .set(progress.open as f64);
         metrics::gauge!("flashmall_waiting_room_admission_rate", "sale" => sale)

@@ -73,6 +73,9 @@ pub struct Progress {
     pub joined: u64,
     /// No one is admitted while closed (the engine said sold out).
     pub closed: bool,
+    /// Admitted by this call of `advance` (0 from other calls): summed
+    /// over every replica, the admissions.
+    pub granted: u64,
 }
 
 /// One buyer's place.
@@ -223,7 +226,7 @@ return {joined, tostring(rank or -1), grant, redis.call('HGET', KEYS[5], ARGV[1]
 
 /// KEYS: members, order, state, grants. ARGV: per_second, remaining,
 /// window_ms, expire_at_ms. Returns {seed or '', admitted, open, ordered,
-/// joined, closed}.
+/// joined, closed, admitted by this call}.
 const ADVANCE: &str = r#"
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -235,10 +238,11 @@ local admitted = tonumber(st[2] or '0')
 local credit = tonumber(st[3] or '0')
 local last = tonumber(st[4] or now_us)
 local ordered = redis.call('ZCARD', KEYS[2])
+local n = 0
 if st[1] and st[5] ~= '1' then
   credit = credit + math.max(now_us - last, 0) * tonumber(ARGV[1]) / 1000000
   local whole = math.floor(credit)
-  local n = math.min(whole, math.max(tonumber(ARGV[2]) - open, 0), ordered - admitted)
+  n = math.min(whole, math.max(tonumber(ARGV[2]) - open, 0), ordered - admitted)
   for p = admitted, admitted + n - 1 do
     redis.call('ZADD', KEYS[4], string.format('%.0f', now_ms), string.format('%.0f', p))
   end
@@ -253,7 +257,7 @@ redis.call('HSET', KEYS[3], 'admitted', string.format('%.0f', admitted), 'credit
 redis.call('PEXPIREAT', KEYS[3], ARGV[4])
 redis.call('PEXPIREAT', KEYS[4], ARGV[4])
 return {st[1] or '', string.format('%.0f', admitted), tostring(open), tostring(ordered),
-  tostring(redis.call('HLEN', KEYS[1])), st[5] or '0'}
+  tostring(redis.call('HLEN', KEYS[1])), st[5] or '0', string.format('%.0f', n)}
 "#;
 
 /// KEYS: used, order, grants, members. ARGV: user, key, expire_at_ms.
@@ -329,7 +333,8 @@ fn number(field: &str, value: Option<&String>) -> Result<u64, StoreError> {
         .ok_or_else(|| StoreError(format!("unreadable {field}: {value:?}")))
 }
 
-/// A Progress from {seed, admitted, open, ordered, joined, closed}.
+/// A Progress from {seed, admitted, open, ordered, joined, closed[,
+/// granted]}.
 fn progress(fields: &[String]) -> Result<Progress, StoreError> {
     let seed = fields.first().map(String::as_str).unwrap_or("");
     Ok(Progress {
@@ -339,6 +344,7 @@ fn progress(fields: &[String]) -> Result<Progress, StoreError> {
         ordered: number("ordered", fields.get(3))?,
         joined: number("joined", fields.get(4))?,
         closed: fields.get(5).is_some_and(|c| c == "1"),
+        granted: maybe(fields.get(6)).unwrap_or(0),
     })
 }
 
@@ -501,6 +507,8 @@ struct Room {
     grants: std::collections::BTreeMap<u64, u64>,
     /// Used admissions: user -> (granted ms, key).
     used: HashMap<String, (u64, String)>,
+    /// Admitted by the last `advance`.
+    granted: u64,
     expire_at_ms: u64,
 }
 
@@ -513,6 +521,7 @@ impl Room {
             ordered: self.order.len() as u64,
             joined: self.members.len() as u64,
             closed: self.closed,
+            granted: 0,
         }
     }
 
@@ -626,6 +635,7 @@ impl QueueStore for LocalQueueStore {
                     room.grants.insert(place, now_ms);
                 }
                 room.admitted += n;
+                room.granted = n;
                 if n < whole {
                     room.credit = 0.0;
                 } else {
@@ -633,8 +643,11 @@ impl QueueStore for LocalQueueStore {
                 }
             } else {
                 room.credit = 0.0;
+                room.granted = 0;
             }
-            room.progress()
+            let mut progress = room.progress();
+            progress.granted = room.granted;
+            progress
         }))
     }
 
@@ -790,10 +803,13 @@ mod tests {
             ..pace(100)
         };
         let mut progress = store.advance(&sale, expiring, far).await.unwrap();
+        let mut granted = 11 + progress.granted;
         while progress.admitted < 53 {
             progress = store.advance(&sale, expiring, far).await.unwrap();
+            granted += progress.granted;
         }
         assert_eq!(progress.ordered, 53, "never past the queue");
+        assert_eq!(granted, 53, "each call counts what it admitted");
     }
 
     #[tokio::test]
