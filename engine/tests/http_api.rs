@@ -1116,3 +1116,56 @@ async fn a_unit_given_back_sells_again_before_its_release_is_recorded() {
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_room_sale_sells_only_to_buyers_the_edge_admitted() {
+    let stack = Stack::start(Front::Local).await;
+    let now = time::OffsetDateTime::now_utc();
+    let (status, body) = send(
+        stack
+            .admin(stack.client.post(stack.url("/api/v1/sales")))
+            .json(&serde_json::json!({
+                "product_id": "p-1", "price": 1999, "stock": 5, "per_user_limit": 1,
+                "starts_at": flashmall_engine::sale::rfc3339(now - time::Duration::seconds(1)),
+                "ends_at": flashmall_engine::sale::rfc3339(now + time::Duration::hours(1)),
+                "waiting_room": {"admit_per_second": 10},
+            })),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let sale = body["id"].as_str().unwrap().to_owned();
+    let buy = |user: &str, admitted: Option<String>| {
+        let mut request = stack
+            .client
+            .post(stack.url(&format!("/api/v1/sales/{sale}/purchase")))
+            .header(IDENTITY_HEADER, stack.sign(user))
+            .header("idempotency-key", "k")
+            .json(&serde_json::json!({"quantity": 1}));
+        if let Some(value) = admitted {
+            request = request.header(flashmall_mesh::headers::ADMITTED, value);
+        }
+        send(request)
+    };
+    let key = &stack.settings.identity;
+    let (status, body) = buy("u1", None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("admission_required")),
+        "{body}"
+    );
+    // The edge's word for another buyer or another sale is no admission.
+    for wrong in [
+        key.sign_admitted(&sale, "u2"),
+        key.sign_admitted("another-sale", "u1"),
+    ] {
+        let (status, body) = buy("u1", Some(wrong)).await;
+        assert_eq!(status, 403, "{body}");
+    }
+    let (status, body) = buy("u1", Some(key.sign_admitted(&sale, "u1"))).await;
+    assert_eq!(status, 201, "{body}");
+    // A sale without a waiting room needs none.
+    let plain = stack.create_sale(5, 1).await;
+    let (status, body) = stack.purchase(&plain, "u1", "k", 1).await;
+    assert_eq!(status, 201, "{body}");
+    stack.stop().await;
+}

@@ -7,6 +7,11 @@
 /// (`identity::CLIENT_HEADER`).
 pub const CLIENT_IP: &str = "x-real-ip";
 
+/// The edge's word to the engine that the caller holds an admission to the
+/// sale of a waiting-room purchase (`IdentityKey::sign_admitted`); the
+/// engine refuses such a purchase without it. Stripped from clients.
+pub const ADMITTED: &str = "x-flashmall-admitted";
+
 /// The engine's announcement that a sale is sold out, for the edge's gate.
 pub const SOLD_OUT: &str = "x-flashmall-sold-out";
 

@@ -24,9 +24,10 @@ pub const CLIENT_HEADER: &str = "x-flashmall-client";
 
 /// Headers a client may try to smuggle identity or an address in; the edge
 /// removes them all.
-pub const CLIENT_IDENTITY_HEADERS: [&str; 6] = [
+pub const CLIENT_IDENTITY_HEADERS: [&str; 7] = [
     IDENTITY_HEADER,
     CLIENT_HEADER,
+    crate::headers::ADMITTED,
     "x-user-id",
     "x-user-roles",
     "x-forwarded-user",
@@ -197,6 +198,9 @@ impl std::fmt::Debug for IdentityKey {
     }
 }
 
+/// The signing purpose of `headers::ADMITTED` values.
+const ADMITTED_PURPOSE: &str = "flashmall admitted";
+
 /// Shortest accepted key, in bytes.
 pub const MIN_KEY_LEN: usize = 32;
 
@@ -286,6 +290,25 @@ impl IdentityKey {
             .verify_slice(&sig)
             .ok()?;
         Some(payload)
+    }
+
+    /// The `headers::ADMITTED` value the edge sends the engine with a
+    /// purchase of `sale` by `user` that holds an admission: good for
+    /// `SIGNED_IDENTITY_TTL`.
+    pub fn sign_admitted(&self, sale: &str, user: &str) -> String {
+        let until = crate::headers::now_ms() + SIGNED_IDENTITY_TTL.as_millis() as u64;
+        self.sign_token(ADMITTED_PURPOSE, &format!("a1|{sale}|{user}|{until}"))
+    }
+
+    /// True when `value` is this key's `sign_admitted` for `sale` and
+    /// `user`, still good at `now_ms`.
+    pub fn verify_admitted(&self, value: &str, sale: &str, user: &str, now_ms: u64) -> bool {
+        let Some(payload) = self.verify_token(ADMITTED_PURPOSE, value) else {
+            return false;
+        };
+        let parts: Vec<&str> = payload.split('|').collect();
+        matches!(parts.as_slice(), ["a1", s, u, until]
+            if *s == sale && *u == user && until.parse::<u64>().is_ok_and(|t| t > now_ms))
     }
 
     /// The signed `CLIENT_HEADER` value for a request the edge sends to
@@ -461,6 +484,26 @@ mod tests {
         let key = IdentityKey::random();
         let header = key.sign_for(&alice(), "engine");
         assert_eq!(key.verify_value(&header, 1_000).unwrap(), alice());
+    }
+
+    #[test]
+    fn an_admission_is_for_one_sale_and_buyer_and_short_lived() {
+        let key = IdentityKey::random();
+        let now = crate::headers::now_ms();
+        let value = key.sign_admitted("sale-1", "alice");
+        assert!(key.verify_admitted(&value, "sale-1", "alice", now));
+        assert!(!key.verify_admitted(&value, "sale-2", "alice", now));
+        assert!(!key.verify_admitted(&value, "sale-1", "bob", now));
+        assert!(!key.verify_admitted(
+            &value,
+            "sale-1",
+            "alice",
+            now + SIGNED_IDENTITY_TTL.as_millis() as u64 + 1
+        ));
+        assert!(!IdentityKey::random().verify_admitted(&value, "sale-1", "alice", now));
+        // Another purpose's signature is no admission.
+        let token = key.sign_token("other", "a1|sale-1|alice|99999999999999");
+        assert!(!key.verify_admitted(&token, "sale-1", "alice", now));
     }
 
     #[test]

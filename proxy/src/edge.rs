@@ -66,6 +66,8 @@ pub struct Ctx {
     idempotent: bool,
     tries: u32,
     sold_out_sale: Option<String>,
+    /// The engine's signed word that this purchase holds an admission.
+    admitted: Option<String>,
     /// The request's root span at the edge (`flashmall_mesh::trace`),
     /// closed when the context drops after `logging`.
     span: Option<tracing::Span>,
@@ -601,39 +603,40 @@ impl Edge {
         Ok(true)
     }
 
-    /// Step 6b: a purchase of a waiting-room sale needs an admission.
-    async fn unadmitted(
+    /// Step 6b: a purchase carrying an admission token (a waiting-room
+    /// sale): checked and spent here, and told to the engine signed (kept
+    /// in `ctx.admitted`). Without a token the engine decides: it refuses
+    /// a waiting-room sale's purchase that the edge did not admit.
+    async fn admission(
         &self,
         session: &Session,
-        ctx: &Ctx,
+        ctx: &mut Ctx,
         method: &str,
         path: &str,
     ) -> Option<Refusal> {
         let sale = gate::purchase_sale(path)?;
-        let user = ctx.claims.as_ref().map(|c| c.sub.as_str())?;
-        if method != "POST" {
-            return None;
-        }
+        let user = ctx.claims.as_ref().map(|c| c.sub.clone())?;
         let headers = &session.req_header().headers;
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        self.waiting
-            .admit_purchase(
-                sale,
-                user,
-                header(waiting::ADMISSION_HEADER),
-                header("idempotency-key"),
-            )
+        let token = header(waiting::ADMISSION_HEADER).filter(|_| method == "POST")?;
+        match self
+            .waiting
+            .admit_purchase(sale, &user, token, header("idempotency-key"))
             .await
-            .err()
-            .map(|e| {
+        {
+            Ok(admitted) => {
+                ctx.admitted = Some(admitted);
+                None
+            }
+            Err(e) => {
                 let reason = match e.code {
-                    ErrorCode::AdmissionRequired => "admission_required",
                     ErrorCode::InvalidTicket => "invalid_ticket",
                     ErrorCode::AdmissionUsed => "admission_used",
                     _ => "waiting_room_unavailable",
                 };
-                Refusal::counted(reason, e)
-            })
+                Some(Refusal::counted(reason, e))
+            }
+        }
     }
 
     /// Step 7: the upstream pool that serves `path` (kept in `ctx.pool`).
@@ -798,7 +801,7 @@ impl ProxyHttp for Edge {
         if let Some(refusal) = self.gated(ctx, &method, &path) {
             return self.refuse(session, ctx, refusal).await;
         }
-        if let Some(refusal) = self.unadmitted(session, ctx, &method, &path).await {
+        if let Some(refusal) = self.admission(session, ctx, &method, &path).await {
             return self.refuse(session, ctx, refusal).await;
         }
         if let Some(refusal) = self.route(ctx, &path) {
@@ -856,6 +859,9 @@ impl ProxyHttp for Edge {
             upstream.insert_header(CLIENT_HEADER, self.identity.sign_client(ip, target))?;
         }
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(admitted) = &ctx.admitted {
+            upstream.insert_header(flashmall_mesh::headers::ADMITTED, admitted.as_str())?;
+        }
         // The upstream's span is a child of the edge's; a client's trace
         // context goes no further unless the edge accepts it.
         if !self.accept_traceparent {

@@ -114,7 +114,10 @@ impl InventoryService for Inventory {
         let caller = self.caller(&request)?;
         let r = request.into_inner();
         let key = reserve::check_idempotency_key(Some(r.idempotency_key.as_str()))?;
-        let p = reserve::purchase(&self.engine, &caller, &r.sale_id, r.quantity, key).await?;
+        // A waiting-room sale is bought over JSON, through the edge's
+        // admission; gRPC carries none.
+        let p =
+            reserve::purchase(&self.engine, &caller, &r.sale_id, r.quantity, key, false).await?;
         Ok(Response::new(pb::ReserveResponse {
             reservation_id: p.reservation_id.to_string(),
             order_id: p.order_id.to_string(),

@@ -114,8 +114,17 @@ async fn purchase(
     let key = reserve::check_idempotency_key(
         headers.get("idempotency-key").and_then(|v| v.to_str().ok()),
     )?;
+    // The edge's word that the caller holds an admission (waiting rooms).
+    let admitted = headers
+        .get(flashmall_mesh::headers::ADMITTED)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            engine
+                .identity
+                .verify_admitted(v, &id, &caller.user_id, flashmall_mesh::now_ms())
+        });
     let body: PurchaseBody = flashmall_mesh::body::json(body, engine.config.max_body_bytes).await?;
-    let p = match reserve::purchase(&engine, &caller, &id, body.quantity, key).await {
+    let p = match reserve::purchase(&engine, &caller, &id, body.quantity, key, admitted).await {
         Ok(p) => p,
         Err(e) => return Ok(announce_sold_out(&engine, &id, e)),
     };

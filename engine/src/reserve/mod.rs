@@ -55,16 +55,18 @@ fn outcome_metric(outcome: &'static str, started: Instant) {
         .record(started.elapsed().as_secs_f64());
 }
 
-/// Reserves `quantity` units of a sale for `caller`, idempotently by `key`.
+/// Reserves `quantity` units of a sale for `caller`, idempotently by `key`;
+/// a sale with a waiting room only when the edge `admitted` the caller.
 pub async fn purchase(
     engine: &Arc<Engine>,
     caller: &Caller,
     sale_id: &str,
     quantity: i64,
     key: &str,
+    admitted: bool,
 ) -> Result<Purchase, ApiError> {
     let started = Instant::now();
-    let result = decide(engine, caller, sale_id, quantity, key).await;
+    let result = decide(engine, caller, sale_id, quantity, key, admitted).await;
     let label = match &result {
         Ok(p) if p.replayed => "replayed",
         Ok(_) => "reserved",
@@ -80,6 +82,7 @@ async fn decide(
     raw_sale_id: &str,
     quantity: i64,
     key: &str,
+    admitted: bool,
 ) -> Result<Purchase, ApiError> {
     // Cheap checks first: nothing below costs a store call.
     if quantity < 1 || quantity > engine.config.max_quantity {
@@ -118,6 +121,16 @@ async fn decide(
             Some(record) => durable_answer(engine, &live, record, true).await,
             None => Err(ApiError::new(ErrorCode::SaleClosed, "the sale has ended")),
         };
+    }
+    // A waiting-room sale sells only to buyers the edge admitted (it
+    // checks and spends the admission; this is the engine's own check).
+    if sale.waiting_room.is_some() && !admitted {
+        return Err(ApiError::new(
+            ErrorCode::AdmissionRequired,
+            format!(
+                "this sale has a waiting room: join it (POST /api/v1/sales/{sale_id}/queue) and purchase with the admission token (X-Admission-Token) it gives you"
+            ),
+        ));
     }
     if quantity > sale.per_user_limit {
         return Err(ApiError::new(

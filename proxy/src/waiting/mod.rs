@@ -114,7 +114,22 @@ impl SaleInfo {
 /// A sale as the engine last answered it (or did not know it).
 struct Fetched {
     at: Instant,
-    info: Option<Arc<SaleInfo>>,
+    /// The sale, `None` when the engine has no such sale, or why it could
+    /// not be read.
+    info: Result<Option<Arc<SaleInfo>>, String>,
+}
+
+impl Fetched {
+    /// A sale read is kept for good; an unknown sale and a failed read
+    /// for `UNKNOWN_FOR`, so a purchase storm during an engine outage
+    /// reads each sale at most once a second per replica.
+    fn fresh(&self) -> bool {
+        matches!(self.info, Ok(Some(_))) || self.at.elapsed() < UNKNOWN_FOR
+    }
+
+    fn live_sale(&self, now_ms: u64) -> bool {
+        matches!(&self.info, Ok(Some(info)) if info.expire_at_ms() > now_ms)
+    }
 }
 
 /// A room's state as this replica's ticker last saw it.
@@ -155,6 +170,10 @@ pub struct WaitingRooms {
 
 fn unavailable(e: impl std::fmt::Display) -> ApiError {
     tracing::warn!(error = %e, "waiting room unavailable");
+    retry_shortly()
+}
+
+fn retry_shortly() -> ApiError {
     ApiError::new(
         ErrorCode::Unavailable,
         "the waiting room cannot be reached right now; retry shortly",
@@ -271,32 +290,19 @@ impl WaitingRooms {
     /// What the edge knows of `sale` (read once from the engine; a sale
     /// never changes its waiting room).
     pub async fn sale(&self, sale: &str) -> Result<Option<Arc<SaleInfo>>, ApiError> {
-        let cell = {
+        let fresh = |c: &Arc<OnceCell<Fetched>>| c.get().is_none_or(Fetched::fresh);
+        let known = {
             let known = self.known.read().unwrap_or_else(|p| p.into_inner());
-            known.get(sale).cloned()
+            known.get(sale).filter(|c| fresh(c)).cloned()
         };
-        let cell = match cell {
-            Some(cell)
-                if cell
-                    .get()
-                    .is_none_or(|f| f.info.is_some() || f.at.elapsed() < UNKNOWN_FOR) =>
-            {
-                cell
-            }
-            _ => {
+        let cell = match known {
+            Some(cell) => cell,
+            None => {
                 let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
                 if known.len() >= MAX_KNOWN {
                     let now = now_ms();
-                    known.retain(|_, c| {
-                        c.get()
-                            .and_then(|f| f.info.as_ref())
-                            .is_some_and(|i| i.expire_at_ms() > now)
-                    });
+                    known.retain(|_, c| c.get().is_some_and(|f| f.live_sale(now)));
                 }
-                let fresh = |c: &Arc<OnceCell<Fetched>>| {
-                    c.get()
-                        .is_none_or(|f| f.info.is_some() || f.at.elapsed() < UNKNOWN_FOR)
-                };
                 match known.get(sale) {
                     Some(c) if fresh(c) => Arc::clone(c),
                     _ => {
@@ -308,22 +314,26 @@ impl WaitingRooms {
             }
         };
         let fetched = cell
-            .get_or_try_init(|| async {
-                let body = self.fetch(sale).await?;
-                let info = match body {
-                    Some(body) => Some(Arc::new(
-                        SaleInfo::from_json(&body).ok_or("the engine's sale is unreadable")?,
-                    )),
-                    None => None,
-                };
-                Ok::<_, String>(Fetched {
+            .get_or_init(|| async {
+                let info = self.fetch(sale).await.and_then(|body| {
+                    body.map(|body| {
+                        SaleInfo::from_json(&body)
+                            .map(Arc::new)
+                            .ok_or_else(|| "the engine's sale is unreadable".to_owned())
+                    })
+                    .transpose()
+                });
+                if let Err(e) = &info {
+                    tracing::warn!(error = %e, sale, "could not read a sale from the engine");
+                }
+                Fetched {
                     at: Instant::now(),
                     info,
-                })
+                }
             })
-            .await
-            .map_err(unavailable)?;
-        Ok(fetched.info.clone())
+            .await;
+        // Logged once per read above, not once per purchase.
+        fetched.info.clone().map_err(|_| retry_shortly())
     }
 
     /// The room of a waiting-room sale, ticking on this replica from now.
@@ -659,37 +669,29 @@ impl WaitingRooms {
         }))
     }
 
-    /// A purchase of `sale`: `Ok` when it may go on (no waiting room, or
-    /// a valid admission not yet spent on another Idempotency-Key).
+    /// A purchase of `sale` carrying an admission `token`: checks it and
+    /// spends it on the purchase's key; the value of the header that tells
+    /// the engine the buyer is admitted. A purchase without a token is not
+    /// looked at here: the engine refuses it if the sale has a waiting room,
+    /// so the purchase path reads no sale and no store.
     pub async fn admit_purchase(
         &self,
         sale: &str,
         user: &str,
-        token: Option<&str>,
+        token: &str,
         idempotency_key: Option<&str>,
-    ) -> Result<(), ApiError> {
-        let Some(info) = self.sale(sale).await? else {
-            return Ok(());
-        };
-        if info.room.is_none() {
-            return Ok(());
-        }
-        let token = token.ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::AdmissionRequired,
-                format!(
-                    "this sale has a waiting room: join it (POST /api/v1/sales/{sale}/queue) and purchase with the admission token (X-Admission-Token) it gives you"
-                ),
-            )
-        })?;
-        ticket::verify(&self.key, token, Kind::Admit, sale, user, now_ms())?;
+    ) -> Result<String, ApiError> {
+        let admission = ticket::verify(&self.key, token, Kind::Admit, sale, user, now_ms())?;
+        let admitted = self.key.sign_admitted(sale, user);
         // Without a key the engine refuses the purchase; nothing to spend.
         let Some(key) = idempotency_key else {
-            return Ok(());
+            return Ok(admitted);
         };
+        // The spent admission is kept past any use of its token.
+        let keep_until = admission.expires_ms + KEEP_AFTER_END_MS;
         let used = self
             .store
-            .use_admission(sale, user, key, info.expire_at_ms())
+            .use_admission(sale, user, key, keep_until)
             .await
             .map_err(unavailable)?;
         match used {
@@ -698,9 +700,9 @@ impl WaitingRooms {
                     metrics::histogram!("flashmall_waiting_room_wait_seconds")
                         .record(waited as f64 / 1000.0);
                 }
-                Ok(())
+                Ok(admitted)
             }
-            Used::Again => Ok(()),
+            Used::Again => Ok(admitted),
             Used::Other => Err(ApiError::new(
                 ErrorCode::AdmissionUsed,
                 "this admission was used for another purchase (another Idempotency-Key): one purchase per admission",
@@ -797,6 +799,51 @@ mod tests {
         live.progress.closed = true;
         assert_eq!(state_of(&info(), &live, Some(2), 2_000), State::SoldOut);
         assert_eq!(state_of(&info(), &live, Some(2), 10_000), State::Ended);
+    }
+
+    #[tokio::test]
+    async fn an_engine_that_cannot_answer_is_asked_about_a_sale_at_most_once_a_second() {
+        // An "engine" that takes each connection and drops it.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::Relaxed);
+                drop(socket);
+            }
+        });
+        let pool = Arc::new(LoadBalancer::try_from_iter([addr.to_string()]).unwrap());
+        let rooms = WaitingRooms::new(
+            Arc::new(store::LocalQueueStore::default()),
+            IdentityKey::random(),
+            WaitingRoomConfig::default(),
+            Some(EngineLink {
+                pool,
+                target: "engine".into(),
+                tls: None,
+            }),
+        );
+        let sale = "0199abcd-0000-7000-8000-000000000001";
+        let started = Instant::now();
+        for _ in 0..50 {
+            let refused = rooms.sale(sale).await.unwrap_err();
+            assert_eq!(refused.code, ErrorCode::Unavailable);
+            assert_eq!(refused.retry_after, Some(1));
+        }
+        // One read (two backends tried) per second at most, however many
+        // purchases ask.
+        let reads_allowed = 2 * (1 + started.elapsed().as_secs());
+        let reads = accepted.load(Ordering::Relaxed);
+        assert!(
+            (1..=reads_allowed).contains(&reads),
+            "{reads} connections for 50 purchases"
+        );
+        // A failed read is not kept for good.
+        tokio::time::sleep(UNKNOWN_FOR).await;
+        assert!(rooms.sale(sale).await.is_err());
+        assert!(accepted.load(Ordering::Relaxed) > reads, "read again");
     }
 
     #[test]
