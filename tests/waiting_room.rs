@@ -290,26 +290,37 @@ async fn buyers_who_joined_before_the_opening_are_shuffled_and_later_ones_queue_
     let s = stack(&redis, Duration::from_secs(900)).await;
     let base = s.base.clone();
     let admin = s.admin().await;
-    let sale = room_sale(
-        &s,
-        &admin,
-        10,
-        time::Duration::seconds(4),
-        json!({"admit_per_second": 1}),
-    )
-    .await;
-    let early: Vec<Buyer> = (0..20).map(|i| buyer(&format!("early{i}"))).collect();
-    let answers = futures::future::join_all(early.iter().map(|b| join(&s, &base, b, &sale))).await;
     // A join answered before the opening has no place yet: it is shuffled.
-    let mut shuffled = HashSet::new();
-    let mut tickets = HashMap::new();
-    for (b, (status, body)) in early.iter().zip(&answers) {
-        assert_eq!(*status, 201, "{body}");
-        if body["state"] == "waiting_for_opening" {
-            assert!(body["position"].is_null(), "{body}");
-            shuffled.insert(b.id.clone());
+    // Twenty joins take far less than the lead on any machine this runs
+    // on; should they not, the sale is made again with a longer one.
+    let (mut sale, mut early, mut shuffled, mut tickets) = Default::default();
+    for lead in [4, 20, 90] {
+        sale = room_sale(
+            &s,
+            &admin,
+            10,
+            time::Duration::seconds(lead),
+            json!({"admit_per_second": 1}),
+        )
+        .await;
+        early = (0..20)
+            .map(|i| buyer(&format!("early{i}")))
+            .collect::<Vec<Buyer>>();
+        let answers =
+            futures::future::join_all(early.iter().map(|b| join(&s, &base, b, &sale))).await;
+        shuffled = HashSet::new();
+        tickets = HashMap::new();
+        for (b, (status, body)) in early.iter().zip(&answers) {
+            assert_eq!(*status, 201, "{body}");
+            if body["state"] == "waiting_for_opening" {
+                assert!(body["position"].is_null(), "{body}");
+                shuffled.insert(b.id.clone());
+            }
+            tickets.insert(b.id.clone(), body["ticket"].as_str().unwrap().to_owned());
         }
-        tickets.insert(b.id.clone(), body["ticket"].as_str().unwrap().to_owned());
+        if shuffled.len() >= 2 {
+            break;
+        }
     }
     // A long poll held before the opening answers at the opening, with a
     // place.
@@ -355,7 +366,7 @@ async fn buyers_who_joined_before_the_opening_are_shuffled_and_later_ones_queue_
     assert_eq!(drawn, expected, "ordered by SHA-1(seed:user)");
     assert!(
         shuffled.len() >= 2,
-        "the 20 joins answered after the opening 4 s later: {shuffled:?}"
+        "the 20 joins answered after the opening even 90 s later: {shuffled:?}"
     );
     s.stop().await;
 }
@@ -765,17 +776,14 @@ async fn a_full_queue_and_an_expired_ticket_are_refused_and_joining_again_gives_
     // A ticket past its lifetime is refused; joining again gives the same
     // place and a fresh ticket.
     let ticket = joined["ticket"].as_str().unwrap().to_owned();
-    // Polled at the `queue-per-user` limit's pace (2/s).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let expired = loop {
+    // Polled until refused (answers past the `queue-per-user` limit, 429,
+    // say nothing either way).
+    let expired = eventually(Duration::from_secs(30), "the ticket expires", || async {
         let (status, body) = poll(&s, &base, &ann, &sale, &ticket, 0).await;
-        if status == 403 {
-            break body;
-        }
-        assert_eq!(status, 200, "{body}");
-        assert!(Instant::now() < deadline, "the ticket never expired");
-        tokio::time::sleep(Duration::from_millis(600)).await;
-    };
+        assert!(matches!(status, 200 | 403 | 429), "{status} {body}");
+        (status == 403).then_some(body)
+    })
+    .await;
     assert_eq!(code(&expired), Some("invalid_ticket"), "{expired}");
     assert!(
         expired["error"]["message"]
@@ -784,8 +792,11 @@ async fn a_full_queue_and_an_expired_ticket_are_refused_and_joining_again_gives_
             .contains("expired"),
         "{expired}"
     );
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let (status, again) = join(&s, &base, &ann, &sale).await;
+    let (status, again) = eventually(Duration::from_secs(30), "a join past the limit", || async {
+        let (status, body) = join(&s, &base, &ann, &sale).await;
+        (status != 429).then_some((status, body))
+    })
+    .await;
     assert_eq!(status, 200, "{again}");
     assert_eq!(again["joined_at"], joined["joined_at"], "the same place");
     assert!(

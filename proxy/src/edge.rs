@@ -66,7 +66,8 @@ pub struct Ctx {
     idempotent: bool,
     tries: u32,
     sold_out_sale: Option<String>,
-    /// The engine's signed word that this purchase holds an admission.
+    /// The edge's signed word for the engine that this purchase holds an
+    /// admission (a waiting-room sale).
     admitted: Option<String>,
     /// The request's root span at the edge (`flashmall_mesh::trace`),
     /// closed when the context drops after `logging`.
@@ -614,11 +615,12 @@ impl Edge {
         method: &str,
         path: &str,
     ) -> Option<Refusal> {
-        let sale = gate::purchase_sale(path)?;
-        let user = ctx.claims.as_ref().map(|c| c.sub.clone())?;
+        // Most purchases carry no token: nothing below runs for them.
         let headers = &session.req_header().headers;
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let token = header(waiting::ADMISSION_HEADER).filter(|_| method == "POST")?;
+        let sale = gate::purchase_sale(path)?;
+        let user = ctx.claims.as_ref().map(|c| c.sub.clone())?;
         match self
             .waiting
             .admit_purchase(sale, &user, token, header("idempotency-key"))

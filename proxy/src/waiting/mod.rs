@@ -12,8 +12,10 @@
 //!   queue closes (a long poll). Once admitted,
 //!   the answer carries an admission token, good for `admission_seconds`
 //!   from the admission.
-//! - A purchase of the sale needs `X-Admission-Token`; one admission buys
-//!   once (its retries with the same Idempotency-Key pass too).
+//! - A purchase of the sale needs `X-Admission-Token`, checked and spent
+//!   here (one admission buys once; its retries with the same
+//!   Idempotency-Key pass too) and told to the engine, signed; the engine
+//!   refuses a waiting-room purchase the edge did not admit.
 //!
 //! Everyone who joined before the opening is shuffled once at the opening
 //! (seeded, see `store`); later joiners queue in arrival order. Each
@@ -121,8 +123,8 @@ struct Fetched {
 
 impl Fetched {
     /// A sale read is kept for good; an unknown sale and a failed read
-    /// for `UNKNOWN_FOR`, so a purchase storm during an engine outage
-    /// reads each sale at most once a second per replica.
+    /// for `UNKNOWN_FOR`, so a storm of joins and polls during an engine
+    /// outage reads each sale at most once a second per replica.
     fn fresh(&self) -> bool {
         matches!(self.info, Ok(Some(_))) || self.at.elapsed() < UNKNOWN_FOR
     }
@@ -141,9 +143,10 @@ struct Live {
     ended: bool,
 }
 
-/// A room ticking on this replica.
+/// A room ticking on this replica: a waiting-room sale and its settings.
 struct Room {
     info: Arc<SaleInfo>,
+    settings: RoomSettings,
     live: watch::Sender<Live>,
     touched: AtomicU64,
 }
@@ -332,12 +335,12 @@ impl WaitingRooms {
                 }
             })
             .await;
-        // Logged once per read above, not once per purchase.
+        // Logged once per read above, not once per request.
         fetched.info.clone().map_err(|_| retry_shortly())
     }
 
     /// The room of a waiting-room sale, ticking on this replica from now.
-    fn room(self: &Arc<Self>, info: &Arc<SaleInfo>) -> Arc<Room> {
+    fn room(self: &Arc<Self>, info: &Arc<SaleInfo>, settings: RoomSettings) -> Arc<Room> {
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         let touched = self.started.elapsed().as_millis() as u64;
         if let Some(room) = rooms.get(&info.id) {
@@ -346,6 +349,7 @@ impl WaitingRooms {
         }
         let room = Arc::new(Room {
             info: Arc::clone(info),
+            settings,
             live: watch::channel(Live::default()).0,
             touched: AtomicU64::new(touched),
         });
@@ -372,8 +376,7 @@ impl WaitingRooms {
     /// One room's ticker on this replica, until its sale ends or no one
     /// asked about it for a while.
     async fn tick(self: Arc<Self>, room: Arc<Room>) {
-        let info = &room.info;
-        let Some(settings) = info.room else { return };
+        let (info, settings) = (&room.info, room.settings);
         let mut every = tokio::time::interval(self.config.tick);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pace = Pace {
@@ -454,12 +457,7 @@ impl WaitingRooms {
 
     /// `POST /api/v1/sales/{id}/queue`.
     pub async fn join(self: &Arc<Self>, sale: &str, user: &str) -> Result<(u16, Value), ApiError> {
-        let info = self.room_sale(sale).await?;
-        let settings = info.room.unwrap_or(RoomSettings {
-            admit_per_second: 0.0,
-            admission_ms: 0,
-            max_queue: 0,
-        });
+        let (info, settings) = self.room_sale(sale).await?;
         if now_ms() >= info.ends_at_ms {
             return Err(ApiError::new(ErrorCode::SaleClosed, "the sale has ended"));
         }
@@ -481,8 +479,8 @@ impl WaitingRooms {
                 ));
             }
         };
-        let room = self.room(&info);
-        let answer = self.answer(&info, &room, user).await?;
+        let room = self.room(&info, settings);
+        let answer = self.answer(&room, user).await?;
         Ok((status, answer))
     }
 
@@ -503,30 +501,25 @@ impl WaitingRooms {
             )
         })?;
         ticket::verify(&self.key, ticket, Kind::Queue, sale, user, now_ms())?;
-        let info = self.room_sale(sale).await?;
-        let room = self.room(&info);
+        let (info, settings) = self.room_sale(sale).await?;
+        let room = self.room(&info, settings);
         if !wait.is_zero()
             && let Ok(_permit) = Arc::clone(&self.waiters).try_acquire_owned()
         {
-            self.wait(&info, &room, user, wait).await?;
+            self.wait(&room, user, wait).await?;
         }
-        self.answer(&info, &room, user).await
+        self.answer(&room, user).await
     }
 
     /// Waits until the buyer's state changes (admitted, the queue closed,
     /// the room opened) or `wait` passes.
-    async fn wait(
-        &self,
-        info: &SaleInfo,
-        room: &Room,
-        user: &str,
-        wait: Duration,
-    ) -> Result<(), ApiError> {
+    async fn wait(&self, room: &Room, user: &str, wait: Duration) -> Result<(), ApiError> {
+        let info = &room.info;
         let deadline = tokio::time::Instant::now() + wait;
         let mut live = room.live.subscribe();
         // Where the buyer stands now, by the store (this replica's ticker
         // may not have ticked yet).
-        let place = self.place(info, user).await?;
+        let place = self.place(room, user).await?;
         let mut rank = place.rank;
         let mut seen = live.borrow_and_update().clone();
         seen.progress = place.progress;
@@ -541,7 +534,7 @@ impl WaitingRooms {
             }
             let seen = live.borrow_and_update().clone();
             if rank.is_none() && seen.progress.seed.is_some() {
-                rank = self.place(info, user).await?.rank;
+                rank = self.place(room, user).await?.rank;
             }
             // Settled, or moved on (the opening gave the buyer a place).
             let state = state_of(info, &seen, rank, now_ms());
@@ -553,7 +546,8 @@ impl WaitingRooms {
 
     /// The buyer's place; joined again when the store lost it (see
     /// `store`: a Redis that lost writes).
-    async fn place(&self, info: &SaleInfo, user: &str) -> Result<store::Place, ApiError> {
+    async fn place(&self, room: &Room, user: &str) -> Result<store::Place, ApiError> {
+        let info = &room.info;
         if let Some(place) = self
             .store
             .place(&info.id, user)
@@ -562,9 +556,8 @@ impl WaitingRooms {
         {
             return Ok(place);
         }
-        let max = info.room.map(|r| r.max_queue).unwrap_or(0);
         self.store
-            .join(&info.id, user, max, info.expire_at_ms())
+            .join(&info.id, user, room.settings.max_queue, info.expire_at_ms())
             .await
             .map_err(unavailable)?;
         self.store
@@ -574,29 +567,25 @@ impl WaitingRooms {
             .ok_or_else(|| ApiError::new(ErrorCode::QueueFull, "the sale's waiting room is full"))
     }
 
-    /// A waiting-room sale, or the error its queue answers.
-    async fn room_sale(&self, sale: &str) -> Result<Arc<SaleInfo>, ApiError> {
+    /// A waiting-room sale and its settings, or the error its queue answers.
+    async fn room_sale(&self, sale: &str) -> Result<(Arc<SaleInfo>, RoomSettings), ApiError> {
         let info = self
             .sale(sale)
             .await?
             .ok_or_else(|| ApiError::new(ErrorCode::SaleNotFound, "no such sale"))?;
-        if info.room.is_none() {
-            return Err(ApiError::new(
+        let settings = info.room.ok_or_else(|| {
+            ApiError::new(
                 ErrorCode::Conflict,
                 "this sale has no waiting room: purchase it directly",
-            ));
-        }
-        Ok(info)
+            )
+        })?;
+        Ok((info, settings))
     }
 
     /// The answer to a join or a poll.
-    async fn answer(&self, info: &SaleInfo, room: &Room, user: &str) -> Result<Value, ApiError> {
-        let settings = info.room.unwrap_or(RoomSettings {
-            admit_per_second: 0.0,
-            admission_ms: 0,
-            max_queue: 0,
-        });
-        let place = self.place(info, user).await?;
+    async fn answer(&self, room: &Room, user: &str) -> Result<Value, ApiError> {
+        let (info, settings) = (&room.info, room.settings);
+        let place = self.place(room, user).await?;
         let now = now_ms();
         let mut live = room.live.borrow().clone();
         // The store's figures are the newest; the ticker's rate and end.
