@@ -10,6 +10,7 @@
 //!   flashmall edge with every check on, and through nginx.
 //! - [`redis`]: the engine's reserve call against `redis-benchmark`
 //!   running EVALSHA of the same script at the same concurrency.
+//! - [`cpu`]: the edge's own CPU time per answer, apart from the client.
 //! - [`wrk`]: Debian's `wrk` on the same paths, an independent client
 //!   beside the bench's own driver (proxy and sold-out gate figures).
 //! - [`peer`]: the classic seckill stack (nginx + Lua + Redis, the engine's
@@ -24,6 +25,7 @@
 
 pub mod api;
 pub mod chart;
+pub mod cpu;
 pub mod fairness;
 pub mod fault;
 pub mod http;

@@ -29,6 +29,7 @@ use serde::Serialize;
 
 use crate::api::{login, metric};
 use crate::chart::{Panel, Series};
+use crate::cpu::{EDGE_THREADS, EdgeCpu, Meter};
 use crate::fault::{FaultReport, FaultyRedis};
 use crate::http::{Conn, Endpoint};
 use crate::load::{self, Job, Mode};
@@ -354,6 +355,9 @@ pub struct GateReport {
     /// Purchases the edge's gate answered (its rejection counter, read
     /// from the edge's admin port; `None` without one).
     pub answered_at_gate: Option<f64>,
+    /// The edge's own CPU per answer in the same turns (`None` when the
+    /// stack runs in another process).
+    pub edge_cpu: Option<EdgeCpu>,
     /// The same two, measured by `wrk`; `None` when it is not installed.
     pub wrk: Option<WrkGate>,
 }
@@ -365,6 +369,8 @@ pub struct WrkGate {
     pub static_answer: WrkRun,
     pub sold_out_purchases: WrkRun,
     pub ratio: f64,
+    /// The edge's own CPU per answer in wrk's turns.
+    pub edge_cpu: Option<EdgeCpu>,
 }
 
 /// What a seckill run measured and checked.
@@ -512,6 +518,9 @@ impl SeckillReport {
                 g.static_answer.reconnects,
                 g.sold_out_purchases.reconnects
             );
+            if let Some(cpu) = &g.edge_cpu {
+                let _ = writeln!(t, "{}", edge_cpu_line(cpu));
+            }
             match &g.wrk {
                 Some(w) => {
                     let _ = writeln!(
@@ -531,6 +540,9 @@ impl SeckillReport {
                         );
                     }
                     let _ = writeln!(t, "\nwrk's ratio {:.2} (target ≥ 0.9).", w.ratio);
+                    if let Some(cpu) = &w.edge_cpu {
+                        let _ = writeln!(t, "{}", edge_cpu_line(cpu));
+                    }
                 }
                 None => t.push_str(
                     "\nwrk is not installed: the independent client did not measure the gate.\n",
@@ -870,9 +882,17 @@ async fn gate_phase(
     };
     let before = read_gate().await;
     let (mut statics, mut gated) = (Vec::new(), Vec::new());
+    let (mut static_cpu, mut gate_cpu) = (Meter::default(), Meter::default());
+    let answered = |r: &load::Recording| r.samples.len() as u64;
     for turn in 0..TURNS {
         let progress = Progress::start("static", 0, visible);
-        let recording = load::drive(Arc::new(Static), endpoint, run, &progress).await;
+        let recording = static_cpu
+            .turn(
+                EDGE_THREADS,
+                answered,
+                load::drive(Arc::new(Static), endpoint, run, &progress),
+            )
+            .await;
         progress.finish();
         statics.push(recording?);
         // Attempts cycle over the buyers who hold nothing, each with a new
@@ -887,13 +907,18 @@ async fn gate_phase(
         let job = Arc::new(Purchases::new(sale, endpoint, tokens, attempts)?);
         let requests = count;
         let progress = Progress::start("sold-out gate", 0, visible);
-        let recording = load::drive(
-            Arc::clone(&job),
-            endpoint,
-            load::Run { requests, ..run },
-            &progress,
-        )
-        .await;
+        let recording = gate_cpu
+            .turn(
+                EDGE_THREADS,
+                answered,
+                load::drive(
+                    Arc::clone(&job),
+                    endpoint,
+                    load::Run { requests, ..run },
+                    &progress,
+                ),
+            )
+            .await;
         progress.finish();
         gated.push(recording?);
         if !job.granted.lock().map_err(|_| "poisoned")?.is_empty() {
@@ -916,11 +941,23 @@ async fn gate_phase(
     };
     Ok(GateReport {
         ratio: sold_out_purchases.throughput / static_answer.throughput.max(1e-9),
+        edge_cpu: EdgeCpu::of(&static_cpu, &gate_cpu),
         answered_at_gate: after.zip(before).map(|(a, b)| a - b),
         static_answer,
         sold_out_purchases,
         wrk,
     })
+}
+
+/// The edge's own CPU per answer on both paths, one line of the report.
+fn edge_cpu_line(cpu: &EdgeCpu) -> String {
+    format!(
+        "The edge's threads spent {:.1} µs of CPU per static answer and {:.1} µs per refused purchase ({:.2}×; the static answer's cost ÷ the refusal's: {:.2}).",
+        cpu.static_us,
+        cpu.gate_us,
+        cpu.ratio(),
+        1.0 / cpu.ratio().max(1e-9)
+    )
 }
 
 /// The gate and the static answer, measured by `wrk` in alternating turns.
@@ -935,18 +972,18 @@ async fn wrk_gate(
 ) -> Result<WrkGate, String> {
     let seconds = options.gate_seconds / f64::from(turns);
     let (mut statics, mut gated) = (Vec::new(), Vec::new());
+    let (mut static_cpu, mut gate_cpu) = (Meter::default(), Meter::default());
+    let answered = |r: &WrkRun| r.requests;
     for turn in 0..turns {
         let static_request = wrk::Request::get("/healthz", None);
-        statics.push(
-            wrk::measure(
-                program.clone(),
-                endpoint.base.clone(),
-                static_request,
-                options.connections,
-                seconds,
-            )
-            .await?,
+        let measured = wrk::measure(
+            program.clone(),
+            endpoint.base.clone(),
+            static_request,
+            options.connections,
+            seconds,
         );
+        statics.push(static_cpu.turn(EDGE_THREADS, answered, measured).await?);
         let purchases = wrk::Request {
             method: "POST",
             path: sale.purchase_path.clone(),
@@ -954,14 +991,14 @@ async fn wrk_gate(
             body: Some(r#"{"quantity":1}"#.into()),
             key_prefix: Some(format!("{run_tag}-wrk-gate-{turn}")),
         };
-        let run = wrk::measure(
+        let measured = wrk::measure(
             program.clone(),
             endpoint.base.clone(),
             purchases,
             options.connections,
             seconds,
-        )
-        .await?;
+        );
+        let run = gate_cpu.turn(EDGE_THREADS, answered, measured).await?;
         if run.succeeded() > 0 {
             return Err(format!(
                 "{} purchases of the sold-out sale were granted (wrk)",
@@ -974,6 +1011,7 @@ async fn wrk_gate(
     let sold_out_purchases = WrkRun::joined(&gated).ok_or("no gate turn ran (wrk)")?;
     Ok(WrkGate {
         ratio: sold_out_purchases.per_second / static_answer.per_second.max(1e-9),
+        edge_cpu: EdgeCpu::of(&static_cpu, &gate_cpu),
         static_answer,
         sold_out_purchases,
     })
