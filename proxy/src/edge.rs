@@ -25,7 +25,7 @@ use crate::identity::{Refused, Verifier};
 use crate::limits::{KeyKind, Limit, Limiter};
 use crate::state::{Revocation, Snapshot, View, now_ms};
 use crate::waiting::{self, WaitingRooms};
-use crate::{admin, openapi, respond};
+use crate::{admin, meters, openapi, respond};
 
 /// The longest an access token can live (the auth service caps it).
 const MAX_ACCESS_TOKEN_LIFE_MS: u64 =
@@ -37,19 +37,26 @@ pub use flashmall_mesh::headers::SOLD_OUT as SOLD_OUT_HEADER;
 /// Counts a request in `flashmall_proxy_requests_in_flight` from its
 /// first phase until its context is dropped: answered, failed or
 /// abandoned by the client. The autoscaler's signal for the edge.
-pub struct InFlight(());
+pub struct InFlight(metrics::Gauge);
 
 impl InFlight {
-    fn enter() -> InFlight {
-        metrics::gauge!("flashmall_proxy_requests_in_flight").increment(1.0);
-        InFlight(())
+    /// `gauge` is the edge's `flashmall_proxy_requests_in_flight`,
+    /// registered once ([`in_flight_gauge`]).
+    fn enter(gauge: &metrics::Gauge) -> InFlight {
+        gauge.increment(1.0);
+        InFlight(gauge.clone())
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        metrics::gauge!("flashmall_proxy_requests_in_flight").decrement(1.0);
+        self.0.decrement(1.0);
     }
+}
+
+/// The edge's in-flight gauge, registered once with the process's recorder.
+pub fn in_flight_gauge() -> metrics::Gauge {
+    metrics::gauge!("flashmall_proxy_requests_in_flight")
 }
 
 /// One request's state across the proxy phases.
@@ -108,6 +115,8 @@ pub struct Edge {
     pub(crate) access_log: crate::access::AccessLogger,
     /// Waiting rooms of the sales that have one.
     pub(crate) waiting: Arc<WaitingRooms>,
+    /// `flashmall_proxy_requests_in_flight`, registered once.
+    pub(crate) in_flight: metrics::Gauge,
 }
 
 /// The route family of `path`, the `route` label of the edge's metrics:
@@ -312,7 +321,7 @@ impl Refusal {
 }
 
 fn reject(reason: &'static str) {
-    metrics::counter!("flashmall_proxy_rejections_total", "reason" => reason).increment(1);
+    meters::rejection(reason);
 }
 
 impl Edge {
@@ -671,7 +680,7 @@ impl Edge {
             let Some(key) = key else { continue };
             if let Err(wait) = self.limiter.check(limit, &key).await {
                 let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
-                metrics::counter!("flashmall_proxy_rate_limited_total", "limit" => limit.name.clone()).increment(1);
+                limit.refused.increment(1);
                 return Some(Refusal::counted(
                     "rate_limited",
                     ApiError::new(
@@ -769,9 +778,14 @@ impl Edge {
 impl ProxyHttp for Edge {
     type CTX = Ctx;
 
+    /// No downstream modules: the edge compresses nothing, and Pingora's
+    /// default (a disabled compression module) costs every request a
+    /// module context and its filter calls.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> Ctx {
         Ctx {
-            _in_flight: Some(InFlight::enter()),
+            _in_flight: Some(InFlight::enter(&self.in_flight)),
             ..Ctx::default()
         }
     }
@@ -1020,10 +1034,7 @@ impl ProxyHttp for Edge {
         if let Some(span) = &ctx.span {
             span.record("status", status);
         }
-        metrics::counter!("flashmall_proxy_requests_total", "route" => ctx.route, "status" => status.to_string())
-            .increment(1);
-        metrics::histogram!("flashmall_proxy_request_duration_seconds", "route" => ctx.route)
-            .record(elapsed);
+        meters::request(ctx.route, status, elapsed);
         if self.access_log.keeps(ctx.route, status) {
             tracing::info!(
                 target: "flashmall_proxy::access",
@@ -1059,8 +1070,9 @@ mod tests {
                 .map(|v| v.trim().to_owned())
         };
         metrics::with_local_recorder(&recorder, || {
-            let first = InFlight::enter();
-            let second = InFlight::enter();
+            let in_flight = in_flight_gauge();
+            let first = InFlight::enter(&in_flight);
+            let second = InFlight::enter(&in_flight);
             assert_eq!(gauge().as_deref(), Some("2"));
             drop(first);
             assert_eq!(gauge().as_deref(), Some("1"));

@@ -16,6 +16,7 @@ mod edge;
 pub mod gate;
 pub mod identity;
 pub mod limits;
+mod meters;
 mod openapi;
 pub mod respond;
 pub mod state;
@@ -102,8 +103,7 @@ pub async fn launch(settings: &ProxySettings) -> Result<RunningProxy, String> {
     let config = &settings.proxy;
     config.validate()?;
     // First, so a taken admin port fails the start before anything runs.
-    let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
-        .await
+    let admin_listener = flashmall_mesh::serve::listen(config.admin_listen)
         .map_err(|e| format!("proxy.admin_listen {}: {e}", config.admin_listen))?;
     let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
     let (view, redis) = edge_state(config).await?;
@@ -130,6 +130,9 @@ pub async fn launch(settings: &ProxySettings) -> Result<RunningProxy, String> {
     server.bootstrap();
     let (pools, checks) = upstream_pools(config).await?;
     let verifier = token_verifier(settings, stop_rx.clone()).await?;
+    // The process's recorder before the edge makes its metric handles
+    // (`meters`): a handle made earlier would count into nothing.
+    let _ = flashmall_mesh::telemetry::metrics_handle();
     let edge = Edge {
         routes: routes(config),
         public: public_routes(config)?,
@@ -156,6 +159,7 @@ pub async fn launch(settings: &ProxySettings) -> Result<RunningProxy, String> {
         read_timeout: config.read_timeout,
         jwt_leeway: config.jwt_leeway,
         access_log: access::AccessLogger::new(config.access_log, config.access_log_sample),
+        in_flight: edge::in_flight_gauge(),
         pools,
     };
     let (listen, thread) = serve_pingora(server, edge, config.listen, checks, stop_rx)?;

@@ -41,6 +41,8 @@ pub struct Limit {
     /// How far ahead the arrival time may run (the burst), microseconds.
     tolerance_us: u64,
     global: bool,
+    /// `flashmall_proxy_rate_limited_total{limit}`, registered once.
+    pub refused: metrics::Counter,
 }
 
 impl Limit {
@@ -66,6 +68,7 @@ impl Limit {
             emission_us,
             tolerance_us: emission_us * u64::from(c.burst.saturating_sub(1)),
             global: c.scope == "global",
+            refused: metrics::counter!("flashmall_proxy_rate_limited_total", "limit" => c.name.clone()),
         })
     }
 
@@ -111,20 +114,39 @@ impl Limiter {
 
     /// `Ok` when admitted, else how long until a retry can be.
     fn local(&self, limit: &Limit, key: &str) -> Result<(), Duration> {
-        let full = format!("{}|{key}", limit.name);
-        let shard = (hash(&full) as usize) % SHARDS;
-        let mut map = self.shards[shard].lock().unwrap_or_else(|p| p.into_inner());
-        let now = self.now_us();
-        if map.len() > SWEEP_AT {
-            map.retain(|_, tat| *tat > now);
+        // The map's key, "limit|key", is written into this thread's buffer:
+        // a known key (every request of a busy client) allocates nothing.
+        thread_local! {
+            static FULL: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
         }
-        let tat = map.get(&full).copied().unwrap_or(now).max(now);
-        let ahead = tat - now;
-        if ahead > limit.tolerance_us {
-            return Err(Duration::from_micros(ahead - limit.tolerance_us));
-        }
-        map.insert(full, tat + limit.emission_us);
-        Ok(())
+        FULL.with_borrow_mut(|full| {
+            full.clear();
+            full.push_str(&limit.name);
+            full.push('|');
+            full.push_str(key);
+            let shard = (hash(full) as usize) % SHARDS;
+            let mut map = self.shards[shard].lock().unwrap_or_else(|p| p.into_inner());
+            let now = self.now_us();
+            if map.len() > SWEEP_AT {
+                map.retain(|_, tat| *tat > now);
+            }
+            let admit = |tat: u64| {
+                let ahead = tat.max(now) - now;
+                if ahead > limit.tolerance_us {
+                    Err(Duration::from_micros(ahead - limit.tolerance_us))
+                } else {
+                    Ok(tat.max(now) + limit.emission_us)
+                }
+            };
+            match map.get_mut(full.as_str()) {
+                Some(tat) => *tat = admit(*tat)?,
+                None => {
+                    let next = admit(now)?;
+                    map.insert(full.clone(), next);
+                }
+            }
+            Ok(())
+        })
     }
 
     async fn global(&self, client: &Client, limit: &Limit, key: &str) -> Result<(), Duration> {
