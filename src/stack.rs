@@ -135,8 +135,7 @@ impl Throwaway {
 }
 
 async fn bind() -> Result<TcpListener, String> {
-    TcpListener::bind("127.0.0.1:0")
-        .await
+    flashmall_mesh::serve::listen(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
         .map_err(|e| e.to_string())
 }
 

@@ -12,9 +12,7 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 
 async fn listen(addr: std::net::SocketAddr) -> Result<TcpListener, String> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))
+    flashmall_mesh::serve::listen(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))
 }
 
 /// Runs the stack until SIGTERM or Ctrl-C; the first component to fail

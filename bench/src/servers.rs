@@ -14,7 +14,6 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tempfile::TempDir;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 /// A free loopback address.
@@ -42,8 +41,7 @@ impl Upstream {
 
     /// On `addr` (`flashmall bench upstream` for a running proxy bench).
     pub async fn bind(addr: SocketAddr) -> Result<Upstream, String> {
-        let listener = TcpListener::bind(addr)
-            .await
+        let listener = flashmall_mesh::serve::listen(addr)
             .map_err(|e| format!("cannot bind the upstream on {addr}: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let task = tokio::spawn(async move {

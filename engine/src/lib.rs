@@ -144,13 +144,11 @@ pub async fn launch(
 
 /// Runs the engine component until SIGTERM or `shutdown`.
 pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), String> {
-    let listener = TcpListener::bind(settings.engine.listen)
-        .await
+    let listener = flashmall_mesh::serve::listen(settings.engine.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", settings.engine.listen))?;
     let running = launch(&settings, listener, shutdown.clone()).await?;
     if let Some(admin) = settings.admin_listen {
-        let probes = TcpListener::bind(admin)
-            .await
+        let probes = flashmall_mesh::serve::listen(admin)
             .map_err(|e| format!("cannot listen on {admin} (mesh.admin_listen): {e}"))?;
         tokio::spawn(flashmall_mesh::serve::serve_probes(
             "engine",

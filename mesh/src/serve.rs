@@ -25,6 +25,28 @@ use crate::grpc::{self, StatusBody};
 use crate::shutdown::Shutdown;
 use crate::tls::MeshTls;
 
+/// The accept queue of every port a component listens on. A flash sale's
+/// opening brings hundreds of connections at once (the edge's pool to the
+/// engine grows by one per purchase in flight); past the queue the kernel
+/// drops the SYN and the caller waits its one-second retransmission.
+/// std's and tokio's `bind` ask for 128; the kernel caps this at
+/// `net.core.somaxconn` (4096 by default since Linux 5.4).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Listens on `addr` with an accept queue of [`LISTEN_BACKLOG`]
+/// (`SO_REUSEADDR` set, as `TcpListener::bind` does). Inside a tokio
+/// runtime.
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Header carrying the request id, taken from the caller or made here.
 pub const REQUEST_ID: &str = "x-request-id";
 
@@ -306,5 +328,44 @@ fn count_grpc(component: &'static str, method: String, response: Response) -> Re
             response
         }
         None => response.map(|body| axum::body::Body::new(StatusBody::new(body, count))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    /// Connections a burst opens before the component accepts any: more
+    /// than the 128 std's `bind` queues, fewer than any `somaxconn` since
+    /// Linux 5.4.
+    const BURST: usize = 600;
+
+    #[tokio::test]
+    async fn a_burst_of_connections_waits_in_the_queue_not_for_a_syn_retransmission() {
+        let listener = super::listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Nothing accepts: every connection must complete its handshake
+        // into the accept queue. With a queue of 128 the kernel drops the
+        // SYNs past it and these connects never finish while nothing is
+        // accepted (the timeout only bounds a failing run).
+        let mut connects = tokio::task::JoinSet::new();
+        for _ in 0..BURST {
+            connects.spawn(tokio::time::timeout(
+                Duration::from_secs(30),
+                tokio::net::TcpStream::connect(addr),
+            ));
+        }
+        let mut streams = Vec::new();
+        while let Some(done) = connects.join_next().await {
+            if let Ok(Ok(Ok(stream))) = done {
+                streams.push(stream);
+            }
+        }
+        assert_eq!(
+            streams.len(),
+            BURST,
+            "connections that reached the accept queue"
+        );
+        drop(listener);
     }
 }

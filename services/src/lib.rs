@@ -428,12 +428,10 @@ pub async fn run(service: Service, shutdown: Shutdown) -> Result<(), String> {
     let (name, listen) = (service.name(), service.listen());
     let common = service.common();
     let store = open_store(&common.store, &common.data_dir).await?;
-    let listener = TcpListener::bind(listen)
-        .await
+    let listener = flashmall_mesh::serve::listen(listen)
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     if let Some(admin) = common.admin_listen {
-        let probes = TcpListener::bind(admin)
-            .await
+        let probes = flashmall_mesh::serve::listen(admin)
             .map_err(|e| format!("cannot listen on {admin} (mesh.admin_listen): {e}"))?;
         tokio::spawn(flashmall_mesh::serve::serve_probes(
             name,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 pub struct Balancer {
@@ -22,8 +22,7 @@ impl Balancer {
         if backends.is_empty() {
             return Err("the balancer needs at least one edge".into());
         }
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
+        let listener = flashmall_mesh::serve::listen(SocketAddr::from(([127, 0, 0, 1], 0)))
             .map_err(|e| format!("the balancer cannot listen: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let backends = Arc::new(backends);
