@@ -82,26 +82,26 @@ impl Meter {
     }
 }
 
-/// The edge's CPU per answer on two paths measured in the same turns.
+/// The edge's CPU per answer on the gate's three paths, measured in the
+/// same alternating turns.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct EdgeCpu {
-    /// Microseconds of the edge's threads per static answer.
+    /// Microseconds of the edge's threads per static answer (`GET /healthz`).
     pub static_us: f64,
-    /// Microseconds of the edge's threads per refused purchase.
+    /// Per static answer to a request shaped like a purchase (`POST
+    /// /healthz` with its token, key and body).
+    pub shaped_us: f64,
+    /// Per refused purchase.
     pub gate_us: f64,
 }
 
 impl EdgeCpu {
-    pub fn of(statics: &Meter, gated: &Meter) -> Option<EdgeCpu> {
+    pub fn of(statics: &Meter, shaped: &Meter, gated: &Meter) -> Option<EdgeCpu> {
         Some(EdgeCpu {
             static_us: statics.per_answer_us()?,
+            shaped_us: shaped.per_answer_us()?,
             gate_us: gated.per_answer_us()?,
         })
-    }
-
-    /// What a refused purchase costs the edge over its static answer.
-    pub fn ratio(&self) -> f64 {
-        self.gate_us / self.static_us.max(1e-9)
     }
 }
 

@@ -281,6 +281,13 @@ impl Purchases {
         })
     }
 
+    /// The same requests sent to `path` instead of the sale's purchase
+    /// path (the static answer to a purchase-shaped request).
+    pub(crate) fn to_path(mut self, path: &str) -> Purchases {
+        self.path = path.to_owned();
+        self
+    }
+
     fn of_plan(
         sale: &Sale,
         endpoint: &Endpoint,

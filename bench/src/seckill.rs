@@ -348,6 +348,9 @@ pub struct Settlement {
 pub struct GateReport {
     /// `GET /healthz` at the edge.
     pub static_answer: Summary,
+    /// `POST /healthz` with a purchase's headers and body: the static
+    /// answer to a request of the purchase's size.
+    pub purchase_shaped: Summary,
     /// Purchases of the sold-out sale by buyers who hold nothing.
     pub sold_out_purchases: Summary,
     /// sold-out purchases per second / static answers per second.
@@ -367,6 +370,7 @@ pub struct GateReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct WrkGate {
     pub static_answer: WrkRun,
+    pub purchase_shaped: WrkRun,
     pub sold_out_purchases: WrkRun,
     pub ratio: f64,
     /// The edge's own CPU per answer in wrk's turns.
@@ -495,6 +499,12 @@ impl SeckillReport {
             );
             let _ = writeln!(
                 t,
+                "| `POST /healthz` with a purchase's headers and body (static) | {:.0} | {} |",
+                g.purchase_shaped.throughput,
+                latency_cells(&g.purchase_shaped.latency)
+            );
+            let _ = writeln!(
+                t,
                 "| purchase of the sold-out sale | {:.0} | {} |",
                 g.sold_out_purchases.throughput,
                 latency_cells(&g.sold_out_purchases.latency)
@@ -531,6 +541,10 @@ impl SeckillReport {
                     );
                     for (name, r) in [
                         ("`GET /healthz` (static)", &w.static_answer),
+                        (
+                            "`POST /healthz`, purchase-shaped (static)",
+                            &w.purchase_shaped,
+                        ),
                         ("purchase of the sold-out sale", &w.sold_out_purchases),
                     ] {
                         let _ = writeln!(
@@ -881,8 +895,8 @@ async fn gate_phase(
         duration: Some(Duration::from_secs_f64(options.gate_seconds) / TURNS),
     };
     let before = read_gate().await;
-    let (mut statics, mut gated) = (Vec::new(), Vec::new());
-    let (mut static_cpu, mut gate_cpu) = (Meter::default(), Meter::default());
+    let (mut statics, mut shaped, mut gated) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut static_cpu, mut shaped_cpu, mut gate_cpu) = <(Meter, Meter, Meter)>::default();
     let answered = |r: &load::Recording| r.samples.len() as u64;
     for turn in 0..TURNS {
         let progress = Progress::start("static", 0, visible);
@@ -898,14 +912,35 @@ async fn gate_phase(
         // Attempts cycle over the buyers who hold nothing, each with a new
         // key; more than the edge can answer in the turn.
         let count = (400_000.0 * options.gate_seconds / f64::from(TURNS)).ceil() as usize + 1_000;
-        let attempts = (0..count).map(|i| {
-            (
-                buyers[i % buyers.len()],
-                format!("{run_tag}-gate-{turn}-{i}"),
-            )
-        });
-        let job = Arc::new(Purchases::new(sale, endpoint, tokens, attempts)?);
+        let buyers = &buyers;
+        let attempts = |kind: &'static str| {
+            (0..count).map(move |i| {
+                (
+                    buyers[i % buyers.len()],
+                    format!("{run_tag}-{kind}-{turn}-{i}"),
+                )
+            })
+        };
         let requests = count;
+        // The same requests answered statically: what their size costs the
+        // edge apart from its checks.
+        let job = Purchases::new(sale, endpoint, tokens, attempts("shaped"))?.to_path("/healthz");
+        let progress = Progress::start("static, purchase-shaped", 0, visible);
+        let recording = shaped_cpu
+            .turn(
+                EDGE_THREADS,
+                answered,
+                load::drive(
+                    Arc::new(job),
+                    endpoint,
+                    load::Run { requests, ..run },
+                    &progress,
+                ),
+            )
+            .await;
+        progress.finish();
+        shaped.push(recording?);
+        let job = Arc::new(Purchases::new(sale, endpoint, tokens, attempts("gate"))?);
         let progress = Progress::start("sold-out gate", 0, visible);
         let recording = gate_cpu
             .turn(
@@ -927,6 +962,7 @@ async fn gate_phase(
     }
     let after = read_gate().await;
     let static_answer = Summary::of(&load::join(statics).ok_or("no static turn ran")?);
+    let purchase_shaped = Summary::of(&load::join(shaped).ok_or("no purchase-shaped turn ran")?);
     let sold_out_purchases = Summary::of(&load::join(gated).ok_or("no gate turn ran")?);
     let wrk = match wrk::program() {
         Some(program) => {
@@ -941,22 +977,27 @@ async fn gate_phase(
     };
     Ok(GateReport {
         ratio: sold_out_purchases.throughput / static_answer.throughput.max(1e-9),
-        edge_cpu: EdgeCpu::of(&static_cpu, &gate_cpu),
+        edge_cpu: EdgeCpu::of(&static_cpu, &shaped_cpu, &gate_cpu),
         answered_at_gate: after.zip(before).map(|(a, b)| a - b),
         static_answer,
+        purchase_shaped,
         sold_out_purchases,
         wrk,
     })
 }
 
-/// The edge's own CPU per answer on both paths, one line of the report.
+/// The edge's own CPU per answer on the three paths, one line of the
+/// report.
 fn edge_cpu_line(cpu: &EdgeCpu) -> String {
     format!(
-        "The edge's threads spent {:.1} µs of CPU per static answer and {:.1} µs per refused purchase ({:.2}×; the static answer's cost ÷ the refusal's: {:.2}).",
+        "The edge's threads spent, per answer, {:.1} µs of CPU on `GET /healthz`, {:.1} µs on the purchase's request answered statically, and {:.1} µs on a refused purchase: the request's size costs {:.1} µs, the checks and the refusal {:.1} µs. The static answer's cost ÷ the refusal's: {:.2}; with checks that cost nothing it would be {:.2}.",
         cpu.static_us,
+        cpu.shaped_us,
         cpu.gate_us,
-        cpu.ratio(),
-        1.0 / cpu.ratio().max(1e-9)
+        cpu.shaped_us - cpu.static_us,
+        cpu.gate_us - cpu.shaped_us,
+        cpu.static_us / cpu.gate_us.max(1e-9),
+        cpu.static_us / cpu.shaped_us.max(1e-9),
     )
 }
 
@@ -971,8 +1012,8 @@ async fn wrk_gate(
     turns: u32,
 ) -> Result<WrkGate, String> {
     let seconds = options.gate_seconds / f64::from(turns);
-    let (mut statics, mut gated) = (Vec::new(), Vec::new());
-    let (mut static_cpu, mut gate_cpu) = (Meter::default(), Meter::default());
+    let (mut statics, mut shaped, mut gated) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut static_cpu, mut shaped_cpu, mut gate_cpu) = <(Meter, Meter, Meter)>::default();
     let answered = |r: &WrkRun| r.requests;
     for turn in 0..turns {
         let static_request = wrk::Request::get("/healthz", None);
@@ -984,6 +1025,21 @@ async fn wrk_gate(
             seconds,
         );
         statics.push(static_cpu.turn(EDGE_THREADS, answered, measured).await?);
+        let purchase_shaped = wrk::Request {
+            method: "POST",
+            path: "/healthz".into(),
+            tokens: tokens.clone(),
+            body: Some(r#"{"quantity":1}"#.into()),
+            key_prefix: Some(format!("{run_tag}-wrk-shaped-{turn}")),
+        };
+        let measured = wrk::measure(
+            program.clone(),
+            endpoint.base.clone(),
+            purchase_shaped,
+            options.connections,
+            seconds,
+        );
+        shaped.push(shaped_cpu.turn(EDGE_THREADS, answered, measured).await?);
         let purchases = wrk::Request {
             method: "POST",
             path: sale.purchase_path.clone(),
@@ -1008,11 +1064,13 @@ async fn wrk_gate(
         gated.push(run);
     }
     let static_answer = WrkRun::joined(&statics).ok_or("no static turn ran (wrk)")?;
+    let purchase_shaped = WrkRun::joined(&shaped).ok_or("no purchase-shaped turn ran (wrk)")?;
     let sold_out_purchases = WrkRun::joined(&gated).ok_or("no gate turn ran (wrk)")?;
     Ok(WrkGate {
         ratio: sold_out_purchases.per_second / static_answer.per_second.max(1e-9),
-        edge_cpu: EdgeCpu::of(&static_cpu, &gate_cpu),
+        edge_cpu: EdgeCpu::of(&static_cpu, &shaped_cpu, &gate_cpu),
         static_answer,
+        purchase_shaped,
         sold_out_purchases,
     })
 }

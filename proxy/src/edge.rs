@@ -3,6 +3,7 @@
 //! in `request_filter`, before any upstream work, and writes the answer
 //! itself so the client's connection stays open.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -18,11 +19,11 @@ use pingora::lb::LoadBalancer;
 use pingora::lb::selection::RoundRobin;
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
-use regex::Regex;
 
 use crate::gate::{self, Gate};
 use crate::identity::{Refused, Verifier};
-use crate::limits::{KeyKind, Limit, Limiter};
+use crate::limits::{KeyKind, Limiter, Limits};
+use crate::paths::PathRules;
 use crate::state::{Revocation, Snapshot, View, now_ms};
 use crate::waiting::{self, WaitingRooms};
 use crate::{admin, meters, openapi, respond};
@@ -94,11 +95,11 @@ const HOLDERS_MAX_BYTES: usize = 64 * 1024 * 1024;
 pub struct Edge {
     pub(crate) routes: Vec<(String, String)>,
     pub(crate) pools: HashMap<String, Arc<LoadBalancer<RoundRobin>>>,
-    pub(crate) public: Vec<(String, Regex)>,
+    pub(crate) public: PathRules,
     pub(crate) verifier: Arc<Verifier>,
     pub(crate) identity: IdentityKey,
     pub(crate) state: Arc<View>,
-    pub(crate) limits: Vec<Limit>,
+    pub(crate) limits: Limits,
     pub(crate) limiter: Limiter,
     pub(crate) gate: Arc<Gate>,
     /// Mutual TLS to the components, when configured.
@@ -327,8 +328,9 @@ fn reject(reason: &'static str) {
 impl Edge {
     fn is_public(&self, method: &str, path: &str) -> bool {
         self.public
-            .iter()
-            .any(|(m, re)| (m == "*" || m.eq_ignore_ascii_case(method)) && re.is_match(path))
+            .matching(path, |m| m == "*" || m.eq_ignore_ascii_case(method))
+            .next()
+            .is_some()
     }
 
     fn pool_for(&self, path: &str) -> Option<&str> {
@@ -666,16 +668,13 @@ impl Edge {
 
     /// Step 5: the rate limits that apply; the first exceeded one refuses.
     async fn limited(&self, ctx: &Ctx, method: &str, path: &str) -> Option<Refusal> {
-        for limit in &self.limits {
-            if !limit.applies(method, path) {
-                continue;
-            }
+        for limit in self.limits.applying(method, path) {
             let key = match limit.kind {
-                KeyKind::Ip => ctx.client_ip.map(address_key),
-                KeyKind::Net48 => ctx.client_ip.map(site_key),
-                KeyKind::All => Some(String::new()),
-                KeyKind::User => ctx.claims.as_ref().map(|c| c.sub.clone()),
-                KeyKind::Sale => gate::sale_of(path).map(str::to_owned),
+                KeyKind::Ip => ctx.client_ip.map(address_key).map(Cow::Owned),
+                KeyKind::Net48 => ctx.client_ip.map(site_key).map(Cow::Owned),
+                KeyKind::All => Some(Cow::Borrowed("")),
+                KeyKind::User => ctx.claims.as_ref().map(|c| Cow::Borrowed(c.sub.as_str())),
+                KeyKind::Sale => gate::sale_of(path).map(Cow::Borrowed),
             };
             let Some(key) = key else { continue };
             if let Err(wait) = self.limiter.check(limit, &key).await {

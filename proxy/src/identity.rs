@@ -32,8 +32,24 @@ pub struct Verifier {
     hs256: Option<Arc<DecodingKey>>,
     keys: RwLock<Arc<KeyRing>>,
     validation: Validation,
-    /// Tokens that verified, by their text.
-    verified: RwLock<HashMap<Box<str>, Arc<AccessClaims>>>,
+    /// Tokens that verified, found by their last bytes (the signature's:
+    /// hashing a few bytes, not a token of hundreds), with their whole text
+    /// to compare.
+    verified: RwLock<HashMap<TokenTail, (Box<str>, Arc<AccessClaims>)>>,
+}
+
+/// How many of a token's last bytes find it in the cache.
+const TAIL: usize = 32;
+
+/// A token's last [`TAIL`] bytes (zero-padded on the left when shorter).
+type TokenTail = [u8; TAIL];
+
+fn tail(token: &str) -> TokenTail {
+    let bytes = token.as_bytes();
+    let n = bytes.len().min(TAIL);
+    let mut key = [0u8; TAIL];
+    key[TAIL - n..].copy_from_slice(&bytes[bytes.len() - n..]);
+    key
 }
 
 fn now_secs() -> u64 {
@@ -77,7 +93,12 @@ impl Verifier {
 
     /// A remembered token's claims, while its time window still holds.
     fn remembered(&self, token: &str) -> Option<Arc<AccessClaims>> {
-        let claims = self.verified.read().ok()?.get(token).cloned()?;
+        let claims = {
+            let verified = self.verified.read().ok()?;
+            let (text, claims) = verified.get(&tail(token))?;
+            // Another token with the same last bytes is not this one.
+            (text.as_ref() == token).then(|| Arc::clone(claims))?
+        };
         let now = now_secs();
         let leeway = self.validation.leeway;
         (claims.exp.saturating_add(leeway) > now && claims.nbf <= now.saturating_add(leeway))
@@ -90,7 +111,7 @@ impl Verifier {
                 // Bounded memory: start over (expired entries go too).
                 verified.clear();
             }
-            verified.insert(token.into(), Arc::clone(claims));
+            verified.insert(tail(token), (token.into(), Arc::clone(claims)));
         }
     }
 
@@ -284,6 +305,21 @@ mod tests {
         let last = altered.pop().unwrap();
         altered.push(if last == 'A' { 'B' } else { 'A' });
         assert!(v.verify_header(Some(&format!("Bearer {altered}"))).is_err());
+        // The good token's signature (its last bytes, which find it in the
+        // cache) under other claims: found, compared, verified, refused.
+        let (payload_at, _) = good.match_indices('.').next().unwrap();
+        let mut borrowed = good.clone();
+        let swapped = if &good[payload_at + 1..payload_at + 2] == "e" {
+            "f"
+        } else {
+            "e"
+        };
+        borrowed.replace_range(payload_at + 1..payload_at + 2, swapped);
+        assert_eq!(super::tail(&borrowed), super::tail(&good));
+        assert!(
+            v.verify_header(Some(&format!("Bearer {borrowed}")))
+                .is_err()
+        );
         assert!(v.verify_header(Some(&format!("Bearer {good}"))).is_ok());
     }
 

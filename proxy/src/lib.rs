@@ -18,6 +18,7 @@ pub mod identity;
 pub mod limits;
 mod meters;
 mod openapi;
+mod paths;
 pub mod respond;
 pub mod state;
 mod upstreams;
@@ -36,14 +37,14 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::GenBackgroundService;
 use pingora::services::background::background_service;
-use regex::Regex;
 use tokio::sync::watch;
 
 use config::ProxyConfig;
 use edge::Edge;
 use gate::Gate;
 use identity::{JwksSource, Verifier};
-use limits::{Limit, Limiter};
+use limits::{Limiter, Limits};
+use paths::PathRules;
 use state::{EdgeStore, LocalEdgeStore, RedisEdgeStore, View};
 
 /// An upstream pool, and the service that health-checks and re-resolves it.
@@ -139,11 +140,7 @@ pub async fn launch(settings: &ProxySettings) -> Result<RunningProxy, String> {
         verifier,
         identity: settings.identity.clone(),
         state: Arc::clone(&view),
-        limits: config
-            .limits
-            .iter()
-            .map(Limit::from_config)
-            .collect::<Result<Vec<_>, _>>()?,
+        limits: Limits::from_config(&config.limits)?,
         limiter: Limiter::new(redis.clone()),
         waiting: waiting_rooms(settings, &pools, redis),
         gate: Arc::new(Gate::new(config.sold_out_ttl)),
@@ -297,16 +294,14 @@ fn routes(config: &ProxyConfig) -> Vec<(String, String)> {
     routes
 }
 
-fn public_routes(config: &ProxyConfig) -> Result<Vec<(String, Regex)>, String> {
-    config
-        .public
-        .iter()
-        .map(|p| {
-            Regex::new(&p.path)
-                .map(|re| (p.method.clone(), re))
-                .map_err(|e| e.to_string())
-        })
-        .collect()
+fn public_routes(config: &ProxyConfig) -> Result<PathRules, String> {
+    PathRules::new(
+        config
+            .public
+            .iter()
+            .map(|p| (p.method.as_str(), p.path.as_str())),
+    )
+    .map_err(|e| format!("proxy.public: bad path regex: {e}"))
 }
 
 /// The access-token verifier: the HS256 secret, and the JWKS keys when a

@@ -9,10 +9,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use fred::prelude::*;
-use regex::Regex;
-
 use crate::config::LimitConfig;
+use crate::paths::PathRules;
+use fred::prelude::*;
 
 const SHARDS: usize = 64;
 /// A shard is swept of idle keys when it grows past this.
@@ -34,8 +33,6 @@ pub enum KeyKind {
 pub struct Limit {
     pub name: String,
     pub kind: KeyKind,
-    method: String,
-    path: Option<Regex>,
     /// Microseconds between admitted requests on average.
     emission_us: u64,
     /// How far ahead the arrival time may run (the burst), microseconds.
@@ -59,22 +56,44 @@ impl Limit {
         Ok(Limit {
             name: c.name.clone(),
             kind,
-            method: c.method.clone(),
-            path: if c.path.is_empty() {
-                None
-            } else {
-                Some(Regex::new(&c.path).map_err(|e| e.to_string())?)
-            },
             emission_us,
             tolerance_us: emission_us * u64::from(c.burst.saturating_sub(1)),
             global: c.scope == "global",
             refused: metrics::counter!("flashmall_proxy_rate_limited_total", "limit" => c.name.clone()),
         })
     }
+}
 
-    pub fn applies(&self, method: &str, path: &str) -> bool {
-        (self.method == "*" || crate::state::same_method(&self.method, method))
-            && self.path.as_ref().is_none_or(|p| p.is_match(path))
+/// The configured limits and the requests each applies to.
+pub struct Limits {
+    list: Vec<Limit>,
+    /// `rules`' rule i selects the requests of `list[i]`.
+    rules: PathRules,
+}
+
+impl Limits {
+    pub fn from_config(configs: &[LimitConfig]) -> Result<Limits, String> {
+        let list = configs
+            .iter()
+            .map(Limit::from_config)
+            .collect::<Result<Vec<_>, _>>()?;
+        let rules = PathRules::new(configs.iter().map(|c| (c.method.as_str(), c.path.as_str())))
+            .map_err(|e| format!("proxy.limits: bad path regex: {e}"))?;
+        Ok(Limits { list, rules })
+    }
+
+    /// The limits that apply to a request, in their configured order
+    /// (`HEAD` counts as `GET`).
+    pub fn applying<'a>(
+        &'a self,
+        method: &'a str,
+        path: &'a str,
+    ) -> impl Iterator<Item = &'a Limit> + 'a {
+        self.rules
+            .matching(path, move |m| {
+                m == "*" || crate::state::same_method(m, method)
+            })
+            .map(|i| &self.list[i])
     }
 }
 
@@ -218,5 +237,52 @@ mod tests {
         );
         tokio::time::sleep(wait + Duration::from_millis(5)).await;
         assert!(limiter.check(&l, "k").await.is_ok());
+    }
+}
+
+#[cfg(test)]
+mod applying {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_default_limits_apply_to_the_requests_their_rules_name() {
+        let config = crate::config::ProxyConfig::default();
+        let limits = Limits::from_config(&config.limits).unwrap();
+        let names = |method: &'static str, path: &'static str| -> Vec<String> {
+            limits
+                .applying(method, path)
+                .map(|l| l.name.clone())
+                .collect()
+        };
+        let purchase = "/api/v1/sales/0193a0b2-7c3d-7e4f-8a5b-6c7d8e9f0a1b/purchase";
+        assert_eq!(names("POST", purchase), ["per-ip", "purchases-per-user"]);
+        assert_eq!(names("GET", purchase), ["per-ip"]);
+        assert_eq!(
+            names("POST", "/api/v1/auth/login"),
+            ["per-ip", "login-per-address", "auth-per-site", "auth-all"]
+        );
+        assert_eq!(
+            names("HEAD", "/api/v1/sales/x/queue"),
+            ["per-ip", "queue-per-user"]
+        );
+        // A purchase past its limit is refused; another buyer is not.
+        let limiter = Limiter::new(None);
+        let per_user = limits
+            .applying("POST", purchase)
+            .find(|l| l.kind == KeyKind::User)
+            .unwrap();
+        let admitted = |key: &'static str| {
+            let (limiter, per_user) = (&limiter, per_user);
+            async move { limiter.check(per_user, key).await.is_ok() }
+        };
+        let mut refused = false;
+        for _ in 0..100 {
+            refused |= !admitted("buyer-1").await;
+        }
+        assert!(
+            refused,
+            "100 purchases at once by one buyer passed the limit"
+        );
+        assert!(admitted("buyer-2").await);
     }
 }
