@@ -283,7 +283,7 @@ impl Purchases {
 
     /// The same requests sent to `path` instead of the sale's purchase
     /// path (the static answer to a purchase-shaped request).
-    pub(crate) fn to_path(mut self, path: &str) -> Purchases {
+    pub(crate) fn sent_to(mut self, path: &str) -> Purchases {
         self.path = path.to_owned();
         self
     }

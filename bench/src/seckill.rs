@@ -924,7 +924,7 @@ async fn gate_phase(
         let requests = count;
         // The same requests answered statically: what their size costs the
         // edge apart from its checks.
-        let job = Purchases::new(sale, endpoint, tokens, attempts("shaped"))?.to_path("/healthz");
+        let job = Purchases::new(sale, endpoint, tokens, attempts("shaped"))?.sent_to("/healthz");
         let progress = Progress::start("static, purchase-shaped", 0, visible);
         let recording = shaped_cpu
             .turn(

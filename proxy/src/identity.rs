@@ -35,8 +35,11 @@ pub struct Verifier {
     /// Tokens that verified, found by their last bytes (the signature's:
     /// hashing a few bytes, not a token of hundreds), with their whole text
     /// to compare.
-    verified: RwLock<HashMap<TokenTail, (Box<str>, Arc<AccessClaims>)>>,
+    verified: RwLock<HashMap<TokenTail, Remembered>>,
 }
+
+/// A verified token's whole text and its claims.
+type Remembered = (Box<str>, Arc<AccessClaims>);
 
 /// How many of a token's last bytes find it in the cache.
 const TAIL: usize = 32;
