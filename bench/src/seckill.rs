@@ -1015,45 +1015,29 @@ async fn wrk_gate(
     let (mut statics, mut shaped, mut gated) = (Vec::new(), Vec::new(), Vec::new());
     let (mut static_cpu, mut shaped_cpu, mut gate_cpu) = <(Meter, Meter, Meter)>::default();
     let answered = |r: &WrkRun| r.requests;
+    let measure = |request: wrk::Request| {
+        wrk::measure(
+            program.clone(),
+            endpoint.base.clone(),
+            request,
+            options.connections,
+            seconds,
+        )
+    };
+    // A purchase's request (the buyers' tokens, a key each, its body) to `path`.
+    let purchase = |path: &str, kind: &str, turn: u32| wrk::Request {
+        method: "POST",
+        path: path.to_owned(),
+        tokens: tokens.clone(),
+        body: Some(r#"{"quantity":1}"#.into()),
+        key_prefix: Some(format!("{run_tag}-wrk-{kind}-{turn}")),
+    };
     for turn in 0..turns {
-        let static_request = wrk::Request::get("/healthz", None);
-        let measured = wrk::measure(
-            program.clone(),
-            endpoint.base.clone(),
-            static_request,
-            options.connections,
-            seconds,
-        );
+        let measured = measure(wrk::Request::get("/healthz", None));
         statics.push(static_cpu.turn(EDGE_THREADS, answered, measured).await?);
-        let purchase_shaped = wrk::Request {
-            method: "POST",
-            path: "/healthz".into(),
-            tokens: tokens.clone(),
-            body: Some(r#"{"quantity":1}"#.into()),
-            key_prefix: Some(format!("{run_tag}-wrk-shaped-{turn}")),
-        };
-        let measured = wrk::measure(
-            program.clone(),
-            endpoint.base.clone(),
-            purchase_shaped,
-            options.connections,
-            seconds,
-        );
+        let measured = measure(purchase("/healthz", "shaped", turn));
         shaped.push(shaped_cpu.turn(EDGE_THREADS, answered, measured).await?);
-        let purchases = wrk::Request {
-            method: "POST",
-            path: sale.purchase_path.clone(),
-            tokens: tokens.clone(),
-            body: Some(r#"{"quantity":1}"#.into()),
-            key_prefix: Some(format!("{run_tag}-wrk-gate-{turn}")),
-        };
-        let measured = wrk::measure(
-            program.clone(),
-            endpoint.base.clone(),
-            purchases,
-            options.connections,
-            seconds,
-        );
+        let measured = measure(purchase(&sale.purchase_path, "gate", turn));
         let run = gate_cpu.turn(EDGE_THREADS, answered, measured).await?;
         if run.succeeded() > 0 {
             return Err(format!(
