@@ -897,18 +897,16 @@ async fn gate_phase(
     let before = read_gate().await;
     let (mut statics, mut shaped, mut gated) = (Vec::new(), Vec::new(), Vec::new());
     let (mut static_cpu, mut shaped_cpu, mut gate_cpu) = <(Meter, Meter, Meter)>::default();
-    let answered = |r: &load::Recording| r.samples.len() as u64;
     for turn in 0..TURNS {
-        let progress = Progress::start("static", 0, visible);
-        let recording = static_cpu
-            .turn(
-                EDGE_THREADS,
-                answered,
-                load::drive(Arc::new(Static), endpoint, run, &progress),
-            )
-            .await;
-        progress.finish();
-        statics.push(recording?);
+        let recording = metered_turn(
+            &mut static_cpu,
+            "static",
+            Arc::new(Static),
+            endpoint,
+            run,
+            visible,
+        );
+        statics.push(recording.await?);
         // Attempts cycle over the buyers who hold nothing, each with a new
         // key; more than the edge can answer in the turn.
         let count = (400_000.0 * options.gate_seconds / f64::from(TURNS)).ceil() as usize + 1_000;
@@ -921,41 +919,33 @@ async fn gate_phase(
                 )
             })
         };
-        let requests = count;
+        let run = load::Run {
+            requests: count,
+            ..run
+        };
         // The same requests answered statically: what their size costs the
         // edge apart from its checks.
         let job = Purchases::new(sale, endpoint, tokens, attempts("shaped"))?.sent_to("/healthz");
-        let progress = Progress::start("static, purchase-shaped", 0, visible);
-        let recording = shaped_cpu
-            .turn(
-                EDGE_THREADS,
-                answered,
-                load::drive(
-                    Arc::new(job),
-                    endpoint,
-                    load::Run { requests, ..run },
-                    &progress,
-                ),
-            )
-            .await;
-        progress.finish();
-        shaped.push(recording?);
+        let label = "static, purchase-shaped";
+        let recording = metered_turn(
+            &mut shaped_cpu,
+            label,
+            Arc::new(job),
+            endpoint,
+            run,
+            visible,
+        );
+        shaped.push(recording.await?);
         let job = Arc::new(Purchases::new(sale, endpoint, tokens, attempts("gate"))?);
-        let progress = Progress::start("sold-out gate", 0, visible);
-        let recording = gate_cpu
-            .turn(
-                EDGE_THREADS,
-                answered,
-                load::drive(
-                    Arc::clone(&job),
-                    endpoint,
-                    load::Run { requests, ..run },
-                    &progress,
-                ),
-            )
-            .await;
-        progress.finish();
-        gated.push(recording?);
+        let recording = metered_turn(
+            &mut gate_cpu,
+            "sold-out gate",
+            Arc::clone(&job),
+            endpoint,
+            run,
+            visible,
+        );
+        gated.push(recording.await?);
         if !job.granted.lock().map_err(|_| "poisoned")?.is_empty() {
             return Err("a purchase of the sold-out sale was granted".into());
         }
@@ -984,6 +974,29 @@ async fn gate_phase(
         sold_out_purchases,
         wrk,
     })
+}
+
+/// One turn of `job` by the driver, with the edge's CPU in it counted on
+/// `meter`.
+async fn metered_turn<J: Job>(
+    meter: &mut Meter,
+    label: &str,
+    job: Arc<J>,
+    endpoint: &Endpoint,
+    run: load::Run,
+    visible: bool,
+) -> Result<load::Recording, String> {
+    let progress = Progress::start(label, 0, visible);
+    let answered = |r: &load::Recording| r.samples.len() as u64;
+    let recording = meter
+        .turn(
+            EDGE_THREADS,
+            answered,
+            load::drive(job, endpoint, run, &progress),
+        )
+        .await;
+    progress.finish();
+    recording
 }
 
 /// The edge's own CPU per answer on the three paths, one line of the

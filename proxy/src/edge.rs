@@ -95,7 +95,7 @@ const HOLDERS_MAX_BYTES: usize = 64 * 1024 * 1024;
 pub struct Edge {
     pub(crate) routes: Vec<(String, String)>,
     pub(crate) pools: HashMap<String, Arc<LoadBalancer<RoundRobin>>>,
-    pub(crate) public: PathRules,
+    pub(crate) public: PathRules<()>,
     pub(crate) verifier: Arc<Verifier>,
     pub(crate) identity: IdentityKey,
     pub(crate) state: Arc<View>,

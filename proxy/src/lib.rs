@@ -294,12 +294,12 @@ fn routes(config: &ProxyConfig) -> Vec<(String, String)> {
     routes
 }
 
-fn public_routes(config: &ProxyConfig) -> Result<PathRules, String> {
+fn public_routes(config: &ProxyConfig) -> Result<PathRules<()>, String> {
     PathRules::new(
         config
             .public
             .iter()
-            .map(|p| (p.method.as_str(), p.path.as_str())),
+            .map(|p| (p.method.as_str(), p.path.as_str(), ())),
     )
     .map_err(|e| format!("proxy.public: bad path regex: {e}"))
 }

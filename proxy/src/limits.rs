@@ -9,9 +9,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use fred::prelude::*;
+
 use crate::config::LimitConfig;
 use crate::paths::PathRules;
-use fred::prelude::*;
 
 const SHARDS: usize = 64;
 /// A shard is swept of idle keys when it grows past this.
@@ -64,22 +65,18 @@ impl Limit {
     }
 }
 
-/// The configured limits and the requests each applies to.
-pub struct Limits {
-    list: Vec<Limit>,
-    /// `rules`' rule i selects the requests of `list[i]`.
-    rules: PathRules,
-}
+/// The configured limits, each with the requests it applies to.
+pub struct Limits(PathRules<Limit>);
 
 impl Limits {
     pub fn from_config(configs: &[LimitConfig]) -> Result<Limits, String> {
-        let list = configs
+        let rules = configs
             .iter()
-            .map(Limit::from_config)
+            .map(|c| Limit::from_config(c).map(|l| (c.method.as_str(), c.path.as_str(), l)))
             .collect::<Result<Vec<_>, _>>()?;
-        let rules = PathRules::new(configs.iter().map(|c| (c.method.as_str(), c.path.as_str())))
-            .map_err(|e| format!("proxy.limits: bad path regex: {e}"))?;
-        Ok(Limits { list, rules })
+        PathRules::new(rules)
+            .map(Limits)
+            .map_err(|e| format!("proxy.limits: bad path regex: {e}"))
     }
 
     /// The limits that apply to a request, in their configured order
@@ -89,11 +86,9 @@ impl Limits {
         method: &'a str,
         path: &'a str,
     ) -> impl Iterator<Item = &'a Limit> + 'a {
-        self.rules
-            .matching(path, move |m| {
-                m == "*" || crate::state::same_method(m, method)
-            })
-            .map(|i| &self.list[i])
+        self.0.matching(path, move |m| {
+            m == "*" || crate::state::same_method(m, method)
+        })
     }
 }
 

@@ -75,34 +75,34 @@ impl PathRule {
     }
 }
 
-/// Rules in their configured order: a method (or `*`) and a path regex
-/// (empty: every path).
-pub struct PathRules(Vec<PathRule>);
+/// Rules in their configured order, each a method (or `*`), a path regex
+/// (empty: every path) and what it selects the request for (a limit; `()`
+/// for a public route).
+pub struct PathRules<T>(Vec<(PathRule, T)>);
 
-impl PathRules {
-    /// `rules`: (method, path regex) pairs.
+impl<T> PathRules<T> {
+    /// `rules`: (method, path regex, what the rule carries).
     pub fn new<'a>(
-        rules: impl IntoIterator<Item = (&'a str, &'a str)>,
-    ) -> Result<PathRules, String> {
+        rules: impl IntoIterator<Item = (&'a str, &'a str, T)>,
+    ) -> Result<PathRules<T>, String> {
         rules
             .into_iter()
-            .map(|(method, path)| PathRule::new(method, path))
+            .map(|(method, path, item)| PathRule::new(method, path).map(|rule| (rule, item)))
             .collect::<Result<_, _>>()
             .map(PathRules)
     }
 
-    /// The rules, by index and in order, whose method `wanted` accepts and
-    /// whose path regex matches `path`.
+    /// What the rules carry, in order, for the rules whose method `wanted`
+    /// accepts and whose path regex matches `path`.
     pub fn matching<'a>(
         &'a self,
         path: &'a str,
         wanted: impl Fn(&str) -> bool + 'a,
-    ) -> impl Iterator<Item = usize> + 'a {
+    ) -> impl Iterator<Item = &'a T> + 'a {
         self.0
             .iter()
-            .enumerate()
-            .filter(move |(_, rule)| wanted(&rule.method) && rule.matches(path))
-            .map(|(i, _)| i)
+            .filter(move |(rule, _)| wanted(&rule.method) && rule.matches(path))
+            .map(|(_, item)| item)
     }
 }
 
@@ -112,7 +112,8 @@ mod tests {
 
     #[test]
     fn rules_match_by_method_and_path_in_their_order() {
-        let rules = PathRules::new([
+        // Each rule carries its index.
+        let rules = [
             ("*", ""),
             ("POST", "^/api/v1/auth/login$"),
             ("GET", "^/api/v1/products(/.*)?$"),
@@ -121,11 +122,13 @@ mod tests {
             ("*", "/purchase$"),
             ("*", "^/API/v1/(?i)Orders$"),
             ("*", "^/api/v1/auth/(login|register)$|^/x"),
-        ])
-        .unwrap();
+        ];
+        let rules =
+            PathRules::new(rules.iter().enumerate().map(|(i, (m, p))| (*m, *p, i))).unwrap();
         let matched = |method: &str, path: &str| -> Vec<usize> {
             rules
                 .matching(path, |m| m == "*" || m.eq_ignore_ascii_case(method))
+                .copied()
                 .collect()
         };
         assert_eq!(matched("POST", "/api/v1/auth/login"), vec![0, 1, 7]);
@@ -142,9 +145,9 @@ mod tests {
         assert_eq!(matched("GET", "/API/v1/oRDERS"), vec![0, 6]);
         assert_eq!(matched("GET", "/api/v1/orders"), vec![0]);
         assert_eq!(matched("GET", "/x/anything"), vec![0, 7]);
-        let none = PathRules::new([]).unwrap();
+        let none = PathRules::<()>::new([]).unwrap();
         assert_eq!(none.matching("/", |_| true).count(), 0);
-        assert!(PathRules::new([("GET", "(")]).is_err());
+        assert!(PathRules::new([("GET", "(", ())]).is_err());
     }
 
     #[test]

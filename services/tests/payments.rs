@@ -422,7 +422,7 @@ async fn pending_charges_are_decided_by_callback_cancelled_or_timed_out() {
         .charge(&s.buyer, charge(&s, "c", 1999))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    // Sweeps until the deadline has passed and the timer has cancelled it.
     assert_eq!(
         sweep_until_not(&s, p.id, PaymentStatus::Pending).await,
         PaymentStatus::Cancelled
