@@ -797,13 +797,17 @@ impl ProxyHttp for Edge {
         if let Some(done) = self.local(session, ctx, &path).await? {
             return Ok(done);
         }
-        let snapshot = self.state.current();
-        let now = now_ms();
-        let refused = self
-            .identify(session, ctx, &method, &path, now)
-            .or_else(|| self.blacklisted(&snapshot, ctx, now))
-            .or_else(|| non_canonical_id(&path).map(|e| Refusal::counted("non_canonical_id", e)))
-            .or_else(|| self.ruled_out(&snapshot, ctx, &method, &path));
+        let refused = {
+            // The snapshot's guard is released before any `.await`.
+            let snapshot = self.state.current();
+            let now = now_ms();
+            self.identify(session, ctx, &method, &path, now)
+                .or_else(|| self.blacklisted(&snapshot, ctx, now))
+                .or_else(|| {
+                    non_canonical_id(&path).map(|e| Refusal::counted("non_canonical_id", e))
+                })
+                .or_else(|| self.ruled_out(&snapshot, ctx, &method, &path))
+        };
         if let Some(refusal) = refused {
             return self.refuse(session, ctx, refusal).await;
         }

@@ -6,8 +6,10 @@
 //! in the sale, so `sold_out` is exactly what the engine would say.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
 
 struct Closed {
     until: Instant,
@@ -17,7 +19,9 @@ struct Closed {
 /// Sales known sold out, with their holders.
 pub struct Gate {
     ttl: Duration,
-    sales: RwLock<HashMap<String, Arc<Closed>>>,
+    /// Read by every purchase without a lock or a reference count's
+    /// increment; replaced whole when a sale closes (rare).
+    sales: ArcSwap<HashMap<String, Arc<Closed>>>,
     /// Sales whose holders are being fetched (one fetch at a time).
     fetching: std::sync::Mutex<HashSet<String>>,
 }
@@ -47,14 +51,15 @@ impl Gate {
     pub fn new(ttl: Duration) -> Gate {
         Gate {
             ttl,
-            sales: RwLock::new(HashMap::new()),
+            sales: ArcSwap::from_pointee(HashMap::new()),
             fetching: std::sync::Mutex::new(HashSet::new()),
         }
     }
 
     /// True when the edge answers this purchase itself.
     pub fn closed_for(&self, sale: &str, user: &str) -> bool {
-        let Some(entry) = self.sales.read().ok().and_then(|m| m.get(sale).cloned()) else {
+        let sales = self.sales.load();
+        let Some(entry) = sales.get(sale) else {
             return false;
         };
         Instant::now() < entry.until && !entry.holders.contains(user)
@@ -63,10 +68,9 @@ impl Gate {
     /// True when the gate needs the sale's holders (again).
     pub fn needs(&self, sale: &str) -> bool {
         self.sales
-            .read()
-            .ok()
-            .and_then(|m| m.get(sale).map(|e| Instant::now() >= e.until))
-            .unwrap_or(true)
+            .load()
+            .get(sale)
+            .is_none_or(|e| Instant::now() >= e.until)
     }
 
     /// Claims the fetch of a sale's holders; false while one runs.
@@ -89,10 +93,16 @@ impl Gate {
             until: Instant::now() + self.ttl,
             holders,
         });
-        if let Ok(mut map) = self.sales.write() {
-            map.retain(|_, e| Instant::now() < e.until);
-            map.insert(sale.to_owned(), entry);
-        }
+        self.sales.rcu(|sales| {
+            let now = Instant::now();
+            let mut sales: HashMap<_, _> = sales
+                .iter()
+                .filter(|(_, e)| now < e.until)
+                .map(|(s, e)| (s.clone(), Arc::clone(e)))
+                .collect();
+            sales.insert(sale.to_owned(), Arc::clone(&entry));
+            sales
+        });
     }
 }
 
@@ -129,6 +139,19 @@ mod tests {
             !gate.closed_for("s", "u"),
             "re-checked with the engine after the TTL"
         );
+    }
+
+    #[test]
+    fn closing_a_sale_keeps_the_others_closed_and_drops_the_expired() {
+        let gate = Gate::new(Duration::from_secs(60));
+        gate.close("a", HashSet::new());
+        gate.close("b", HashSet::from(["holder".to_owned()]));
+        assert!(gate.closed_for("a", "u"), "closing b left a closed");
+        assert!(gate.closed_for("b", "u") && !gate.closed_for("b", "holder"));
+        let short = Gate::new(Duration::ZERO);
+        short.close("old", HashSet::new());
+        short.close("new", HashSet::new());
+        assert_eq!(short.sales.load().len(), 1, "an expired sale is dropped");
     }
 
     #[test]

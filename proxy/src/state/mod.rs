@@ -13,8 +13,10 @@
 //!   keeps at most the revocations of one token lifetime, and a refresh
 //!   reads only what is new.
 //!
-//! Hot path: `View::current` is a read lock and an `Arc` clone;
-//! `View::token_revoked` a read lock and up to three map lookups.
+//! Hot path: nothing a request does here writes memory another worker
+//! thread reads. `View::current` is an `arc_swap` load (no lock, no
+//! reference count); `View::token_revoked` reads a count and, only while
+//! revocations are held, takes a read lock for up to three map lookups.
 
 mod redis;
 
@@ -27,6 +29,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use arc_swap::{ArcSwap, Guard};
 use async_trait::async_trait;
 use ipnet::IpNet;
 use regex::Regex;
@@ -435,10 +438,16 @@ pub struct View {
     /// One refresh at a time, so an older snapshot never replaces a newer;
     /// holds the last revocation sequence number read.
     refreshing: tokio::sync::Mutex<u64>,
-    current: RwLock<Arc<Snapshot>>,
+    /// Read by every request without a lock or a reference count's
+    /// increment (one cache line written by both worker threads per
+    /// request costs more than the lookups it guards).
+    current: ArcSwap<Snapshot>,
     version: Mutex<Option<u64>>,
     /// Live revocations.
     revoked: RwLock<Held>,
+    /// How many revocations `revoked` holds, set under its write lock: a
+    /// request reads this first and takes the lock only when some are held.
+    revoked_count: std::sync::atomic::AtomicUsize,
     /// When expired revocations are next dropped (Unix ms).
     next_prune_ms: std::sync::atomic::AtomicU64,
     /// Snapshots compiled, and revocations read, since start.
@@ -453,9 +462,10 @@ impl View {
         Arc::new(View {
             store,
             refreshing: tokio::sync::Mutex::new(0),
-            current: RwLock::new(Arc::new(Snapshot::default())),
+            current: ArcSwap::from_pointee(Snapshot::default()),
             version: Mutex::new(None),
             revoked: RwLock::new(Held::default()),
+            revoked_count: std::sync::atomic::AtomicUsize::new(0),
             next_prune_ms: std::sync::atomic::AtomicU64::new(0),
             reloads: std::sync::atomic::AtomicU64::new(0),
             revocations_read: std::sync::atomic::AtomicU64::new(0),
@@ -472,22 +482,25 @@ impl View {
         }
     }
 
-    pub fn current(&self) -> Arc<Snapshot> {
-        self.current
-            .read()
-            .map(|s| Arc::clone(&s))
-            .unwrap_or_default()
+    /// The latest snapshot. Hold it briefly (not across an `.await`): a
+    /// guard is a borrowed slot of this thread's.
+    pub fn current(&self) -> Guard<Arc<Snapshot>> {
+        self.current.load()
     }
 
     /// True when a live revocation covers the token: its login family or
     /// its own id, or its user's tokens issued before a watermark.
     pub fn token_revoked(&self, jti: &str, user: &str, issued_at_s: u64, now_ms: u64) -> bool {
+        if self
+            .revoked_count
+            .load(std::sync::atomic::Ordering::Acquire)
+            == 0
+        {
+            return false;
+        }
         let Ok(held) = self.revoked.read() else {
             return false;
         };
-        if held.len() == 0 {
-            return false;
-        }
         let issued_ms = issued_at_ms(jti, issued_at_s);
         let covers = |map: &HashMap<String, Revoked>, id: &str| {
             map.get(id).is_some_and(|r| {
@@ -527,9 +540,7 @@ impl View {
         if *self.version.lock().unwrap_or_else(|p| p.into_inner()) != Some(version) {
             let snapshot =
                 Snapshot::compile(self.store.load().await?).map_err(StoreError::Corrupt)?;
-            if let Ok(mut slot) = self.current.write() {
-                *slot = Arc::new(snapshot);
-            }
+            self.current.store(Arc::new(snapshot));
             *self.version.lock().unwrap_or_else(|p| p.into_inner()) = Some(version);
             self.reloads.fetch_add(1, Relaxed);
         }
@@ -544,6 +555,8 @@ impl View {
                 for (_, r) in batch {
                     held.add(r);
                 }
+                self.revoked_count
+                    .store(held.len(), std::sync::atomic::Ordering::Release);
             }
             *last_revocation = last;
             if !full {
@@ -553,6 +566,8 @@ impl View {
         if started >= self.next_prune_ms.load(Relaxed) {
             if let Ok(mut held) = self.revoked.write() {
                 held.drop_expired(started);
+                self.revoked_count
+                    .store(held.len(), std::sync::atomic::Ordering::Release);
                 metrics::gauge!("flashmall_proxy_revocations").set(held.len() as f64);
             }
             self.next_prune_ms.store(started + 1_000, Relaxed);
