@@ -13,9 +13,8 @@
 //!   keeps at most the revocations of one token lifetime, and a refresh
 //!   reads only what is new.
 //!
-//! Hot path: nothing a request does here writes memory another worker
-//! thread reads. `View::current` is an `arc_swap` load (no lock, no
-//! reference count); `View::token_revoked` reads a count and, only while
+//! Hot path: `View::current` is an `arc_swap` load (no lock, no reference
+//! count written); `View::token_revoked` reads a count and, only while
 //! revocations are held, takes a read lock for up to three map lookups.
 
 mod redis;
@@ -439,8 +438,7 @@ pub struct View {
     /// holds the last revocation sequence number read.
     refreshing: tokio::sync::Mutex<u64>,
     /// Read by every request without a lock or a reference count's
-    /// increment (one cache line written by both worker threads per
-    /// request costs more than the lookups it guards).
+    /// increment: no cache line that every worker thread writes.
     current: ArcSwap<Snapshot>,
     version: Mutex<Option<u64>>,
     /// Live revocations.
