@@ -7,6 +7,7 @@
 //! Every component verifies the signature and the expiry itself
 //! (`IdentityKey::verify`); no handler reads a user id from anywhere else.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -181,7 +182,9 @@ pub fn valid_user_id(id: &str) -> bool {
 /// The mesh's shared signing key.
 #[derive(Clone)]
 pub struct IdentityKey {
-    key: Vec<u8>,
+    /// HMAC-SHA256 keyed once: its inner and outer pads are hashed here, and
+    /// each signature or check starts from a copy.
+    keyed: Hmac<Sha256>,
     /// The component verifying with this key: a signed identity names the
     /// component it is for, and any other is refused (`for_component`).
     component: Option<std::sync::Arc<str>>,
@@ -196,6 +199,18 @@ impl std::fmt::Debug for IdentityKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("IdentityKey(..)")
     }
+}
+
+/// True when `hex` is the hex of `mac`'s whole signature (compared in
+/// constant time).
+fn signature_holds(mac: Hmac<Sha256>, hex: &str) -> bool {
+    let mut sig = [0u8; 32];
+    hex::decode_to_slice(hex, &mut sig).is_ok() && mac.verify_slice(&sig).is_ok()
+}
+
+#[allow(clippy::expect_used, reason = "HMAC takes keys of any length")]
+fn keyed(key: &[u8]) -> Hmac<Sha256> {
+    <Hmac<Sha256> as Mac>::new_from_slice(key).expect("hmac accepts any key length")
 }
 
 /// The signing purpose of `headers::ADMITTED` values.
@@ -213,7 +228,7 @@ impl IdentityKey {
             ));
         }
         Ok(IdentityKey {
-            key: key.to_vec(),
+            keyed: keyed(key),
             component: None,
         })
     }
@@ -222,7 +237,7 @@ impl IdentityKey {
     /// component are refused. Every component verifies with one of these.
     pub fn for_component(&self, component: &str) -> IdentityKey {
         IdentityKey {
-            key: self.key.clone(),
+            keyed: self.keyed.clone(),
             component: Some(component.into()),
         }
     }
@@ -233,15 +248,13 @@ impl IdentityKey {
         key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
         key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
         IdentityKey {
-            key,
+            keyed: keyed(&key),
             component: None,
         }
     }
 
-    #[allow(clippy::expect_used, reason = "HMAC takes keys of any length")]
     fn mac(&self, payload: &str) -> Hmac<Sha256> {
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("hmac accepts any key length");
+        let mut mac = self.keyed.clone();
         mac.update(payload.as_bytes());
         mac
     }
@@ -250,22 +263,37 @@ impl IdentityKey {
     /// component name: `engine`, `auth`, `orders`, ...). It is good for that
     /// component only, for `SIGNED_IDENTITY_TTL` at most.
     pub fn sign_for(&self, identity: &Identity, target: &str) -> String {
-        let roles: Vec<&str> = identity.roles.iter().map(|r| r.as_str()).collect();
         let ttl = SIGNED_IDENTITY_TTL.as_millis() as u64;
         let valid_until = identity
             .expires_at_ms
             .min(crate::headers::now_ms().saturating_add(ttl));
-        let payload = format!(
-            "v2.{}.{}.{}.{}.{}.{}",
-            target.replace('.', "-"),
-            valid_until,
-            identity.user_id,
-            roles.join("+"),
-            identity.token_id,
-            identity.expires_at_ms
-        );
-        let sig = hex::encode(self.mac(&payload).finalize().into_bytes());
-        format!("{payload}.{sig}")
+        // `v2.<target>.<valid until>.<user>.<role+role>.<token id>.<token expiry>`,
+        // built in the one string the signature is then appended to.
+        let mut value = String::with_capacity(192);
+        value.push_str("v2.");
+        value.extend(target.chars().map(|c| if c == '.' { '-' } else { c }));
+        let _ = write!(value, ".{valid_until}.{}.", identity.user_id);
+        for (i, role) in identity.roles.iter().enumerate() {
+            if i > 0 {
+                value.push('+');
+            }
+            value.push_str(role.as_str());
+        }
+        let _ = write!(value, ".{}.{}", identity.token_id, identity.expires_at_ms);
+        self.append_signature(&mut value);
+        value
+    }
+
+    /// Appends `.<hex HMAC of value>` to `value`.
+    fn append_signature(&self, value: &mut String) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let sig = self.mac(value).finalize().into_bytes();
+        value.reserve(1 + 2 * sig.len());
+        value.push('.');
+        for b in sig {
+            value.push(char::from(DIGITS[usize::from(b >> 4)]));
+            value.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+        }
     }
 
     /// `payload` signed for the purpose `purpose` (the edge's waiting-room
@@ -285,10 +313,7 @@ impl IdentityKey {
     /// `purpose`.
     pub fn verify_token<'a>(&self, purpose: &str, value: &'a str) -> Option<&'a str> {
         let (payload, sig) = value.rsplit_once('.')?;
-        let sig = hex::decode(sig).ok()?;
-        self.mac(&format!("{purpose}\n{payload}"))
-            .verify_slice(&sig)
-            .ok()?;
+        signature_holds(self.mac(&format!("{purpose}\n{payload}")), sig).then_some(())?;
         Some(payload)
     }
 
@@ -316,21 +341,20 @@ impl IdentityKey {
     pub fn sign_client(&self, ip: std::net::IpAddr, target: &str) -> String {
         let ttl = SIGNED_IDENTITY_TTL.as_millis() as u64;
         let valid_until = crate::headers::now_ms().saturating_add(ttl);
-        let payload = format!(
-            "c1|{}|{valid_until}|{}",
-            target.replace('|', "-"),
-            ip.to_canonical()
-        );
-        let sig = hex::encode(self.mac(&payload).finalize().into_bytes());
-        format!("{payload}.{sig}")
+        // `c1|<target>|<valid until>|<address>`, then the signature.
+        let mut value = String::with_capacity(128);
+        value.push_str("c1|");
+        value.extend(target.chars().map(|c| if c == '|' { '-' } else { c }));
+        let _ = write!(value, "|{valid_until}|{}", ip.to_canonical());
+        self.append_signature(&mut value);
+        value
     }
 
     /// The client address of a `CLIENT_HEADER` value, when its signature,
     /// target (this key's component) and validity hold at `now_ms`.
     pub fn verify_client(&self, value: &str, now_ms: u64) -> Option<std::net::IpAddr> {
         let (payload, sig) = value.rsplit_once('.')?;
-        let sig = hex::decode(sig).ok()?;
-        self.mac(payload).verify_slice(&sig).ok()?;
+        signature_holds(self.mac(payload), sig).then_some(())?;
         let mut parts = payload.split('|');
         let (Some("c1"), Some(target), Some(valid_until), Some(ip), None) = (
             parts.next(),
@@ -359,8 +383,9 @@ impl IdentityKey {
             )
         };
         let (payload, sig) = value.rsplit_once('.').ok_or_else(bad)?;
-        let sig = hex::decode(sig).map_err(|_| bad())?;
-        self.mac(payload).verify_slice(&sig).map_err(|_| bad())?;
+        if !signature_holds(self.mac(payload), sig) {
+            return Err(bad());
+        }
         let mut parts = payload.split('.');
         let (
             Some("v2"),
@@ -477,6 +502,38 @@ mod tests {
             token_id: "jti-1".into(),
             expires_at_ms: 2_000,
         }
+    }
+
+    /// The values a component signs keep the layout every replica
+    /// verifies: `payload.hex(HMAC-SHA256(payload))`.
+    #[test]
+    fn signed_values_keep_their_wire_format() {
+        let key = IdentityKey::new(&[7; 32]).unwrap();
+        let plain = |payload: &str| {
+            let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&[7; 32]).unwrap();
+            mac.update(payload.as_bytes());
+            format!("{payload}.{}", hex::encode(mac.finalize().into_bytes()))
+        };
+        let value = key.sign_for(&alice(), "engine.eu");
+        let valid_until = value.split('.').nth(2).unwrap();
+        assert_eq!(
+            value,
+            plain(&format!(
+                "v2.engine-eu.{valid_until}.0199-alice.customer+admin.jti-1.2000"
+            ))
+        );
+        let ip: std::net::IpAddr = "::ffff:203.0.113.7".parse().unwrap();
+        let value = key.sign_client(ip, "a|b");
+        let valid_until = value.split('|').nth(2).unwrap();
+        assert_eq!(value, plain(&format!("c1|a-b|{valid_until}|203.0.113.7")));
+        let engine = key.for_component("engine");
+        assert_eq!(
+            engine.verify_client(&value, 0),
+            None,
+            "signed for another component"
+        );
+        let value = key.sign_client(ip, "engine");
+        assert_eq!(engine.verify_client(&value, 0), Some(ip.to_canonical()));
     }
 
     #[test]

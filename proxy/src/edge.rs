@@ -492,11 +492,11 @@ impl Edge {
         method: &str,
         path: &str,
     ) -> Option<Refusal> {
-        let roles: Vec<&str> = match &ctx.claims {
-            Some(c) => c.roles.iter().map(|r| r.as_str()).collect(),
-            None => vec!["anonymous"],
+        let allowed = match &ctx.claims {
+            Some(c) => snapshot.allowed(c.roles.iter().map(|r| r.as_str()), method, path),
+            None => snapshot.allowed(["anonymous"].into_iter(), method, path),
         };
-        (!snapshot.allowed(&roles, method, path)).then(|| {
+        (!allowed).then(|| {
             Refusal::counted(
                 "access_rule",
                 ApiError::new(ErrorCode::Forbidden, "an access rule denies this request"),
