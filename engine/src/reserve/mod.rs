@@ -288,9 +288,12 @@ async fn durable_answer(
     } else {
         // Fast acknowledgement answers before the ledger; once the ledger
         // has decided, its verdict is the key's answer.
-        match engine.ledger.reservation(record.reservation_id).await {
-            Ok(Some(settled)) => settled.verdict(),
-            _ => Verdict::Held,
+        match engine.waiters.settled(record.reservation_id) {
+            Some(verdict) => verdict,
+            None => match engine.ledger.reservation(record.reservation_id).await {
+                Ok(Some(settled)) => settled.verdict(),
+                _ => Verdict::Held,
+            },
         }
     };
     verdict_answer(engine, live, record, verdict, replayed).await

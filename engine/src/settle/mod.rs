@@ -28,6 +28,9 @@ use crate::ledger::{Settled, Verdict};
 use crate::sale::LiveSale;
 
 const SHARDS: usize = 32;
+/// Settled verdicts remembered per shard (`Waiters::settled`): 32 × 4,096
+/// reservations, a few MB; a full shard starts over.
+const SETTLED_PER_SHARD: usize = 4096;
 
 /// What a waiting purchase is woken with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,23 +46,56 @@ pub enum Wake {
 type Slot = (Uuid, oneshot::Sender<Wake>, Option<String>);
 
 /// Purchases waiting for their reservation to be durable, by reservation id
-/// (with the sale). Sharded so concurrent purchases rarely meet on one lock.
+/// (with the sale), and the verdicts of the reservations this replica's
+/// workers settled. Sharded so concurrent purchases rarely meet on one lock.
 pub struct Waiters {
     shards: Vec<Mutex<HashMap<Uuid, Slot>>>,
+    /// The ledger's verdict for each reservation a batch here committed, so
+    /// a replayed key is answered without reading the ledger (a round trip
+    /// to TiKV, or a blocking read of the embedded store). A verdict never
+    /// changes once committed (a release keeps the reservation held, no
+    /// reservation is deleted), so an entry never goes stale; one this
+    /// replica did not settle, or has forgotten, is read from the ledger.
+    settled: Vec<Mutex<HashMap<Uuid, Verdict>>>,
 }
 
 impl Default for Waiters {
     fn default() -> Self {
         Waiters {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            settled: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
         }
     }
 }
 
+fn shard_of(id: &Uuid) -> usize {
+    (id.as_u128() as usize) % SHARDS
+}
+
 impl Waiters {
     fn shard(&self, id: &Uuid) -> std::sync::MutexGuard<'_, HashMap<Uuid, Slot>> {
-        let i = (id.as_u128() as usize) % SHARDS;
-        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+        self.shards[shard_of(id)]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The verdict of a reservation a batch here committed, if remembered.
+    pub fn settled(&self, id: Uuid) -> Option<Verdict> {
+        self.settled[shard_of(&id)]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .copied()
+    }
+
+    fn remember(&self, id: Uuid, verdict: Verdict) {
+        let mut shard = self.settled[shard_of(&id)]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if shard.len() >= SETTLED_PER_SHARD {
+            shard.clear();
+        }
+        shard.insert(id, verdict);
     }
 
     /// Registers the purchase of reservation `id`; `traceparent` names
@@ -106,17 +142,22 @@ impl Waiters {
         self.shard(&id).remove(&id);
     }
 
-    /// Wakes the purchases waiting on a settled batch's reservations, each
-    /// with the ledger's verdict.
-    pub fn notify(&self, batch: &[StreamEntry], settled: &Settled) {
+    /// Records the verdicts of a batch of `sale_id` the ledger committed and
+    /// wakes the purchases waiting on them, each with its verdict (recorded
+    /// first: a replay arriving after the answer finds it).
+    pub fn notify(&self, sale_id: Uuid, batch: &[StreamEntry], settled: &Settled) {
         for e in batch {
+            let verdict = settled
+                .revoked
+                .iter()
+                .chain(&settled.revoked_earlier)
+                .find(|(id, _)| *id == e.reservation_id)
+                .map_or(Verdict::Held, |(_, refusal)| Verdict::Revoked(*refusal));
+            // The ledger settles a sale's own entries only.
+            if e.sale_id == sale_id {
+                self.remember(e.reservation_id, verdict);
+            }
             if let Some((_, tx, _)) = self.shard(&e.reservation_id).remove(&e.reservation_id) {
-                let verdict = settled
-                    .revoked
-                    .iter()
-                    .chain(&settled.revoked_earlier)
-                    .find(|(id, _)| *id == e.reservation_id)
-                    .map_or(Verdict::Held, |(_, refusal)| Verdict::Revoked(*refusal));
                 let _ = tx.send(Wake::Settled(verdict));
             }
         }
@@ -182,6 +223,9 @@ pub async fn wait_durable(
 /// Waits until an earlier reservation (a replayed key) is in the ledger;
 /// the ledger's verdict.
 pub async fn wait_durable_existing(engine: &Engine, id: Uuid) -> Result<Verdict, ApiError> {
+    if let Some(verdict) = engine.waiters.settled(id) {
+        return Ok(verdict);
+    }
     let deadline = Instant::now() + engine.config.durable_ack_timeout;
     loop {
         if let Some(record) = engine.ledger.reservation(id).await? {
@@ -267,7 +311,7 @@ pub async fn settle_batch(
         .instrument(span)
         .await
         .map_err(|e| e.to_string())?;
-    engine.waiters.notify(batch, &settled);
+    engine.waiters.notify(sale_id, batch, &settled);
     if settled.new > 0 {
         engine.orders_wake.notify_one();
     }
@@ -486,5 +530,68 @@ pub async fn drain_on_shutdown(engine: &Engine) {
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::Refusal;
+
+    fn entry(sale_id: Uuid) -> StreamEntry {
+        StreamEntry {
+            entry_id: "1-0".into(),
+            reservation_id: Uuid::now_v7(),
+            sale_id,
+            user_id: "u".into(),
+            quantity: 1,
+            idempotency_key: "k".into(),
+            created_at_ms: 0,
+            traceparent: None,
+        }
+    }
+
+    #[test]
+    fn a_committed_batch_wakes_its_waiters_and_its_verdicts_stay_known() {
+        let waiters = Waiters::default();
+        let sale = Uuid::now_v7();
+        let (held, revoked, foreign) = (entry(sale), entry(sale), entry(Uuid::now_v7()));
+        let mut woken = waiters.register(sale, held.reservation_id, None);
+        let settled = Settled {
+            new: 1,
+            units: 1,
+            revoked: vec![(revoked.reservation_id, Refusal::SoldOut)],
+            ..Settled::default()
+        };
+        let batch = [held.clone(), revoked.clone(), foreign.clone()];
+        assert_eq!(waiters.settled(held.reservation_id), None);
+        waiters.notify(sale, &batch, &settled);
+        assert_eq!(woken.try_recv(), Ok(Wake::Settled(Verdict::Held)));
+        assert_eq!(waiters.settled(held.reservation_id), Some(Verdict::Held));
+        assert_eq!(
+            waiters.settled(revoked.reservation_id),
+            Some(Verdict::Revoked(Refusal::SoldOut))
+        );
+        // Another sale's entry is not this batch's to decide.
+        assert_eq!(waiters.settled(foreign.reservation_id), None);
+    }
+
+    #[test]
+    fn remembered_verdicts_stay_bounded() {
+        let waiters = Waiters::default();
+        let sale = Uuid::now_v7();
+        let batch: Vec<StreamEntry> = (0..SHARDS * SETTLED_PER_SHARD * 2)
+            .map(|_| entry(sale))
+            .collect();
+        waiters.notify(sale, &batch, &Settled::default());
+        let held: usize = waiters
+            .settled
+            .iter()
+            .map(|s| s.lock().unwrap().len())
+            .sum();
+        assert!(held <= SHARDS * SETTLED_PER_SHARD, "{held} verdicts held");
+        // The last one settled is always known.
+        let last = batch.last().unwrap().reservation_id;
+        assert_eq!(waiters.settled(last), Some(Verdict::Held));
     }
 }
