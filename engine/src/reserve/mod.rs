@@ -288,12 +288,9 @@ async fn durable_answer(
     } else {
         // Fast acknowledgement answers before the ledger; once the ledger
         // has decided, its verdict is the key's answer.
-        match engine.waiters.settled(record.reservation_id) {
-            Some(verdict) => verdict,
-            None => match engine.ledger.reservation(record.reservation_id).await {
-                Ok(Some(settled)) => settled.verdict(),
-                _ => Verdict::Held,
-            },
+        match settle::decided(engine, record.reservation_id).await {
+            Ok(Some(verdict)) => verdict,
+            _ => Verdict::Held,
         }
     };
     verdict_answer(engine, live, record, verdict, replayed).await

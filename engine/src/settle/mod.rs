@@ -24,11 +24,11 @@ use uuid::Uuid;
 
 use crate::engine::Engine;
 use crate::front::StreamEntry;
-use crate::ledger::{Settled, Verdict};
+use crate::ledger::{LedgerError, Settled, Verdict};
 use crate::sale::LiveSale;
 
 const SHARDS: usize = 32;
-/// Settled verdicts remembered per shard (`Waiters::settled`): 32 × 4,096
+/// Settled verdicts remembered per shard (`Waiters::verdict`): 32 × 4,096
 /// reservations, a few MB; a full shard starts over.
 const SETTLED_PER_SHARD: usize = 4096;
 
@@ -56,14 +56,14 @@ pub struct Waiters {
     /// changes once committed (a release keeps the reservation held, no
     /// reservation is deleted), so an entry never goes stale; one this
     /// replica did not settle, or has forgotten, is read from the ledger.
-    settled: Vec<Mutex<HashMap<Uuid, Verdict>>>,
+    verdicts: Vec<Mutex<HashMap<Uuid, Verdict>>>,
 }
 
 impl Default for Waiters {
     fn default() -> Self {
         Waiters {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            settled: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            verdicts: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
         }
     }
 }
@@ -80,8 +80,8 @@ impl Waiters {
     }
 
     /// The verdict of a reservation a batch here committed, if remembered.
-    pub fn settled(&self, id: Uuid) -> Option<Verdict> {
-        self.settled[shard_of(&id)]
+    pub fn verdict(&self, id: Uuid) -> Option<Verdict> {
+        self.verdicts[shard_of(&id)]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&id)
@@ -89,7 +89,7 @@ impl Waiters {
     }
 
     fn remember(&self, id: Uuid, verdict: Verdict) {
-        let mut shard = self.settled[shard_of(&id)]
+        let mut shard = self.verdicts[shard_of(&id)]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if shard.len() >= SETTLED_PER_SHARD {
@@ -177,6 +177,15 @@ impl Drop for ForgetOnDrop<'_> {
     }
 }
 
+/// The ledger's verdict on a reservation, once it has one: remembered
+/// from a batch this replica committed, or read from the ledger.
+pub async fn decided(engine: &Engine, id: Uuid) -> Result<Option<Verdict>, LedgerError> {
+    if let Some(verdict) = engine.waiters.verdict(id) {
+        return Ok(Some(verdict));
+    }
+    Ok(engine.ledger.reservation(id).await?.map(|r| r.verdict()))
+}
+
 /// How often a waiting purchase also asks the ledger (for a reservation
 /// that another replica's worker settles).
 const LEDGER_POLL: Duration = Duration::from_millis(200);
@@ -196,20 +205,15 @@ pub async fn wait_durable(
                     Ok(Wake::Settled(verdict)) => return Ok(verdict),
                     // Another replica may have settled it just before
                     // the drain: the ledger says.
-                    Ok(Wake::Lost) => {
-                        return match engine.ledger.reservation(id).await? {
-                            Some(record) => Ok(record.verdict()),
-                            None => Err(lost()),
-                        };
-                    }
+                    Ok(Wake::Lost) => return decided(engine, id).await?.ok_or_else(lost),
                     // The sender went away (a claim by another replica): poll.
                     Err(_) => return wait_durable_existing(engine, id).await,
                 }
             }
             _ = tokio::time::sleep(LEDGER_POLL) => {
-                if let Some(record) = engine.ledger.reservation(id).await? {
+                if let Some(verdict) = decided(engine, id).await? {
                     engine.waiters.forget(id);
-                    return Ok(record.verdict());
+                    return Ok(verdict);
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {
@@ -223,13 +227,10 @@ pub async fn wait_durable(
 /// Waits until an earlier reservation (a replayed key) is in the ledger;
 /// the ledger's verdict.
 pub async fn wait_durable_existing(engine: &Engine, id: Uuid) -> Result<Verdict, ApiError> {
-    if let Some(verdict) = engine.waiters.settled(id) {
-        return Ok(verdict);
-    }
     let deadline = Instant::now() + engine.config.durable_ack_timeout;
     loop {
-        if let Some(record) = engine.ledger.reservation(id).await? {
-            return Ok(record.verdict());
+        if let Some(verdict) = decided(engine, id).await? {
+            return Ok(verdict);
         }
         if Instant::now() >= deadline {
             return Err(not_durable_yet());
@@ -564,16 +565,16 @@ mod tests {
             ..Settled::default()
         };
         let batch = [held.clone(), revoked.clone(), foreign.clone()];
-        assert_eq!(waiters.settled(held.reservation_id), None);
+        assert_eq!(waiters.verdict(held.reservation_id), None);
         waiters.notify(sale, &batch, &settled);
         assert_eq!(woken.try_recv(), Ok(Wake::Settled(Verdict::Held)));
-        assert_eq!(waiters.settled(held.reservation_id), Some(Verdict::Held));
+        assert_eq!(waiters.verdict(held.reservation_id), Some(Verdict::Held));
         assert_eq!(
-            waiters.settled(revoked.reservation_id),
+            waiters.verdict(revoked.reservation_id),
             Some(Verdict::Revoked(Refusal::SoldOut))
         );
         // Another sale's entry is not this batch's to decide.
-        assert_eq!(waiters.settled(foreign.reservation_id), None);
+        assert_eq!(waiters.verdict(foreign.reservation_id), None);
     }
 
     #[test]
@@ -585,13 +586,13 @@ mod tests {
             .collect();
         waiters.notify(sale, &batch, &Settled::default());
         let held: usize = waiters
-            .settled
+            .verdicts
             .iter()
             .map(|s| s.lock().unwrap().len())
             .sum();
         assert!(held <= SHARDS * SETTLED_PER_SHARD, "{held} verdicts held");
         // The last one settled is always known.
         let last = batch.last().unwrap().reservation_id;
-        assert_eq!(waiters.settled(last), Some(Verdict::Held));
+        assert_eq!(waiters.verdict(last), Some(Verdict::Held));
     }
 }

@@ -485,6 +485,18 @@ impl View {
         }
     }
 
+    /// Changes the live revocations, the one way they change: the count
+    /// `token_revoked` reads first is stored under the same write lock.
+    /// Returns how many are held.
+    fn change_revoked(&self, change: impl FnOnce(&mut Held)) -> usize {
+        let mut held = self.revoked.write().unwrap_or_else(|p| p.into_inner());
+        change(&mut held);
+        let len = held.len();
+        self.revoked_count
+            .store(len, std::sync::atomic::Ordering::Release);
+        len
+    }
+
     /// The latest snapshot. Hold it briefly (not across an `.await`): a
     /// guard is a borrowed slot of this thread's.
     pub fn current(&self) -> Guard<Arc<Snapshot>> {
@@ -519,7 +531,8 @@ impl View {
 
     /// Live revocations this replica holds.
     pub fn revocations(&self) -> usize {
-        self.revoked.read().map(|r| r.len()).unwrap_or(0)
+        self.revoked_count
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Revocations read from the store since start (each once, when new).
@@ -554,25 +567,19 @@ impl View {
             };
             let full = batch.len() >= REVOCATIONS_PER_READ;
             self.revocations_read.fetch_add(batch.len() as u64, Relaxed);
-            if let Ok(mut held) = self.revoked.write() {
+            self.change_revoked(|held| {
                 for (_, r) in batch {
                     held.add(r);
                 }
-                self.revoked_count
-                    .store(held.len(), std::sync::atomic::Ordering::Release);
-            }
+            });
             *last_revocation = last;
             if !full {
                 break;
             }
         }
         if started >= self.next_prune_ms.load(Relaxed) {
-            if let Ok(mut held) = self.revoked.write() {
-                held.drop_expired(started);
-                self.revoked_count
-                    .store(held.len(), std::sync::atomic::Ordering::Release);
-                metrics::gauge!("flashmall_proxy_revocations").set(held.len() as f64);
-            }
+            let held = self.change_revoked(|held| held.drop_expired(started));
+            metrics::gauge!("flashmall_proxy_revocations").set(held as f64);
             self.next_prune_ms.store(started + 1_000, Relaxed);
         }
         // Fresh as of when this refresh began reading.
